@@ -1,0 +1,179 @@
+"""``coap-gateway`` command line.
+
+Bad input ends with a one-line error on stderr and exit status 2; a
+traceback means a bug.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import binascii
+import json
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from aiocoap import Message
+from aiocoap.numbers.codes import Code
+
+from . import __version__, cbor_codec, routes
+from .cbor_tables import LATEST_CBOR_TABLE, load_cbor_table
+from .compression import DEFAULT_MAX_SIZE, compress, decompress
+from .errors import GatewayError
+from .profile import DEFAULT_PROFILE, load_profile, profile_names
+
+EXIT_BAD_INPUT = 2
+
+
+class UsageError(Exception):
+    """Bad input that is the user's, not a bug: one line, exit 2."""
+
+
+def _read_stdin_text() -> str:
+    data = sys.stdin.buffer.read()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"input is not UTF-8: {exc}") from None
+
+
+# ------------------------------------------------------------------ codec
+
+
+def cmd_codec_encode(args: argparse.Namespace) -> None:
+    table = load_cbor_table(args.table)
+    value = cbor_codec.parse_json(_read_stdin_text().encode("utf-8"))
+    data = cbor_codec.encode(value, table)
+    if args.deflate:
+        data = compress(data, load_profile(args.profile).flate or _no_flate(args.profile))
+    print(data.hex())
+
+
+def _no_flate(profile: str):
+    raise UsageError(f"profile {profile} does not compress")
+
+
+def cmd_codec_decode(args: argparse.Namespace) -> None:
+    text = "".join(_read_stdin_text().split())
+    try:
+        data = bytes.fromhex(text)
+    except ValueError:
+        raise UsageError("input is not hexadecimal") from None
+    if args.deflate:
+        data = decompress(data, load_profile(args.profile).flate or _no_flate(args.profile), DEFAULT_MAX_SIZE)
+    value = cbor_codec.decode(data, load_cbor_table(args.table))
+    print(json.dumps(value, ensure_ascii=False, indent=args.indent))
+
+
+def cmd_codec_route(args: argparse.Namespace) -> None:
+    profile = load_profile(args.profile)
+    line = routes.http_to_coap(args.method, args.target, profile.routes)
+    msg = Message(code=Code(line.method), uri_path=line.uri_path, uri_query=line.uri_query)
+    option_bytes = msg.opt.encode()
+    # a round trip proves the mapping is exact before anyone relies on it
+    back = routes.coap_to_http(line.method, line.uri_path, line.uri_query, profile.routes)
+    assert back == (args.method.upper(), args.target), back
+    print(f"code:      0.{line.method:02d} {routes.METHOD_NAMES[line.method]}")
+    print(f"route:     {line.template.name if line.template else '(literal path)'}"
+          + (f"  code {line.template.code} ({line.template.code_char!r})" if line.template else ""))
+    for value in line.uri_path:
+        print(f"Uri-Path:  {value!r}  ({len(value.encode())} B)")
+    for value in line.uri_query:
+        print(f"Uri-Query: {value!r}  ({len(value.encode())} B)")
+    print(f"options:   {len(option_bytes)} B encoded ({option_bytes.hex()})")
+    print(f"header:    4 B CoAP header + token; profile {profile.name} (routes v{profile.routes.version})")
+
+
+# ------------------------------------------------------------------- dict
+
+
+def cmd_dict_build(args: argparse.Namespace) -> None:
+    from .dictbuild.build import build_dictionary
+
+    build_dictionary(
+        out_dir=Path(args.out),
+        corpus=Path(args.corpus) if args.corpus else None,
+        record_to=Path(args.record_to) if args.record_to else None,
+        table_version=args.table,
+        size=args.size,
+        scale=args.scale,
+        seed=args.seed,
+        set_profile=args.set_profile,
+    )
+
+
+def cmd_dict_info(args: argparse.Namespace) -> None:
+    for name in profile_names():
+        p = load_profile(name)
+        print(f"profile {p.id} {p.name}: cbor table v{p.cbor_table.version} ({p.cbor_table.digest[:19]}…), "
+              f"routes v{p.routes.version} ({len(p.routes)} routes), "
+              f"flate {p.flate.digest[:19] + '… ' + str(len(p.flate.data)) + ' B' if p.flate and p.flate.data else 'none'}")
+
+
+def cmd_demo(args: argparse.Namespace) -> None:
+    from .demo import run_demo
+
+    run_demo()
+
+
+# ------------------------------------------------------------------- main
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="coap-gateway", description="Matrix over CoAP+CBOR+Flate for ~100 bit/s links")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    codec = sub.add_parser("codec", help="the wire codec, by hand").add_subparsers(dest="codec_command", required=True)
+    enc = codec.add_parser("encode", help="JSON on stdin -> CBOR hex on stdout")
+    dec = codec.add_parser("decode", help="CBOR hex on stdin -> JSON on stdout")
+    for p in (enc, dec):
+        p.add_argument("--table", type=int, default=LATEST_CBOR_TABLE, help="CBOR table version (1 = MSC3079)")
+        p.add_argument("--deflate", action="store_true", help="also (de)compress with the profile's preset dictionary")
+        p.add_argument("--profile", default=DEFAULT_PROFILE, help="profile whose dictionary --deflate uses")
+    dec.add_argument("--indent", type=int, default=None, help="pretty-print the JSON")
+    enc.set_defaults(func=cmd_codec_encode)
+    dec.set_defaults(func=cmd_codec_decode)
+    route = codec.add_parser("route", help="show the CoAP request line of an HTTP request")
+    route.add_argument("method")
+    route.add_argument("target", metavar="PATH_AND_QUERY")
+    route.add_argument("--profile", default=DEFAULT_PROFILE, help="profile whose route table to use")
+    route.set_defaults(func=cmd_codec_route)
+
+    dictionary = sub.add_parser("dict", help="preset dictionaries").add_subparsers(dest="dict_command", required=True)
+    build = dictionary.add_parser("build", help="record traffic from a real Synapse, train a dictionary, report sizes")
+    build.add_argument("--out", default=str(Path("dictionaries")), help="dictionaries folder to write into")
+    build.add_argument("--corpus", help="use this recorded corpus (JSONL) instead of recording a new one")
+    build.add_argument("--record-to", help="also keep the freshly recorded corpus here")
+    build.add_argument("--table", type=int, default=LATEST_CBOR_TABLE, help="CBOR table the dictionary is for")
+    build.add_argument("--size", type=int, default=32 * 1024, help="dictionary size in bytes (≤ 32768)")
+    build.add_argument("--scale", type=int, default=1, help="workload size multiplier")
+    build.add_argument("--seed", type=int, default=1)
+    build.add_argument("--set-profile", metavar="NAME", help="point this profile at the new dictionary")
+    build.set_defaults(func=cmd_dict_build)
+    info = dictionary.add_parser("info", help="list profiles and their tables")
+    info.set_defaults(func=cmd_dict_info)
+
+    demo = sub.add_parser("demo", help="show the reference Matrix send through the codec, byte by byte")
+    demo.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        args.func(args)
+    except (GatewayError, UsageError) as exc:
+        print(f"coap-gateway: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return 0
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

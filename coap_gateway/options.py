@@ -1,0 +1,45 @@
+"""CoAP option numbers and content formats this protocol uses.
+
+Private options sit in the experimental range 65000–65535 (RFC 7252
+§12.2).  Their low bits are chosen on purpose (RFC 7252 §5.4.6):
+bit 0 = critical, bit 1 = unsafe to forward, bits 2–4 = 0b111 = NoCacheKey.
+
+All of them are rare on the wire (only for statuses, headers and
+formats the common path does not need), so their 3-byte option
+header is paid seldom.
+"""
+
+from __future__ import annotations
+
+# RFC 7252 options used by the mapping
+URI_PATH = 11
+CONTENT_FORMAT = 12
+MAX_AGE = 14
+URI_QUERY = 15
+
+#: Exact HTTP status when the CoAP response code alone does not give it back.
+#: Elective (a plain CoAP client can use the code), safe to forward.
+HTTP_STATUS = 65000
+#: An HTTP header with no CoAP equivalent ("Name: value"), repeatable, in
+#: order.  Elective and safe: an intermediary may forward it unseen.
+HTTP_HEADER = 65004
+
+
+def is_critical(number: int) -> bool:
+    return bool(number & 1)
+
+
+def is_unsafe(number: int) -> bool:
+    return bool(number & 2)
+
+
+# Content formats (CoAP Content-Formats registry)
+CF_TEXT_PLAIN = 0  # text/plain;charset=utf-8
+CF_LINK_FORMAT = 40
+CF_XML = 41
+CF_OCTET_STREAM = 42
+CF_JSON = 50
+CF_CBOR = 60
+CF_IMAGE_GIF = 21
+CF_IMAGE_JPEG = 22
+CF_IMAGE_PNG = 23

@@ -1,0 +1,1 @@
+"""meshsim: a userspace netem-style link fabric and scenario runner."""

@@ -1,0 +1,288 @@
+"""JSON ⇄ CBOR codec: MSC3079 vectors, exact round trips, hostile input."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import cbor2
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from coap_gateway import cbor_codec
+from coap_gateway.cbor_tables import load_cbor_table, parse_cbor_table
+from coap_gateway.errors import CodecError, TableError
+
+V1 = load_cbor_table(1)
+V2 = load_cbor_table(2)
+TABLES = [V1, V2]
+
+
+def same_json(a, b) -> bool:
+    """Canonical compare: equal values *and* equal types (1 != 1.0 != True)."""
+    return json.dumps(a, sort_keys=True, allow_nan=True) == json.dumps(b, sort_keys=True, allow_nan=True) and _types(a) == _types(b)
+
+
+def _types(v):
+    if isinstance(v, dict):
+        return {k: _types(x) for k, x in v.items()}
+    if isinstance(v, list):
+        return [_types(x) for x in v]
+    if isinstance(v, float) and math.isnan(v):
+        return "nan"
+    return type(v).__name__
+
+
+# ------------------------------------------------------------- MSC3079
+
+
+MSC3079_VECTORS = [
+    (
+        {"type": "m.room.message", "content": {"msgtype": "m.text", "body": "Hello World"},
+         "sender": "@alice:localhost", "room_id": "!foo:localhost",
+         "unsigned": {"bool_value": True, "null_value": None}},
+        "a5026e6d2e726f6f6d2e6d65737361676503a2181b6b48656c6c6f20576f726c64181c666d2e74657874056e21666f6f3a6c6f63616c686f7374067040616c6963653a6c6f63616c686f737409a26a626f6f6c5f76616c7565f56a6e756c6c5f76616c7565f6",
+    ),
+    ({"error": "something", "errcode": "M_UNKNOWN"}, "a21866694d5f554e4b4e4f574e186769736f6d657468696e67"),
+]
+
+
+@pytest.mark.parametrize("value,hexdata", MSC3079_VECTORS)
+def test_msc3079_vectors_byte_for_byte(value, hexdata):
+    assert cbor_codec.encode(value, V1).hex() == hexdata
+    assert cbor_codec.decode(bytes.fromhex(hexdata), V1) == value
+
+
+def test_v1_replaces_keys_at_any_depth_but_never_values():
+    value = {"content": {"body": "type", "type": ["event_id"]}}
+    data = cbor_codec.encode(value, V1)
+    assert cbor2.loads(data) == {3: {27: "type", 2: ["event_id"]}}
+
+
+def test_digit_string_key_stays_a_string():
+    assert cbor2.loads(cbor_codec.encode({"8": 1}, V1)) == {"8": 1}
+    assert cbor_codec.decode(cbor_codec.encode({"8": 1, "origin_server_ts": 2}, V1), V1) == {"8": 1, "origin_server_ts": 2}
+
+
+def test_text_key_wins_over_its_code():
+    # {1: "a", "event_id": "b"} can only come from another encoder; MSC3079 says text wins
+    data = cbor2.dumps({1: "from-code", "event_id": "from-text"})
+    assert cbor_codec.decode(data, V1) == {"event_id": "from-text"}
+
+
+# ------------------------------------------------------------ v2 extras
+
+
+def test_v2_extends_v1_every_v1_code_still_decodes():
+    for code, name in V1.key_names.items():
+        assert V2.key_names[code] == name
+    assert V2.version == 2 and V2.binary_fields
+
+
+def test_v2_value_codes_and_escapes_round_trip():
+    value = {"type": "m.room.message", "content": {"msgtype": "m.text", "body": "hi"}}
+    data = cbor_codec.encode(value, V2)
+    model = cbor2.loads(data)
+    assert model[2] == V2.value_codes["type"]["m.room.message"]
+    assert cbor_codec.decode(data, V2) == value
+    # a genuine integer or array under an enumerated key is escaped, not confused
+    for odd in (0, 1, 7, -3, 2**80, [], [1], [[2]], True, None, 1.5, {"a": 1}, "not-in-table"):
+        assert same_json(cbor_codec.decode(cbor_codec.encode({"type": odd}, V2), V2), {"type": odd})
+
+
+def test_unknown_value_code_is_an_error():
+    with pytest.raises(CodecError, match="unknown value code"):
+        cbor_codec.decode(cbor2.dumps({2: 9999}), V2)
+    with pytest.raises(CodecError, match="one-element"):
+        cbor_codec.decode(cbor2.dumps({2: [1, 2]}), V2)
+    with pytest.raises(CodecError, match="only integers and arrays"):
+        cbor_codec.decode(cbor2.dumps({2: ["x"]}), V2)
+
+
+EVENT_ID = "$" + "aGVsbG8gd29ybGQgdGhpcyBpcyBhIHRlc3QgZXZlbnQ"  # 43 chars, url-safe alphabet
+SIG = "K8280/U9SSy9IVtjBuVeLr+HpOB4BQFWbg+UZaADMtTdGYI7Geitb76LTrr5QV/7Xg4ahLwYGYZzuHGZKM5ZAQ"
+
+
+def test_binary_fields_travel_as_bytes_only_when_exact():
+    sha = "1Qr/x3ReVU8VAdqhkpHT6yW5eGOvh60zpLtOJZDGUN4"
+    value = {"event_id": EVENT_ID, "hashes": {"sha256": sha}, "signatures": {"hs": {"ed25519:a": SIG}}}
+    data = cbor_codec.encode(value, V2)
+    model = cbor2.loads(data)
+    k = V2.key_codes
+    assert model[k["event_id"]][0] == cbor_codec.MARK_EVENT_ID_URL and len(model[k["event_id"]]) == 33
+    assert isinstance(model[k["hashes"]][k["sha256"]], bytes) and len(model[k["hashes"]][k["sha256"]]) == 33
+    assert cbor_codec.decode(data, V2) == value
+    assert len(data) < len(cbor_codec.encode(value, V1))
+    # non-zero trailing bits: decoding then encoding would not give the same text
+    not_exact = sha[:-1] + "5"
+    assert cbor_codec.string_to_binary(not_exact) is None
+    assert cbor_codec.decode(cbor_codec.encode({"x": not_exact}, V2), V2) == {"x": not_exact}
+    # short base64-looking words and URL-safe tokens stay text
+    for text in ("abcd", "Hello", "syt_YWxpY2U_KSVFyxKdsZaDhMBcFxNm_2c0GHk", "s33_14_0_1_1_1_1_14_0_1_1_1_1_1"):
+        assert cbor_codec.string_to_binary(text) is None
+    # binary keys (event IDs as receipt map keys) round-trip too
+    receipts = {EVENT_ID: {"m.read": {"@a:hs": {"ts": 1}}}}
+    assert cbor_codec.decode(cbor_codec.encode(receipts, V2), V2) == receipts
+
+
+def test_bad_binary_fields_are_rejected():
+    with pytest.raises(CodecError, match="marker"):
+        cbor_codec.decode(cbor2.dumps({"x": b"\x09" + bytes(32)}), V2)
+    with pytest.raises(CodecError, match="shorter"):
+        cbor_codec.decode(cbor2.dumps({"x": b"\x00" + bytes(3)}), V2)
+    with pytest.raises(CodecError, match="expected a string"):
+        cbor_codec.decode(cbor2.dumps({"x": b"\x00" + bytes(32)}), V1)
+
+
+# ------------------------------------------------------- property tests
+
+json_scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**80), max_value=2**80)
+    | st.floats(allow_nan=False)
+    | st.text()
+    | st.sampled_from(["m.room.message", "join", "M_FORBIDDEN", "m.text", EVENT_ID, SIG, "", "8", "-1"])
+)
+json_keys = st.text() | st.sampled_from(["type", "membership", "msgtype", "event_id", "1", "8", "-1", "body", "errcode", EVENT_ID])
+json_values = st.recursive(
+    json_scalars,
+    lambda children: st.lists(children, max_size=5) | st.dictionaries(json_keys, children, max_size=5),
+    max_leaves=30,
+)
+
+
+@settings(max_examples=1000, suppress_health_check=[HealthCheck.too_slow])
+@given(json_values)
+def test_round_trip_is_exact_v1(value):
+    assert same_json(cbor_codec.decode(cbor_codec.encode(value, V1), V1), value)
+
+
+@settings(max_examples=1000, suppress_health_check=[HealthCheck.too_slow])
+@given(json_values)
+def test_round_trip_is_exact_v2(value):
+    assert same_json(cbor_codec.decode(cbor_codec.encode(value, V2), V2), value)
+
+
+@settings(max_examples=1000)
+@given(json_values)
+def test_round_trip_through_json_text(value):
+    text = json.dumps(value).encode()
+    assert same_json(json.loads(cbor_codec.cbor_to_json(cbor_codec.json_to_cbor(text, V2), V2)), value)
+
+
+@settings(max_examples=1000)
+@given(st.binary(max_size=200))
+def test_random_bytes_never_escape_as_other_exceptions(data):
+    for table in TABLES:
+        try:
+            cbor_codec.decode(data, table)
+        except CodecError:
+            pass
+
+
+def test_special_numbers_round_trip():
+    for value in (-0.0, 1.0, 1e308, 5e-324, float("inf"), float("-inf"), 2**64, -(2**64) - 1, 0, 2**200):
+        assert same_json(cbor_codec.decode(cbor_codec.encode([value], V2), V2), [value])
+    nan = cbor_codec.decode(cbor_codec.encode(float("nan"), V2), V2)
+    assert math.isnan(nan)
+
+
+def test_non_ascii_and_empty_containers():
+    value = {"body": "héllo 🌍 \u0000 \u2028", "": {}, "x": [], "y": [{}], "émoji🙂": "ok"}
+    for t in TABLES:
+        assert cbor_codec.decode(cbor_codec.encode(value, t), t) == value
+
+
+# ------------------------------------------------------------ hostile CBOR
+
+
+@pytest.mark.parametrize(
+    "hexdata,reason",
+    [
+        ("c074323031332d30332d32315432303a30343a30305a", "tag 0"),  # a date: JSON has none
+        ("d9010283010203", "tag 258"),  # a set
+        ("d81c01", "tag 28"),  # shared value
+        ("e0", "simple"),  # unassigned simple value
+        ("f7", "undefined"),
+        ("a201020103", "Duplicate"),  # duplicate map key
+        ("a1f501", "bool"),  # a map key that is not text/int/bytes
+        ("a11a0001869f01", "unknown key code"),
+        ("5bffffffffffffffff", "premature"),  # announces 2^64 bytes
+        ("9bffffffffffffffff", "premature"),
+        ("", "premature"),
+        ("ff", "invalid"),
+    ],
+)
+def test_hostile_cbor_is_a_clean_error(hexdata, reason):
+    with pytest.raises(CodecError):
+        cbor_codec.decode(bytes.fromhex(hexdata), V2)
+
+
+def test_nesting_is_bounded_both_ways():
+    deep = []
+    for _ in range(cbor_codec.MAX_DEPTH + 5):
+        deep = [deep]
+    with pytest.raises(CodecError, match="nesting"):
+        cbor_codec.encode(deep, V2)
+    with pytest.raises(CodecError):
+        cbor_codec.decode(b"\x81" * 100_000 + b"\x01", V2)
+
+
+def test_lone_surrogate_is_a_clean_error():
+    with pytest.raises(CodecError):
+        cbor_codec.json_to_cbor(b'{"body":"\\ud800"}', V2)
+
+
+def test_not_json_is_a_clean_error():
+    for body in (b"{", b"\xff\xfe", b"", b"{'a':1}"):
+        with pytest.raises(CodecError):
+            cbor_codec.parse_json(body)
+
+
+# ------------------------------------------------------------ table loading
+
+
+def _doc(**over):
+    doc = {"format": "coap-gateway/cbor-table", "version": 9, "extends": None, "binary_fields": False,
+           "keys": [[1, "a"], [2, "b"]], "values": {}}
+    doc.update(over)
+    return doc
+
+
+@pytest.mark.parametrize(
+    "doc,message",
+    [
+        (_doc(keys=[[1, "a"], [1, "b"]]), "used twice"),
+        (_doc(keys=[[1, "a"], [2, "a"]]), "listed twice"),
+        (_doc(keys=[[1, "a"], ["2", "b"]]), "integer"),
+        (_doc(values={"t": [[0, "x"], [0, "y"]]}), "used twice"),
+        (_doc(values={"t": [[0, "x"], [1, "x"]]}), "listed twice"),
+        (_doc(values={"t": [[-1, "x"]]}), "non-negative"),
+        (_doc(format="other"), "not a"),
+        (_doc(binary_fields="yes"), "binary_fields"),
+    ],
+)
+def test_bad_tables_fail_to_load(doc, message):
+    with pytest.raises(TableError, match=message):
+        parse_cbor_table(doc)
+
+
+def test_alias_must_be_shorter_than_inherited_code():
+    base = parse_cbor_table(_doc(keys=[[1, "a"], [30, "b"]]))
+    ext = {"format": "coap-gateway/cbor-table", "version": 10, "extends": 9, "binary_fields": True,
+           "keys": [[-1, "b"], [40, "c"]], "values": {}}
+    table = parse_cbor_table(ext, base)
+    assert table.key_codes["b"] == -1 and table.key_names[30] == "b" and table.key_names[-1] == "b"
+    with pytest.raises(TableError, match="not shorter"):
+        parse_cbor_table(dict(ext, keys=[[31, "b"]]), base)
+    with pytest.raises(TableError, match="used twice"):
+        parse_cbor_table(dict(ext, keys=[[1, "z"]]), base)
+
+
+def test_duplicate_json_member_in_a_table_file_fails():
+    from coap_gateway.datafiles import parse_json_document
+
+    with pytest.raises(TableError, match="duplicate member"):
+        parse_json_document(b'{"a": 1, "a": 2}')
