@@ -30,6 +30,9 @@ serialised (``depart_end > now``), counted in wire bytes.  A copy is dropped
 - `limit_seconds`: it would wait longer than that before its first bit is
   sent (``free - now > limit_seconds``; 0 means "only when the link is idle").
 
+A copy that would not be queued at all (no rate and nothing queued, or zero
+wire bytes on an idle serialiser) is never dropped by a limit.
+
 Where this differs from Linux netem, on purpose:
 
 - With rate and jitter, netem computes ``max(now + delay, last) + tx``, so a
@@ -38,7 +41,7 @@ Where this differs from Linux netem, on purpose:
   With constant delay the two give identical times.
 - netem's `limit` counts every packet inside netem, including those only
   waiting out their delay; here limits count the transmit queue only.
-  Without a rate nothing queues, so limits never drop.
+  Without a rate nothing queues, so limits do not drop.
 - In netem a loss event on a duplicated packet removes one of the two copies
   (the survivor is not drawn again), so a duplicated packet always gets
   through.  Here each copy is lost independently.  A copy draws from its own
@@ -55,10 +58,12 @@ Where this differs from Linux netem, on purpose:
   the linear part of the skb, headers included).
 
 Randomness: every stream is `meshsim.rng.derive_rng(seed, link_id, purpose)`
-and each stage draws a fixed number of values per copy that reaches it (the
-loss stream one per packet even when `loss` is 0, two under Gilbert-Elliott;
-corrupt one plus one for the bit; jitter one when `jitter` > 0), so a given
-packet's fate does not depend on what other features are switched on.
+and each stage draws a fixed number of values per copy that reaches it:
+duplicate one per packet, loss one (even when `loss` is 0) or two under
+Gilbert-Elliott, corrupt one (plus one for the bit when it strikes), jitter
+one when `jitter` > 0.  So a packet's fate does not depend on which other
+features are switched on.  A packet offered while the link is down draws
+nothing.
 """
 
 from __future__ import annotations
@@ -243,9 +248,9 @@ class LinkProfile:
 
 
 def _probability(name: str, value: object) -> float:
-    if not _is_number(value) or not 0.0 <= value <= 1.0:  # type: ignore[operator]
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
         raise ValueError(f"{name} must be a probability in [0, 1], not {value!r}")
-    return float(value)  # type: ignore[arg-type]
+    return float(value)
 
 
 def _transmission_time(wire_bytes: int, rate_bps: float | None) -> float:
@@ -701,14 +706,15 @@ class LinkModel:
                 payload = _flip_bit(payload, corrupted_bit)
 
         wire_bytes = profile.wire_bytes(size)
-        if not self._admits(now, wire_bytes):
+        depart_start = max(now, self._free_at)
+        depart_end = depart_start + _transmission_time(wire_bytes, profile.rate_bps)
+        queued = depart_end > now
+        if queued and not self._admits(now, wire_bytes):
             counters.dropped["queue"] += 1
             return Dropped(packet, duplicate, "queue")
 
-        depart_start = max(now, self._free_at)
-        depart_end = depart_start + _transmission_time(wire_bytes, profile.rate_bps)
         self._free_at = depart_end
-        if depart_end > now:
+        if queued:
             self._queue.append(_Transmission(depart_start, depart_end, wire_bytes))
             self._queued_bytes += wire_bytes
         counters.busy_time += depart_end - depart_start
