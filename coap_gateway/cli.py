@@ -7,8 +7,6 @@ traceback means a bug.
 from __future__ import annotations
 
 import argparse
-import asyncio
-import binascii
 import json
 import sys
 from pathlib import Path

@@ -31,8 +31,8 @@ def encode_request(method: str, target: str, body: bytes, profile_name: str) -> 
     profile = load_profile(profile_name)
     line = routes.http_to_coap(method, target, profile.routes)
     pl = payload.body_to_payload(body, payload.JSON_TYPE if body else None, profile)
-    msg = Message(mtype=Type.CON, mid=0, token=b"", code=Code(line.method),
-                  uri_path=line.uri_path, uri_query=line.uri_query, payload=pl.payload)
+    msg = Message(token=b"", code=Code(line.method), uri_path=line.uri_path, uri_query=line.uri_query, payload=pl.payload)
+    msg.mtype, msg.mid = Type.CON, 0
     if pl.content_format is not None:
         msg.opt.content_format = pl.content_format
     return msg.encode(), msg
@@ -43,7 +43,8 @@ def encode_response(http_status: int, body: bytes, profile_name: str) -> tuple[b
     profile = load_profile(profile_name)
     st = status.http_to_coap(http_status)
     pl = payload.body_to_payload(body, payload.JSON_TYPE, profile)
-    msg = Message(mtype=Type.ACK, mid=0, token=b"", code=Code(st.code), payload=pl.payload)
+    msg = Message(token=b"", code=Code(st.code), payload=pl.payload)
+    msg.mtype, msg.mid = Type.ACK, 0
     if pl.content_format is not None:
         msg.opt.content_format = pl.content_format
     if st.http_status is not None:

@@ -71,7 +71,6 @@ from __future__ import annotations
 import heapq
 import math
 import random
-import re
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -200,12 +199,14 @@ class LinkProfile:
         ``corrupt PERCENT`` and ``rate RATE [PACKETOVERHEAD [CELLSIZE
         [CELLOVERHEAD]]]`` (also ``packetoverhead``/``cellsize``/``celloverhead``
         as keywords, the way tc prints them).  Units as tc: see
-        `parse_netem_time`, `parse_netem_rate`, `parse_netem_percent`.
+        `meshsim.netem_args`.
         Keywords must be spelt out (tc also takes prefixes).  Anything not
         modelled (a non-zero correlation, reorder, gap, slot, ecn, seed, loss
         state, a rate in %) raises ValueError rather than being ignored.
         """
-        return _parse_netem_args(args.split() if isinstance(args, str) else list(args))
+        from .netem_args import parse_netem_args  # late: netem_args builds LinkProfiles
+
+        return parse_netem_args(args.split() if isinstance(args, str) else list(args))
 
     def to_netem_args(self, *, counted_by_kernel: int = 0) -> str:
         """These parameters as `tc qdisc ... netem` arguments.
@@ -218,34 +219,9 @@ class LinkProfile:
         distribution without a delay).  Note tc rounds the rate down to whole
         bytes per second.
         """
-        if self.limit_bytes is not None or self.limit_seconds is not None:
-            raise ValueError("netem has no byte or time queue limit (only limit_packets)")
-        parts: list[str] = []
-        if self.limit_packets is not None:
-            parts += ["limit", str(self.limit_packets)]
-        if self.delay or self.jitter:
-            parts += ["delay", format_netem_time(self.delay)]
-            if self.jitter:
-                parts.append(format_netem_time(self.jitter))
-        if self.jitter and self.jitter_dist != "uniform":
-            if not self.delay:
-                raise ValueError("tc refuses a delay distribution without a delay")
-            parts += ["distribution", self.jitter_dist]
-        if self.gemodel is not None:
-            parts += ["loss", "gemodel", *(format_netem_percent(v) for v in self.gemodel)]
-        elif self.loss:
-            parts += ["loss", "random", format_netem_percent(self.loss)]
-        if self.duplicate:
-            parts += ["duplicate", format_netem_percent(self.duplicate)]
-        if self.corrupt:
-            parts += ["corrupt", format_netem_percent(self.corrupt)]
-        if self.rate_bps is not None:
-            extras = [self.overhead - counted_by_kernel, self.cell_size or 0, self.cell_overhead]
-            while extras and extras[-1] == 0:
-                extras.pop()
-            parts += ["rate", format_netem_rate(self.rate_bps), *map(str, extras)]
-        return " ".join(parts)
+        from .netem_args import format_netem_args
 
+        return format_netem_args(self, counted_by_kernel=counted_by_kernel)
 
 def _probability(name: str, value: object) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
@@ -277,222 +253,6 @@ def gemodel_loss_rate(gemodel: GilbertElliottParams) -> float:
         return loss_good
     bad = p / (p + r)
     return bad * loss_bad + (1 - bad) * loss_good
-
-
-# ---------------------------------------------------------------- netem units
-
-_NUMBER = re.compile(r"(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][-+]?[0-9]+)?")
-
-# tc_util.c get_time64(): seconds as powers of ten
-_TIME_EXPONENTS = {
-    **dict.fromkeys(("s", "sec", "secs"), 0),
-    **dict.fromkeys(("ms", "msec", "msecs"), -3),
-    **dict.fromkeys(("us", "usec", "usecs"), -6),
-    **dict.fromkeys(("ns", "nsec", "nsecs"), -9),
-}
-
-# tc_util.c suffixes[] (matched case-insensitively, so "bps" is bytes/s: "Bps")
-_RATE_SCALES = {
-    name.lower(): Decimal(scale)
-    for name, scale in [
-        ("bit", 1), ("kibit", 1024), ("kbit", 1000), ("mibit", 1024**2), ("mbit", 1000**2),
-        ("gibit", 1024**3), ("gbit", 1000**3), ("tibit", 1024**4), ("tbit", 1000**4),
-        ("bps", 8), ("kibps", 8 * 1024), ("kbps", 8000), ("mibps", 8 * 1024**2), ("mbps", 8 * 1000**2),
-        ("gibps", 8 * 1024**3), ("gbps", 8 * 1000**3), ("tibps", 8 * 1024**4), ("tbps", 8 * 1000**4),
-    ]
-}
-
-
-def _split_number(token: str, what: str) -> tuple[Decimal, str]:
-    match = _NUMBER.match(token)
-    if match is None:
-        raise ValueError(f"{what}: expected a number, got {token!r}")
-    return Decimal(match.group()), token[match.end():]
-
-
-def parse_netem_time(token: str) -> float:
-    """Seconds from a tc time: ``1.5s``, ``200ms``, ``250us``, ``10ns`` (also sec/msec/usec/nsec[s]).
-
-    A bare number is refused: old tc reads it as µs, newer tc as ns.
-    """
-    value, unit = _split_number(token, "time")
-    exponent = _TIME_EXPONENTS.get(unit.lower())
-    if exponent is None:
-        raise ValueError(f"time {token!r} needs a unit: s, ms, us or ns")
-    return float(value.scaleb(exponent))
-
-
-def parse_netem_rate(token: str) -> float:
-    """Bits per second from a tc rate: ``100bit``, ``1kbit`` (1000), ``1Kibit`` (1024),
-    ``1mbit``, ``1bps`` (bytes/s: 8 bit/s, as tc reads it), ``1kbps`` (8000) ...
-
-    A bare number or a percentage of the device speed is refused.
-    """
-    value, unit = _split_number(token, "rate")
-    scale = _RATE_SCALES.get(unit.lower())
-    if scale is None:
-        raise ValueError(f"rate {token!r} needs a unit such as bit, kbit, mbit, bps (bytes/s)")
-    if value == 0:
-        raise ValueError("rate must be > 0")
-    return float(value * scale)
-
-
-def parse_netem_percent(token: str) -> float:
-    """A probability from a tc percentage: ``20%`` or ``20`` (tc reads both as 20%)."""
-    value, rest = _split_number(token, "percentage")
-    if rest not in ("", "%"):
-        raise ValueError(f"not a percentage: {token!r}")
-    if value > 100:
-        raise ValueError(f"percentage over 100: {token!r}")
-    return float(value.scaleb(-2))
-
-
-def _plain(value: Decimal) -> str:
-    # no exponent: tc's strtod would read one, but people should not have to
-    return format(value.normalize(), "f")
-
-
-def format_netem_time(seconds: float) -> str:
-    """A tc time that `parse_netem_time` reads back as exactly `seconds`."""
-    exact = Decimal(repr(float(seconds)))
-    for unit, exponent in (("s", 0), ("ms", -3), ("us", -6), ("ns", -9)):
-        scaled = exact.scaleb(-exponent)
-        if scaled == scaled.to_integral_value():
-            return f"{_plain(scaled)}{unit}"
-    return f"{_plain(exact)}s"
-
-
-def format_netem_rate(rate_bps: float) -> str:
-    """A tc rate that `parse_netem_rate` reads back as exactly `rate_bps`."""
-    exact = Decimal(repr(float(rate_bps)))
-    for unit, scale in (("gbit", 1000**3), ("mbit", 1000**2), ("kbit", 1000)):
-        scaled = exact / scale
-        if scaled >= 1 and scaled == scaled.to_integral_value():
-            return f"{_plain(scaled)}{unit}"
-    return f"{_plain(exact)}bit"
-
-
-def format_netem_percent(probability: float) -> str:
-    """A tc percentage that `parse_netem_percent` reads back as exactly `probability`."""
-    return f"{_plain(Decimal(repr(float(probability))).scaleb(2))}%"
-
-
-class _Tokens:
-    def __init__(self, tokens: list[str]) -> None:
-        self._tokens = tokens
-        self._index = 0
-
-    def __bool__(self) -> bool:
-        return self._index < len(self._tokens)
-
-    def take(self, what: str) -> str:
-        if not self:
-            raise ValueError(f"netem args end where {what} was expected")
-        token = self._tokens[self._index]
-        self._index += 1
-        return token
-
-    def next_is_number(self, *, signed: bool = False) -> bool:
-        # tc's NEXT_IS_NUMBER(): the next word starts with a digit
-        if not self:
-            return False
-        first = self._tokens[self._index][:1]
-        return first.isdigit() or (signed and first == "-")
-
-
-_UNSUPPORTED = {
-    "reorder": "reordering", "gap": "reordering", "slot": "slotting", "ecn": "ECN marking",
-    "seed": "netem's own PRNG seed (meshsim derives its streams from the run seed)",
-}
-
-
-def _parse_netem_args(words: list[str]) -> LinkProfile:
-    tokens = _Tokens(words)
-    fields: dict[str, object] = {}
-
-    def put(name: str, value: object) -> None:
-        if name in fields:
-            raise ValueError(f"netem args give {name} twice")
-        fields[name] = value
-
-    def no_correlation(keyword: str) -> None:
-        if tokens.next_is_number():
-            token = tokens.take("correlation")
-            if parse_netem_percent(token) != 0:
-                raise ValueError(f"{keyword} correlation {token} is not modelled by meshsim")
-
-    def signed_int(what: str) -> int:
-        token = tokens.take(what)
-        try:
-            return int(token)
-        except ValueError:
-            raise ValueError(f"{what} must be an integer, not {token!r}") from None
-
-    while tokens:
-        keyword = tokens.take("a keyword")
-        if keyword == "limit":
-            put("limit_packets", signed_int("limit"))
-        elif keyword in ("delay", "latency"):
-            put("delay", parse_netem_time(tokens.take("delay")))
-            if tokens.next_is_number():
-                put("jitter", parse_netem_time(tokens.take("jitter")))
-                no_correlation("delay")
-        elif keyword == "distribution":
-            put("jitter_dist", tokens.take("distribution"))
-        elif keyword in ("loss", "drop"):
-            model = "random" if tokens.next_is_number() else tokens.take("loss model")
-            if model == "random":
-                put("loss", parse_netem_percent(tokens.take("loss percentage")))
-                no_correlation("loss")
-            elif model == "gemodel":
-                put("gemodel", _parse_gemodel(tokens))
-            elif model == "state":
-                raise ValueError("the 4-state loss model (loss state) is not modelled by meshsim")
-            else:
-                raise ValueError(f"unknown loss model {model!r}")
-        elif keyword == "duplicate":
-            put("duplicate", parse_netem_percent(tokens.take("duplicate percentage")))
-            no_correlation("duplicate")
-        elif keyword == "corrupt":
-            put("corrupt", parse_netem_percent(tokens.take("corrupt percentage")))
-            no_correlation("corrupt")
-        elif keyword == "rate":
-            token = tokens.take("rate")
-            if "%" in token:
-                raise ValueError("a rate as a percentage of the device speed is not modelled")
-            put("rate_bps", parse_netem_rate(token))
-            if tokens.next_is_number(signed=True):
-                put("overhead", signed_int("packet overhead"))
-                if tokens.next_is_number():
-                    put("cell_size", signed_int("cell size") or None)
-                    if tokens.next_is_number(signed=True):
-                        put("cell_overhead", signed_int("cell overhead"))
-        elif keyword == "packetoverhead":
-            put("overhead", signed_int("packetoverhead"))
-        elif keyword == "cellsize":
-            put("cell_size", signed_int("cellsize") or None)
-        elif keyword == "celloverhead":
-            put("cell_overhead", signed_int("celloverhead"))
-        elif keyword in _UNSUPPORTED:
-            raise ValueError(f"netem {keyword!r}: {_UNSUPPORTED[keyword]} is not modelled by meshsim")
-        else:
-            raise ValueError(f"unknown netem argument {keyword!r}")
-
-    if "jitter_dist" in fields and not (fields.get("delay") and fields.get("jitter")):
-        raise ValueError("distribution needs a delay and a jitter (tc refuses it otherwise)")
-    return LinkProfile(**fields)  # type: ignore[arg-type]
-
-
-def _parse_gemodel(tokens: _Tokens) -> GilbertElliottParams:
-    # Decimal keeps tc's default r = 1 - p exact (5% -> 95%, not 0.95000000000000001)
-    texts = [tokens.take("gemodel p")]
-    while len(texts) < 4 and tokens.next_is_number():
-        texts.append(tokens.take("gemodel parameter"))
-    values = [Decimal(repr(parse_netem_percent(t))) for t in texts]
-    defaults = [None, 1 - values[0], Decimal(1), Decimal(0)]
-    values += defaults[len(values):]  # type: ignore[arg-type]
-    p, r, one_minus_h, one_minus_k = (float(v) for v in values)
-    return (p, r, one_minus_h, one_minus_k)
 
 
 # ---------------------------------------------------------------- model

@@ -17,11 +17,13 @@ from meshsim.link import (
     LinkProfile,
     OfferResult,
     Scheduled,
+    gemodel_loss_rate,
+    netem_kernel_rate_bps,
+)
+from meshsim.netem_args import (
     format_netem_percent,
     format_netem_rate,
     format_netem_time,
-    gemodel_loss_rate,
-    netem_kernel_rate_bps,
     parse_netem_percent,
     parse_netem_rate,
     parse_netem_time,
