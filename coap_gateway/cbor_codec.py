@@ -17,9 +17,9 @@ The rules (docs/protocol.md, "CBOR payloads", is the normative text):
   integer code.  A genuine integer or array under such a key is wrapped in a
   one-element array, so an integer there always means a table code.
 * With ``binary_fields`` (table v2+), strings that are unpadded base64 of at
-  least 16 bytes (hashes, signatures, keys, event IDs of room v3+) travel as a
-  byte string ``marker || raw`` — only when re-encoding the bytes gives back
-  the identical string.
+  least 16 bytes (hashes, signatures, keys, event IDs of room v3+, room IDs
+  of room v12) travel as a byte string ``marker || raw`` — only when
+  re-encoding the bytes gives back the identical string.
 """
 
 from __future__ import annotations
@@ -42,10 +42,22 @@ MAX_DEPTH = 200
 #: shortest binary value carried as bytes; shorter base64 is mostly words
 MIN_BINARY_LEN = 16
 
-# Marker byte at the start of a binary field: which text form to rebuild.
-MARK_BASE64 = 0x00  # unpadded standard base64
-MARK_EVENT_ID_URL = 0x01  # "$" + unpadded URL-safe base64 (event IDs, room v4+)
-MARK_EVENT_ID_STD = 0x02  # "$" + unpadded standard base64 (event IDs, room v3)
+# Marker byte at the start of a binary field: which text form to rebuild,
+# as (prefix, URL-safe alphabet?).  Values are protocol constants.
+MARK_BASE64 = 0x00  # unpadded standard base64: hashes, signatures, keys
+MARK_EVENT_ID_URL = 0x01  # "$" + URL-safe: event IDs, room v4+
+MARK_EVENT_ID_STD = 0x02  # "$" + standard: event IDs, room v3
+MARK_ROOM_ID_URL = 0x03  # "!" + URL-safe: room IDs, room v12
+BINARY_FORMS: dict[int, tuple[str, bool]] = {
+    MARK_BASE64: ("", False),
+    MARK_EVENT_ID_URL: ("$", True),
+    MARK_EVENT_ID_STD: ("$", False),
+    MARK_ROOM_ID_URL: ("!", True),
+}
+#: prefix -> markers to try, URL-safe first (a body valid in both reads the same)
+_MARKS_BY_PREFIX: dict[str, list[int]] = {}
+for _mark, (_prefix, _url) in sorted(BINARY_FORMS.items(), key=lambda kv: not kv[1][1]):
+    _MARKS_BY_PREFIX.setdefault(_prefix, []).append(_mark)
 
 _STD_CHARS = re.compile(r"[A-Za-z0-9+/]+")
 _URL_CHARS = re.compile(r"[A-Za-z0-9_-]+")
@@ -54,9 +66,10 @@ _STD_TO_URL = str.maketrans("+/", "-_")
 
 
 def _b64decode_exact(text: str, urlsafe: bool) -> bytes | None:
-    """Raw bytes of unpadded base64 ``text``, or None unless encoding them
-    again yields exactly ``text`` (non-zero trailing bits would not)."""
-    if len(text) % 4 == 1:
+    """Raw bytes of unpadded base64 ``text``, or None unless ``text`` is in
+    the alphabet and encoding the bytes again yields exactly ``text`` (a
+    string with non-zero trailing bits would not)."""
+    if len(text) % 4 == 1 or not (_URL_CHARS if urlsafe else _STD_CHARS).fullmatch(text):
         return None
     std = text.translate(_URL_TO_STD) if urlsafe else text
     raw = base64.b64decode(std + "=" * (-len(std) % 4), validate=True)
@@ -69,40 +82,29 @@ def _b64encode(raw: bytes, urlsafe: bool) -> str:
 
 
 def string_to_binary(text: str) -> bytes | None:
-    """The byte-string form of ``text`` if it is a binary field, else None."""
+    """The byte-string form of ``text`` if it is a binary field, else None.
+
+    URL-safe base64 without a prefix is left alone: in Matrix that shape is
+    mostly tokens (syt_…, s33_14_…) that deflate handles better as text.
+    """
     if len(text) < 22:  # 16 bytes of base64
         return None
-    if text[0] == "$":
-        body = text[1:]
-        if _URL_CHARS.fullmatch(body):
-            mark, urlsafe = MARK_EVENT_ID_URL, True
-        elif _STD_CHARS.fullmatch(body):
-            mark, urlsafe = MARK_EVENT_ID_STD, False
-        else:
-            return None
-    elif _STD_CHARS.fullmatch(text):
-        # URL-safe base64 without "$" is left alone: in Matrix that shape is
-        # mostly tokens (syt_…, s33_14_…) that deflate handles better as text.
-        body, mark, urlsafe = text, MARK_BASE64, False
-    else:
-        return None
-    raw = _b64decode_exact(body, urlsafe)
-    if raw is None or len(raw) < MIN_BINARY_LEN:
-        return None
-    return bytes([mark]) + raw
+    prefix = text[0] if text[0] in "$!" else ""
+    for mark in _MARKS_BY_PREFIX.get(prefix, ()):
+        raw = _b64decode_exact(text[len(prefix):], BINARY_FORMS[mark][1])
+        if raw is not None and len(raw) >= MIN_BINARY_LEN:
+            return bytes([mark]) + raw
+    return None
 
 
 def binary_to_string(data: bytes) -> str:
     if len(data) < 1 + MIN_BINARY_LEN:
         raise CodecError(f"binary field of {len(data)} bytes is shorter than allowed")
-    mark, raw = data[0], data[1:]
-    if mark == MARK_BASE64:
-        return _b64encode(raw, urlsafe=False)
-    if mark == MARK_EVENT_ID_URL:
-        return "$" + _b64encode(raw, urlsafe=True)
-    if mark == MARK_EVENT_ID_STD:
-        return "$" + _b64encode(raw, urlsafe=False)
-    raise CodecError(f"unknown binary field marker 0x{mark:02x}")
+    form = BINARY_FORMS.get(data[0])
+    if form is None:
+        raise CodecError(f"unknown binary field marker 0x{data[0]:02x}")
+    prefix, urlsafe = form
+    return prefix + _b64encode(data[1:], urlsafe)
 
 
 # ---------------------------------------------------------------- encoding

@@ -91,8 +91,9 @@ def cmd_dict_build(args: argparse.Namespace) -> None:
 
     build_dictionary(
         out_dir=Path(args.out),
-        corpus=Path(args.corpus) if args.corpus else None,
+        corpora=[Path(c) for c in args.corpus or ()],
         record_to=Path(args.record_to) if args.record_to else None,
+        runs=args.runs,
         table_version=args.table,
         size=args.size,
         scale=args.scale,
@@ -142,8 +143,10 @@ def build_parser() -> argparse.ArgumentParser:
     dictionary = sub.add_parser("dict", help="preset dictionaries").add_subparsers(dest="dict_command", required=True)
     build = dictionary.add_parser("build", help="record traffic from a real Synapse, train a dictionary, report sizes")
     build.add_argument("--out", default=str(Path("dictionaries")), help="dictionaries folder to write into")
-    build.add_argument("--corpus", help="use this recorded corpus (JSONL) instead of recording a new one")
-    build.add_argument("--record-to", help="also keep the freshly recorded corpus here")
+    build.add_argument("--corpus", action="append", metavar="JSONL",
+                       help="use recorded corpora instead of recording (repeat; the last one is held out)")
+    build.add_argument("--runs", type=int, default=3, help="recordings to make: all but the last train, the last is held out")
+    build.add_argument("--record-to", help="keep the recorded corpora in this folder")
     build.add_argument("--table", type=int, default=LATEST_CBOR_TABLE, help="CBOR table the dictionary is for")
     build.add_argument("--size", type=int, default=32 * 1024, help="dictionary size in bytes (≤ 32768)")
     build.add_argument("--scale", type=int, default=1, help="workload size multiplier")

@@ -39,7 +39,7 @@ from typing import Any
 import aiohttp
 import yaml
 
-__all__ = ["LocalSynapse", "SynapseStartError", "free_port", "GENEROUS_RATELIMITS"]
+__all__ = ["GENEROUS_RATELIMITS", "LocalSynapse", "SynapseStartError", "free_port"]
 
 START_DEADLINE = 60.0
 STOP_GRACE = 10.0
@@ -281,7 +281,7 @@ class LocalSynapse:
                     async with session.get(url) as response:
                         if response.status == 200:
                             return
-                except (aiohttp.ClientError, asyncio.TimeoutError):
+                except (aiohttp.ClientError, TimeoutError):
                     pass
                 if time.monotonic() > deadline:
                     raise SynapseStartError(
@@ -365,9 +365,11 @@ class LocalSynapse:
         url = f"{self.base_url}/_synapse/admin/v1/users/{user_id}/override_ratelimit"
         body = {"messages_per_second": messages_per_second, "burst_count": burst_count}
         headers = {"Authorization": f"Bearer {token}"}
-        async with aiohttp.ClientSession() as session:
-            async with session.post(url, json=body, headers=headers) as response:
-                response.raise_for_status()
+        async with (
+            aiohttp.ClientSession() as session,
+            session.post(url, json=body, headers=headers) as response,
+        ):
+            response.raise_for_status()
 
 
 # Synapse children still alive at interpreter exit (a test run that crashed

@@ -121,6 +121,10 @@ def test_binary_fields_travel_as_bytes_only_when_exact():
     # short base64-looking words and URL-safe tokens stay text
     for text in ("abcd", "Hello", "syt_YWxpY2U_KSVFyxKdsZaDhMBcFxNm_2c0GHk", "s33_14_0_1_1_1_1_14_0_1_1_1_1_1"):
         assert cbor_codec.string_to_binary(text) is None
+    # room v12 room IDs are "!" + URL-safe base64 of 32 bytes
+    room = "!t1uJ9a9-s-hz8paJZT9LSMaZfYScK3MEvKWzuu6MVFM"
+    assert cbor_codec.string_to_binary(room)[0] == cbor_codec.MARK_ROOM_ID_URL
+    assert cbor_codec.string_to_binary("!AbCdEfGhIjKlMnOp:example.org") is None
     # binary keys (event IDs as receipt map keys) round-trip too
     receipts = {EVENT_ID: {"m.read": {"@a:hs": {"ts": 1}}}}
     assert cbor_codec.decode(cbor_codec.encode(receipts, V2), V2) == receipts
@@ -129,6 +133,10 @@ def test_binary_fields_travel_as_bytes_only_when_exact():
 def test_bad_binary_fields_are_rejected():
     with pytest.raises(CodecError, match="marker"):
         cbor_codec.decode(cbor2.dumps({"x": b"\x09" + bytes(32)}), V2)
+    for mark in cbor_codec.BINARY_FORMS:  # every marker's text form comes back as bytes and again as text
+        for raw in (bytes(range(32)), bytes(range(200, 232))):  # the second needs "+/" or "-_"
+            text = cbor_codec.binary_to_string(bytes([mark]) + raw)
+            assert cbor_codec.binary_to_string(cbor_codec.string_to_binary(text)) == text
     with pytest.raises(CodecError, match="shorter"):
         cbor_codec.decode(cbor2.dumps({"x": b"\x00" + bytes(3)}), V2)
     with pytest.raises(CodecError, match="expected a string"):
@@ -143,7 +151,8 @@ json_scalars = (
     | st.integers(min_value=-(2**80), max_value=2**80)
     | st.floats(allow_nan=False)
     | st.text()
-    | st.sampled_from(["m.room.message", "join", "M_FORBIDDEN", "m.text", EVENT_ID, SIG, "", "8", "-1"])
+    | st.sampled_from(["m.room.message", "join", "M_FORBIDDEN", "m.text", EVENT_ID, SIG, "", "8", "-1",
+                       "!t1uJ9a9-s-hz8paJZT9LSMaZfYScK3MEvKWzuu6MVFM", "$" + SIG[:43], "main"])
 )
 json_keys = st.text() | st.sampled_from(["type", "membership", "msgtype", "event_id", "1", "8", "-1", "body", "errcode", EVENT_ID])
 json_values = st.recursive(

@@ -1,11 +1,14 @@
 """``coap-gateway dict build``: record, train, measure, write.
 
-1. Record a corpus: a real Synapse driven by matrix-nio through a recording
-   proxy (or take a recorded JSONL corpus with ``--corpus``).
+1. Record independent corpora (default 3): each a fresh real Synapse with
+   its own server name, driven by matrix-nio with its own seed through a
+   recording proxy — or take recorded JSONL corpora with ``--corpus``.
 2. Encode every JSON body with the CBOR table the dictionary is for.
-3. Split by content hash into training (80 %) and held-out (20 %) samples.
-4. Train the preset dictionary on the training split; report mean sizes on
-   the held-out split: raw JSON, CBOR, CBOR+deflate, CBOR+deflate+dictionary.
+3. Train on all corpora but the last; a substring must occur in at least
+   two of them to count, so IDs and server names never enter the dictionary.
+4. Measure on the last corpus, which training never saw: mean sizes of raw
+   JSON, CBOR, CBOR+deflate, CBOR+deflate+dictionary, overall and for the
+   endpoints that dominate a chat.
 5. Write ``flate/<sha256>.bin`` and its report ``flate/<sha256>.json``.
 """
 
@@ -13,23 +16,26 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import tempfile
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from .. import cbor_codec
+from .. import cbor_codec, routes
 from ..cbor_tables import load_cbor_table
+from ..routes import load_route_table
 from ..compression import FlateDictionary, compress
 from ..errors import CodecError, GatewayError
-from .trainer import measure, split_train_holdout, train_dictionary
+from .trainer import measure, train_dictionary
 
 #: bodies larger than this are left out of training: one huge initial sync
 #: would otherwise dominate the substring counts
 MAX_SAMPLE = 64 * 1024
+LATEST_ROUTE_TABLE = 2
 
 REFERENCE_SEND = {"msgtype": "m.text", "body": "Hello, see you at 5pm"}
 
@@ -46,47 +52,94 @@ def read_corpus(path: Path) -> list[dict[str, Any]]:
     return records
 
 
-def json_bodies(records: Iterable[dict[str, Any]]) -> list[Any]:
-    """Every JSON request and response body of a corpus, in order."""
-    bodies = []
+def labelled_bodies(records: Iterable[dict[str, Any]]) -> list[tuple[str, Any]]:
+    """Every JSON body of a corpus with a label such as "client.send request"."""
+    table = load_route_table(LATEST_ROUTE_TABLE)
+    out = []
     for r in records:
-        for key in ("request_body", "response_body"):
+        try:
+            segments, _ = routes.split_target(r.get("raw_path", ""))
+            template = table.match(segments)
+        except GatewayError:
+            template = None
+        name = template.name if template else "other"
+        for key, direction in (("request_body", "request"), ("response_body", "response")):
             body = r.get(key)
             if body is None or (isinstance(body, dict) and set(body) == {"$base64"}):
                 continue
-            bodies.append(body)
-    return bodies
+            out.append((f"{name} {direction}", body))
+    return out
 
 
-def encode_samples(bodies: Iterable[Any], table_version: int) -> list[tuple[bytes, bytes]]:
-    """(compact JSON, CBOR) per body; bodies CBOR cannot carry are skipped."""
+def json_bodies(records: Iterable[dict[str, Any]]) -> list[Any]:
+    """Every JSON request and response body of a corpus, in order."""
+    return [body for _, body in labelled_bodies(records)]
+
+
+def encode_labelled(records: Iterable[dict[str, Any]], table_version: int) -> list[tuple[str, bytes, bytes]]:
+    """(label, compact JSON, CBOR) per distinct body; bodies that CBOR cannot
+    carry, or too large to be typical, are left out."""
     table = load_cbor_table(table_version)
-    out = []
-    for body in bodies:
+    out, seen = [], set()
+    for label, body in labelled_bodies(records):
         raw = cbor_codec.dump_json(body)
         if len(raw) > MAX_SAMPLE:
             continue
         try:
-            out.append((raw, cbor_codec.encode(body, table)))
+            cbor = cbor_codec.encode(body, table)
         except CodecError:
             continue
+        if cbor not in seen:
+            seen.add(cbor)
+            out.append((label, raw, cbor))
     return out
 
 
-def record_corpus_blocking(out_path: Path, seed: int, scale: int, console: Console) -> list[dict]:
+#: categories the report breaks out, because they dominate a chat at 100 bit/s
+REPORTED_LABELS = (
+    "client.send request",
+    "client.send response",
+    "client.sync response",
+    "client.messages response",
+    "client.state_event request",
+    "client.receipt request",
+    "client.keys_query response",
+)
+
+
+#: server names of the recordings: each run is another "deployment", so
+#: nothing specific to one homeserver can earn a place in the dictionary
+RECORDING_SERVER_NAMES = ("alpha.example", "bravo.example", "charlie.example", "delta.example", "echo.example")
+
+
+def record_corpora(out_dir: Path, runs: int, seed: int, scale: int, console: Console) -> list[Path]:
+    """Record ``runs`` independent corpora, each on a fresh Synapse."""
     from .record import record_corpus
 
-    with console.status("recording: Synapse + matrix-nio workload through a recording proxy…") as status:
-        def progress(message: str) -> None:
-            status.update(f"recording: {message}")
+    # the workload provokes error responses on purpose; nio warns about each
+    logging.getLogger("nio").setLevel(logging.ERROR)
+    paths = []
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=console, transient=True) as progress:
+        task = progress.add_task("recording", total=runs)
+        for i in range(runs):
+            name = RECORDING_SERVER_NAMES[i % len(RECORDING_SERVER_NAMES)]
+            path = out_dir / f"corpus-{i + 1}-{name}.jsonl"
 
-        return asyncio.run(record_corpus(out_path, seed=seed, scale=scale, progress=progress))
+            def step(message: str, i: int = i, name: str = name) -> None:
+                progress.update(task, description=f"recording run {i + 1}/{runs} ({name}): {message}")
+
+            asyncio.run(record_corpus(path, seed=seed + i, scale=scale, server_name=name, progress=step))
+            progress.advance(task)
+            paths.append(path)
+    return paths
 
 
 def build_dictionary(
     out_dir: Path,
-    corpus: Path | None = None,
+    corpora: Sequence[Path] = (),
     record_to: Path | None = None,
+    runs: int = 3,
     table_version: int = 2,
     size: int = 32 * 1024,
     scale: int = 1,
@@ -94,39 +147,47 @@ def build_dictionary(
     set_profile: str | None = None,
     console: Console | None = None,
 ) -> dict[str, Any]:
+    """Train on every corpus but the last; measure on the last (held out).
+
+    With no corpora given, records ``runs`` of them first (a real Synapse
+    driven by matrix-nio each time, with its own seed and server name).
+    """
     console = console or Console(stderr=True)
-    if corpus is not None:
-        records = read_corpus(corpus)
-        source = str(corpus)
-    else:
-        with tempfile.TemporaryDirectory() as tmp:
-            target = record_to or Path(tmp) / "corpus.jsonl"
-            records = record_corpus_blocking(target, seed, scale, console)
-        source = f"recorded now (seed {seed}, scale {scale})"
-    samples = encode_samples(json_bodies(records), table_version)
-    if len(samples) < 20:
-        raise GatewayError(f"only {len(samples)} usable JSON bodies in the corpus; need at least 20")
-    by_cbor = {cbor: raw for raw, cbor in samples}
-    train_cbor, holdout_cbor = split_train_holdout(list(by_cbor))
+    with tempfile.TemporaryDirectory(prefix="dict-build-") as tmp:
+        if not corpora:
+            if runs < 2:
+                raise GatewayError("need at least 2 recordings: one to train on, one held out")
+            corpora = record_corpora(record_to or Path(tmp), runs, seed, scale, console)
+        if len(corpora) < 2:
+            raise GatewayError("give at least 2 corpora: the last one is held out")
+        recordings = [read_corpus(Path(c)) for c in corpora]
+    table = load_cbor_table(table_version)
+
+    train_groups = [[cbor for _, _, cbor in encode_labelled(r, table_version)] for r in recordings[:-1]]
+    holdout = encode_labelled(recordings[-1], table_version)
+    if sum(map(len, train_groups)) < 20 or len(holdout) < 5:
+        raise GatewayError("too few usable JSON bodies in the corpora")
 
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console, transient=True) as progress:
-        task = progress.add_task("training: counting substrings", total=len(train_cbor))
-        data = train_dictionary(train_cbor, size, lambda done, total: progress.update(task, completed=done))
+        task = progress.add_task("training (COVER)", total=size)
+        data = train_dictionary(train_groups, size, lambda done, total: progress.update(task, completed=done))
     dictionary = FlateDictionary(data)
-    holdout = [(by_cbor[c], c) for c in holdout_cbor]
-    report = measure(holdout, dictionary)
-    table = load_cbor_table(table_version)
     ref_cbor = cbor_codec.encode(REFERENCE_SEND, table)
     result = {
         "digest": dictionary.digest,
         "size": len(data),
         "cbor_table": table_version,
         "cbor_table_digest": table.digest,
-        "source": source,
-        "records": len(records),
-        "samples": {"train": len(train_cbor), "holdout": len(holdout_cbor)},
-        "holdout_mean_bytes": report.as_dict(),
+        "corpora": {"train": [str(c) for c in corpora[:-1]], "holdout": str(corpora[-1])},
+        "records": [len(r) for r in recordings],
+        "samples": {"train": sum(map(len, train_groups)), "holdout": len(holdout)},
+        "holdout_mean_bytes": measure([(raw, cbor) for _, raw, cbor in holdout], dictionary).as_dict(),
+        "holdout_by_endpoint": {
+            label: measure(pairs, dictionary).as_dict()
+            for label in REPORTED_LABELS
+            if (pairs := [(raw, cbor) for lab, raw, cbor in holdout if lab == label])
+        },
         "reference_send": {
             "json": len(cbor_codec.dump_json(REFERENCE_SEND)),
             "cbor": len(ref_cbor),
@@ -158,11 +219,14 @@ def _point_profile(path: Path, name: str, digest: str, table_version: int) -> No
 
 
 def _print_report(console: Console, result: dict[str, Any], path: Path) -> None:
-    m = result["holdout_mean_bytes"]
-    table = Table(title=f"held-out mean sizes ({m['samples']} bodies)")
-    for col in ("raw JSON", "CBOR", "CBOR+deflate", "CBOR+deflate+dict", "payload sent"):
+    table = Table(title="held-out mean sizes per body")
+    table.add_column("bodies")
+    for col in ("n", "raw JSON", "CBOR", "CBOR+deflate", "CBOR+deflate+dict", "payload sent"):
         table.add_column(col, justify="right")
-    table.add_row(*(f"{m[k]:.1f} B" for k in ("json", "cbor", "cbor_deflate", "cbor_deflate_dict", "payload")))
+    rows = [("all", result["holdout_mean_bytes"]), *result["holdout_by_endpoint"].items()]
+    for label, m in rows:
+        table.add_row(label, str(m["samples"]),
+                      *(f"{m[k]:.1f}" for k in ("json", "cbor", "cbor_deflate", "cbor_deflate_dict", "payload")))
     console.print(table)
     ref = result["reference_send"]
     console.print(f"reference send body: JSON {ref['json']} B → CBOR {ref['cbor']} B → CBOR+deflate+dict {ref['cbor_deflate_dict']} B")

@@ -26,6 +26,7 @@ async def record_corpus(
     data_dir: Path | None = None,
     seed: int = 1,
     scale: int = 1,
+    server_name: str = "localhost",
     progress: Callable[[str], None] | None = None,
 ) -> list[dict[str, Any]]:
     """Run the workload through a recording proxy; write and return the records.
@@ -37,7 +38,7 @@ async def record_corpus(
     out_path.parent.mkdir(parents=True, exist_ok=True)
     out_path.write_text("")
     with tempfile.TemporaryDirectory(prefix="synapse-record-") as scratch:
-        synapse = LocalSynapse(data_dir if data_dir is not None else Path(scratch) / "synapse")
+        synapse = LocalSynapse(data_dir if data_dir is not None else Path(scratch) / "synapse", server_name=server_name)
         proxy: RecordingProxy | None = None
         try:
             if progress:
@@ -58,3 +59,35 @@ async def record_corpus(
             if proxy is not None:
                 await proxy.stop()
             await synapse.stop()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m coap_gateway.dictbuild.record OUT.jsonl [--seed N] [--scale N]``"""
+    import argparse
+    import asyncio
+    import collections
+    import logging
+    import sys
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("out", type=Path, help="JSONL file to write")
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--scale", type=int, default=1, help="multiplies the chat rounds")
+    parser.add_argument("--data-dir", type=Path, default=None, help="keep the homeserver here")
+    args = parser.parse_args(argv)
+    # nio warns about every error body it cannot map to its schema; the
+    # workload provokes those errors on purpose.
+    logging.getLogger("nio").setLevel(logging.ERROR)
+
+    def progress(message: str) -> None:
+        print(f"… {message}", file=sys.stderr, flush=True)
+
+    records = asyncio.run(
+        record_corpus(args.out, data_dir=args.data_dir, seed=args.seed, scale=args.scale, progress=progress)
+    )
+    statuses = collections.Counter(record["status"] for record in records)
+    print(f"{len(records)} exchanges → {args.out}; by status: {dict(sorted(statuses.items()))}")
+
+
+if __name__ == "__main__":
+    main()

@@ -30,7 +30,7 @@ from aiohttp import web
 from multidict import CIMultiDict
 from yarl import URL
 
-__all__ = ["RecordingProxy", "encode_body", "MAX_RECORDED_BODY"]
+__all__ = ["MAX_RECORDED_BODY", "RecordingProxy", "encode_body"]
 
 MAX_RECORDED_BODY = 1024 * 1024
 

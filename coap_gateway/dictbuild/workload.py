@@ -47,7 +47,7 @@ from nio import (
     RoomVisibility,
 )
 
-__all__ = ["run_workload", "WorkloadError", "ChatText", "tiny_png"]
+__all__ = ["ChatText", "WorkloadError", "run_workload", "tiny_png"]
 
 V1 = "/_matrix/client/v1"
 V3 = "/_matrix/client/v3"
@@ -192,8 +192,6 @@ class User:
     curve25519: str = ""
     ed25519: str = ""
     filter_id: str = ""
-    # Clients opened for side devices (registration device): closed at the end.
-    extra_clients: list[AsyncClient] = field(default_factory=list)
 
     @property
     def token(self) -> str:
@@ -238,16 +236,23 @@ class Workload:
         self.users: dict[str, User] = {}
         self.rooms: dict[str, Room] = {}
         self.clients: list[AsyncClient] = []
+        self.anonymous = self.new_client()
+        # Learnt along the way:
         self.server_name = ""
+        self.general_alias = ""
+        self.space_id = ""
+        self.avatars: dict[str, str] = {}  # user name -> mxc URI
+        self.photo: tuple[str, int] = ("", 0)  # mxc URI, size
+        self.session_ids: dict[tuple[str, str], str] = {}  # (room, sender) -> megolm session
+        self.federation_filter = ""
+        self.federation_since = ""
 
     # -- plumbing -------------------------------------------------------
 
-    def new_client(self, user: str = "", *, max_429: int | None = 0) -> AsyncClient:
+    def new_client(self, user: str = "") -> AsyncClient:
         # max_limit_exceeded=0: a 429 comes back to the script instead of
         # nio sleeping and retrying by itself.
-        client = AsyncClient(
-            self.base_url, user, config=AsyncClientConfig(max_limit_exceeded=max_429)
-        )
+        client = AsyncClient(self.base_url, user, config=AsyncClientConfig(max_limit_exceeded=0))
         self.clients.append(client)
         return client
 
@@ -293,7 +298,7 @@ class Workload:
             headers["Authorization"] = f"Bearer {bearer}"
         payload: bytes | None = data
         if body is not None:
-            payload = json.dumps(body).encode()
+            payload = Api.to_json(body).encode()  # the same bytes nio would send
         client = user.client if user is not None else self.anonymous
         response = await client.send(method, built, payload, headers)
         try:
@@ -312,7 +317,6 @@ class Workload:
     # -- phases ---------------------------------------------------------
 
     async def run(self) -> None:
-        self.anonymous = self.new_client()
         try:
             await self.discover()
             await self.sign_up()
@@ -360,7 +364,6 @@ class Workload:
             )
             user = User(name, f"{name}-password-{self.suffix}", self.new_client(response.user_id))
             user.user_id = response.user_id
-            user.extra_clients.append(registrar)
             self.users[name] = user
         # Taken names: once through the availability check, once for real.
         taken = f"alice-{self.suffix}"
@@ -430,7 +433,6 @@ class Workload:
         self.progress("media and profiles")
         alice = self.users["alice"]
         await self.raw(alice, "GET", ["config"], base=MEDIA_V1)
-        self.avatars: dict[str, str] = {}
         for user in self.users.values():
             png = tiny_png(16, 16, (self.rng.randrange(256), self.rng.randrange(256), self.rng.randrange(256)))
             uploaded, _ = await user.client.upload(
@@ -698,7 +700,6 @@ class Workload:
 
     async def conversation(self, rounds: int) -> None:
         self.progress(f"conversation ({rounds} rounds)")
-        self.session_ids: dict[tuple[str, str], str] = {}
         for turn in range(rounds):
             room = self.pick_room()
             sender = self.users[self.rng.choice(room.members)]
@@ -966,7 +967,7 @@ class Workload:
 
     async def errors(self) -> None:
         self.progress("errors")
-        alice, bob, carol = self.users["alice"], self.users["bob"], self.users["carol"]
+        bob, carol = self.users["bob"], self.users["carol"]
         general, dm = self.rooms["general"], self.rooms["dm"]
         text = {"msgtype": "m.text", "body": "hello?"}
         # 403: not in the room; not enough power.

@@ -1,0 +1,38 @@
+"""Shared fixtures.
+
+``synapse``: one real homeserver for the whole test session (start-up costs
+~2 s).  ``LocalSynapse`` keeps no event-loop state (its child is a plain
+Popen), so it is started and stopped with ``asyncio.run`` in a helper thread,
+outside pytest-asyncio's loops, and every async test can use it from its own
+loop.  Tests that need it are marked ``@pytest.mark.synapse``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+from collections.abc import Coroutine, Iterator
+from typing import Any, TypeVar
+
+import pytest
+
+T = TypeVar("T")
+
+
+def run_in_fresh_loop(coro: Coroutine[Any, Any, T]) -> T:
+    """Run ``coro`` to completion in a new loop on a helper thread."""
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(asyncio.run, coro).result()
+
+
+@pytest.fixture(scope="session")
+def synapse(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    pytest.importorskip("synapse", reason="matrix-synapse is not installed")
+    from coap_gateway.synapse_process import LocalSynapse
+
+    server = LocalSynapse(tmp_path_factory.mktemp("synapse"))
+    run_in_fresh_loop(server.start())
+    try:
+        yield server
+    finally:
+        run_in_fresh_loop(server.stop())
