@@ -34,3 +34,47 @@ class RouteError(GatewayError):
 
 class StatusError(GatewayError):
     """An HTTP status or CoAP response code cannot be mapped."""
+
+
+class SecurityError(GatewayError):
+    """A secure frame or handshake is malformed, unauthenticated, replayed or refused.
+
+    The receive path of the secure layer raises only this family; the
+    endpoints turn it into a dropped datagram (and a counter), never a crash.
+    """
+
+
+class FrameError(SecurityError):
+    """A datagram is too short, has an unknown kind or a malformed clear header."""
+
+
+class AuthenticationError(SecurityError):
+    """A frame or handshake message does not authenticate under any key held."""
+
+
+class ReplayError(SecurityError):
+    """A frame's counter was already used (and the bytes differ) or is too old."""
+
+
+class NonceError(SecurityError):
+    """Sealing would reuse a (key, nonce) pair, or the counter space is exhausted."""
+
+
+class HandshakeError(SecurityError):
+    """A handshake message is malformed, unexpected or fails to decrypt."""
+
+
+class ProfileMismatchError(HandshakeError):
+    """The server holds a different version of the requested profile (or none)."""
+
+
+class ServerKeyMismatchError(HandshakeError):
+    """The server could not decrypt IK message 1: the pinned server key is not its key."""
+
+
+class ServerKeyChanged(SecurityError):
+    """The server presented a static key different from the one pinned for it."""
+
+
+class KeyFileError(SecurityError):
+    """A key or pin file is missing, malformed or has unsafe permissions."""
