@@ -1,0 +1,391 @@
+"""aiocoap over our own links: the thin shell between CoAP and datagrams.
+
+aiocoap has no public hook for a custom transport (its ``transports=`` takes
+built-in names only), so this module wires a TokenManager, a MessageManager
+and a MessageInterface by hand, as aiocoap's own private
+``_append_tokenmanaged_messagemanaged_transport`` does.  aiocoap is pinned
+(pyproject.toml) because these are its internals.
+
+What changes from stock aiocoap, and why:
+
+* ``LinkAwareMessageManager``: the ACK timeout comes from the link
+  (``link_timing``) instead of a fixed 2 s, RTT samples follow Karn's rule,
+  and retransmissions are counted.  Incoming messages carry a tuning whose
+  EXCHANGE_LIFETIME covers the link's long timeouts, so the deduplication
+  cache (a retransmitted request never runs twice) outlives every
+  retransmission, and whose EMPTY_ACK_DELAY sends an empty ACK only when a
+  piggybacked answer would come too late.
+* ``ShortTokenManager``: 1-byte tokens, cycling, skipping tokens in use.
+* ``LinkMessageInterface``: encodes messages, passes them through a
+  ``FrameCodec`` (plaintext, or the Noise secure frames) onto a
+  ``DatagramLink`` (UDP, KISS serial, emulated), and guards the receive path:
+  a malformed datagram is counted and dropped, never raised.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from aiocoap import Context, Message, error, interfaces
+from aiocoap.messagemanager import MessageManager
+from aiocoap.numbers.constants import TransportTuning
+from aiocoap.numbers.types import CON
+from aiocoap.tokenmanager import TokenManager
+
+from .link_timing import LinkBudget, RetransmissionTimer
+
+log = logging.getLogger(__name__)
+
+SCHEME = "coap"
+
+
+class DatagramLink(Protocol):
+    """What a CoAP endpoint needs from a link."""
+
+    name: str
+    budget: LinkBudget
+
+    def send(self, peer: Hashable, datagram: bytes) -> None: ...
+
+    def set_receiver(self, receiver: Callable[[Hashable, bytes], None]) -> None: ...
+
+    def queued_bytes(self, peer: Hashable) -> int:
+        """Bytes still waiting to leave toward ``peer`` (0 when unknown)."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+class FrameCodec(Protocol):
+    """Turns CoAP message bytes into datagrams for a peer, and back.
+
+    ``key`` identifies the CoAP endpoint aiocoap talks to: the network
+    address in plaintext mode, the session in secure mode.
+    """
+
+    def outgoing(self, key: Hashable, message: bytes) -> list[tuple[Hashable, bytes]]: ...
+
+    def incoming(self, peer: Hashable, datagram: bytes) -> list[tuple[Hashable, bytes]]: ...
+
+
+class PlainCodec:
+    """Plaintext mode: the datagram *is* the CoAP message (RFC 7252)."""
+
+    def outgoing(self, key: Hashable, message: bytes) -> list[tuple[Hashable, bytes]]:
+        return [(key, message)]
+
+    def incoming(self, peer: Hashable, datagram: bytes) -> list[tuple[Hashable, bytes]]:
+        return [(peer, datagram)]
+
+
+@dataclass
+class TransportCounters:
+    frames_out: int = 0
+    bytes_out: int = 0
+    frames_in: int = 0
+    bytes_in: int = 0
+    retransmissions: int = 0
+    timeouts: int = 0
+    dropped_malformed: int = 0
+    dropped_by_codec: int = 0
+    rtt_samples: int = 0
+
+
+class LinkAddress(interfaces.EndpointAddress):
+    """A CoAP peer behind one LinkMessageInterface, identified by ``key``."""
+
+    scheme = SCHEME
+    is_multicast = False
+    is_multicast_locally = False
+
+    def __init__(self, interface: "LinkMessageInterface", key: Hashable):
+        self.interface = interface
+        self.key = key
+
+    def __hash__(self) -> int:
+        return hash((id(self.interface), self.key))
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, LinkAddress) and other.interface is self.interface and other.key == self.key
+
+    def __repr__(self) -> str:
+        return f"<LinkAddress {self.interface.link.name} {self.key!r}>"
+
+    @property
+    def hostinfo(self) -> str:
+        key = self.key
+        if isinstance(key, tuple) and len(key) >= 2:
+            host = str(key[0])
+            return f"[{host}]:{key[1]}" if ":" in host else f"{host}:{key[1]}"
+        return str(key).replace("/", "_")
+
+    @property
+    def hostinfo_local(self) -> str:
+        return self.interface.link.name
+
+    @property
+    def uri_base(self) -> str:
+        return f"{SCHEME}://{self.hostinfo}"
+
+    @property
+    def uri_base_local(self) -> str:
+        return f"{SCHEME}://{self.hostinfo_local}"
+
+    @property
+    def blockwise_key(self) -> Hashable:
+        return (id(self.interface), self.key)
+
+    @property
+    def maximum_block_size_exp(self) -> int:
+        # blockwise only when a message truly does not fit a link frame
+        budget = self.interface.link.budget
+        exp = 6
+        while exp > 0 and (16 << exp) + 64 > budget.max_frame:
+            exp -= 1
+        return exp
+
+    @property
+    def maximum_payload_size(self) -> int:
+        return max(16, self.interface.link.budget.max_frame - 64)
+
+
+class LinkTuning(TransportTuning):
+    """aiocoap tuning for messages of one peer, derived from its timer."""
+
+    def __init__(self, timer: RetransmissionTimer):
+        self._timer = timer
+
+    @property
+    def ACK_TIMEOUT(self) -> float:  # type: ignore[override]
+        # used by aiocoap for EXCHANGE_LIFETIME and friends: take the longest
+        # first timeout a full frame could need
+        return self._timer.ack_timeout(self._timer.budget.max_frame)
+
+    @property
+    def MAX_LATENCY(self) -> float:  # type: ignore[override]
+        return max(100.0, 2 * self._timer.budget.latency + self._timer.budget.serialisation(self._timer.budget.max_frame))
+
+    @property
+    def EMPTY_ACK_DELAY(self) -> float:  # type: ignore[override]
+        return self._timer.empty_ack_delay()
+
+    @property
+    def MAX_RETRANSMIT(self) -> int:  # type: ignore[override]
+        return self._timer.budget.max_retransmit
+
+
+@dataclass
+class _Exchange:
+    sent_at: float
+    size: int
+    queued: int
+    retransmitted: bool = False
+
+
+class LinkAwareMessageManager(MessageManager):
+    """aiocoap's MessageManager with timeouts that follow the link."""
+
+    def __init__(self, token_manager: TokenManager, budget: LinkBudget, counters: TransportCounters):
+        super().__init__(token_manager)
+        self.budget = budget
+        self.counters = counters
+        self.timers: dict[Hashable, RetransmissionTimer] = {}
+        self._tunings: dict[Hashable, LinkTuning] = {}
+        self._exchanges: dict[tuple[Hashable, int], _Exchange] = {}
+        #: size of the message being dispatched (aiocoap cannot re-encode
+        #: incoming messages; dispatch is synchronous, so this is exact)
+        self.incoming_size = 0
+
+    def timer_for(self, remote: Hashable) -> RetransmissionTimer:
+        timer = self.timers.get(remote)
+        if timer is None:
+            timer = self.timers[remote] = RetransmissionTimer(self.budget)
+        return timer
+
+    def tuning_for(self, remote: Hashable) -> LinkTuning:
+        tuning = self._tunings.get(remote)
+        if tuning is None:
+            tuning = self._tunings[remote] = LinkTuning(self.timer_for(remote))
+        return tuning
+
+    def forget_remote(self, remote: Hashable) -> None:
+        self.timers.pop(remote, None)
+        self._tunings.pop(remote, None)
+
+    # -- aiocoap hooks
+
+    def _add_exchange(self, message: Message, messageerror_monitor: Callable[[], None]) -> None:
+        key = (message.remote, message.mid)
+        if message.remote not in self._backlogs:
+            self._backlogs[message.remote] = []
+        size = len(message.encode())
+        queued = message.remote.interface.link.queued_bytes(message.remote.key)
+        # our own CON: retransmit as often as this link needs
+        tuning = message.transport_tuning = self.tuning_for(message.remote)
+        base = self.timer_for(message.remote).ack_timeout(size, queued)
+        timeout = random.uniform(base, base * tuning.ACK_RANDOM_FACTOR)
+        handle = self._schedule_retransmit(message, timeout, 0)
+        self._active_exchanges[key] = (messageerror_monitor, handle)
+        self._exchanges[key] = _Exchange(self.loop.time(), size, queued)
+
+    def _retransmit(self, message: Message, timeout: float, retransmission_counter: int) -> None:
+        key = (message.remote, message.mid)
+        exchange = self._exchanges.get(key)
+        if exchange is not None:
+            exchange.retransmitted = True
+        if retransmission_counter < message.transport_tuning.MAX_RETRANSMIT:
+            self.counters.retransmissions += 1
+        else:
+            self.counters.timeouts += 1
+            self._exchanges.pop(key, None)
+        super()._retransmit(message, timeout, retransmission_counter)
+
+    def _remove_exchange(self, message: Message) -> None:
+        key = (message.remote, message.mid)
+        exchange = self._exchanges.pop(key, None)
+        if exchange is not None and not exchange.retransmitted and key in self._active_exchanges:
+            rtt = self.loop.time() - exchange.sent_at
+            self.timer_for(message.remote).on_sample(rtt, exchange.size, self.incoming_size, exchange.queued)
+            self.counters.rtt_samples += 1
+        super()._remove_exchange(message)
+
+    def dispatch_error(self, error: Exception, remote: Hashable) -> None:
+        for key in [k for k in self._exchanges if k[0] == remote]:
+            del self._exchanges[key]
+        super().dispatch_error(error, remote)
+
+    async def shutdown(self) -> None:
+        self._exchanges.clear()
+        await super().shutdown()
+
+
+class ShortTokenManager(TokenManager):
+    """1-byte tokens, cycling through 256 values, skipping those in use."""
+
+    def __init__(self, context: Context):
+        super().__init__(context)
+        self._next = random.randrange(256)
+
+    def next_token(self) -> bytes:
+        in_use = {token for token, _remote in (self.outgoing_requests or {})}
+        for _ in range(256):
+            token = bytes([self._next])
+            self._next = (self._next + 1) % 256
+            if token not in in_use:
+                return token
+        return super().next_token()  # 256 requests in flight: fall back to longer tokens
+
+
+class LinkMessageInterface(interfaces.MessageInterface):
+    """aiocoap MessageInterface over a DatagramLink through a FrameCodec."""
+
+    def __init__(self, mman: LinkAwareMessageManager, link: DatagramLink, codec: FrameCodec, counters: TransportCounters):
+        self.mman = mman
+        self.link = link
+        self.codec = codec
+        self.counters = counters
+        link.set_receiver(self._datagram_received)
+
+    def remote(self, key: Hashable) -> LinkAddress:
+        """The aiocoap remote for a peer of this link (address or session)."""
+        return LinkAddress(self, key)
+
+    # -- MessageInterface
+
+    def send(self, message: Message) -> None:
+        data = message.encode()
+        try:
+            datagrams = self.codec.outgoing(message.remote.key, data)
+        except Exception as exc:  # a codec failure loses this frame, not the endpoint
+            log.warning("cannot send to %r: %s", message.remote, exc)
+            self.counters.dropped_by_codec += 1
+            return
+        for peer, datagram in datagrams:
+            self.counters.frames_out += 1
+            self.counters.bytes_out += len(datagram)
+            self.link.send(peer, datagram)
+
+    async def determine_remote(self, message: Message) -> LinkAddress | None:
+        return None  # remotes are handed out by remote(), never parsed from URIs
+
+    async def recognize_remote(self, remote: Any) -> bool:
+        return isinstance(remote, LinkAddress) and remote.interface is self
+
+    async def shutdown(self) -> None:
+        await self.link.close()
+
+    # -- receive path: nothing may escape from here
+
+    def _datagram_received(self, peer: Hashable, datagram: bytes) -> None:
+        self.counters.frames_in += 1
+        self.counters.bytes_in += len(datagram)
+        try:
+            messages = self.codec.incoming(peer, datagram)
+        except Exception as exc:
+            log.debug("codec dropped a datagram from %r: %s", peer, exc)
+            self.counters.dropped_by_codec += 1
+            return
+        for key, raw in messages:
+            remote = self.remote(key)
+            try:
+                message = Message.decode(raw, remote)
+            except (error.UnparsableMessage, ValueError, IndexError, UnicodeDecodeError, TypeError) as exc:
+                log.debug("malformed CoAP message from %r: %s", peer, exc)
+                self.counters.dropped_malformed += 1
+                continue
+            message.transport_tuning = self.mman.tuning_for(remote)
+            self.mman.incoming_size = len(raw)
+            try:
+                self.mman.dispatch_message(message)
+            except Exception:
+                log.exception("error processing a message from %r", peer)
+                self.counters.dropped_malformed += 1
+
+
+@dataclass
+class LinkEndpoint:
+    """A CoAP endpoint (client, server or both) on one link."""
+
+    context: Context
+    interface: LinkMessageInterface
+    counters: TransportCounters = field(default_factory=TransportCounters)
+
+    def remote(self, key: Hashable) -> LinkAddress:
+        return self.interface.remote(key)
+
+    async def shutdown(self) -> None:
+        await self.context.shutdown()
+
+
+async def create_link_endpoint(link: DatagramLink, *, site: Any = None, codec: FrameCodec | None = None,
+                               loggername: str = "coap") -> LinkEndpoint:
+    """An aiocoap Context that speaks CoAP over ``link`` (server if ``site``)."""
+    context = Context(serversite=site, loggername=loggername)
+    counters = TransportCounters()
+    tman = ShortTokenManager(context)
+    mman = LinkAwareMessageManager(tman, link.budget, counters)
+    interface = LinkMessageInterface(mman, link, codec or PlainCodec(), counters)
+    mman.message_interface = interface
+    tman.token_interface = mman
+    context.request_interfaces.append(tman)
+    return LinkEndpoint(context, interface, counters)
+
+
+__all__ = [
+    "CON",
+    "DatagramLink",
+    "FrameCodec",
+    "LinkAddress",
+    "LinkAwareMessageManager",
+    "LinkBudget",
+    "LinkEndpoint",
+    "LinkMessageInterface",
+    "PlainCodec",
+    "ShortTokenManager",
+    "TransportCounters",
+    "create_link_endpoint",
+]

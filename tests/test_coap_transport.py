@@ -1,0 +1,292 @@
+"""CoAP under aiocoap over our links: reliability at 100 bit/s, in virtual time."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import socket
+
+import aiocoap.resource as resource
+import pytest
+from aiocoap import Message
+from aiocoap.numbers.codes import Code
+from aiocoap.numbers.types import Type
+
+from coap_gateway.coap_transport import create_link_endpoint
+from coap_gateway.kiss import FEND, KissDecoder, encode_frame
+from coap_gateway.link_timing import LinkBudget, RetransmissionTimer
+from coap_gateway.links import SerialLink, UdpLink, emulated_link_pair
+from meshsim.link import LinkProfile
+
+
+class Counting(resource.Resource):
+    """Echo resource that counts how often each request body ran."""
+
+    def __init__(self, delay: float = 0.0):
+        super().__init__()
+        self.executions: dict[bytes, int] = {}
+        self.delay = delay
+
+    async def render_post(self, request):
+        self.executions[request.payload] = self.executions.get(request.payload, 0) + 1
+        if self.delay:
+            await asyncio.sleep(self.delay)
+        return Message(code=Code.CHANGED, payload=b"ok:" + request.payload)
+
+
+def site_with(res: resource.Resource) -> resource.Site:
+    site = resource.Site()
+    site.add_resource(["x"], res)
+    return site
+
+
+async def pair(profile, *, reverse=None, seed=1, max_retransmit=4, max_frame=1152, server_res=None, budget_override=None):
+    client_link, server_link = emulated_link_pair(profile, reverse=reverse, seed=seed,
+                                                  max_retransmit=max_retransmit, max_frame=max_frame)
+    if budget_override is not None:
+        client_link.budget = server_link.budget = budget_override
+    res = server_res or Counting()
+    server = await create_link_endpoint(server_link, site=site_with(res))
+    client = await create_link_endpoint(client_link)
+    return client, server, res, client_link, server_link
+
+
+async def post(client, body: bytes) -> Message:
+    msg = Message(code=Code.POST, uri_path=["x"], payload=body)
+    msg.remote = client.remote("server")
+    return await client.context.request(msg).response
+
+
+def link_bytes(*ends) -> tuple[int, int]:
+    frames = sum(len(e.sent) for e in ends)
+    return frames, sum(len(d) for e in ends for d in e.sent)
+
+
+# ------------------------------------------------------------- at 100 bit/s
+
+SLOW = LinkProfile(rate_bps=100, delay=1.0, overhead=0)
+
+
+@pytest.mark.looptime
+async def test_timers_follow_the_link_no_spurious_retransmission():
+    client, server, res, cl, sl = await pair(SLOW)
+    t0 = asyncio.get_running_loop().time()
+    response = await post(client, b"hello")
+    elapsed = asyncio.get_running_loop().time() - t0
+    assert response.payload == b"ok:hello" and res.executions == {b"hello": 1}
+    assert client.counters.retransmissions == 0 and server.counters.retransmissions == 0
+    assert link_bytes(cl, sl)[0] == 2  # a CON request and its piggybacked ACK
+    # physics: both frames serialised at 100 bit/s plus 1 s latency each way
+    assert elapsed >= (len(cl.sent[0]) + len(sl.sent[0])) * 8 / 100 + 2.0
+    await client.shutdown(), await server.shutdown()
+
+
+@pytest.mark.looptime
+async def test_stock_coap_timers_would_retransmit_spuriously():
+    # the same link, but the endpoints believe it is fast (aiocoap's 2 s)
+    client, server, res, cl, sl = await pair(SLOW, budget_override=LinkBudget())
+    response = await post(client, b"hello")
+    assert response.payload == b"ok:hello" and res.executions == {b"hello": 1}
+    assert client.counters.retransmissions >= 1  # nothing was lost: every retransmission is spurious
+    await client.shutdown(), await server.shutdown()
+
+
+LOSSY_CHAIN = [
+    LinkProfile(rate_bps=100, loss=0.30, duplicate=0.20, overhead=0),
+    LinkProfile(delay=1.0, jitter=0.8),  # after the serialiser: reorders
+]
+
+
+@pytest.mark.looptime
+async def test_exactly_once_at_100bps_30pct_loss_reordering_duplication():
+    client, server, res, cl, sl = await pair(LOSSY_CHAIN, seed=7, max_retransmit=10)
+    bodies = [f"m{i}".encode() for i in range(20)]
+    answers = [await post(client, body) for body in bodies]
+    assert [a.payload for a in answers] == [b"ok:" + b for b in bodies]
+    assert res.executions == {b: 1 for b in bodies}  # executed exactly once each
+    # the link really was that bad
+    dropped = sum(m.counters.dropped["loss"] for e in (cl, sl) for m in e.models)
+    duplicated = sum(m.counters.duplicated for e in (cl, sl) for m in e.models)
+    assert dropped > 0 and duplicated > 0 and client.counters.retransmissions > 0
+    frames, wire = link_bytes(cl, sl)
+    print(f"\n20 exchanges: {frames} frames, {wire} B on the link "
+          f"({client.counters.retransmissions} client retransmissions, {dropped} lost, {duplicated} duplicated)")
+    await client.shutdown(), await server.shutdown()
+
+
+@pytest.mark.looptime
+async def test_slow_upstream_gets_an_empty_ack_and_a_separate_response():
+    client, server, res, cl, sl = await pair(SLOW, server_res=Counting(delay=120.0))
+    response = await post(client, b"slow")
+    assert response.payload == b"ok:slow" and res.executions == {b"slow": 1}
+    server_frames = [Message.decode(d) for d in sl.sent]
+    assert server_frames[0].mtype == Type.ACK and server_frames[0].code == Code.EMPTY
+    assert any(m.mtype == Type.CON and m.code == Code.CHANGED for m in server_frames)
+    assert client.counters.retransmissions == 0
+    await client.shutdown(), await server.shutdown()
+
+
+@pytest.mark.looptime
+async def test_duplicated_requests_run_once():
+    both_dup = LinkProfile(rate_bps=100, delay=1.0, duplicate=1.0)
+    client, server, res, cl, sl = await pair(both_dup)
+    for body in (b"a", b"b", b"c"):
+        assert (await post(client, body)).payload == b"ok:" + body
+    assert res.executions == {b"a": 1, b"b": 1, b"c": 1}
+    await client.shutdown(), await server.shutdown()
+
+
+@pytest.mark.looptime
+async def test_one_byte_tokens():
+    client, server, res, cl, sl = await pair(SLOW)
+    await post(client, b"t")
+    assert len(Message.decode(cl.sent[0]).token) == 1
+    await client.shutdown(), await server.shutdown()
+
+
+class Big(resource.Resource):
+    async def render_get(self, request):
+        return Message(code=Code.CONTENT, payload=bytes(range(256)) * 4)
+
+
+@pytest.mark.looptime
+@pytest.mark.parametrize("max_frame,blockwise", [(1152, False), (200, True)])
+async def test_blockwise_only_when_a_message_does_not_fit(max_frame, blockwise):
+    fast = LinkProfile(rate_bps=100_000, delay=0.01)
+    client, server, _, cl, sl = await pair(fast, max_frame=max_frame, server_res=Big())
+    msg = Message(code=Code.GET, uri_path=["x"])
+    msg.remote = client.remote("server")
+    response = await client.context.request(msg).response
+    assert response.payload == bytes(range(256)) * 4
+    used_block2 = any(Message.decode(d).opt.block2 is not None for d in sl.sent)
+    assert used_block2 == blockwise
+    assert max(len(d) for d in sl.sent) <= (max_frame if blockwise else 1152)
+    await client.shutdown(), await server.shutdown()
+
+
+class Clock(resource.ObservableResource):
+    def __init__(self):
+        super().__init__()
+        self.value = 0
+
+    def tick(self):
+        self.value += 1
+        self.updated_state()
+
+    async def render_get(self, request):
+        return Message(code=Code.CONTENT, payload=str(self.value).encode())
+
+
+@pytest.mark.looptime
+async def test_observe_notifications_cross_the_slow_link():
+    clock = Clock()
+    client, server, _, cl, sl = await pair(SLOW, server_res=clock)
+    msg = Message(code=Code.GET, uri_path=["x"], observe=0)
+    msg.remote = client.remote("server")
+    request = client.context.request(msg)
+    first = await request.response
+    assert first.payload == b"0"
+    seen = []
+    clock.tick()
+    async for note in request.observation:
+        seen.append(note.payload)
+        if len(seen) == 2:
+            break
+        clock.tick()  # the next change only once the last one has arrived
+    assert seen == [b"1", b"2"]
+    request.observation.cancel()
+    await client.shutdown(), await server.shutdown()
+
+
+@pytest.mark.looptime
+async def test_malformed_datagrams_are_dropped_and_counted():
+    client, server, res, cl, sl = await pair(LinkProfile(rate_bps=100_000))
+    rng = random.Random(3)
+    good = cl.sent  # nothing sent yet
+    iface = server.interface
+    for _ in range(2000):
+        iface._datagram_received("client", bytes(rng.getrandbits(8) for _ in range(rng.randrange(0, 40))))
+    assert server.counters.dropped_malformed > 1000
+    # and the endpoint still works
+    assert (await post(client, b"still")).payload == b"ok:still"
+    assert good is cl.sent
+    await client.shutdown(), await server.shutdown()
+
+
+# --------------------------------------------------------------- real links
+
+
+async def _serve_and_ask(server_link, client_link, client_key):
+    res = Counting()
+    server = await create_link_endpoint(server_link, site=site_with(res))
+    client = await create_link_endpoint(client_link)
+    msg = Message(code=Code.POST, uri_path=["x"], payload=b"real")
+    msg.remote = client.remote(client_key)
+    response = await asyncio.wait_for(client.context.request(msg).response, 30)
+    await client.shutdown(), await server.shutdown()
+    return response, res
+
+
+async def test_udp_ipv4():
+    server_link = await UdpLink.open("127.0.0.1", 0)
+    client_link = await UdpLink.open("127.0.0.1", 0)
+    response, res = await _serve_and_ask(server_link, client_link, server_link.local_address)
+    assert response.payload == b"ok:real" and res.executions == {b"real": 1}
+
+
+def _has_ipv6() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as s:
+            s.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not _has_ipv6(), reason="no IPv6 loopback on this machine")
+async def test_udp_ipv6():
+    server_link = await UdpLink.open("::1", 0)
+    client_link = await UdpLink.open("::1", 0)
+    response, res = await _serve_and_ask(server_link, client_link, server_link.local_address)
+    assert response.payload == b"ok:real"
+
+
+async def test_kiss_over_a_pty_pair():
+    master, slave = os.openpty()
+    slave_path = os.ttyname(slave)
+    budget = LinkBudget(rate_bps=9600, frame_overhead=3)
+    server_link = SerialLink(master, budget, "pty-master")
+    client_link = await SerialLink.open(slave_path, budget)
+    # noise on the line before and between frames is ignored
+    os.write(slave, b"\x01\x02garbage")
+    try:
+        response, res = await _serve_and_ask(server_link, client_link, SerialLink.PEER)
+        assert response.payload == b"ok:real"
+    finally:
+        os.close(slave)
+
+
+def test_kiss_framing_escapes_and_survives_garbage():
+    data = bytes([0xC0, 0xDB, 0x00, 0xDC, 0xDD])
+    frame = encode_frame(data)
+    assert frame == bytes([0xC0, 0x00, 0xDB, 0xDC, 0xDB, 0xDD, 0x00, 0xDC, 0xDD, 0xC0])
+    dec = KissDecoder(max_frame=16)
+    stream = b"noise" + frame + bytes([FEND, 0x00, 0xDB, 0x01, FEND]) + encode_frame(bytes(40)) + encode_frame(b"ok")
+    out = []
+    for i in range(0, len(stream), 3):  # any chunking
+        out += dec.feed(stream[i : i + 3])
+    assert out == [data, b"ok"]
+    assert dec.dropped_bad_escape == 1 and dec.dropped_oversize == 1
+
+
+def test_retransmission_timer_math():
+    b = LinkBudget(rate_bps=100, latency=1.0, max_response=50)
+    t = RetransmissionTimer(b)
+    # request 30 B (2.4 s) + response budget 50 B (4 s) + initial residual 3.5 s
+    assert t.ack_timeout(30) == pytest.approx(2.4 + 4.0 + 3.5)
+    assert t.ack_timeout(30, queued_bytes=100) == pytest.approx(8 + 2.4 + 4.0 + 3.5)
+    t.on_sample(2.4 + 2.0 + 2.1, request_size=30, response_size=25)  # residual 2.1
+    assert t.srtt == pytest.approx(2.1) and t.ack_timeout(30) == pytest.approx(2.4 + 4.0 + 2.1 + 4 * 1.05)
+    with pytest.raises(ValueError):
+        LinkBudget(rate_bps=0)
