@@ -1,0 +1,308 @@
+"""``meshsim`` command line.
+
+Subcommands: ``link`` (one shaped UDP relay).  Bad arguments end with a
+one-line error on stderr and exit status 2; a socket that cannot be opened
+ends with a one-line error and status 1; a traceback means a bug.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import shlex
+import signal
+import sys
+from collections.abc import Coroutine, Sequence
+from dataclasses import replace
+from typing import Any, NoReturn, TypeVar
+
+from .events import EventLog
+from .link import LinkProfile
+from .netem_args import parse_netem_time
+from .pcap import PcapWriter
+from .relay import DEFAULT_MAX_CLIENTS, DOWN, UP, Relay, parse_host_port
+
+EXIT_BAD_INPUT = 2
+EXIT_RUNTIME_ERROR = 1
+#: netem's default queue limit, used when no limit is given
+NETEM_DEFAULT_LIMIT = 1000
+#: Ethernet (14) + IPv4 (20) + UDP (8): what a real link sends besides the payload
+DEFAULT_OVERHEAD = 42
+
+T = TypeVar("T")
+
+
+class UsageError(Exception):
+    """Bad input that is the user's, not a bug: one line, exit 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        # argparse prints the whole usage first; one line is easier to read in a script's log
+        self.exit(EXIT_BAD_INPUT, f"meshsim: error: {message} (see {self.prog} --help)\n")
+
+
+# ------------------------------------------------------------------ link
+
+_SHAPING_OPTIONS = ("rate", "delay", "jitter", "distribution", "loss", "gemodel", "dup", "corrupt", "limit")
+
+
+def profile_from_args(args: argparse.Namespace) -> LinkProfile:
+    """The link profile `meshsim link`'s options describe (UsageError if they do not)."""
+    try:
+        if args.netem is not None:
+            given = [f"--{name}" for name in _SHAPING_OPTIONS if getattr(args, name) is not None]
+            if given:
+                raise UsageError(f"--netem replaces {', '.join(given)}: give one or the other")
+            words = shlex.split(args.netem)
+        else:
+            words = _netem_words(args)
+        profile = LinkProfile.from_netem_args(words)
+        limit_seconds = parse_netem_time(args.limit_seconds) if args.limit_seconds is not None else None
+        profile = replace(
+            profile,
+            overhead=profile.overhead + args.overhead,
+            limit_bytes=args.limit_bytes,
+            limit_seconds=limit_seconds,
+        )
+        if profile.limit_packets is None and profile.limit_bytes is None and profile.limit_seconds is None:
+            profile = replace(profile, limit_packets=NETEM_DEFAULT_LIMIT)
+        return profile
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def _netem_words(args: argparse.Namespace) -> list[str]:
+    words: list[str] = []
+    if args.limit is not None:
+        words += ["limit", str(args.limit)]
+    if args.delay is not None or args.jitter is not None:
+        words += ["delay", args.delay or "0s"]
+        if args.jitter is not None:
+            words.append(args.jitter)
+    if args.distribution is not None:
+        words += ["distribution", args.distribution]
+    if args.loss is not None:
+        words += ["loss", "random", args.loss]
+    if args.gemodel is not None:
+        if len(args.gemodel) > 4:
+            raise UsageError("--gemodel takes at most 4 values: p [r [1-h [1-k]]]")
+        words += ["loss", "gemodel", *args.gemodel]
+    if args.dup is not None:
+        words += ["duplicate", args.dup]
+    if args.corrupt is not None:
+        words += ["corrupt", args.corrupt]
+    if args.rate is not None:
+        words += ["rate", args.rate]
+    return words
+
+
+def describe_profile(profile: LinkProfile) -> str:
+    """One line for people: the netem equivalent, then what netem cannot say."""
+    netem = replace(profile, overhead=0, limit_bytes=None, limit_seconds=None).to_netem_args()
+    parts = [netem or "unshaped", f"overhead {profile.overhead} B"]
+    if profile.limit_bytes is not None:
+        parts.append(f"limit {profile.limit_bytes} B")
+    if profile.limit_seconds is not None:
+        parts.append(f"limit {profile.limit_seconds:g} s")
+    return ", ".join(parts)
+
+
+def cmd_link(args: argparse.Namespace) -> int:
+    profile = profile_from_args(args)
+    try:
+        listen = parse_host_port(args.listen)
+        target = parse_host_port(args.to)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    if target[1] == 0:
+        raise UsageError("--to needs a port other than 0")
+    return _run(_run_link(args, profile, listen, target))
+
+
+async def _run_link(args: argparse.Namespace, profile: LinkProfile, listen: Any, target: Any) -> int:
+    from rich.console import Console
+    from rich.live import Live
+
+    out = Console()
+    err = Console(stderr=True)
+    with contextlib.ExitStack() as files:
+        events = files.enter_context(EventLog(args.events)) if args.events else None
+        capture = files.enter_context(PcapWriter(args.pcap)) if args.pcap else None
+        relay = Relay(
+            listen, target, profile, seed=args.seed, events=events, capture=capture, max_clients=args.max_clients
+        )
+        try:
+            await relay.start()
+        except (OSError, ValueError) as exc:
+            print(f"meshsim: error: cannot start the relay: {exc}", file=sys.stderr)
+            return EXIT_RUNTIME_ERROR
+        print(
+            f"meshsim link: listening on {_address(relay.listen_address)}, relaying to "
+            f"{_address(relay.target_address)}: {describe_profile(profile)}, seed {args.seed}",
+            flush=True,
+        )
+        stopping = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stopping.set)
+        try:
+            if args.quiet or not err.is_terminal:
+                await stopping.wait()
+            else:
+                with Live(_live_line(relay), console=err, refresh_per_second=4, transient=True) as live:
+                    while not stopping.is_set():
+                        with contextlib.suppress(TimeoutError):
+                            await asyncio.wait_for(stopping.wait(), timeout=0.25)
+                        live.update(_live_line(relay))
+        finally:
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(signum)
+            await relay.stop()
+        out.print(summary_table(relay.snapshot()))
+    return 0
+
+
+def _address(address: tuple[str, int]) -> str:
+    host, port = address
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _direction(link: dict[str, Any]) -> str:
+    lost = sum(link["dropped"].values())
+    return (
+        f"{link['offered_packets']} in, {link['delivered_packets']} out, {lost} lost, "
+        f"{link['delivered_wire_bytes']} B on the wire, {link['in_flight_packets']} in flight"
+    )
+
+
+def _live_line(relay: Relay) -> str:
+    snapshot = relay.snapshot()
+    links = snapshot["links"]
+    return (
+        f"{snapshot['t']:8.1f} s  up: {_direction(links[UP])}  |  down: {_direction(links[DOWN])}  |  "
+        f"clients {snapshot['counters']['clients']}"
+    )
+
+
+def summary_table(snapshot: dict[str, Any]) -> Any:
+    """The counters of a relay or fabric snapshot as a rich Table, one column per link."""
+    from rich.table import Table
+
+    links = snapshot["links"]
+    duration = snapshot["t"]
+    table = Table(title=f"meshsim: {duration:.1f} s")
+    table.add_column("")
+    for name in links:
+        table.add_column(name, justify="right")
+
+    def row(label: str, value: Any) -> None:
+        table.add_row(label, *(str(value(link)) for link in links.values()))
+
+    row("offered packets", lambda l: l["offered_packets"])
+    row("offered bytes", lambda l: l["offered_bytes"])
+    row("delivered packets", lambda l: l["delivered_packets"])
+    row("delivered bytes", lambda l: l["delivered_bytes"])
+    row("delivered bytes with overhead", lambda l: l["delivered_wire_bytes"])
+    row("duplicated", lambda l: l["duplicated"])
+    row("corrupted", lambda l: l["corrupted"])
+    reasons = sorted({reason for link in links.values() for reason, n in link["dropped"].items() if n})
+    for reason in reasons:
+        row(f"dropped ({reason})", lambda l, r=reason: l["dropped"][r])
+    row("busy time (s)", lambda l: f"{l['busy_time']:.3f}")
+    row("utilisation", lambda l: f"{l['busy_time'] / duration:.1%}" if duration > 0 else "-")
+    row("peak queue packets", lambda l: l["peak_queue_packets"])
+    row("peak queue bytes", lambda l: l["peak_queue_bytes"])
+    other = {k: v for k, v in snapshot["counters"].items() if k != "dropped"}
+    dropped = {k: v for k, v in snapshot["counters"].get("dropped", {}).items() if v}
+    caption = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in other.items())
+    if dropped:
+        caption += "; dropped outside the links: " + ", ".join(f"{k} {v}" for k, v in dropped.items())
+    table.caption = caption
+    return table
+
+
+# ------------------------------------------------------------------ main
+
+
+def _run(coro: Coroutine[Any, Any, T]) -> T:
+    """Run on uvloop where it is installed, asyncio's loop otherwise."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(coro)
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(coro)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="meshsim", description="Mesh network simulator for very slow links.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    link = commands.add_parser(
+        "link",
+        help="one shaped UDP relay between two endpoints",
+        description=(
+            "Relay UDP from --listen to --to and back through one emulated link with netem's "
+            "semantics (duplicate, loss, corrupt, queue, exact serialiser, delay). Units as tc: "
+            "100bit, 2kbit, 1s, 200ms, 20%%. Several clients may share the relay (each gets its own "
+            "upstream port, like a NAT) and the link. Ctrl-C prints a summary."
+        ),
+    )
+    link.add_argument("--listen", required=True, metavar="HOST:PORT", help="where clients send (port 0: any)")
+    link.add_argument("--to", required=True, metavar="HOST:PORT", help="the endpoint behind the link")
+    shaping = link.add_argument_group("shaping (both directions)")
+    shaping.add_argument("--rate", help="serialiser rate, e.g. 100bit, 9600bit, 1mbit (default: unlimited)")
+    shaping.add_argument("--delay", help="one-way delay after the serialiser, e.g. 1s")
+    shaping.add_argument("--jitter", help="delay spread, e.g. 200ms (uniform ± unless --distribution)")
+    shaping.add_argument("--distribution", choices=("uniform", "normal", "pareto", "paretonormal"))
+    shaping.add_argument("--loss", help="random loss, e.g. 20%%")
+    shaping.add_argument(
+        "--gemodel", nargs="+", metavar="PCT", help="Gilbert-Elliott loss: p [r [1-h [1-k]]] (tc's defaults)"
+    )
+    shaping.add_argument("--dup", help="duplication probability, e.g. 1%%")
+    shaping.add_argument("--corrupt", help="probability of one flipped bit, e.g. 0.1%%")
+    shaping.add_argument(
+        "--limit", type=int, metavar="N",
+        help=f"most packets queued for the serialiser (default {NETEM_DEFAULT_LIMIT}, netem's, if no limit is given)",
+    )
+    shaping.add_argument("--limit-bytes", type=int, metavar="N", help="most bytes (with overhead) queued")
+    shaping.add_argument("--limit-seconds", metavar="TIME", help="longest wait before sending, e.g. 30s")
+    shaping.add_argument(
+        "--overhead", type=int, default=DEFAULT_OVERHEAD, metavar="BYTES",
+        help=f"bytes counted per packet besides the payload (default {DEFAULT_OVERHEAD}: Ethernet+IPv4+UDP; 0 for raw radio)",
+    )
+    shaping.add_argument(
+        "--netem", metavar="ARGS",
+        help='netem arguments verbatim instead of the options above, e.g. "rate 100bit delay 1s loss 5%%"; '
+        "a packet overhead given there adds to --overhead",
+    )
+    link.add_argument("--seed", type=int, default=0, help="seed of every random stream (default 0)")
+    link.add_argument("--max-clients", type=int, default=DEFAULT_MAX_CLIENTS, metavar="N",
+                      help=f"clients tracked at once; the longest silent is dropped (default {DEFAULT_MAX_CLIENTS})")
+    link.add_argument("--events", metavar="FILE", help="write a JSONL event log")
+    link.add_argument("--pcap", metavar="FILE", help="write every datagram that leaves the link to a pcap file")
+    link.add_argument("--quiet", action="store_true", help="no live counter line")
+    link.set_defaults(func=cmd_link)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        if getattr(args, "max_clients", 1) < 1:
+            raise UsageError("--max-clients must be at least 1")
+        return args.func(args)
+    except UsageError as exc:
+        print(f"meshsim: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
