@@ -67,6 +67,10 @@ class FrameCodec(Protocol):
     address in plaintext mode, the session in secure mode.
     """
 
+    def bind(self, send: Callable[[Hashable, bytes], None]) -> None:
+        """Where to send datagrams the codec originates itself (handshakes)."""
+        ...
+
     def outgoing(self, key: Hashable, message: bytes) -> list[tuple[Hashable, bytes]]: ...
 
     def incoming(self, peer: Hashable, datagram: bytes) -> list[tuple[Hashable, bytes]]: ...
@@ -74,6 +78,9 @@ class FrameCodec(Protocol):
 
 class PlainCodec:
     """Plaintext mode: the datagram *is* the CoAP message (RFC 7252)."""
+
+    def bind(self, send: Callable[[Hashable, bytes], None]) -> None:
+        pass
 
     def outgoing(self, key: Hashable, message: bytes) -> list[tuple[Hashable, bytes]]:
         return [(key, message)]
@@ -289,6 +296,7 @@ class LinkMessageInterface(interfaces.MessageInterface):
         self.codec = codec
         self.counters = counters
         link.set_receiver(self._datagram_received)
+        codec.bind(self._send_datagram)
 
     def remote(self, key: Hashable) -> LinkAddress:
         """The aiocoap remote for a peer of this link (address or session)."""
@@ -305,9 +313,12 @@ class LinkMessageInterface(interfaces.MessageInterface):
             self.counters.dropped_by_codec += 1
             return
         for peer, datagram in datagrams:
-            self.counters.frames_out += 1
-            self.counters.bytes_out += len(datagram)
-            self.link.send(peer, datagram)
+            self._send_datagram(peer, datagram)
+
+    def _send_datagram(self, peer: Hashable, datagram: bytes) -> None:
+        self.counters.frames_out += 1
+        self.counters.bytes_out += len(datagram)
+        self.link.send(peer, datagram)
 
     async def determine_remote(self, message: Message) -> LinkAddress | None:
         return None  # remotes are handed out by remote(), never parsed from URIs
