@@ -110,6 +110,37 @@ def cmd_dict_info(args: argparse.Namespace) -> None:
               f"flate {p.flate.digest[:19] + '… ' + str(len(p.flate.data)) + ' B' if p.flate and p.flate.data else 'none'}")
 
 
+# ------------------------------------------------------------------- keys
+
+
+def cmd_keygen(args: argparse.Namespace) -> None:
+    from . import keys
+
+    private, public = keys.generate_keypair()
+    keys.write_private_key(args.path, private, force=args.force)
+    print(keys.encode_key(public))
+    print(f"{keys.fingerprint(public)}  private key written to {args.path} (mode 0600)", file=sys.stderr)
+
+
+def cmd_pins(args: argparse.Namespace) -> None:
+    from . import keys
+
+    store = keys.PinStore(args.pins)
+    if args.pins_command == "list":
+        for server in store.servers():
+            public = store.get(server)
+            print(f"{server}  {keys.fingerprint(public)}  {keys.encode_key(public)}")
+    elif args.pins_command == "accept":
+        public = keys.decode_key(args.key)
+        old = store.get(args.server)
+        store.accept_change(args.server, public)
+        before = keys.fingerprint(old) if old else "nothing"
+        print(f"{args.server}: now pinned to {keys.fingerprint(public)} (was {before})")
+    elif args.pins_command == "forget":
+        if not store.forget(args.server):
+            raise UsageError(f"no pin for {args.server}")
+
+
 def cmd_demo(args: argparse.Namespace) -> None:
     from .demo import run_demo
 
@@ -156,6 +187,22 @@ def build_parser() -> argparse.ArgumentParser:
     info = dictionary.add_parser("info", help="list profiles and their tables")
     info.set_defaults(func=cmd_dict_info)
 
+    keygen = sub.add_parser("keygen", help="write a new static key pair; print the public key")
+    keygen.add_argument("path", help="private key file to create (mode 0600)")
+    keygen.add_argument("--force", action="store_true", help="overwrite an existing key file")
+    keygen.set_defaults(func=cmd_keygen)
+
+    pins = sub.add_parser("pins", help="server keys trusted on first use").add_subparsers(dest="pins_command", required=True)
+    for name, helptext in (("list", "show pinned servers"), ("accept", "accept a server's new key"),
+                           ("forget", "forget a server's pin")):
+        p = pins.add_parser(name, help=helptext)
+        p.add_argument("--pins", required=True, help="pin file")
+        if name != "list":
+            p.add_argument("server", help="server name as configured on the client")
+        if name == "accept":
+            p.add_argument("key", help="the server's new public key (base64), as `coap-gateway keygen` printed it")
+        p.set_defaults(func=cmd_pins)
+
     demo = sub.add_parser("demo", help="show the reference Matrix send through the codec, byte by byte")
     demo.set_defaults(func=cmd_demo)
     return parser
@@ -168,6 +215,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.func(args)
     except (GatewayError, UsageError) as exc:
         print(f"coap-gateway: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except FileExistsError as exc:
+        print(f"coap-gateway: error: {exc.filename} exists (use --force to replace it)", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except OSError as exc:  # a path the user gave: missing, unreadable, …
+        print(f"coap-gateway: error: {exc.filename or ''}: {exc.strerror or exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         return 130

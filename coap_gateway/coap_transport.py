@@ -67,8 +67,9 @@ class FrameCodec(Protocol):
     address in plaintext mode, the session in secure mode.
     """
 
-    def bind(self, send: Callable[[Hashable, bytes], None]) -> None:
-        """Where to send datagrams the codec originates itself (handshakes)."""
+    def bind(self, send: Callable[[Hashable, bytes], None], fail: Callable[[Hashable, Exception], None]) -> None:
+        """``send``: where datagrams the codec originates go (handshakes);
+        ``fail``: fail everything pending toward a key (a fatal handshake error)."""
         ...
 
     def outgoing(self, key: Hashable, message: bytes) -> list[tuple[Hashable, bytes]]: ...
@@ -79,7 +80,7 @@ class FrameCodec(Protocol):
 class PlainCodec:
     """Plaintext mode: the datagram *is* the CoAP message (RFC 7252)."""
 
-    def bind(self, send: Callable[[Hashable, bytes], None]) -> None:
+    def bind(self, send: Callable[[Hashable, bytes], None], fail: Callable[[Hashable, Exception], None]) -> None:
         pass
 
     def outgoing(self, key: Hashable, message: bytes) -> list[tuple[Hashable, bytes]]:
@@ -296,7 +297,7 @@ class LinkMessageInterface(interfaces.MessageInterface):
         self.codec = codec
         self.counters = counters
         link.set_receiver(self._datagram_received)
-        codec.bind(self._send_datagram)
+        codec.bind(self._send_datagram, self._fail_remote)
 
     def remote(self, key: Hashable) -> LinkAddress:
         """The aiocoap remote for a peer of this link (address or session)."""
@@ -314,6 +315,10 @@ class LinkMessageInterface(interfaces.MessageInterface):
             return
         for peer, datagram in datagrams:
             self._send_datagram(peer, datagram)
+
+    def _fail_remote(self, key: Hashable, exc: Exception) -> None:
+        # pending requests fail now with the codec's error, not after retransmissions
+        self.mman.dispatch_error(exc, self.remote(key))
 
     def _send_datagram(self, peer: Hashable, datagram: bytes) -> None:
         self.counters.frames_out += 1

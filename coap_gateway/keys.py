@@ -144,6 +144,16 @@ class PinStore:
         doc = {"format": PIN_FORMAT, "pins": dict(sorted(pins.items()))}
         _replace_atomically(self.path, (json.dumps(doc, indent=1) + "\n").encode("utf-8"))
 
+    def servers(self) -> list[str]:
+        return sorted(self._load())
+
+    def forget(self, server: str) -> bool:
+        pins = self._load()
+        if pins.pop(server, None) is None:
+            return False
+        self._save(pins)
+        return True
+
     def get(self, server: str) -> bytes | None:
         text = self._load().get(server)
         return decode_key(text) if text is not None else None
@@ -157,7 +167,7 @@ class PinStore:
         raise ServerKeyChanged(
             f"the key of {server} changed: pinned {fingerprint(pinned)}, now {fingerprint(public)}. "
             f"If that is expected (the server's key was replaced), accept it with "
-            f"PinStore.accept_change (CLI: accept the new key for {server}); otherwise someone may be "
+            f"`coap-gateway pins accept --pins {self.path} {server} NEW_PUBLIC_KEY`; otherwise someone may be "
             f"impersonating the server")
 
     def pin(self, server: str, public: bytes) -> None:

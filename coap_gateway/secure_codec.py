@@ -23,6 +23,7 @@ from collections.abc import Callable, Hashable
 from . import secure_frame as sf
 from .client_endpoint import ClientEndpoint
 from .errors import SecurityError
+from .keys import PinStore
 from .profile import Profile
 from .secure_events import Connected, Deliver, Dropped, Rehandshake, SessionClosed, SessionEstablished, Transmit
 from .server_endpoint import ServerEndpoint
@@ -52,7 +53,7 @@ class SecureServerCodec:
         self._send: Send | None = None
         self._timer: asyncio.TimerHandle | None = None
 
-    def bind(self, send: Send) -> None:
+    def bind(self, send: Send, fail: Callable[[Hashable, Exception], None]) -> None:
         """Where datagrams the endpoint originates (handshake replies) go."""
         self._send = send
 
@@ -120,9 +121,11 @@ class SecureClientCodec:
         #: a handshake that cannot succeed (wrong profile, changed server key)
         self.error: SecurityError | None = None
         self._send: Send | None = None
+        self._fail: Callable[[Hashable, Exception], None] | None = None
 
-    def bind(self, send: Send) -> None:
+    def bind(self, send: Send, fail: Callable[[Hashable, Exception], None]) -> None:
         self._send = send
+        self._fail = fail
 
     def outgoing(self, key: Hashable, message: bytes) -> list[tuple[Hashable, bytes]]:
         if self.error is not None:
@@ -139,6 +142,8 @@ class SecureClientCodec:
         except SecurityError as exc:  # ProfileMismatchError, ServerKeyChanged: fatal, reported
             self.error = exc
             log.error("secure session with %r failed: %s", self.server_addr, exc)
+            if self._fail is not None:
+                asyncio.get_running_loop().call_soon(self._fail, SERVER_KEY, exc)
             return []
         for addr, data in self._handle(outs, deliver=delivered):
             if self._send is not None:
@@ -162,3 +167,22 @@ class SecureClientCodec:
             elif isinstance(out, Rehandshake):
                 self.rehandshakes += 1
         return transmits
+
+
+def pinned_client_codec(server_name: str, server_addr: Hashable, static_private: bytes, profile: Profile,
+                        pins: PinStore, *, clock: Clock = time.time) -> SecureClientCodec:
+    """A client codec that trusts the server key on first use.
+
+    No pin for ``server_name``: XX, and the key the server proves is pinned.
+    A pin: IK with that key; a server that now holds another key fails the
+    handshake with ServerKeyChanged naming both fingerprints — until the
+    operator accepts the new key (``coap-gateway pins accept``).
+    """
+    pinned = pins.get(server_name)
+    endpoint = ClientEndpoint(static_private, profile.id, profile_wire_digest(profile), server_public=pinned)
+
+    def on_connected(event: Connected) -> None:
+        if pins.check(server_name, event.server_static_public) == "new":
+            pins.pin(server_name, event.server_static_public)
+
+    return SecureClientCodec(endpoint, server_addr, clock=clock, on_connected=on_connected)

@@ -132,8 +132,8 @@ async def test_reference_send_frame_sizes():
     assert (cold_c, cold_s) == (1, 1)  # 0-RTT: one flight each way, nothing else
     await send_once()  # warm
     request, response = cl.sent[cold_c], sl.sent[cold_s]
-    plain = Message(code=Code.PUT, uri_path=line.uri_path, payload=pl.payload, token=b"\x00")
-    plain.mtype, plain.mid = Type.CON, 0
+    plain = Message(code=Code.PUT, uri_path=line.uri_path, payload=pl.payload)
+    plain.mtype, plain.mid, plain.token = Type.CON, 0, b"\x00"
     plain_request = len(plain.encode())
     assert len(request) == plain_request + 1 + 16  # Seq + tag
     print(f"\nreference send: cold IK1 {len(ik1)} B + IK2 {len(ik2)} B; warm request {len(request)} B "
