@@ -3,7 +3,7 @@
 Sans-I/O: bytes in, bytes out.  Randomness comes from an injected
 ``rng(n) -> bytes`` (ephemeral keys); time from ``now`` arguments.  The
 Noise state machine is noiseprotocol's; after the handshake the keys of
-``Split()`` are used with explicit nonces (docs/secure-frames.md):
+``Split()`` are used with explicit nonces (docs/protocol.md, Part III):
 
 - :class:`ClientSession` — the initiator: IK when the server key is pinned,
   XX otherwise;

@@ -1,6 +1,6 @@
 """Secure frame layout: datagram kinds, clear headers, counters, replay window.
 
-Pure functions and small value types only (docs/secure-frames.md).  Nothing
+Pure functions and small value types only (docs/protocol.md, Part III).  Nothing
 here holds a key except :func:`noise_rekey`, and nothing reads a clock: the
 caller passes ``now`` where time matters.
 
