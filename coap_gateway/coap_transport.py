@@ -60,6 +60,22 @@ class DatagramLink(Protocol):
     async def close(self) -> None: ...
 
 
+class CodecHost(Protocol):
+    """What a FrameCodec may ask of the interface it is plugged into."""
+
+    def send_datagram(self, peer: Hashable, datagram: bytes) -> None:
+        """Send a datagram the codec originates itself (a handshake reply)."""
+        ...
+
+    def fail_remote(self, key: Hashable, exc: Exception) -> None:
+        """Fail everything pending toward ``key`` now (a fatal handshake error)."""
+        ...
+
+    def forget_remote(self, key: Hashable) -> None:
+        """``key`` is gone for good (a closed session): drop its CoAP state."""
+        ...
+
+
 class FrameCodec(Protocol):
     """Turns CoAP message bytes into datagrams for a peer, and back.
 
@@ -67,10 +83,7 @@ class FrameCodec(Protocol):
     address in plaintext mode, the session in secure mode.
     """
 
-    def bind(self, send: Callable[[Hashable, bytes], None], fail: Callable[[Hashable, Exception], None]) -> None:
-        """``send``: where datagrams the codec originates go (handshakes);
-        ``fail``: fail everything pending toward a key (a fatal handshake error)."""
-        ...
+    def bind(self, host: CodecHost) -> None: ...
 
     def outgoing(self, key: Hashable, message: bytes) -> list[tuple[Hashable, bytes]]: ...
 
@@ -80,7 +93,7 @@ class FrameCodec(Protocol):
 class PlainCodec:
     """Plaintext mode: the datagram *is* the CoAP message (RFC 7252)."""
 
-    def bind(self, send: Callable[[Hashable, bytes], None], fail: Callable[[Hashable, Exception], None]) -> None:
+    def bind(self, host: CodecHost) -> None:
         pass
 
     def outgoing(self, key: Hashable, message: bytes) -> list[tuple[Hashable, bytes]]:
@@ -297,7 +310,7 @@ class LinkMessageInterface(interfaces.MessageInterface):
         self.codec = codec
         self.counters = counters
         link.set_receiver(self._datagram_received)
-        codec.bind(self._send_datagram, self._fail_remote)
+        codec.bind(self)
 
     def remote(self, key: Hashable) -> LinkAddress:
         """The aiocoap remote for a peer of this link (address or session)."""
@@ -314,13 +327,18 @@ class LinkMessageInterface(interfaces.MessageInterface):
             self.counters.dropped_by_codec += 1
             return
         for peer, datagram in datagrams:
-            self._send_datagram(peer, datagram)
+            self.send_datagram(peer, datagram)
 
-    def _fail_remote(self, key: Hashable, exc: Exception) -> None:
+    # -- CodecHost
+
+    def fail_remote(self, key: Hashable, exc: Exception) -> None:
         # pending requests fail now with the codec's error, not after retransmissions
         self.mman.dispatch_error(exc, self.remote(key))
 
-    def _send_datagram(self, peer: Hashable, datagram: bytes) -> None:
+    def forget_remote(self, key: Hashable) -> None:
+        self.mman.forget_remote(self.remote(key))
+
+    def send_datagram(self, peer: Hashable, datagram: bytes) -> None:
         self.counters.frames_out += 1
         self.counters.bytes_out += len(datagram)
         self.link.send(peer, datagram)
@@ -393,6 +411,7 @@ async def create_link_endpoint(link: DatagramLink, *, site: Any = None, codec: F
 
 __all__ = [
     "CON",
+    "CodecHost",
     "DatagramLink",
     "FrameCodec",
     "LinkAddress",

@@ -22,6 +22,7 @@ from collections.abc import Callable, Hashable
 
 from . import secure_frame as sf
 from .client_endpoint import ClientEndpoint
+from .coap_transport import CodecHost
 from .errors import SecurityError
 from .keys import PinStore
 from .profile import Profile
@@ -31,7 +32,6 @@ from .server_endpoint import ServerEndpoint
 log = logging.getLogger(__name__)
 
 Clock = Callable[[], float]
-Send = Callable[[Hashable, bytes], None]
 
 SERVER_KEY = "server"
 
@@ -50,12 +50,11 @@ class SecureServerCodec:
         self.on_session = on_session
         self.dropped: Counter[str] = Counter()
         self.sessions_established = 0
-        self._send: Send | None = None
+        self._host: CodecHost | None = None
         self._timer: asyncio.TimerHandle | None = None
 
-    def bind(self, send: Send, fail: Callable[[Hashable, Exception], None]) -> None:
-        """Where datagrams the endpoint originates (handshake replies) go."""
-        self._send = send
+    def bind(self, host: CodecHost) -> None:
+        self._host = host
 
     def outgoing(self, key: Hashable, message: bytes) -> list[tuple[Hashable, bytes]]:
         outs = self.endpoint.send(self.clock(), key, message)  # type: ignore[arg-type]
@@ -81,14 +80,16 @@ class SecureServerCodec:
             elif isinstance(out, (SessionEstablished, SessionClosed)):
                 if isinstance(out, SessionEstablished):
                     self.sessions_established += 1
+                elif self._host is not None:
+                    self._host.forget_remote(out.session_id)
                 if self.on_session is not None:
                     self.on_session(out)
         self._arm_timer()
         return transmits
 
     def _transmit(self, addr: Hashable, data: bytes) -> None:
-        if self._send is not None:
-            self._send(addr, data)
+        if self._host is not None:
+            self._host.send_datagram(addr, data)
 
     def _arm_timer(self) -> None:
         deadline = self.endpoint.next_timer()
@@ -120,12 +121,10 @@ class SecureClientCodec:
         self.rehandshakes = 0
         #: a handshake that cannot succeed (wrong profile, changed server key)
         self.error: SecurityError | None = None
-        self._send: Send | None = None
-        self._fail: Callable[[Hashable, Exception], None] | None = None
+        self._host: CodecHost | None = None
 
-    def bind(self, send: Send, fail: Callable[[Hashable, Exception], None]) -> None:
-        self._send = send
-        self._fail = fail
+    def bind(self, host: CodecHost) -> None:
+        self._host = host
 
     def outgoing(self, key: Hashable, message: bytes) -> list[tuple[Hashable, bytes]]:
         if self.error is not None:
@@ -142,12 +141,12 @@ class SecureClientCodec:
         except SecurityError as exc:  # ProfileMismatchError, ServerKeyChanged: fatal, reported
             self.error = exc
             log.error("secure session with %r failed: %s", self.server_addr, exc)
-            if self._fail is not None:
-                asyncio.get_running_loop().call_soon(self._fail, SERVER_KEY, exc)
+            if self._host is not None:
+                asyncio.get_running_loop().call_soon(self._host.fail_remote, SERVER_KEY, exc)
             return []
         for addr, data in self._handle(outs, deliver=delivered):
-            if self._send is not None:
-                self._send(addr, data)
+            if self._host is not None:
+                self._host.send_datagram(addr, data)
         return delivered
 
     def _handle(self, outs, deliver: list | None) -> list[tuple[Hashable, bytes]]:

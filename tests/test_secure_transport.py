@@ -237,3 +237,26 @@ async def test_profile_mismatch_is_a_clear_error():
     assert isinstance(ccodec.error, ProfileMismatchError)
     assert DIGEST.hex() in str(ccodec.error) and "dead" in str(ccodec.error)
     await client.shutdown(), await server.shutdown()
+
+
+async def test_evicted_sessions_leave_no_coap_state_behind():
+    import time
+
+    from coap_gateway.server_endpoint import ServerLimits
+
+    server_link = await UdpLink.open("127.0.0.1", 0)
+    codec = SecureServerCodec(ServerEndpoint(SERVER_PRIV, {PROFILE.id: DIGEST}, limits=ServerLimits(max_sessions=2)),
+                              clock=time.time)
+    server = await create_link_endpoint(server_link, site=site_with(Counting()), codec=codec)
+    clients = []
+    for i in range(5):
+        link = await UdpLink.open("127.0.0.1", 0)
+        client, _ = await secure_client(link, server_link.local_address, clock=time.time)
+        assert (await put(client, b"c%d" % i, 20)).payload == b"ok:c%d" % i
+        clients.append(client)
+    # five sessions came, at most two are kept: the server's per-remote timers follow
+    assert codec.sessions_established == 5
+    assert len(server.interface.mman.timers) <= 2
+    for client in clients:
+        await client.shutdown()
+    await server.shutdown()
