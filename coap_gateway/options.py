@@ -23,6 +23,19 @@ HTTP_STATUS = 65000
 #: An HTTP header with no CoAP equivalent ("Name: value"), repeatable, in
 #: order.  Elective and safe: an intermediary may forward it unseen.
 HTTP_HEADER = 65004
+#: The Matrix access token, sent once per session (and again when it
+#: changes): the server gateway binds it to the session.  Critical (a server
+#: that ignored it would run the request unauthenticated) and unsafe (a
+#: proxy must not forward a credential it does not understand).  Never inside
+#: the compressed payload (CRIME/BREACH).
+ACCESS_TOKEN = 65003
+#: Empty: this request carries no access token, although one is bound.
+#: Critical and unsafe for the same reasons.
+NO_TOKEN = 65007
+#: Empty, on a 4.01 from the server gateway: the request relied on a bound
+#: token the server does not have (new session); nothing was forwarded, send
+#: it again with Access-Token.  Elective, safe.
+TOKEN_UNBOUND = 65008
 
 
 def is_critical(number: int) -> bool:

@@ -1,0 +1,112 @@
+"""Assemble running gateways: a link, the CoAP endpoint, the codec, the gateway.
+
+Used by the CLI (``server``, ``client``, ``up``) and by the end-to-end
+tests, so both run exactly the same wiring.  Without keys the link is
+plaintext CoAP (for links that are already trusted); with keys it is the
+Noise secure layer.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Hashable
+from dataclasses import dataclass
+from typing import Any
+
+from . import keys
+from .client_endpoint import ClientEndpoint
+from .client_gateway import ClientGateway
+from .coap_transport import DatagramLink, LinkEndpoint, create_link_endpoint
+from .keys import PinStore
+from .profile import Profile
+from .secure_codec import (
+    SERVER_KEY,
+    SecureClientCodec,
+    SecureServerCodec,
+    pinned_client_codec,
+    profile_wire_digest,
+)
+from .secure_events import SessionClosed, SessionEstablished
+from .server_endpoint import ServerEndpoint, ServerLimits
+from .server_gateway import ServerGateway, ServerGatewayConfig
+
+
+@dataclass
+class RunningServer:
+    endpoint: LinkEndpoint
+    gateway: ServerGateway
+    codec: SecureServerCodec | None
+
+    async def stop(self) -> None:
+        await self.endpoint.shutdown()
+        await self.gateway.close()
+
+
+@dataclass
+class RunningClient:
+    endpoint: LinkEndpoint
+    gateway: ClientGateway
+    codec: SecureClientCodec | None
+
+    @property
+    def base_url(self) -> str:
+        return self.gateway.base_url
+
+    async def stop(self) -> None:
+        await self.gateway.stop()
+        await self.endpoint.shutdown()
+
+
+async def start_server(link: DatagramLink, *, homeserver: str, profile: Profile, static_private: bytes | None,
+                       allow_admin: bool = False, advertisement: dict[str, Any] | None = None,
+                       limits: ServerLimits | None = None, clock=time.time) -> RunningServer:
+    gateway = ServerGateway(ServerGatewayConfig(homeserver, profile, allow_admin=allow_admin,
+                                                advertisement=advertisement))
+    codec = None
+    if static_private is not None:
+        def on_session(event: SessionEstablished | SessionClosed) -> None:
+            if isinstance(event, SessionClosed):
+                gateway.forget_session(endpoint.remote(event.session_id))
+
+        codec = SecureServerCodec(ServerEndpoint(static_private, {profile.id: profile_wire_digest(profile)},
+                                                 limits=limits), clock=clock, on_session=on_session)
+    endpoint = await create_link_endpoint(link, site=gateway, codec=codec, loggername="coap.server")
+    return RunningServer(endpoint, gateway, codec)
+
+
+async def start_client(link: DatagramLink, server_addr: Hashable, *, profile: Profile,
+                       static_private: bytes | None = None, server_public: bytes | None = None,
+                       pins: PinStore | None = None, server_name: str | None = None,
+                       host: str = "127.0.0.1", port: int = 0, clock=time.time) -> RunningClient:
+    """Secure when ``static_private`` is given: with ``pins`` (trust on first
+    use under ``server_name``) or a fixed ``server_public``."""
+    codec: SecureClientCodec | None = None
+    if static_private is not None:
+        if pins is not None:
+            codec = pinned_client_codec(server_name or str(server_addr), server_addr, static_private, profile, pins,
+                                        clock=clock)
+        else:
+            codec = SecureClientCodec(ClientEndpoint(static_private, profile.id, profile_wire_digest(profile),
+                                                     server_public=server_public), server_addr, clock=clock)
+    endpoint = await create_link_endpoint(link, codec=codec, loggername="coap.client")
+    key = SERVER_KEY if codec is not None else server_addr
+    gateway = ClientGateway(endpoint, key, profile, host=host, port=port)
+    await gateway.start()
+    return RunningClient(endpoint, gateway, codec)
+
+
+def advertisement_for(address: str, static_private: bytes | None, profile: Profile) -> dict[str, Any]:
+    """What /versions says about the low-bandwidth endpoint."""
+    doc: dict[str, Any] = {
+        "address": address,
+        "profile": profile.id,
+        "profile_name": profile.name,
+        "cbor_table": profile.cbor_table.version,
+        "route_table": profile.routes.version,
+        "flate_dictionary": profile.flate.digest if profile.flate else None,
+    }
+    if static_private is not None:
+        public = keys.public_from_private(static_private)
+        doc["noise_public_key"] = keys.encode_key(public)
+        doc["noise_fingerprint"] = keys.fingerprint(public)
+    return doc
