@@ -116,6 +116,8 @@ class EmulatedLinkEnd:
         self._closed = False
         #: every datagram handed to the link, for tests and byte counts
         self.sent: list[bytes] = []
+        #: called with each datagram handed to the link (observers: tests, UIs)
+        self.on_send: list[Callable[[bytes], None]] = []
 
     def set_receiver(self, receiver: Receiver) -> None:
         self._receiver = receiver
@@ -124,6 +126,8 @@ class EmulatedLinkEnd:
         if self._closed or self.other is None or peer != self.other.name:
             return
         self.sent.append(datagram)
+        for observer in self.on_send:
+            observer(datagram)
         self._enter(0, datagram)
 
     def _enter(self, stage: int, datagram: bytes | None) -> None:
