@@ -23,7 +23,7 @@ system-packages:
 	  echo "note: tshark not installed; tests that need it will skip"; }
 
 run: $(STAMP)
-	$(BIN)/coap-gateway demo
+	$(BIN)/coap-gateway up $(RUN_ARGS)
 
 test: $(STAMP) system-packages
 	$(BIN)/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)

@@ -141,6 +141,37 @@ def cmd_pins(args: argparse.Namespace) -> None:
             raise UsageError(f"no pin for {args.server}")
 
 
+# ----------------------------------------------------------- gateways
+
+
+def _serve(factory, args: argparse.Namespace, names: list[str]) -> None:
+    from rich.console import Console
+
+    from .daemon import load_config, merged, run
+
+    options = merged(args, load_config(args.config), names)
+    console = Console(stderr=True)
+    run(lambda: factory(options, console))
+
+
+def cmd_server(args: argparse.Namespace) -> None:
+    from .daemon import SERVER_OPTIONS, serve_server
+
+    _serve(serve_server, args, SERVER_OPTIONS)
+
+
+def cmd_client(args: argparse.Namespace) -> None:
+    from .daemon import CLIENT_OPTIONS, serve_client
+
+    _serve(serve_client, args, CLIENT_OPTIONS)
+
+
+def cmd_up(args: argparse.Namespace) -> None:
+    from .daemon import serve_up
+
+    _serve(serve_up, args, ["data_dir", "listen", "rate", "delay", "loss", "profile"])
+
+
 def cmd_demo(args: argparse.Namespace) -> None:
     from .demo import run_demo
 
@@ -148,6 +179,14 @@ def cmd_demo(args: argparse.Namespace) -> None:
 
 
 # ------------------------------------------------------------------- main
+
+
+def _link_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("link timing (retransmission timers follow the link)")
+    group.add_argument("--link-rate", metavar="RATE", help="bit rate in netem units: 100bit, 9600bit, 1mbit (default: fast)")
+    group.add_argument("--link-latency", metavar="TIME", help="one-way latency: 500ms, 2s (default 0)")
+    group.add_argument("--link-overhead", metavar="BYTES", help="bytes the link adds per frame (42: IPv4+UDP+Ethernet; 3: KISS)")
+    group.add_argument("--max-retransmit", metavar="N", help="CON retransmissions before giving up (default 4; more on lossy links)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -186,6 +225,44 @@ def build_parser() -> argparse.ArgumentParser:
     build.set_defaults(func=cmd_dict_build)
     info = dictionary.add_parser("info", help="list profiles and their tables")
     info.set_defaults(func=cmd_dict_info)
+
+    server = sub.add_parser("server", help="server gateway: CoAP from devices → HTTP to one homeserver",
+                            epilog="Flags override the --config file (TOML, same keys).")
+    server.add_argument("--homeserver", metavar="URL", help="the homeserver's base URL, e.g. http://127.0.0.1:8008 (required)")
+    server.add_argument("--listen", metavar="ADDR", help="udp://HOST:PORT (default udp://0.0.0.0:5683) or serial:/dev/ttyX?baud=N")
+    server.add_argument("--key", metavar="PATH", help="static private key (coap-gateway keygen); required unless --plaintext")
+    server.add_argument("--plaintext", action="store_true", default=None, help="no encryption: only for links that are already trusted")
+    server.add_argument("--profile", help="table profile (default lb2; msc3079 for MSC3079 clients)")
+    server.add_argument("--allow-admin", action="store_true", default=None, help="let /_synapse/admin through (off by default)")
+    server.add_argument("--advertise", metavar="ADDR", help="address /versions advertises (default: --listen)")
+    server.add_argument("--config", metavar="FILE", help="TOML file with any of these options")
+    _link_flags(server)
+    server.set_defaults(func=cmd_server)
+
+    client = sub.add_parser("client", help="client gateway: a local HTTP homeserver for any Matrix client",
+                            epilog="Flags override the --config file (TOML, same keys).")
+    client.add_argument("--server", metavar="ADDR", help="the server gateway: udp://HOST:PORT or serial:/dev/ttyX?baud=N (required)")
+    client.add_argument("--server-key", metavar="KEY", help="the server's public key; without it: trust on first use (--pins)")
+    client.add_argument("--server-name", help="name the pin is stored under (default: the --server address)")
+    client.add_argument("--pins", metavar="FILE", help="pin file (default ~/.config/coap-gateway/pins.json)")
+    client.add_argument("--key", metavar="PATH", help="this device's static key (default: a new one per run)")
+    client.add_argument("--plaintext", action="store_true", default=None, help="no encryption: only for trusted links")
+    client.add_argument("--listen", metavar="HOST:PORT", help="where Matrix clients connect (default 127.0.0.1:8008)")
+    client.add_argument("--local", metavar="ADDR", help="local UDP address to send from (default any)")
+    client.add_argument("--profile", help="table profile (default lb2)")
+    client.add_argument("--config", metavar="FILE", help="TOML file with any of these options")
+    _link_flags(client)
+    client.set_defaults(func=cmd_client)
+
+    up = sub.add_parser("up", help="everything on this machine: Synapse, both gateways, an emulated slow link")
+    up.add_argument("--data-dir", help="where Synapse and the keys live (default var/up)")
+    up.add_argument("--listen", metavar="HOST:PORT", help="where Matrix clients connect (default 127.0.0.1:8008)")
+    up.add_argument("--rate", help="link rate, netem units (default 2400bit)")
+    up.add_argument("--delay", help="one-way delay (default 100ms)")
+    up.add_argument("--loss", type=float, help="loss probability 0..1 (default 0)")
+    up.add_argument("--profile", help="table profile (default lb2)")
+    up.add_argument("--config", metavar="FILE", help="TOML file with any of these options")
+    up.set_defaults(func=cmd_up)
 
     keygen = sub.add_parser("keygen", help="write a new static key pair; print the public key")
     keygen.add_argument("path", help="private key file to create (mode 0600)")

@@ -105,16 +105,20 @@ class EmulatedLinkEnd:
     delay reorders frames, which one netem stage with a rate never does.
     """
 
-    def __init__(self, name: str, models: list[LinkModel], budget: LinkBudget):
+    def __init__(self, name: str, models: list[LinkModel], budget: LinkBudget, *, record: bool = True):
         if not models:
             raise ValueError("an emulated link needs at least one stage")
+        self.record = record
+        self.sent_frames = 0
+        self.sent_bytes = 0
         self.name = name
         self.models = models
         self.budget = budget
         self.other: EmulatedLinkEnd | None = None
         self._receiver: Receiver = _ignore
         self._closed = False
-        #: every datagram handed to the link, for tests and byte counts
+        #: every datagram handed to the link when ``record`` (tests); a
+        #: long-running link keeps only the counters above
         self.sent: list[bytes] = []
         #: called with each datagram handed to the link (observers: tests, UIs)
         self.on_send: list[Callable[[bytes], None]] = []
@@ -125,7 +129,10 @@ class EmulatedLinkEnd:
     def send(self, peer: Hashable, datagram: bytes) -> None:
         if self._closed or self.other is None or peer != self.other.name:
             return
-        self.sent.append(datagram)
+        self.sent_frames += 1
+        self.sent_bytes += len(datagram)
+        if self.record:
+            self.sent.append(datagram)
         for observer in self.on_send:
             observer(datagram)
         self._enter(0, datagram)
@@ -160,6 +167,7 @@ def emulated_link_pair(
     names: tuple[str, str] = ("client", "server"),
     max_frame: int = 1152,
     max_retransmit: int = 4,
+    record: bool = True,
 ) -> tuple[EmulatedLinkEnd, EmulatedLinkEnd]:
     """Two connected link ends.  ``profile`` (one stage or a chain) is
     client→server; ``reverse`` is server→client (default: the same)."""
@@ -176,7 +184,7 @@ def emulated_link_pair(
             max_frame=max_frame,
             max_retransmit=max_retransmit,
         )
-        ends.append(EmulatedLinkEnd(name, models, budget))
+        ends.append(EmulatedLinkEnd(name, models, budget, record=record))
     ends[0].other, ends[1].other = ends[1], ends[0]
     return ends[0], ends[1]
 
