@@ -177,11 +177,14 @@ class ServerGateway(resource.Resource):
         try:
             async with self.http.request(method, url, data=body or None, headers=headers,
                                          allow_redirects=False) as upstream:
-                data = await upstream.content.read(MAX_RESPONSE_BODY + 1)
-                if len(data) > MAX_RESPONSE_BODY:
-                    return matrix_error(502, "M_UNKNOWN", "homeserver response too large for the gateway")
+                # read to the end, never past the cap (content.read(n) may stop early)
+                data = bytearray()
+                async for chunk in upstream.content.iter_chunked(1 << 16):
+                    data += chunk
+                    if len(data) > MAX_RESPONSE_BODY:
+                        return matrix_error(502, "M_UNKNOWN", "homeserver response too large for the gateway")
                 content_type_out = upstream.headers.get("Content-Type")
-                response = HttpResponse(upstream.status, data, _media_type(content_type_out),
+                response = HttpResponse(upstream.status, bytes(data), _media_type(content_type_out),
                                         [(k, v) for k, v in upstream.headers.items()])
         except aiohttp.ClientConnectionError as exc:
             self.counters.upstream_errors += 1

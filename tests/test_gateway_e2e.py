@@ -303,6 +303,7 @@ async def test_media_upload_and_download_blockwise(synapse, server_key):
                                               filesize=len(image))
             assert uploaded.content_uri.startswith("mxc://"), uploaded
             downloaded = await client.download(uploaded.content_uri)
+            assert len(downloaded.body) == len(image)  # a 16 KiB cut once hid here (a short read)
             assert downloaded.body == image
             assert downloaded.content_type == "image/png"
             assert downloaded.filename == "pic.png"  # Content-Disposition crossed the link

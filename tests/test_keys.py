@@ -95,7 +95,7 @@ def test_pin_store_trust_on_first_use(tmp_path):
         store.check("hs.example:5683", second)
     message = str(err.value)
     assert keys.fingerprint(first) in message and keys.fingerprint(second) in message
-    assert "accept_change" in message
+    assert "pins accept" in message
     with pytest.raises(ServerKeyChanged):
         store.pin("hs.example:5683", second)  # pin never replaces silently
     store.accept_change("hs.example:5683", second)
