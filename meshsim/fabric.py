@@ -45,10 +45,10 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
-from typing import Any, Self
+from typing import Any, ClassVar, Protocol, Self
 
 from .events import EventLog
-from .link import LinkProfile, Scheduled
+from .link import LinkProfile, OfferResult, Scheduled
 from .pcap import PcapWriter
 from .topology import Cancelled, DirectedLink, Node, Topology
 
@@ -358,6 +358,191 @@ def link_snapshot(link: DirectedLink, *, in_flight: int, weight: float | None = 
     return snapshot
 
 
+# ---------------------------------------------------------------- what the fabric and the relay share
+
+
+class _Counters(Protocol):
+    """What `ShapedForwarder` needs of its counters: a dataclass with these two."""
+
+    __dataclass_fields__: ClassVar[dict[str, Any]]
+    dropped: dict[str, int]
+    kernel_drops: int | None
+
+
+class ShapedForwarder:
+    """Lifecycle, events and bookkeeping common to `Fabric` and `meshsim.relay.Relay`.
+
+    A subclass binds its sockets in ``start()`` and calls `_start_clock` where
+    its run time begins; it supplies `_open_faces`, `_drop_in_flight` and
+    `_links_snapshot`.  Events go through `_emit`, to the log and to every
+    subscriber.
+    """
+
+    counters: _Counters
+
+    def __init__(
+        self,
+        *,
+        clock: Clock | None,
+        events: EventLog | None,
+        capture: PcapWriter | None,
+        max_in_flight_bytes: int,
+    ) -> None:
+        self.events = events
+        self.capture = capture
+        self._clock_source = clock
+        self._max_in_flight_bytes = max_in_flight_bytes
+        self._subscribers: list[Callable[[Event], None]] = []
+        self._in_flight_bytes = 0
+        self._next_pkt = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._scheduler: ExactScheduler | None = None
+        self._clock: Clock = time.monotonic
+        #: the clock's value at start(): run time 0
+        self.epoch = 0.0
+        self._wall_ns = 0
+        self.running = False
+
+    # ------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        raise NotImplementedError
+
+    def _start_clock(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Run time 0 is now."""
+        self._clock = self._clock_source or time.monotonic
+        self.epoch = self._clock()
+        self._wall_ns = time.time_ns()
+        self._scheduler = ExactScheduler(loop, self.now)
+
+    async def stop(self) -> None:
+        """Close every socket; copies still in flight are dropped ("stopped")."""
+        if not self.running:
+            return
+        self.running = False
+        now = self.now()
+        assert self._scheduler is not None
+        self._scheduler.cancel_all()
+        self._drop_in_flight(now)
+        self._in_flight_bytes = 0
+        self._update_kernel_counters()
+        faces = self._open_faces()
+        for face in faces:
+            face.close()
+        await asyncio.gather(*(face.wait_closed() for face in faces), return_exceptions=True)
+        if self._observed:
+            snapshot = self.snapshot()
+            self._emit({"kind": "stop", "t": now, "counters": snapshot["counters"], "links": snapshot["links"]})
+        if self.events is not None:
+            self.events.flush()
+        if self.capture is not None:
+            self.capture.flush()
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    def _open_faces(self) -> list[UdpFace]:
+        """Every socket held now."""
+        raise NotImplementedError
+
+    def _drop_in_flight(self, now: float) -> None:
+        """At stop: drop ("stopped") and forget every copy still scheduled, but for `_in_flight_bytes`."""
+        raise NotImplementedError
+
+    def now(self) -> float:
+        """Seconds since start() on this forwarder's clock."""
+        return self._clock() - self.epoch
+
+    # ------------------------------------------------------------ events
+
+    def subscribe(self, callback: Callable[[Event], None]) -> Callable[[], None]:
+        """Call `callback` with every event (the same dicts the log gets); returns an unsubscribe."""
+        self._subscribers.append(callback)
+        return lambda: self._subscribers.remove(callback)
+
+    @property
+    def _observed(self) -> bool:
+        return self.events is not None or bool(self._subscribers)
+
+    def _emit(self, event: Event) -> None:
+        if self.events is not None:
+            self.events.write(event)
+        for callback in tuple(self._subscribers):
+            try:
+                callback(event)
+            except Exception:
+                logger.exception("event subscriber %r failed", callback)
+
+    def _emit_offer(self, pkt: int, link: DirectedLink, result: OfferResult, *, node: str, size: int) -> None:
+        """`pkt` offered to `link`, and the copies the link dropped at once."""
+        offered_at = link.last_time
+        self._emit({
+            "kind": "offer", "t": offered_at, "pkt": pkt, "link": link.id,
+            "link_pkt": (result.deliveries or result.drops)[0].packet, "size": size,
+        })
+        for dropped in result.drops:
+            self._emit({
+                "kind": "drop", "t": offered_at, "pkt": pkt, "link": link.id, "link_pkt": dropped.packet,
+                "dup": dropped.duplicate, "size": size, "node": node, "reason": dropped.reason,
+            })
+
+    def _emit_deliver(self, pkt: int, link: DirectedLink, copy: Scheduled) -> None:
+        # "late": how long after the model's time the timer actually ran
+        self._emit({
+            "kind": "deliver", "t": copy.deliver_at, "pkt": pkt, "link": link.id, "link_pkt": copy.packet,
+            "dup": copy.duplicate, "size": copy.size, "wire": copy.wire_bytes,
+            "depart_start": copy.depart_start, "depart_end": copy.depart_end,
+            "corrupted_bit": copy.corrupted_bit, "late": self.now() - copy.deliver_at,
+        })
+
+    def _count_drop(self, pkt: int, now: float, reason: str, *, node: str | None, size: int) -> None:
+        """A datagram dropped before it reached a link."""
+        self.counters.dropped[reason] += 1
+        if self._observed:
+            self._emit({
+                "kind": "drop", "t": now, "pkt": pkt, "link": None, "link_pkt": None, "dup": False,
+                "size": size, "node": node, "reason": reason,
+            })
+
+    def _drop_copy(self, pkt: int, now: float, reason: str, *, node: str, link: str, copy: Scheduled) -> None:
+        """A copy scheduled on `link` that will not be delivered after all."""
+        # a reason that is not ours ("flushed") is counted by the link
+        if reason in self.counters.dropped:
+            self.counters.dropped[reason] += 1
+        if self._observed:
+            self._emit({
+                "kind": "drop", "t": now, "pkt": pkt, "link": link, "link_pkt": copy.packet,
+                "dup": copy.duplicate, "size": copy.size, "node": node, "reason": reason,
+            })
+
+    # ------------------------------------------------------------ reporting
+
+    def _update_kernel_counters(self) -> None:
+        self.counters.kernel_drops = kernel_receive_drops(face.sock for face in self._open_faces())
+
+    def snapshot(self) -> dict[str, Any]:
+        """Counters as plain data: {"t", "counters", "in_flight_bytes", "links": {id: ...}}."""
+        if self.running:
+            self._update_kernel_counters()
+        return {
+            "t": self.now() if self._loop is not None else 0.0,
+            "counters": self._counters_snapshot(),
+            "in_flight_bytes": self._in_flight_bytes,
+            "links": self._links_snapshot(),
+        }
+
+    def _counters_snapshot(self) -> dict[str, Any]:
+        return asdict(self.counters)
+
+    def _links_snapshot(self) -> dict[str, dict[str, Any]]:
+        """`link_snapshot` of every link, by id."""
+        raise NotImplementedError
+
+
 # ---------------------------------------------------------------- fabric
 
 
@@ -373,7 +558,7 @@ class _Datagram:
     ingress_t: float
 
 
-class Fabric:
+class Fabric(ShapedForwarder):
     """Relays UDP between the nodes of `topology`, applying each hop's link model.
 
     `ports`: the application ports the fabric listens on at every node's
@@ -404,27 +589,14 @@ class Fabric:
         for port in self.ports:
             if not isinstance(port, int) or not 0 < port < 65536:
                 raise ValueError(f"ports must be in 1..65535, not {port!r}")
-        self.capture = capture
-        self.events = events
-        self.counters = FabricCounters()
-        self._clock_source = clock
-        self._max_in_flight_bytes = max_in_flight_bytes
+        super().__init__(clock=clock, events=events, capture=capture, max_in_flight_bytes=max_in_flight_bytes)
+        self.counters: FabricCounters = FabricCounters()
         self._max_dynamic_faces = max_dynamic_faces
-        self._subscribers: list[Callable[[Event], None]] = []
         self._faces: dict[tuple[str, int], UdpFace] = {}
         self._dynamic_faces = 0
         # (link id, link packet, duplicate) -> the timer that delivers that copy, and what it carries
         self._pending: dict[tuple[str, int, bool], tuple[ExactTimer, _Datagram, DirectedLink, Scheduled]] = {}
         self._in_flight_per_link: dict[str, int] = {}
-        self._in_flight_bytes = 0
-        self._next_pkt = 0
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._scheduler: ExactScheduler | None = None
-        self._clock: Clock = time.monotonic
-        #: the clock's value at start(): run time 0
-        self.epoch = 0.0
-        self._wall_ns = 0
-        self.running = False
 
     # ------------------------------------------------------------ lifecycle
 
@@ -433,10 +605,7 @@ class Fabric:
             raise RuntimeError("a fabric starts once")
         loop = asyncio.get_running_loop()
         self._loop = loop
-        self._clock = self._clock_source or time.monotonic
-        self.epoch = self._clock()
-        self._wall_ns = time.time_ns()
-        self._scheduler = ExactScheduler(loop, self.now)
+        self._start_clock(loop)
         try:
             for node in self.topology:
                 for port in self.ports:
@@ -458,59 +627,14 @@ class Fabric:
                 "ports": self.ports,
             })
 
-    async def stop(self) -> None:
-        """Close every socket; copies still in flight are dropped ("stopped")."""
-        if not self.running:
-            return
-        self.running = False
-        now = self.now()
-        assert self._scheduler is not None
-        self._scheduler.cancel_all()
+    def _drop_in_flight(self, now: float) -> None:
         for _, datagram, link, copy in self._pending.values():
-            self._drop(datagram, now, "stopped", node=None, link=link, copy=copy)
+            self._drop_copy(datagram.pkt, now, "stopped", node=link.src, link=link.id, copy=copy)
         self._pending.clear()
         self._in_flight_per_link.clear()
-        self._in_flight_bytes = 0
-        self._update_kernel_drops()
-        for face in self._faces.values():
-            face.close()
-        await asyncio.gather(*(face.wait_closed() for face in self._faces.values()), return_exceptions=True)
-        if self._observed:
-            snapshot = self.snapshot()
-            self._emit({"kind": "stop", "t": now, "counters": snapshot["counters"], "links": snapshot["links"]})
-        if self.events is not None:
-            self.events.flush()
-        if self.capture is not None:
-            self.capture.flush()
 
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
-
-    def now(self) -> float:
-        """Seconds since start() on the fabric's clock."""
-        return self._clock() - self.epoch
-
-    def subscribe(self, callback: Callable[[Event], None]) -> Callable[[], None]:
-        """Call `callback` with every event (the same dicts the log gets); returns an unsubscribe."""
-        self._subscribers.append(callback)
-        return lambda: self._subscribers.remove(callback)
-
-    @property
-    def _observed(self) -> bool:
-        return self.events is not None or bool(self._subscribers)
-
-    def _emit(self, event: Event) -> None:
-        if self.events is not None:
-            self.events.write(event)
-        for callback in tuple(self._subscribers):
-            try:
-                callback(event)
-            except Exception:
-                logger.exception("event subscriber %r failed", callback)
+    def _open_faces(self) -> list[UdpFace]:
+        return list(self._faces.values())
 
     # ------------------------------------------------------------ addressing
 
@@ -581,19 +705,8 @@ class Fabric:
             self._count_drop(datagram.pkt, now, "overload", node=at, size=len(payload))
             return
         result = link.offer(now, len(payload), payload)
-        offered_at = link.last_time
-        observed = self._observed
-        if observed:
-            self._emit({
-                "kind": "offer", "t": offered_at, "pkt": datagram.pkt, "link": link.id,
-                "link_pkt": (result.deliveries or result.drops)[0].packet, "size": len(payload),
-            })
-            for dropped in result.drops:
-                self._emit({
-                    "kind": "drop", "t": offered_at, "pkt": datagram.pkt, "link": link.id,
-                    "link_pkt": dropped.packet, "dup": dropped.duplicate, "size": len(payload),
-                    "node": at, "reason": dropped.reason,
-                })
+        if self._observed:
+            self._emit_offer(datagram.pkt, link, result, node=at, size=len(payload))
         assert self._scheduler is not None
         for copy in result.deliveries:
             timer = self._scheduler.call_at(copy.deliver_at, self._hop_delivered, datagram, link, copy, hops)
@@ -605,12 +718,7 @@ class Fabric:
         self._forget(link, copy)
         assert copy.payload is not None
         if self._observed:
-            self._emit({
-                "kind": "deliver", "t": copy.deliver_at, "pkt": datagram.pkt, "link": link.id,
-                "link_pkt": copy.packet, "dup": copy.duplicate, "size": copy.size, "wire": copy.wire_bytes,
-                "depart_start": copy.depart_start, "depart_end": copy.depart_end,
-                "corrupted_bit": copy.corrupted_bit, "late": self.now() - copy.deliver_at,
-            })
+            self._emit_deliver(datagram.pkt, link, copy)
         if self.capture is not None:
             topology = self.topology
             self.capture.write_udp(
@@ -644,25 +752,6 @@ class Fabric:
         del self._pending[link.id, copy.packet, copy.duplicate]
         self._in_flight_per_link[link.id] -= 1
         self._in_flight_bytes -= copy.size
-
-    def _count_drop(self, pkt: int, now: float, reason: str, *, node: str | None, size: int) -> None:
-        self.counters.dropped[reason] += 1
-        if self._observed:
-            self._emit({
-                "kind": "drop", "t": now, "pkt": pkt, "link": None, "link_pkt": None, "dup": False,
-                "size": size, "node": node, "reason": reason,
-            })
-
-    def _drop(self, datagram: _Datagram, now: float, reason: str, *, node: str | None, link: DirectedLink, copy: Scheduled) -> None:
-        """A copy scheduled on `link` that will not be delivered after all."""
-        if reason in self.counters.dropped:
-            self.counters.dropped[reason] += 1
-        if self._observed:
-            self._emit({
-                "kind": "drop", "t": now, "pkt": datagram.pkt, "link": link.id, "link_pkt": copy.packet,
-                "dup": copy.duplicate, "size": copy.size, "node": node if node is not None else link.src,
-                "reason": reason,
-            })
 
     # ------------------------------------------------------------ runtime changes
 
@@ -712,7 +801,7 @@ class Fabric:
             self._forget(link, copy)
             flushed[link.id] = flushed.get(link.id, 0) + 1
             # counted in the link's counters as "flushed"; logged here
-            self._drop(datagram, link.last_time, "flushed", node=None, link=link, copy=copy)
+            self._drop_copy(datagram.pkt, link.last_time, "flushed", node=link.src, link=link.id, copy=copy)
         if self._observed:
             for a, b in edges:
                 for link in (self.topology.link(a, b), self.topology.link(b, a)):
@@ -726,24 +815,13 @@ class Fabric:
 
     # ------------------------------------------------------------ reporting
 
-    def _update_kernel_drops(self) -> None:
-        self.counters.kernel_drops = kernel_receive_drops(face.sock for face in self._faces.values())
-
-    def snapshot(self) -> dict[str, Any]:
-        """Counters as plain data: {"t", "counters" (fabric), "in_flight_bytes", "links": {id: ...}}."""
-        if self.running:
-            self._update_kernel_drops()
+    def _links_snapshot(self) -> dict[str, dict[str, Any]]:
         topology = self.topology
         return {
-            "t": self.now() if self._loop is not None else 0.0,
-            "counters": asdict(self.counters),
-            "in_flight_bytes": self._in_flight_bytes,
-            "links": {
-                link.id: link_snapshot(
-                    link,
-                    in_flight=self._in_flight_per_link.get(link.id, 0),
-                    weight=topology.weight(link.src, link.dst),
-                )
-                for link in topology.links
-            },
+            link.id: link_snapshot(
+                link,
+                in_flight=self._in_flight_per_link.get(link.id, 0),
+                weight=topology.weight(link.src, link.dst),
+            )
+            for link in topology.links
         }

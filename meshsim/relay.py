@@ -24,22 +24,18 @@ import asyncio
 import ipaddress
 import logging
 import socket
-import time
 from collections import OrderedDict
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any, Self
+from typing import Any
 
 from .events import EventLog
 from .fabric import (
     DEFAULT_MAX_IN_FLIGHT_BYTES,
     Address,
     Clock,
-    Event,
-    ExactScheduler,
     ExactTimer,
+    ShapedForwarder,
     UdpFace,
-    kernel_receive_drops,
     link_snapshot,
 )
 from .link import LinkProfile, Scheduled
@@ -106,7 +102,7 @@ def _any_address(family: int) -> Address:
     return ("::", 0) if family == socket.AF_INET6 else ("0.0.0.0", 0)
 
 
-class Relay:
+class Relay(ShapedForwarder):
     """A shaped two-way UDP relay from `listen` to `target`.
 
     `profile` shapes client→target; `reverse` target→client (default: the
@@ -133,31 +129,19 @@ class Relay:
         self.up = DirectedLink("client", "target", profile, seed=seed)
         self.down = DirectedLink("target", "client", reverse if reverse is not None else profile, seed=seed)
         self.seed = seed
-        self.events = events
-        self.capture = capture
-        self.counters = RelayCounters()
+        super().__init__(clock=clock, events=events, capture=capture, max_in_flight_bytes=max_in_flight_bytes)
+        self.counters: RelayCounters = RelayCounters()
         self._listen_request = listen
         self._target_request = target
-        self._clock_source = clock
         self._max_clients = max_clients
-        self._max_in_flight_bytes = max_in_flight_bytes
         self._clients: OrderedDict[Address, _Client] = OrderedDict()
-        self._subscribers: list[Callable[[Event], None]] = []
         self._pending: dict[tuple[str, int, bool], tuple[ExactTimer, int, Scheduled]] = {}
         self._in_flight = {UP: 0, DOWN: 0}
-        self._in_flight_bytes = 0
-        self._next_pkt = 0
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._scheduler: ExactScheduler | None = None
-        self._clock: Clock = time.monotonic
         self._listen: UdpFace | None = None
         self._target_family = socket.AF_INET
         #: the numeric addresses actually used (set by start)
         self.listen_address: Address = listen
         self.target_address: Address = target
-        self.epoch = 0.0
-        self._wall_ns = 0
-        self.running = False
 
     # ------------------------------------------------------------ lifecycle
 
@@ -173,10 +157,7 @@ class Relay:
         self._listen = UdpFace.open(loop, listen, self._from_client, family=listen_family)
         await self._listen.ready()
         self.listen_address = self._listen.local_address
-        self._clock = self._clock_source or time.monotonic
-        self.epoch = self._clock()
-        self._wall_ns = time.time_ns()
-        self._scheduler = ExactScheduler(loop, self.now)
+        self._start_clock(loop)
         self.running = True
         if self._observed:
             self._emit({
@@ -189,64 +170,15 @@ class Relay:
                 "ports": [self.listen_address[1]],
             })
 
-    async def stop(self) -> None:
-        """Close every socket; copies still in flight are dropped ("stopped")."""
-        if not self.running:
-            return
-        self.running = False
-        now = self.now()
-        assert self._scheduler is not None
-        self._scheduler.cancel_all()
+    def _drop_in_flight(self, now: float) -> None:
         for (link_name, _, _), (_, pkt, copy) in self._pending.items():
             self._drop(pkt, now, "stopped", link_name, copy)
         self._pending.clear()
         self._in_flight = dict.fromkeys(self._in_flight, 0)
-        self._in_flight_bytes = 0
-        self._update_kernel_counters()
-        faces = self._faces()
-        for face in faces:
-            face.close()
-        await asyncio.gather(*(face.wait_closed() for face in faces), return_exceptions=True)
-        if self._observed:
-            snapshot = self.snapshot()
-            self._emit({"kind": "stop", "t": now, "counters": snapshot["counters"], "links": snapshot["links"]})
-        if self.events is not None:
-            self.events.flush()
-        if self.capture is not None:
-            self.capture.flush()
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
-
-    def now(self) -> float:
-        """Seconds since start() on the relay's clock."""
-        return self._clock() - self.epoch
 
     @property
     def clients(self) -> int:
         return len(self._clients)
-
-    def subscribe(self, callback: Callable[[Event], None]) -> Callable[[], None]:
-        """Call `callback` with every event (the same dicts the log gets); returns an unsubscribe."""
-        self._subscribers.append(callback)
-        return lambda: self._subscribers.remove(callback)
-
-    @property
-    def _observed(self) -> bool:
-        return self.events is not None or bool(self._subscribers)
-
-    def _emit(self, event: Event) -> None:
-        if self.events is not None:
-            self.events.write(event)
-        for callback in tuple(self._subscribers):
-            try:
-                callback(event)
-            except Exception:
-                logger.exception("event subscriber %r failed", callback)
 
     # ------------------------------------------------------------ clients
 
@@ -289,7 +221,7 @@ class Relay:
         ingress = self._ingress(source, self.target_address, data)
         client = self._client(source)
         if client is None:
-            self._count_drop(ingress[0], "no_port", len(data), "client")
+            self._count_drop(ingress[0], self.now(), "no_port", node="client", size=len(data))
             return
         self._offer(self.up, client, data, ingress)
 
@@ -314,19 +246,11 @@ class Relay:
     def _offer(self, link: DirectedLink, client: _Client, data: bytes, ingress: tuple[int, float]) -> None:
         pkt, now = ingress
         if self._in_flight_bytes + len(data) > self._max_in_flight_bytes:
-            self._count_drop(pkt, "overload", len(data), link.src)
+            self._count_drop(pkt, self.now(), "overload", node=link.src, size=len(data))
             return
         result = link.offer(now, len(data), data)
         if self._observed:
-            self._emit({
-                "kind": "offer", "t": link.last_time, "pkt": pkt, "link": link.id,
-                "link_pkt": (result.deliveries or result.drops)[0].packet, "size": len(data),
-            })
-            for dropped in result.drops:
-                self._emit({
-                    "kind": "drop", "t": link.last_time, "pkt": pkt, "link": link.id, "link_pkt": dropped.packet,
-                    "dup": dropped.duplicate, "size": len(data), "node": link.src, "reason": dropped.reason,
-                })
+            self._emit_offer(pkt, link, result, node=link.src, size=len(data))
         assert self._scheduler is not None
         for copy in result.deliveries:
             timer = self._scheduler.call_at(copy.deliver_at, self._delivered, link, client, copy, ingress)
@@ -341,14 +265,8 @@ class Relay:
         self._in_flight_bytes -= copy.size
         payload = copy.payload
         assert payload is not None
-        now = self.now()
         if self._observed:
-            self._emit({
-                "kind": "deliver", "t": copy.deliver_at, "pkt": pkt, "link": link.id, "link_pkt": copy.packet,
-                "dup": copy.duplicate, "size": copy.size, "wire": copy.wire_bytes,
-                "depart_start": copy.depart_start, "depart_end": copy.depart_end,
-                "corrupted_bit": copy.corrupted_bit, "late": now - copy.deliver_at,
-            })
+            self._emit_deliver(pkt, link, copy)
         upward = link is self.up
         src, dst = (client.address, self.target_address) if upward else (self.target_address, client.address)
         if upward:
@@ -375,46 +293,28 @@ class Relay:
                 "latency": copy.deliver_at - ingress_t,
             })
 
-    def _count_drop(self, pkt: int, reason: str, size: int, node: str | None = None) -> None:
-        self.counters.dropped[reason] += 1
-        if self._observed:
-            self._emit({
-                "kind": "drop", "t": self.now(), "pkt": pkt, "link": None, "link_pkt": None, "dup": False,
-                "size": size, "node": node, "reason": reason,
-            })
-
     def _drop(self, pkt: int, t: float, reason: str, link_name: str, copy: Scheduled) -> None:
         """A copy the link delivered that did not go out after all."""
-        self.counters.dropped[reason] += 1
-        if self._observed:
-            self._emit({
-                "kind": "drop", "t": t, "pkt": pkt, "link": link_name, "link_pkt": copy.packet,
-                "dup": copy.duplicate, "size": copy.size, "node": link_name.split("->")[1], "reason": reason,
-            })
+        # the link has let it go (or was about to): it is lost at the link's far end
+        self._drop_copy(pkt, t, reason, node=link_name.split("->")[1], link=link_name, copy=copy)
 
     # ------------------------------------------------------------ reporting
 
-    def _faces(self) -> list[UdpFace]:
+    def _open_faces(self) -> list[UdpFace]:
         faces = [client.upstream for client in self._clients.values()]
         if self._listen is not None:
             faces.append(self._listen)
         return faces
 
     def _update_kernel_counters(self) -> None:
-        faces = self._faces()
-        self.counters.send_errors_reported = sum(face.errors for face in faces)
-        self.counters.kernel_drops = kernel_receive_drops(face.sock for face in faces)
+        self.counters.send_errors_reported = sum(face.errors for face in self._open_faces())
+        super()._update_kernel_counters()
 
-    def snapshot(self) -> dict[str, Any]:
-        """Counters as plain data, shaped like `Fabric.snapshot()`."""
-        if self.running:
-            self._update_kernel_counters()
-        return {
-            "t": self.now() if self._loop is not None else 0.0,
-            "counters": {**asdict(self.counters), "clients": len(self._clients)},
-            "in_flight_bytes": self._in_flight_bytes,
-            "links": {link.id: link_snapshot(link, in_flight=self._in_flight[link.id]) for link in (self.up, self.down)},
-        }
+    def _counters_snapshot(self) -> dict[str, Any]:
+        return {**super()._counters_snapshot(), "clients": len(self._clients)}
+
+    def _links_snapshot(self) -> dict[str, dict[str, Any]]:
+        return {link.id: link_snapshot(link, in_flight=self._in_flight[link.id]) for link in (self.up, self.down)}
 
 
 def _format(address: Address) -> str:

@@ -13,7 +13,6 @@ import random
 import shutil
 import socket
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,77 +23,12 @@ from meshsim.fabric import MAX_HOPS, Fabric, kernel_receive_drops
 from meshsim.link import LinkModel, LinkProfile
 from meshsim.pcap import MAX_UDP_PAYLOAD_V4, PcapWriter
 from meshsim.topology import Topology
+from tests.meshsim.udp_helpers import LOOPBACK, App, Recorder, open_app
 
 PORT = 15683
-LOOPBACK = "127.0.0.1"
-Address = tuple[str, int]
 
 
 # ---------------------------------------------------------------- helpers
-
-
-class App(asyncio.DatagramProtocol):
-    """A UDP application: records (time.monotonic(), data, source) of what arrives; may echo."""
-
-    def __init__(self, *, echo: bool = False) -> None:
-        self.echo = echo
-        self.received: list[tuple[float, bytes, Address]] = []
-        self._arrived = asyncio.Event()
-        self.transport: asyncio.DatagramTransport
-        self.sock: socket.socket
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-        self.address: Address = transport.get_extra_info("sockname")[:2]
-
-    def datagram_received(self, data: bytes, addr: Address) -> None:
-        self.received.append((time.monotonic(), data, addr))
-        if self.echo:
-            self.sendto(data, addr)
-        self._arrived.set()
-
-    async def until(self, count: int, timeout: float = 5.0) -> None:
-        async with asyncio.timeout(timeout):
-            while len(self.received) < count:
-                self._arrived.clear()
-                await self._arrived.wait()
-
-    def sendto(self, data: bytes, address: Address) -> None:
-        if data:
-            self.transport.sendto(data, address)
-        else:
-            self.sock.sendto(data, address)  # asyncio's sendto() discards empty datagrams
-
-
-async def open_app(address: Address, *, echo: bool = False) -> App:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    sock.setblocking(False)
-    sock.bind(address)
-    _, app = await asyncio.get_running_loop().create_datagram_endpoint(lambda: App(echo=echo), sock=sock)
-    app.sock = sock
-    return app
-
-
-class Recorder:
-    """Collects a fabric's events and lets a test wait for a condition on them."""
-
-    def __init__(self, fabric: Fabric) -> None:
-        self.events: list[dict[str, Any]] = []
-        self._changed = asyncio.Event()
-        fabric.subscribe(self._on_event)
-
-    def _on_event(self, event: dict[str, Any]) -> None:
-        self.events.append(event)
-        self._changed.set()
-
-    def of(self, kind: str, **match: Any) -> list[dict[str, Any]]:
-        return [e for e in self.events if e["kind"] == kind and all(e.get(k) == v for k, v in match.items())]
-
-    async def until(self, condition: Callable[[], bool], timeout: float = 5.0) -> None:
-        async with asyncio.timeout(timeout):
-            while not condition():
-                self._changed.clear()
-                await self._changed.wait()
 
 
 @pytest.fixture

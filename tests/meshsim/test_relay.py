@@ -5,12 +5,9 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
-import socket
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -19,77 +16,9 @@ from meshsim.events import EVENT_FIELDS, EventLog, read_events
 from meshsim.link import LinkModel, LinkProfile
 from meshsim.pcap import MAX_UDP_PAYLOAD_V4, PcapWriter
 from meshsim.relay import DOWN, UP, Relay, parse_host_port
+from tests.meshsim.udp_helpers import LOOPBACK, Recorder, open_app
 
-Address = tuple[str, int]
-LOCALHOST = "127.0.0.1"
 REPO = Path(__file__).resolve().parents[2]
-
-
-class App(asyncio.DatagramProtocol):
-    """A UDP endpoint: records (time.monotonic(), data, source) of what arrives; may echo."""
-
-    def __init__(self, *, echo: bool = False) -> None:
-        self.echo = echo
-        self.received: list[tuple[float, bytes, Address]] = []
-        self._arrived = asyncio.Event()
-        self.transport: asyncio.DatagramTransport
-        self.sock: socket.socket
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-        self.address: Address = transport.get_extra_info("sockname")[:2]
-
-    def datagram_received(self, data: bytes, addr: Address) -> None:
-        self.received.append((time.monotonic(), data, addr))
-        if self.echo:
-            self.sendto(data, addr)
-        self._arrived.set()
-
-    def sendto(self, data: bytes, address: Address) -> None:
-        if data:
-            self.transport.sendto(data, address)
-        else:
-            self.sock.sendto(data, address)  # asyncio's sendto() discards empty datagrams
-
-    async def until(self, count: int, timeout: float = 5.0) -> None:
-        async with asyncio.timeout(timeout):
-            while len(self.received) < count:
-                self._arrived.clear()
-                await self._arrived.wait()
-
-    def close(self) -> None:
-        self.transport.close()
-
-
-async def open_app(*, echo: bool = False) -> App:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    sock.setblocking(False)
-    sock.bind((LOCALHOST, 0))
-    _, app = await asyncio.get_running_loop().create_datagram_endpoint(lambda: App(echo=echo), sock=sock)
-    app.sock = sock
-    return app
-
-
-class Recorder:
-    """Collects a relay's events and lets a test wait for a condition on them."""
-
-    def __init__(self, relay: Relay) -> None:
-        self.events: list[dict[str, Any]] = []
-        self._changed = asyncio.Event()
-        relay.subscribe(self._on_event)
-
-    def _on_event(self, event: dict[str, Any]) -> None:
-        self.events.append(event)
-        self._changed.set()
-
-    def count(self, kind: str, **match: Any) -> int:
-        return sum(1 for e in self.events if e["kind"] == kind and all(e.get(k) == v for k, v in match.items()))
-
-    async def until(self, condition: Callable[[], bool], timeout: float = 5.0) -> None:
-        async with asyncio.timeout(timeout):
-            while not condition():
-                self._changed.clear()
-                await self._changed.wait()
 
 
 # ---------------------------------------------------------------- the relay in process
@@ -100,7 +29,7 @@ async def test_echo_over_the_relay_takes_at_least_the_physical_time(tmp_path: Pa
     server = await open_app(echo=True)
     client = await open_app()
     with EventLog(tmp_path / "events.jsonl") as events, PcapWriter(tmp_path / "relay.pcap") as capture:
-        async with Relay((LOCALHOST, 0), server.address, profile, seed=1, events=events, capture=capture) as relay:
+        async with Relay((LOOPBACK, 0), server.address, profile, seed=1, events=events, capture=capture) as relay:
             rtts = []
             for i in range(2):
                 sent = time.monotonic()
@@ -141,7 +70,7 @@ async def test_several_clients_share_the_link_like_a_nat() -> None:
     server = await open_app(echo=True)
     clients = [await open_app() for _ in range(3)]
     profile = LinkProfile(rate_bps=1_000_000, delay=0.002)
-    async with Relay((LOCALHOST, 0), server.address, profile) as relay:
+    async with Relay((LOOPBACK, 0), server.address, profile) as relay:
         for number, client in enumerate(clients):
             client.sendto(f"client {number}".encode(), relay.listen_address)
         for number, client in enumerate(clients):
@@ -158,7 +87,7 @@ async def test_several_clients_share_the_link_like_a_nat() -> None:
 async def test_the_longest_silent_client_is_evicted_beyond_max_clients() -> None:
     server = await open_app(echo=True)
     first, second = await open_app(), await open_app()
-    async with Relay((LOCALHOST, 0), server.address, LinkProfile(), max_clients=1) as relay:
+    async with Relay((LOOPBACK, 0), server.address, LinkProfile(), max_clients=1) as relay:
         first.sendto(b"1", relay.listen_address)
         await first.until(1)
         second.sendto(b"2", relay.listen_address)
@@ -178,7 +107,7 @@ async def test_loss_follows_the_seeded_model() -> None:
     fates = [bool(predictor.offer(float(i), 2).deliveries) for i in range(200)]
     marker = next(i for i in range(30, 200) if fates[i])
     sink, client = await open_app(), await open_app()
-    async with Relay((LOCALHOST, 0), sink.address, lossy, reverse=LinkProfile(), seed=3) as relay:
+    async with Relay((LOOPBACK, 0), sink.address, lossy, reverse=LinkProfile(), seed=3) as relay:
         for i in range(marker + 1):
             client.sendto(i.to_bytes(2, "big"), relay.listen_address)
         expected = [i for i in range(marker + 1) if fates[i]]
@@ -192,7 +121,7 @@ async def test_loss_follows_the_seeded_model() -> None:
 async def test_empty_and_largest_datagrams_cross_and_oversize_ones_cannot_be_sent() -> None:
     server, client = await open_app(echo=True), await open_app()
     profile = LinkProfile(rate_bps=100_000_000, overhead=42)
-    async with Relay((LOCALHOST, 0), server.address, profile) as relay:
+    async with Relay((LOOPBACK, 0), server.address, profile) as relay:
         client.sendto(b"", relay.listen_address)
         await client.until(1)
         assert client.received[0][1] == b"" and server.received[0][1] == b""
@@ -214,7 +143,7 @@ async def test_empty_and_largest_datagrams_cross_and_oversize_ones_cannot_be_sen
 async def test_a_burst_beyond_the_queue_limit_is_dropped_and_counted() -> None:
     server, client = await open_app(echo=True), await open_app()
     profile = LinkProfile(rate_bps=16_000, overhead=42, limit_packets=4)  # 31 ms per 20-byte datagram
-    async with Relay((LOCALHOST, 0), server.address, profile) as relay:
+    async with Relay((LOOPBACK, 0), server.address, profile) as relay:
         recorder = Recorder(relay)
         for i in range(40):
             client.sendto(bytes([i]) * 20, relay.listen_address)
@@ -233,7 +162,7 @@ async def test_a_burst_beyond_the_queue_limit_is_dropped_and_counted() -> None:
 
 async def test_payload_in_flight_is_bounded() -> None:
     sink, client = await open_app(), await open_app()
-    async with Relay((LOCALHOST, 0), sink.address, LinkProfile(delay=0.2), max_in_flight_bytes=1000) as relay:
+    async with Relay((LOOPBACK, 0), sink.address, LinkProfile(delay=0.2), max_in_flight_bytes=1000) as relay:
         recorder = Recorder(relay)
         for _ in range(20):
             client.sendto(b"\0" * 100, relay.listen_address)
@@ -317,8 +246,8 @@ def test_host_port_parsing() -> None:
 async def test_the_command_relays_and_stops_cleanly_on_a_signal(signum: int, tmp_path: Path) -> None:
     server, client = await open_app(echo=True), await open_app()
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "meshsim.cli", "link", "--listen", f"{LOCALHOST}:0",
-        "--to", f"{LOCALHOST}:{server.address[1]}", "--rate", "1mbit", "--delay", "5ms", "--seed", "4",
+        sys.executable, "-m", "meshsim.cli", "link", "--listen", f"{LOOPBACK}:0",
+        "--to", f"{LOOPBACK}:{server.address[1]}", "--rate", "1mbit", "--delay", "5ms", "--seed", "4",
         "--events", str(tmp_path / "events.jsonl"), "--pcap", str(tmp_path / "link.pcap"),
         cwd=REPO, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )
