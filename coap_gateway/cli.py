@@ -169,7 +169,7 @@ def cmd_client(args: argparse.Namespace) -> None:
 def cmd_up(args: argparse.Namespace) -> None:
     from .daemon import serve_up
 
-    _serve(serve_up, args, ["data_dir", "listen", "rate", "delay", "loss", "profile"])
+    _serve(serve_up, args, ["data_dir", "listen", "rate", "delay", "loss", "profile", "metrics"])
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
@@ -179,6 +179,12 @@ def cmd_demo(args: argparse.Namespace) -> None:
 
 
 # ------------------------------------------------------------------- main
+
+
+def _metrics_flag(parser: argparse.ArgumentParser, default: str) -> None:
+    parser.add_argument("--metrics", metavar="HOST:PORT",
+                        help=f"serve Prometheus metrics at http://HOST:PORT/metrics (default: {default}; "
+                             "a bare PORT binds 127.0.0.1, keep it off public interfaces)")
 
 
 def _link_flags(parser: argparse.ArgumentParser) -> None:
@@ -236,6 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
     server.add_argument("--allow-admin", action="store_true", default=None, help="let /_synapse/admin through (off by default)")
     server.add_argument("--advertise", metavar="ADDR", help="address /versions advertises (default: --listen)")
     server.add_argument("--config", metavar="FILE", help="TOML file with any of these options")
+    _metrics_flag(server, "off")
     _link_flags(server)
     server.set_defaults(func=cmd_server)
 
@@ -251,6 +258,7 @@ def build_parser() -> argparse.ArgumentParser:
     client.add_argument("--local", metavar="ADDR", help="local UDP address to send from (default any)")
     client.add_argument("--profile", help="table profile (default lb2)")
     client.add_argument("--config", metavar="FILE", help="TOML file with any of these options")
+    _metrics_flag(client, "off")
     _link_flags(client)
     client.set_defaults(func=cmd_client)
 
@@ -262,6 +270,7 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--loss", type=float, help="loss probability 0..1 (default 0)")
     up.add_argument("--profile", help="table profile (default lb2)")
     up.add_argument("--config", metavar="FILE", help="TOML file with any of these options")
+    _metrics_flag(up, "127.0.0.1, a free port")
     up.set_defaults(func=cmd_up)
 
     keygen = sub.add_parser("keygen", help="write a new static key pair; print the public key")

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Hashable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from aiocoap import Message, error
 from aiocoap.numbers.codes import Code
@@ -34,6 +34,7 @@ from .http_mapping import (
     matrix_error,
     request_to_coap,
 )
+from .metrics import Histogram, timed
 from .profile import Profile
 from .routes import METHODS
 
@@ -53,6 +54,7 @@ class ClientGatewayCounters:
     token_sent: int = 0
     token_rebinds: int = 0
     link_failures: int = 0
+    latency: Histogram = field(default_factory=Histogram)
 
 
 class ClientGateway:
@@ -118,6 +120,7 @@ class ClientGateway:
 
     # -- CoAP side
 
+    @timed(lambda self: self.counters.latency)
     async def exchange(self, http_request: HttpRequest) -> HttpResponse:
         message = self._coap_request(http_request, resend_token=False)
         reply = await self._send(message)

@@ -19,7 +19,8 @@ What changes from stock aiocoap, and why:
 * ``LinkMessageInterface``: encodes messages, passes them through a
   ``FrameCodec`` (plaintext, or the Noise secure frames) onto a
   ``DatagramLink`` (UDP, KISS serial, emulated), and guards the receive path:
-  a malformed datagram is counted and dropped, never raised.
+  a malformed datagram is counted and dropped, never raised.  Frames and
+  bytes are also counted per peer (bounded) for the metrics endpoint.
 """
 
 from __future__ import annotations
@@ -114,6 +115,23 @@ class TransportCounters:
     dropped_malformed: int = 0
     dropped_by_codec: int = 0
     rtt_samples: int = 0
+
+
+#: peers counted one by one; any further peer is summed under OTHER_PEERS, so
+#: a stream of new source addresses or sessions cannot grow the table unbounded
+MAX_COUNTED_PEERS = 1024
+OTHER_PEERS = "other"
+
+
+@dataclass
+class PeerCounters:
+    """Datagrams to and from one peer: its CoAP key when the codec names one
+    (the session in secure mode), else its link address (handshakes, drops)."""
+
+    frames_out: int = 0
+    bytes_out: int = 0
+    frames_in: int = 0
+    bytes_in: int = 0
 
 
 class LinkAddress(interfaces.EndpointAddress):
@@ -309,12 +327,22 @@ class LinkMessageInterface(interfaces.MessageInterface):
         self.link = link
         self.codec = codec
         self.counters = counters
+        #: per-peer counts, at most MAX_COUNTED_PEERS + 1 entries (OTHER_PEERS)
+        self.peers: dict[Hashable, PeerCounters] = {}
         link.set_receiver(self._datagram_received)
         codec.bind(self)
 
     def remote(self, key: Hashable) -> LinkAddress:
         """The aiocoap remote for a peer of this link (address or session)."""
         return LinkAddress(self, key)
+
+    def peer_counters(self, key: Hashable) -> PeerCounters:
+        counts = self.peers.get(key)
+        if counts is None:
+            if len(self.peers) >= MAX_COUNTED_PEERS:
+                key = OTHER_PEERS
+            counts = self.peers.setdefault(key, PeerCounters())
+        return counts
 
     # -- MessageInterface
 
@@ -327,7 +355,7 @@ class LinkMessageInterface(interfaces.MessageInterface):
             self.counters.dropped_by_codec += 1
             return
         for peer, datagram in datagrams:
-            self.send_datagram(peer, datagram)
+            self._send(peer, datagram, message.remote.key)
 
     # -- CodecHost
 
@@ -339,8 +367,14 @@ class LinkMessageInterface(interfaces.MessageInterface):
         self.mman.forget_remote(self.remote(key))
 
     def send_datagram(self, peer: Hashable, datagram: bytes) -> None:
+        self._send(peer, datagram, peer)
+
+    def _send(self, peer: Hashable, datagram: bytes, key: Hashable) -> None:
         self.counters.frames_out += 1
         self.counters.bytes_out += len(datagram)
+        counts = self.peer_counters(key)
+        counts.frames_out += 1
+        counts.bytes_out += len(datagram)
         self.link.send(peer, datagram)
 
     async def determine_remote(self, message: Message) -> LinkAddress | None:
@@ -362,7 +396,11 @@ class LinkMessageInterface(interfaces.MessageInterface):
         except Exception as exc:
             log.debug("codec dropped a datagram from %r: %s", peer, exc)
             self.counters.dropped_by_codec += 1
-            return
+            messages = []
+        # counted under the session the codec found in it, else the address
+        counts = self.peer_counters(messages[0][0] if messages else peer)
+        counts.frames_in += 1
+        counts.bytes_in += len(datagram)
         for key, raw in messages:
             remote = self.remote(key)
             try:
@@ -411,6 +449,8 @@ async def create_link_endpoint(link: DatagramLink, *, site: Any = None, codec: F
 
 __all__ = [
     "CON",
+    "MAX_COUNTED_PEERS",
+    "OTHER_PEERS",
     "CodecHost",
     "DatagramLink",
     "FrameCodec",
@@ -419,6 +459,7 @@ __all__ = [
     "LinkBudget",
     "LinkEndpoint",
     "LinkMessageInterface",
+    "PeerCounters",
     "PlainCodec",
     "ShortTokenManager",
     "TransportCounters",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import signal
 import tomllib
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from aiohttp import web
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
@@ -26,6 +28,8 @@ from .coap_transport import DatagramLink
 from .errors import GatewayError
 from .link_timing import LinkBudget
 from .links import SerialLink, UdpLink, emulated_link_pair
+from .metrics import Collector, client_collector, server_collector
+from .metrics_http import DEFAULT_HOST, metrics_url, serve_metrics
 from .profile import load_profile
 from .runner import advertisement_for, start_client, start_server
 
@@ -69,7 +73,7 @@ def parse_link_address(text: str, *, default_port: int = 5683) -> LinkAddress:
     if parts.scheme != "udp" or not parts.hostname:
         raise ConfigError(f"{text!r} is not udp://HOST:PORT or serial:PATH")
     try:
-        port = parts.port or default_port
+        port = parts.port if parts.port is not None else default_port  # 0: any free port
     except ValueError:
         raise ConfigError(f"{text!r}: bad port") from None
     return LinkAddress("udp", host=parts.hostname, port=port)
@@ -78,6 +82,46 @@ def parse_link_address(text: str, *, default_port: int = 5683) -> LinkAddress:
 def parse_host_port(text: str, default_port: int) -> tuple[str, int]:
     address = parse_link_address("udp://" + text if "://" not in text else text, default_port=default_port)
     return address.host, address.port
+
+
+def parse_metrics_address(text: str) -> tuple[str, int]:
+    """``--metrics``: ``HOST:PORT``, ``[V6]:PORT``, or ``PORT`` alone for
+    127.0.0.1; port 0 takes a free port."""
+    text = text.strip()
+    if text.isdigit():
+        host: str | None = DEFAULT_HOST
+        port: int | None = int(text)
+    else:
+        parts = urlsplit("//" + text)
+        try:
+            host, port = parts.hostname, parts.port
+        except ValueError:
+            host = port = None
+        if parts.path or parts.query:
+            host = None
+    if not host or port is None or not 0 <= port <= 65535:
+        raise ConfigError(f"--metrics {text!r} is not HOST:PORT")
+    return host, port
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+async def start_metrics(text: str | int | None, collectors: list[Collector],
+                        console: Console) -> web.AppRunner | None:
+    """The metrics endpoint if asked for (off by default), its URL printed."""
+    if not text:
+        return None
+    host, port = parse_metrics_address(str(text))  # TOML may give a bare number
+    runner = await serve_metrics(host, port, collectors)
+    console.print(f"metrics: {metrics_url(runner)}")
+    if not _is_loopback(host):
+        console.print("  [yellow]metrics are not on loopback: anyone who reaches them sees peer addresses[/]")
+    return runner
 
 
 async def open_link(address: LinkAddress, budget: LinkBudget) -> DatagramLink:
@@ -147,7 +191,7 @@ async def until_signalled() -> None:
 
 
 SERVER_OPTIONS = ["homeserver", "listen", "key", "plaintext", "profile", "allow_admin", "advertise",
-                  "link_rate", "link_latency", "link_overhead", "max_retransmit"]
+                  "link_rate", "link_latency", "link_overhead", "max_retransmit", "metrics"]
 
 
 async def serve_server(options: dict[str, Any], console: Console) -> None:
@@ -167,9 +211,13 @@ async def serve_server(options: dict[str, Any], console: Console) -> None:
                                 advertisement=advertisement_for(advertised, static, profile))
     mode = f"Noise, key {keys.fingerprint(keys.public_from_private(static))}" if static else "PLAINTEXT"
     console.print(f"server gateway on {link.name} → {options['homeserver']}  ({mode}, profile {profile.name})")
+    metrics = None
     try:
+        metrics = await start_metrics(options.get("metrics"), [server_collector(server)], console)
         await until_signalled()
     finally:
+        if metrics is not None:
+            await metrics.cleanup()
         await server.stop()
         console.print("server gateway stopped")
 
@@ -178,7 +226,7 @@ async def serve_server(options: dict[str, Any], console: Console) -> None:
 
 
 CLIENT_OPTIONS = ["server", "server_key", "server_name", "key", "pins", "plaintext", "listen", "profile",
-                  "local", "link_rate", "link_latency", "link_overhead", "max_retransmit"]
+                  "local", "link_rate", "link_latency", "link_overhead", "max_retransmit", "metrics"]
 
 
 async def serve_client(options: dict[str, Any], console: Console) -> None:
@@ -205,9 +253,13 @@ async def serve_client(options: dict[str, Any], console: Console) -> None:
                                 pins=pins, server_name=options.get("server_name") or str(server), host=host, port=port)
     console.print(f"client gateway: point your Matrix client at {client.base_url}  (server {server}, "
                   f"{'PLAINTEXT' if static is None else 'Noise'})")
+    metrics = None
     try:
+        metrics = await start_metrics(options.get("metrics"), [client_collector(client)], console)
         await until_signalled()
     finally:
+        if metrics is not None:
+            await metrics.cleanup()
         await client.stop()
         console.print("client gateway stopped")
 
@@ -249,12 +301,18 @@ async def serve_up(options: dict[str, Any], console: Console) -> None:
                   f"  server name: {synapse.server_name}   register users with any client (m.login.dummy)\n"
                   f"  Synapse itself: {synapse.base_url}   data: {data_dir}   Ctrl-C stops everything")
     stopping = asyncio.create_task(until_signalled())
+    metrics = None
     try:
+        # on by default here (a free loopback port): `up` is for looking at what happens
+        metrics = await start_metrics(options.get("metrics") or f"{DEFAULT_HOST}:0",
+                                      [server_collector(server), client_collector(client)], console)
         with Live(_counters(client_link, server_link, client, server), console=console, refresh_per_second=2) as live:
             while not stopping.done():
                 await asyncio.wait({stopping}, timeout=0.5)
                 live.update(_counters(client_link, server_link, client, server))
     finally:
+        if metrics is not None:
+            await metrics.cleanup()
         await client.stop()
         await server.stop()
         await synapse.stop()

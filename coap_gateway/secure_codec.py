@@ -26,7 +26,16 @@ from .coap_transport import CodecHost
 from .errors import SecurityError
 from .keys import PinStore
 from .profile import Profile
-from .secure_events import Connected, Deliver, Dropped, Rehandshake, SessionClosed, SessionEstablished, Transmit
+from .secure_events import (
+    Connected,
+    Deliver,
+    Dropped,
+    Rehandshake,
+    SessionClosed,
+    SessionEstablished,
+    Transmit,
+    reason_label,
+)
 from .server_endpoint import ServerEndpoint
 
 log = logging.getLogger(__name__)
@@ -34,6 +43,16 @@ log = logging.getLogger(__name__)
 Clock = Callable[[], float]
 
 SERVER_KEY = "server"
+#: distinct drop reasons counted; reasons carry peer-chosen text, so both the
+#: text (normalised) and the number of keys are bounded
+MAX_DROP_REASONS = 64
+
+
+def count_drop(dropped: Counter[str], reason: str) -> None:
+    label = reason_label(reason)
+    if label not in dropped and len(dropped) >= MAX_DROP_REASONS:
+        label = "other"
+    dropped[label] += 1
 
 
 def profile_wire_digest(profile: Profile) -> bytes:
@@ -76,7 +95,7 @@ class SecureServerCodec:
                 if deliver is not None:
                     deliver.append((out.session_id, out.message))
             elif isinstance(out, Dropped):
-                self.dropped[out.reason] += 1
+                count_drop(self.dropped, out.reason)
             elif isinstance(out, (SessionEstablished, SessionClosed)):
                 if isinstance(out, SessionEstablished):
                     self.sessions_established += 1
@@ -133,7 +152,7 @@ class SecureClientCodec:
 
     def incoming(self, peer: Hashable, datagram: bytes) -> list[tuple[Hashable, bytes]]:
         if peer != self.server_addr:
-            self.dropped["not from the server"] += 1
+            count_drop(self.dropped, "not from the server")
             return []
         delivered: list[tuple[Hashable, bytes]] = []
         try:
@@ -158,7 +177,7 @@ class SecureClientCodec:
                 if deliver is not None:
                     deliver.append((SERVER_KEY, out.message))
             elif isinstance(out, Dropped):
-                self.dropped[out.reason] += 1
+                count_drop(self.dropped, out.reason)
             elif isinstance(out, Connected):
                 self.handshakes += 1
                 if self.on_connected is not None:

@@ -6,8 +6,18 @@ datagram, hand a CoAP message to aiocoap, note a session, count a drop.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Hashable
 from dataclasses import dataclass
+
+_NUMBER = re.compile(r"\b\d+\b")
+
+
+def reason_label(reason: str) -> str:
+    """A drop reason as a label from a fixed set: no exception text, no
+    numbers a peer chose (``SecurityError: …`` → ``SecurityError``)."""
+    return _NUMBER.sub("N", reason.partition(": ")[0])
+
 
 @dataclass(frozen=True)
 class Transmit:

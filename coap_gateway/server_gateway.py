@@ -36,6 +36,7 @@ from .http_mapping import (
     matrix_error,
     response_to_coap,
 )
+from .metrics import Histogram, timed
 from .profile import Profile
 
 log = logging.getLogger(__name__)
@@ -73,6 +74,7 @@ class ServerGatewayCounters:
     token_unbound: int = 0
     upstream_errors: int = 0
     by_status: dict[int, int] = field(default_factory=dict)
+    latency: Histogram = field(default_factory=Histogram)
 
 
 class ServerGateway(resource.Resource):
@@ -105,6 +107,7 @@ class ServerGateway(resource.Resource):
 
     # aiocoap calls render() for every method; the Resource default would
     # dispatch to render_get etc. and refuse the rest
+    @timed(lambda self: self.counters.latency)
     async def render(self, request: Message) -> Message:
         self.counters.requests += 1
         profile = self.config.profile

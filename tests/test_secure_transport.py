@@ -260,3 +260,17 @@ async def test_evicted_sessions_leave_no_coap_state_behind():
     for client in clients:
         await client.shutdown()
     await server.shutdown()
+
+
+def test_drop_reasons_are_bounded():
+    from collections import Counter
+
+    from coap_gateway.secure_codec import MAX_DROP_REASONS, count_drop
+
+    dropped: Counter[str] = Counter()
+    for i in range(10_000):
+        count_drop(dropped, f"SecurityError: bad tag from peer {i} with text {i * 7}")
+        # distinct texts a peer could provoke (letters: not folded like numbers)
+        count_drop(dropped, "reason-" + chr(97 + i % 26) + chr(97 + i // 26 % 26))
+    assert dropped["SecurityError"] == 10_000  # exception text stripped
+    assert len(dropped) <= MAX_DROP_REASONS and dropped["other"] > 0
