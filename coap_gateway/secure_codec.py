@@ -50,7 +50,7 @@ MAX_DROP_REASONS = 64
 
 def count_drop(dropped: Counter[str], reason: str) -> None:
     label = reason_label(reason)
-    if label not in dropped and len(dropped) >= MAX_DROP_REASONS:
+    if label not in dropped and len(dropped) >= MAX_DROP_REASONS - 1:  # one slot kept for "other"
         label = "other"
     dropped[label] += 1
 
