@@ -26,7 +26,7 @@ from . import options
 from .coap_transport import LinkEndpoint
 from .errors import GatewayError
 from .http_mapping import (
-    MAX_REQUEST_BODY,
+    MAX_MEDIA_BODY,
     HttpRequest,
     HttpResponse,
     bearer_token,
@@ -75,7 +75,7 @@ class ClientGateway:
         return f"http://{self.host}:{self.port}"
 
     async def start(self) -> None:
-        app = web.Application(client_max_size=MAX_REQUEST_BODY)
+        app = web.Application(client_max_size=MAX_MEDIA_BODY)
         app.router.add_route("*", "/{tail:.*}", self.handle)
         self._runner = web.AppRunner(app, access_log=None)  # never log tokens or bodies
         await self._runner.setup()

@@ -27,7 +27,10 @@ from .profile import Profile
 FORWARDED_RESPONSE_HEADERS = ("Content-Disposition", "Location")
 #: a response body may be a whole initial sync
 MAX_RESPONSE_BODY = 64 << 20
+#: a JSON request body may expand to this (deflate bomb cap)
 MAX_REQUEST_BODY = DEFAULT_MAX_SIZE
+#: media and other bodies carried verbatim: Synapse's default max_upload_size
+MAX_MEDIA_BODY = 50 << 20
 
 
 @dataclass
@@ -84,7 +87,7 @@ def coap_to_request(msg: Message, profile: Profile) -> HttpRequest:
     method, target = routes.coap_to_http(int(msg.code), msg.opt.uri_path, msg.opt.uri_query, profile.routes)
     header_type = next((v for n, v in _header_options(msg) if n.lower() == "content-type"), None)
     body, content_type = payload.payload_to_body(msg.payload, msg.opt.content_format, profile, header_type,
-                                                 max_size=MAX_REQUEST_BODY)
+                                                 max_size=MAX_REQUEST_BODY, max_verbatim=MAX_MEDIA_BODY)
     return HttpRequest(method, target, body, content_type)
 
 

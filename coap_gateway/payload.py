@@ -88,8 +88,14 @@ def payload_to_body(
     profile: Profile,
     content_type_header: str | None = None,
     max_size: int = DEFAULT_MAX_SIZE,
+    max_verbatim: int | None = None,
 ) -> tuple[bytes, str | None]:
-    """The HTTP body and Content-Type a CoAP payload stands for."""
+    """The HTTP body and Content-Type a CoAP payload stands for.
+
+    ``max_size`` caps what deflated JSON may expand to (the bomb cap);
+    ``max_verbatim`` (default: the same) caps bodies carried as they are,
+    such as media, which arrive already whole and cannot expand.
+    """
     if not payload:
         return b"", content_type_header
     if content_format is None:
@@ -99,8 +105,9 @@ def payload_to_body(
         return cbor_codec.cbor_to_json(cbor, profile.cbor_table), JSON_TYPE
     if content_format == options.CF_CBOR:
         return cbor_codec.cbor_to_json(payload, profile.cbor_table), JSON_TYPE
-    if len(payload) > max_size:
-        raise CodecError(f"payload of {len(payload)} bytes exceeds {max_size}")
+    limit = max_size if max_verbatim is None else max_verbatim
+    if len(payload) > limit:
+        raise CodecError(f"payload of {len(payload)} bytes exceeds {limit}")
     if content_type_header is not None:
         return payload, content_type_header
     content_type = _TYPE_OF_FORMAT.get(content_format)

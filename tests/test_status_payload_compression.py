@@ -174,3 +174,12 @@ def test_header_option_validation():
     for data in (b"no separator", b"\xff: x", b"X: " + b"a" * 2000):
         with pytest.raises(CodecError):
             payload.decode_header(data)
+
+
+def test_verbatim_bodies_have_their_own_cap():
+    big = bytes(2 << 20)  # 2 MiB of media: over the JSON cap, under the media cap
+    assert payload.payload_to_body(big, options.CF_IMAGE_PNG, LB2, max_size=1 << 20, max_verbatim=50 << 20)[0] == big
+    with pytest.raises(CodecError):
+        payload.payload_to_body(big, options.CF_IMAGE_PNG, LB2, max_size=1 << 20)
+    with pytest.raises(CodecError):
+        payload.payload_to_body(big, options.CF_IMAGE_PNG, LB2, max_size=1 << 20, max_verbatim=1 << 20)
