@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import logging
 import random
+from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -42,6 +43,8 @@ from .link_timing import LinkBudget, RetransmissionTimer
 log = logging.getLogger(__name__)
 
 SCHEME = "coap"
+#: remotes whose RTT estimate is kept; an evicted one starts from the link budget again
+MAX_REMOTES = 4096
 
 
 class DatagramLink(Protocol):
@@ -232,8 +235,10 @@ class LinkAwareMessageManager(MessageManager):
         super().__init__(token_manager)
         self.budget = budget
         self.counters = counters
-        self.timers: dict[Hashable, RetransmissionTimer] = {}
-        self._tunings: dict[Hashable, LinkTuning] = {}
+        # per remote, least recently used first: plaintext remotes are
+        # addresses that come and go, so both maps are bounded
+        self.timers: OrderedDict[Hashable, RetransmissionTimer] = OrderedDict()
+        self._tunings: OrderedDict[Hashable, LinkTuning] = OrderedDict()
         self._exchanges: dict[tuple[Hashable, int], _Exchange] = {}
         #: size of the message being dispatched (aiocoap cannot re-encode
         #: incoming messages; dispatch is synchronous, so this is exact)
@@ -243,12 +248,20 @@ class LinkAwareMessageManager(MessageManager):
         timer = self.timers.get(remote)
         if timer is None:
             timer = self.timers[remote] = RetransmissionTimer(self.budget)
+            if len(self.timers) > MAX_REMOTES:
+                self.timers.popitem(last=False)
+        else:
+            self.timers.move_to_end(remote)
         return timer
 
     def tuning_for(self, remote: Hashable) -> LinkTuning:
         tuning = self._tunings.get(remote)
         if tuning is None:
             tuning = self._tunings[remote] = LinkTuning(self.timer_for(remote))
+            if len(self._tunings) > MAX_REMOTES:
+                self._tunings.popitem(last=False)
+        else:
+            self._tunings.move_to_end(remote)
         return tuning
 
     def forget_remote(self, remote: Hashable) -> None:

@@ -290,3 +290,16 @@ def test_retransmission_timer_math():
     assert t.srtt == pytest.approx(2.1) and t.ack_timeout(30) == pytest.approx(2.4 + 4.0 + 2.1 + 4 * 1.05)
     with pytest.raises(ValueError):
         LinkBudget(rate_bps=0)
+
+
+@pytest.mark.looptime
+async def test_per_remote_state_is_bounded(monkeypatch):
+    import coap_gateway.coap_transport as ct
+
+    monkeypatch.setattr(ct, "MAX_REMOTES", 8)
+    client, server, res, cl, sl = await pair(LinkProfile(rate_bps=100_000))
+    mman = server.interface.mman
+    for i in range(50):  # fifty plaintext peers come and go
+        mman.tuning_for(server.remote(("127.0.0.%d" % (i + 2), 5683)))
+    assert len(mman.timers) <= 8 and len(mman._tunings) <= 8
+    await client.shutdown(), await server.shutdown()
