@@ -169,7 +169,7 @@ def cmd_client(args: argparse.Namespace) -> None:
 def cmd_up(args: argparse.Namespace) -> None:
     from .daemon import serve_up
 
-    _serve(serve_up, args, ["data_dir", "listen", "rate", "delay", "loss", "profile", "metrics"])
+    _serve(serve_up, args, ["data_dir", "listen", "rate", "delay", "loss", "profile", "low_bandwidth", "metrics"])
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
@@ -257,6 +257,8 @@ def build_parser() -> argparse.ArgumentParser:
     client.add_argument("--listen", metavar="HOST:PORT", help="where Matrix clients connect (default 127.0.0.1:8008)")
     client.add_argument("--local", metavar="ADDR", help="local UDP address to send from (default any)")
     client.add_argument("--profile", help="table profile (default lb2)")
+    client.add_argument("--low-bandwidth", action="store_true", default=None,
+                        help="answer typing, read receipts and presence updates locally instead of sending them")
     client.add_argument("--config", metavar="FILE", help="TOML file with any of these options")
     _metrics_flag(client, "off")
     _link_flags(client)
@@ -269,6 +271,8 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--delay", help="one-way delay (default 100ms)")
     up.add_argument("--loss", type=float, help="loss probability 0..1 (default 0)")
     up.add_argument("--profile", help="table profile (default lb2)")
+    up.add_argument("--low-bandwidth", action="store_true", default=None,
+                    help="answer typing, read receipts and presence updates locally")
     up.add_argument("--config", metavar="FILE", help="TOML file with any of these options")
     _metrics_flag(up, "127.0.0.1, a free port")
     up.set_defaults(func=cmd_up)

@@ -36,7 +36,7 @@ from .http_mapping import (
 )
 from .metrics import Histogram, timed
 from .profile import Profile
-from .routes import METHODS
+from .routes import METHODS, split_target
 
 log = logging.getLogger(__name__)
 
@@ -48,23 +48,36 @@ CORS_HEADERS = {
 }
 
 
+#: low-bandwidth mode: ephemeral signals the client gateway answers itself
+#: (200 {}) instead of spending the link on them — typing notifications,
+#: read receipts and presence updates.  Reads (GET presence) still cross.
+LOCAL_IN_LOW_BANDWIDTH = frozenset({
+    ("PUT", "client.typing"), ("PUT", "client.r0.typing"),
+    ("POST", "client.receipt"), ("POST", "client.r0.receipt"),
+    ("PUT", "client.presence"), ("PUT", "client.r0.presence"),
+})
+
+
 @dataclass
 class ClientGatewayCounters:
     requests: int = 0
     token_sent: int = 0
     token_rebinds: int = 0
     link_failures: int = 0
+    answered_locally: int = 0
     latency: Histogram = field(default_factory=Histogram)
 
 
 class ClientGateway:
     def __init__(self, endpoint: LinkEndpoint, server_key: Hashable, profile: Profile, *,
-                 host: str = "127.0.0.1", port: int = 0, request_timeout: float | None = None):
+                 host: str = "127.0.0.1", port: int = 0, request_timeout: float | None = None,
+                 low_bandwidth: bool = False):
         self.endpoint = endpoint
         self.server_key = server_key
         self.profile = profile
         self.host, self.port = host, port
         self.request_timeout = request_timeout
+        self.low_bandwidth = low_bandwidth
         #: the token the server holds for this session, as far as we know
         self.bound_token: str | None = None
         self.counters = ClientGatewayCounters()
@@ -96,6 +109,9 @@ class ClientGateway:
         if request.method not in METHODS:
             return self._http(matrix_error(405, "M_UNRECOGNIZED", f"method {request.method} is not supported"))
         self.counters.requests += 1
+        if self.low_bandwidth and self._answered_locally(request.method, request.raw_path):
+            self.counters.answered_locally += 1
+            return self._http(HttpResponse(200, b"{}", "application/json"))
         http_request = HttpRequest(
             method=request.method,
             target=request.raw_path,
@@ -108,6 +124,14 @@ class ClientGateway:
         except GatewayError as exc:
             response = matrix_error(400, "M_UNRECOGNIZED", f"the gateway cannot carry this request: {exc}")
         return self._http(response)
+
+    def _answered_locally(self, method: str, target: str) -> bool:
+        try:
+            segments, _ = split_target(target)
+        except GatewayError:
+            return False
+        template = self.profile.routes.match(segments)
+        return template is not None and (method, template.name) in LOCAL_IN_LOW_BANDWIDTH
 
     @staticmethod
     def _http(response: HttpResponse) -> web.Response:

@@ -225,7 +225,7 @@ async def serve_server(options: dict[str, Any], console: Console) -> None:
 # ---------------------------------------------------------------- client
 
 
-CLIENT_OPTIONS = ["server", "server_key", "server_name", "key", "pins", "plaintext", "listen", "profile",
+CLIENT_OPTIONS = ["server", "server_key", "server_name", "key", "pins", "plaintext", "listen", "profile", "low_bandwidth",
                   "local", "link_rate", "link_latency", "link_overhead", "max_retransmit", "metrics"]
 
 
@@ -250,7 +250,8 @@ async def serve_client(options: dict[str, Any], console: Console) -> None:
         link = await open_link(local, budget_from(options, udp=True))
         peer = (server.host, server.port)
     client = await start_client(link, peer, profile=profile, static_private=static, server_public=server_public,
-                                pins=pins, server_name=options.get("server_name") or str(server), host=host, port=port)
+                                pins=pins, server_name=options.get("server_name") or str(server), host=host, port=port,
+                                low_bandwidth=bool(options.get("low_bandwidth")))
     console.print(f"client gateway: point your Matrix client at {client.base_url}  (server {server}, "
                   f"{'PLAINTEXT' if static is None else 'Noise'})")
     metrics = None
@@ -296,7 +297,8 @@ async def serve_up(options: dict[str, Any], console: Console) -> None:
     server = await start_server(server_link, homeserver=synapse.base_url, profile=profile, static_private=static,
                                 advertisement=advertisement_for("emulated link", static, profile))
     client = await start_client(client_link, "server", profile=profile, static_private=keys.generate_keypair()[0],
-                                server_public=keys.public_from_private(static), host=host, port=port)
+                                server_public=keys.public_from_private(static), host=host, port=port,
+                                low_bandwidth=bool(options.get("low_bandwidth")))
     console.print(f"[bold]Matrix homeserver through a {rate:g} bit/s link:[/] {client.base_url}\n"
                   f"  server name: {synapse.server_name}   register users with any client (m.login.dummy)\n"
                   f"  Synapse itself: {synapse.base_url}   data: {data_dir}   Ctrl-C stops everything")

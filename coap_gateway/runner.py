@@ -77,7 +77,8 @@ async def start_server(link: DatagramLink, *, homeserver: str, profile: Profile,
 async def start_client(link: DatagramLink, server_addr: Hashable, *, profile: Profile,
                        static_private: bytes | None = None, server_public: bytes | None = None,
                        pins: PinStore | None = None, server_name: str | None = None,
-                       host: str = "127.0.0.1", port: int = 0, clock=time.time) -> RunningClient:
+                       host: str = "127.0.0.1", port: int = 0, low_bandwidth: bool = False,
+                       clock=time.time) -> RunningClient:
     """Secure when ``static_private`` is given: with ``pins`` (trust on first
     use under ``server_name``) or a fixed ``server_public``."""
     codec: SecureClientCodec | None = None
@@ -90,7 +91,7 @@ async def start_client(link: DatagramLink, server_addr: Hashable, *, profile: Pr
                                                      server_public=server_public), server_addr, clock=clock)
     endpoint = await create_link_endpoint(link, codec=codec, loggername="coap.client")
     key = SERVER_KEY if codec is not None else server_addr
-    gateway = ClientGateway(endpoint, key, profile, host=host, port=port)
+    gateway = ClientGateway(endpoint, key, profile, host=host, port=port, low_bandwidth=low_bandwidth)
     await gateway.start()
     return RunningClient(endpoint, gateway, codec)
 

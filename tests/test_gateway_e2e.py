@@ -342,3 +342,29 @@ async def test_idle_cost_of_the_sync_loop(synapse, server_key):
         finally:
             await alice.close()
             await bob.close()
+
+
+async def test_low_bandwidth_mode_keeps_typing_receipts_and_presence_off_the_link(synapse, server_key):
+    client_link, server_link = emulated_link_pair(FAST, seed=12)
+    server = await start_server(server_link, homeserver=synapse.base_url, profile=PROFILE, static_private=server_key)
+    client = await start_client(client_link, "server", profile=PROFILE, static_private=keys.generate_keypair()[0],
+                                server_public=keys.public_from_private(server_key), low_bandwidth=True)
+    name = "lb" + uuid.uuid4().hex[:8]
+    nio_client = nio(client.base_url, name)
+    try:
+        await register(nio_client, name)
+        room = await nio_client.room_create()
+        sent = await nio_client.room_send(room.room_id, "m.room.message", {"msgtype": "m.text", "body": "x"})
+        before = client_link.sent_frames
+        assert type(await nio_client.room_typing(room.room_id, True)).__name__ == "RoomTypingResponse"
+        assert type(await nio_client.update_receipt_marker(room.room_id, sent.event_id)).__name__ == "UpdateReceiptMarkerResponse"
+        assert type(await nio_client.set_presence("online")).__name__ == "PresenceSetResponse"
+        assert client_link.sent_frames == before  # none of them crossed the link
+        assert client.gateway.counters.answered_locally == 3
+        # reads still cross: the presence of a user comes from the homeserver
+        assert type(await nio_client.get_presence(nio_client.user_id)).__name__ == "PresenceGetResponse"
+        assert client_link.sent_frames > before
+    finally:
+        await nio_client.close()
+        await client.stop()
+        await server.stop()
