@@ -1,8 +1,10 @@
 """``meshsim`` command line.
 
-Subcommands: ``link`` (one shaped UDP relay).  Bad arguments end with a
-one-line error on stderr and exit status 2; a socket that cannot be opened
-ends with a one-line error and status 1; a traceback means a bug.
+Subcommands: ``link`` (one shaped UDP relay) and ``run`` (a scenario file,
+see docs/meshsim.md).  Bad arguments end with a one-line error on stderr and
+exit status 2; a socket that cannot be opened, or a run that could not go
+on, ends with a one-line error and status 1; a scenario run whose assertions
+or physical bound fail ends with status 3; a traceback means a bug.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import signal
 import sys
 from collections.abc import Coroutine, Sequence
 from dataclasses import replace
+from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
 from .events import EventLog
@@ -25,6 +28,9 @@ from .relay import DEFAULT_MAX_CLIENTS, DOWN, UP, Relay, parse_host_port
 
 EXIT_BAD_INPUT = 2
 EXIT_RUNTIME_ERROR = 1
+#: `meshsim run`: the run finished but an assertion or the physical bound failed
+EXIT_ASSERTION_FAILED = 3
+EXIT_INTERRUPTED = 130
 #: netem's default queue limit, used when no limit is given
 NETEM_DEFAULT_LIMIT = 1000
 #: Ethernet (14) + IPv4 (20) + UDP (8): what a real link sends besides the payload
@@ -223,6 +229,81 @@ def summary_table(snapshot: dict[str, Any]) -> Any:
     return table
 
 
+# ------------------------------------------------------------------ run
+
+
+def shipped_scenarios() -> dict[str, Path]:
+    """The scenarios that come with meshsim, by name."""
+    folder = Path(__file__).parent / "scenarios"
+    return {path.stem: path for path in sorted(folder.glob("*.toml"))}
+
+
+def scenario_path(name: str) -> Path:
+    """A scenario file: a path, or the name of a shipped scenario."""
+    path = Path(name)
+    if path.exists():
+        return path
+    shipped = shipped_scenarios()
+    if name in shipped:
+        return shipped[name]
+    raise UsageError(f"no scenario file {name!r} (shipped scenarios: {', '.join(shipped) or 'none'})")
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from .scenario import ScenarioError, load_scenario, plan_lines
+
+    if args.list:
+        for name, path in shipped_scenarios().items():
+            print(f"{name}\t{path}")
+        return 0
+    if args.scenario is None:
+        raise UsageError("run needs a SCENARIO file (or --list)")
+    path = scenario_path(args.scenario)
+    try:
+        scenario = load_scenario(path)
+    except ScenarioError as exc:
+        raise UsageError(f"{path}: {exc}") from None
+    if args.validate:
+        print("\n".join(plan_lines(scenario)))
+        return 0
+    if args.out is None:
+        raise UsageError("run needs --out DIR")
+    from .runner import RunError, run_scenario
+
+    console = None if args.quiet else Console(stderr=True)
+    try:
+        result = _run(_until_terminated(run_scenario(scenario, args.out, seed=args.seed, console=console)))
+    except (OSError, RunError) as exc:
+        print(f"meshsim: error: {exc}", file=sys.stderr)
+        return EXIT_RUNTIME_ERROR
+    if result is None:
+        print(f"meshsim: interrupted; what was recorded is in {Path(args.out) / 'report.json'}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    print(f"{'passed' if result.passed else 'FAILED'}: report in {Path(args.out) / 'report.json'}")
+    for failure in result.report.get("failures", ()):
+        print(f"meshsim: {failure}", file=sys.stderr)
+    if result.report.get("failures") and any(f.startswith("run error") for f in result.report["failures"]):
+        return EXIT_RUNTIME_ERROR
+    return 0 if result.passed else EXIT_ASSERTION_FAILED
+
+
+async def _until_terminated(coro: Coroutine[Any, Any, T]) -> T | None:
+    """Run `coro`; None if Ctrl-C or SIGTERM stopped it (after its own clean-up: Synapse is not orphaned)."""
+    task = asyncio.ensure_future(coro)
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, task.cancel)
+    loop.add_signal_handler(signal.SIGINT, task.cancel)
+    try:
+        return await task
+    except asyncio.CancelledError:
+        return None
+    finally:
+        loop.remove_signal_handler(signal.SIGTERM)
+        loop.remove_signal_handler(signal.SIGINT)
+
+
 # ------------------------------------------------------------------ main
 
 
@@ -285,6 +366,25 @@ def build_parser() -> argparse.ArgumentParser:
     link.add_argument("--pcap", metavar="FILE", help="write every datagram that leaves the link to a pcap file")
     link.add_argument("--quiet", action="store_true", help="no live counter line")
     link.set_defaults(func=cmd_link)
+
+    run = commands.add_parser(
+        "run",
+        help="run a scenario file: Synapse, gateways and matrix-nio clients over shaped links",
+        description=(
+            "Run a scenario (TOML; see docs/meshsim.md) on the userspace fabric: a real Synapse behind a "
+            "server gateway, matrix-nio clients behind client gateways, phases, partitions, messages. Writes "
+            "report.json, events.jsonl, capture.pcap and PNG plots into --out. Exit status 0 when every "
+            "assertion and the physical bound hold, 3 when one fails, 1 when the run could not go on."
+        ),
+    )
+    run.add_argument("scenario", nargs="?", metavar="SCENARIO",
+                     help="a scenario file, or the name of a shipped one (e.g. 100bps-pair)")
+    run.add_argument("--out", metavar="DIR", help="where the report, events, capture and plots go")
+    run.add_argument("--seed", type=int, help="seed of every random stream (default: the scenario's)")
+    run.add_argument("--validate", action="store_true", help="check the scenario and print the plan; run nothing")
+    run.add_argument("--list", action="store_true", help="list the shipped scenarios")
+    run.add_argument("--quiet", action="store_true", help="no progress bars or summary")
+    run.set_defaults(func=cmd_run)
     return parser
 
 
