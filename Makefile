@@ -15,18 +15,31 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-# tshark validates plaintext CoAP frames and meshsim's pcaps in the tests;
-# best effort: without it (no root, no apt) those tests skip, the rest run.
+# System tools some tests and the benchmark use, best effort: without them
+# (no root, no apt) the tests that need them skip, the rest run.
+#   tshark   decodes plaintext CoAP frames and meshsim's pcaps
+#   tcpdump  captures loopback traffic for bench/
+#   nginx    the TLS 1.3 reverse proxy of the HTTPS+JSON baseline in bench/
+#   chromium headless browser for meshsim's web UI test
+SYSTEM_TOOLS := tshark:tshark tcpdump:tcpdump nginx:nginx chromium:chromium
 system-packages:
-	@command -v tshark >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
-	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq tshark >/dev/null; } || \
-	  echo "note: tshark not installed; tests that need it will skip"; }
+	@missing=""; for pair in $(SYSTEM_TOOLS); do cmd=$${pair%%:*}; pkg=$${pair##*:}; \
+	  command -v $$cmd >/dev/null 2>&1 || missing="$$missing $$pkg"; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; } || \
+	      echo "note: could not install$$missing; tests that need them will skip"; \
+	  else echo "note:$$missing not installed; tests that need them will skip"; fi; fi
 
 run: $(STAMP)
 	$(BIN)/coap-gateway up $(RUN_ARGS)
 
 test: $(STAMP) system-packages
 	$(BIN)/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+
+# the bandwidth benchmark (docs/benchmarks.md): HTTPS+JSON vs the gateway, W1–W5
+bench: $(STAMP) system-packages
+	$(BIN)/python -m bench $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info
