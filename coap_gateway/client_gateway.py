@@ -31,11 +31,13 @@ from .http_mapping import (
     HttpResponse,
     bearer_token,
     coap_to_response,
+    compact_route_name,
     matrix_error,
     request_to_coap,
 )
 from .metrics import Histogram, timed
 from .profile import Profile
+from .route_option import ClientWireState
 from .routes import METHODS, split_target
 
 log = logging.getLogger(__name__)
@@ -65,6 +67,8 @@ class ClientGatewayCounters:
     token_rebinds: int = 0
     link_failures: int = 0
     answered_locally: int = 0
+    #: requests sent again with handle definitions (Handle-Unknown)
+    handle_resends: int = 0
     latency: Histogram = field(default_factory=Histogram)
 
 
@@ -80,6 +84,8 @@ class ClientGateway:
         self.low_bandwidth = low_bandwidth
         #: the token the server holds for this session, as far as we know
         self.bound_token: str | None = None
+        #: handles and transaction IDs of the compact form (profile lb3)
+        self.wire: ClientWireState | None = ClientWireState() if profile.schemas is not None else None
         self.counters = ClientGatewayCounters()
         self._runner: web.AppRunner | None = None
 
@@ -146,24 +152,33 @@ class ClientGateway:
 
     @timed(lambda self: self.counters.latency)
     async def exchange(self, http_request: HttpRequest) -> HttpResponse:
-        message = self._coap_request(http_request, resend_token=False)
-        reply = await self._send(message)
-        if reply is None:
-            return matrix_error(504, "M_UNKNOWN", "the low-bandwidth link did not deliver the request")
-        if reply.code == Code.UNAUTHORIZED and reply.opt.get_option(options.TOKEN_UNBOUND):
-            # the server has a new session without our token: nothing was forwarded
-            self.counters.token_rebinds += 1
-            self.bound_token = None
-            reply = await self._send(self._coap_request(http_request, resend_token=True))
+        resend_token = False
+        for _attempt in range(3):
+            message = self._coap_request(http_request, resend_token=resend_token)
+            reply = await self._send(message)
             if reply is None:
                 return matrix_error(504, "M_UNKNOWN", "the low-bandwidth link did not deliver the request")
-        response = coap_to_response(reply, self.profile)
+            if reply.code == Code.UNAUTHORIZED and reply.opt.get_option(options.TOKEN_UNBOUND) and not resend_token:
+                # the server has a new session without our token: nothing was forwarded
+                self.counters.token_rebinds += 1
+                self.bound_token = None
+                resend_token = True
+                continue
+            if reply.code == Code.BAD_REQUEST and reply.opt.get_option(options.HANDLE_UNKNOWN) and self.wire:
+                # a new session on the server lacks our handles: nothing was forwarded
+                self.counters.handle_resends += 1
+                self.wire.server_forgot()
+                continue
+            break
+        response = coap_to_response(reply, self.profile, compact_route_name(message, self.profile))
+        if self.wire is not None and response.content_type == "application/json":
+            response.body = self.wire.restore_txn_ids(response.body)
         if response.status == 200 and http_request.access_token is not None and _is_logout(http_request.target):
             self.bound_token = None
         return response
 
     def _coap_request(self, http_request: HttpRequest, resend_token: bool) -> Message:
-        message = request_to_coap(http_request, self.profile)
+        message = request_to_coap(http_request, self.profile, self.wire)
         token = http_request.access_token
         if token is None:
             message.opt.add_option(OpaqueOption(options.NO_TOKEN, b""))

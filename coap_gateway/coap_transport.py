@@ -25,6 +25,7 @@ What changes from stock aiocoap, and why:
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import random
 from collections import OrderedDict
@@ -35,7 +36,7 @@ from typing import Any, Protocol
 from aiocoap import Context, Message, error, interfaces
 from aiocoap.messagemanager import MessageManager
 from aiocoap.numbers.constants import TransportTuning
-from aiocoap.numbers.types import CON
+from aiocoap.numbers.types import ACK, CON, NON
 from aiocoap.tokenmanager import TokenManager
 
 from .link_timing import LinkBudget, RetransmissionTimer
@@ -45,6 +46,8 @@ log = logging.getLogger(__name__)
 SCHEME = "coap"
 #: remotes whose RTT estimate is kept; an evicted one starts from the link budget again
 MAX_REMOTES = 4096
+#: separate responses remembered for deduplication (the oldest go first)
+MAX_SEEN_RESPONSES = 4096
 
 
 class DatagramLink(Protocol):
@@ -118,6 +121,9 @@ class TransportCounters:
     dropped_malformed: int = 0
     dropped_by_codec: int = 0
     rtt_samples: int = 0
+    #: responses dropped as duplicates (an ACK for an exchange that is over,
+    #: a CON/NON response whose message ID was already seen)
+    duplicate_responses: int = 0
 
 
 #: peers counted one by one; any further peer is summed under OTHER_PEERS, so
@@ -240,6 +246,8 @@ class LinkAwareMessageManager(MessageManager):
         self.timers: OrderedDict[Hashable, RetransmissionTimer] = OrderedDict()
         self._tunings: OrderedDict[Hashable, LinkTuning] = OrderedDict()
         self._exchanges: dict[tuple[Hashable, int], _Exchange] = {}
+        #: (remote, message ID) of separate responses received recently
+        self._seen_responses: OrderedDict[tuple[Hashable, int], None] = OrderedDict()
         #: size of the message being dispatched (aiocoap cannot re-encode
         #: incoming messages; dispatch is synchronous, so this is exact)
         self.incoming_size = 0
@@ -305,6 +313,29 @@ class LinkAwareMessageManager(MessageManager):
             self.counters.rtt_samples += 1
         super()._remove_exchange(message)
 
+    def dispatch_message(self, message: Message) -> None:
+        # aiocoap does not deduplicate responses (RFC 7252 §4.5 lets it, as
+        # responses are idempotent); but a duplicated response could reach a
+        # newer request that reuses its token — the empty token is reused at
+        # once (ShortTokenManager) — so the message layer drops duplicates.
+        if message.code.is_response():
+            key = (message.remote, message.mid)
+            if message.mtype == ACK and self._active_exchanges is not None and key not in self._active_exchanges:
+                self.counters.duplicate_responses += 1
+                return
+            if message.mtype in (CON, NON):
+                if key in self._seen_responses:
+                    self.counters.duplicate_responses += 1
+                    if message.mtype == CON:
+                        self._send_empty_ack(message.remote, message.mid, reason="duplicate response")
+                    return
+                self._seen_responses[key] = None
+                self.loop.call_later(self.tuning_for(message.remote).EXCHANGE_LIFETIME,
+                                     self._seen_responses.pop, key, None)
+                while len(self._seen_responses) > MAX_SEEN_RESPONSES:
+                    self._seen_responses.popitem(last=False)
+        super().dispatch_message(message)
+
     def dispatch_error(self, error: Exception, remote: Hashable) -> None:
         for key in [k for k in self._exchanges if k[0] == remote]:
             del self._exchanges[key]
@@ -316,18 +347,69 @@ class LinkAwareMessageManager(MessageManager):
 
 
 class ShortTokenManager(TokenManager):
-    """1-byte tokens, cycling through 256 values, skipping those in use."""
+    """Empty tokens where that is safe, else 1-byte tokens (cycling, skipping
+    those in use).
 
-    def __init__(self, context: Context):
+    The empty token (RFC 7252 §5.3.1) saves a byte in the request and one in
+    its response.  It goes to a plain request (not an observation, which
+    keeps its token for its life) when no other request to the same peer
+    holds it, and only once the previous request that had it ended with a
+    response: a request that timed out or was cancelled may still be answered
+    late, and that answer must not reach a newer request, so the empty token
+    then rests until the exchange lifetime has passed.
+    """
+
+    def __init__(self, context: Context, clock: Callable[[], float] | None = None,
+                 rest: Callable[[], float] | None = None):
         super().__init__(context)
         self._next = random.randrange(256)
+        self._pending: Message | None = None
+        self._clock = clock
+        self._rest = rest
+        #: peer -> time until which the empty token rests
+        self._resting: OrderedDict[Hashable, float] = OrderedDict()
+
+    def request(self, request):
+        self._pending = request.request
+        try:
+            super().request(request)
+        finally:
+            self._pending = None
+        msg = request.request
+        if msg.token == b"" and self._clock is not None and self._rest is not None:
+            remote_key = msg.remote
+
+            answered = False
+
+            def watch(event) -> bool:
+                nonlocal answered
+                if event.message is not None and event.is_last:
+                    answered = True
+                elif event.message is None and event.exception is None and not answered:
+                    # the exchange ended without its final response
+                    self._resting[remote_key] = self._clock() + self._rest()
+                    while len(self._resting) > MAX_REMOTES:
+                        self._resting.popitem(last=False)
+                return True
+
+            request.on_event(watch, is_interest=False)
 
     def next_token(self) -> bytes:
-        in_use = {token for token, _remote in (self.outgoing_requests or {})}
+        in_use = {(token, remote) for token, remote in (self.outgoing_requests or {})}
+        msg = self._pending
+        if msg is not None and msg.opt.observe is None and self._clock is not None:
+            free = (b"", msg.remote) not in in_use
+            resting = self._resting.get(msg.remote)
+            if resting is not None and resting <= self._clock():
+                del self._resting[msg.remote]
+                resting = None
+            if free and resting is None:
+                return b""
+        tokens = {token for token, _remote in in_use}
         for _ in range(256):
             token = bytes([self._next])
             self._next = (self._next + 1) % 256
-            if token not in in_use:
+            if token not in tokens:
                 return token
         return super().next_token()  # 256 requests in flight: fall back to longer tokens
 
@@ -451,7 +533,9 @@ async def create_link_endpoint(link: DatagramLink, *, site: Any = None, codec: F
     """An aiocoap Context that speaks CoAP over ``link`` (server if ``site``)."""
     context = Context(serversite=site, loggername=loggername)
     counters = TransportCounters()
-    tman = ShortTokenManager(context)
+    loop = asyncio.get_running_loop()
+    tman = ShortTokenManager(context, clock=loop.time,
+                             rest=lambda: LinkTuning(RetransmissionTimer(link.budget)).EXCHANGE_LIFETIME)
     mman = LinkAwareMessageManager(tman, link.budget, counters)
     interface = LinkMessageInterface(mman, link, codec or PlainCodec(), counters)
     mman.message_interface = interface

@@ -4,9 +4,9 @@ Private options sit in the experimental range 65000–65535 (RFC 7252
 §12.2).  Their low bits are chosen on purpose (RFC 7252 §5.4.6):
 bit 0 = critical, bit 1 = unsafe to forward, bits 2–4 = 0b111 = NoCacheKey.
 
-All of them are rare on the wire (only for statuses, headers and
+All but Route are rare on the wire (only for statuses, headers and
 formats the common path does not need), so their 3-byte option
-header is paid seldom.
+header is paid seldom; Route replaces every Uri-Path option of a request.
 """
 
 from __future__ import annotations
@@ -36,6 +36,15 @@ NO_TOKEN = 65007
 #: token the server does not have (new session); nothing was forwarded, send
 #: it again with Access-Token.  Elective, safe.
 TOKEN_UNBOUND = 65008
+#: The request line in the compact form (profile lb3): route code and
+#: parameters as a CBOR sequence (``route_option``), instead of Uri-Path.
+#: Critical (a server that ignored it would see a request for "/") and
+#: unsafe (it names the resource, a proxy must not pass it on unread).
+ROUTE = 65011
+#: Empty, on a 4.00 from the server gateway: the Route option used a handle
+#: or transaction scope this session was never given; nothing was forwarded,
+#: send it again with definitions.  Elective, safe.
+HANDLE_UNKNOWN = 65012
 
 
 def is_critical(number: int) -> bool:

@@ -60,7 +60,11 @@ class CoapPayload:
     content_type_header: str | None = None
 
 
-def body_to_payload(body: bytes, content_type: str | None, profile: Profile) -> CoapPayload:
+def body_to_payload(body: bytes, content_type: str | None, profile: Profile,
+                    allow_deflate: bool = True) -> CoapPayload:
+    """``allow_deflate=False``: JSON travels as CBOR with its Content-Format
+    even when deflate would be smaller (where "no Content-Format" means
+    something else, see ``http_mapping.response_to_coap``)."""
     if not body:
         return CoapPayload(b"", None)
     if is_json_type(content_type):
@@ -69,7 +73,7 @@ def body_to_payload(body: bytes, content_type: str | None, profile: Profile) -> 
         except CodecError:
             # the homeserver must see what the client sent (and answer M_NOT_JSON)
             return CoapPayload(body, options.CF_JSON)
-        if profile.flate is not None:
+        if profile.flate is not None and allow_deflate:
             deflated = compress(cbor, profile.flate)
             if len(deflated) < len(cbor) + _CF_OPTION_COST:
                 return CoapPayload(deflated, None)

@@ -16,6 +16,7 @@ from .cbor_tables import CborTable, load_cbor_table
 from .compression import EMPTY_DICTIONARY, FlateDictionary, load_flate_dictionary
 from .errors import TableError
 from .routes import RouteTable, load_route_table
+from .schemas import SchemaTable, load_schema_table
 
 FORMAT = "coap-gateway/profiles"
 
@@ -28,6 +29,8 @@ class Profile:
     routes: RouteTable
     #: None: payloads are never deflated (MSC3079 has no compression)
     flate: FlateDictionary | None
+    #: the compact request form's table (Route option); None: Uri-Path form
+    schemas: SchemaTable | None = None
 
     @property
     def compresses(self) -> bool:
@@ -59,6 +62,7 @@ def load_profile(key: int | str) -> Profile:
                 cbor_table=load_cbor_table(entry["cbor_table"]),
                 routes=load_route_table(entry["routes"]),
                 flate=flate,
+                schemas=load_schema_table(entry["schemas"]) if entry.get("schemas") is not None else None,
             )
     raise TableError(f"no profile {key!r} in profiles.json")
 
@@ -67,4 +71,4 @@ def profile_names() -> list[str]:
     return [e["name"] for e in _entries()]
 
 
-DEFAULT_PROFILE = "lb2"
+DEFAULT_PROFILE = "lb3"

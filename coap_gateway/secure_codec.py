@@ -58,7 +58,8 @@ def count_drop(dropped: Counter[str], reason: str) -> None:
 def profile_wire_digest(profile: Profile) -> bytes:
     """The 2-byte digest of a profile's tables that the handshake compares."""
     return sf.profile_digest(profile.cbor_table.digest, profile.routes.digest,
-                             profile.flate.digest if profile.flate else None)
+                             profile.flate.digest if profile.flate else None,
+                             profile.schemas.digest if profile.schemas else None)
 
 
 class SecureServerCodec:

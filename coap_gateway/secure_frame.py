@@ -407,13 +407,17 @@ def session_id_from_hash(handshake_hash: bytes) -> bytes:
     return hashlib.blake2s(handshake_hash).digest()[:8]
 
 
-def profile_digest(cbor_table_digest: str, route_table_digest: str, flate_digest: str | None) -> bytes:
+def profile_digest(cbor_table_digest: str, route_table_digest: str, flate_digest: str | None,
+                   schemas_digest: str | None = None) -> bytes:
     """The 2-byte profile digest sent in IK1/XX1.
 
-    SHA-256 over the three content identifiers (``sha256:<hex>``, ``none`` for
-    a profile without a Flate dictionary), each followed by a newline.
+    SHA-256 over the content identifiers (``sha256:<hex>``, ``none`` for
+    a profile without a Flate dictionary), each followed by a newline: the
+    CBOR table, the route table, the dictionary and — only for profiles of
+    the compact form — the schema table.
     """
-    text = "".join(f"{d}\n" for d in (cbor_table_digest, route_table_digest, flate_digest or "none"))
+    ids = (cbor_table_digest, route_table_digest, flate_digest or "none") + ((schemas_digest,) if schemas_digest else ())
+    text = "".join(f"{d}\n" for d in ids)
     return hashlib.sha256(text.encode("ascii")).digest()[:2]
 
 

@@ -38,6 +38,7 @@ from .http_mapping import (
 )
 from .metrics import Histogram, timed
 from .profile import Profile
+from .route_option import HandleUnknown, ServerWireState
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +73,7 @@ class ServerGatewayCounters:
     requests: int = 0
     refused_admin: int = 0
     token_unbound: int = 0
+    handle_unknown: int = 0
     upstream_errors: int = 0
     by_status: dict[int, int] = field(default_factory=dict)
     latency: Histogram = field(default_factory=Histogram)
@@ -87,6 +89,7 @@ class ServerGateway(resource.Resource):
         self._http = http
         self._owns_http = http is None
         self.tokens: OrderedDict[Hashable, str] = OrderedDict()
+        self.wire: OrderedDict[Hashable, ServerWireState] = OrderedDict()
         self.counters = ServerGatewayCounters()
 
     async def close(self) -> None:
@@ -95,6 +98,18 @@ class ServerGateway(resource.Resource):
 
     def forget_session(self, remote: Hashable) -> None:
         self.tokens.pop(remote, None)
+        self.wire.pop(remote, None)
+
+    def _wire_for(self, remote: Hashable) -> ServerWireState:
+        """The session's handles and txn scope (compact form), LRU-bounded like tokens."""
+        state = self.wire.get(remote)
+        if state is None:
+            state = self.wire[remote] = ServerWireState()
+            while len(self.wire) > self.config.max_bound_tokens:
+                self.wire.popitem(last=False)
+        else:
+            self.wire.move_to_end(remote)
+        return state
 
     @property
     def http(self) -> aiohttp.ClientSession:
@@ -112,7 +127,12 @@ class ServerGateway(resource.Resource):
         self.counters.requests += 1
         profile = self.config.profile
         try:
-            http_request = coap_to_request(request, profile)
+            http_request = coap_to_request(request, profile, self._wire_for(request.remote))
+        except HandleUnknown:
+            self.counters.handle_unknown += 1
+            reply = Message(code=Code.BAD_REQUEST)
+            reply.opt.add_option(OpaqueOption(options.HANDLE_UNKNOWN, b""))
+            return reply
         except GatewayError as exc:
             return Message(code=Code.BAD_REQUEST, payload=str(exc).encode()[:200])
 
@@ -131,7 +151,7 @@ class ServerGateway(resource.Resource):
                                            http_request.content_type, token)
             self._after(request, http_request.target, response)
         self.counters.by_status[response.status] = self.counters.by_status.get(response.status, 0) + 1
-        return response_to_coap(response, profile)
+        return response_to_coap(response, profile, http_request.compact_route)
 
     # -- tokens
 

@@ -138,10 +138,42 @@ async def test_duplicated_requests_run_once():
 
 
 @pytest.mark.looptime
-async def test_one_byte_tokens():
+async def test_empty_token_for_one_request_at_a_time_one_byte_tokens_beside_it():
     client, server, res, cl, sl = await pair(SLOW)
     await post(client, b"t")
-    assert len(Message.decode(cl.sent[0]).token) == 1
+    await post(client, b"u")
+    # sequential requests: the empty token each time, in the request and its answer
+    assert [Message.decode(d).token for d in cl.sent] == [b"", b""]
+    assert [Message.decode(d).token for d in sl.sent] == [b"", b""]
+    # concurrent requests: one has the empty token, the others one byte each
+    await asyncio.gather(*(post(client, b) for b in (b"a", b"b", b"c")))
+    tokens = [Message.decode(d).token for d in cl.sent[2:]]
+    assert sorted(map(len, tokens)) == [0, 1, 1] and len(set(tokens)) == 3
+    await client.shutdown(), await server.shutdown()
+
+
+@pytest.mark.looptime
+async def test_empty_token_rests_after_an_exchange_that_got_no_answer():
+    client, server, res, cl, sl = await pair(SLOW, max_retransmit=0)
+    cl.models[0].set_profile(LinkProfile(rate_bps=100, delay=1.0, loss=1.0), asyncio.get_running_loop().time())
+    with pytest.raises(Exception):
+        await post(client, b"lost")
+    cl.models[0].set_profile(SLOW, asyncio.get_running_loop().time())
+    await post(client, b"next")
+    # a late answer to "lost" could still come with the empty token: "next" gets another
+    assert Message.decode(cl.sent[0]).token == b"" and len(Message.decode(cl.sent[-1]).token) == 1
+    await client.shutdown(), await server.shutdown()
+
+
+@pytest.mark.looptime
+async def test_duplicated_responses_never_reach_a_newer_request():
+    """Every frame duplicated: with the empty token reused at once, a duplicate
+    of an earlier answer would otherwise be taken as the answer to the next."""
+    dup = LinkProfile(rate_bps=1000, delay=0.2, duplicate=1.0)
+    client, server, res, cl, sl = await pair(dup, seed=3)
+    answers = [await post(client, f"m{i}".encode()) for i in range(6)]
+    assert [a.payload for a in answers] == [f"ok:m{i}".encode() for i in range(6)]
+    assert client.counters.duplicate_responses >= 5
     await client.shutdown(), await server.shutdown()
 
 

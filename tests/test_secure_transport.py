@@ -133,7 +133,7 @@ async def test_reference_send_frame_sizes():
     await send_once()  # warm
     request, response = cl.sent[cold_c], sl.sent[cold_s]
     plain = Message(code=Code.PUT, uri_path=line.uri_path, payload=pl.payload)
-    plain.mtype, plain.mid, plain.token = Type.CON, 0, b"\x00"
+    plain.mtype, plain.mid, plain.token = Type.CON, 0, b""  # one request at a time: the empty token
     plain_request = len(plain.encode())
     assert len(request) == plain_request + 1 + 16  # Seq + tag
     print(f"\nreference send: cold IK1 {len(ik1)} B + IK2 {len(ik2)} B; warm request {len(request)} B "
