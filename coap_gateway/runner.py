@@ -67,6 +67,8 @@ async def start_server(link: DatagramLink, *, homeserver: str, profile: Profile,
         def on_session(event: SessionEstablished | SessionClosed) -> None:
             if isinstance(event, SessionClosed):
                 gateway.forget_session(endpoint.remote(event.session_id))
+            else:
+                gateway.session_started(endpoint.remote(event.session_id), event.client_static_public)
 
         codec = SecureServerCodec(ServerEndpoint(static_private, {profile.id: profile_wire_digest(profile)},
                                                  limits=limits), clock=clock, on_session=on_session)

@@ -2,11 +2,13 @@
 
 Only the configured homeserver is ever contacted — the request line carries
 a path, never a host — and admin APIs are refused unless enabled, so the
-gateway is not an open proxy.  The access token arrives once per session
-(the Access-Token option) and is bound to it; later requests without an
-option use the bound token, requests with No-Token use none, and a request
-that relies on a binding this session lacks gets 4.01 + Token-Unbound
-before anything is forwarded.  Each request is one aiohttp request, so a slow upstream call (a sync
+gateway is not an open proxy.  The access token arrives once (the
+Access-Token option) and is bound to the device — its Noise static key,
+authenticated by the handshake, so the binding outlives a session and a
+reconnect costs no token; in plaintext mode, its address.  Later requests
+without an option use the bound token, requests with No-Token use none, and
+a request that relies on a binding the device lacks gets 4.01 +
+Token-Unbound before anything is forwarded.  Each request is one aiohttp request, so a slow upstream call (a sync
 long-poll) holds up nobody else.
 """
 
@@ -64,8 +66,16 @@ class ServerGatewayConfig:
     #: what /versions advertises (address, public key, profile…); None: nothing
     advertisement: dict[str, Any] | None = None
     request_timeout: float = 300.0
-    #: bound tokens kept at most (one per session)
+    #: devices whose bound token and handles are kept at most
     max_bound_tokens: int = 4096
+
+
+@dataclass
+class DeviceState:
+    """What the server gateway keeps for one device across its sessions."""
+
+    token: str | None = None
+    wire: ServerWireState = field(default_factory=ServerWireState)
 
 
 @dataclass
@@ -88,27 +98,36 @@ class ServerGateway(resource.Resource):
         self.base = config.homeserver.rstrip("/")
         self._http = http
         self._owns_http = http is None
-        self.tokens: OrderedDict[Hashable, str] = OrderedDict()
-        self.wire: OrderedDict[Hashable, ServerWireState] = OrderedDict()
+        #: per device (client static key; in plaintext mode, its address):
+        #: the bound token and the compact form's handles, least recent first
+        self.devices: OrderedDict[Hashable, DeviceState] = OrderedDict()
+        #: secure session (aiocoap remote) -> device key
+        self.device_keys: dict[Hashable, Hashable] = {}
         self.counters = ServerGatewayCounters()
 
     async def close(self) -> None:
         if self._http is not None and self._owns_http:
             await self._http.close()
 
-    def forget_session(self, remote: Hashable) -> None:
-        self.tokens.pop(remote, None)
-        self.wire.pop(remote, None)
+    def session_started(self, remote: Hashable, device_key: Hashable) -> None:
+        """A secure session of the device with static key ``device_key``: its
+        bound token and handles carry over from the device's earlier sessions."""
+        self.device_keys[remote] = device_key
 
-    def _wire_for(self, remote: Hashable) -> ServerWireState:
-        """The session's handles and txn scope (compact form), LRU-bounded like tokens."""
-        state = self.wire.get(remote)
+    def forget_session(self, remote: Hashable) -> None:
+        """The session is gone; the device's state stays (LRU-bounded)."""
+        if self.device_keys.pop(remote, None) is None:
+            self.devices.pop(remote, None)
+
+    def _device(self, remote: Hashable) -> DeviceState:
+        key = self.device_keys.get(remote, remote)
+        state = self.devices.get(key)
         if state is None:
-            state = self.wire[remote] = ServerWireState()
-            while len(self.wire) > self.config.max_bound_tokens:
-                self.wire.popitem(last=False)
+            state = self.devices[key] = DeviceState()
+            while len(self.devices) > self.config.max_bound_tokens:
+                self.devices.popitem(last=False)
         else:
-            self.wire.move_to_end(remote)
+            self.devices.move_to_end(key)
         return state
 
     @property
@@ -127,7 +146,7 @@ class ServerGateway(resource.Resource):
         self.counters.requests += 1
         profile = self.config.profile
         try:
-            http_request = coap_to_request(request, profile, self._wire_for(request.remote))
+            http_request = coap_to_request(request, profile, self._device(request.remote).wire)
         except HandleUnknown:
             self.counters.handle_unknown += 1
             reply = Message(code=Code.BAD_REQUEST)
@@ -156,30 +175,24 @@ class ServerGateway(resource.Resource):
     # -- tokens
 
     def _token_for(self, request: Message) -> str | None | object:
-        remote = request.remote
+        device = self._device(request.remote)
         given = request.opt.get_option(options.ACCESS_TOKEN)
         if given:
-            token = given[0].value.decode("utf-8", "replace")
-            self.tokens[remote] = token
-            self.tokens.move_to_end(remote)
-            while len(self.tokens) > self.config.max_bound_tokens:
-                self.tokens.popitem(last=False)
-            return token
+            device.token = given[0].value.decode("utf-8", "replace")
+            return device.token
         if request.opt.get_option(options.NO_TOKEN):
             return None
-        bound = self.tokens.get(remote)
-        if bound is None:
+        if device.token is None:
             # neither option: the client relies on a bound token, which this
-            # session does not have (server restart, eviction); ask for it and
+            # device does not have (server restart, eviction); ask for it and
             # forward nothing
             return _UNBOUND
-        self.tokens.move_to_end(remote)
-        return bound
+        return device.token
 
     def _after(self, request: Message, target: str, response: HttpResponse) -> None:
         path = target.partition("?")[0]
         if response.status == 200 and path.rsplit("/_matrix/client/", 1)[-1].partition("/")[2] in LOGOUT_PATHS:
-            self.tokens.pop(request.remote, None)  # the token is dead: do not use it again
+            self._device(request.remote).token = None  # the token is dead: do not use it again
 
     # -- upstream
 

@@ -1,0 +1,200 @@
+"""The compact request form (profile lb3): Route option, message and event-ID schemas, byte by byte."""
+
+from __future__ import annotations
+
+import base64
+import json
+
+import cbor2
+import pytest
+from aiocoap import Message
+from aiocoap.numbers.codes import Code
+from aiocoap.numbers.types import Type
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from coap_gateway import options, route_option
+from coap_gateway.errors import GatewayError, RouteError
+from coap_gateway.http_mapping import (
+    HttpRequest,
+    HttpResponse,
+    coap_to_request,
+    coap_to_response,
+    compact_route_name,
+    request_to_coap,
+    response_to_coap,
+)
+from coap_gateway.profile import load_profile
+from coap_gateway.route_option import ClientWireState, HandleUnknown, ServerWireState, decode_route
+
+PROFILE = load_profile("lb3")
+ROOM = "!" + "A" * 42 + "w"  # room v12: "!" + URL-safe base64 of 32 bytes
+ROOM_BYTES = base64.urlsafe_b64decode(ROOM[1:] + "=")
+EVENT = "$" + "B" * 42 + "w"
+TXN = "0f9c3c4e-7a9b-4c3e-9d1e-2b5a6c7d8e9f"
+BODY = b'{"msgtype":"m.text","body":"Hello, see you at 5pm"}'
+SEND = f"/_matrix/client/v3/rooms/{ROOM}/send/m.room.message/{TXN}"
+
+
+def encode(message: Message, mid: int = 1, mtype=Type.CON) -> bytes:
+    message.mid, message.token, message.mtype = mid, b"", mtype
+    return message.encode()
+
+
+def route_value(message: Message) -> bytes:
+    return message.opt.get_option(options.ROUTE)[0].value
+
+
+def test_reference_send_cold_then_warm_byte_by_byte():
+    client, server = ClientWireState(scope="lbabcdefghij"), ServerWireState()
+    first = request_to_coap(HttpRequest("PUT", SEND, BODY, "application/json"), PROFILE, client)
+    # code 0 (client.send), [handle 0, 32 bytes of room], -1 (m.text, deflated), [txn 0, scope]
+    assert route_value(first) == bytes.fromhex("00 82 00 5820") + ROOM_BYTES + bytes.fromhex("20 82 00 6c") + b"lbabcdefghij"
+    second = request_to_coap(HttpRequest("PUT", SEND.replace(TXN, "t2"), BODY, "application/json"), PROFILE, client)
+    assert route_value(second) == bytes.fromhex("00 00 20 01")  # handle 0, m.text deflated, txn 1
+    wire = encode(second)
+    # header 4 + option header 3 + value 4 + payload marker + 17 bytes of deflated text
+    assert len(wire) == 29 and wire[4:7] == bytes.fromhex("e4 fc e6")
+    for msg, txn in ((first, "lbabcdefghij.0"), (second, "lbabcdefghij.1")):
+        back = coap_to_request(Message.decode(encode(msg)), PROFILE, server)
+        assert back.target == f"/_matrix/client/v3/rooms/{ROOM}/send/m.room.message/{txn}"
+        assert json.loads(back.body) == json.loads(BODY) and back.content_type == "application/json"
+        assert back.compact_route == "client.send"
+
+
+def test_same_client_txn_maps_to_the_same_homeserver_txn_and_back():
+    client = ClientWireState(scope="lbscope00001")
+    a = route_value(request_to_coap(HttpRequest("PUT", SEND, BODY, "application/json"), PROFILE, client))
+    b = route_value(request_to_coap(HttpRequest("PUT", SEND, BODY, "application/json"), PROFILE, client))
+    assert cbor2.loads(a[-1:]) == 0 or a.endswith(b"lbscope00001")  # first: [0, scope]
+    assert b == bytes.fromhex("00 00 20 00")  # a retry: the same txn number
+    restored = client.restore_txn_ids(b'{"unsigned":{"transaction_id":"lbscope00001.0"},"x":"lbscope00001.99"}')
+    assert restored == b'{"unsigned":{"transaction_id":"' + TXN.encode() + b'"},"x":"lbscope00001.99"}'
+
+
+def test_a_new_session_without_definitions_is_refused_not_guessed():
+    client, old, new = ClientWireState(), ServerWireState(), ServerWireState()
+    for _ in range(2):
+        msg = request_to_coap(HttpRequest("PUT", SEND, BODY, "application/json"), PROFILE, client)
+        coap_to_request(Message.decode(encode(msg)), PROFILE, old)
+    warm = request_to_coap(HttpRequest("PUT", SEND, BODY, "application/json"), PROFILE, client)
+    with pytest.raises(HandleUnknown):
+        coap_to_request(Message.decode(encode(warm)), PROFILE, new)
+    client.server_forgot()
+    again = request_to_coap(HttpRequest("PUT", SEND, BODY, "application/json"), PROFILE, client)
+    assert coap_to_request(Message.decode(encode(again)), PROFILE, new).target.endswith(f"{client.scope}.0")
+
+
+def test_every_route_round_trips_with_every_parameter_form():
+    client, server = ClientWireState(), ServerWireState()
+    samples = {"roomId": ROOM, "roomIdOrAlias": "%23alias%3Ahs", "userId": "%40bob%3Ahs", "eventId": EVENT,
+               "eventType": "m.room.member", "txnId": "t%201"}
+    for template in PROFILE.routes.by_code.values():
+        params = [samples.get(seg[1:-1], "x%2Fy") for seg in template.template[1:].split("/") if seg.startswith("{")]
+        target = template.expand(params) + "?a=1&b"
+        for method in ("GET", "PUT"):
+            msg = request_to_coap(HttpRequest(method, target), PROFILE, client)
+            assert not msg.opt.uri_path and compact_route_name(msg, PROFILE) == template.name
+            back = coap_to_request(Message.decode(encode(msg)), PROFILE, server)
+            assert (back.method, back.target) == (method, target)
+
+
+def test_message_schema_only_for_exactly_msgtype_and_body():
+    client, server = ClientWireState(), ServerWireState()
+    for body, bare in ((BODY, True), (b'{"msgtype":"m.notice","body":"x"}', True),
+                       (b'{"msgtype":"m.text","body":"x","format":"org.matrix.custom.html"}', False),
+                       (b'{"msgtype":"m.custom","body":"x"}', False), (b'{"body":"x"}', False), (b"not json", False)):
+        msg = request_to_coap(HttpRequest("PUT", SEND, body, "application/json"), PROFILE, client)
+        items = list(_items(route_value(msg)))
+        assert (items[2] < 0) == bare, body
+        back = coap_to_request(Message.decode(encode(msg)), PROFILE, server)
+        assert back.body == body if body == b"not json" else json.loads(back.body) == json.loads(body)
+
+
+def test_short_message_text_travels_raw_when_deflate_would_grow_it():
+    client = ClientWireState()
+    msg = request_to_coap(HttpRequest("PUT", SEND, b'{"msgtype":"m.text","body":"k"}', "application/json"),
+                          PROFILE, client)
+    assert msg.payload == b"k" and list(_items(route_value(msg)))[2] == -2  # m.text, raw
+    assert json.loads(coap_to_request(Message.decode(encode(msg)), PROFILE, ServerWireState()).body)["body"] == "k"
+
+
+def _items(value: bytes):
+    import io
+    stream = io.BytesIO(value)
+    while stream.tell() < len(value):
+        yield cbor2.load(stream)
+
+
+@pytest.mark.parametrize("event_id,size", [(EVENT, 32), ("$short:example.org", 18)])
+def test_event_id_response_is_the_bare_id(event_id, size):
+    body = json.dumps({"event_id": event_id}, separators=(",", ":")).encode()
+    msg = response_to_coap(HttpResponse(200, body, "application/json"), PROFILE, "client.send")
+    wire = encode(msg, mtype=Type.ACK)
+    assert len(msg.payload) == size and msg.opt.content_format is None and len(wire) == 4 + 1 + size
+    back = coap_to_response(Message.decode(wire), PROFILE, "client.send")
+    assert (back.status, back.body, back.content_type) == (200, body, "application/json")
+
+
+@pytest.mark.parametrize("body", [
+    b'{"event_id":"$aaaaaaaaaaaaaaaaaaa:example.org"}',  # 32 bytes of text would read as binary
+    b'{"event_id":"$x:hs","extra":1}',
+    b'{"event_id": "$x:hs"}',  # not as Synapse writes it
+])
+def test_other_bodies_on_event_routes_carry_a_content_format(body):
+    msg = response_to_coap(HttpResponse(200, body, "application/json"), PROFILE, "client.send")
+    assert msg.opt.content_format is not None
+    back = coap_to_response(Message.decode(encode(msg, mtype=Type.ACK)), PROFILE, "client.send")
+    assert json.loads(back.body) == json.loads(body)
+
+
+def test_errors_on_event_routes_keep_their_status():
+    body = b'{"errcode":"M_FORBIDDEN","error":"no"}'
+    msg = response_to_coap(HttpResponse(403, body, "application/json"), PROFILE, "client.send")
+    back = coap_to_response(Message.decode(encode(msg, mtype=Type.ACK)), PROFILE, "client.send")
+    assert (back.status, json.loads(back.body)) == (403, json.loads(body))
+
+
+@pytest.mark.parametrize("value,error", [
+    (b"", RouteError),
+    (bytes.fromhex("1903e8"), RouteError),  # unknown option code 1000
+    (bytes.fromhex("00 00 20"), RouteError),  # too few parameters
+    (bytes.fromhex("00 00 20 00 00"), RouteError),  # too many
+    (bytes.fromhex("03 61 72 20 61 78"), RouteError),  # message schema on client.state_event
+    (bytes.fromhex("00 821904000000 00"), RouteError),  # handle 1024
+    (bytes.fromhex("00 07 00 00"), HandleUnknown),  # handle never defined
+    (bytes.fromhex("00 82 00 61 21 00 00"), HandleUnknown),  # txn without a scope
+    (bytes.fromhex("00 82 00 61 21 00 82 00 61 2f"), RouteError),  # scope with '/'
+    (bytes.fromhex("00 82 00 62 2f 78 00 00"), RouteError),  # a room handle defined as "/x"
+    (bytes.fromhex("00 c1 00 00 00"), RouteError),  # a tag
+    (bytes.fromhex("00 00 18"), RouteError),  # truncated
+    (bytes.fromhex("00 f5 00 00"), RouteError),  # true
+])
+def test_malformed_route_options_are_refused_cleanly(value, error):
+    with pytest.raises(error):
+        decode_route(value, PROFILE.routes, PROFILE.schemas, PROFILE.cbor_table, ServerWireState())
+
+
+@settings(max_examples=1000, deadline=None)
+@given(st.binary(max_size=64))
+def test_random_route_option_values_never_crash(value):
+    try:
+        decode_route(value, PROFILE.routes, PROFILE.schemas, PROFILE.cbor_table, ServerWireState())
+    except GatewayError:
+        pass
+
+
+def test_request_with_route_option_and_uri_path_is_refused():
+    msg = Message(code=Code.GET, uri_path=["x"])
+    msg.opt.add_option(__import__("aiocoap.optiontypes", fromlist=["OpaqueOption"]).OpaqueOption(options.ROUTE, b"\x01"))
+    with pytest.raises(RouteError):
+        coap_to_request(Message.decode(encode(msg)), PROFILE, ServerWireState())
+
+
+def test_handle_table_is_bounded_then_values_travel_literally():
+    client = ClientWireState()
+    for i in range(route_option.MAX_HANDLES + 5):
+        request_to_coap(HttpRequest("GET", f"/_matrix/client/v3/rooms/!r{i}:hs/members"), PROFILE, client)
+    assert len(client.handles) == route_option.MAX_HANDLES
+    msg = request_to_coap(HttpRequest("GET", "/_matrix/client/v3/rooms/!late:hs/members"), PROFILE, client)
+    assert list(_items(route_value(msg)))[1] == "!late:hs"
