@@ -35,6 +35,7 @@ from typing import Any, Protocol
 
 from aiocoap import Context, Message, error, interfaces
 from aiocoap.messagemanager import MessageManager
+from aiocoap.numbers.codes import GET
 from aiocoap.numbers.constants import TransportTuning
 from aiocoap.numbers.types import ACK, CON, NON
 from aiocoap.tokenmanager import TokenManager
@@ -286,7 +287,10 @@ class LinkAwareMessageManager(MessageManager):
         queued = message.remote.interface.link.queued_bytes(message.remote.key)
         # our own CON: retransmit as often as this link needs
         tuning = message.transport_tuning = self.tuning_for(message.remote)
-        base = self.timer_for(message.remote).ack_timeout(size, queued)
+        # a GET fetches a representation, which may fill a frame (a sync, a
+        # page of history, /versions); a 256-B guess would retransmit it
+        answer = self.budget.max_frame if message.code == GET else None
+        base = self.timer_for(message.remote).ack_timeout(size, queued, answer)
         timeout = random.uniform(base, base * tuning.ACK_RANDOM_FACTOR)
         handle = self._schedule_retransmit(message, timeout, 0)
         self._active_exchanges[key] = (messageerror_monitor, handle)

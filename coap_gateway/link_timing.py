@@ -72,11 +72,13 @@ class RetransmissionTimer:
             return max(self.min_residual, 2 * self.budget.latency * 1.5 + 0.5)
         return max(self.min_residual, self.srtt + 4 * self.rttvar)
 
-    def ack_timeout(self, request_size: int, queued_bytes: int = 0) -> float:
+    def ack_timeout(self, request_size: int, queued_bytes: int = 0, response_size: int | None = None) -> float:
         """How long to wait for the ACK of a CON of ``request_size`` bytes
-        handed to a link that still has ``queued_bytes`` to send first."""
+        handed to a link that still has ``queued_bytes`` to send first, whose
+        answer may be ``response_size`` bytes (default: the budget's)."""
         b = self.budget
-        wire = b.serialisation(queued_bytes) + b.serialisation(request_size) + b.serialisation(b.max_response)
+        answer = b.max_response if response_size is None else response_size
+        wire = b.serialisation(queued_bytes) + b.serialisation(request_size) + b.serialisation(answer)
         return min(self.max_timeout, wire + self.residual())
 
     def on_sample(self, rtt: float, request_size: int, response_size: int, queued_bytes: int = 0) -> None:

@@ -183,6 +183,20 @@ class Big(resource.Resource):
 
 
 @pytest.mark.looptime
+async def test_a_get_is_budgeted_for_a_full_frame_answer():
+    """A 1 kB answer at 2400 bit/s takes 3.6 s to serialise: budgeting the
+    usual 256 B for it would retransmit the request; a GET gets a full frame."""
+    link = LinkProfile(rate_bps=2400, delay=0.05)
+    client, server, _, cl, sl = await pair(link, server_res=Big())
+    msg = Message(code=Code.GET, uri_path=["x"])
+    msg.remote = client.remote("server")
+    response = await client.context.request(msg).response
+    assert len(response.payload) == 1024
+    assert client.counters.retransmissions == 0 and len(cl.sent) == 1
+    await client.shutdown(), await server.shutdown()
+
+
+@pytest.mark.looptime
 @pytest.mark.parametrize("max_frame,blockwise", [(1152, False), (200, True)])
 async def test_blockwise_only_when_a_message_does_not_fit(max_frame, blockwise):
     fast = LinkProfile(rate_bps=100_000, delay=0.01)
