@@ -319,6 +319,8 @@ def _link_metrics(registry: Registry, gateway: str, endpoint: LinkEndpoint,
                      GATEWAY).set(c.dropped_malformed, gateway=gateway)
     registry.counter("coap_gateway_codec_failures", "Datagrams lost because the frame codec failed on them.",
                      GATEWAY).set(c.dropped_by_codec, gateway=gateway)
+    registry.counter("coap_gateway_duplicate_responses", "Responses dropped as duplicates by the message layer.",
+                     GATEWAY).set(c.duplicate_responses, gateway=gateway)
 
 
 def _drops(registry: Registry, gateway: str, dropped: Mapping[str, int]) -> None:
@@ -359,6 +361,10 @@ def server_collector(server: RunningServer, gateway: str = "server") -> Collecto
                          GATEWAY).set(counters.refused_admin, gateway=gateway)
         registry.counter("coap_gateway_token_unbound", "Requests answered 4.01 Token-Unbound (not forwarded).",
                          GATEWAY).set(counters.token_unbound, gateway=gateway)
+        registry.counter("coap_gateway_handle_unknown", "Requests answered 4.00 Handle-Unknown (not forwarded).",
+                         GATEWAY).set(counters.handle_unknown, gateway=gateway)
+        registry.gauge("coap_gateway_devices", "Devices whose bound token and handles are held now.",
+                       GATEWAY).set(len(server.gateway.devices), gateway=gateway)
         _latency(registry, gateway, counters.latency)
         codec = server.codec
         if codec is not None:
@@ -387,6 +393,8 @@ def client_collector(client: RunningClient, gateway: str = "client") -> Collecto
                          GATEWAY).set(counters.token_sent, gateway=gateway)
         registry.counter("coap_gateway_token_rebinds", "Requests sent again with the token after Token-Unbound.",
                          GATEWAY).set(counters.token_rebinds, gateway=gateway)
+        registry.counter("coap_gateway_handle_resends", "Requests sent again with definitions after Handle-Unknown.",
+                         GATEWAY).set(counters.handle_resends, gateway=gateway)
         _latency(registry, gateway, counters.latency)
         if codec is not None:
             _handshakes(registry, gateway, codec.handshakes)
