@@ -249,14 +249,21 @@ class LinkAwareMessageManager(MessageManager):
         self._exchanges: dict[tuple[Hashable, int], _Exchange] = {}
         #: (remote, message ID) of separate responses received recently
         self._seen_responses: OrderedDict[tuple[Hashable, int], None] = OrderedDict()
+        #: a peer's own link budget (None: the link's), for a server whose
+        #: peers sit behind paths of different speeds (see LinkEndpoint)
+        self.budget_for: Callable[[Hashable], LinkBudget | None] | None = None
         #: size of the message being dispatched (aiocoap cannot re-encode
         #: incoming messages; dispatch is synchronous, so this is exact)
         self.incoming_size = 0
+        #: called with (remote, message ID) when a CON we sent is acknowledged
+        #: (sync push waits for it before polling the homeserver further)
+        self.on_acknowledged: list[Callable[[Hashable, int], None]] = []
 
     def timer_for(self, remote: Hashable) -> RetransmissionTimer:
         timer = self.timers.get(remote)
         if timer is None:
-            timer = self.timers[remote] = RetransmissionTimer(self.budget)
+            budget = self.budget_for(remote) if self.budget_for is not None else None
+            timer = self.timers[remote] = RetransmissionTimer(budget or self.budget)
             if len(self.timers) > MAX_REMOTES:
                 self.timers.popitem(last=False)
         else:
@@ -315,7 +322,11 @@ class LinkAwareMessageManager(MessageManager):
             rtt = self.loop.time() - exchange.sent_at
             self.timer_for(message.remote).on_sample(rtt, exchange.size, self.incoming_size, exchange.queued)
             self.counters.rtt_samples += 1
+        acknowledged = message.mtype == ACK and key in self._active_exchanges
         super()._remove_exchange(message)
+        if acknowledged:
+            for listener in self.on_acknowledged:
+                listener(message.remote, message.mid)
 
     def dispatch_message(self, message: Message) -> None:
         # aiocoap does not deduplicate responses (RFC 7252 §4.5 lets it, as
@@ -527,6 +538,26 @@ class LinkEndpoint:
 
     def remote(self, key: Hashable) -> LinkAddress:
         return self.interface.remote(key)
+
+    def set_budget(self, budget: LinkBudget) -> None:
+        """New timing for the whole link (it was reshaped): later exchanges
+        use it, and the round-trip estimates start over."""
+        self.interface.link.budget = budget
+        mman = self.interface.mman
+        mman.budget = budget
+        mman.timers.clear()
+        mman._tunings.clear()
+
+    def set_peer_budgets(self, budget_for: Callable[[LinkAddress], LinkBudget | None]) -> None:
+        """Give each peer the budget of its own path: ``budget_for(remote)``
+        is asked once per peer (None: the link's).  A server reached over
+        paths of different speeds needs it, or it would answer a held
+        request on a fast path too late (the client retransmits) or hold
+        one on a slow path too briefly."""
+        mman = self.interface.mman
+        mman.budget_for = budget_for
+        mman.timers.clear()
+        mman._tunings.clear()
 
     async def shutdown(self) -> None:
         await self.context.shutdown()

@@ -1,10 +1,11 @@
 """``meshsim`` command line.
 
-Subcommands: ``link`` (one shaped UDP relay) and ``run`` (a scenario file,
-see docs/meshsim.md).  Bad arguments end with a one-line error on stderr and
-exit status 2; a socket that cannot be opened, or a run that could not go
-on, ends with a one-line error and status 1; a scenario run whose assertions
-or physical bound fail ends with status 3; a traceback means a bug.
+Subcommands: ``link`` (one shaped UDP relay), ``run`` (a scenario file,
+see docs/meshsim.md) and ``ui`` (a scenario's links in the web UI).  Bad
+arguments end with a one-line error on stderr and exit status 2; a socket
+that cannot be opened, or a run that could not go on, ends with a one-line
+error and status 1; a scenario run whose assertions or physical bound fail
+ends with status 3; a traceback means a bug.
 """
 
 from __future__ import annotations
@@ -273,8 +274,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .runner import RunError, run_scenario
 
     console = None if args.quiet else Console(stderr=True)
+    if args.ui is not None:
+        from .web.command import run_scenario_with_ui
+
+        listen = _listen_address(args.ui, "--ui")
+        running = run_scenario_with_ui(scenario, path.read_text(encoding="utf-8"), args.out, listen,
+                                       seed=args.seed, console=console)
+    else:
+        running = run_scenario(scenario, args.out, seed=args.seed, console=console)
     try:
-        result = _run(_until_terminated(run_scenario(scenario, args.out, seed=args.seed, console=console)))
+        result = _run(_until_terminated(running))
     except (OSError, RunError) as exc:
         print(f"meshsim: error: {exc}", file=sys.stderr)
         return EXIT_RUNTIME_ERROR
@@ -287,6 +296,36 @@ def cmd_run(args: argparse.Namespace) -> int:
     if result.report.get("failures") and any(f.startswith("run error") for f in result.report["failures"]):
         return EXIT_RUNTIME_ERROR
     return 0 if result.passed else EXIT_ASSERTION_FAILED
+
+
+def _listen_address(text: str, option: str) -> tuple[str, int]:
+    try:
+        return parse_host_port(text)
+    except ValueError as exc:
+        raise UsageError(f"{option}: {exc}") from None
+
+
+# ------------------------------------------------------------------ ui
+
+
+def cmd_ui(args: argparse.Namespace) -> int:
+    from .scenario import ScenarioError, load_scenario
+    from .web.command import phase_names, run_ui
+
+    path = scenario_path(args.scenario)
+    try:
+        scenario = load_scenario(path)
+    except ScenarioError as exc:
+        raise UsageError(f"{path}: {exc}") from None
+    if args.phase is not None and args.phase not in phase_names(scenario):
+        raise UsageError(f"--phase: no phase {args.phase!r} (phases: {', '.join(phase_names(scenario))})")
+    if any(not 0 < port < 65536 for port in args.port or ()):
+        raise UsageError("--port must be in 1..65535")
+    listen = _listen_address(args.listen, "--listen")
+    return _run(run_ui(
+        scenario, path.read_text(encoding="utf-8"), listen, seed=args.seed, phase=args.phase, ports=args.port,
+        events_path=args.events, pcap_path=args.pcap, quiet=args.quiet,
+    ))
 
 
 async def _until_terminated(coro: Coroutine[Any, Any, T]) -> T | None:
@@ -384,7 +423,33 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--validate", action="store_true", help="check the scenario and print the plan; run nothing")
     run.add_argument("--list", action="store_true", help="list the shipped scenarios")
     run.add_argument("--quiet", action="store_true", help="no progress bars or summary")
+    run.add_argument("--ui", metavar="HOST:PORT",
+                     help="also serve the web UI there, showing the run's links and traffic live (e.g. 127.0.0.1:8080)")
     run.set_defaults(func=cmd_run)
+
+    ui = commands.add_parser(
+        "ui",
+        help="a scenario's links in the web UI, for your own UDP/CoAP traffic",
+        description=(
+            "Start the scenario's fabric (its nodes and links only: no Synapse, gateways or clients, no phases) "
+            "and the web UI: the topology, live traffic per link, links to reshape or fail by clicking, nodes to "
+            "drag (with [topology] range their links follow). An application on node A binds A's private address "
+            "(127.1.0.N) and sends to node B's public address (127.0.0.M) on a --port; the addresses are printed "
+            "at start. Ctrl-C stops it and prints the counters."
+        ),
+    )
+    ui.add_argument("scenario", metavar="SCENARIO", help="a scenario file, or the name of a shipped one (e.g. 100bps-chain)")
+    ui.add_argument("--listen", default="127.0.0.1:8080", metavar="HOST:PORT",
+                    help="where the web UI listens (default 127.0.0.1:8080; it has no authentication, keep it on loopback)")
+    ui.add_argument("--port", type=int, action="append", metavar="PORT",
+                    help="a port the fabric listens on at every node (repeatable; default the scenario's coap_port, 5683)")
+    ui.add_argument("--phase", metavar="NAME",
+                    help="start with the links as they are in this phase (its and the earlier phases' [[phase.link]] changes)")
+    ui.add_argument("--seed", type=int, help="seed of every random stream (default: the scenario's)")
+    ui.add_argument("--events", metavar="FILE", help="write the fabric's JSONL event log")
+    ui.add_argument("--pcap", metavar="FILE", help="write every hop of every datagram to a pcap file")
+    ui.add_argument("--quiet", action="store_true", help="print no addresses and no summary")
+    ui.set_defaults(func=cmd_ui)
     return parser
 
 

@@ -35,7 +35,7 @@ import logging
 import secrets
 import shutil
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Self
@@ -210,7 +210,8 @@ class ScenarioRun:
     """One run of a scenario into `out_dir` (see the module docstring)."""
 
     def __init__(self, scenario: Scenario, out_dir: str | Path, *, seed: int | None = None,
-                 public_base: str | None = None, private_base: str | None = None, console: Any | None = None) -> None:
+                 public_base: str | None = None, private_base: str | None = None, console: Any | None = None,
+                 on_fabric: Callable[[Fabric], None] | None = None) -> None:
         if len(scenario.homeservers) != 1:
             raise RunError("this version runs exactly one homeserver (federation is not available yet)")
         self.scenario = scenario
@@ -234,6 +235,8 @@ class ScenarioRun:
                 self.by_body[send.body] = message
         self.room_ids: dict[str, str] = {}
         self.fabric: Fabric | None = None
+        #: called with the fabric once it has started (e.g. to show it in the web UI)
+        self.on_fabric = on_fabric
         self.events: EventLog | None = None
         self.synapse: Any = None
         self.server: Any = None
@@ -331,6 +334,8 @@ class ScenarioRun:
         self.fabric = Fabric(self.topology, ports=[s.network.coap_port], events=self.events, capture=capture)
         self.fabric.subscribe(self.builder.feed)
         await self.fabric.start()
+        if self.on_fabric is not None:
+            self.on_fabric(self.fabric)
 
         profile = load_profile(s.gateway.profile)
         server_private = keys.generate_keypair()[0] if s.gateway.secure else None
@@ -686,42 +691,34 @@ def _per_peer_timers(server: Any, budget_for_address: Any) -> None:
     One server link serves every client, but a held long-poll must be
     answered with an empty ACK inside *that* client's first timeout: with the
     slowest path's budget for everyone, clients on fast paths retransmit.
-    The gateway has no hook for this yet, so the manager's timer factory is
-    wrapped on this instance: a new timer gets the budget of the address the
-    peer's session (or plaintext address) currently has.
+    A peer's budget is that of the address its session (or plaintext
+    address) has when its timer is made.
     """
-    manager = server.endpoint.interface.mman
     codec = server.codec
-    make_timer = manager.timer_for
 
-    def timer_for(remote: Any) -> Any:
-        fresh = remote not in manager.timers
-        timer = make_timer(remote)
-        if fresh:
-            address = codec.endpoint.session_address(remote.key) if codec is not None else remote.key
-            timer.budget = budget_for_address(address)
-        return timer
+    def budget_for(remote: Any) -> Any:
+        address = codec.endpoint.session_address(remote.key) if codec is not None else remote.key
+        return budget_for_address(address)
 
-    manager.timer_for = timer_for
+    server.endpoint.set_peer_budgets(budget_for)
 
 
 def _apply_budget(endpoint: Any, link: Any, budget: LinkBudget) -> None:
     """New link timing for a running gateway: later exchanges use it; measured RTTs start over."""
-    link.budget = budget
-    manager = endpoint.interface.mman
-    manager.budget = budget
-    manager.timers.clear()
-    manager._tunings.clear()
+    assert endpoint.interface.link is link
+    endpoint.set_budget(budget)
 
 
 async def run_scenario(scenario: Scenario, out_dir: str | Path, *, seed: int | None = None,
                        public_base: str | None = None, private_base: str | None = None,
-                       console: Any | None = None) -> RunResult:
+                       console: Any | None = None, on_fabric: Callable[[Fabric], None] | None = None) -> RunResult:
     """Run `scenario`, write report.json, events.jsonl, capture.pcap and the plots into `out_dir`.
 
     `console`: a rich Console for progress bars and the summary (None: quiet).
     `public_base`/`private_base` override the scenario's address bases (tests
-    use their own so they never share a socket address).
+    use their own so they never share a socket address).  `on_fabric` is
+    called with the fabric as soon as it has started (`meshsim run --ui`).
     """
-    run = ScenarioRun(scenario, out_dir, seed=seed, public_base=public_base, private_base=private_base, console=console)
+    run = ScenarioRun(scenario, out_dir, seed=seed, public_base=public_base, private_base=private_base, console=console,
+                      on_fabric=on_fabric)
     return await run.run()

@@ -67,9 +67,7 @@ class Device:
                                           latency=profile.delay + profile.jitter, max_frame=end.budget.max_frame,
                                           max_retransmit=end.budget.max_retransmit)
         for gateway_end in (self.client.endpoint, self.server.endpoint):
-            mman = gateway_end.interface.mman
-            mman.budget = gateway_end.interface.link.budget
-            mman.timers.clear()
+            gateway_end.set_budget(gateway_end.interface.link.budget)
 
     def link_bytes(self) -> tuple[int, int]:
         return self.client_link.sent_bytes, self.server_link.sent_bytes
