@@ -135,10 +135,9 @@ def _message_body(req: HttpRequest, route_name: str, params: list[str], profile:
         return None
     if code is None or code > 30:
         return None
-    if profile.flate is not None:
-        deflated = compress(text, profile.flate)
-        if len(deflated) < len(text):
-            return MessageBody(code, deflated, True)
+    deflated = compress(text, schemas.text_dictionary)
+    if len(deflated) < len(text):
+        return MessageBody(code, deflated, True)
     return MessageBody(code, text, False)
 
 
@@ -174,9 +173,7 @@ def _compact_to_request(msg: Message, compact: Sequence[OpaqueOption], profile: 
         if msg.opt.content_format is not None:
             raise CodecError("a bare message text has no Content-Format")
         code, deflated = decoded.message
-        text = decompress(msg.payload, profile.flate, MAX_REQUEST_BODY) if deflated and profile.flate else msg.payload
-        if deflated and profile.flate is None:
-            raise CodecError("deflated message text, but the profile has no compression")
+        text = decompress(msg.payload, profile.schemas.text_dictionary, MAX_REQUEST_BODY) if deflated else msg.payload
         try:
             body_text = text.decode("utf-8")
         except UnicodeDecodeError as exc:

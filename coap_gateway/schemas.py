@@ -8,7 +8,9 @@ option (docs/protocol.md, "Compact requests"):
   (``{roomId}`` → a per-session handle, ``{eventId}`` → 32 raw bytes, …);
 * on which routes a message body ``{"msgtype": M, "body": S}`` may travel as
   the bare text S, its msgtype folded into the event-type parameter;
-* which routes answer ``{"event_id": …}`` and may send back the bare ID.
+* which routes answer ``{"event_id": …}`` and may send back the bare ID;
+* the preset dictionary of message texts (``text-v1.txt``: common English
+  words and chat phrases, least frequent first, by content hash).
 
 Data, not code, because both ends must agree on it exactly: its digest is
 part of the profile digest the handshake compares.
@@ -21,6 +23,7 @@ from functools import cache
 from typing import Any, Mapping
 
 from . import datafiles
+from .compression import FlateDictionary
 from .errors import TableError
 
 FORMAT = "coap-gateway/schemas"
@@ -43,6 +46,8 @@ class SchemaTable:
     message_routes: frozenset[str]
     message_event_type: str
     event_id_routes: frozenset[str]
+    #: preset dictionary for message texts (words and phrases of chat)
+    text_dictionary: FlateDictionary
     digest: str
 
 
@@ -68,7 +73,19 @@ def parse_schema_table(doc: Any, digest: str = "") -> SchemaTable:
     event_type = doc.get("message_event_type")
     if not isinstance(event_type, str):
         raise TableError("message_event_type must be a string")
-    return SchemaTable(version, dict(kinds), tuple(short), lists["message_routes"], event_type, lists["event_id_routes"], digest)
+    return SchemaTable(version, dict(kinds), tuple(short), lists["message_routes"], event_type, lists["event_id_routes"],
+                       _text_dictionary(doc.get("text_dictionary")), digest)
+
+
+def _text_dictionary(entry: Any) -> FlateDictionary:
+    if not (isinstance(entry, dict) and isinstance(entry.get("file"), str) and isinstance(entry.get("digest"), str)):
+        raise TableError("text_dictionary must be {file, digest}")
+    if "/" in entry["file"] or entry["file"].startswith("."):
+        raise TableError("text_dictionary.file must be a file name in dictionaries/")
+    dictionary = FlateDictionary(datafiles.read_bytes(entry["file"]))
+    if dictionary.digest != entry["digest"]:
+        raise TableError(f"{entry['file']} has content hash {dictionary.digest}, not {entry['digest']}")
+    return dictionary
 
 
 @cache

@@ -53,8 +53,10 @@ def test_reference_send_cold_then_warm_byte_by_byte():
     second = request_to_coap(HttpRequest("PUT", SEND.replace(TXN, "t2"), BODY, "application/json"), PROFILE, client)
     assert route_value(second) == bytes.fromhex("00 00 20 01")  # handle 0, m.text deflated, txn 1
     wire = encode(second)
-    # header 4 + option header 3 + value 4 + payload marker + 17 bytes of deflated text
-    assert len(wire) == 29 and wire[4:7] == bytes.fromhex("e4 fc e6")
+    # header 4 + option header 3 + value 4 + payload marker + 12 bytes of text
+    # deflated with the text dictionary (21 raw, 17 with the CBOR-trained one)
+    assert len(wire) == 24 and wire[4:7] == bytes.fromhex("e4 fc e6")
+    assert wire[11:] == bytes.fromhex("ff 833a16164940479816e40200")
     for msg, txn in ((first, "lbabcdefghij.0"), (second, "lbabcdefghij.1")):
         back = coap_to_request(Message.decode(encode(msg)), PROFILE, server)
         assert back.target == f"/_matrix/client/v3/rooms/{ROOM}/send/m.room.message/{txn}"
@@ -198,3 +200,19 @@ def test_handle_table_is_bounded_then_values_travel_literally():
     assert len(client.handles) == route_option.MAX_HANDLES
     msg = request_to_coap(HttpRequest("GET", "/_matrix/client/v3/rooms/!late:hs/members"), PROFILE, client)
     assert list(_items(route_value(msg)))[1] == "!late:hs"
+
+
+def test_the_text_dictionary_is_checked_by_digest():
+    import copy
+
+    from coap_gateway import datafiles
+    from coap_gateway.errors import TableError
+    from coap_gateway.schemas import parse_schema_table
+
+    doc = datafiles.read_json("schemas-v1.json")
+    assert parse_schema_table(doc).text_dictionary.digest == doc["text_dictionary"]["digest"]
+    for bad in ({"file": "text-v1.txt", "digest": "sha256:" + "0" * 64}, {"file": "../x", "digest": "x"}, None):
+        wrong = copy.deepcopy(doc)
+        wrong["text_dictionary"] = bad
+        with pytest.raises(TableError):
+            parse_schema_table(wrong)
