@@ -153,11 +153,16 @@ def _to_cbor(value: Any, table: CborTable, depth: int) -> Any:
     raise CodecError(f"{type(value).__name__} is not a JSON value")
 
 
-def encode(value: Any, table: CborTable) -> bytes:
-    """Canonical CBOR of a JSON value under ``table``."""
+def encode(value: Any, table: CborTable, *, canonical: bool = True) -> bytes:
+    """Canonical CBOR of a JSON value under ``table``.
+
+    ``canonical=False`` keeps every map in the JSON value's own key order
+    (sync push rebuilds the homeserver's JSON byte for byte, key order
+    included; ``decode(..., ordered=True)`` reads it back).
+    """
     model = _to_cbor(value, table, 0)
     try:
-        return cbor2.dumps(model, canonical=True)
+        return cbor2.dumps(model, canonical=canonical)
     except (UnicodeEncodeError, ValueError, cbor2.CBOREncodeError) as exc:
         # e.g. a lone surrogate from "\ud800": JSON allows it, CBOR text does not
         raise CodecError(f"not representable in CBOR: {exc}") from exc
@@ -212,7 +217,7 @@ def _decode_string(value: Any, table: CborTable) -> str:
     raise CodecError(f"expected a string, got {type(value).__name__}")
 
 
-def _decode_enum(value: Any, names: Mapping[int, str], table: CborTable, depth: int) -> Any:
+def _decode_enum(value: Any, names: Mapping[int, str], table: CborTable, depth: int, ordered: bool = False) -> Any:
     if type(value) is int:
         try:
             return names[value]
@@ -221,14 +226,14 @@ def _decode_enum(value: Any, names: Mapping[int, str], table: CborTable, depth: 
     if isinstance(value, list):
         if len(value) != 1:
             raise CodecError("escaped value must be a one-element array")
-        inner = _from_cbor(value[0], table, depth + 1)
+        inner = _from_cbor(value[0], table, depth + 1, ordered)
         if not (type(inner) is int or isinstance(inner, list)):
             raise CodecError("only integers and arrays are escaped under an enumerated key")
         return inner
-    return _from_cbor(value, table, depth)
+    return _from_cbor(value, table, depth, ordered)
 
 
-def _from_cbor(value: Any, table: CborTable, depth: int) -> Any:
+def _from_cbor(value: Any, table: CborTable, depth: int, ordered: bool = False) -> Any:
     if depth > MAX_DEPTH:
         raise CodecError(f"nesting deeper than {MAX_DEPTH}")
     if value is None or isinstance(value, (bool, int, float, str)):
@@ -236,10 +241,12 @@ def _from_cbor(value: Any, table: CborTable, depth: int) -> Any:
     if isinstance(value, bytes):
         return _decode_string(value, table)
     if isinstance(value, list):
-        return [_from_cbor(item, table, depth + 1) for item in value]
+        return [_from_cbor(item, table, depth + 1, ordered) for item in value]
     if isinstance(value, dict):
         from_codes: dict[str, Any] = {}
-        from_text: dict[str, Any] = {}
+        # ordered: one map in wire order; a name given both as code and as
+        # text is then an error (no encoder of this module writes that)
+        from_text: dict[str, Any] = from_codes if ordered else {}
         for key, item in value.items():
             if type(key) is int:
                 try:
@@ -252,18 +259,24 @@ def _from_cbor(value: Any, table: CborTable, depth: int) -> Any:
                 target = from_text
             else:
                 raise CodecError(f"map key of type {type(key).__name__} is not allowed")
+            if ordered and name in target:
+                raise CodecError(f"key {name!r} given twice")
             names = table.value_names.get(name)
             if names is not None:
-                target[name] = _decode_enum(item, names, table, depth + 1)
+                target[name] = _decode_enum(item, names, table, depth + 1, ordered)
             else:
-                target[name] = _from_cbor(item, table, depth + 1)
-        from_codes.update(from_text)  # a text key wins over its code (MSC3079)
+                target[name] = _from_cbor(item, table, depth + 1, ordered)
+        if not ordered:
+            from_codes.update(from_text)  # a text key wins over its code (MSC3079)
         return from_codes
     raise CodecError(f"CBOR item of type {type(value).__name__} has no JSON equivalent")
 
 
-def decode(data: bytes, table: CborTable) -> Any:
-    """The JSON value of CBOR ``data`` under ``table``; CodecError if invalid."""
+def decode(data: bytes, table: CborTable, *, ordered: bool = False) -> Any:
+    """The JSON value of CBOR ``data`` under ``table``; CodecError if invalid.
+
+    ``ordered``: maps keep their wire order (see ``encode(canonical=False)``).
+    """
     try:
         model = cbor2.loads(
             data,
@@ -277,7 +290,7 @@ def decode(data: bytes, table: CborTable) -> Any:
     except (cbor2.CBORDecodeError, ValueError, TypeError, OverflowError, RecursionError) as exc:
         cause = exc.__cause__ if isinstance(exc.__cause__, CodecError) else exc
         raise CodecError(f"invalid CBOR: {cause}") from exc
-    return _from_cbor(model, table, 0)
+    return _from_cbor(model, table, 0, ordered)
 
 
 # ------------------------------------------------------- JSON text helpers

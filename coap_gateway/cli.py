@@ -241,6 +241,8 @@ def build_parser() -> argparse.ArgumentParser:
     server.add_argument("--profile", help="table profile (default lb2; msc3079 for MSC3079 clients)")
     server.add_argument("--allow-admin", action="store_true", default=None, help="let /_synapse/admin through (off by default)")
     server.add_argument("--advertise", metavar="ADDR", help="address /versions advertises (default: --listen)")
+    server.add_argument("--no-sync-push", action="store_true", default=None,
+                        help="do not hold devices' /sync loops (every long-poll then crosses the link)")
     server.add_argument("--config", metavar="FILE", help="TOML file with any of these options")
     _metrics_flag(server, "off")
     _link_flags(server)
@@ -259,6 +261,11 @@ def build_parser() -> argparse.ArgumentParser:
     client.add_argument("--profile", help="table profile (default lb2)")
     client.add_argument("--low-bandwidth", action="store_true", default=None,
                         help="answer typing, read receipts and presence updates locally instead of sending them")
+    client.add_argument("--keepalive", metavar="SECONDS",
+                        help="NAT keepalive: a CoAP ping (42 B sealed, 8 B plaintext, both ways) after this long "
+                             "without a frame sent (default: off; idle costs 0 B with sync push)")
+    client.add_argument("--no-sync-push", action="store_true", default=None,
+                        help="send every /sync long-poll across the link instead of registering for pushes")
     client.add_argument("--config", metavar="FILE", help="TOML file with any of these options")
     _metrics_flag(client, "off")
     _link_flags(client)

@@ -39,6 +39,7 @@ from .metrics import Histogram, timed
 from .profile import Profile
 from .route_option import ClientWireState
 from .routes import METHODS, split_target
+from .sync_client import SyncPushClient
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +74,9 @@ class ClientGatewayCounters:
 
 
 class ClientGateway:
+    #: answers /sync long-polls from pushes (coap_gateway/sync_client.py); set by runner
+    sync_push: SyncPushClient | None = None
+
     def __init__(self, endpoint: LinkEndpoint, server_key: Hashable, profile: Profile, *,
                  host: str = "127.0.0.1", port: int = 0, request_timeout: float | None = None,
                  low_bandwidth: bool = False):
@@ -103,6 +107,8 @@ class ClientGateway:
         self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
 
     async def stop(self) -> None:
+        if self.sync_push is not None:
+            await self.sync_push.close()  # waiting long-polls end now, not at their timeout
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
@@ -126,7 +132,9 @@ class ClientGateway:
             access_token=bearer_token(request.headers.get("Authorization")),
         )
         try:
-            response = await self.exchange(http_request)
+            # a /sync long-poll may be answered from what the server pushed
+            pushed = await self.sync_push.handle(http_request) if self.sync_push is not None else None
+            response = pushed if pushed is not None else await self.exchange(http_request)
         except GatewayError as exc:
             response = matrix_error(400, "M_UNRECOGNIZED", f"the gateway cannot carry this request: {exc}")
         return self._http(response)
@@ -176,6 +184,11 @@ class ClientGateway:
         if response.status == 200 and http_request.access_token is not None and _is_logout(http_request.target):
             self.bound_token = None
         return response
+
+    def coap_request(self, http_request: HttpRequest, *, resend_token: bool = False) -> Message:
+        """The CoAP request for ``http_request``, token options included
+        (sync push builds its registrations with it)."""
+        return self._coap_request(http_request, resend_token)
 
     def _coap_request(self, http_request: HttpRequest, resend_token: bool) -> Message:
         message = request_to_coap(http_request, self.profile, self.wire)

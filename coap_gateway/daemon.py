@@ -191,7 +191,7 @@ async def until_signalled() -> None:
 
 
 SERVER_OPTIONS = ["homeserver", "listen", "key", "plaintext", "profile", "allow_admin", "advertise",
-                  "link_rate", "link_latency", "link_overhead", "max_retransmit", "metrics"]
+                  "link_rate", "link_latency", "link_overhead", "max_retransmit", "metrics", "no_sync_push"]
 
 
 async def serve_server(options: dict[str, Any], console: Console) -> None:
@@ -208,7 +208,8 @@ async def serve_server(options: dict[str, Any], console: Console) -> None:
     advertised = options.get("advertise") or str(address)
     server = await start_server(link, homeserver=options["homeserver"], profile=profile, static_private=static,
                                 allow_admin=bool(options.get("allow_admin")),
-                                advertisement=advertisement_for(advertised, static, profile))
+                                advertisement=advertisement_for(advertised, static, profile),
+                                sync_push=not options.get("no_sync_push"))
     mode = f"Noise, key {keys.fingerprint(keys.public_from_private(static))}" if static else "PLAINTEXT"
     console.print(f"server gateway on {link.name} → {options['homeserver']}  ({mode}, profile {profile.name})")
     metrics = None
@@ -226,12 +227,28 @@ async def serve_server(options: dict[str, Any], console: Console) -> None:
 
 
 CLIENT_OPTIONS = ["server", "server_key", "server_name", "key", "pins", "plaintext", "listen", "profile", "low_bandwidth",
-                  "local", "link_rate", "link_latency", "link_overhead", "max_retransmit", "metrics"]
+                  "local", "link_rate", "link_latency", "link_overhead", "max_retransmit", "metrics", "keepalive",
+                  "no_sync_push"]
+
+
+def keepalive_from(options: dict[str, Any]) -> float | None:
+    """``--keepalive SECONDS``: a CoAP ping after that long without a frame sent."""
+    value = options.get("keepalive")
+    if value in (None, "", 0, "0"):
+        return None
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"--keepalive {value!r} is not a number of seconds") from None
+    if not 1 <= seconds <= 86400:
+        raise ConfigError("--keepalive must be between 1 and 86400 seconds")
+    return seconds
 
 
 async def serve_client(options: dict[str, Any], console: Console) -> None:
     if not options.get("server"):
         raise ConfigError("--server is required")
+    keepalive = keepalive_from(options)
     server = parse_link_address(options["server"])
     host, port = parse_host_port(options.get("listen", "127.0.0.1:8008"), 8008)
     profile = load_profile(options.get("profile", "lb2"))
@@ -251,7 +268,8 @@ async def serve_client(options: dict[str, Any], console: Console) -> None:
         peer = (server.host, server.port)
     client = await start_client(link, peer, profile=profile, static_private=static, server_public=server_public,
                                 pins=pins, server_name=options.get("server_name") or str(server), host=host, port=port,
-                                low_bandwidth=bool(options.get("low_bandwidth")))
+                                low_bandwidth=bool(options.get("low_bandwidth")),
+                                sync_push=not options.get("no_sync_push"), keepalive=keepalive)
     console.print(f"client gateway: point your Matrix client at {client.base_url}  (server {server}, "
                   f"{'PLAINTEXT' if static is None else 'Noise'})")
     metrics = None

@@ -345,6 +345,43 @@ def _handshakes(registry: Registry, gateway: str, count: int) -> None:
     registry.counter("coap_gateway_handshakes", "Secure handshakes completed.", GATEWAY).set(count, gateway=gateway)
 
 
+def _sync_push_server(registry: Registry, gateway: str, push: Any) -> None:
+    c = push.counters
+    registry.gauge("coap_gateway_sync_push_observations", "Sync observations held now (one /sync loop each).",
+                   GATEWAY).set(len(push.observations), gateway=gateway)
+    registry.counter("coap_gateway_sync_push_notifications", "Sync push notifications sent or received.",
+                     GATEWAY).set(c.notifications, gateway=gateway)
+    registry.counter("coap_gateway_sync_push_notification_bytes", "Payload bytes of the sync notifications pushed.",
+                     GATEWAY).set(c.notification_bytes, gateway=gateway)
+    registry.counter("coap_gateway_sync_push_polls", "Long-polls the server gateway sent the homeserver itself.",
+                     GATEWAY).set(c.polls, gateway=gateway)
+    registry.counter("coap_gateway_sync_push_silent_polls", "Of those, empty answers that were not pushed.",
+                     GATEWAY).set(c.silent, gateway=gateway)
+    registry.counter("coap_gateway_sync_push_replays", "Answers pushed again from the history to a new observation.",
+                     GATEWAY).set(c.replayed, gateway=gateway)
+
+
+def _sync_push_client(registry: Registry, gateway: str, push: Any) -> None:
+    c = push.counters
+    registry.gauge("coap_gateway_sync_push_streams", "Sync observations registered now.",
+                   GATEWAY).set(len(push.state.active()), gateway=gateway)
+    registry.counter("coap_gateway_sync_push_registrations", "Sync observations registered (again).",
+                     GATEWAY).set(c.registrations, gateway=gateway)
+    registry.counter("coap_gateway_sync_push_notifications", "Sync push notifications sent or received.",
+                     GATEWAY).set(c.notifications, gateway=gateway)
+    answered = registry.counter("coap_gateway_sync_push_answered",
+                                "Sync long-polls by how they were answered (pushed, idle template, plain).",
+                                ("gateway", "how"))
+    answered.set(c.answered_pushed, gateway=gateway, how="pushed")
+    answered.set(c.answered_idle, gateway=gateway, how="idle")
+    answered.set(c.plain, gateway=gateway, how="plain")
+    registry.counter("coap_gateway_sync_push_lost", "Sync observations found lost (registered again on the next poll).",
+                     GATEWAY).set(c.lost, gateway=gateway)
+    registry.counter("coap_gateway_sync_push_checks", "Checks of silent sync observations.",
+                     GATEWAY).set(c.checks, gateway=gateway)
+    registry.counter("coap_gateway_keepalives", "NAT keepalive pings sent.", GATEWAY).set(c.pings, gateway=gateway)
+
+
 def server_collector(server: RunningServer, gateway: str = "server") -> Collector:
     def collector(registry: Registry) -> None:
         _link_metrics(registry, gateway, server.endpoint)
@@ -366,6 +403,8 @@ def server_collector(server: RunningServer, gateway: str = "server") -> Collecto
         registry.gauge("coap_gateway_devices", "Devices whose bound token and handles are held now.",
                        GATEWAY).set(len(server.gateway.devices), gateway=gateway)
         _latency(registry, gateway, counters.latency)
+        if server.gateway.sync_push is not None:
+            _sync_push_server(registry, gateway, server.gateway.sync_push)
         codec = server.codec
         if codec is not None:
             _handshakes(registry, gateway, codec.sessions_established)
@@ -396,6 +435,8 @@ def client_collector(client: RunningClient, gateway: str = "client") -> Collecto
         registry.counter("coap_gateway_handle_resends", "Requests sent again with definitions after Handle-Unknown.",
                          GATEWAY).set(counters.handle_resends, gateway=gateway)
         _latency(registry, gateway, counters.latency)
+        if client.gateway.sync_push is not None:
+            _sync_push_client(registry, gateway, client.gateway.sync_push)
         if codec is not None:
             _handshakes(registry, gateway, codec.handshakes)
             registry.counter("coap_gateway_rehandshakes", "Handshakes started again over a lost session.",

@@ -8,6 +8,7 @@ Noise secure layer.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Hashable
 from dataclasses import dataclass
@@ -26,9 +27,11 @@ from .secure_codec import (
     pinned_client_codec,
     profile_wire_digest,
 )
-from .secure_events import SessionClosed, SessionEstablished
+from .secure_events import Connected, SessionClosed, SessionEstablished
 from .server_endpoint import ServerEndpoint, ServerLimits
 from .server_gateway import ServerGateway, ServerGatewayConfig
+from .sync_client import SyncPushClient, SyncPushClientConfig
+from .sync_server import SyncPushServer, SyncPushServerConfig
 
 
 @dataclass
@@ -59,9 +62,13 @@ class RunningClient:
 
 async def start_server(link: DatagramLink, *, homeserver: str, profile: Profile, static_private: bytes | None,
                        allow_admin: bool = False, advertisement: dict[str, Any] | None = None,
-                       limits: ServerLimits | None = None, clock=time.time) -> RunningServer:
+                       limits: ServerLimits | None = None, clock=time.time,
+                       sync_push: SyncPushServerConfig | bool = True) -> RunningServer:
+    """``sync_push``: hold devices' /sync loops and push (True: defaults)."""
     gateway = ServerGateway(ServerGatewayConfig(homeserver, profile, allow_admin=allow_admin,
                                                 advertisement=advertisement))
+    if sync_push is not False:
+        gateway.sync_push = SyncPushServer(gateway, sync_push if isinstance(sync_push, SyncPushServerConfig) else None)
     codec = None
     if static_private is not None:
         def on_session(event: SessionEstablished | SessionClosed) -> None:
@@ -73,6 +80,8 @@ async def start_server(link: DatagramLink, *, homeserver: str, profile: Profile,
         codec = SecureServerCodec(ServerEndpoint(static_private, {profile.id: profile_wire_digest(profile)},
                                                  limits=limits), clock=clock, on_session=on_session)
     endpoint = await create_link_endpoint(link, site=gateway, codec=codec, loggername="coap.server")
+    if gateway.sync_push is not None:
+        gateway.sync_push.attach(endpoint.interface.mman)  # pushes wait for their ACK
     return RunningServer(endpoint, gateway, codec)
 
 
@@ -80,9 +89,12 @@ async def start_client(link: DatagramLink, server_addr: Hashable, *, profile: Pr
                        static_private: bytes | None = None, server_public: bytes | None = None,
                        pins: PinStore | None = None, server_name: str | None = None,
                        host: str = "127.0.0.1", port: int = 0, low_bandwidth: bool = False,
-                       clock=time.time) -> RunningClient:
+                       clock=time.time, sync_push: SyncPushClientConfig | bool = True,
+                       keepalive: float | None = None) -> RunningClient:
     """Secure when ``static_private`` is given: with ``pins`` (trust on first
-    use under ``server_name``) or a fixed ``server_public``."""
+    use under ``server_name``) or a fixed ``server_public``.  ``sync_push``:
+    answer /sync long-polls from pushes (True: defaults); ``keepalive``: a
+    CoAP ping after that many seconds without a frame sent (NAT bindings)."""
     codec: SecureClientCodec | None = None
     if static_private is not None:
         if pins is not None:
@@ -94,6 +106,23 @@ async def start_client(link: DatagramLink, server_addr: Hashable, *, profile: Pr
     endpoint = await create_link_endpoint(link, codec=codec, loggername="coap.client")
     key = SERVER_KEY if codec is not None else server_addr
     gateway = ClientGateway(endpoint, key, profile, host=host, port=port, low_bandwidth=low_bandwidth)
+    push = sync_push if isinstance(sync_push, SyncPushClientConfig) else SyncPushClientConfig(enabled=bool(sync_push))
+    if keepalive is not None:
+        push = dataclasses.replace(push, keepalive=keepalive)
+    if push.enabled or push.keepalive:
+        gateway.sync_push = SyncPushClient(gateway, push)
+        await gateway.sync_push.start()
+        if codec is not None:
+            # a new secure session (the server restarted?) loses the observations
+            chained = codec.on_connected
+
+            def on_connected(event: Connected) -> None:
+                if chained is not None:
+                    chained(event)
+                if gateway.sync_push is not None:
+                    gateway.sync_push.on_session(event.session_id)
+
+            codec.on_connected = on_connected
     await gateway.start()
     return RunningClient(endpoint, gateway, codec)
 

@@ -32,6 +32,7 @@ from . import options
 from .errors import GatewayError
 from .http_mapping import (
     MAX_RESPONSE_BODY,
+    HttpRequest,
     HttpResponse,
     coap_to_request,
     decoded_path_segments,
@@ -41,6 +42,7 @@ from .http_mapping import (
 from .metrics import Histogram, timed
 from .profile import Profile
 from .route_option import HandleUnknown, ServerWireState
+from .sync_server import SyncPushServer
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +94,9 @@ class ServerGatewayCounters:
 class ServerGateway(resource.Resource):
     """aiocoap resource answering every path by asking the homeserver."""
 
+    #: holds devices' /sync loops and pushes (coap_gateway/sync_server.py); set by runner
+    sync_push: SyncPushServer | None = None
+
     def __init__(self, config: ServerGatewayConfig, http: aiohttp.ClientSession | None = None):
         super().__init__()
         self.config = config
@@ -106,6 +111,8 @@ class ServerGateway(resource.Resource):
         self.counters = ServerGatewayCounters()
 
     async def close(self) -> None:
+        if self.sync_push is not None:
+            await self.sync_push.close()
         if self._http is not None and self._owns_http:
             await self._http.close()
 
@@ -116,6 +123,8 @@ class ServerGateway(resource.Resource):
 
     def forget_session(self, remote: Hashable) -> None:
         """The session is gone; the device's state stays (LRU-bounded)."""
+        if self.sync_push is not None:
+            self.sync_push.forget_session(remote)  # its observations went with it
         if self.device_keys.pop(remote, None) is None:
             self.devices.pop(remote, None)
 
@@ -138,6 +147,21 @@ class ServerGateway(resource.Resource):
                 auto_decompress=False,
             )
         return self._http
+
+    async def render_to_pipe(self, pipe: Any) -> None:
+        # observations of /sync and their control requests go to sync push
+        push = self.sync_push
+        if push is not None and push.claims(pipe.request) and await push.render_to_pipe(pipe):
+            return
+        await super().render_to_pipe(pipe)
+
+    # -- what sync push asks: a request read as render() reads it
+
+    def request_for(self, request: Message) -> HttpRequest:
+        return coap_to_request(request, self.config.profile, self._device(request.remote).wire)
+
+    def token_for(self, request: Message) -> str | None | object:
+        return self._token_for(request)
 
     # aiocoap calls render() for every method; the Resource default would
     # dispatch to render_get etc. and refuse the rest
