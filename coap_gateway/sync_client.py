@@ -48,6 +48,7 @@ from .errors import GatewayError
 from .http_mapping import HttpRequest, HttpResponse, coap_to_response, matrix_error
 from .profile import Profile
 from .sync_push import (
+    push_preset,
     END_FETCH,
     OP_CANCEL,
     OP_CHECK,
@@ -183,7 +184,7 @@ class SyncPushState:
 
     @property
     def preset(self) -> bytes:
-        return self.profile.flate.data if self.profile.flate is not None else b""
+        return push_preset(self.profile)
 
     def classify(self, method: str, target: str, access_token: str | None) -> LongPoll | None:
         if access_token is None:

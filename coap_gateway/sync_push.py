@@ -248,6 +248,16 @@ def decode_body(encoding: int, data: bytes, table: CborTable) -> bytes:
 # ------------------------------------------------------------ delta state
 
 
+def push_preset(profile: Any) -> bytes:
+    """The fixed front of every stream's dictionary: the profile's preset
+    dictionary, then (compact profiles) its text dictionary, which knows the
+    words of the messages the pushes mostly carry."""
+    preset = profile.flate.data if profile.flate is not None else b""
+    if getattr(profile, "schemas", None) is not None:
+        preset += profile.schemas.text_dictionary.data
+    return preset
+
+
 class DeltaState:
     """The per-observation deflate dictionary, kept identically at both ends.
 

@@ -49,6 +49,7 @@ from .errors import GatewayError
 from .http_mapping import HttpRequest, HttpResponse, matrix_error, response_to_coap
 from .profile import Profile
 from .sync_push import (
+    push_preset,
     END_FETCH,
     MAX_PUSH_BODY,
     OP_CANCEL,
@@ -407,7 +408,7 @@ class SyncPushServer:
         if previous is not None:
             self._end(previous, "replaced")
         max_payload = max(16, request.remote.maximum_payload_size)
-        chain = PushChain(poll.since, self.profile.cbor_table, self.profile.flate.data if self.profile.flate else b"",
+        chain = PushChain(poll.since, self.profile.cbor_table, push_preset(self.profile),
                           max_payload, delta_keep=self.config.delta_keep, backoff_max=self.config.backoff_max)
         obs = _Observation(request.remote, request.token, key, poll, access_token, chain, asyncio.current_task())
         self.observations[(obs.remote, obs.token)] = obs
