@@ -30,6 +30,7 @@ from coap_gateway.sync_client import (
     Wait,
 )
 from coap_gateway.sync_push import (
+    push_preset,
     ENC_CBOR_ASCII,
     ENC_CBOR_UTF8,
     ENC_JSON,
@@ -51,7 +52,7 @@ from tests.test_gateway_e2e import FAST, _chat_setup
 
 PROFILE = load_profile("lb3")
 TABLE = PROFILE.cbor_table
-PRESET = PROFILE.flate.data
+PRESET = push_preset(PROFILE)
 
 # What Synapse 1.163 answers (bytes as it wrote them): an idle long-poll, and
 # one message in a room — the shapes sync push must carry byte for byte.
