@@ -535,6 +535,8 @@ class LinkEndpoint:
     context: Context
     interface: LinkMessageInterface
     counters: TransportCounters = field(default_factory=TransportCounters)
+    #: the resource tree served, if any (its blockwise caches follow the link)
+    site: Any = None
 
     def remote(self, key: Hashable) -> LinkAddress:
         return self.interface.remote(key)
@@ -547,6 +549,7 @@ class LinkEndpoint:
         mman.budget = budget
         mman.timers.clear()
         mman._tunings.clear()
+        blockwise_caches_follow(self.site, budget)
 
     def set_peer_budgets(self, budget_for: Callable[[LinkAddress], LinkBudget | None]) -> None:
         """Give each peer the budget of its own path: ``budget_for(remote)``
@@ -563,6 +566,28 @@ class LinkEndpoint:
         await self.context.shutdown()
 
 
+def blockwise_caches_follow(site: Any, budget: LinkBudget) -> None:
+    """Keep a site's blockwise state as long as the link needs between blocks.
+
+    aiocoap keeps a response being fetched block by block (Block2Cache) and a
+    request being assembled (Block1Spool) for a fixed MAX_TRANSMIT_WAIT of
+    93 s; at 100 bit/s one 1024-byte block takes 82 s to serialise, so the
+    request for the next block would find the response gone (4.08).  The
+    caches are aiocoap's (``Resource._block1/_block2``); their timeout is a
+    public attribute of its TimeoutDict.
+    """
+    # the next block's request comes one full-frame exchange later, or after
+    # a retransmission or two of it: 4 first timeouts of a full frame
+    lifetime = max(TransportTuning().MAX_TRANSMIT_WAIT, 4 * LinkTuning(RetransmissionTimer(budget)).ACK_TIMEOUT)
+    for name, attr in (("_block1", "_assemblies"), ("_block2", "_completes")):
+        cache = getattr(getattr(site, name, None), attr, None)
+        if cache is not None:
+            cache.timeout = lifetime
+    # an aiocoap Site keeps the caches in the resources it dispatches to
+    for child in getattr(site, "_resources", {}).values():
+        blockwise_caches_follow(child, budget)
+
+
 async def create_link_endpoint(link: DatagramLink, *, site: Any = None, codec: FrameCodec | None = None,
                                loggername: str = "coap") -> LinkEndpoint:
     """An aiocoap Context that speaks CoAP over ``link`` (server if ``site``)."""
@@ -576,7 +601,9 @@ async def create_link_endpoint(link: DatagramLink, *, site: Any = None, codec: F
     mman.message_interface = interface
     tman.token_interface = mman
     context.request_interfaces.append(tman)
-    return LinkEndpoint(context, interface, counters)
+    if site is not None:
+        blockwise_caches_follow(site, link.budget)
+    return LinkEndpoint(context, interface, counters, site)
 
 
 __all__ = [

@@ -196,6 +196,25 @@ async def test_a_get_is_budgeted_for_a_full_frame_answer():
     await client.shutdown(), await server.shutdown()
 
 
+class Bigger(resource.Resource):
+    async def render_get(self, request):
+        return Message(code=Code.CONTENT, payload=bytes(range(256)) * 12)
+
+
+@pytest.mark.looptime
+async def test_blockwise_state_outlives_a_block_at_50_bps():
+    """A 1024-B block takes 166 s at 50 bit/s; aiocoap would drop the cached
+    response after its fixed 93-186 s and answer the next block 4.08."""
+    slow = LinkProfile(rate_bps=50, delay=0.5)
+    client, server, _, cl, sl = await pair(slow, server_res=Bigger())
+    msg = Message(code=Code.GET, uri_path=["x"])
+    msg.remote = client.remote("server")
+    response = await client.context.request(msg).response
+    assert response.code == Code.CONTENT and response.payload == bytes(range(256)) * 12
+    assert sum(Message.decode(d).opt.block2 is not None for d in sl.sent) == 3
+    await client.shutdown(), await server.shutdown()
+
+
 @pytest.mark.looptime
 @pytest.mark.parametrize("max_frame,blockwise", [(1152, False), (200, True)])
 async def test_blockwise_only_when_a_message_does_not_fit(max_frame, blockwise):
