@@ -1,0 +1,391 @@
+"""W1–W5 of DESIGN.md, driven with matrix-nio, the same code for both transports.
+
+Accounts and rooms are made directly against Synapse (not counted); every
+measured exchange goes through the transport under test, inside a capture
+window (bench/capture.py) that holds only that device's frames:
+
+- **W1** warm send: alice's device (TLS session / Noise session open, token
+  bound, a message sent to the room before, so a compact request names the
+  room by its handle) sends the reference message; the window holds the request, the
+  response and every acknowledgement, until all are settled.
+- **W2** receive: bob's device runs nio's ``sync_forever`` (long-poll).
+  Once his long-poll is *parked* — the homeserver holds a ``/sync`` with his
+  token (seen on its plain-HTTP port) and every frame of his device is
+  acknowledged (for the polling gateway: the server's empty ACK) — the
+  window opens and alice sends.  It closes when his client has the message
+  and the next long-poll is parked again: the response with the message plus
+  the next request, with their acknowledgements.  For a gateway that pushes,
+  the same window holds the push and whatever the next poll costs.
+- **W3** cold start: a new device (new TCP connection + TLS 1.3 handshake;
+  new client gateway + Noise IK handshake) with alice's token sends the
+  reference message.
+- **W4** idle: a user in a room where nothing happens runs nio's
+  ``sync_forever``; the window runs from one parked long-poll to the parked
+  long-poll whole cycles later, and is scaled to bytes per hour.
+- **W5** login + first sync of an account with one room and ten messages, on
+  a new device.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+from dataclasses import dataclass
+from typing import Any
+
+from nio import (
+    AsyncClient,
+    JoinResponse,
+    LoginResponse,
+    RegisterResponse,
+    RoomCreateResponse,
+    RoomSendResponse,
+    SyncResponse,
+)
+
+from .capture import LiveCapture, SyncWatch, WindowResult
+from .devices import Device, Transport, new_nio
+
+REFERENCE_BODY = "Hello, see you at 5pm"
+REFERENCE = {"msgtype": "m.text", "body": REFERENCE_BODY}
+WARM_UP_BODY = "warming up"
+
+#: the ten messages of W5's room: short, varied chat lines
+W5_MESSAGES = [
+    "Morning! Are we still on for today?",
+    "Yes, the boat leaves at half past four.",
+    "Great. I'll bring the charts and the spare radio.",
+    "Battery for the handheld is charged.",
+    "Wind should drop after three, according to the forecast.",
+    "Can you pick up water on the way?",
+    "Sure, two big bottles.",
+    "Meet at the north pier, by the fuel dock.",
+    "Running ten minutes late, sorry.",
+    "No problem, we'll wait.",
+]
+
+
+class WorkloadError(RuntimeError):
+    pass
+
+
+def _check(response: Any, kind: type, what: str) -> Any:
+    if not isinstance(response, kind):
+        raise WorkloadError(f"{what} failed: {response}")
+    return response
+
+
+@dataclass
+class Account:
+    localpart: str
+    password: str
+    user_id: str = ""
+    device_id: str = ""
+    access_token: str = ""
+
+
+@dataclass
+class Cast:
+    """The accounts one transport's workloads use."""
+
+    alice: Account
+    bob: Account
+    room_id: str  # alice and bob
+    dave: Account  # W4: alone in his own room
+    erin: Account  # W5: one room, ten messages
+    erin_room: str
+
+
+class Setup:
+    """Accounts and rooms straight on Synapse (plain HTTP, not captured)."""
+
+    def __init__(self, homeserver: str) -> None:
+        self.homeserver = homeserver
+        self._clients: list[AsyncClient] = []
+
+    def _client(self, account: Account) -> AsyncClient:
+        client = new_nio(self.homeserver, account.localpart)
+        if account.access_token:
+            client.restore_login(account.user_id, account.device_id, account.access_token)
+        self._clients.append(client)
+        return client
+
+    async def register(self, localpart: str) -> Account:
+        account = Account(localpart, "pw-" + secrets.token_hex(8))
+        client = self._client(account)
+        resp = _check(await client.register(localpart, account.password, device_name="bench setup"),
+                      RegisterResponse, f"registering {localpart}")
+        account.user_id, account.device_id, account.access_token = resp.user_id, resp.device_id, resp.access_token
+        client.restore_login(resp.user_id, resp.device_id, resp.access_token)
+        return account
+
+    async def cast(self, tag: str) -> Cast:
+        """``tag`` makes the names unique per run and transport; every
+        transport's names have the same length, so the events do too."""
+        alice, bob, dave, erin = await asyncio.gather(*(self.register(f"{n}-{tag}")
+                                                        for n in ("alice", "bob", "dave", "erin")))
+        a, b, d, e = (self._client(x) for x in (alice, bob, dave, erin))
+        room = _check(await a.room_create(name="Boat trip", invite=[bob.user_id]), RoomCreateResponse,
+                      "creating alice's room")
+        _check(await b.join(room.room_id), JoinResponse, "bob joining")
+        _check(await d.room_create(name="Notes"), RoomCreateResponse, "creating dave's room")
+        erin_room = _check(await e.room_create(name="Harbour"), RoomCreateResponse, "creating erin's room")
+        for i, text in enumerate(W5_MESSAGES):
+            _check(await e.room_send(erin_room.room_id, "m.room.message", {"msgtype": "m.text", "body": text},
+                                     tx_id=f"setup-{i}"), RoomSendResponse, "sending W5's messages")
+        return Cast(alice, bob, room.room_id, dave, erin, erin_room.room_id)
+
+    async def close(self) -> None:
+        for client in self._clients:
+            await client.close()
+
+
+@dataclass
+class RoleIps:
+    """One loopback address per device role (``base`` is e.g. "127.0.0.1" + "1" → 127.0.0.11…)."""
+
+    alice: str
+    bob: str
+    cold: str
+    dave: str
+    erin: str
+
+    @classmethod
+    def numbered(cls, prefix: str) -> RoleIps:
+        return cls(*(f"{prefix}{i}" for i in range(1, 6)))
+
+
+def _logged_in(device: Device, account: Account) -> AsyncClient:
+    client = device.nio(account.localpart)
+    client.restore_login(account.user_id, account.device_id, account.access_token)
+    return client
+
+
+class Workloads:
+    """W1–W5 for one transport (the module docstring says what each counts)."""
+
+    def __init__(self, capture: LiveCapture, watch: SyncWatch, transport: Transport, cast: Cast, ips: RoleIps, *,
+                 sync_timeout_ms: int = 30_000) -> None:
+        self.capture = capture
+        self.watch = watch
+        self._sync_timeout_ms = sync_timeout_ms
+        self.transport = transport
+        self.cast = cast
+        self.ips = ips
+        self._devices: list[Device] = []
+        self.alice: AsyncClient | None = None
+        self.bob: AsyncClient | None = None
+        self.dave: AsyncClient | None = None
+        self.devices: dict[str, Device] = {}
+        #: link counters of each gateway device around each window (for the capture check)
+        self.link_checks: list[dict[str, Any]] = []
+
+    async def _device(self, role: str, ip: str) -> Device:
+        device = await self.transport.device(ip)
+        self._devices.append(device)
+        self.devices[role] = device
+        return device
+
+    async def warm_up(self) -> None:
+        """alice, bob and dave: their devices up, sessions open, tokens bound,
+        caught up with a first sync and a second one."""
+        c = self.cast
+        for role, account, ip in (("alice", c.alice, self.ips.alice), ("bob", c.bob, self.ips.bob),
+                                  ("dave", c.dave, self.ips.dave)):
+            device = await self._device(role, ip)
+            client = _logged_in(device, account)
+            for _ in range(2):
+                _check(await client.sync(timeout=0), SyncResponse, f"{role}'s warm-up sync")
+            setattr(self, role, client)
+
+    async def close(self) -> None:
+        for device in self._devices:
+            await device.close()
+        self._devices.clear()
+
+    def _link_snapshot(self, device: Device | None) -> dict[str, int] | None:
+        return device.link_counters() if device is not None else None
+
+    def _note_link(self, name: str, before: dict[str, int] | None, after: dict[str, int] | None,
+                   result: WindowResult) -> None:
+        if before is None or after is None:
+            return
+        delta = {k: after[k] - before[k] for k in after}
+        self.link_checks.append({
+            "workload": name,
+            "link_frames": delta["frames_out"] + delta["frames_in"],
+            "link_bytes": delta["bytes_out"] + delta["bytes_in"],
+            "capture_frames": result.frames,
+            "capture_payload_bytes": result.payload_bytes,
+        })
+
+    # ------------------------------------------------------------ sync loops
+
+    async def parked(self, account: Account, ip: str, timeout: float = 60.0) -> bool:
+        """The device's long-poll is in place: the homeserver holds a ``/sync``
+        with its token, and every frame the device sent or got is acknowledged
+        (for the polling gateway that includes the server's empty ACK)."""
+        await self.capture.barrier()
+        return await self.capture.until(
+            lambda: self.watch.pending(account.access_token) and self.capture.settled([ip]), timeout)
+
+    def _sync_loop(self, client: AsyncClient, on_response: Any) -> tuple[asyncio.Task[None], Any]:
+        """nio's own ``sync_forever``, with ``on_response`` called for each sync."""
+        async def callback(response: SyncResponse) -> None:
+            on_response(response)
+
+        client.add_response_callback(callback, SyncResponse)
+        task = asyncio.create_task(client.sync_forever(timeout=self._sync_timeout_ms))
+        return task, callback
+
+    async def _stop_loop(self, client: AsyncClient, task: asyncio.Task[None], callback: Any) -> None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task
+        client.response_callbacks = [cb for cb in client.response_callbacks if cb.func is not callback]
+
+    @staticmethod
+    async def _until(event: asyncio.Event, loop_task: asyncio.Task[None], timeout: float, what: str) -> None:
+        """Wait for ``event``; fail if the sync loop ends first or it takes too long."""
+        waiter = asyncio.create_task(event.wait())
+        try:
+            done, _ = await asyncio.wait({waiter, loop_task}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            waiter.cancel()
+        if loop_task in done:
+            loop_task.result()
+            raise WorkloadError(f"the sync loop stopped while waiting for {what}")
+        if not event.is_set():
+            raise WorkloadError(f"timed out waiting for {what}")
+
+    # ------------------------------------------------------------ W1 + W2
+
+    async def w1_w2(self) -> tuple[WindowResult, WindowResult, dict[str, Any]]:
+        """W1 (alice sends) inside W2 (bob's running sync loop receives it)."""
+        assert self.alice is not None and self.bob is not None
+        cap, ips, bob = self.capture, self.ips, self.bob
+        alice_dev, bob_dev = self.devices["alice"], self.devices["bob"]
+        first, received, warmed = asyncio.Event(), asyncio.Event(), asyncio.Event()
+        state: dict[str, Any] = {"responses": 0, "event_id": None}
+
+        def on_sync(response: SyncResponse) -> None:
+            state["responses"] += 1
+            first.set()
+            room = response.rooms.join.get(self.cast.room_id)
+            for event in room.timeline.events if room else ():
+                if getattr(event, "body", None) == WARM_UP_BODY:
+                    warmed.set()
+                if getattr(event, "body", None) == REFERENCE_BODY:
+                    state["event_id"] = event.event_id
+                    state["delivered_in"] = state["responses"]
+                    received.set()
+
+        loop_task, callback = self._sync_loop(bob, on_sync)
+        try:
+            await self._until(first, loop_task, 60, "bob's first sync")
+            # warm means warm for both users' devices: alice has sent to this
+            # room before (the compact form has defined its handle) and bob has
+            # received a message through his running loop (a pushing gateway
+            # has a previous push to deflate against)
+            _check(await self.alice.room_send(self.cast.room_id, "m.room.message",
+                                              {"msgtype": "m.text", "body": WARM_UP_BODY}),
+                   RoomSendResponse, "alice's warm-up send")
+            await self._until(warmed, loop_task, self._sync_timeout_ms / 1000 + 60, "bob to receive the warm-up")
+            parked_before = await self.parked(self.cast.bob, ips.bob)
+            bob_before = self._link_snapshot(bob_dev)
+            w2 = await cap.open(f"{self.transport.name}:W2", [ips.bob])
+            state["responses_at_open"] = state["responses"]
+
+            alice_before = self._link_snapshot(alice_dev)
+            w1 = await cap.open(f"{self.transport.name}:W1", [ips.alice])
+            sent = _check(await self.alice.room_send(self.cast.room_id, "m.room.message", dict(REFERENCE)),
+                          RoomSendResponse, "alice's send")
+            r1 = await cap.close(w1)
+            self._note_link("W1", alice_before, self._link_snapshot(alice_dev), r1)
+
+            await self._until(received, loop_task, self._sync_timeout_ms / 1000 + 60, "bob to receive the message")
+            # nio's next long-poll is in place again: "the response plus the next request"
+            parked_after = await self.parked(self.cast.bob, ips.bob)
+            r2 = await cap.close(w2)
+            self._note_link("W2", bob_before, self._link_snapshot(bob_dev), r2)
+        finally:
+            await self._stop_loop(bob, loop_task, callback)
+        if state["event_id"] != sent.event_id:
+            raise WorkloadError("bob received another event than alice sent")
+        return r1, r2, {"parked": parked_before and parked_after,
+                        "sync_responses": state["delivered_in"] - state["responses_at_open"],
+                        "event_id_length": len(sent.event_id)}
+
+    # ------------------------------------------------------------ W3
+
+    async def w3(self) -> WindowResult:
+        cap, ip = self.capture, self.ips.cold
+        window = await cap.open(f"{self.transport.name}:W3", [ip])
+        device = await self._device("cold", ip)
+        client = _logged_in(device, self.cast.alice)
+        _check(await client.room_send(self.cast.room_id, "m.room.message", dict(REFERENCE)), RoomSendResponse,
+               "the cold send")
+        before = {"frames_out": 0, "bytes_out": 0, "frames_in": 0, "bytes_in": 0}
+        result = await cap.close(window)
+        self._note_link("W3", before if device.link_counters() is not None else None, device.link_counters(),
+                        result)
+        return result
+
+    # ------------------------------------------------------------ W4
+
+    async def w4(self, cycles: int) -> tuple[WindowResult, dict[str, Any]]:
+        """``cycles`` whole long-poll cycles of nio's ``sync_forever``, from one
+        parked long-poll to another (module docstring)."""
+        client = self.dave
+        assert client is not None
+        cap, ip = self.capture, self.ips.dave
+        device = self.devices["dave"]
+        state = {"responses": 0, "with_news": 0, "target": 1}
+        reached = asyncio.Event()
+
+        def on_sync(response: SyncResponse) -> None:
+            state["responses"] += 1
+            if state["responses"] > 1 and (response.rooms.join or response.rooms.invite or response.rooms.leave
+                                           or response.presence_events):
+                state["with_news"] += 1
+            if state["responses"] >= state["target"]:
+                reached.set()
+
+        loop_task, callback = self._sync_loop(client, on_sync)
+        try:
+            await self._until(reached, loop_task, 60, "dave's first sync")  # sync_forever's catch-up (timeout 0)
+            parked_before = await self.parked(self.cast.dave, ip)
+            before = self._link_snapshot(device)
+            window = await cap.open(f"{self.transport.name}:W4", [ip], keep_frames=False)
+            state["target"] = state["responses"] + cycles
+            reached.clear()
+            await self._until(reached, loop_task, cycles * (self._sync_timeout_ms / 1000 + 15) + 60,
+                              f"{cycles} long-poll cycles")
+            parked_after = await self.parked(self.cast.dave, ip)
+            result = await cap.close(window)
+            self._note_link("W4", before, self._link_snapshot(device), result)
+        finally:
+            await self._stop_loop(client, loop_task, callback)
+        return result, {"cycles": cycles, "sync_timeout_ms": self._sync_timeout_ms,
+                        "cycles_with_news": state["with_news"], "parked": parked_before and parked_after}
+
+    # ------------------------------------------------------------ W5
+
+    async def w5(self) -> tuple[WindowResult, dict[str, Any]]:
+        cap, ip = self.capture, self.ips.erin
+        window = await cap.open(f"{self.transport.name}:W5", [ip])
+        device = await self._device("erin", ip)
+        client = device.nio(self.cast.erin.localpart)
+        _check(await client.login(self.cast.erin.password, device_name="bench W5"), LoginResponse, "W5 login")
+        sync = _check(await client.sync(timeout=0), SyncResponse, "W5 first sync")
+        result = await cap.close(window)
+        counters = device.link_counters()
+        if counters is not None:
+            self._note_link("W5", dict.fromkeys(counters, 0), counters, result)
+        room = sync.rooms.join.get(self.cast.erin_room)
+        bodies = [getattr(e, "body", None) for e in room.timeline.events] if room else []
+        missing = [m for m in W5_MESSAGES if m not in bodies]
+        if missing:
+            raise WorkloadError(f"W5's first sync lacks {len(missing)} of the ten messages")
+        return result, {"timeline_events": len(bodies), "state_events": len(room.state) if room else 0}
