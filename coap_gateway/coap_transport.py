@@ -385,19 +385,17 @@ class ShortTokenManager(TokenManager):
         self._resting: OrderedDict[Hashable, float] = OrderedDict()
 
     def request(self, request):
-        self._pending = request.request
-        try:
-            super().request(request)
-        finally:
-            self._pending = None
         msg = request.request
-        if msg.token == b"" and self._clock is not None and self._rest is not None:
+        if self._clock is not None and self._rest is not None:
+            # watch before handing the request on: a request that fails at
+            # once (shutdown) ends its pipe, which then takes no watcher
             remote_key = msg.remote
-
             answered = False
 
             def watch(event) -> bool:
                 nonlocal answered
+                if msg.token != b"":
+                    return False
                 if event.message is not None and event.is_last:
                     answered = True
                 elif event.message is None and event.exception is None and not answered:
@@ -408,6 +406,11 @@ class ShortTokenManager(TokenManager):
                 return True
 
             request.on_event(watch, is_interest=False)
+        self._pending = msg
+        try:
+            super().request(request)
+        finally:
+            self._pending = None
 
     def next_token(self) -> bytes:
         in_use = {(token, remote) for token, remote in (self.outgoing_requests or {})}
