@@ -30,7 +30,7 @@ from .link_timing import LinkBudget
 from .links import SerialLink, UdpLink, emulated_link_pair
 from .metrics import Collector, client_collector, server_collector
 from .metrics_http import DEFAULT_HOST, metrics_url, serve_metrics
-from .profile import load_profile
+from .profile import DEFAULT_PROFILE, load_profile
 from .runner import advertisement_for, start_client, start_server
 
 log = logging.getLogger(__name__)
@@ -198,7 +198,7 @@ async def serve_server(options: dict[str, Any], console: Console) -> None:
     if not options.get("homeserver"):
         raise ConfigError("--homeserver is required")
     address = parse_link_address(options.get("listen", "udp://0.0.0.0:5683"))
-    profile = load_profile(options.get("profile", "lb2"))
+    profile = load_profile(options.get("profile", DEFAULT_PROFILE))
     static = None
     if not options.get("plaintext"):
         if not options.get("key"):
@@ -251,7 +251,7 @@ async def serve_client(options: dict[str, Any], console: Console) -> None:
     keepalive = keepalive_from(options)
     server = parse_link_address(options["server"])
     host, port = parse_host_port(options.get("listen", "127.0.0.1:8008"), 8008)
-    profile = load_profile(options.get("profile", "lb2"))
+    profile = load_profile(options.get("profile", DEFAULT_PROFILE))
     static = server_public = pins = None
     if not options.get("plaintext"):
         static = keys.read_private_key(options["key"]) if options.get("key") else keys.generate_keypair()[0]
@@ -298,7 +298,7 @@ async def serve_up(options: dict[str, Any], console: Console) -> None:
     rate = parse_netem_rate(options.get("rate", "2400bit"))
     delay = parse_netem_time(options.get("delay", "100ms"))
     loss = float(options.get("loss", 0.0))
-    profile = load_profile(options.get("profile", "lb2"))
+    profile = load_profile(options.get("profile", DEFAULT_PROFILE))
     link_profile = LinkProfile(rate_bps=rate, delay=delay, loss=loss, overhead=0)
 
     data_dir.mkdir(parents=True, exist_ok=True)

@@ -28,6 +28,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal, get_args
 
+from coap_gateway.profile import DEFAULT_PROFILE
+
 from .link import LinkProfile
 from .netem_args import parse_netem_args, parse_netem_time
 from .topology import MAX_NODE_INDEX, Topology
@@ -169,7 +171,7 @@ class AssertionSpec:
 @dataclass(frozen=True)
 class GatewaySettings:
     #: the codec profile both gateways use (coap_gateway.profile)
-    profile: str = "lb2"
+    profile: str = DEFAULT_PROFILE
     #: Noise-protected frames (True) or plaintext CoAP
     secure: bool = True
     #: CoAP retransmissions before a request fails (a lossy link needs more than RFC 7252's 4)
@@ -695,7 +697,7 @@ def _assertions(entries: list[_Table], ids: set[str]) -> tuple[AssertionSpec, ..
 def _gateway(table: _Table) -> GatewaySettings:
     table.only("profile", "secure", "max_retransmit", "max_frame")
     return GatewaySettings(
-        profile=table.string("profile", default="lb2"),
+        profile=table.string("profile", default=DEFAULT_PROFILE),
         secure=table.boolean("secure", default=True),
         max_retransmit=table.integer("max_retransmit", default=4, minimum=0, maximum=20),
         max_frame=table.integer("max_frame", default=1152, minimum=64, maximum=65507),
