@@ -166,24 +166,32 @@ class ClientGateway:
             reply = await self._send(message)
             if reply is None:
                 return matrix_error(504, "M_UNKNOWN", "the low-bandwidth link did not deliver the request")
-            if reply.code == Code.UNAUTHORIZED and reply.opt.get_option(options.TOKEN_UNBOUND) and not resend_token:
-                # the server has a new session without our token: nothing was forwarded
-                self.counters.token_rebinds += 1
-                self.bound_token = None
-                resend_token = True
-                continue
-            if reply.code == Code.BAD_REQUEST and reply.opt.get_option(options.HANDLE_UNKNOWN) and self.wire:
-                # a new session on the server lacks our handles: nothing was forwarded
-                self.counters.handle_resends += 1
-                self.wire.server_forgot()
-                continue
-            break
+            resend = self.resend_for(reply, resend_token)
+            if resend is None:
+                break
+            resend_token = resend_token or resend == "token"
         response = coap_to_response(reply, self.profile, compact_route_name(message, self.profile))
         if self.wire is not None and response.content_type == "application/json":
             response.body = self.wire.restore_txn_ids(response.body)
         if response.status == 200 and http_request.access_token is not None and _is_logout(http_request.target):
             self.bound_token = None
         return response
+
+    def resend_for(self, reply: Message, token_resent: bool) -> str | None:
+        """Whether a reply says "not forwarded, send it again", and with what:
+        "token" (4.01 Token-Unbound), "handles" (4.00 Handle-Unknown), or None.
+        Updates what this gateway believes the server holds."""
+        if reply.code == Code.UNAUTHORIZED and reply.opt.get_option(options.TOKEN_UNBOUND) and not token_resent:
+            # the server has no token for this device: nothing was forwarded
+            self.counters.token_rebinds += 1
+            self.bound_token = None
+            return "token"
+        if reply.code == Code.BAD_REQUEST and reply.opt.get_option(options.HANDLE_UNKNOWN) and self.wire is not None:
+            # the server lacks our handle definitions: nothing was forwarded
+            self.counters.handle_resends += 1
+            self.wire.server_forgot()
+            return "handles"
+        return None
 
     def coap_request(self, http_request: HttpRequest, *, resend_token: bool = False) -> Message:
         """The CoAP request for ``http_request``, token options included

@@ -500,18 +500,11 @@ class SyncPushClient:
                 self.state.on_lost(stream, generation)
                 self._wake(stream)
                 return matrix_error(504, "M_UNKNOWN", "the low-bandwidth link did not deliver the request")
-            if reply.code == Code.UNAUTHORIZED and reply.opt.get_option(options.TOKEN_UNBOUND) and not resend_token:
-                # the server has a new session without our token: nothing was forwarded
-                obs.close()
-                self.gateway.counters.token_rebinds += 1
-                self.gateway.bound_token = None
-                resend_token = True
-                continue
-            if reply.code == Code.BAD_REQUEST and reply.opt.get_option(options.HANDLE_UNKNOWN) and self.gateway.wire:
-                obs.close()
-                self.gateway.wire.server_forgot()
-                continue
-            break
+            resend = self.gateway.resend_for(reply, resend_token)
+            if resend is None:
+                break
+            obs.close()
+            resend_token = resend_token or resend == "token"
         assert reply is not None and obs is not None
         now = self.loop_time
         if reply.opt.observe is not None and reply.code.is_successful():
