@@ -35,11 +35,11 @@ from typing import Any
 
 import aiohttp
 
-from coap_gateway import keys
-from coap_gateway.http_mapping import HttpRequest
-from coap_gateway.profile import DEFAULT_PROFILE, load_profile
-from coap_gateway.runner import start_client
-from coap_gateway.synapse_process import free_port
+from coap_gateway.secure import keys
+from coap_gateway.codec.mapping import HttpRequest
+from coap_gateway.codec.profile import DEFAULT_PROFILE, load_profile
+from coap_gateway.app.runner import start_client
+from coap_gateway.tools.synapse_process import free_port
 
 from .gateway_side import CountingUdpLink
 
@@ -219,7 +219,7 @@ async def measure_gateway(homeserver: str, ip: str, *, seconds: float, concurren
         server_key = keys.generate_keypair()[0]
         keys.write_private_key(key_path, server_key)
         port = _free_udp_port(ip)
-        child = _Child([sys.executable, "-m", "coap_gateway.cli", "server", "--homeserver", homeserver,
+        child = _Child([sys.executable, "-m", "coap_gateway", "server", "--homeserver", homeserver,
                         "--listen", f"udp://{ip}:{port}", "--key", str(key_path), "--profile", profile],
                        "server gateway on", ready=lambda: udp_port_bound(ip, port))
         await child.start()

@@ -31,8 +31,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from coap_gateway.profile import DEFAULT_PROFILE
-from coap_gateway.synapse_process import free_port
+from coap_gateway.codec.profile import DEFAULT_PROFILE
+from coap_gateway.tools.synapse_process import free_port
 
 from . import targets
 from .baseline import BaselineTransport, NginxTlsProxy, nginx_binary, nginx_version
@@ -233,7 +233,7 @@ async def run_bench(settings: Settings, *, homeserver: str | None = None, consol
         async with contextlib.AsyncExitStack() as stack:
             # 1. servers
             if homeserver is None:
-                from coap_gateway.synapse_process import LocalSynapse
+                from coap_gateway.tools.synapse_process import LocalSynapse
                 progress.step("starting Synapse (a fresh homeserver on SQLite)")
                 synapse = LocalSynapse(tmp / "synapse")
                 await synapse.start()

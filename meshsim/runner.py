@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Self
 
-from coap_gateway.link_timing import LinkBudget
+from coap_gateway.transport.timing import LinkBudget
 
 from .events import EventLog
 from .fabric import Fabric
@@ -319,11 +319,11 @@ class ScenarioRun:
     async def _start(self, tmp: Path, capture: PcapWriter) -> None:
         from nio import AsyncClient, AsyncClientConfig
 
-        from coap_gateway import keys
-        from coap_gateway.links import UdpLink
-        from coap_gateway.profile import load_profile
-        from coap_gateway.runner import advertisement_for, start_client, start_server
-        from coap_gateway.synapse_process import LocalSynapse
+        from coap_gateway.secure import keys
+        from coap_gateway.transport.links import UdpLink
+        from coap_gateway.codec.profile import load_profile
+        from coap_gateway.app.runner import advertisement_for, start_client, start_server
+        from coap_gateway.tools.synapse_process import LocalSynapse
 
         s = self.scenario
         self.progress.phase("starting Synapse", 1)
@@ -387,7 +387,7 @@ class ScenarioRun:
         if self.server_link is not None:
             steps.append(self.server_link.close)
         # failing the held requests is the point here, not news: keep their warnings out of the console
-        gateway_log = logging.getLogger("coap_gateway.client_gateway")
+        gateway_log = logging.getLogger("coap_gateway.gateway.client")
         level = gateway_log.level
         gateway_log.setLevel(logging.ERROR)
         try:

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal, get_args
 
-from coap_gateway.profile import DEFAULT_PROFILE
+from coap_gateway.codec.profile import DEFAULT_PROFILE
 
 from .link import LinkProfile
 from .netem_args import parse_netem_args, parse_netem_time

@@ -28,7 +28,7 @@ def run_in_fresh_loop(coro: Coroutine[Any, Any, T]) -> T:
 @pytest.fixture(scope="session")
 def synapse(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     pytest.importorskip("synapse", reason="matrix-synapse is not installed")
-    from coap_gateway.synapse_process import LocalSynapse
+    from coap_gateway.tools.synapse_process import LocalSynapse
 
     server = LocalSynapse(tmp_path_factory.mktemp("synapse"))
     run_in_fresh_loop(server.start())

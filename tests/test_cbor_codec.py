@@ -10,8 +10,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from coap_gateway import cbor_codec
-from coap_gateway.cbor_tables import load_cbor_table, parse_cbor_table
+from coap_gateway.codec import json_cbor
+from coap_gateway.codec.tables import load_cbor_table, parse_cbor_table
 from coap_gateway.errors import CodecError, TableError
 
 V1 = load_cbor_table(1)
@@ -50,25 +50,25 @@ MSC3079_VECTORS = [
 
 @pytest.mark.parametrize("value,hexdata", MSC3079_VECTORS)
 def test_msc3079_vectors_byte_for_byte(value, hexdata):
-    assert cbor_codec.encode(value, V1).hex() == hexdata
-    assert cbor_codec.decode(bytes.fromhex(hexdata), V1) == value
+    assert json_cbor.encode(value, V1).hex() == hexdata
+    assert json_cbor.decode(bytes.fromhex(hexdata), V1) == value
 
 
 def test_v1_replaces_keys_at_any_depth_but_never_values():
     value = {"content": {"body": "type", "type": ["event_id"]}}
-    data = cbor_codec.encode(value, V1)
+    data = json_cbor.encode(value, V1)
     assert cbor2.loads(data) == {3: {27: "type", 2: ["event_id"]}}
 
 
 def test_digit_string_key_stays_a_string():
-    assert cbor2.loads(cbor_codec.encode({"8": 1}, V1)) == {"8": 1}
-    assert cbor_codec.decode(cbor_codec.encode({"8": 1, "origin_server_ts": 2}, V1), V1) == {"8": 1, "origin_server_ts": 2}
+    assert cbor2.loads(json_cbor.encode({"8": 1}, V1)) == {"8": 1}
+    assert json_cbor.decode(json_cbor.encode({"8": 1, "origin_server_ts": 2}, V1), V1) == {"8": 1, "origin_server_ts": 2}
 
 
 def test_text_key_wins_over_its_code():
     # {1: "a", "event_id": "b"} can only come from another encoder; MSC3079 says text wins
     data = cbor2.dumps({1: "from-code", "event_id": "from-text"})
-    assert cbor_codec.decode(data, V1) == {"event_id": "from-text"}
+    assert json_cbor.decode(data, V1) == {"event_id": "from-text"}
 
 
 # ------------------------------------------------------------ v2 extras
@@ -82,22 +82,22 @@ def test_v2_extends_v1_every_v1_code_still_decodes():
 
 def test_v2_value_codes_and_escapes_round_trip():
     value = {"type": "m.room.message", "content": {"msgtype": "m.text", "body": "hi"}}
-    data = cbor_codec.encode(value, V2)
+    data = json_cbor.encode(value, V2)
     model = cbor2.loads(data)
     assert model[2] == V2.value_codes["type"]["m.room.message"]
-    assert cbor_codec.decode(data, V2) == value
+    assert json_cbor.decode(data, V2) == value
     # a genuine integer or array under an enumerated key is escaped, not confused
     for odd in (0, 1, 7, -3, 2**80, [], [1], [[2]], True, None, 1.5, {"a": 1}, "not-in-table"):
-        assert same_json(cbor_codec.decode(cbor_codec.encode({"type": odd}, V2), V2), {"type": odd})
+        assert same_json(json_cbor.decode(json_cbor.encode({"type": odd}, V2), V2), {"type": odd})
 
 
 def test_unknown_value_code_is_an_error():
     with pytest.raises(CodecError, match="unknown value code"):
-        cbor_codec.decode(cbor2.dumps({2: 9999}), V2)
+        json_cbor.decode(cbor2.dumps({2: 9999}), V2)
     with pytest.raises(CodecError, match="one-element"):
-        cbor_codec.decode(cbor2.dumps({2: [1, 2]}), V2)
+        json_cbor.decode(cbor2.dumps({2: [1, 2]}), V2)
     with pytest.raises(CodecError, match="only integers and arrays"):
-        cbor_codec.decode(cbor2.dumps({2: ["x"]}), V2)
+        json_cbor.decode(cbor2.dumps({2: ["x"]}), V2)
 
 
 EVENT_ID = "$" + "aGVsbG8gd29ybGQgdGhpcyBpcyBhIHRlc3QgZXZlbnQ"  # 43 chars, url-safe alphabet
@@ -107,40 +107,40 @@ SIG = "K8280/U9SSy9IVtjBuVeLr+HpOB4BQFWbg+UZaADMtTdGYI7Geitb76LTrr5QV/7Xg4ahLwYG
 def test_binary_fields_travel_as_bytes_only_when_exact():
     sha = "1Qr/x3ReVU8VAdqhkpHT6yW5eGOvh60zpLtOJZDGUN4"
     value = {"event_id": EVENT_ID, "hashes": {"sha256": sha}, "signatures": {"hs": {"ed25519:a": SIG}}}
-    data = cbor_codec.encode(value, V2)
+    data = json_cbor.encode(value, V2)
     model = cbor2.loads(data)
     k = V2.key_codes
-    assert model[k["event_id"]][0] == cbor_codec.MARK_EVENT_ID_URL and len(model[k["event_id"]]) == 33
+    assert model[k["event_id"]][0] == json_cbor.MARK_EVENT_ID_URL and len(model[k["event_id"]]) == 33
     assert isinstance(model[k["hashes"]][k["sha256"]], bytes) and len(model[k["hashes"]][k["sha256"]]) == 33
-    assert cbor_codec.decode(data, V2) == value
-    assert len(data) < len(cbor_codec.encode(value, V1))
+    assert json_cbor.decode(data, V2) == value
+    assert len(data) < len(json_cbor.encode(value, V1))
     # non-zero trailing bits: decoding then encoding would not give the same text
     not_exact = sha[:-1] + "5"
-    assert cbor_codec.string_to_binary(not_exact) is None
-    assert cbor_codec.decode(cbor_codec.encode({"x": not_exact}, V2), V2) == {"x": not_exact}
+    assert json_cbor.string_to_binary(not_exact) is None
+    assert json_cbor.decode(json_cbor.encode({"x": not_exact}, V2), V2) == {"x": not_exact}
     # short base64-looking words and URL-safe tokens stay text
     for text in ("abcd", "Hello", "syt_YWxpY2U_KSVFyxKdsZaDhMBcFxNm_2c0GHk", "s33_14_0_1_1_1_1_14_0_1_1_1_1_1"):
-        assert cbor_codec.string_to_binary(text) is None
+        assert json_cbor.string_to_binary(text) is None
     # room v12 room IDs are "!" + URL-safe base64 of 32 bytes
     room = "!t1uJ9a9-s-hz8paJZT9LSMaZfYScK3MEvKWzuu6MVFM"
-    assert cbor_codec.string_to_binary(room)[0] == cbor_codec.MARK_ROOM_ID_URL
-    assert cbor_codec.string_to_binary("!AbCdEfGhIjKlMnOp:example.org") is None
+    assert json_cbor.string_to_binary(room)[0] == json_cbor.MARK_ROOM_ID_URL
+    assert json_cbor.string_to_binary("!AbCdEfGhIjKlMnOp:example.org") is None
     # binary keys (event IDs as receipt map keys) round-trip too
     receipts = {EVENT_ID: {"m.read": {"@a:hs": {"ts": 1}}}}
-    assert cbor_codec.decode(cbor_codec.encode(receipts, V2), V2) == receipts
+    assert json_cbor.decode(json_cbor.encode(receipts, V2), V2) == receipts
 
 
 def test_bad_binary_fields_are_rejected():
     with pytest.raises(CodecError, match="marker"):
-        cbor_codec.decode(cbor2.dumps({"x": b"\x09" + bytes(32)}), V2)
-    for mark in cbor_codec.BINARY_FORMS:  # every marker's text form comes back as bytes and again as text
+        json_cbor.decode(cbor2.dumps({"x": b"\x09" + bytes(32)}), V2)
+    for mark in json_cbor.BINARY_FORMS:  # every marker's text form comes back as bytes and again as text
         for raw in (bytes(range(32)), bytes(range(200, 232))):  # the second needs "+/" or "-_"
-            text = cbor_codec.binary_to_string(bytes([mark]) + raw)
-            assert cbor_codec.binary_to_string(cbor_codec.string_to_binary(text)) == text
+            text = json_cbor.binary_to_string(bytes([mark]) + raw)
+            assert json_cbor.binary_to_string(json_cbor.string_to_binary(text)) == text
     with pytest.raises(CodecError, match="shorter"):
-        cbor_codec.decode(cbor2.dumps({"x": b"\x00" + bytes(3)}), V2)
+        json_cbor.decode(cbor2.dumps({"x": b"\x00" + bytes(3)}), V2)
     with pytest.raises(CodecError, match="expected a string"):
-        cbor_codec.decode(cbor2.dumps({"x": b"\x00" + bytes(32)}), V1)
+        json_cbor.decode(cbor2.dumps({"x": b"\x00" + bytes(32)}), V1)
 
 
 # ------------------------------------------------------- property tests
@@ -165,20 +165,20 @@ json_values = st.recursive(
 @settings(max_examples=1000, suppress_health_check=[HealthCheck.too_slow])
 @given(json_values)
 def test_round_trip_is_exact_v1(value):
-    assert same_json(cbor_codec.decode(cbor_codec.encode(value, V1), V1), value)
+    assert same_json(json_cbor.decode(json_cbor.encode(value, V1), V1), value)
 
 
 @settings(max_examples=1000, suppress_health_check=[HealthCheck.too_slow])
 @given(json_values)
 def test_round_trip_is_exact_v2(value):
-    assert same_json(cbor_codec.decode(cbor_codec.encode(value, V2), V2), value)
+    assert same_json(json_cbor.decode(json_cbor.encode(value, V2), V2), value)
 
 
 @settings(max_examples=1000)
 @given(json_values)
 def test_round_trip_through_json_text(value):
     text = json.dumps(value).encode()
-    assert same_json(json.loads(cbor_codec.cbor_to_json(cbor_codec.json_to_cbor(text, V2), V2)), value)
+    assert same_json(json.loads(json_cbor.cbor_to_json(json_cbor.json_to_cbor(text, V2), V2)), value)
 
 
 @settings(max_examples=1000)
@@ -186,22 +186,22 @@ def test_round_trip_through_json_text(value):
 def test_random_bytes_never_escape_as_other_exceptions(data):
     for table in TABLES:
         try:
-            cbor_codec.decode(data, table)
+            json_cbor.decode(data, table)
         except CodecError:
             pass
 
 
 def test_special_numbers_round_trip():
     for value in (-0.0, 1.0, 1e308, 5e-324, float("inf"), float("-inf"), 2**64, -(2**64) - 1, 0, 2**200):
-        assert same_json(cbor_codec.decode(cbor_codec.encode([value], V2), V2), [value])
-    nan = cbor_codec.decode(cbor_codec.encode(float("nan"), V2), V2)
+        assert same_json(json_cbor.decode(json_cbor.encode([value], V2), V2), [value])
+    nan = json_cbor.decode(json_cbor.encode(float("nan"), V2), V2)
     assert math.isnan(nan)
 
 
 def test_non_ascii_and_empty_containers():
     value = {"body": "héllo 🌍 \u0000 \u2028", "": {}, "x": [], "y": [{}], "émoji🙂": "ok"}
     for t in TABLES:
-        assert cbor_codec.decode(cbor_codec.encode(value, t), t) == value
+        assert json_cbor.decode(json_cbor.encode(value, t), t) == value
 
 
 # ------------------------------------------------------------ hostile CBOR
@@ -226,28 +226,28 @@ def test_non_ascii_and_empty_containers():
 )
 def test_hostile_cbor_is_a_clean_error(hexdata, reason):
     with pytest.raises(CodecError):
-        cbor_codec.decode(bytes.fromhex(hexdata), V2)
+        json_cbor.decode(bytes.fromhex(hexdata), V2)
 
 
 def test_nesting_is_bounded_both_ways():
     deep = []
-    for _ in range(cbor_codec.MAX_DEPTH + 5):
+    for _ in range(json_cbor.MAX_DEPTH + 5):
         deep = [deep]
     with pytest.raises(CodecError, match="nesting"):
-        cbor_codec.encode(deep, V2)
+        json_cbor.encode(deep, V2)
     with pytest.raises(CodecError):
-        cbor_codec.decode(b"\x81" * 100_000 + b"\x01", V2)
+        json_cbor.decode(b"\x81" * 100_000 + b"\x01", V2)
 
 
 def test_lone_surrogate_is_a_clean_error():
     with pytest.raises(CodecError):
-        cbor_codec.json_to_cbor(b'{"body":"\\ud800"}', V2)
+        json_cbor.json_to_cbor(b'{"body":"\\ud800"}', V2)
 
 
 def test_not_json_is_a_clean_error():
     for body in (b"{", b"\xff\xfe", b"", b"{'a':1}"):
         with pytest.raises(CodecError):
-            cbor_codec.parse_json(body)
+            json_cbor.parse_json(body)
 
 
 # ------------------------------------------------------------ table loading
@@ -291,7 +291,7 @@ def test_alias_must_be_shorter_than_inherited_code():
 
 
 def test_duplicate_json_member_in_a_table_file_fails():
-    from coap_gateway.datafiles import parse_json_document
+    from coap_gateway.codec.datafiles import parse_json_document
 
     with pytest.raises(TableError, match="duplicate member"):
         parse_json_document(b'{"a": 1, "a": 2}')

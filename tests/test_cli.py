@@ -8,11 +8,11 @@ import sys
 
 import pytest
 
-from coap_gateway.cli import main
+from coap_gateway.app.cli import main
 
 
 def run(args, stdin: bytes = b""):
-    proc = subprocess.run([sys.executable, "-m", "coap_gateway.cli", *args], input=stdin, capture_output=True, timeout=60)
+    proc = subprocess.run([sys.executable, "-m", "coap_gateway", *args], input=stdin, capture_output=True, timeout=60)
     return proc.returncode, proc.stdout.decode(), proc.stderr.decode()
 
 

@@ -13,10 +13,10 @@ from aiocoap import Message
 from aiocoap.numbers.codes import Code
 from aiocoap.numbers.types import Type
 
-from coap_gateway.coap_transport import create_link_endpoint
-from coap_gateway.kiss import FEND, KissDecoder, encode_frame
-from coap_gateway.link_timing import LinkBudget, RetransmissionTimer
-from coap_gateway.links import SerialLink, UdpLink, emulated_link_pair
+from coap_gateway.transport.coap import create_link_endpoint
+from coap_gateway.transport.kiss import FEND, KissDecoder, encode_frame
+from coap_gateway.transport.timing import LinkBudget, RetransmissionTimer
+from coap_gateway.transport.links import SerialLink, UdpLink, emulated_link_pair
 from meshsim.link import LinkProfile
 
 
@@ -359,7 +359,7 @@ def test_retransmission_timer_math():
 
 @pytest.mark.looptime
 async def test_per_remote_state_is_bounded(monkeypatch):
-    import coap_gateway.coap_transport as ct
+    import coap_gateway.transport.coap as ct
 
     monkeypatch.setattr(ct, "MAX_REMOTES", 8)
     client, server, res, cl, sl = await pair(LinkProfile(rate_bps=100_000))

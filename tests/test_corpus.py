@@ -103,7 +103,7 @@ def test_corpus_has_keys_and_media(corpus: list[Record]) -> None:
 @pytest.mark.synapse
 async def test_workload_still_records_a_full_corpus(tmp_path: Path) -> None:
     """The recorder end to end: fresh homeserver, proxy, workload (~12 s)."""
-    from coap_gateway.dictbuild.record import record_corpus
+    from coap_gateway.tools.dictbuild.record import record_corpus
 
     out = tmp_path / "corpus.jsonl"
     records = await record_corpus(out, data_dir=tmp_path / "hs")

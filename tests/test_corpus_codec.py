@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from coap_gateway import cbor_codec, payload, routes
-from coap_gateway.cbor_tables import load_cbor_table
-from coap_gateway.dictbuild.build import build_dictionary, json_bodies, read_corpus
-from coap_gateway.profile import load_profile
+from coap_gateway.codec import json_cbor, payload, routes
+from coap_gateway.codec.tables import load_cbor_table
+from coap_gateway.tools.dictbuild.build import build_dictionary, json_bodies, read_corpus
+from coap_gateway.codec.profile import load_profile
 
 CORPUS = Path(__file__).parent / "corpus" / "synapse-corpus.jsonl"
 RECORDS = read_corpus(CORPUS)
@@ -28,14 +28,14 @@ def test_every_recorded_body_round_trips_exactly(version):
     table = load_cbor_table(version)
     assert len(BODIES) > 500
     for body in BODIES:
-        back = cbor_codec.decode(cbor_codec.encode(body, table), table)
+        back = json_cbor.decode(json_cbor.encode(body, table), table)
         assert canonical(back) == canonical(body)
 
 
 def test_every_recorded_body_round_trips_through_the_payload_layer():
     lb2 = load_profile("lb2")
     for body in BODIES:
-        raw = cbor_codec.dump_json(body)
+        raw = json_cbor.dump_json(body)
         pl = payload.body_to_payload(raw, "application/json", lb2)
         back, content_type = payload.payload_to_body(pl.payload, pl.content_format, lb2, max_size=len(raw) * 2 + 64)
         assert content_type == "application/json" and canonical(json.loads(back)) == canonical(body)
@@ -43,9 +43,9 @@ def test_every_recorded_body_round_trips_through_the_payload_layer():
 
 def test_v2_beats_v1_on_the_corpus():
     v1, v2 = load_cbor_table(1), load_cbor_table(2)
-    total_v1 = sum(len(cbor_codec.encode(b, v1)) for b in BODIES)
-    total_v2 = sum(len(cbor_codec.encode(b, v2)) for b in BODIES)
-    total_json = sum(len(cbor_codec.dump_json(b)) for b in BODIES)
+    total_v1 = sum(len(json_cbor.encode(b, v1)) for b in BODIES)
+    total_v2 = sum(len(json_cbor.encode(b, v2)) for b in BODIES)
+    total_json = sum(len(json_cbor.dump_json(b)) for b in BODIES)
     assert total_v2 < total_v1 < total_json
 
 
@@ -54,10 +54,10 @@ def test_events_with_hashes_and_signatures_carry_binary_fields():
     signed = [e for b in BODIES for e in _events(b) if "hashes" in e and "signatures" in e]
     assert signed, "the corpus must hold federation-format events"
     for event in signed[:50]:
-        data = cbor_codec.encode(event, v2)
+        data = json_cbor.encode(event, v2)
         sha = event["hashes"]["sha256"]
         assert sha.encode() not in data  # travelled as 32 raw bytes, not as text
-        assert cbor_codec.decode(data, v2) == event
+        assert json_cbor.decode(data, v2) == event
 
 
 def _events(value):
@@ -110,7 +110,7 @@ def test_dict_build_from_recorded_corpora(tmp_path):
 def test_dict_build_records_a_real_synapse_end_to_end(tmp_path):
     """`coap-gateway dict build` as a user runs it: 3 recordings, train, report."""
     proc = subprocess.run(
-        [sys.executable, "-m", "coap_gateway.cli", "dict", "build", "--out", str(tmp_path), "--record-to", str(tmp_path / "corpora")],
+        [sys.executable, "-m", "coap_gateway", "dict", "build", "--out", str(tmp_path), "--record-to", str(tmp_path / "corpora")],
         capture_output=True, text=True, timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]

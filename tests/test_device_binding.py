@@ -12,12 +12,12 @@ import uuid
 import pytest
 from nio import AsyncClient, AsyncClientConfig, RegisterResponse, RoomCreateResponse, RoomSendResponse
 
-from coap_gateway import keys
-from coap_gateway.links import UdpLink
-from coap_gateway.profile import load_profile
-from coap_gateway.runner import start_client, start_server
-from coap_gateway.secure_frame import DatagramKind, classify
-from coap_gateway.server_endpoint import ServerLimits
+from coap_gateway.secure import keys
+from coap_gateway.transport.links import UdpLink
+from coap_gateway.codec.profile import load_profile
+from coap_gateway.app.runner import start_client, start_server
+from coap_gateway.secure.frame import DatagramKind, classify
+from coap_gateway.secure.server import ServerLimits
 
 pytestmark = pytest.mark.synapse
 

@@ -24,7 +24,7 @@ def free_port(kind=socket.SOCK_STREAM) -> int:
 async def start(*args: str, ready: str, env=None):
     """Start a coap-gateway command; return it once ``ready`` (a regex) is printed."""
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "coap_gateway.cli", *args,
+        sys.executable, "-m", "coap_gateway", *args,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env)
     seen = []
     while True:
@@ -76,7 +76,7 @@ async def test_up_runs_everything_and_stops_cleanly_on_ctrl_c(tmp_path):
 
 async def test_server_and_client_commands_over_udp_with_tofu(synapse, tmp_path):
     key = tmp_path / "server.key"
-    keygen = await asyncio.create_subprocess_exec(sys.executable, "-m", "coap_gateway.cli", "keygen", str(key),
+    keygen = await asyncio.create_subprocess_exec(sys.executable, "-m", "coap_gateway", "keygen", str(key),
                                                   stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     out, _ = await keygen.communicate()
     assert keygen.returncode == 0
@@ -101,7 +101,7 @@ async def test_bad_configuration_is_one_line_and_exit_2(tmp_path):
     for args in (["server"], ["server", "--homeserver", "http://x", "--listen", "tcp://nope"],
                  ["client", "--server", "udp://127.0.0.1:1", "--key", str(tmp_path / "missing.key")],
                  ["server", "--config", str(tmp_path / "missing.toml")]):
-        proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "coap_gateway.cli", *args,
+        proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "coap_gateway", *args,
                                                     stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
         _, err = await asyncio.wait_for(proc.communicate(), 60)
         assert proc.returncode == 2, (args, err)

@@ -20,11 +20,11 @@ from nio import (
     SyncResponse,
 )
 
-from coap_gateway import keys
-from coap_gateway.links import emulated_link_pair
-from coap_gateway.profile import load_profile
-from coap_gateway.runner import advertisement_for, start_client, start_server
-from coap_gateway.server_gateway import ADVERTISEMENT_KEY
+from coap_gateway.secure import keys
+from coap_gateway.transport.links import emulated_link_pair
+from coap_gateway.codec.profile import load_profile
+from coap_gateway.app.runner import advertisement_for, start_client, start_server
+from coap_gateway.gateway.server import ADVERTISEMENT_KEY
 from meshsim.link import LinkProfile
 
 pytestmark = pytest.mark.synapse

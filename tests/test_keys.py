@@ -8,9 +8,9 @@ import stat
 
 import pytest
 
-from coap_gateway import keys
+from coap_gateway.secure import keys
 from coap_gateway.errors import KeyFileError, SecurityError, ServerKeyChanged
-from coap_gateway.noise_session import public_key
+from coap_gateway.secure.noise import public_key
 
 
 def mode(path) -> int:

@@ -12,17 +12,13 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from coap_gateway import keys
-from coap_gateway.cli import build_parser
-from coap_gateway.coap_transport import (
-    MAX_COUNTED_PEERS,
-    OTHER_PEERS,
-    create_link_endpoint,
-)
-from coap_gateway.daemon import ConfigError, parse_metrics_address
-from coap_gateway.link_timing import LinkBudget
-from coap_gateway.links import emulated_link_pair
-from coap_gateway.metrics import (
+from coap_gateway.secure import keys
+from coap_gateway.app.cli import build_parser
+from coap_gateway.transport.coap import MAX_COUNTED_PEERS, OTHER_PEERS, create_link_endpoint
+from coap_gateway.app.daemon import ConfigError, parse_metrics_address
+from coap_gateway.transport.timing import LinkBudget
+from coap_gateway.transport.links import emulated_link_pair
+from coap_gateway.app.metrics import (
     Histogram,
     Registry,
     client_collector,
@@ -33,9 +29,9 @@ from coap_gateway.metrics import (
     server_collector,
     timed,
 )
-from coap_gateway.metrics_http import bound_port, metrics_url, serve_metrics
-from coap_gateway.profile import load_profile
-from coap_gateway.runner import start_client, start_server
+from coap_gateway.app.metrics_http import bound_port, metrics_url, serve_metrics
+from coap_gateway.codec.profile import load_profile
+from coap_gateway.app.runner import start_client, start_server
 from meshsim.link import LinkProfile
 
 PROFILE = load_profile("lb2")
@@ -388,7 +384,7 @@ async def test_server_command_serves_metrics_where_asked():
         s.bind(("127.0.0.1", 0))
         udp = s.getsockname()[1]
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "coap_gateway.cli", "server", "--plaintext", "--homeserver", "http://127.0.0.1:9",
+        sys.executable, "-m", "coap_gateway", "server", "--plaintext", "--homeserver", "http://127.0.0.1:9",
         "--listen", f"udp://127.0.0.1:{udp}", "--metrics", "127.0.0.1:0",
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     try:

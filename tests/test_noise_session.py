@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from coap_gateway import secure_frame as sf
+from coap_gateway.secure import frame as sf
 from coap_gateway.errors import (
     AuthenticationError,
     HandshakeError,
@@ -26,14 +26,9 @@ from coap_gateway.errors import (
     ServerKeyChanged,
     ServerKeyMismatchError,
 )
-from coap_gateway.keys import fingerprint
-from coap_gateway.noise_session import (
-    ClientSession,
-    SecureChannel,
-    ServerSession,
-    public_key,
-)
-from coap_gateway.secure_frame import FrameShape
+from coap_gateway.secure.keys import fingerprint
+from coap_gateway.secure.noise import ClientSession, SecureChannel, ServerSession, public_key
+from coap_gateway.secure.frame import FrameShape
 
 VECTORS = Path(__file__).parent / "vectors" / "secure_frames.json"
 PROFILE, DIGEST = 2, b"\x12\x34"
@@ -141,7 +136,7 @@ def test_data_frame_overhead():
 
 
 def sf_opened(message, counter, duplicate, shape):
-    from coap_gateway.noise_session import Opened
+    from coap_gateway.secure.noise import Opened
     return Opened(message, counter, duplicate, shape)
 
 

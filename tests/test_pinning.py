@@ -10,12 +10,12 @@ import time
 
 import pytest
 
-from coap_gateway import keys
-from coap_gateway.coap_transport import create_link_endpoint
+from coap_gateway.secure import keys
+from coap_gateway.transport.coap import create_link_endpoint
 from coap_gateway.errors import ServerKeyChanged
-from coap_gateway.links import UdpLink
-from coap_gateway.profile import load_profile
-from coap_gateway.secure_codec import pinned_client_codec
+from coap_gateway.transport.links import UdpLink
+from coap_gateway.codec.profile import load_profile
+from coap_gateway.transport.secure_codec import pinned_client_codec
 from tests.test_secure_transport import Counting, put, secure_server
 
 PROFILE = load_profile("lb2")
@@ -65,7 +65,7 @@ async def test_first_contact_pins_then_ik_then_a_changed_key_is_refused_until_ac
 
 
 def run(*args):
-    return subprocess.run([sys.executable, "-m", "coap_gateway.cli", *args], capture_output=True, text=True, timeout=60)
+    return subprocess.run([sys.executable, "-m", "coap_gateway", *args], capture_output=True, text=True, timeout=60)
 
 
 def test_keygen_and_pins_commands(tmp_path):

@@ -12,8 +12,8 @@ import aiohttp
 import pytest
 from yarl import URL
 
-from coap_gateway.dictbuild.recorder import MAX_RECORDED_BODY, RecordingProxy
-from coap_gateway.synapse_process import LocalSynapse
+from coap_gateway.tools.dictbuild.recorder import MAX_RECORDED_BODY, RecordingProxy
+from coap_gateway.tools.synapse_process import LocalSynapse
 
 pytestmark = pytest.mark.synapse
 

@@ -13,9 +13,9 @@ from aiocoap.numbers.types import Type
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from coap_gateway import options, route_option
+from coap_gateway.codec import options, route_option
 from coap_gateway.errors import GatewayError, RouteError
-from coap_gateway.http_mapping import (
+from coap_gateway.codec.mapping import (
     HttpRequest,
     HttpResponse,
     coap_to_request,
@@ -24,8 +24,8 @@ from coap_gateway.http_mapping import (
     request_to_coap,
     response_to_coap,
 )
-from coap_gateway.profile import load_profile
-from coap_gateway.route_option import ClientWireState, HandleUnknown, ServerWireState, decode_route
+from coap_gateway.codec.profile import load_profile
+from coap_gateway.codec.route_option import ClientWireState, HandleUnknown, ServerWireState, decode_route
 
 PROFILE = load_profile("lb3")
 ROOM = "!" + "A" * 42 + "w"  # room v12: "!" + URL-safe base64 of 32 bytes
@@ -205,9 +205,9 @@ def test_handle_table_is_bounded_then_values_travel_literally():
 def test_the_text_dictionary_is_checked_by_digest():
     import copy
 
-    from coap_gateway import datafiles
+    from coap_gateway.codec import datafiles
     from coap_gateway.errors import TableError
-    from coap_gateway.schemas import parse_schema_table
+    from coap_gateway.codec.schemas import parse_schema_table
 
     doc = datafiles.read_json("schemas-v1.json")
     assert parse_schema_table(doc).text_dictionary.digest == doc["text_dictionary"]["digest"]

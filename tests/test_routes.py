@@ -12,9 +12,9 @@ from aiocoap.numbers.codes import Code
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from coap_gateway import routes
+from coap_gateway.codec import routes
 from coap_gateway.errors import RouteError, TableError
-from coap_gateway.routes import load_route_table, parse_route_table
+from coap_gateway.codec.routes import load_route_table, parse_route_table
 
 V1 = load_route_table(1)
 V2 = load_route_table(2)

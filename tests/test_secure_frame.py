@@ -10,9 +10,9 @@ from hypothesis import strategies as st
 from noise.backends.default.ciphers import ChaCha20Cipher
 from noise.state import CipherState
 
-from coap_gateway import secure_frame as sf
+from coap_gateway.secure import frame as sf
 from coap_gateway.errors import FrameError, HandshakeError, SecurityError
-from coap_gateway.secure_frame import DatagramKind, FrameShape, Verdict
+from coap_gateway.secure.frame import DatagramKind, FrameShape, Verdict
 
 
 def coap(type_: int, code: int, mid: int, token: bytes = b"", rest: bytes = b"") -> bytes:

@@ -11,15 +11,21 @@ from aiocoap import Message
 from aiocoap.numbers.codes import Code
 from aiocoap.numbers.types import Type
 
-from coap_gateway import keys, payload, routes
-from coap_gateway.client_endpoint import ClientEndpoint
-from coap_gateway.coap_transport import create_link_endpoint
-from coap_gateway.demo import REFERENCE_BODY, REFERENCE_RESPONSE, REFERENCE_TARGET
+from coap_gateway.secure import keys
+from coap_gateway.codec import payload, routes
+from coap_gateway.secure.client import ClientEndpoint
+from coap_gateway.transport.coap import create_link_endpoint
+from coap_gateway.app.demo import REFERENCE_BODY, REFERENCE_RESPONSE, REFERENCE_TARGET
 from coap_gateway.errors import ProfileMismatchError
-from coap_gateway.links import UdpLink, emulated_link_pair
-from coap_gateway.profile import load_profile
-from coap_gateway.secure_codec import SERVER_KEY, SecureClientCodec, SecureServerCodec, profile_wire_digest
-from coap_gateway.server_endpoint import ServerEndpoint
+from coap_gateway.transport.links import UdpLink, emulated_link_pair
+from coap_gateway.codec.profile import load_profile
+from coap_gateway.transport.secure_codec import (
+    SERVER_KEY,
+    SecureClientCodec,
+    SecureServerCodec,
+    profile_wire_digest,
+)
+from coap_gateway.secure.server import ServerEndpoint
 from meshsim.link import LinkProfile
 from meshsim.relay import Relay
 
@@ -242,7 +248,7 @@ async def test_profile_mismatch_is_a_clear_error():
 async def test_evicted_sessions_leave_no_coap_state_behind():
     import time
 
-    from coap_gateway.server_endpoint import ServerLimits
+    from coap_gateway.secure.server import ServerLimits
 
     server_link = await UdpLink.open("127.0.0.1", 0)
     codec = SecureServerCodec(ServerEndpoint(SERVER_PRIV, {PROFILE.id: DIGEST}, limits=ServerLimits(max_sessions=2)),
@@ -265,7 +271,7 @@ async def test_evicted_sessions_leave_no_coap_state_behind():
 def test_drop_reasons_are_bounded():
     from collections import Counter
 
-    from coap_gateway.secure_codec import MAX_DROP_REASONS, count_drop
+    from coap_gateway.transport.secure_codec import MAX_DROP_REASONS, count_drop
 
     dropped: Counter[str] = Counter()
     for i in range(10_000):

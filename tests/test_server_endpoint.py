@@ -13,11 +13,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from noise.state import CipherState
 
-from coap_gateway import secure_frame as sf
+from coap_gateway.secure import frame as sf
 from coap_gateway.errors import ProfileMismatchError, ServerKeyChanged
-from coap_gateway.noise_session import ClientSession, public_key
-from coap_gateway.client_endpoint import ClientEndpoint
-from coap_gateway.secure_events import (
+from coap_gateway.secure.noise import ClientSession, public_key
+from coap_gateway.secure.client import ClientEndpoint
+from coap_gateway.secure.events import (
     Connected,
     Deliver,
     Dropped,
@@ -26,7 +26,7 @@ from coap_gateway.secure_events import (
     SessionEstablished,
     Transmit,
 )
-from coap_gateway.server_endpoint import ServerEndpoint, ServerLimits, StrikeRegister
+from coap_gateway.secure.server import ServerEndpoint, ServerLimits, StrikeRegister
 
 PROFILE, DIGEST = 2, b"\x12\x34"
 NOW = 1_700_000_000.0

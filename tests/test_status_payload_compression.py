@@ -11,10 +11,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from coap_gateway import cbor_codec, options, payload, status
-from coap_gateway.compression import FlateDictionary, compress, decompress
+from coap_gateway.codec import json_cbor, options, payload, status
+from coap_gateway.codec.compression import FlateDictionary, compress, decompress
 from coap_gateway.errors import CodecError, CompressionError, DecompressionBombError, StatusError
-from coap_gateway.profile import load_profile
+from coap_gateway.codec.profile import load_profile
 
 # ------------------------------------------------------------------ status
 
@@ -126,7 +126,7 @@ MSC = load_profile("msc3079")
 def test_json_body_is_deflated_cbor_when_that_is_smaller():
     body = b'{"msgtype":"m.text","body":"Hello, see you at 5pm, and bring the usual things"}'
     pl = payload.body_to_payload(body, "application/json", LB2)
-    cbor = cbor_codec.json_to_cbor(body, LB2.cbor_table)
+    cbor = json_cbor.json_to_cbor(body, LB2.cbor_table)
     # deflate is chosen exactly when it beats CBOR plus the 2-byte Content-Format option
     assert pl.content_format is None and len(pl.payload) < len(cbor) + 2 < len(body)
     back, content_type = payload.payload_to_body(pl.payload, pl.content_format, LB2)

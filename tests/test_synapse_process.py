@@ -8,7 +8,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from coap_gateway.synapse_process import LocalSynapse, SynapseStartError
+from coap_gateway.tools.synapse_process import LocalSynapse, SynapseStartError
 
 nio = pytest.importorskip("nio")
 

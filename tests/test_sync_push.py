@@ -12,14 +12,14 @@ import uuid
 import pytest
 from nio import RoomMessageText, SyncResponse
 
-from coap_gateway import keys
+from coap_gateway.secure import keys
 from coap_gateway.errors import CodecError, CompressionError, DecompressionBombError
-from coap_gateway.http_mapping import HttpResponse
-from coap_gateway.links import emulated_link_pair
-from coap_gateway.metrics import client_collector, scrape, server_collector
-from coap_gateway.profile import load_profile
-from coap_gateway.runner import start_client, start_server
-from coap_gateway.sync_client import (
+from coap_gateway.codec.mapping import HttpResponse
+from coap_gateway.transport.links import emulated_link_pair
+from coap_gateway.app.metrics import client_collector, scrape, server_collector
+from coap_gateway.codec.profile import load_profile
+from coap_gateway.app.runner import start_client, start_server
+from coap_gateway.gateway.push_client import (
     Answer,
     Outcome,
     Plain,
@@ -29,7 +29,7 @@ from coap_gateway.sync_client import (
     SyncPushState,
     Wait,
 )
-from coap_gateway.sync_push import (
+from coap_gateway.push.format import (
     push_preset,
     ENC_CBOR_ASCII,
     ENC_CBOR_UTF8,
@@ -46,7 +46,16 @@ from coap_gateway.sync_push import (
     parse_long_poll,
     split_next_batch,
 )
-from coap_gateway.sync_server import Fetch, Finish, Push, PushChain, ReplayHistory, Retry, Silent, stream_key
+from coap_gateway.gateway.push_server import (
+    Fetch,
+    Finish,
+    Push,
+    PushChain,
+    ReplayHistory,
+    Retry,
+    Silent,
+    stream_key,
+)
 from meshsim.link import LinkProfile
 from tests.test_gateway_e2e import FAST, _chat_setup
 
@@ -211,7 +220,7 @@ def test_delta_pays_for_consecutive_messages():
     first = message_body(token(9), token(10), 1)
     second = message_body(token(10), token(11), 2, "see you")
     cbor = encode_body(second, TABLE)[1]
-    from coap_gateway.compression import compress
+    from coap_gateway.codec.compression import compress
 
     plain = len(compress(cbor_canonical(second), PROFILE.flate))  # today's response payload
     alone = len(encode_notification(Notification(second), token(10), DeltaState(PRESET), TABLE))
@@ -224,9 +233,9 @@ def test_delta_pays_for_consecutive_messages():
 
 
 def cbor_canonical(body: bytes) -> bytes:
-    from coap_gateway import cbor_codec
+    from coap_gateway.codec import json_cbor
 
-    return cbor_codec.json_to_cbor(body, TABLE)
+    return json_cbor.json_to_cbor(body, TABLE)
 
 
 @pytest.mark.parametrize("payload", [bytes([HEADER_MARK | 0x80]) + b"\x03\x00", bytes([HEADER_MARK | 0x21]) + b"\x03\x00",
@@ -751,7 +760,7 @@ async def test_a_notification_lost_on_the_link_is_replayed(synapse, server_key):
 
 
 def test_keepalive_flag():
-    from coap_gateway.daemon import ConfigError, keepalive_from
+    from coap_gateway.app.daemon import ConfigError, keepalive_from
 
     assert keepalive_from({}) is None and keepalive_from({"keepalive": "0"}) is None
     assert keepalive_from({"keepalive": "25"}) == 25.0 and keepalive_from({"keepalive": 120}) == 120.0
@@ -856,7 +865,7 @@ async def test_too_large_to_push_goes_plain_and_errors_reach_the_client_exactly(
 async def test_limits_decline_to_plain_polling_and_a_stream_registers_again_in_place():
     import aiohttp
 
-    from coap_gateway.sync_server import SyncPushServerConfig
+    from coap_gateway.gateway.push_server import SyncPushServerConfig
 
     async with FakeSync() as hs:
         client_link, server_link = emulated_link_pair(FAST, seed=41)

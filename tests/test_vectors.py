@@ -9,9 +9,9 @@ import pytest
 from aiocoap import Message
 from aiocoap.numbers.codes import Code
 
-from coap_gateway import cbor_codec, payload, routes, status
-from coap_gateway.cbor_tables import load_cbor_table
-from coap_gateway.profile import load_profile
+from coap_gateway.codec import json_cbor, payload, routes, status
+from coap_gateway.codec.tables import load_cbor_table
+from coap_gateway.codec.profile import load_profile
 
 VECTORS = json.loads((Path(__file__).parent / "vectors" / "codec.json").read_text())
 
@@ -24,8 +24,8 @@ def test_tables_are_the_ones_the_vectors_were_made_with():
 @pytest.mark.parametrize("v", VECTORS["cbor"], ids=lambda v: v["comment"])
 def test_cbor_vectors(v):
     table = load_cbor_table(v["table"])
-    assert cbor_codec.encode(v["json"], table).hex() == v["cbor_hex"]
-    assert cbor_codec.decode(bytes.fromhex(v["cbor_hex"]), table) == v["json"]
+    assert json_cbor.encode(v["json"], table).hex() == v["cbor_hex"]
+    assert json_cbor.decode(bytes.fromhex(v["cbor_hex"]), table) == v["json"]
 
 
 @pytest.mark.parametrize("v", VECTORS["routes"], ids=lambda v: f'{v["method"]} {v["target"]}')

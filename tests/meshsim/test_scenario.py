@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from coap_gateway.link_timing import LinkBudget
+from coap_gateway.transport.timing import LinkBudget
 from meshsim.cli import EXIT_BAD_INPUT, main, shipped_scenarios
 from meshsim.link import LinkProfile
 from meshsim.report import (

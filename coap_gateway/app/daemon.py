@@ -1,0 +1,352 @@
+"""The long-running commands: ``server``, ``client`` and ``up``.
+
+Thin asyncio shells over ``runner``: parse addresses, open links, start the
+gateways, show progress, stop cleanly on Ctrl-C / SIGTERM.  They run on uvloop
+where it is installed (it is a dependency), asyncio otherwise.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import signal
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+from aiohttp import web
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from ..secure import keys
+from ..transport.coap import DatagramLink
+from ..errors import GatewayError
+from ..transport.timing import LinkBudget
+from ..transport.links import SerialLink, UdpLink, emulated_link_pair
+from .metrics import Collector, client_collector, server_collector
+from .metrics_http import DEFAULT_HOST, metrics_url, serve_metrics
+from ..codec.profile import DEFAULT_PROFILE, load_profile
+from .runner import advertisement_for, start_client, start_server
+
+log = logging.getLogger(__name__)
+
+
+class ConfigError(GatewayError):
+    """A bad address, option or configuration file."""
+
+
+# ------------------------------------------------------------- addresses
+
+
+@dataclass(frozen=True)
+class LinkAddress:
+    kind: str  # "udp" or "serial"
+    host: str = ""
+    port: int = 0
+    path: str = ""
+    baud: int | None = None
+
+    def __str__(self) -> str:
+        if self.kind == "serial":
+            return f"serial:{self.path}" + (f"?baud={self.baud}" if self.baud else "")
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"udp://{host}:{self.port}"
+
+
+def parse_link_address(text: str, *, default_port: int = 5683) -> LinkAddress:
+    """``udp://HOST:PORT``, ``udp://[V6]:PORT`` or ``serial:/dev/tty…?baud=N``."""
+    if text.startswith("serial:"):
+        path, _, query = text[len("serial:"):].partition("?")
+        if not path:
+            raise ConfigError(f"{text!r}: serial address needs a device path")
+        baud = parse_qs(query).get("baud", [None])[0]
+        try:
+            return LinkAddress("serial", path=path, baud=int(baud) if baud else None)
+        except ValueError:
+            raise ConfigError(f"{text!r}: baud must be a number") from None
+    parts = urlsplit(text if "://" in text else "udp://" + text)
+    if parts.scheme != "udp" or not parts.hostname:
+        raise ConfigError(f"{text!r} is not udp://HOST:PORT or serial:PATH")
+    try:
+        port = parts.port if parts.port is not None else default_port  # 0: any free port
+    except ValueError:
+        raise ConfigError(f"{text!r}: bad port") from None
+    return LinkAddress("udp", host=parts.hostname, port=port)
+
+
+def parse_host_port(text: str, default_port: int) -> tuple[str, int]:
+    address = parse_link_address("udp://" + text if "://" not in text else text, default_port=default_port)
+    return address.host, address.port
+
+
+def parse_metrics_address(text: str) -> tuple[str, int]:
+    """``--metrics``: ``HOST:PORT``, ``[V6]:PORT``, or ``PORT`` alone for
+    127.0.0.1; port 0 takes a free port."""
+    text = text.strip()
+    if text.isdigit():
+        host: str | None = DEFAULT_HOST
+        port: int | None = int(text)
+    else:
+        parts = urlsplit("//" + text)
+        try:
+            host, port = parts.hostname, parts.port
+        except ValueError:
+            host = port = None
+        if parts.path or parts.query:
+            host = None
+    if not host or port is None or not 0 <= port <= 65535:
+        raise ConfigError(f"--metrics {text!r} is not HOST:PORT")
+    return host, port
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+async def start_metrics(text: str | int | None, collectors: list[Collector],
+                        console: Console) -> web.AppRunner | None:
+    """The metrics endpoint if asked for (off by default), its URL printed."""
+    if not text:
+        return None
+    host, port = parse_metrics_address(str(text))  # TOML may give a bare number
+    runner = await serve_metrics(host, port, collectors)
+    console.print(f"metrics: {metrics_url(runner)}")
+    if not _is_loopback(host):
+        console.print("  [yellow]metrics are not on loopback: anyone who reaches them sees peer addresses[/]")
+    return runner
+
+
+async def open_link(address: LinkAddress, budget: LinkBudget) -> DatagramLink:
+    if address.kind == "serial":
+        return await SerialLink.open(address.path, budget, baud=address.baud)
+    return await UdpLink.open(address.host, address.port, budget)
+
+
+def budget_from(options: dict[str, Any], *, udp: bool) -> LinkBudget:
+    from meshsim.netem_args import parse_netem_rate, parse_netem_time
+
+    rate = options.get("link_rate")
+    return LinkBudget(
+        rate_bps=parse_netem_rate(rate) if rate else None,
+        frame_overhead=int(options.get("link_overhead", 42 if udp else 3)),
+        latency=parse_netem_time(options["link_latency"]) if options.get("link_latency") else 0.0,
+        max_retransmit=int(options.get("max_retransmit", 4)),
+    )
+
+
+def load_config(path: str | None) -> dict[str, Any]:
+    """A TOML file with the same keys as the command's long options."""
+    if path is None:
+        return {}
+    try:
+        with open(path, "rb") as f:
+            doc = tomllib.load(f)
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    return {k.replace("-", "_"): v for k, v in doc.items()}
+
+
+def merged(args: Any, config: dict[str, Any], names: list[str]) -> dict[str, Any]:
+    """Command-line options win over the configuration file."""
+    out = dict(config)
+    for name in names:
+        value = getattr(args, name, None)
+        if value is not None and value is not False:
+            out[name] = value
+    return out
+
+
+# ------------------------------------------------------------------ loop
+
+
+def run(main_coro_factory) -> None:
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency
+        asyncio.run(main_coro_factory())
+    else:
+        uvloop.run(main_coro_factory())
+
+
+async def until_signalled() -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+
+
+# ---------------------------------------------------------------- server
+
+
+SERVER_OPTIONS = ["homeserver", "listen", "key", "plaintext", "profile", "allow_admin", "advertise",
+                  "link_rate", "link_latency", "link_overhead", "max_retransmit", "metrics", "no_sync_push"]
+
+
+async def serve_server(options: dict[str, Any], console: Console) -> None:
+    if not options.get("homeserver"):
+        raise ConfigError("--homeserver is required")
+    address = parse_link_address(options.get("listen", "udp://0.0.0.0:5683"))
+    profile = load_profile(options.get("profile", DEFAULT_PROFILE))
+    static = None
+    if not options.get("plaintext"):
+        if not options.get("key"):
+            raise ConfigError("--key PATH is required (or --plaintext for an already trusted link)")
+        static = keys.read_private_key(options["key"])
+    link = await open_link(address, budget_from(options, udp=address.kind == "udp"))
+    advertised = options.get("advertise") or str(address)
+    server = await start_server(link, homeserver=options["homeserver"], profile=profile, static_private=static,
+                                allow_admin=bool(options.get("allow_admin")),
+                                advertisement=advertisement_for(advertised, static, profile),
+                                sync_push=not options.get("no_sync_push"))
+    mode = f"Noise, key {keys.fingerprint(keys.public_from_private(static))}" if static else "PLAINTEXT"
+    console.print(f"server gateway on {link.name} → {options['homeserver']}  ({mode}, profile {profile.name})")
+    metrics = None
+    try:
+        metrics = await start_metrics(options.get("metrics"), [server_collector(server)], console)
+        await until_signalled()
+    finally:
+        if metrics is not None:
+            await metrics.cleanup()
+        await server.stop()
+        console.print("server gateway stopped")
+
+
+# ---------------------------------------------------------------- client
+
+
+CLIENT_OPTIONS = ["server", "server_key", "server_name", "key", "pins", "plaintext", "listen", "profile", "low_bandwidth",
+                  "local", "link_rate", "link_latency", "link_overhead", "max_retransmit", "metrics", "keepalive",
+                  "no_sync_push"]
+
+
+def keepalive_from(options: dict[str, Any]) -> float | None:
+    """``--keepalive SECONDS``: a CoAP ping after that long without a frame sent."""
+    value = options.get("keepalive")
+    if value in (None, "", 0, "0"):
+        return None
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"--keepalive {value!r} is not a number of seconds") from None
+    if not 1 <= seconds <= 86400:
+        raise ConfigError("--keepalive must be between 1 and 86400 seconds")
+    return seconds
+
+
+async def serve_client(options: dict[str, Any], console: Console) -> None:
+    if not options.get("server"):
+        raise ConfigError("--server is required")
+    keepalive = keepalive_from(options)
+    server = parse_link_address(options["server"])
+    host, port = parse_host_port(options.get("listen", "127.0.0.1:8008"), 8008)
+    profile = load_profile(options.get("profile", DEFAULT_PROFILE))
+    static = server_public = pins = None
+    if not options.get("plaintext"):
+        static = keys.read_private_key(options["key"]) if options.get("key") else keys.generate_keypair()[0]
+        if options.get("server_key"):
+            server_public = keys.decode_key(options["server_key"])
+        else:
+            pins = keys.PinStore(options.get("pins") or Path.home() / ".config" / "coap-gateway" / "pins.json")
+    if server.kind == "serial":
+        link = await open_link(server, budget_from(options, udp=False))
+        peer: Any = SerialLink.PEER
+    else:
+        local = parse_link_address(options.get("local", "udp://0.0.0.0:0" if ":" not in server.host else "udp://[::]:0"))
+        link = await open_link(local, budget_from(options, udp=True))
+        peer = (server.host, server.port)
+    client = await start_client(link, peer, profile=profile, static_private=static, server_public=server_public,
+                                pins=pins, server_name=options.get("server_name") or str(server), host=host, port=port,
+                                low_bandwidth=bool(options.get("low_bandwidth")),
+                                sync_push=not options.get("no_sync_push"), keepalive=keepalive)
+    console.print(f"client gateway: point your Matrix client at {client.base_url}  (server {server}, "
+                  f"{'PLAINTEXT' if static is None else 'Noise'})")
+    metrics = None
+    try:
+        metrics = await start_metrics(options.get("metrics"), [client_collector(client)], console)
+        await until_signalled()
+    finally:
+        if metrics is not None:
+            await metrics.cleanup()
+        await client.stop()
+        console.print("client gateway stopped")
+
+
+# -------------------------------------------------------------------- up
+
+
+async def serve_up(options: dict[str, Any], console: Console) -> None:
+    """Local Synapse + server gateway + emulated link + client gateway."""
+    from meshsim.link import LinkProfile
+    from meshsim.netem_args import parse_netem_rate, parse_netem_time
+
+    from ..tools.synapse_process import LocalSynapse
+
+    data_dir = Path(options.get("data_dir") or "var/up")
+    host, port = parse_host_port(options.get("listen", "127.0.0.1:8008"), 8008)
+    rate = parse_netem_rate(options.get("rate", "2400bit"))
+    delay = parse_netem_time(options.get("delay", "100ms"))
+    loss = float(options.get("loss", 0.0))
+    profile = load_profile(options.get("profile", DEFAULT_PROFILE))
+    link_profile = LinkProfile(rate_bps=rate, delay=delay, loss=loss, overhead=0)
+
+    data_dir.mkdir(parents=True, exist_ok=True)
+    key_path = data_dir / "server.key"
+    if not key_path.exists():
+        keys.write_private_key(key_path, keys.generate_keypair()[0])
+    static = keys.read_private_key(key_path)
+
+    synapse = LocalSynapse(data_dir / "synapse")
+    with console.status("starting Synapse (first run creates it)…"):
+        await synapse.start()
+    client_link, server_link = emulated_link_pair(link_profile, seed=1, max_retransmit=8 if loss else 4,
+                                                 record=False)
+    server = await start_server(server_link, homeserver=synapse.base_url, profile=profile, static_private=static,
+                                advertisement=advertisement_for("emulated link", static, profile))
+    client = await start_client(client_link, "server", profile=profile, static_private=keys.generate_keypair()[0],
+                                server_public=keys.public_from_private(static), host=host, port=port,
+                                low_bandwidth=bool(options.get("low_bandwidth")))
+    console.print(f"[bold]Matrix homeserver through a {rate:g} bit/s link:[/] {client.base_url}\n"
+                  f"  server name: {synapse.server_name}   register users with any client (m.login.dummy)\n"
+                  f"  Synapse itself: {synapse.base_url}   data: {data_dir}   Ctrl-C stops everything")
+    stopping = asyncio.create_task(until_signalled())
+    metrics = None
+    try:
+        # on by default here (a free loopback port): `up` is for looking at what happens
+        metrics = await start_metrics(options.get("metrics") or f"{DEFAULT_HOST}:0",
+                                      [server_collector(server), client_collector(client)], console)
+        with Live(_counters(client_link, server_link, client, server), console=console, refresh_per_second=2) as live:
+            while not stopping.done():
+                await asyncio.wait({stopping}, timeout=0.5)
+                live.update(_counters(client_link, server_link, client, server))
+    finally:
+        if metrics is not None:
+            await metrics.cleanup()
+        await client.stop()
+        await server.stop()
+        await synapse.stop()
+        console.print("stopped: client gateway, server gateway, Synapse")
+
+
+def _counters(client_link, server_link, client, server) -> Table:
+    table = Table(title="link counters (live)")
+    for col in ("direction", "frames", "bytes", "retransmissions", "lost"):
+        table.add_column(col, justify="right" if col != "direction" else "left")
+    for name, end, endpoint in (("client → server", client_link, client.endpoint),
+                                ("server → client", server_link, server.endpoint)):
+        lost = sum(m.counters.dropped["loss"] for m in end.models)
+        table.add_row(name, str(end.sent_frames), str(end.sent_bytes),
+                      str(endpoint.counters.retransmissions), str(lost))
+    table.caption = f"HTTP requests: {client.gateway.counters.requests}"
+    return table

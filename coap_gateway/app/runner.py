@@ -1,0 +1,144 @@
+"""Assemble running gateways: a link, the CoAP endpoint, the codec, the gateway.
+
+Used by the CLI (``server``, ``client``, ``up``) and by the end-to-end
+tests, so both run exactly the same wiring.  Without keys the link is
+plaintext CoAP (for links that are already trusted); with keys it is the
+Noise secure layer.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Hashable
+from dataclasses import dataclass
+from typing import Any
+
+from ..secure import keys
+from ..secure.client import ClientEndpoint
+from ..gateway.client import ClientGateway
+from ..transport.coap import DatagramLink, LinkEndpoint, create_link_endpoint
+from ..secure.keys import PinStore
+from ..codec.profile import Profile
+from ..transport.secure_codec import (
+    SERVER_KEY,
+    SecureClientCodec,
+    SecureServerCodec,
+    pinned_client_codec,
+    profile_wire_digest,
+)
+from ..secure.events import Connected, SessionClosed, SessionEstablished
+from ..secure.server import ServerEndpoint, ServerLimits
+from ..gateway.server import ServerGateway, ServerGatewayConfig
+from ..gateway.push_client import SyncPushClient, SyncPushClientConfig
+from ..gateway.push_server import SyncPushServer, SyncPushServerConfig
+
+
+@dataclass
+class RunningServer:
+    endpoint: LinkEndpoint
+    gateway: ServerGateway
+    codec: SecureServerCodec | None
+
+    async def stop(self) -> None:
+        await self.endpoint.shutdown()
+        await self.gateway.close()
+
+
+@dataclass
+class RunningClient:
+    endpoint: LinkEndpoint
+    gateway: ClientGateway
+    codec: SecureClientCodec | None
+
+    @property
+    def base_url(self) -> str:
+        return self.gateway.base_url
+
+    async def stop(self) -> None:
+        await self.gateway.stop()
+        await self.endpoint.shutdown()
+
+
+async def start_server(link: DatagramLink, *, homeserver: str, profile: Profile, static_private: bytes | None,
+                       allow_admin: bool = False, advertisement: dict[str, Any] | None = None,
+                       limits: ServerLimits | None = None, clock=time.time,
+                       sync_push: SyncPushServerConfig | bool = True) -> RunningServer:
+    """``sync_push``: hold devices' /sync loops and push (True: defaults)."""
+    gateway = ServerGateway(ServerGatewayConfig(homeserver, profile, allow_admin=allow_admin,
+                                                advertisement=advertisement))
+    if sync_push is not False:
+        gateway.sync_push = SyncPushServer(gateway, sync_push if isinstance(sync_push, SyncPushServerConfig) else None)
+    codec = None
+    if static_private is not None:
+        def on_session(event: SessionEstablished | SessionClosed) -> None:
+            if isinstance(event, SessionClosed):
+                gateway.forget_session(endpoint.remote(event.session_id))
+            else:
+                gateway.session_started(endpoint.remote(event.session_id), event.client_static_public)
+
+        codec = SecureServerCodec(ServerEndpoint(static_private, {profile.id: profile_wire_digest(profile)},
+                                                 limits=limits), clock=clock, on_session=on_session)
+    endpoint = await create_link_endpoint(link, site=gateway, codec=codec, loggername="coap.server")
+    if gateway.sync_push is not None:
+        gateway.sync_push.attach(endpoint.interface.mman)  # pushes wait for their ACK
+    return RunningServer(endpoint, gateway, codec)
+
+
+async def start_client(link: DatagramLink, server_addr: Hashable, *, profile: Profile,
+                       static_private: bytes | None = None, server_public: bytes | None = None,
+                       pins: PinStore | None = None, server_name: str | None = None,
+                       host: str = "127.0.0.1", port: int = 0, low_bandwidth: bool = False,
+                       clock=time.time, sync_push: SyncPushClientConfig | bool = True,
+                       keepalive: float | None = None) -> RunningClient:
+    """Secure when ``static_private`` is given: with ``pins`` (trust on first
+    use under ``server_name``) or a fixed ``server_public``.  ``sync_push``:
+    answer /sync long-polls from pushes (True: defaults); ``keepalive``: a
+    CoAP ping after that many seconds without a frame sent (NAT bindings)."""
+    codec: SecureClientCodec | None = None
+    if static_private is not None:
+        if pins is not None:
+            codec = pinned_client_codec(server_name or str(server_addr), server_addr, static_private, profile, pins,
+                                        clock=clock)
+        else:
+            codec = SecureClientCodec(ClientEndpoint(static_private, profile.id, profile_wire_digest(profile),
+                                                     server_public=server_public), server_addr, clock=clock)
+    endpoint = await create_link_endpoint(link, codec=codec, loggername="coap.client")
+    key = SERVER_KEY if codec is not None else server_addr
+    gateway = ClientGateway(endpoint, key, profile, host=host, port=port, low_bandwidth=low_bandwidth)
+    push = sync_push if isinstance(sync_push, SyncPushClientConfig) else SyncPushClientConfig(enabled=bool(sync_push))
+    if keepalive is not None:
+        push = dataclasses.replace(push, keepalive=keepalive)
+    if push.enabled or push.keepalive:
+        gateway.sync_push = SyncPushClient(gateway, push)
+        await gateway.sync_push.start()
+        if codec is not None:
+            # a new secure session (the server restarted?) loses the observations
+            chained = codec.on_connected
+
+            def on_connected(event: Connected) -> None:
+                if chained is not None:
+                    chained(event)
+                if gateway.sync_push is not None:
+                    gateway.sync_push.on_session(event.session_id)
+
+            codec.on_connected = on_connected
+    await gateway.start()
+    return RunningClient(endpoint, gateway, codec)
+
+
+def advertisement_for(address: str, static_private: bytes | None, profile: Profile) -> dict[str, Any]:
+    """What /versions says about the low-bandwidth endpoint."""
+    doc: dict[str, Any] = {
+        "address": address,
+        "profile": profile.id,
+        "profile_name": profile.name,
+        "cbor_table": profile.cbor_table.version,
+        "route_table": profile.routes.version,
+        "flate_dictionary": profile.flate.digest if profile.flate else None,
+    }
+    if static_private is not None:
+        public = keys.public_from_private(static_private)
+        doc["noise_public_key"] = keys.encode_key(public)
+        doc["noise_fingerprint"] = keys.fingerprint(public)
+    return doc

@@ -1,0 +1,88 @@
+"""Raw deflate per message with a preset dictionary (sans-I/O).
+
+Each message is compressed on its own (no state across messages: a lost
+datagram must not break the next one) as raw deflate (RFC 1951, no zlib
+wrapper — that would cost 6 bytes per message) primed with a preset
+dictionary that both ends hold, identified by its content hash.
+
+Decompression is bounded: output beyond ``max_size`` is never produced,
+so a deflate bomb costs at most ``max_size`` bytes of memory.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from zlib_ng import zlib_ng
+
+from . import datafiles
+from ..errors import CompressionError, DecompressionBombError
+
+#: raw deflate, 32 KiB window (the whole preset dictionary is reachable)
+WBITS = -15
+LEVEL = 9
+MEM_LEVEL = 9
+#: default cap on a decompressed payload; media uses its own, larger cap
+DEFAULT_MAX_SIZE = 1 << 20
+#: deflate only ever looks 32 KiB back, so longer dictionaries waste memory
+MAX_DICTIONARY_SIZE = 32 * 1024
+
+
+@dataclass(frozen=True)
+class FlateDictionary:
+    data: bytes
+    digest: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        if len(self.data) > MAX_DICTIONARY_SIZE:
+            raise CompressionError(
+                f"preset dictionary of {len(self.data)} B exceeds the {MAX_DICTIONARY_SIZE} B window"
+            )
+        object.__setattr__(self, "digest", datafiles.content_digest(self.data))
+
+
+EMPTY_DICTIONARY = FlateDictionary(b"")
+
+
+def compress(data: bytes, dictionary: FlateDictionary = EMPTY_DICTIONARY) -> bytes:
+    """Raw deflate of ``data`` primed with ``dictionary``."""
+    if dictionary.data:
+        c = zlib_ng.compressobj(LEVEL, zlib_ng.DEFLATED, WBITS, MEM_LEVEL, zlib_ng.Z_DEFAULT_STRATEGY, dictionary.data)
+    else:
+        c = zlib_ng.compressobj(LEVEL, zlib_ng.DEFLATED, WBITS, MEM_LEVEL, zlib_ng.Z_DEFAULT_STRATEGY)
+    return c.compress(data) + c.flush()
+
+
+def decompress(
+    data: bytes,
+    dictionary: FlateDictionary = EMPTY_DICTIONARY,
+    max_size: int = DEFAULT_MAX_SIZE,
+) -> bytes:
+    """Inverse of :func:`compress`; refuses truncated, trailing or oversized data."""
+    try:
+        if dictionary.data:
+            d = zlib_ng.decompressobj(WBITS, dictionary.data)
+        else:
+            d = zlib_ng.decompressobj(WBITS)
+        # one byte past the cap tells "exactly max_size" from "more than that"
+        out = d.decompress(data, max_size + 1)
+    except zlib_ng.error as exc:
+        raise CompressionError(f"corrupt deflate data: {exc}") from exc
+    if len(out) > max_size:
+        raise DecompressionBombError(f"payload expands beyond {max_size} bytes")
+    if not d.eof:
+        raise CompressionError("truncated deflate data")
+    if d.unused_data:
+        raise CompressionError(f"{len(d.unused_data)} bytes after the end of the deflate stream")
+    return out
+
+
+def load_flate_dictionary(digest: str) -> FlateDictionary:
+    """The dictionary ``dictionaries/flate/<hex>.bin`` whose content hash is ``digest``."""
+    algo, _, hexdigest = digest.partition(":")
+    if algo != "sha256" or len(hexdigest) != 64 or not all(c in "0123456789abcdef" for c in hexdigest):
+        raise CompressionError(f"malformed dictionary identifier {digest!r}")
+    dictionary = FlateDictionary(datafiles.read_bytes(f"flate/{hexdigest}.bin"))
+    if dictionary.digest != digest:
+        raise CompressionError(f"dictionary file for {digest} has content hash {dictionary.digest}")
+    return dictionary

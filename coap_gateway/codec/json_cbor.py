@@ -1,0 +1,317 @@
+"""JSON ⇄ CBOR with versioned key and value tables (sans-I/O).
+
+``encode(value, table)`` turns a JSON value (as ``json.loads`` returns it)
+into canonical CBOR; ``decode(data, table)`` turns it back.  For every JSON
+value ``decode(encode(x)) == x`` — the same types, the same numbers, the same
+strings — and CBOR that no encoder of this module could have produced is
+rejected rather than guessed at.
+
+The rules (docs/protocol.md, "CBOR payloads", is the normative text):
+
+* Object keys found in the table become their integer code, at any depth.
+  Other keys stay text strings, so the key ``"8"`` stays ``"8"``.  On decode,
+  when a map holds both a code and the text of the same name, the text wins
+  (MSC3079's rule).
+* Under an *enumerated* key (table v2+: ``type``, ``msgtype``,
+  ``membership``…) a string value found in the key's value table becomes its
+  integer code.  A genuine integer or array under such a key is wrapped in a
+  one-element array, so an integer there always means a table code.
+* With ``binary_fields`` (table v2+), strings that are unpadded base64 of at
+  least 16 bytes (hashes, signatures, keys, event IDs of room v3+, room IDs
+  of room v12) travel as a byte string ``marker || raw`` — only when
+  re-encoding the bytes gives back the identical string.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+from collections.abc import Mapping
+from typing import Any
+
+import cbor2
+
+from .tables import CborTable
+from ..errors import CodecError
+
+#: deepest nesting accepted either way; far beyond any Matrix payload, far
+#: below Python's recursion limit
+MAX_DEPTH = 200
+
+#: shortest binary value carried as bytes; shorter base64 is mostly words
+MIN_BINARY_LEN = 16
+
+# Marker byte at the start of a binary field: which text form to rebuild,
+# as (prefix, URL-safe alphabet?).  Values are protocol constants.
+MARK_BASE64 = 0x00  # unpadded standard base64: hashes, signatures, keys
+MARK_EVENT_ID_URL = 0x01  # "$" + URL-safe: event IDs, room v4+
+MARK_EVENT_ID_STD = 0x02  # "$" + standard: event IDs, room v3
+MARK_ROOM_ID_URL = 0x03  # "!" + URL-safe: room IDs, room v12
+BINARY_FORMS: dict[int, tuple[str, bool]] = {
+    MARK_BASE64: ("", False),
+    MARK_EVENT_ID_URL: ("$", True),
+    MARK_EVENT_ID_STD: ("$", False),
+    MARK_ROOM_ID_URL: ("!", True),
+}
+#: prefix -> markers to try, URL-safe first (a body valid in both reads the same)
+_MARKS_BY_PREFIX: dict[str, list[int]] = {}
+for _mark, (_prefix, _url) in sorted(BINARY_FORMS.items(), key=lambda kv: not kv[1][1]):
+    _MARKS_BY_PREFIX.setdefault(_prefix, []).append(_mark)
+
+_STD_CHARS = re.compile(r"[A-Za-z0-9+/]+")
+_URL_CHARS = re.compile(r"[A-Za-z0-9_-]+")
+_URL_TO_STD = str.maketrans("-_", "+/")
+_STD_TO_URL = str.maketrans("+/", "-_")
+
+
+def _b64decode_exact(text: str, urlsafe: bool) -> bytes | None:
+    """Raw bytes of unpadded base64 ``text``, or None unless ``text`` is in
+    the alphabet and encoding the bytes again yields exactly ``text`` (a
+    string with non-zero trailing bits would not)."""
+    if len(text) % 4 == 1 or not (_URL_CHARS if urlsafe else _STD_CHARS).fullmatch(text):
+        return None
+    std = text.translate(_URL_TO_STD) if urlsafe else text
+    raw = base64.b64decode(std + "=" * (-len(std) % 4), validate=True)
+    return raw if _b64encode(raw, urlsafe) == text else None
+
+
+def _b64encode(raw: bytes, urlsafe: bool) -> str:
+    text = base64.b64encode(raw).decode("ascii").rstrip("=")
+    return text.translate(_STD_TO_URL) if urlsafe else text
+
+
+def string_to_binary(text: str) -> bytes | None:
+    """The byte-string form of ``text`` if it is a binary field, else None.
+
+    URL-safe base64 without a prefix is left alone: in Matrix that shape is
+    mostly tokens (syt_…, s33_14_…) that deflate handles better as text.
+    """
+    if len(text) < 22:  # 16 bytes of base64
+        return None
+    prefix = text[0] if text[0] in "$!" else ""
+    for mark in _MARKS_BY_PREFIX.get(prefix, ()):
+        raw = _b64decode_exact(text[len(prefix):], BINARY_FORMS[mark][1])
+        if raw is not None and len(raw) >= MIN_BINARY_LEN:
+            return bytes([mark]) + raw
+    return None
+
+
+def binary_to_string(data: bytes) -> str:
+    if len(data) < 1 + MIN_BINARY_LEN:
+        raise CodecError(f"binary field of {len(data)} bytes is shorter than allowed")
+    form = BINARY_FORMS.get(data[0])
+    if form is None:
+        raise CodecError(f"unknown binary field marker 0x{data[0]:02x}")
+    prefix, urlsafe = form
+    return prefix + _b64encode(data[1:], urlsafe)
+
+
+# ---------------------------------------------------------------- encoding
+
+
+def _encode_string(text: str, table: CborTable) -> str | bytes:
+    if table.binary_fields:
+        binary = string_to_binary(text)
+        if binary is not None:
+            return binary
+    return text
+
+
+def _encode_enum(value: Any, codes: Mapping[str, int], table: CborTable, depth: int) -> Any:
+    if isinstance(value, str):
+        code = codes.get(value)
+        return code if code is not None else _encode_string(value, table)
+    if type(value) is int or isinstance(value, list):
+        # an integer here must mean a table code: escape genuine ones
+        return [_to_cbor(value, table, depth + 1)]
+    return _to_cbor(value, table, depth)
+
+
+def _to_cbor(value: Any, table: CborTable, depth: int) -> Any:
+    if depth > MAX_DEPTH:
+        raise CodecError(f"nesting deeper than {MAX_DEPTH}")
+    if isinstance(value, str):
+        return _encode_string(value, table)
+    if value is None or isinstance(value, (bool, int, float)):
+        return value
+    if isinstance(value, list):
+        return [_to_cbor(item, table, depth + 1) for item in value]
+    if isinstance(value, dict):
+        out: dict[Any, Any] = {}
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise CodecError(f"object key {key!r} is not a string")
+            code = table.key_codes.get(key)
+            out_key: Any = code if code is not None else _encode_string(key, table)
+            enum = table.value_codes.get(key)
+            if enum is not None:
+                out[out_key] = _encode_enum(item, enum, table, depth + 1)
+            else:
+                out[out_key] = _to_cbor(item, table, depth + 1)
+        return out
+    raise CodecError(f"{type(value).__name__} is not a JSON value")
+
+
+def encode(value: Any, table: CborTable, *, canonical: bool = True) -> bytes:
+    """Canonical CBOR of a JSON value under ``table``.
+
+    ``canonical=False`` keeps every map in the JSON value's own key order
+    (sync push rebuilds the homeserver's JSON byte for byte, key order
+    included; ``decode(..., ordered=True)`` reads it back).
+    """
+    model = _to_cbor(value, table, 0)
+    try:
+        return cbor2.dumps(model, canonical=canonical)
+    except (UnicodeEncodeError, ValueError, cbor2.CBOREncodeError) as exc:
+        # e.g. a lone surrogate from "\ud800": JSON allows it, CBOR text does not
+        raise CodecError(f"not representable in CBOR: {exc}") from exc
+
+
+# ---------------------------------------------------------------- decoding
+
+
+class _RejectTags(Mapping):
+    """Make cbor2 refuse every tag but bignums (2, 3): JSON has no dates,
+    sets, shared references or decimal fractions to rebuild."""
+
+    _ALLOWED = (2, 3)
+
+    def __getitem__(self, tag: int):
+        if tag in self._ALLOWED:
+            raise KeyError(tag)
+
+        def reject(_decoder: Any) -> Any:
+            raise CodecError(f"CBOR tag {tag} is not allowed")
+
+        return reject
+
+    def __contains__(self, tag: object) -> bool:
+        return tag not in self._ALLOWED
+
+    def get(self, tag, default=None):
+        try:
+            return self[tag]
+        except KeyError:
+            return default
+
+    def __iter__(self):
+        return iter(())
+
+    def __len__(self) -> int:
+        return 0
+
+
+_REJECT_TAGS = _RejectTags()
+
+
+def _reject_unknown_tag(_decoder: Any, tag: Any) -> Any:
+    raise CodecError(f"CBOR tag {tag.tag} is not allowed")
+
+
+def _decode_string(value: Any, table: CborTable) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bytes) and table.binary_fields:
+        return binary_to_string(value)
+    raise CodecError(f"expected a string, got {type(value).__name__}")
+
+
+def _decode_enum(value: Any, names: Mapping[int, str], table: CborTable, depth: int, ordered: bool = False) -> Any:
+    if type(value) is int:
+        try:
+            return names[value]
+        except KeyError:
+            raise CodecError(f"unknown value code {value}") from None
+    if isinstance(value, list):
+        if len(value) != 1:
+            raise CodecError("escaped value must be a one-element array")
+        inner = _from_cbor(value[0], table, depth + 1, ordered)
+        if not (type(inner) is int or isinstance(inner, list)):
+            raise CodecError("only integers and arrays are escaped under an enumerated key")
+        return inner
+    return _from_cbor(value, table, depth, ordered)
+
+
+def _from_cbor(value: Any, table: CborTable, depth: int, ordered: bool = False) -> Any:
+    if depth > MAX_DEPTH:
+        raise CodecError(f"nesting deeper than {MAX_DEPTH}")
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, bytes):
+        return _decode_string(value, table)
+    if isinstance(value, list):
+        return [_from_cbor(item, table, depth + 1, ordered) for item in value]
+    if isinstance(value, dict):
+        from_codes: dict[str, Any] = {}
+        # ordered: one map in wire order; a name given both as code and as
+        # text is then an error (no encoder of this module writes that)
+        from_text: dict[str, Any] = from_codes if ordered else {}
+        for key, item in value.items():
+            if type(key) is int:
+                try:
+                    name = table.key_names[key]
+                except KeyError:
+                    raise CodecError(f"unknown key code {key}") from None
+                target = from_codes
+            elif isinstance(key, (str, bytes)):
+                name = _decode_string(key, table)
+                target = from_text
+            else:
+                raise CodecError(f"map key of type {type(key).__name__} is not allowed")
+            if ordered and name in target:
+                raise CodecError(f"key {name!r} given twice")
+            names = table.value_names.get(name)
+            if names is not None:
+                target[name] = _decode_enum(item, names, table, depth + 1, ordered)
+            else:
+                target[name] = _from_cbor(item, table, depth + 1, ordered)
+        if not ordered:
+            from_codes.update(from_text)  # a text key wins over its code (MSC3079)
+        return from_codes
+    raise CodecError(f"CBOR item of type {type(value).__name__} has no JSON equivalent")
+
+
+def decode(data: bytes, table: CborTable, *, ordered: bool = False) -> Any:
+    """The JSON value of CBOR ``data`` under ``table``; CodecError if invalid.
+
+    ``ordered``: maps keep their wire order (see ``encode(canonical=False)``).
+    """
+    try:
+        model = cbor2.loads(
+            data,
+            semantic_decoders=_REJECT_TAGS,
+            tag_hook=_reject_unknown_tag,
+            allow_duplicate_keys=False,
+            max_depth=MAX_DEPTH + 2,
+        )
+    except CodecError:
+        raise
+    except (cbor2.CBORDecodeError, ValueError, TypeError, OverflowError, RecursionError) as exc:
+        cause = exc.__cause__ if isinstance(exc.__cause__, CodecError) else exc
+        raise CodecError(f"invalid CBOR: {cause}") from exc
+    return _from_cbor(model, table, 0, ordered)
+
+
+# ------------------------------------------------------- JSON text helpers
+
+
+def parse_json(body: bytes) -> Any:
+    """Parse a JSON body as Matrix sends it (UTF-8); CodecError if not JSON."""
+    try:
+        return json.loads(body.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise CodecError(f"not JSON: {exc}") from exc
+
+
+def dump_json(value: Any) -> bytes:
+    """Compact UTF-8 JSON, as Synapse writes it."""
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
+def json_to_cbor(body: bytes, table: CborTable) -> bytes:
+    return encode(parse_json(body), table)
+
+
+def cbor_to_json(data: bytes, table: CborTable) -> bytes:
+    return dump_json(decode(data, table))

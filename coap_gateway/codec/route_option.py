@@ -1,0 +1,360 @@
+"""The Route option: a request line in a few bytes (sans-I/O).
+
+In the compact form (profile lb3, docs/protocol.md "Compact requests") a
+request to a known endpoint carries, instead of Uri-Path options, one
+private option whose value is a CBOR sequence: the route's option code
+(0–23: the schema table's short routes, one byte; else 24 + its route
+table code), then one item per template parameter, in order.  How a parameter travels depends on
+its kind (``dictionaries/schemas-v1.json``):
+
+=============  ==========================================================
+any kind       text: the raw path segment, exactly as the client sent it
+room, user     uint h: handle h of this session; [h, value]: define h
+               (value as text, or for a room ID of room version 12 the
+               32 bytes of "!" + URL-safe base64) and use it
+room           bytes(32): "!" + URL-safe base64 of them, no handle
+event_id       bytes(32): "$" + URL-safe base64 of them (room v4+)
+event_type     uint c: the event type of code c in the CBOR table's "type"
+               values; on message routes, negative −1 − (2·m + r): the
+               message event type, and the payload is the bare body text
+               of msgtype code m, deflated (r = 0) or raw (r = 1)
+txn            uint k: transaction k of the session's scope, i.e. the
+               homeserver sees ``<scope>.<k>``; [k, scope]: set the scope
+=============  ==========================================================
+
+Handles are the client gateway's: it numbers the values it meets from 0,
+never renumbers one, and defines a handle in the first request of a
+session that uses it.  A handle or scope the server's session does not
+know (a new session) is not guessed at: the request is refused with
+4.00 + Handle-Unknown before anything is forwarded, and the client sends it
+again with definitions.  Because a number never changes meaning for the
+client, a late or repeated definition is always harmless.
+
+The transaction scope makes the homeserver's transaction IDs unique per
+client gateway and stable across sessions, so a client retrying the same
+transaction after a session change still reaches the same Synapse
+transaction (exactly once).  The client gateway maps ``<scope>.<k>`` back
+to the client's own ID in responses (``restore_txn_ids``).
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import re
+import secrets
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import unquote
+
+import cbor2
+
+from . import json_cbor, routes
+from .tables import CborTable
+from ..errors import CodecError, RouteError
+from .routes import RouteTable, Template
+from .schemas import EVENT_ID, EVENT_TYPE, HANDLE_KINDS, ROOM, TXN, SchemaTable
+
+#: longest Route option value accepted (a literal segment may be long)
+MAX_VALUE = 2048
+#: handles one side keeps; past that, values travel literally
+MAX_HANDLES = 1024
+#: client transaction IDs remembered (for retries and for restoring responses)
+MAX_TXNS = 4096
+#: size of a room or event ID's hash in the binary forms
+ID_BYTES = 32
+
+
+class HandleUnknown(CodecError):
+    """The request uses a handle or txn scope this session was never given."""
+
+
+# ------------------------------------------------------------ session state
+
+
+def new_scope() -> str:
+    """A transaction scope: 'lb' + 10 base32 characters (50 random bits)."""
+    return "lb" + base64.b32encode(secrets.token_bytes(5)).decode("ascii").lower()
+
+
+@dataclass
+class ClientWireState:
+    """What the client gateway's encoder remembers, for its whole life."""
+
+    scope: str = field(default_factory=new_scope)
+    handles: dict[tuple[str, str], int] = field(default_factory=dict)
+    #: handles the server's current session has been given
+    defined: set[int] = field(default_factory=set)
+    scope_sent: bool = False
+    #: raw txn segment -> k, oldest first
+    txns: OrderedDict[str, int] = field(default_factory=OrderedDict)
+    #: k -> the client's own transaction ID (decoded), to restore responses
+    originals: dict[int, str] = field(default_factory=dict)
+    next_txn: int = 0
+
+    def server_forgot(self) -> None:
+        """The server's session lost our definitions: send them again."""
+        self.defined.clear()
+        self.scope_sent = False
+
+    def handle_for(self, kind: str, value: str) -> tuple[int | None, bool]:
+        """(handle, needs definition); handle None when the table is full."""
+        key = (kind, value)
+        handle = self.handles.get(key)
+        if handle is None:
+            if len(self.handles) >= MAX_HANDLES:
+                return None, False
+            handle = self.handles[key] = len(self.handles)
+        return handle, handle not in self.defined
+
+    def txn_for(self, raw: str) -> int:
+        k = self.txns.get(raw)
+        if k is None:
+            k = self.next_txn
+            self.next_txn += 1
+            self.txns[raw] = k
+            self.originals[k] = unquote(raw)
+            while len(self.txns) > MAX_TXNS:
+                _, old = self.txns.popitem(last=False)
+                self.originals.pop(old, None)
+        else:
+            self.txns.move_to_end(raw)
+        return k
+
+    def restore_txn_ids(self, body: bytes) -> bytes:
+        """``body`` (JSON) with ``"<scope>.<k>"`` strings put back as the client's IDs."""
+        marker = self.scope.encode("ascii")
+        if marker not in body:
+            return body
+        pattern = re.compile(rb'"' + re.escape(marker) + rb'\.(\d{1,18})"')
+
+        def original(match: re.Match[bytes]) -> bytes:
+            own = self.originals.get(int(match.group(1)))
+            return match.group(0) if own is None else json.dumps(own, ensure_ascii=False).encode("utf-8")
+
+        return pattern.sub(original, body)
+
+
+@dataclass
+class ServerWireState:
+    """One session's handles and transaction scope, on the server gateway."""
+
+    handles: dict[int, str] = field(default_factory=dict)
+    scope: str | None = None
+
+
+# ----------------------------------------------------------------- encoding
+
+
+@dataclass(frozen=True)
+class MessageBody:
+    """A message body that travels as bare text (the message schema)."""
+
+    msgtype_code: int
+    text: bytes  # UTF-8
+    deflated: bool
+
+
+def _binary_id(text: str, prefix: str) -> bytes | None:
+    """32 bytes when ``text`` is prefix + exact unpadded URL-safe base64 of 32 bytes."""
+    if len(text) != 44 or not text.startswith(prefix):
+        return None
+    binary = json_cbor.string_to_binary(text)
+    expected = json_cbor.MARK_ROOM_ID_URL if prefix == "!" else json_cbor.MARK_EVENT_ID_URL
+    if binary is None or binary[0] != expected or len(binary) != 1 + ID_BYTES:
+        return None
+    return binary[1:]
+
+
+def _literal(kind: str, raw: str) -> str | bytes:
+    if kind == ROOM:
+        return _binary_id(raw, "!") or raw
+    if kind == EVENT_ID:
+        return _binary_id(raw, "$") or raw
+    return raw
+
+
+def _encode_param(kind: str | None, raw: str, state: ClientWireState, cbor_table: CborTable) -> Any:
+    if kind in HANDLE_KINDS:
+        handle, define = state.handle_for(kind, raw)
+        if handle is None:
+            return _literal(kind, raw)
+        if define:
+            state.defined.add(handle)
+            return [handle, _literal(kind, raw)]
+        return handle
+    if kind == EVENT_TYPE:
+        code = cbor_table.value_codes.get("type", {}).get(raw)
+        return raw if code is None else code
+    if kind == TXN and "%" not in raw:
+        k = state.txn_for(raw)
+        if not state.scope_sent:
+            state.scope_sent = True
+            return [k, state.scope]
+        return k
+    if kind is not None:
+        return _literal(kind, raw)
+    return raw
+
+
+def message_param(body: MessageBody) -> int:
+    """The event-type item that says "message event, bare text payload"."""
+    return -1 - (2 * body.msgtype_code + (0 if body.deflated else 1))
+
+
+def encode_route(template: Template, params: list[str], schemas: SchemaTable, cbor_table: CborTable,
+                 state: ClientWireState, message: MessageBody | None = None) -> bytes:
+    """The Route option value for ``template`` with raw ``params``."""
+    items: list[Any] = [option_code(template, schemas)]
+    names = _param_names(template)
+    for name, raw in zip(names, params):
+        kind = schemas.param_kinds.get(name)
+        if message is not None and kind == EVENT_TYPE:
+            items.append(message_param(message))
+        else:
+            items.append(_encode_param(kind, raw, state, cbor_table))
+    value = b"".join(cbor2.dumps(item) for item in items)
+    if len(value) > MAX_VALUE:
+        raise RouteError(f"Route option of {len(value)} bytes exceeds {MAX_VALUE}")
+    return value
+
+
+#: Route-option codes below this stand for the schema table's short routes
+SHORT_CODES = 24
+
+
+def option_code(template: Template, schemas: SchemaTable) -> int:
+    """A route's code in the Route option: its index among the short routes
+    (one CBOR byte), else 24 + its route table code."""
+    try:
+        return schemas.short_routes.index(template.name)
+    except ValueError:
+        return SHORT_CODES + template.code
+
+
+def template_for(code: int, table: RouteTable, schemas: SchemaTable) -> Template | None:
+    if code < SHORT_CODES:
+        if code >= len(schemas.short_routes):
+            return None
+        return table.by_name.get(schemas.short_routes[code])
+    return table.by_code.get(code - SHORT_CODES)
+
+
+def _param_names(template: Template) -> list[str]:
+    return [seg[1:-1] for seg in template.template[1:].split("/") if seg.startswith("{")]
+
+
+# ----------------------------------------------------------------- decoding
+
+
+@dataclass(frozen=True)
+class DecodedRoute:
+    template: Template
+    params: list[str]
+    #: (msgtype code, deflated) when the payload is a bare message text
+    message: tuple[int, bool] | None = None
+
+
+def _items(value: bytes) -> list[Any]:
+    if not value or len(value) > MAX_VALUE:
+        raise RouteError(f"Route option of {len(value)} bytes")
+    stream = io.BytesIO(value)
+    decoder = cbor2.CBORDecoder(stream, tag_hook=json_cbor._reject_unknown_tag,
+                                semantic_decoders=json_cbor._REJECT_TAGS, max_depth=3)
+    items = []
+    try:
+        while stream.tell() < len(value):
+            items.append(decoder.decode())
+            if len(items) > 32:
+                raise RouteError("Route option with more than 32 items")
+    except CodecError as exc:
+        raise RouteError(str(exc)) from exc
+    except (cbor2.CBORDecodeError, ValueError, TypeError, OverflowError, RecursionError, EOFError) as exc:
+        raise RouteError(f"Route option is not a CBOR sequence: {exc}") from exc
+    return items
+
+
+def route_code(value: bytes) -> int | None:
+    """The Route-option code a value starts with (None if it does not)."""
+    try:
+        code = cbor2.loads(value[: 1 + 8]) if value and value[0] < 0x1C else None
+    except (cbor2.CBORDecodeError, ValueError, EOFError):
+        return None
+    return code if _is_uint(code) else None
+
+
+def _text_form(kind: str | None, item: Any) -> str:
+    if isinstance(item, str):
+        return item
+    if isinstance(item, bytes) and len(item) == ID_BYTES and kind in (ROOM, EVENT_ID):
+        return ("!" if kind == ROOM else "$") + base64.urlsafe_b64encode(item).decode("ascii").rstrip("=")
+    raise RouteError(f"a {kind or 'text'} parameter cannot be {type(item).__name__} of this form")
+
+
+def _is_uint(item: Any) -> bool:
+    return type(item) is int and 0 <= item < 1 << 32
+
+
+def _decode_param(kind: str | None, item: Any, state: ServerWireState, cbor_table: CborTable) -> str:
+    if kind in HANDLE_KINDS and type(item) in (int, list):
+        if isinstance(item, list):
+            if len(item) != 2 or not _is_uint(item[0]) or item[0] >= MAX_HANDLES:
+                raise RouteError("a handle definition is [handle < 1024, value]")
+            value = _text_form(kind, item[1])
+            state.handles[item[0]] = value
+            return value
+        if not _is_uint(item):
+            raise RouteError(f"handle {item} is not an unsigned integer")
+        value = state.handles.get(item)
+        if value is None:
+            raise HandleUnknown(f"handle {item} is not defined in this session")
+        return value
+    if kind == EVENT_TYPE and type(item) is int:
+        name = cbor_table.value_names.get("type", {}).get(item) if item >= 0 else None
+        if name is None:
+            raise RouteError(f"event type code {item} is not in table v{cbor_table.version}")
+        return name
+    if kind == TXN and type(item) in (int, list):
+        if isinstance(item, list):
+            if len(item) != 2 or not isinstance(item[1], str) or not re.fullmatch(r"[a-z0-9]{1,32}", item[1]):
+                raise RouteError("a txn scope definition is [k, scope of 1-32 a-z0-9]")
+            state.scope = item[1]
+            item = item[0]
+        if not _is_uint(item):
+            raise RouteError(f"transaction {item} is not an unsigned integer")
+        if state.scope is None:
+            raise HandleUnknown("no transaction scope in this session")
+        return f"{state.scope}.{item}"
+    return _text_form(kind, item)
+
+
+def decode_route(value: bytes, table: RouteTable, schemas: SchemaTable, cbor_table: CborTable,
+                 state: ServerWireState) -> DecodedRoute:
+    """Template and raw parameters of a Route option; HandleUnknown or RouteError."""
+    items = _items(value)
+    code = items[0]
+    if not _is_uint(code):
+        raise RouteError("the Route option does not start with a route code")
+    template = template_for(code, table, schemas)
+    if template is None:
+        raise RouteError(f"unknown Route option code {code} (route table v{table.version})")
+    names = _param_names(template)
+    if len(items) - 1 != len(names):
+        raise RouteError(f"route {template.name} takes {len(names)} parameters, got {len(items) - 1}")
+    params: list[str] = []
+    message = None
+    for name, item in zip(names, items[1:]):
+        kind = schemas.param_kinds.get(name)
+        if kind == EVENT_TYPE and type(item) is int and item < 0:
+            if template.name not in schemas.message_routes or item < -64:
+                raise RouteError(f"message schema {item} on route {template.name}")
+            m, raw = divmod(-1 - item, 2)
+            if m not in cbor_table.value_names.get("msgtype", {}):
+                raise RouteError(f"msgtype code {m} is not in table v{cbor_table.version}")
+            message = (m, raw == 0)
+            params.append(schemas.message_event_type)
+            continue
+        params.append(routes._check_segment(_decode_param(kind, item, state, cbor_table)))
+    return DecodedRoute(template, params, message)

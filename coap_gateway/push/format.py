@@ -1,0 +1,382 @@
+"""Sync push: the wire format both gateways share (sans-I/O).
+
+Instead of sending every ``/sync`` long-poll across the link, the client
+gateway registers a CoAP observation (RFC 7641) once; the server gateway
+then runs the long-poll loop against the homeserver itself and pushes only
+what changed.  This module holds what both ends must agree on, byte for
+byte (docs/protocol.md, "Sync push"):
+
+* which requests are push-eligible long-polls and what names a *stream*
+  (``parse_long_poll``);
+* the empty-response *template*: Synapse's answer to an idle long-poll with
+  its ``next_batch`` taken out, so the client gateway can answer idle polls
+  itself (``split_next_batch``, ``expand_template``, ``is_empty_sync``);
+* the notification payload: a header byte only when needed, then raw
+  deflate of the body under a per-stream dictionary — the profile's preset
+  dictionary, the last bodies pushed on this stream, and the ``since``
+  token being answered (``DeltaState``, ``encode_notification``,
+  ``decode_notification``).  Consecutive sync responses share room IDs,
+  user IDs, token prefixes and structure, so the dictionary carries them.
+
+The body travels as CBOR (the profile's table) *in the homeserver's key
+order*, and only when decoding it gives back the exact bytes the homeserver
+sent; otherwise as the JSON itself.  So the client receives precisely the
+JSON the homeserver produced.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+from zlib_ng import zlib_ng
+
+from ..codec import json_cbor
+from ..codec.tables import CborTable
+from ..codec.compression import LEVEL, MAX_DICTIONARY_SIZE, MEM_LEVEL, WBITS
+from ..errors import CodecError, CompressionError, DecompressionBombError, GatewayError
+from ..codec.routes import RouteTable, split_target
+
+#: routes whose long-polls are pushed (client API v3 and r0)
+SYNC_ROUTES = frozenset({"client.sync", "client.r0.sync"})
+
+#: a since/next_batch token that needs no escaping in a URL or in JSON
+#: (Synapse's are ``s12_3_0_…``); anything else is left to plain polling
+TOKEN = re.compile(r"[A-Za-z0-9._~-]{1,255}\Z")
+
+#: a pushed body expands to at most this (deflate bomb cap)
+MAX_PUSH_BODY = 4 << 20
+
+#: control operations (value byte 0 of the Sync-Push option on a request;
+#: the rest of the value is the observation's CoAP token)
+OP_CHECK = 1  # is this observation still alive?  2.03 Valid / 4.04 Not Found
+OP_CANCEL = 2  # end this observation (the server stops its loop); 2.02 Deleted
+#: controls on a final response (no Observe) that ends an observation
+END_FETCH = 1  # the answer is too large to push: send the long-poll as a plain request
+END_CLOSED = 2  # the server ended the observation (limits, shutdown): register again if needed
+
+# Notification header byte: present only when its bits 1–2 are both set,
+# which no raw deflate stream can start with (BTYPE 11 is reserved,
+# RFC 1951 §3.2.3) — so the common case, an answer in the default encoding,
+# costs no header byte at all.
+HEADER_MARK = 0b0000_0110
+H_ADOPT = 0b0000_0001  # the answer is empty-shaped: it is also the new template
+H_TEMPLATE = 0b0010_0000  # a template, answering nothing
+H_ENCODING_SHIFT = 3
+H_RESERVED = 0b1100_0000
+
+#: how the body bytes inside the deflate stream read
+ENC_CBOR_ASCII = 0  # CBOR in the homeserver's key order; JSON out with \\u escapes (Synapse)
+ENC_CBOR_UTF8 = 1  # the same, JSON out as raw UTF-8
+ENC_JSON = 2  # the JSON bytes themselves (when neither CBOR form is exact)
+
+#: top-level keys of a sync response that an idle long-poll still carries
+COUNT_KEYS = frozenset({
+    "device_one_time_keys_count",
+    "device_unused_fallback_key_types",
+    "org.matrix.msc2732.device_unused_fallback_key_types",
+})
+
+_NEXT_BATCH = b'"next_batch":"'
+
+
+# ------------------------------------------------------------- long-polls
+
+
+@dataclass(frozen=True)
+class LongPoll:
+    """A ``GET …/sync?…`` request, split into what names its stream and what not.
+
+    ``query`` holds the raw parameters in order; ``since`` and ``timeout``
+    are found at ``since_at`` and ``timeout_at``.  Parameters stay raw
+    (exactly as the client wrote them), like everywhere else on the link.
+    """
+
+    path: str
+    query: tuple[str, ...]
+    since_at: int
+    timeout_at: int
+    since: str
+    timeout_ms: int
+
+    @property
+    def params(self) -> tuple[str, ...]:
+        """The parameters that name the stream: all but since and timeout."""
+        return tuple(p for i, p in enumerate(self.query) if i not in (self.since_at, self.timeout_at))
+
+    def target(self, since: str | None = None, timeout_ms: int | None = None) -> str:
+        """The request target with ``since`` and/or ``timeout`` replaced."""
+        query = list(self.query)
+        if since is not None:
+            query[self.since_at] = "since=" + since
+        if timeout_ms is not None:
+            query[self.timeout_at] = f"timeout={timeout_ms}"
+        return self.path + "?" + "&".join(query)
+
+
+def parse_long_poll(method: str, target: str, routes: RouteTable) -> LongPoll | None:
+    """The long-poll a request is, or None when it is not one we push:
+    not a GET of a sync route, no ``since`` (an initial sync), no numeric
+    ``timeout``, ``full_state`` other than false, the token in the query,
+    a parameter given twice, or a since token with characters to escape."""
+    if method != "GET":
+        return None
+    path, sep, query_text = target.partition("?")
+    if not sep:
+        return None
+    try:
+        segments, _ = split_target(path)
+    except GatewayError:
+        return None
+    template = routes.match(segments)
+    if template is None or template.name not in SYNC_ROUTES:
+        return None
+    query = tuple(query_text.split("&"))
+    names = [p.partition("=")[0] for p in query]
+    if len(set(names)) != len(names) or "access_token" in names:
+        return None
+    found: dict[str, tuple[int, str]] = {n: (i, p.partition("=")[2]) for i, (n, p) in enumerate(zip(names, query))}
+    if "since" not in found or "timeout" not in found:
+        return None
+    if found.get("full_state", (0, "false"))[1] != "false":
+        return None
+    since_at, since = found["since"]
+    timeout_at, timeout_text = found["timeout"]
+    if not TOKEN.match(since) or not timeout_text.isascii() or not timeout_text.isdigit() or len(timeout_text) > 9:
+        return None
+    return LongPoll(path, query, since_at, timeout_at, since, int(timeout_text))
+
+
+# -------------------------------------------------------------- templates
+
+
+def split_next_batch(body: bytes) -> tuple[bytes, str] | None:
+    """``(template, token)``: the body with its ``next_batch`` value emptied,
+    and that value — when ``"next_batch":"…"`` occurs exactly once (a quote
+    inside a JSON string is escaped, so it cannot fake one) and holds a plain
+    token."""
+    start = body.find(_NEXT_BATCH)
+    if start < 0 or body.find(_NEXT_BATCH, start + 1) >= 0:
+        return None
+    value_at = start + len(_NEXT_BATCH)
+    end = body.find(b'"', value_at)
+    if end < 0:
+        return None
+    token = body[value_at:end].decode("ascii", "replace")
+    if not TOKEN.match(token):
+        return None
+    return body[:value_at] + body[end:], token
+
+
+def expand_template(template: bytes, since: str) -> bytes:
+    """The idle answer: the template with ``next_batch`` = ``since``."""
+    at = template.index(_NEXT_BATCH + b'"') + len(_NEXT_BATCH)
+    return template[:at] + since.encode("ascii") + template[at:]
+
+
+def is_template(template: bytes) -> bool:
+    """A template has exactly one ``"next_batch":""``."""
+    probe = _NEXT_BATCH + b'"'
+    at = template.find(probe)
+    return at >= 0 and template.find(_NEXT_BATCH, at + 1) < 0
+
+
+def _blank(value: Any) -> bool:
+    if isinstance(value, dict):
+        return all(_blank(v) for v in value.values())
+    return isinstance(value, list) and not value
+
+
+def is_empty_sync(body: bytes) -> bool:
+    """Whether a 200 sync body says "nothing happened": besides
+    ``next_batch`` only the key counts an idle poll always carries and
+    sections without a single event.  Such a body, with ``next_batch``
+    emptied, is a template."""
+    try:
+        doc = json.loads(body)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        return False
+    if not isinstance(doc, dict) or not isinstance(doc.get("next_batch"), str):
+        return False
+    return all(k == "next_batch" or k in COUNT_KEYS or _blank(v) for k, v in doc.items())
+
+
+def next_batch_of(body: bytes) -> str | None:
+    """The top-level ``next_batch`` of a sync body (None if there is none)."""
+    try:
+        doc = json.loads(body)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        return None
+    token = doc.get("next_batch") if isinstance(doc, dict) else None
+    return token if isinstance(token, str) else None
+
+
+# ------------------------------------------------------------ body coding
+
+
+def _dump(value: Any, ascii_only: bool) -> bytes:
+    return json.dumps(value, ensure_ascii=ascii_only, separators=(",", ":")).encode("utf-8")
+
+
+def encode_body(body: bytes, table: CborTable) -> tuple[int, bytes]:
+    """``(encoding, bytes)``: ordered CBOR when it decodes back to exactly
+    ``body`` (Synapse writes compact JSON with ``\\u`` escapes), else the
+    JSON as it is."""
+    try:
+        value = json.loads(body)
+        data = json_cbor.encode(value, table, canonical=False)
+        back = json_cbor.decode(data, table, ordered=True)
+    except (ValueError, UnicodeDecodeError, RecursionError, CodecError):
+        return ENC_JSON, body
+    for encoding, ascii_only in ((ENC_CBOR_ASCII, True), (ENC_CBOR_UTF8, False)):
+        if _dump(back, ascii_only) == body:
+            return encoding, data
+    return ENC_JSON, body
+
+
+def decode_body(encoding: int, data: bytes, table: CborTable) -> bytes:
+    if encoding == ENC_JSON:
+        return data
+    if encoding in (ENC_CBOR_ASCII, ENC_CBOR_UTF8):
+        return _dump(json_cbor.decode(data, table, ordered=True), encoding == ENC_CBOR_ASCII)
+    raise CodecError(f"unknown body encoding {encoding}")
+
+
+# ------------------------------------------------------------ delta state
+
+
+def push_preset(profile: Any) -> bytes:
+    """The fixed front of every stream's dictionary: the profile's preset
+    dictionary, then (compact profiles) its text dictionary, which knows the
+    words of the messages the pushes mostly carry."""
+    preset = profile.flate.data if profile.flate is not None else b""
+    if getattr(profile, "schemas", None) is not None:
+        preset += profile.schemas.text_dictionary.data
+    return preset
+
+
+class DeltaState:
+    """The per-observation deflate dictionary, kept identically at both ends.
+
+    ``dictionary(since)`` = the preset dictionary, the since token being
+    answered, then the encoded bodies of the last ``keep`` notifications of
+    this observation — most similar last, as deflate's distance codes grow
+    with distance (the last body holds the since too, as its next_batch) —
+    cut to the 32 KiB window.  Notifications arrive reliably and in order
+    (CON, one at a time) or the observation ends, so both ends always agree.
+    """
+
+    def __init__(self, preset: bytes, keep: int = 2):
+        self.preset = preset
+        self.recent: deque[bytes] = deque(maxlen=keep)
+
+    def dictionary(self, since: str) -> bytes:
+        return (self.preset + since.encode("ascii") + b"".join(self.recent))[-MAX_DICTIONARY_SIZE:]
+
+    def remember(self, encoded: bytes) -> None:
+        self.recent.append(encoded[-MAX_DICTIONARY_SIZE:])
+
+
+def _deflate(data: bytes, dictionary: bytes) -> bytes:
+    c = zlib_ng.compressobj(LEVEL, zlib_ng.DEFLATED, WBITS, MEM_LEVEL, zlib_ng.Z_DEFAULT_STRATEGY, dictionary)
+    return c.compress(data) + c.flush()
+
+
+def _inflate(data: bytes, dictionary: bytes, max_size: int) -> bytes:
+    try:
+        d = zlib_ng.decompressobj(WBITS, dictionary)
+        out = d.decompress(data, max_size + 1)
+    except zlib_ng.error as exc:
+        raise CompressionError(f"corrupt deflate data: {exc}") from exc
+    if len(out) > max_size:
+        raise DecompressionBombError(f"pushed body expands beyond {max_size} bytes")
+    if not d.eof or d.unused_data:
+        raise CompressionError("truncated deflate data or bytes after it")
+    return out
+
+
+# ----------------------------------------------------------- notifications
+
+
+@dataclass(frozen=True)
+class Notification:
+    """What one notification says.
+
+    ``template``: the body is the new empty-response template (``"next_batch"``
+    empty) and answers nothing.  Otherwise it is the homeserver's answer to
+    the stream's current since, exactly as sent; ``adopt`` marks an answer
+    that is itself empty-shaped, whose template the client takes over.
+    """
+
+    body: bytes
+    template: bool = False
+    adopt: bool = False
+
+
+def encode_notification(n: Notification, since: str, delta: DeltaState, table: CborTable) -> bytes:
+    """The payload for ``n``, answering (or, for a template, sent at) ``since``.
+    Advances ``delta``: call it only for a notification that is sent."""
+    if n.template and (n.adopt or not is_template(n.body)):
+        raise CodecError("a template answers nothing and has an empty next_batch")
+    encoding, data = encode_body(n.body, table)
+    stream = _deflate(data, delta.dictionary(since))
+    delta.remember(data)
+    if not n.template and not n.adopt and encoding == ENC_CBOR_ASCII:
+        return stream
+    header = HEADER_MARK | (encoding << H_ENCODING_SHIFT)
+    header |= (H_TEMPLATE if n.template else 0) | (H_ADOPT if n.adopt else 0)
+    return bytes([header]) + stream
+
+
+def decode_notification(payload: bytes, since: str, delta: DeltaState, table: CborTable,
+                        max_size: int = MAX_PUSH_BODY) -> Notification | None:
+    """Inverse of ``encode_notification``; None for the empty payload (a
+    registration accepted with nothing to say yet).  Advances ``delta``
+    only when the payload decodes."""
+    if not payload:
+        return None
+    header, stream = 0, payload
+    if payload[0] & HEADER_MARK == HEADER_MARK:
+        header, stream = payload[0], payload[1:]
+        if header & H_RESERVED:
+            raise CodecError(f"notification header {header:#04x} has reserved bits set")
+    encoding = (header >> H_ENCODING_SHIFT) & 0b11
+    template, adopt = bool(header & H_TEMPLATE), bool(header & H_ADOPT)
+    if template and adopt:
+        raise CodecError("a template cannot also be adopted")
+    data = _inflate(stream, delta.dictionary(since), max_size)
+    body = decode_body(encoding, data, table)
+    if template and not is_template(body):
+        raise CodecError("a template must have exactly one empty next_batch")
+    delta.remember(data)
+    return Notification(body, template, adopt)
+
+
+__all__ = [
+    "COUNT_KEYS",
+    "ENC_CBOR_ASCII",
+    "ENC_CBOR_UTF8",
+    "ENC_JSON",
+    "END_CLOSED",
+    "END_FETCH",
+    "MAX_PUSH_BODY",
+    "OP_CANCEL",
+    "OP_CHECK",
+    "SYNC_ROUTES",
+    "DeltaState",
+    "LongPoll",
+    "Notification",
+    "decode_body",
+    "decode_notification",
+    "encode_body",
+    "encode_notification",
+    "expand_template",
+    "is_empty_sync",
+    "is_template",
+    "next_batch_of",
+    "parse_long_poll",
+    "split_next_batch",
+]

@@ -1,0 +1,197 @@
+"""The client side of the secure layer (sans-I/O), talking to one server.
+
+It chooses IK (server key pinned) or XX (first contact), puts the first
+request into the handshake, resends an early request the server did not
+answer, and re-handshakes on a RESET that echoes a frame it sent.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import OrderedDict, deque
+
+from . import frame as sf
+from ..errors import (
+    FrameError,
+    HandshakeError,
+    ProfileMismatchError,
+    SecurityError,
+    ServerKeyChanged,
+    ServerKeyMismatchError,
+)
+from .noise import ClientSession, Rng, SecureChannel
+from .events import ClientOutput, Connected, Deliver, Dropped, Rehandshake, Transmit
+from .frame import DatagramKind, FrameShape
+
+RECENT_HEADERS = 16  # frames a RESET may echo
+MAX_EARLY_MESSAGE = 512
+
+
+class ClientEndpoint:
+    """The client side of the secure layer, talking to one server.
+
+    ``send(now, message)`` starts a handshake when there is no session (IK with
+    a known server key and the message as early data if it is an idempotent
+    request; XX otherwise, the message in XX3), queues messages while a
+    handshake is under way and seals them afterwards.  ``receive(now,
+    datagram)`` returns :class:`Deliver` for the CoAP layer.  A handshake that
+    cannot succeed raises ProfileMismatchError or ServerKeyChanged.
+    """
+
+    def __init__(self, static_private: bytes, profile_id: int, profile_digest: bytes, *,
+                 server_public: bytes | None = None, rng: Rng = os.urandom,
+                 rekey_interval: int = sf.DEFAULT_REKEY_INTERVAL,
+                 duplicate_lifetime: float = sf.DEFAULT_DUPLICATE_LIFETIME, max_queued: int = 8) -> None:
+        self._static = static_private
+        self._profile = (profile_id, profile_digest)
+        self.server_public = server_public
+        self._rng = rng
+        self._rekey_interval = rekey_interval
+        self._duplicate_lifetime = duplicate_lifetime
+        self._max_queued = max_queued
+        self.handshake: ClientSession | None = None
+        self.channel: SecureChannel | None = None
+        self._queue: deque[bytes] = deque()
+        self._recent: OrderedDict[bytes, bytes] = OrderedDict()  # 4-byte header -> message
+        self._unconfirmed_xx3: tuple[bytes, bytes] | None = None  # (first message, XX3)
+
+    @property
+    def session_id(self) -> bytes | None:
+        return self.channel.session_id if self.channel else None
+
+    @property
+    def handshake_datagram(self) -> bytes | None:
+        """The handshake message to retransmit while waiting (the shell's timer)."""
+        return self.handshake.datagram if self.handshake else None
+
+    def connect(self, now: float) -> list[ClientOutput]:
+        """Start a handshake without a message (no-op when one exists)."""
+        if self.channel or self.handshake:
+            return []
+        return self._start(now, None, [])
+
+    def send(self, now: float, message: bytes) -> list[ClientOutput]:
+        message = bytes(message)
+        sf.validate_message(message)
+        out: list[ClientOutput] = []
+        if self.channel is not None:
+            if self._unconfirmed_xx3 is not None and message == self._unconfirmed_xx3[0]:
+                out.append(Transmit(None, self._unconfirmed_xx3[1]))  # XX3 may be lost: resend it
+            else:
+                self._seal_and_send(message, out)
+        elif self.handshake is not None:
+            if message == self.handshake.message:
+                out.append(Transmit(None, self.handshake.datagram))
+            else:
+                self._enqueue(message, out)
+        else:
+            self._start(now, message, out)
+        return out
+
+    def receive(self, now: float, datagram: bytes) -> list[ClientOutput]:
+        datagram = bytes(datagram)
+        out: list[ClientOutput] = []
+        kind = sf.classify(datagram)
+        try:
+            if kind is DatagramKind.DATA:
+                self._receive_data(now, datagram, out)
+            elif kind in (DatagramKind.IK2, DatagramKind.XX2, DatagramKind.REFUSE):
+                self._receive_handshake(now, datagram, out)
+            elif kind is DatagramKind.RESET:
+                self._receive_reset(now, sf.parse_reset(datagram), out)
+            else:
+                out.append(Dropped(f"{kind.name} is not for a client"))
+        except (ProfileMismatchError, ServerKeyChanged):
+            self.handshake = None
+            raise
+        except SecurityError as exc:
+            out.append(Dropped(f"{type(exc).__name__}: {exc}"))
+        return out
+
+    # -- internals --
+
+    def _start(self, now: float, message: bytes | None, out: list[ClientOutput],
+               force_xx: bool = False) -> list[ClientOutput]:
+        self.channel = None
+        self._unconfirmed_xx3 = None
+        use_ik = self.server_public is not None and not force_xx
+        carried = message
+        if use_ik and message is not None:
+            header = sf.parse_coap_header(message)
+            if not header.is_idempotent_request or len(message) > MAX_EARLY_MESSAGE:
+                carried = None  # the server would refuse it: send it after IK2 instead
+                self._queue.appendleft(message)
+        self.handshake = ClientSession(
+            self._static, *self._profile, now=now, server_public=self.server_public if use_ik else None,
+            expected_server_public=self.server_public, message=carried, rng=self._rng,
+            rekey_interval=self._rekey_interval, duplicate_lifetime=self._duplicate_lifetime)
+        out.append(Transmit(None, self.handshake.datagram))
+        return out
+
+    def _enqueue(self, message: bytes, out: list[ClientOutput]) -> None:
+        if message in self._queue:
+            return
+        self._queue.append(message)
+        while len(self._queue) > self._max_queued:
+            self._queue.popleft()
+            out.append(Dropped("queue full while handshaking"))
+
+    def _seal_and_send(self, message: bytes, out: list[ClientOutput]) -> None:
+        assert self.channel is not None
+        frame = self.channel.seal(message)
+        if sf.message_shape(sf.parse_coap_header(message)) is FrameShape.SEQUENCED:
+            self._recent[frame[:4]] = message
+            self._recent.move_to_end(frame[:4])
+            while len(self._recent) > RECENT_HEADERS:
+                self._recent.popitem(last=False)
+        out.append(Transmit(None, frame))
+
+    def _receive_data(self, now: float, datagram: bytes, out: list[ClientOutput]) -> None:
+        if self.channel is None:
+            out.append(Dropped("data frame without a session"))
+            return
+        opened = self.channel.open(datagram, now)
+        if opened.authenticated:
+            self._unconfirmed_xx3 = None  # the server has the session
+        out.append(Deliver(self.channel.session_id, None, opened.message, opened.counter,
+                           duplicate=opened.is_retransmission))
+
+    def _receive_handshake(self, now: float, datagram: bytes, out: list[ClientOutput]) -> None:
+        handshake = self.handshake
+        if handshake is None:
+            out.append(Dropped("handshake message without a handshake"))
+            return
+        try:
+            done = handshake.receive(datagram)
+        except ServerKeyMismatchError as exc:
+            if handshake.pattern != "IK":
+                raise
+            # the pinned key did not work: learn the server's key with XX, which checks it against the pin
+            out.append(Rehandshake(f"IK refused: {exc}"))
+            self._start(now, handshake.message, out, force_xx=True)
+            return
+        self.handshake = None
+        self.channel = done.channel
+        self.server_public = done.server_public
+        out.append(Connected(done.channel.session_id, done.server_public, handshake.pattern))
+        if done.transmit is not None:
+            out.append(Transmit(None, done.transmit))
+            if handshake.message is not None:
+                self._unconfirmed_xx3 = (handshake.message, done.transmit)
+        if done.answer is not None:
+            out.append(Deliver(done.channel.session_id, None, done.answer, 0))
+        if done.resend_early and handshake.message is not None:
+            self._seal_and_send(handshake.message, out)
+        while self._queue:
+            self._seal_and_send(self._queue.popleft(), out)
+
+    def _receive_reset(self, now: float, echoed: bytes, out: list[ClientOutput]) -> None:
+        # RESET is not authenticated: act only when it echoes a frame sent recently
+        message = self._recent.get(echoed)
+        if self.channel is None or message is None:
+            raise FrameError("RESET does not echo a recent frame")
+        if self.server_public is None:
+            raise HandshakeError("RESET but no server key to re-handshake with")
+        self._recent.clear()
+        out.append(Rehandshake("server has no session (RESET)"))
+        self._start(now, message, out)

@@ -1,0 +1,629 @@
+"""aiocoap over our own links: the thin shell between CoAP and datagrams.
+
+aiocoap has no public hook for a custom transport (its ``transports=`` takes
+built-in names only), so this module wires a TokenManager, a MessageManager
+and a MessageInterface by hand, as aiocoap's own private
+``_append_tokenmanaged_messagemanaged_transport`` does.  aiocoap is pinned
+(pyproject.toml) because these are its internals.
+
+What changes from stock aiocoap, and why:
+
+* ``LinkAwareMessageManager``: the ACK timeout comes from the link
+  (``link_timing``) instead of a fixed 2 s, RTT samples follow Karn's rule,
+  and retransmissions are counted.  Incoming messages carry a tuning whose
+  EXCHANGE_LIFETIME covers the link's long timeouts, so the deduplication
+  cache (a retransmitted request never runs twice) outlives every
+  retransmission, and whose EMPTY_ACK_DELAY sends an empty ACK only when a
+  piggybacked answer would come too late.
+* ``ShortTokenManager``: 1-byte tokens, cycling, skipping tokens in use.
+* ``LinkMessageInterface``: encodes messages, passes them through a
+  ``FrameCodec`` (plaintext, or the Noise secure frames) onto a
+  ``DatagramLink`` (UDP, KISS serial, emulated), and guards the receive path:
+  a malformed datagram is counted and dropped, never raised.  Frames and
+  bytes are also counted per peer (bounded) for the metrics endpoint.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections import OrderedDict
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from aiocoap import Context, Message, error, interfaces
+from aiocoap.messagemanager import MessageManager
+from aiocoap.numbers.codes import GET
+from aiocoap.numbers.constants import TransportTuning
+from aiocoap.numbers.types import ACK, CON, NON
+from aiocoap.tokenmanager import TokenManager
+
+from .timing import LinkBudget, RetransmissionTimer
+
+log = logging.getLogger(__name__)
+
+SCHEME = "coap"
+#: remotes whose RTT estimate is kept; an evicted one starts from the link budget again
+MAX_REMOTES = 4096
+#: separate responses remembered for deduplication (the oldest go first)
+MAX_SEEN_RESPONSES = 4096
+
+
+class DatagramLink(Protocol):
+    """What a CoAP endpoint needs from a link."""
+
+    name: str
+    budget: LinkBudget
+
+    def send(self, peer: Hashable, datagram: bytes) -> None: ...
+
+    def set_receiver(self, receiver: Callable[[Hashable, bytes], None]) -> None: ...
+
+    def queued_bytes(self, peer: Hashable) -> int:
+        """Bytes still waiting to leave toward ``peer`` (0 when unknown)."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+class CodecHost(Protocol):
+    """What a FrameCodec may ask of the interface it is plugged into."""
+
+    def send_datagram(self, peer: Hashable, datagram: bytes) -> None:
+        """Send a datagram the codec originates itself (a handshake reply)."""
+        ...
+
+    def fail_remote(self, key: Hashable, exc: Exception) -> None:
+        """Fail everything pending toward ``key`` now (a fatal handshake error)."""
+        ...
+
+    def forget_remote(self, key: Hashable) -> None:
+        """``key`` is gone for good (a closed session): drop its CoAP state."""
+        ...
+
+
+class FrameCodec(Protocol):
+    """Turns CoAP message bytes into datagrams for a peer, and back.
+
+    ``key`` identifies the CoAP endpoint aiocoap talks to: the network
+    address in plaintext mode, the session in secure mode.
+    """
+
+    def bind(self, host: CodecHost) -> None: ...
+
+    def outgoing(self, key: Hashable, message: bytes) -> list[tuple[Hashable, bytes]]: ...
+
+    def incoming(self, peer: Hashable, datagram: bytes) -> list[tuple[Hashable, bytes]]: ...
+
+
+class PlainCodec:
+    """Plaintext mode: the datagram *is* the CoAP message (RFC 7252)."""
+
+    def bind(self, host: CodecHost) -> None:
+        pass
+
+    def outgoing(self, key: Hashable, message: bytes) -> list[tuple[Hashable, bytes]]:
+        return [(key, message)]
+
+    def incoming(self, peer: Hashable, datagram: bytes) -> list[tuple[Hashable, bytes]]:
+        return [(peer, datagram)]
+
+
+@dataclass
+class TransportCounters:
+    frames_out: int = 0
+    bytes_out: int = 0
+    frames_in: int = 0
+    bytes_in: int = 0
+    retransmissions: int = 0
+    timeouts: int = 0
+    dropped_malformed: int = 0
+    dropped_by_codec: int = 0
+    rtt_samples: int = 0
+    #: responses dropped as duplicates (an ACK for an exchange that is over,
+    #: a CON/NON response whose message ID was already seen)
+    duplicate_responses: int = 0
+
+
+#: peers counted one by one; any further peer is summed under OTHER_PEERS, so
+#: a stream of new source addresses or sessions cannot grow the table unbounded
+MAX_COUNTED_PEERS = 1024
+OTHER_PEERS = "other"
+
+
+@dataclass
+class PeerCounters:
+    """Datagrams to and from one peer: its CoAP key when the codec names one
+    (the session in secure mode), else its link address (handshakes, drops)."""
+
+    frames_out: int = 0
+    bytes_out: int = 0
+    frames_in: int = 0
+    bytes_in: int = 0
+
+
+class LinkAddress(interfaces.EndpointAddress):
+    """A CoAP peer behind one LinkMessageInterface, identified by ``key``."""
+
+    scheme = SCHEME
+    is_multicast = False
+    is_multicast_locally = False
+
+    def __init__(self, interface: "LinkMessageInterface", key: Hashable):
+        self.interface = interface
+        self.key = key
+
+    def __hash__(self) -> int:
+        return hash((id(self.interface), self.key))
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, LinkAddress) and other.interface is self.interface and other.key == self.key
+
+    def __repr__(self) -> str:
+        return f"<LinkAddress {self.interface.link.name} {self.key!r}>"
+
+    @property
+    def hostinfo(self) -> str:
+        key = self.key
+        if isinstance(key, tuple) and len(key) >= 2:
+            host = str(key[0])
+            return f"[{host}]:{key[1]}" if ":" in host else f"{host}:{key[1]}"
+        return str(key).replace("/", "_")
+
+    @property
+    def hostinfo_local(self) -> str:
+        return self.interface.link.name
+
+    @property
+    def uri_base(self) -> str:
+        return f"{SCHEME}://{self.hostinfo}"
+
+    @property
+    def uri_base_local(self) -> str:
+        return f"{SCHEME}://{self.hostinfo_local}"
+
+    @property
+    def blockwise_key(self) -> Hashable:
+        return (id(self.interface), self.key)
+
+    @property
+    def maximum_block_size_exp(self) -> int:
+        # blockwise only when a message truly does not fit a link frame
+        budget = self.interface.link.budget
+        exp = 6
+        while exp > 0 and (16 << exp) + 64 > budget.max_frame:
+            exp -= 1
+        return exp
+
+    @property
+    def maximum_payload_size(self) -> int:
+        return max(16, self.interface.link.budget.max_frame - 64)
+
+
+class LinkTuning(TransportTuning):
+    """aiocoap tuning for messages of one peer, derived from its timer."""
+
+    def __init__(self, timer: RetransmissionTimer):
+        self._timer = timer
+
+    @property
+    def ACK_TIMEOUT(self) -> float:  # type: ignore[override]
+        # used by aiocoap for EXCHANGE_LIFETIME and friends: take the longest
+        # first timeout a full frame could need
+        return self._timer.ack_timeout(self._timer.budget.max_frame)
+
+    @property
+    def MAX_LATENCY(self) -> float:  # type: ignore[override]
+        return max(100.0, 2 * self._timer.budget.latency + self._timer.budget.serialisation(self._timer.budget.max_frame))
+
+    @property
+    def EMPTY_ACK_DELAY(self) -> float:  # type: ignore[override]
+        return self._timer.empty_ack_delay()
+
+    @property
+    def MAX_RETRANSMIT(self) -> int:  # type: ignore[override]
+        return self._timer.budget.max_retransmit
+
+
+@dataclass
+class _Exchange:
+    sent_at: float
+    size: int
+    queued: int
+    retransmitted: bool = False
+
+
+class LinkAwareMessageManager(MessageManager):
+    """aiocoap's MessageManager with timeouts that follow the link."""
+
+    def __init__(self, token_manager: TokenManager, budget: LinkBudget, counters: TransportCounters):
+        super().__init__(token_manager)
+        self.budget = budget
+        self.counters = counters
+        # per remote, least recently used first: plaintext remotes are
+        # addresses that come and go, so both maps are bounded
+        self.timers: OrderedDict[Hashable, RetransmissionTimer] = OrderedDict()
+        self._tunings: OrderedDict[Hashable, LinkTuning] = OrderedDict()
+        self._exchanges: dict[tuple[Hashable, int], _Exchange] = {}
+        #: (remote, message ID) of separate responses received recently
+        self._seen_responses: OrderedDict[tuple[Hashable, int], None] = OrderedDict()
+        #: a peer's own link budget (None: the link's), for a server whose
+        #: peers sit behind paths of different speeds (see LinkEndpoint)
+        self.budget_for: Callable[[Hashable], LinkBudget | None] | None = None
+        #: size of the message being dispatched (aiocoap cannot re-encode
+        #: incoming messages; dispatch is synchronous, so this is exact)
+        self.incoming_size = 0
+        #: called with (remote, message ID) when a CON we sent is acknowledged
+        #: (sync push waits for it before polling the homeserver further)
+        self.on_acknowledged: list[Callable[[Hashable, int], None]] = []
+
+    def timer_for(self, remote: Hashable) -> RetransmissionTimer:
+        timer = self.timers.get(remote)
+        if timer is None:
+            budget = self.budget_for(remote) if self.budget_for is not None else None
+            timer = self.timers[remote] = RetransmissionTimer(budget or self.budget)
+            if len(self.timers) > MAX_REMOTES:
+                self.timers.popitem(last=False)
+        else:
+            self.timers.move_to_end(remote)
+        return timer
+
+    def tuning_for(self, remote: Hashable) -> LinkTuning:
+        tuning = self._tunings.get(remote)
+        if tuning is None:
+            tuning = self._tunings[remote] = LinkTuning(self.timer_for(remote))
+            if len(self._tunings) > MAX_REMOTES:
+                self._tunings.popitem(last=False)
+        else:
+            self._tunings.move_to_end(remote)
+        return tuning
+
+    def forget_remote(self, remote: Hashable) -> None:
+        self.timers.pop(remote, None)
+        self._tunings.pop(remote, None)
+
+    # -- aiocoap hooks
+
+    def _add_exchange(self, message: Message, messageerror_monitor: Callable[[], None]) -> None:
+        key = (message.remote, message.mid)
+        if message.remote not in self._backlogs:
+            self._backlogs[message.remote] = []
+        size = len(message.encode())
+        queued = message.remote.interface.link.queued_bytes(message.remote.key)
+        # our own CON: retransmit as often as this link needs
+        tuning = message.transport_tuning = self.tuning_for(message.remote)
+        # a GET fetches a representation, which may fill a frame (a sync, a
+        # page of history, /versions); a 256-B guess would retransmit it
+        answer = self.budget.max_frame if message.code == GET else None
+        base = self.timer_for(message.remote).ack_timeout(size, queued, answer)
+        timeout = random.uniform(base, base * tuning.ACK_RANDOM_FACTOR)
+        handle = self._schedule_retransmit(message, timeout, 0)
+        self._active_exchanges[key] = (messageerror_monitor, handle)
+        self._exchanges[key] = _Exchange(self.loop.time(), size, queued)
+
+    def _retransmit(self, message: Message, timeout: float, retransmission_counter: int) -> None:
+        key = (message.remote, message.mid)
+        exchange = self._exchanges.get(key)
+        if exchange is not None:
+            exchange.retransmitted = True
+        if retransmission_counter < message.transport_tuning.MAX_RETRANSMIT:
+            self.counters.retransmissions += 1
+        else:
+            self.counters.timeouts += 1
+            self._exchanges.pop(key, None)
+        super()._retransmit(message, timeout, retransmission_counter)
+
+    def _remove_exchange(self, message: Message) -> None:
+        key = (message.remote, message.mid)
+        exchange = self._exchanges.pop(key, None)
+        if exchange is not None and not exchange.retransmitted and key in self._active_exchanges:
+            rtt = self.loop.time() - exchange.sent_at
+            self.timer_for(message.remote).on_sample(rtt, exchange.size, self.incoming_size, exchange.queued)
+            self.counters.rtt_samples += 1
+        acknowledged = message.mtype == ACK and key in self._active_exchanges
+        super()._remove_exchange(message)
+        if acknowledged:
+            for listener in self.on_acknowledged:
+                listener(message.remote, message.mid)
+
+    def dispatch_message(self, message: Message) -> None:
+        # aiocoap does not deduplicate responses (RFC 7252 §4.5 lets it, as
+        # responses are idempotent); but a duplicated response could reach a
+        # newer request that reuses its token — the empty token is reused at
+        # once (ShortTokenManager) — so the message layer drops duplicates.
+        if message.code.is_response():
+            key = (message.remote, message.mid)
+            if message.mtype == ACK and self._active_exchanges is not None and key not in self._active_exchanges:
+                self.counters.duplicate_responses += 1
+                return
+            if message.mtype in (CON, NON):
+                if key in self._seen_responses:
+                    self.counters.duplicate_responses += 1
+                    if message.mtype == CON:
+                        self._send_empty_ack(message.remote, message.mid, reason="duplicate response")
+                    return
+                self._seen_responses[key] = None
+                self.loop.call_later(self.tuning_for(message.remote).EXCHANGE_LIFETIME,
+                                     self._seen_responses.pop, key, None)
+                while len(self._seen_responses) > MAX_SEEN_RESPONSES:
+                    self._seen_responses.popitem(last=False)
+        super().dispatch_message(message)
+
+    def dispatch_error(self, error: Exception, remote: Hashable) -> None:
+        for key in [k for k in self._exchanges if k[0] == remote]:
+            del self._exchanges[key]
+        super().dispatch_error(error, remote)
+
+    async def shutdown(self) -> None:
+        self._exchanges.clear()
+        await super().shutdown()
+
+
+class ShortTokenManager(TokenManager):
+    """Empty tokens where that is safe, else 1-byte tokens (cycling, skipping
+    those in use).
+
+    The empty token (RFC 7252 §5.3.1) saves a byte in the request and one in
+    its response.  It goes to a plain request (not an observation, which
+    keeps its token for its life) when no other request to the same peer
+    holds it, and only once the previous request that had it ended with a
+    response: a request that timed out or was cancelled may still be answered
+    late, and that answer must not reach a newer request, so the empty token
+    then rests until the exchange lifetime has passed.
+    """
+
+    def __init__(self, context: Context, clock: Callable[[], float] | None = None,
+                 rest: Callable[[], float] | None = None):
+        super().__init__(context)
+        self._next = random.randrange(256)
+        self._pending: Message | None = None
+        self._clock = clock
+        self._rest = rest
+        #: peer -> time until which the empty token rests
+        self._resting: OrderedDict[Hashable, float] = OrderedDict()
+
+    def request(self, request):
+        msg = request.request
+        if self._clock is not None and self._rest is not None:
+            # watch before handing the request on: a request that fails at
+            # once (shutdown) ends its pipe, which then takes no watcher
+            remote_key = msg.remote
+            answered = False
+
+            def watch(event) -> bool:
+                nonlocal answered
+                if msg.token != b"":
+                    return False
+                if event.message is not None and event.is_last:
+                    answered = True
+                elif event.message is None and event.exception is None and not answered:
+                    # the exchange ended without its final response
+                    self._resting[remote_key] = self._clock() + self._rest()
+                    while len(self._resting) > MAX_REMOTES:
+                        self._resting.popitem(last=False)
+                return True
+
+            request.on_event(watch, is_interest=False)
+        self._pending = msg
+        try:
+            super().request(request)
+        finally:
+            self._pending = None
+
+    def next_token(self) -> bytes:
+        in_use = {(token, remote) for token, remote in (self.outgoing_requests or {})}
+        msg = self._pending
+        if msg is not None and msg.opt.observe is None and self._clock is not None:
+            free = (b"", msg.remote) not in in_use
+            resting = self._resting.get(msg.remote)
+            if resting is not None and resting <= self._clock():
+                del self._resting[msg.remote]
+                resting = None
+            if free and resting is None:
+                return b""
+        tokens = {token for token, _remote in in_use}
+        for _ in range(256):
+            token = bytes([self._next])
+            self._next = (self._next + 1) % 256
+            if token not in tokens:
+                return token
+        return super().next_token()  # 256 requests in flight: fall back to longer tokens
+
+
+class LinkMessageInterface(interfaces.MessageInterface):
+    """aiocoap MessageInterface over a DatagramLink through a FrameCodec."""
+
+    def __init__(self, mman: LinkAwareMessageManager, link: DatagramLink, codec: FrameCodec, counters: TransportCounters):
+        self.mman = mman
+        self.link = link
+        self.codec = codec
+        self.counters = counters
+        #: per-peer counts, at most MAX_COUNTED_PEERS + 1 entries (OTHER_PEERS)
+        self.peers: dict[Hashable, PeerCounters] = {}
+        link.set_receiver(self._datagram_received)
+        codec.bind(self)
+
+    def remote(self, key: Hashable) -> LinkAddress:
+        """The aiocoap remote for a peer of this link (address or session)."""
+        return LinkAddress(self, key)
+
+    def peer_counters(self, key: Hashable) -> PeerCounters:
+        counts = self.peers.get(key)
+        if counts is None:
+            if len(self.peers) >= MAX_COUNTED_PEERS:
+                key = OTHER_PEERS
+            counts = self.peers.setdefault(key, PeerCounters())
+        return counts
+
+    # -- MessageInterface
+
+    def send(self, message: Message) -> None:
+        data = message.encode()
+        try:
+            datagrams = self.codec.outgoing(message.remote.key, data)
+        except Exception as exc:  # a codec failure loses this frame, not the endpoint
+            log.warning("cannot send to %r: %s", message.remote, exc)
+            self.counters.dropped_by_codec += 1
+            return
+        for peer, datagram in datagrams:
+            self._send(peer, datagram, message.remote.key)
+
+    # -- CodecHost
+
+    def fail_remote(self, key: Hashable, exc: Exception) -> None:
+        # pending requests fail now with the codec's error, not after retransmissions
+        self.mman.dispatch_error(exc, self.remote(key))
+
+    def forget_remote(self, key: Hashable) -> None:
+        self.mman.forget_remote(self.remote(key))
+
+    def send_datagram(self, peer: Hashable, datagram: bytes) -> None:
+        self._send(peer, datagram, peer)
+
+    def _send(self, peer: Hashable, datagram: bytes, key: Hashable) -> None:
+        self.counters.frames_out += 1
+        self.counters.bytes_out += len(datagram)
+        counts = self.peer_counters(key)
+        counts.frames_out += 1
+        counts.bytes_out += len(datagram)
+        self.link.send(peer, datagram)
+
+    async def determine_remote(self, message: Message) -> LinkAddress | None:
+        return None  # remotes are handed out by remote(), never parsed from URIs
+
+    async def recognize_remote(self, remote: Any) -> bool:
+        return isinstance(remote, LinkAddress) and remote.interface is self
+
+    async def shutdown(self) -> None:
+        await self.link.close()
+
+    # -- receive path: nothing may escape from here
+
+    def _datagram_received(self, peer: Hashable, datagram: bytes) -> None:
+        self.counters.frames_in += 1
+        self.counters.bytes_in += len(datagram)
+        try:
+            messages = self.codec.incoming(peer, datagram)
+        except Exception as exc:
+            log.debug("codec dropped a datagram from %r: %s", peer, exc)
+            self.counters.dropped_by_codec += 1
+            messages = []
+        # counted under the session the codec found in it, else the address
+        counts = self.peer_counters(messages[0][0] if messages else peer)
+        counts.frames_in += 1
+        counts.bytes_in += len(datagram)
+        for key, raw in messages:
+            remote = self.remote(key)
+            try:
+                message = Message.decode(raw, remote)
+            except (error.UnparsableMessage, ValueError, IndexError, UnicodeDecodeError, TypeError) as exc:
+                log.debug("malformed CoAP message from %r: %s", peer, exc)
+                self.counters.dropped_malformed += 1
+                continue
+            message.transport_tuning = self.mman.tuning_for(remote)
+            self.mman.incoming_size = len(raw)
+            try:
+                self.mman.dispatch_message(message)
+            except Exception:
+                log.exception("error processing a message from %r", peer)
+                self.counters.dropped_malformed += 1
+
+
+@dataclass
+class LinkEndpoint:
+    """A CoAP endpoint (client, server or both) on one link."""
+
+    context: Context
+    interface: LinkMessageInterface
+    counters: TransportCounters = field(default_factory=TransportCounters)
+    #: the resource tree served, if any (its blockwise caches follow the link)
+    site: Any = None
+
+    def remote(self, key: Hashable) -> LinkAddress:
+        return self.interface.remote(key)
+
+    def set_budget(self, budget: LinkBudget) -> None:
+        """New timing for the whole link (it was reshaped): later exchanges
+        use it, and the round-trip estimates start over."""
+        self.interface.link.budget = budget
+        mman = self.interface.mman
+        mman.budget = budget
+        mman.timers.clear()
+        mman._tunings.clear()
+        blockwise_caches_follow(self.site, budget)
+
+    def set_peer_budgets(self, budget_for: Callable[[LinkAddress], LinkBudget | None]) -> None:
+        """Give each peer the budget of its own path: ``budget_for(remote)``
+        is asked once per peer (None: the link's).  A server reached over
+        paths of different speeds needs it, or it would answer a held
+        request on a fast path too late (the client retransmits) or hold
+        one on a slow path too briefly."""
+        mman = self.interface.mman
+        mman.budget_for = budget_for
+        mman.timers.clear()
+        mman._tunings.clear()
+
+    async def shutdown(self) -> None:
+        await self.context.shutdown()
+
+
+def blockwise_caches_follow(site: Any, budget: LinkBudget) -> None:
+    """Keep a site's blockwise state as long as the link needs between blocks.
+
+    aiocoap keeps a response being fetched block by block (Block2Cache) and a
+    request being assembled (Block1Spool) for a fixed MAX_TRANSMIT_WAIT of
+    93 s; at 100 bit/s one 1024-byte block takes 82 s to serialise, so the
+    request for the next block would find the response gone (4.08).  The
+    caches are aiocoap's (``Resource._block1/_block2``); their timeout is a
+    public attribute of its TimeoutDict.
+    """
+    # the next block's request comes one full-frame exchange later, or after
+    # a retransmission or two of it: 4 first timeouts of a full frame
+    lifetime = max(TransportTuning().MAX_TRANSMIT_WAIT, 4 * LinkTuning(RetransmissionTimer(budget)).ACK_TIMEOUT)
+    for name, attr in (("_block1", "_assemblies"), ("_block2", "_completes")):
+        cache = getattr(getattr(site, name, None), attr, None)
+        if cache is not None:
+            cache.timeout = lifetime
+    # an aiocoap Site keeps the caches in the resources it dispatches to
+    for child in getattr(site, "_resources", {}).values():
+        blockwise_caches_follow(child, budget)
+
+
+async def create_link_endpoint(link: DatagramLink, *, site: Any = None, codec: FrameCodec | None = None,
+                               loggername: str = "coap") -> LinkEndpoint:
+    """An aiocoap Context that speaks CoAP over ``link`` (server if ``site``)."""
+    context = Context(serversite=site, loggername=loggername)
+    counters = TransportCounters()
+    loop = asyncio.get_running_loop()
+    tman = ShortTokenManager(context, clock=loop.time,
+                             rest=lambda: LinkTuning(RetransmissionTimer(link.budget)).EXCHANGE_LIFETIME)
+    mman = LinkAwareMessageManager(tman, link.budget, counters)
+    interface = LinkMessageInterface(mman, link, codec or PlainCodec(), counters)
+    mman.message_interface = interface
+    tman.token_interface = mman
+    context.request_interfaces.append(tman)
+    if site is not None:
+        blockwise_caches_follow(site, link.budget)
+    return LinkEndpoint(context, interface, counters, site)
+
+
+__all__ = [
+    "CON",
+    "MAX_COUNTED_PEERS",
+    "OTHER_PEERS",
+    "CodecHost",
+    "DatagramLink",
+    "FrameCodec",
+    "LinkAddress",
+    "LinkAwareMessageManager",
+    "LinkBudget",
+    "LinkEndpoint",
+    "LinkMessageInterface",
+    "PeerCounters",
+    "PlainCodec",
+    "ShortTokenManager",
+    "TransportCounters",
+    "create_link_endpoint",
+]
