@@ -16,7 +16,8 @@ from aiocoap.numbers.types import Type
 from coap_gateway.transport.coap import create_link_endpoint
 from coap_gateway.transport.kiss import FEND, KissDecoder, encode_frame
 from coap_gateway.transport.timing import LinkBudget, RetransmissionTimer
-from coap_gateway.transport.links import SerialLink, UdpLink, emulated_link_pair
+from coap_gateway.transport.links import SerialLink, UdpLink
+from meshsim.emulated import emulated_link_pair
 from meshsim.link import LinkProfile
 
 
@@ -106,8 +107,8 @@ async def test_exactly_once_at_100bps_30pct_loss_reordering_duplication():
     assert [a.payload for a in answers] == [b"ok:" + b for b in bodies]
     assert res.executions == {b: 1 for b in bodies}  # executed exactly once each
     # the link really was that bad
-    dropped = sum(m.counters.dropped["loss"] for e in (cl, sl) for m in e.models)
-    duplicated = sum(m.counters.duplicated for e in (cl, sl) for m in e.models)
+    dropped = sum(m.counters.dropped["loss"] for e in (cl, sl) for m in e.stages)
+    duplicated = sum(m.counters.duplicated for e in (cl, sl) for m in e.stages)
     assert dropped > 0 and duplicated > 0 and client.counters.retransmissions > 0
     frames, wire = link_bytes(cl, sl)
     print(f"\n20 exchanges: {frames} frames, {wire} B on the link "
@@ -155,10 +156,10 @@ async def test_empty_token_for_one_request_at_a_time_one_byte_tokens_beside_it()
 @pytest.mark.looptime
 async def test_empty_token_rests_after_an_exchange_that_got_no_answer():
     client, server, res, cl, sl = await pair(SLOW, max_retransmit=0)
-    cl.models[0].set_profile(LinkProfile(rate_bps=100, delay=1.0, loss=1.0), asyncio.get_running_loop().time())
+    cl.stages[0].set_profile(LinkProfile(rate_bps=100, delay=1.0, loss=1.0), asyncio.get_running_loop().time())
     with pytest.raises(Exception):
         await post(client, b"lost")
-    cl.models[0].set_profile(SLOW, asyncio.get_running_loop().time())
+    cl.stages[0].set_profile(SLOW, asyncio.get_running_loop().time())
     await post(client, b"next")
     # a late answer to "lost" could still come with the empty token: "next" gets another
     assert Message.decode(cl.sent[0]).token == b"" and len(Message.decode(cl.sent[-1]).token) == 1

@@ -21,7 +21,7 @@ from nio import (
 )
 
 from coap_gateway.secure import keys
-from coap_gateway.transport.links import emulated_link_pair
+from meshsim.emulated import emulated_link_pair
 from coap_gateway.codec.profile import load_profile
 from coap_gateway.app.runner import advertisement_for, start_client, start_server
 from coap_gateway.gateway.server import ADVERTISEMENT_KEY
@@ -65,7 +65,7 @@ class Device:
         """Change the link at runtime (queued frames are not flushed)."""
         loop = asyncio.get_running_loop()
         for end in (self.client_link, self.server_link):
-            end.models[0].set_profile(profile, loop.time())
+            end.stages[0].set_profile(profile, loop.time())
             end.budget = type(end.budget)(rate_bps=profile.rate_bps, frame_overhead=max(0, profile.overhead),
                                           latency=profile.delay + profile.jitter, max_frame=end.budget.max_frame,
                                           max_retransmit=end.budget.max_retransmit)
@@ -311,7 +311,7 @@ async def test_exactly_once_delivery_with_20pct_loss(synapse, server_key):
             history = await bob.room_messages(room_id, start="", limit=50)
             seen = [e.body for e in history.chunk if getattr(e, "body", "").startswith("lossy ")]
             assert sorted(seen) == sorted(bodies)  # each exactly once in the room
-            lost = sum(m.counters.dropped["loss"] for end in (dev_a.client_link, dev_a.server_link) for m in end.models)
+            lost = sum(m.counters.dropped["loss"] for end in (dev_a.client_link, dev_a.server_link) for m in end.stages)
             assert lost > 0 and dev_a.client.endpoint.counters.retransmissions > 0
         finally:
             await alice.close()

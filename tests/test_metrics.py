@@ -17,7 +17,7 @@ from coap_gateway.app.cli import build_parser
 from coap_gateway.transport.coap import MAX_COUNTED_PEERS, OTHER_PEERS, create_link_endpoint
 from coap_gateway.app.daemon import ConfigError, parse_metrics_address
 from coap_gateway.transport.timing import LinkBudget
-from coap_gateway.transport.links import emulated_link_pair
+from meshsim.emulated import emulated_link_pair
 from coap_gateway.app.metrics import (
     Histogram,
     Registry,

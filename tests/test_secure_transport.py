@@ -17,7 +17,8 @@ from coap_gateway.secure.client import ClientEndpoint
 from coap_gateway.transport.coap import create_link_endpoint
 from coap_gateway.app.demo import REFERENCE_BODY, REFERENCE_RESPONSE, REFERENCE_TARGET
 from coap_gateway.errors import ProfileMismatchError
-from coap_gateway.transport.links import UdpLink, emulated_link_pair
+from coap_gateway.transport.links import UdpLink
+from meshsim.emulated import emulated_link_pair
 from coap_gateway.codec.profile import load_profile
 from coap_gateway.transport.secure_codec import (
     SERVER_KEY,
@@ -94,8 +95,8 @@ async def test_secure_exactly_once_at_100bps_with_loss_reordering_duplication():
     assert [a.payload for a in answers] == [b"ok:" + b for b in bodies]
     assert res.executions == {b: 1 for b in bodies}
     assert scodec.sessions_established >= 1 and ccodec.error is None
-    lost = sum(m.counters.dropped["loss"] for e in (cl, sl) for m in e.models)
-    dup = sum(m.counters.duplicated for e in (cl, sl) for m in e.models)
+    lost = sum(m.counters.dropped["loss"] for e in (cl, sl) for m in e.stages)
+    dup = sum(m.counters.duplicated for e in (cl, sl) for m in e.stages)
     frames, wire = len(cl.sent) + len(sl.sent), sum(map(len, cl.sent + sl.sent))
     print(f"\nsecure, 15 exchanges at 100 bit/s: {frames} frames, {wire} B incl. handshake; "
           f"{client.counters.retransmissions} retransmissions, {lost} lost, {dup} duplicated")

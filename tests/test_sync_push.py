@@ -15,7 +15,7 @@ from nio import RoomMessageText, SyncResponse
 from coap_gateway.secure import keys
 from coap_gateway.errors import CodecError, CompressionError, DecompressionBombError
 from coap_gateway.codec.mapping import HttpResponse
-from coap_gateway.transport.links import emulated_link_pair
+from meshsim.emulated import emulated_link_pair
 from coap_gateway.app.metrics import client_collector, scrape, server_collector
 from coap_gateway.codec.profile import load_profile
 from coap_gateway.app.runner import start_client, start_server
@@ -741,10 +741,10 @@ async def test_a_notification_lost_on_the_link_is_replayed(synapse, server_key):
             await until(dev_b.waiting_on_push)
             loop = asyncio.get_running_loop()
             down = LinkProfile(rate_bps=1_000_000, delay=0.002, loss=1.0)
-            dev_b.server_link.models[0].set_profile(down, loop.time())
+            dev_b.server_link.stages[0].set_profile(down, loop.time())
             await alice.room_send(room_id, "m.room.message", {"msgtype": "m.text", "body": "into the void"})
             await until(lambda: dev_b.push_server.counters.notifications >= 2 and not dev_b.push_server.observations)
-            dev_b.server_link.models[0].set_profile(FAST, loop.time())
+            dev_b.server_link.stages[0].set_profile(FAST, loop.time())
             dev_b.push_client.config.check_interval = 0.2
             await receiver.wait_for(1)
             dev_b.push_client.config.check_interval = 3600

@@ -168,7 +168,10 @@ def cmd_client(args: argparse.Namespace) -> None:
 
 
 def cmd_up(args: argparse.Namespace) -> None:
-    from .daemon import serve_up
+    try:
+        from .up import serve_up  # the one command that needs meshsim (its emulated link)
+    except ImportError as exc:
+        raise GatewayError(f"`up` emulates the link with meshsim, which cannot be imported: {exc}") from exc
 
     _serve(serve_up, args, ["data_dir", "listen", "rate", "delay", "loss", "profile", "low_bandwidth", "metrics"])
 

@@ -20,14 +20,12 @@ from urllib.parse import parse_qs, urlsplit
 
 from aiohttp import web
 from rich.console import Console
-from rich.live import Live
-from rich.table import Table
 
 from ..secure import keys
 from ..transport.coap import DatagramLink
 from ..errors import GatewayError
 from ..transport.timing import LinkBudget
-from ..transport.links import SerialLink, UdpLink, emulated_link_pair
+from ..transport.links import SerialLink, UdpLink
 from .metrics import Collector, client_collector, server_collector
 from .metrics_http import DEFAULT_HOST, metrics_url, serve_metrics
 from ..codec.profile import DEFAULT_PROFILE, load_profile
@@ -131,7 +129,7 @@ async def open_link(address: LinkAddress, budget: LinkBudget) -> DatagramLink:
 
 
 def budget_from(options: dict[str, Any], *, udp: bool) -> LinkBudget:
-    from meshsim.netem_args import parse_netem_rate, parse_netem_time
+    from ..transport.units import parse_netem_rate, parse_netem_time
 
     rate = options.get("link_rate")
     return LinkBudget(
@@ -281,72 +279,3 @@ async def serve_client(options: dict[str, Any], console: Console) -> None:
             await metrics.cleanup()
         await client.stop()
         console.print("client gateway stopped")
-
-
-# -------------------------------------------------------------------- up
-
-
-async def serve_up(options: dict[str, Any], console: Console) -> None:
-    """Local Synapse + server gateway + emulated link + client gateway."""
-    from meshsim.link import LinkProfile
-    from meshsim.netem_args import parse_netem_rate, parse_netem_time
-
-    from ..tools.synapse_process import LocalSynapse
-
-    data_dir = Path(options.get("data_dir") or "var/up")
-    host, port = parse_host_port(options.get("listen", "127.0.0.1:8008"), 8008)
-    rate = parse_netem_rate(options.get("rate", "2400bit"))
-    delay = parse_netem_time(options.get("delay", "100ms"))
-    loss = float(options.get("loss", 0.0))
-    profile = load_profile(options.get("profile", DEFAULT_PROFILE))
-    link_profile = LinkProfile(rate_bps=rate, delay=delay, loss=loss, overhead=0)
-
-    data_dir.mkdir(parents=True, exist_ok=True)
-    key_path = data_dir / "server.key"
-    if not key_path.exists():
-        keys.write_private_key(key_path, keys.generate_keypair()[0])
-    static = keys.read_private_key(key_path)
-
-    synapse = LocalSynapse(data_dir / "synapse")
-    with console.status("starting Synapse (first run creates it)…"):
-        await synapse.start()
-    client_link, server_link = emulated_link_pair(link_profile, seed=1, max_retransmit=8 if loss else 4,
-                                                 record=False)
-    server = await start_server(server_link, homeserver=synapse.base_url, profile=profile, static_private=static,
-                                advertisement=advertisement_for("emulated link", static, profile))
-    client = await start_client(client_link, "server", profile=profile, static_private=keys.generate_keypair()[0],
-                                server_public=keys.public_from_private(static), host=host, port=port,
-                                low_bandwidth=bool(options.get("low_bandwidth")))
-    console.print(f"[bold]Matrix homeserver through a {rate:g} bit/s link:[/] {client.base_url}\n"
-                  f"  server name: {synapse.server_name}   register users with any client (m.login.dummy)\n"
-                  f"  Synapse itself: {synapse.base_url}   data: {data_dir}   Ctrl-C stops everything")
-    stopping = asyncio.create_task(until_signalled())
-    metrics = None
-    try:
-        # on by default here (a free loopback port): `up` is for looking at what happens
-        metrics = await start_metrics(options.get("metrics") or f"{DEFAULT_HOST}:0",
-                                      [server_collector(server), client_collector(client)], console)
-        with Live(_counters(client_link, server_link, client, server), console=console, refresh_per_second=2) as live:
-            while not stopping.done():
-                await asyncio.wait({stopping}, timeout=0.5)
-                live.update(_counters(client_link, server_link, client, server))
-    finally:
-        if metrics is not None:
-            await metrics.cleanup()
-        await client.stop()
-        await server.stop()
-        await synapse.stop()
-        console.print("stopped: client gateway, server gateway, Synapse")
-
-
-def _counters(client_link, server_link, client, server) -> Table:
-    table = Table(title="link counters (live)")
-    for col in ("direction", "frames", "bytes", "retransmissions", "lost"):
-        table.add_column(col, justify="right" if col != "direction" else "left")
-    for name, end, endpoint in (("client → server", client_link, client.endpoint),
-                                ("server → client", server_link, server.endpoint)):
-        lost = sum(m.counters.dropped["loss"] for m in end.models)
-        table.add_row(name, str(end.sent_frames), str(end.sent_bytes),
-                      str(endpoint.counters.retransmissions), str(lost))
-    table.caption = f"HTTP requests: {client.gateway.counters.requests}"
-    return table

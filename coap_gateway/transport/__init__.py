@@ -1,0 +1,58 @@
+"""Transport: CoAP (aiocoap) over datagram links, with link-aware timers.
+
+The asyncio layer under the gateways.  ``coap`` wires aiocoap's token and
+message managers onto our own message interface (every use of aiocoap's
+private members is in that one module, hence the exact pin); ``links`` and
+``emulated`` are the datagram links (UDP v4/v6, KISS over a serial line or
+pty, an in-memory link); ``secure_codec`` plugs the Noise endpoints
+(``coap_gateway.secure``) in between; ``timing`` derives retransmission
+timers from the link's rate and latency; ``units`` reads tc-netem rates and
+times.  The contracts between these pieces are in ``interfaces``.
+"""
+
+from .coap import (
+    LinkAddress,
+    LinkEndpoint,
+    PeerCounters,
+    PlainCodec,
+    TransportCounters,
+    create_link_endpoint,
+)
+from .emulated import EmulatedLinkEnd, connect
+from .interfaces import CodecHost, DatagramLink, FrameCodec, LinkStage, Receiver
+from .links import SerialLink, UdpLink
+from .timing import LinkBudget, RetransmissionTimer
+from .units import (
+    format_netem_percent,
+    format_netem_rate,
+    format_netem_time,
+    parse_netem_percent,
+    parse_netem_rate,
+    parse_netem_time,
+)
+
+__all__ = [
+    "CodecHost",
+    "DatagramLink",
+    "EmulatedLinkEnd",
+    "FrameCodec",
+    "LinkAddress",
+    "LinkBudget",
+    "LinkEndpoint",
+    "LinkStage",
+    "PeerCounters",
+    "PlainCodec",
+    "Receiver",
+    "RetransmissionTimer",
+    "SerialLink",
+    "TransportCounters",
+    "UdpLink",
+    "connect",
+    "create_link_endpoint",
+    "format_netem_percent",
+    "format_netem_rate",
+    "format_netem_time",
+    "parse_netem_percent",
+    "parse_netem_rate",
+    "parse_netem_time",
+]

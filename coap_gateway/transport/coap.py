@@ -31,7 +31,7 @@ import random
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 from aiocoap import Context, Message, error, interfaces
 from aiocoap.messagemanager import MessageManager
@@ -40,6 +40,7 @@ from aiocoap.numbers.constants import TransportTuning
 from aiocoap.numbers.types import ACK, CON, NON
 from aiocoap.tokenmanager import TokenManager
 
+from .interfaces import CodecHost, DatagramLink, FrameCodec
 from .timing import LinkBudget, RetransmissionTimer
 
 log = logging.getLogger(__name__)
@@ -49,53 +50,6 @@ SCHEME = "coap"
 MAX_REMOTES = 4096
 #: separate responses remembered for deduplication (the oldest go first)
 MAX_SEEN_RESPONSES = 4096
-
-
-class DatagramLink(Protocol):
-    """What a CoAP endpoint needs from a link."""
-
-    name: str
-    budget: LinkBudget
-
-    def send(self, peer: Hashable, datagram: bytes) -> None: ...
-
-    def set_receiver(self, receiver: Callable[[Hashable, bytes], None]) -> None: ...
-
-    def queued_bytes(self, peer: Hashable) -> int:
-        """Bytes still waiting to leave toward ``peer`` (0 when unknown)."""
-        ...
-
-    async def close(self) -> None: ...
-
-
-class CodecHost(Protocol):
-    """What a FrameCodec may ask of the interface it is plugged into."""
-
-    def send_datagram(self, peer: Hashable, datagram: bytes) -> None:
-        """Send a datagram the codec originates itself (a handshake reply)."""
-        ...
-
-    def fail_remote(self, key: Hashable, exc: Exception) -> None:
-        """Fail everything pending toward ``key`` now (a fatal handshake error)."""
-        ...
-
-    def forget_remote(self, key: Hashable) -> None:
-        """``key`` is gone for good (a closed session): drop its CoAP state."""
-        ...
-
-
-class FrameCodec(Protocol):
-    """Turns CoAP message bytes into datagrams for a peer, and back.
-
-    ``key`` identifies the CoAP endpoint aiocoap talks to: the network
-    address in plaintext mode, the session in secure mode.
-    """
-
-    def bind(self, host: CodecHost) -> None: ...
-
-    def outgoing(self, key: Hashable, message: bytes) -> list[tuple[Hashable, bytes]]: ...
-
-    def incoming(self, peer: Hashable, datagram: bytes) -> list[tuple[Hashable, bytes]]: ...
 
 
 class PlainCodec:

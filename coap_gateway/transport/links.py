@@ -1,6 +1,6 @@
-"""Datagram links under CoAP: UDP, KISS over a serial line, and an emulated link.
+"""Datagram links under CoAP: UDP and KISS over a serial line.
 
-Each is a thin asyncio shell implementing ``coap_transport.DatagramLink``:
+Each is a thin asyncio shell implementing ``interfaces.DatagramLink``:
 ``send(peer, datagram)``, a receiver callback, ``queued_bytes(peer)`` (what
 still waits to leave, so retransmission timers can count it) and ``close()``.
 """
@@ -14,16 +14,13 @@ import os
 import socket
 import termios
 import tty
-from collections.abc import Callable, Hashable
+from collections.abc import Hashable
 
-from meshsim.link import LinkModel, LinkProfile
-
+from .interfaces import Receiver
 from .kiss import KissDecoder, encode_frame
 from .timing import LinkBudget
 
 log = logging.getLogger(__name__)
-
-Receiver = Callable[[Hashable, bytes], None]
 
 #: the largest UDP payload over IPv4
 MAX_UDP_PAYLOAD = 65507
@@ -89,104 +86,6 @@ class UdpLink:
 
     async def close(self) -> None:
         self.transport.close()
-
-
-# ---------------------------------------------------------------- emulated
-
-
-class EmulatedLinkEnd:
-    """One end of an in-memory link; its peer is the other end's name.
-
-    Each frame crosses a chain of ``meshsim.link.LinkModel`` stages per
-    direction (rate, latency, jitter, loss, duplication, corruption, queue
-    limit — netem's semantics), scheduled on the running loop's clock, so the
-    link works unchanged in virtual time.  A chain is what two netem qdiscs
-    in series would do: a serialiser at 100 bit/s followed by a jittery
-    delay reorders frames, which one netem stage with a rate never does.
-    """
-
-    def __init__(self, name: str, models: list[LinkModel], budget: LinkBudget, *, record: bool = True):
-        if not models:
-            raise ValueError("an emulated link needs at least one stage")
-        self.record = record
-        self.sent_frames = 0
-        self.sent_bytes = 0
-        self.name = name
-        self.models = models
-        self.budget = budget
-        self.other: EmulatedLinkEnd | None = None
-        self._receiver: Receiver = _ignore
-        self._closed = False
-        #: every datagram handed to the link when ``record`` (tests); a
-        #: long-running link keeps only the counters above
-        self.sent: list[bytes] = []
-        #: called with each datagram handed to the link (observers: tests, UIs)
-        self.on_send: list[Callable[[bytes], None]] = []
-
-    def set_receiver(self, receiver: Receiver) -> None:
-        self._receiver = receiver
-
-    def send(self, peer: Hashable, datagram: bytes) -> None:
-        if self._closed or self.other is None or peer != self.other.name:
-            return
-        self.sent_frames += 1
-        self.sent_bytes += len(datagram)
-        if self.record:
-            self.sent.append(datagram)
-        for observer in self.on_send:
-            observer(datagram)
-        self._enter(0, datagram)
-
-    def _enter(self, stage: int, datagram: bytes | None) -> None:
-        if datagram is None or self._closed:
-            return
-        loop = asyncio.get_running_loop()
-        result = self.models[stage].offer(loop.time(), len(datagram), datagram)
-        for copy in result.deliveries:
-            if stage + 1 < len(self.models):
-                loop.call_at(copy.deliver_at, self._enter, stage + 1, copy.payload)
-            else:
-                loop.call_at(copy.deliver_at, self.other._deliver, self.name, copy.payload)  # type: ignore[union-attr]
-
-    def _deliver(self, peer: Hashable, datagram: bytes | None) -> None:
-        if not self._closed and datagram is not None:
-            self._receiver(peer, datagram)
-
-    def queued_bytes(self, peer: Hashable) -> int:
-        return self.models[0].backlog_bytes(asyncio.get_running_loop().time())
-
-    async def close(self) -> None:
-        self._closed = True
-
-
-def emulated_link_pair(
-    profile: LinkProfile | list[LinkProfile],
-    *,
-    seed: int = 0,
-    reverse: LinkProfile | list[LinkProfile] | None = None,
-    names: tuple[str, str] = ("client", "server"),
-    max_frame: int = 1152,
-    max_retransmit: int = 4,
-    record: bool = True,
-) -> tuple[EmulatedLinkEnd, EmulatedLinkEnd]:
-    """Two connected link ends.  ``profile`` (one stage or a chain) is
-    client→server; ``reverse`` is server→client (default: the same)."""
-    forward = profile if isinstance(profile, list) else [profile]
-    back = forward if reverse is None else (reverse if isinstance(reverse, list) else [reverse])
-    ends = []
-    for (name, other), chain in zip((names, names[::-1]), (forward, back)):
-        models = [LinkModel(p, seed=seed, link_id=f"{name}->{other}#{i}") for i, p in enumerate(chain)]
-        rates = [p.rate_bps for p in chain if p.rate_bps is not None]
-        budget = LinkBudget(
-            rate_bps=min(rates) if rates else None,
-            frame_overhead=max((max(0, p.overhead) for p in chain), default=0),
-            latency=sum(p.delay + p.jitter for p in chain),
-            max_frame=max_frame,
-            max_retransmit=max_retransmit,
-        )
-        ends.append(EmulatedLinkEnd(name, models, budget, record=record))
-    ends[0].other, ends[1].other = ends[1], ends[0]
-    return ends[0], ends[1]
 
 
 # ------------------------------------------------------------ KISS serial
