@@ -1,0 +1,13 @@
+"""Applications: the command line, the daemons, and the wiring they share.
+
+``runner`` assembles running gateways (a link, the CoAP endpoint, the secure
+codec, the gateway) — the one wiring the CLI, meshsim, the benchmark and the
+tests all use; ``daemon`` runs them as services (config files, signals,
+live counters); ``up`` composes Synapse, both gateways and an emulated link;
+``metrics`` and ``metrics_http`` serve Prometheus text; ``cli`` is
+``coap-gateway``.
+"""
+
+from .runner import RunningClient, RunningServer, advertisement_for, start_client, start_server
+
+__all__ = ["RunningClient", "RunningServer", "advertisement_for", "start_client", "start_server"]

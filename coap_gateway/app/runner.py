@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from typing import Any
 
 from ..secure import keys
 from ..secure.client import ClientEndpoint
 from ..gateway.client import ClientGateway
-from ..transport.coap import DatagramLink, LinkEndpoint, create_link_endpoint
+from ..transport import DatagramLink, LinkAddress, LinkBudget, LinkEndpoint, create_link_endpoint
 from ..secure.keys import PinStore
 from ..codec.profile import Profile
 from ..transport.secure_codec import (
@@ -44,6 +44,24 @@ class RunningServer:
         await self.endpoint.shutdown()
         await self.gateway.close()
 
+    def set_peer_budgets(self, budget_for_address: Callable[[Hashable], LinkBudget | None]) -> None:
+        """Give each device's CoAP timers the budget of its own path, looked up
+        by the network address its session (or, in plaintext, itself) has
+        when its timer is made: one server link may serve paths of very
+        different speeds, and a held long-poll must be answered with an empty
+        ACK inside *that* device's first timeout."""
+        codec = self.codec
+
+        def budget_for(remote: LinkAddress) -> LinkBudget | None:
+            address = codec.endpoint.session_address(remote.key) if codec is not None else remote.key
+            return budget_for_address(address)
+
+        self.endpoint.set_peer_budgets(budget_for)
+
+    def counters(self) -> dict[str, int | float]:
+        """The transport's counters, as plain numbers (reports)."""
+        return _numbers(self.endpoint.counters)
+
 
 @dataclass
 class RunningClient:
@@ -58,6 +76,20 @@ class RunningClient:
     async def stop(self) -> None:
         await self.gateway.stop()
         await self.endpoint.shutdown()
+
+    def set_budget(self, budget: LinkBudget) -> None:
+        """New link timing (the link was reshaped): later exchanges use it,
+        and the measured round trips start over."""
+        self.endpoint.set_budget(budget)
+
+    def counters(self) -> dict[str, int | float]:
+        """The transport's counters and the HTTP side's (``http_*``), as plain numbers."""
+        return {**_numbers(self.endpoint.counters),
+                **{f"http_{k}": v for k, v in _numbers(self.gateway.counters).items()}}
+
+
+def _numbers(counters: Any) -> dict[str, int | float]:
+    return {k: v for k, v in vars(counters).items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
 async def start_server(link: DatagramLink, *, homeserver: str, profile: Profile, static_private: bytes | None,
