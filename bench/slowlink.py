@@ -25,10 +25,10 @@ from typing import Any
 from nio import LoginResponse, RoomSendResponse, SyncResponse
 
 from coap_gateway.secure import keys
-from meshsim.emulated import emulated_link_pair
+from meshsim import emulated_link_pair
 from coap_gateway.codec.profile import DEFAULT_PROFILE, load_profile
 from coap_gateway.app.runner import advertisement_for, start_client, start_server
-from meshsim.link import LinkProfile
+from meshsim import LinkProfile
 
 from .devices import new_nio
 from .workloads import REFERENCE, W5_MESSAGES, Account, WorkloadError

@@ -17,8 +17,8 @@ from coap_gateway.transport.coap import create_link_endpoint
 from coap_gateway.transport.kiss import FEND, KissDecoder, encode_frame
 from coap_gateway.transport.timing import LinkBudget, RetransmissionTimer
 from coap_gateway.transport.links import SerialLink, UdpLink
-from meshsim.emulated import emulated_link_pair
-from meshsim.link import LinkProfile
+from meshsim import emulated_link_pair
+from meshsim import LinkProfile
 
 
 class Counting(resource.Resource):

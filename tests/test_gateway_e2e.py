@@ -21,11 +21,11 @@ from nio import (
 )
 
 from coap_gateway.secure import keys
-from meshsim.emulated import emulated_link_pair
+from meshsim import emulated_link_pair
 from coap_gateway.codec.profile import load_profile
 from coap_gateway.app.runner import advertisement_for, start_client, start_server
 from coap_gateway.gateway.server import ADVERTISEMENT_KEY
-from meshsim.link import LinkProfile
+from meshsim import LinkProfile
 
 pytestmark = pytest.mark.synapse
 

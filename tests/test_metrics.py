@@ -17,7 +17,7 @@ from coap_gateway.app.cli import build_parser
 from coap_gateway.transport.coap import MAX_COUNTED_PEERS, OTHER_PEERS, create_link_endpoint
 from coap_gateway.app.daemon import ConfigError, parse_metrics_address
 from coap_gateway.transport.timing import LinkBudget
-from meshsim.emulated import emulated_link_pair
+from meshsim import emulated_link_pair
 from coap_gateway.app.metrics import (
     Histogram,
     Registry,
@@ -32,7 +32,7 @@ from coap_gateway.app.metrics import (
 from coap_gateway.app.metrics_http import bound_port, metrics_url, serve_metrics
 from coap_gateway.codec.profile import load_profile
 from coap_gateway.app.runner import start_client, start_server
-from meshsim.link import LinkProfile
+from meshsim import LinkProfile
 
 PROFILE = load_profile("lb2")
 FAST = LinkProfile(rate_bps=1_000_000, delay=0.002)

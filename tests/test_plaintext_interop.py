@@ -21,7 +21,7 @@ from coap_gateway.transport.coap import create_link_endpoint
 from coap_gateway.app.demo import REFERENCE_BODY, REFERENCE_RESPONSE, REFERENCE_TARGET
 from coap_gateway.transport.links import UdpLink
 from coap_gateway.codec.profile import load_profile
-from meshsim.pcap import PcapWriter
+from meshsim import PcapWriter
 
 PROFILE = load_profile("lb2")
 AIOCOAP_CLIENT = str(Path(sys.executable).with_name("aiocoap-client"))

@@ -18,7 +18,7 @@ from coap_gateway.transport.coap import create_link_endpoint
 from coap_gateway.app.demo import REFERENCE_BODY, REFERENCE_RESPONSE, REFERENCE_TARGET
 from coap_gateway.errors import ProfileMismatchError
 from coap_gateway.transport.links import UdpLink
-from meshsim.emulated import emulated_link_pair
+from meshsim import emulated_link_pair
 from coap_gateway.codec.profile import load_profile
 from coap_gateway.transport.secure_codec import (
     SERVER_KEY,
@@ -27,8 +27,8 @@ from coap_gateway.transport.secure_codec import (
     profile_wire_digest,
 )
 from coap_gateway.secure.server import ServerEndpoint
-from meshsim.link import LinkProfile
-from meshsim.relay import Relay
+from meshsim import LinkProfile
+from meshsim import Relay
 
 PROFILE = load_profile("lb2")
 DIGEST = profile_wire_digest(PROFILE)

@@ -15,7 +15,7 @@ from nio import RoomMessageText, SyncResponse
 from coap_gateway.secure import keys
 from coap_gateway.errors import CodecError, CompressionError, DecompressionBombError
 from coap_gateway.codec.mapping import HttpResponse
-from meshsim.emulated import emulated_link_pair
+from meshsim import emulated_link_pair
 from coap_gateway.app.metrics import client_collector, scrape, server_collector
 from coap_gateway.codec.profile import load_profile
 from coap_gateway.app.runner import start_client, start_server
@@ -56,7 +56,7 @@ from coap_gateway.gateway.push_server import (
     Silent,
     stream_key,
 )
-from meshsim.link import LinkProfile
+from meshsim import LinkProfile
 from tests.test_gateway_e2e import FAST, _chat_setup
 
 PROFILE = load_profile("lb3")

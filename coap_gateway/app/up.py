@@ -17,8 +17,8 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from meshsim.emulated import emulated_link_pair
-from meshsim.link import LinkProfile
+from meshsim import emulated_link_pair
+from meshsim import LinkProfile
 
 from ..codec.profile import DEFAULT_PROFILE, load_profile
 from ..secure import keys
