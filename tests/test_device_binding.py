@@ -58,7 +58,7 @@ async def test_a_reconnecting_device_sends_neither_token_nor_definitions_again(s
         room = await alice.room_create(name="binding")
         assert isinstance(room, RoomCreateResponse)
         assert isinstance(await alice.room_send(room.room_id, "m.room.message", MESSAGE), RoomSendResponse)
-        counters = device_a.gateway.counters
+        counters = device_a.gateway.binding.counters
         tokens_before, established = counters.token_sent, server.codec.sessions_established
 
         await other.discovery_info()  # device B's handshake evicts device A's session (max_sessions=1)

@@ -141,8 +141,8 @@ async def test_a_chat_through_the_gateways(synapse, server_key):
 
             # alice's tokens crossed the link once each (register's, then login's),
             # however many requests used them
-            counters = dev_a.client.gateway.counters
-            assert counters.token_sent == 2 and counters.requests >= 9
+            counters = dev_a.client.gateway.binding.counters
+            assert counters.token_sent == 2 and dev_a.client.gateway.counters.requests >= 9
 
             await _errors_reach_the_client_as_sent(synapse, dev_a, alice, room.room_id)
             await _admin_refused_and_versions_advertised(dev_a)

@@ -19,7 +19,7 @@ from meshsim import emulated_link_pair
 from coap_gateway.app.metrics import client_collector, scrape, server_collector
 from coap_gateway.codec.profile import load_profile
 from coap_gateway.app.runner import start_client, start_server
-from coap_gateway.gateway.push_client import (
+from coap_gateway.push.client import (
     Answer,
     Outcome,
     Plain,
@@ -46,7 +46,7 @@ from coap_gateway.push.format import (
     parse_long_poll,
     split_next_batch,
 )
-from coap_gateway.gateway.push_server import (
+from coap_gateway.push.server import (
     Fetch,
     Finish,
     Push,

@@ -19,82 +19,20 @@ its own to change between releases.
 
 from __future__ import annotations
 
-import asyncio
-import functools
 import math
 import re
-from bisect import bisect_left
 from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 from ..transport.coap import LinkEndpoint
 from ..transport.secure_codec import SERVER_KEY
 from ..secure.events import reason_label
 
-if TYPE_CHECKING:  # runner imports the gateways, which import this module
-    from .runner import RunningClient, RunningServer
-
-#: request latency buckets (seconds): a fast link answers in milliseconds, a
-#: 100 bit/s link in tens of seconds, and a sync long-poll waits up to minutes
-LATENCY_BUCKETS: tuple[float, ...] = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+from ..gateway.stats import LATENCY_BUCKETS, Histogram, timed
+from .runner import RunningClient, RunningServer
 
 _NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*\Z")
 _LABEL = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*\Z")
-
-
-# ------------------------------------------------------------- hot path
-
-
-class Histogram:
-    """A live histogram: the hot path calls ``observe``, a scrape reads it."""
-
-    __slots__ = ("bounds", "count", "counts", "sum")
-
-    def __init__(self, bounds: Sequence[float] = LATENCY_BUCKETS):
-        upper = [float(b) for b in bounds if b != math.inf]  # +Inf is always there
-        if any(math.isnan(b) for b in upper) or upper != sorted(set(upper)):
-            raise ValueError("histogram bounds must be distinct and increasing")
-        self.bounds: tuple[float, ...] = tuple(upper)
-        #: per bucket, not cumulative; the last one is above every bound
-        self.counts = [0] * (len(upper) + 1)
-        self.sum = 0.0
-        self.count = 0
-
-    def observe(self, value: float) -> None:
-        self.counts[bisect_left(self.bounds, value)] += 1  # a bucket includes its bound (le)
-        self.sum += value
-        self.count += 1
-
-    def cumulative(self) -> list[tuple[float, int]]:
-        """``(le, observations ≤ le)`` for every bound, then ``+Inf``."""
-        out, running = [], 0
-        for bound, count in zip((*self.bounds, math.inf), self.counts):
-            running += count
-            out.append((bound, running))
-        return out
-
-
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-def timed(histogram_of: Callable[[Any], Histogram]) -> Callable[[F], F]:
-    """Decorate an async method: observe its duration into ``histogram_of(self)``
-    however it ends (loop time, so virtual-time tests measure virtual time)."""
-
-    def decorate(method: F) -> F:
-        @functools.wraps(method)
-        async def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
-            loop = asyncio.get_running_loop()
-            started = loop.time()
-            try:
-                return await method(self, *args, **kwargs)
-            finally:
-                histogram_of(self).observe(loop.time() - started)
-
-        return wrapper  # type: ignore[return-value]
-
-    return decorate
-
 
 # ------------------------------------------------------------- registry
 
@@ -401,7 +339,7 @@ def server_collector(server: RunningServer, gateway: str = "server") -> Collecto
         registry.counter("coap_gateway_handle_unknown", "Requests answered 4.00 Handle-Unknown (not forwarded).",
                          GATEWAY).set(counters.handle_unknown, gateway=gateway)
         registry.gauge("coap_gateway_devices", "Devices whose bound token and handles are held now.",
-                       GATEWAY).set(len(server.gateway.devices), gateway=gateway)
+                       GATEWAY).set(len(server.gateway.binding.devices), gateway=gateway)
         _latency(registry, gateway, counters.latency)
         if server.gateway.sync_push is not None:
             _sync_push_server(registry, gateway, server.gateway.sync_push)
@@ -425,15 +363,16 @@ def client_collector(client: RunningClient, gateway: str = "client") -> Collecto
     def collector(registry: Registry) -> None:
         _link_metrics(registry, gateway, client.endpoint, label)
         counters = client.gateway.counters
+        binding = client.gateway.binding.counters
         _requests(registry, gateway, counters.requests)
         registry.counter("coap_gateway_link_failures", "Requests the link did not deliver (answered 504).",
                          GATEWAY).set(counters.link_failures, gateway=gateway)
         registry.counter("coap_gateway_token_sent", "Requests that carried the access token across the link.",
-                         GATEWAY).set(counters.token_sent, gateway=gateway)
+                         GATEWAY).set(binding.token_sent, gateway=gateway)
         registry.counter("coap_gateway_token_rebinds", "Requests sent again with the token after Token-Unbound.",
-                         GATEWAY).set(counters.token_rebinds, gateway=gateway)
+                         GATEWAY).set(binding.token_rebinds, gateway=gateway)
         registry.counter("coap_gateway_handle_resends", "Requests sent again with definitions after Handle-Unknown.",
-                         GATEWAY).set(counters.handle_resends, gateway=gateway)
+                         GATEWAY).set(binding.handle_resends, gateway=gateway)
         _latency(registry, gateway, counters.latency)
         if client.gateway.sync_push is not None:
             _sync_push_client(registry, gateway, client.gateway.sync_push)

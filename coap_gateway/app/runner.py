@@ -30,8 +30,8 @@ from ..transport.secure_codec import (
 from ..secure.events import Connected, SessionClosed, SessionEstablished
 from ..secure.server import ServerEndpoint, ServerLimits
 from ..gateway.server import ServerGateway, ServerGatewayConfig
-from ..gateway.push_client import SyncPushClient, SyncPushClientConfig
-from ..gateway.push_server import SyncPushServer, SyncPushServerConfig
+from ..push.client import SyncPushClientConfig
+from ..push.server import SyncPushServerConfig
 
 
 @dataclass
@@ -97,10 +97,10 @@ async def start_server(link: DatagramLink, *, homeserver: str, profile: Profile,
                        limits: ServerLimits | None = None, clock=time.time,
                        sync_push: SyncPushServerConfig | bool = True) -> RunningServer:
     """``sync_push``: hold devices' /sync loops and push (True: defaults)."""
+    push = None if sync_push is False else (sync_push if isinstance(sync_push, SyncPushServerConfig)
+                                            else SyncPushServerConfig())
     gateway = ServerGateway(ServerGatewayConfig(homeserver, profile, allow_admin=allow_admin,
-                                                advertisement=advertisement))
-    if sync_push is not False:
-        gateway.sync_push = SyncPushServer(gateway, sync_push if isinstance(sync_push, SyncPushServerConfig) else None)
+                                                advertisement=advertisement), sync_push=push)
     codec = None
     if static_private is not None:
         def on_session(event: SessionEstablished | SessionClosed) -> None:
@@ -112,8 +112,7 @@ async def start_server(link: DatagramLink, *, homeserver: str, profile: Profile,
         codec = SecureServerCodec(ServerEndpoint(static_private, {profile.id: profile_wire_digest(profile)},
                                                  limits=limits), clock=clock, on_session=on_session)
     endpoint = await create_link_endpoint(link, site=gateway, codec=codec, loggername="coap.server")
-    if gateway.sync_push is not None:
-        gateway.sync_push.attach(endpoint.interface.mman)  # pushes wait for their ACK
+    gateway.attach(endpoint)
     return RunningServer(endpoint, gateway, codec)
 
 
@@ -137,24 +136,20 @@ async def start_client(link: DatagramLink, server_addr: Hashable, *, profile: Pr
                                                      server_public=server_public), server_addr, clock=clock)
     endpoint = await create_link_endpoint(link, codec=codec, loggername="coap.client")
     key = SERVER_KEY if codec is not None else server_addr
-    gateway = ClientGateway(endpoint, key, profile, host=host, port=port, low_bandwidth=low_bandwidth)
     push = sync_push if isinstance(sync_push, SyncPushClientConfig) else SyncPushClientConfig(enabled=bool(sync_push))
     if keepalive is not None:
         push = dataclasses.replace(push, keepalive=keepalive)
-    if push.enabled or push.keepalive:
-        gateway.sync_push = SyncPushClient(gateway, push)
-        await gateway.sync_push.start()
-        if codec is not None:
-            # a new secure session (the server restarted?) loses the observations
-            chained = codec.on_connected
+    gateway = ClientGateway(endpoint, key, profile, host=host, port=port, low_bandwidth=low_bandwidth, sync_push=push)
+    if codec is not None:
+        # a new secure session (the server restarted?) loses the observations
+        chained = codec.on_connected
 
-            def on_connected(event: Connected) -> None:
-                if chained is not None:
-                    chained(event)
-                if gateway.sync_push is not None:
-                    gateway.sync_push.on_session(event.session_id)
+        def on_connected(event: Connected) -> None:
+            if chained is not None:
+                chained(event)
+            gateway.session_changed(event.session_id)
 
-            codec.on_connected = on_connected
+        codec.on_connected = on_connected
     await gateway.start()
     return RunningClient(endpoint, gateway, codec)
 

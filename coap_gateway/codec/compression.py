@@ -44,10 +44,17 @@ class FlateDictionary:
 EMPTY_DICTIONARY = FlateDictionary(b"")
 
 
-def compress(data: bytes, dictionary: FlateDictionary = EMPTY_DICTIONARY) -> bytes:
+def _zdict(dictionary: FlateDictionary | bytes) -> bytes:
+    # a preset dictionary is named by its digest; sync push primes deflate
+    # with dictionaries made per notification, which need no name
+    return dictionary.data if isinstance(dictionary, FlateDictionary) else dictionary[-MAX_DICTIONARY_SIZE:]
+
+
+def compress(data: bytes, dictionary: FlateDictionary | bytes = EMPTY_DICTIONARY) -> bytes:
     """Raw deflate of ``data`` primed with ``dictionary``."""
-    if dictionary.data:
-        c = zlib_ng.compressobj(LEVEL, zlib_ng.DEFLATED, WBITS, MEM_LEVEL, zlib_ng.Z_DEFAULT_STRATEGY, dictionary.data)
+    zdict = _zdict(dictionary)
+    if zdict:
+        c = zlib_ng.compressobj(LEVEL, zlib_ng.DEFLATED, WBITS, MEM_LEVEL, zlib_ng.Z_DEFAULT_STRATEGY, zdict)
     else:
         c = zlib_ng.compressobj(LEVEL, zlib_ng.DEFLATED, WBITS, MEM_LEVEL, zlib_ng.Z_DEFAULT_STRATEGY)
     return c.compress(data) + c.flush()
@@ -55,13 +62,14 @@ def compress(data: bytes, dictionary: FlateDictionary = EMPTY_DICTIONARY) -> byt
 
 def decompress(
     data: bytes,
-    dictionary: FlateDictionary = EMPTY_DICTIONARY,
+    dictionary: FlateDictionary | bytes = EMPTY_DICTIONARY,
     max_size: int = DEFAULT_MAX_SIZE,
 ) -> bytes:
     """Inverse of :func:`compress`; refuses truncated, trailing or oversized data."""
+    zdict = _zdict(dictionary)
     try:
-        if dictionary.data:
-            d = zlib_ng.decompressobj(WBITS, dictionary.data)
+        if zdict:
+            d = zlib_ng.decompressobj(WBITS, zdict)
         else:
             d = zlib_ng.decompressobj(WBITS)
         # one byte past the cap tells "exactly max_size" from "more than that"

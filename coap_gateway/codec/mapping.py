@@ -295,6 +295,11 @@ def matrix_error(http_status: int, errcode: str, error: str, extra: Iterable[tup
     return HttpResponse(http_status, json.dumps(body).encode(), payload.JSON_TYPE)
 
 
+def link_failure() -> HttpResponse:
+    """What the client hears when the link did not deliver its request."""
+    return matrix_error(504, "M_UNKNOWN", "the low-bandwidth link did not deliver the request")
+
+
 def decoded_path_segments(target: str) -> Sequence[str]:
     """Percent-decoded, lower-cased path segments, to check prefixes robustly."""
     path = target.partition("?")[0]

@@ -2,44 +2,32 @@
 
 Every HTTP request becomes one CoAP request to the server gateway; the
 response comes back as the homeserver sent it (status, Matrix error body,
-Retry-After, content type).  The access token crosses the link once: with
-the first request that carries it (Access-Token option), and again only if
-it changes or the server lost the session (it answers 4.01 + Token-Unbound,
-and the request is sent again with the token — it was not forwarded).
-Requests without a token carry No-Token, so "no option" always means "the
-bound token".
+Retry-After, content type).  What crosses the link, and what the server is
+believed to hold for this device (the bound token, the compact form's
+handles), is decided by ``codec.binding.ClientBinding``; this shell serves
+HTTP, carries its requests over the ``LinkEndpoint`` and runs the one resend
+loop.  Sync long-polls go to sync push first (``push_client``).
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from collections.abc import Hashable
+from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass, field
 
-from aiocoap import Message, error
-from aiocoap.numbers.codes import Code
-from aiocoap.optiontypes import OpaqueOption
+from aiocoap import Message
 from aiohttp import web
 
-from ..codec import options
-from ..transport.coap import LinkEndpoint
-from ..errors import GatewayError
-from ..codec.mapping import (
-    MAX_MEDIA_BODY,
-    HttpRequest,
-    HttpResponse,
-    bearer_token,
-    coap_to_response,
-    compact_route_name,
-    matrix_error,
-    request_to_coap,
-)
-from ..app.metrics import Histogram, timed
+from ..codec.binding import Attempt, ClientBinding
+from ..codec.mapping import MAX_MEDIA_BODY, HttpRequest, HttpResponse, bearer_token, link_failure, matrix_error
 from ..codec.profile import Profile
-from ..codec.route_option import ClientWireState
 from ..codec.routes import METHODS, split_target
+from ..errors import GatewayError
+from ..push.client import SyncPushClientConfig
+from ..transport import LinkEndpoint
+from ..transport.coap import LinkFailure
 from .push_client import SyncPushClient
+from .stats import Histogram, timed
 
 log = logging.getLogger(__name__)
 
@@ -60,37 +48,33 @@ LOCAL_IN_LOW_BANDWIDTH = frozenset({
     ("PUT", "client.presence"), ("PUT", "client.r0.presence"),
 })
 
+#: sends one CoAP request: its final reply, or LinkFailure
+Send = Callable[[Message], Awaitable[Message]]
+
 
 @dataclass
 class ClientGatewayCounters:
     requests: int = 0
-    token_sent: int = 0
-    token_rebinds: int = 0
     link_failures: int = 0
     answered_locally: int = 0
-    #: requests sent again with handle definitions (Handle-Unknown)
-    handle_resends: int = 0
     latency: Histogram = field(default_factory=Histogram)
 
 
 class ClientGateway:
-    #: answers /sync long-polls from pushes (coap_gateway/sync_client.py); set by runner
-    sync_push: SyncPushClient | None = None
-
     def __init__(self, endpoint: LinkEndpoint, server_key: Hashable, profile: Profile, *,
                  host: str = "127.0.0.1", port: int = 0, request_timeout: float | None = None,
-                 low_bandwidth: bool = False):
+                 low_bandwidth: bool = False, sync_push: SyncPushClientConfig | None = None):
         self.endpoint = endpoint
         self.server_key = server_key
         self.profile = profile
         self.host, self.port = host, port
         self.request_timeout = request_timeout
         self.low_bandwidth = low_bandwidth
-        #: the token the server holds for this session, as far as we know
-        self.bound_token: str | None = None
-        #: handles and transaction IDs of the compact form (profile lb3)
-        self.wire: ClientWireState | None = ClientWireState() if profile.schemas is not None else None
+        self.binding = ClientBinding(profile)
         self.counters = ClientGatewayCounters()
+        #: answers /sync long-polls from pushes (None: every poll crosses the link)
+        self.sync_push = (SyncPushClient(self, sync_push)
+                          if sync_push is not None and (sync_push.enabled or sync_push.keepalive) else None)
         self._runner: web.AppRunner | None = None
 
     @property
@@ -98,6 +82,8 @@ class ClientGateway:
         return f"http://{self.host}:{self.port}"
 
     async def start(self) -> None:
+        if self.sync_push is not None:
+            await self.sync_push.start()
         app = web.Application(client_max_size=MAX_MEDIA_BODY)
         app.router.add_route("*", "/{tail:.*}", self.handle)
         self._runner = web.AppRunner(app, access_log=None)  # never log tokens or bodies
@@ -112,6 +98,11 @@ class ClientGateway:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+
+    def session_changed(self, session_id: bytes) -> None:
+        """A secure session was established (the first, or after a server restart)."""
+        if self.sync_push is not None:
+            self.sync_push.on_session(session_id)
 
     # -- HTTP side
 
@@ -160,68 +151,33 @@ class ClientGateway:
 
     @timed(lambda self: self.counters.latency)
     async def exchange(self, http_request: HttpRequest) -> HttpResponse:
-        resend_token = False
-        for _attempt in range(3):
-            message = self._coap_request(http_request, resend_token=resend_token)
-            reply = await self._send(message)
-            if reply is None:
-                return matrix_error(504, "M_UNKNOWN", "the low-bandwidth link did not deliver the request")
-            resend = self.resend_for(reply, resend_token)
-            if resend is None:
-                break
-            resend_token = resend_token or resend == "token"
-        response = coap_to_response(reply, self.profile, compact_route_name(message, self.profile))
-        if self.wire is not None and response.content_type == "application/json":
-            response.body = self.wire.restore_txn_ids(response.body)
-        if response.status == 200 and http_request.access_token is not None and _is_logout(http_request.target):
-            self.bound_token = None
-        return response
-
-    def resend_for(self, reply: Message, token_resent: bool) -> str | None:
-        """Whether a reply says "not forwarded, send it again", and with what:
-        "token" (4.01 Token-Unbound), "handles" (4.00 Handle-Unknown), or None.
-        Updates what this gateway believes the server holds."""
-        if reply.code == Code.UNAUTHORIZED and reply.opt.get_option(options.TOKEN_UNBOUND) and not token_resent:
-            # the server has no token for this device: nothing was forwarded
-            self.counters.token_rebinds += 1
-            self.bound_token = None
-            return "token"
-        if reply.code == Code.BAD_REQUEST and reply.opt.get_option(options.HANDLE_UNKNOWN) and self.wire is not None:
-            # the server lacks our handle definitions: nothing was forwarded
-            self.counters.handle_resends += 1
-            self.wire.server_forgot()
-            return "handles"
-        return None
-
-    def coap_request(self, http_request: HttpRequest, *, resend_token: bool = False) -> Message:
-        """The CoAP request for ``http_request``, token options included
-        (sync push builds its registrations with it)."""
-        return self._coap_request(http_request, resend_token)
-
-    def _coap_request(self, http_request: HttpRequest, resend_token: bool) -> Message:
-        message = request_to_coap(http_request, self.profile, self.wire)
-        token = http_request.access_token
-        if token is None:
-            message.opt.add_option(OpaqueOption(options.NO_TOKEN, b""))
-        elif token != self.bound_token or resend_token:
-            message.opt.add_option(OpaqueOption(options.ACCESS_TOKEN, token.encode("utf-8")))
-            self.counters.token_sent += 1
-            # bound as soon as the server reads this request; a lost request
-            # leaves it unbound on the server, which says so (Token-Unbound)
-            self.bound_token = token
-        message.remote = self.endpoint.remote(self.server_key)
-        return message
-
-    async def _send(self, message: Message) -> Message | None:
+        """Carry one HTTP request over the link; the client's answer."""
         try:
-            request = self.endpoint.context.request(message)
-            return await asyncio.wait_for(request.response, self.request_timeout)
-        except (error.Error, TimeoutError, GatewayError) as exc:
-            self.counters.link_failures += 1
-            log.warning("request over the link failed: %s", type(exc).__name__)
-            return None
+            message, reply = await self.round_trip(http_request, self._send)
+        except LinkFailure:
+            return link_failure()
+        return self.binding.response(http_request, message, reply)
+
+    async def round_trip(self, http_request: HttpRequest, send: Send) -> tuple[Message, Message]:
+        """The one resend loop: send the request as the binding builds it
+        until a reply is the answer (not "send it again with the token / the
+        definitions"); the last request sent and its reply.  ``send``
+        carries one request (a plain exchange, or an observation's
+        registration); LinkFailure when the link did not deliver."""
+        attempt = Attempt()
+        while True:
+            message = self.binding.request(http_request, attempt)
+            try:
+                reply = await send(message)
+            except LinkFailure as exc:
+                self.counters.link_failures += 1
+                log.warning("request over the link failed: %s", exc)
+                raise
+            if self.binding.resend(reply, attempt) is None:
+                return message, reply
+
+    async def _send(self, message: Message) -> Message:
+        return await self.endpoint.request(message, self.server_key, self.request_timeout)
 
 
-def _is_logout(target: str) -> bool:
-    path = target.partition("?")[0]
-    return path.endswith("/logout") or path.endswith("/logout/all")
+__all__ = ["CORS_HEADERS", "ClientGateway", "ClientGatewayCounters"]

@@ -1,98 +1,59 @@
-"""Sync push, client side: answer the client's long-polls from pushed answers.
+"""Sync push, client side: the asyncio shell around ``push.client.SyncPushState``.
 
-A Matrix client long-polls ``GET …/sync?since=S&timeout=T…`` over and over.
-Instead of carrying each poll across the link, the client gateway keeps one
-*stream* per (access token, path, parameters other than since and timeout)
-and registers one CoAP observation for it; the server gateway then pushes
-each answer that says something (``sync_server``).  A poll for ``since=S``:
-
-* is answered at once from the pushed answers when one answers S;
-* else, when S is the stream's head (the since the next push answers),
-  waits for that push up to the client's own timeout, and then answers with
-  the empty-response template the server pushed, ``next_batch`` = S —
-  exactly what Synapse says to an idle poll, and nothing crossed the link;
-* else (a new stream, a since from elsewhere) registers the observation
-  from S, replacing any other for the stream.
-
-Initial syncs, ``timeout=0``, ``full_state`` and anything unusual go the
-plain way.  An observation that is lost — the server restarted, a
-notification never arrived, a new secure session, a check that finds it
-gone — is registered again from the stream's head at the next poll, and the
-server replays what it had already answered, so nothing is lost or doubled.
-When the client stops polling (3× its timeout) the observation is cancelled
-and the server stops its loop.
-
-``SyncPushState`` is the sans-I/O core (all decisions, no sockets or
-clocks); ``SyncPushClient`` is the asyncio shell the ``ClientGateway``
-hands sync requests to.
+The client gateway hands every request here first; a push-eligible
+long-poll is answered from pushed answers or the idle template, or starts a
+registration (an Observe GET) — all decided by ``SyncPushState``.  This
+module only carries the decisions out: it registers and cancels
+observations over the link endpoint, wakes waiting polls when a push
+arrives, and runs the maintenance loop (idle streams, checks of silent
+observations, the NAT keepalive).
 """
 
 from __future__ import annotations
 
 import asyncio
-import enum
 import logging
-from collections import OrderedDict
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Awaitable, Callable, Hashable
+from dataclasses import dataclass
+from typing import Any, Protocol
 
-from aiocoap import Message, error
+from aiocoap import Message
 from aiocoap.numbers.codes import Code
-from aiocoap.numbers.constants import Reliable
-from aiocoap.optiontypes import OpaqueOption
-from aiocoap.pipe import Pipe
 
-from ..codec import options
-from ..errors import GatewayError
-from ..codec.mapping import HttpRequest, HttpResponse, coap_to_response, matrix_error
+from ..codec.binding import ClientBinding
+from ..codec.mapping import HttpRequest, HttpResponse, coap_to_response, link_failure, matrix_error
 from ..codec.profile import Profile
-from ..push.format import (
-    push_preset,
-    END_FETCH,
-    OP_CANCEL,
-    OP_CHECK,
-    DeltaState,
-    LongPoll,
-    decode_notification,
-    expand_template,
-    next_batch_of,
-    parse_long_poll,
-    split_next_batch,
+from ..push.client import (
+    Answer,
+    Outcome,
+    Plain,
+    Register,
+    Status,
+    Stream,
+    SyncPushClientConfig,
+    SyncPushState,
 )
+from ..push.format import END_FETCH, OP_CANCEL, OP_CHECK, control_request, parse_control
+from ..transport import LinkEndpoint
+from ..transport.coap import LinkFailure, Observation
 
 log = logging.getLogger(__name__)
 
-JSON = "application/json"
-OBSERVE_MODULUS = 1 << 24
 
+class PushHost(Protocol):
+    """What sync push needs from the client gateway it serves."""
 
-@dataclass
-class SyncPushClientConfig:
-    #: answer long-polls from pushes (False: only the keepalive runs)
-    enabled: bool = True
-    #: check an observation silent this long (seconds; 0: never) — the one
-    #: way to notice, without other traffic, that the server lost it
-    check_interval: float = 3600.0
-    #: NAT keepalive: a CoAP ping after this long without a frame sent (None: off)
-    keepalive: float | None = None
-    #: cancel an observation when its client has not polled for this many
-    #: times its timeout (and at least min_idle seconds)
-    idle_factor: float = 3.0
-    min_idle: float = 30.0
-    max_streams: int = 8
-    #: pushed answers held per stream for a client that is not polling
-    max_answers: int = 16
-    delta_keep: int = 2
-    #: after the server answered a registration as a plain poll, poll plainly this long
-    decline_for: float = 600.0
-    #: how often the maintenance loop looks (seconds; costs nothing on the link)
-    tick: float = 1.0
-    #: longest local wait, whatever timeout the client asks for
-    max_wait: float = 3600.0
-    #: longest wait for the answer to a registration or control request
-    #: (its homeserver poll has timeout 0: it is quick unless the link is not)
-    answer_timeout: float = 300.0
+    profile: Profile
+    binding: ClientBinding
+    endpoint: LinkEndpoint
+    server_key: Hashable
+    request_timeout: float | None
+
+    async def exchange(self, http_request: HttpRequest) -> HttpResponse: ...
+
+    async def round_trip(self, http_request: HttpRequest,
+                         send: Callable[[Message], Awaitable[Message]]) -> tuple[Message, Message]: ...
+
 
 
 @dataclass
@@ -110,272 +71,18 @@ class SyncPushClientCounters:
     pings: int = 0
 
 
-# ------------------------------------------------------------- sans-I/O
-
-
-class Status(enum.Enum):
-    IDLE = "idle"  # no observation (never registered, lost, cancelled)
-    REGISTERING = "registering"
-    ACTIVE = "active"
-    DECLINED = "declined"  # the server answered plainly: poll plainly for a while
-
-
-@dataclass(eq=False)
-class Stream:
-    key: tuple[str, str, tuple[str, ...]]
-    poll: LongPoll  # the last request's, for registering again
-    access_token: str
-    status: Status = Status.IDLE
-    #: the since the next push answers
-    head: str | None = None
-    #: pushed answers by the since they answer, in chain order
-    answers: OrderedDict[str, HttpResponse] = field(default_factory=OrderedDict)
-    template: bytes | None = None
-    delta: DeltaState | None = None
-    observe: int | None = None
-    #: bumped by every registration: events of an older observation are ignored
-    generation: int = 0
-    #: a since whose answer was too large to push: poll it plainly once
-    fetch: str | None = None
-    last_request: float = 0.0
-    last_heard: float = 0.0
-    timeout_ms: int = 30_000
-    declined_until: float = 0.0
-    waiting: int = 0
-
-
-@dataclass(frozen=True)
-class Answer:
-    response: HttpResponse
-
-
-@dataclass(frozen=True)
-class Wait:
-    pass
-
-
-@dataclass(frozen=True)
-class Register:
-    since: str
-
-
-@dataclass(frozen=True)
-class Plain:
-    pass
-
-
-Action = Answer | Wait | Register | Plain
-
-
-class Outcome(enum.Enum):
-    OK = "ok"
-    LOST = "lost"  # the observation cannot go on: register again
-    PAUSE = "pause"  # the client is not taking answers: cancel until it does
-
-
-class SyncPushState:
-    """Streams, their pushed answers and templates (sans-I/O): requests and
-    CoAP payloads in, decisions out."""
-
-    def __init__(self, profile: Profile, config: SyncPushClientConfig | None = None):
-        self.profile = profile
-        self.config = config or SyncPushClientConfig()
-        self.streams: OrderedDict[tuple[str, str, tuple[str, ...]], Stream] = OrderedDict()
-
-    @property
-    def preset(self) -> bytes:
-        return push_preset(self.profile)
-
-    def classify(self, method: str, target: str, access_token: str | None) -> LongPoll | None:
-        if access_token is None:
-            return None
-        return parse_long_poll(method, target, self.profile.routes)
-
-    def stream(self, poll: LongPoll, access_token: str) -> tuple[Stream, list[Stream]]:
-        """The stream a poll belongs to, and streams evicted to make room."""
-        key = (access_token, poll.path, poll.params)
-        stream = self.streams.get(key)
-        evicted: list[Stream] = []
-        if stream is None:
-            stream = self.streams[key] = Stream(key, poll, access_token)
-            while len(self.streams) > self.config.max_streams:
-                evicted.append(self.streams.popitem(last=False)[1])
-        else:
-            self.streams.move_to_end(key)
-            stream.poll = poll
-        return stream, evicted
-
-    def on_request(self, stream: Stream, poll: LongPoll, now: float) -> Action:
-        stream.last_request = now
-        stream.timeout_ms = poll.timeout_ms
-        since = poll.since
-        answers = stream.answers
-        if since in answers:
-            while next(iter(answers)) != since:  # what comes before was taken
-                answers.popitem(last=False)
-            response = answers[since]
-            if response.status != 200:
-                del answers[since]  # an error is said once; asking again asks the homeserver
-            return Answer(response)
-        if stream.fetch == since:
-            stream.fetch = None
-            return Plain()
-        if poll.timeout_ms == 0:
-            return Plain()
-        if stream.status is Status.DECLINED:
-            if now < stream.declined_until:
-                return Plain()
-            stream.status = Status.IDLE
-        if stream.status in (Status.ACTIVE, Status.REGISTERING) and since == stream.head:
-            answers.clear()  # the client is at the head: it took every answer
-            return Wait()
-        return Register(since)
-
-    def begin(self, stream: Stream, since: str, now: float) -> int:
-        """A registration from ``since`` starts; returns its generation."""
-        stream.generation += 1
-        stream.status = Status.REGISTERING
-        stream.head = since
-        stream.delta = DeltaState(self.preset, self.config.delta_keep)
-        stream.observe = None
-        stream.last_heard = now
-        # the client asks for a since we hold no answer to: what we hold was
-        # taken, or belongs to a chain it left (the server replays its last
-        # answers to a registration from a since it already answered)
-        stream.answers.clear()
-        return stream.generation
-
-    def on_registered(self, stream: Stream, generation: int, observe: int, payload: bytes, now: float) -> Outcome:
-        if generation != stream.generation:
-            return Outcome.LOST
-        stream.status = Status.ACTIVE
-        stream.observe = observe
-        return self._apply(stream, payload, now)
-
-    def on_notification(self, stream: Stream, generation: int, observe: int, payload: bytes, now: float) -> Outcome:
-        if generation != stream.generation or stream.status is not Status.ACTIVE:
-            return Outcome.OK  # a late event of an observation we left
-        if stream.observe is not None:
-            step = (observe - stream.observe) % OBSERVE_MODULUS
-            if step == 0 or step > OBSERVE_MODULUS // 2:
-                return Outcome.OK  # a duplicate or an older one: already applied
-            if step != 1:
-                return self.on_lost(stream, generation)  # one went missing: the chain broke
-        stream.observe = observe
-        return self._apply(stream, payload, now)
-
-    def _apply(self, stream: Stream, payload: bytes, now: float) -> Outcome:
-        assert stream.delta is not None and stream.head is not None
-        stream.last_heard = now
-        try:
-            n = decode_notification(payload, stream.head, stream.delta, self.profile.cbor_table)
-        except GatewayError as exc:
-            log.warning("sync push: undecodable notification: %s", exc)
-            return self.on_lost(stream, stream.generation)
-        if n is None:
-            return Outcome.OK
-        if n.template:
-            stream.template = n.body
-            return Outcome.OK
-        token = next_batch_of(n.body)
-        if token is None:
-            return self.on_lost(stream, stream.generation)
-        stream.answers[stream.head] = HttpResponse(200, n.body, JSON)
-        stream.head = token
-        if n.adopt:
-            split = split_next_batch(n.body)
-            if split is not None:
-                stream.template = split[0]
-        if len(stream.answers) > self.config.max_answers:
-            return Outcome.PAUSE
-        return Outcome.OK
-
-    def on_final(self, stream: Stream, generation: int, response: HttpResponse | None) -> None:
-        """The observation ended with ``response`` (the homeserver's error, the
-        answer to the head) or, for None, with "too large: poll it plainly"."""
-        if generation != stream.generation or stream.head is None:
-            return
-        if response is None:
-            stream.fetch = stream.head
-        else:
-            stream.answers[stream.head] = response
-        stream.status = Status.IDLE
-
-    def on_declined(self, stream: Stream, generation: int, now: float) -> None:
-        if generation == stream.generation:
-            stream.status = Status.DECLINED
-            stream.declined_until = now + self.config.decline_for
-
-    def on_lost(self, stream: Stream, generation: int) -> Outcome:
-        if generation == stream.generation and stream.status in (Status.ACTIVE, Status.REGISTERING):
-            stream.status = Status.IDLE
-        return Outcome.LOST
-
-    def on_cancelled(self, stream: Stream) -> None:
-        stream.generation += 1
-        if stream.status in (Status.ACTIVE, Status.REGISTERING):
-            stream.status = Status.IDLE
-
-    def on_timeout(self, stream: Stream, since: str) -> HttpResponse | None:
-        """The client's timeout passed with no push: the idle answer, if we can."""
-        if stream.status is Status.ACTIVE and stream.head == since and stream.template is not None:
-            return HttpResponse(200, expand_template(stream.template, since), JSON)
-        return None
-
-    def idle_window(self, stream: Stream) -> float:
-        return max(self.config.min_idle, self.config.idle_factor * stream.timeout_ms / 1000)
-
-    def idle(self, now: float) -> list[Stream]:
-        """Observations whose client stopped polling."""
-        return [s for s in self.streams.values()
-                if s.status is Status.ACTIVE and not s.waiting and now - s.last_request > self.idle_window(s)]
-
-    def due_checks(self, now: float) -> list[Stream]:
-        """Observations silent for a check interval while their client polls."""
-        interval = self.config.check_interval
-        if not interval:
-            return []
-        due = [s for s in self.streams.values() if s.status is Status.ACTIVE and now - s.last_heard >= interval
-               and now - s.last_request <= self.idle_window(s)]
-        for s in due:
-            s.last_heard = now
-        return due
-
-    def active(self) -> list[Stream]:
-        return [s for s in self.streams.values() if s.status in (Status.ACTIVE, Status.REGISTERING)]
-
-
 # ------------------------------------------------------------ the shell
 
 
-@dataclass(eq=False)
-class _Observation:
-    """One registration's aiocoap pipe (we drive it directly: aiocoap's
-    observation iterator may drop a final notification)."""
-
-    message: Message
-    pipe: Pipe
-    unregister: Callable[[], None] | None = None
-
-    @property
-    def token(self) -> bytes:
-        return self.message.token or b""
-
-    def close(self) -> None:
-        if self.unregister is not None:
-            self.unregister()
-            self.unregister = None
-
-
 class SyncPushClient:
-    def __init__(self, gateway: Any, config: SyncPushClientConfig | None = None):
+    def __init__(self, gateway: PushHost, config: SyncPushClientConfig | None = None):
         self.gateway = gateway
         self.config = config or SyncPushClientConfig()
         self.state = SyncPushState(gateway.profile, self.config)
         self.counters = SyncPushClientCounters()
         #: test and debug observers: (the client's request, the answer it got from a push or template)
         self.answer_observers: list[Callable[[HttpRequest, HttpResponse], None]] = []
-        self._observations: dict[Stream, _Observation] = {}
+        self._observations: dict[Stream, Observation] = {}
         self._changed: dict[Stream, asyncio.Event] = {}
         self._registering: dict[Stream, asyncio.Task] = {}
         self._background: set[asyncio.Task] = set()
@@ -488,24 +195,25 @@ class SyncPushClient:
         generation = self.state.begin(stream, since, self.loop_time)
         self.counters.registrations += 1
         request = HttpRequest("GET", stream.poll.target(since=since), access_token=stream.access_token)
-        resend_token = False
-        reply: Message | None = None
-        obs: _Observation | None = None
-        for _attempt in range(3):
-            message = self.gateway.coap_request(request, resend_token=resend_token)
+        sent: list[Observation] = []
+
+        async def register(message: Message) -> Message:
+            for earlier in sent:  # answered "send it again": that one is over
+                earlier.close()
             message.opt.observe = 0
-            obs = _Observation(message, Pipe(message, log))
-            reply = await self._start(stream, generation, obs)
-            if reply is None:
-                self.state.on_lost(stream, generation)
-                self._wake(stream)
-                return matrix_error(504, "M_UNKNOWN", "the low-bandwidth link did not deliver the request")
-            resend = self.gateway.resend_for(reply, resend_token)
-            if resend is None:
-                break
-            obs.close()
-            resend_token = resend_token or resend == "token"
-        assert reply is not None and obs is not None
+            observation, first = await self.gateway.endpoint.observe(
+                message, self.gateway.server_key, lambda later: self._on_later(stream, generation, later),
+                self._answer_timeout)
+            sent[:] = [observation]
+            return first
+
+        try:
+            message, reply = await self.gateway.round_trip(request, register)
+        except LinkFailure:
+            self.state.on_lost(stream, generation)
+            self._wake(stream)
+            return link_failure()
+        obs = sent[-1]
         now = self.loop_time
         if reply.opt.observe is not None and reply.code.is_successful():
             self._observations[stream] = obs
@@ -519,52 +227,26 @@ class SyncPushClient:
             self._wake(stream)
             return None
         obs.close()
-        control = reply.opt.get_option(options.SYNC_PUSH)
-        if control:
-            if control[0].value == bytes([END_FETCH]):
+        control = parse_control(reply)
+        if control is not None:
+            if control[0] == END_FETCH:
                 self.state.on_final(stream, generation, None)  # too large to push: poll it plainly
             else:
                 self.state.on_declined(stream, generation, now)  # a reason we do not know
             self._wake(stream)
             return None
-        response = coap_to_response(reply, self.gateway.profile)
+        response = self.gateway.binding.response(request, message, reply)
         if response.status == 200:
             self.state.on_declined(stream, generation, now)  # the server answered it as a plain poll
         else:
             self.state.on_lost(stream, generation)  # an error: said once, asked again next time
         self._wake(stream)
-        return self._restore(response)
+        return response
 
-    async def _start(self, stream: Stream, generation: int, obs: _Observation) -> Message | None:
-        """Send the registration; its first answer (None: the link failed).
-        Later events feed ``_on_event``."""
-        first: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
-
-        def on_event(event: Pipe.Event) -> bool:
-            if not first.done():
-                if event.message is not None:
-                    first.set_result(event.message)
-                else:
-                    first.set_exception(event.exception or error.NetworkError("observation ended"))
-                return not event.is_last
-            self._on_event(stream, generation, obs, event)
-            return not event.is_last
-
-        obs.unregister = obs.pipe.on_event(on_event)
-        try:
-            interface = await self.gateway.endpoint.context.find_remote_and_interface(obs.message)
-            interface.request(obs.pipe)
-            return await asyncio.wait_for(asyncio.shield(first), self._answer_timeout)
-        except (error.Error, TimeoutError, GatewayError) as exc:
-            obs.close()
-            self.gateway.counters.link_failures += 1
-            log.warning("sync push registration failed: %s", type(exc).__name__)
-            return None
-
-    def _on_event(self, stream: Stream, generation: int, obs: _Observation, event: Pipe.Event) -> None:
+    def _on_later(self, stream: Stream, generation: int, message: Message | None) -> None:
+        """A notification after the first answer, a final answer, or (None) the end."""
         if generation != stream.generation:
             return
-        message = event.message
         if message is None:  # an error, or the pipe ended: the observation is gone
             self._lose(stream, generation)
             return
@@ -574,10 +256,10 @@ class SyncPushClient:
                                                  self.loop_time)
             self._after(stream, generation, outcome)
         else:  # a final answer: the observation ends here
-            self._observations.pop(stream, None)
-            obs.close()
-            control = message.opt.get_option(options.SYNC_PUSH)
-            if control:
+            obs = self._observations.pop(stream, None)
+            if obs is not None:
+                obs.close()
+            if parse_control(message) is not None:
                 self.state.on_final(stream, generation, None)  # END_FETCH: too large to push
             else:
                 self.state.on_final(stream, generation, coap_to_response(message, self.gateway.profile))
@@ -602,12 +284,6 @@ class SyncPushClient:
 
     # -- control requests
 
-    def _control_message(self, op: int, obs: _Observation) -> Message:
-        message = Message(code=Code.GET)
-        message.opt.add_option(OpaqueOption(options.SYNC_PUSH, bytes([op]) + obs.token))
-        message.remote = self.gateway.endpoint.remote(self.gateway.server_key)
-        return message
-
     async def _cancel(self, stream: Stream, timeout: float | None = None) -> None:
         """End the observation: the server stops its loop (and its polling
         keeps the user "online" no longer)."""
@@ -618,10 +294,10 @@ class SyncPushClient:
             return
         self.counters.cancels += 1
         try:
-            request = self.gateway.endpoint.context.request(self._control_message(OP_CANCEL, obs))
-            await asyncio.wait_for(request.response, timeout or self._answer_timeout)
-        except (error.Error, TimeoutError, GatewayError) as exc:
-            log.info("sync push cancel not confirmed: %s", type(exc).__name__)
+            await self.gateway.endpoint.request(control_request(OP_CANCEL, obs.token), self.gateway.server_key,
+                                                timeout or self._answer_timeout)
+        except LinkFailure as exc:
+            log.info("sync push cancel not confirmed: %s", exc)
         finally:
             obs.close()
 
@@ -632,20 +308,12 @@ class SyncPushClient:
         generation = stream.generation
         self.counters.checks += 1
         try:
-            request = self.gateway.endpoint.context.request(self._control_message(OP_CHECK, obs))
-            reply = await asyncio.wait_for(request.response, self._answer_timeout)
-        except (error.Error, TimeoutError, GatewayError):
+            reply = await self.gateway.endpoint.request(control_request(OP_CHECK, obs.token),
+                                                        self.gateway.server_key, self._answer_timeout)
+        except LinkFailure:
             return  # the link is down: the next check, or the next request, will tell
         if reply.code == Code.NOT_FOUND and self._observations.get(stream) is obs:
             self._lose(stream, generation)
-
-    def _ping(self) -> None:
-        """An empty CON (RFC 7252 §4.3): the server answers RST.  Keeps a NAT
-        binding open; a server that restarted answers with a new session."""
-        self.counters.pings += 1
-        ping = Message(code=Code.EMPTY, transport_tuning=Reliable())
-        ping.remote = self.gateway.endpoint.remote(self.gateway.server_key)
-        self.gateway.endpoint.interface.mman.send_message(ping, lambda: None)
 
     # -- housekeeping
 
@@ -667,7 +335,9 @@ class SyncPushClient:
             if frames_out != self._frames_out:
                 self._frames_out, self._quiet_since = frames_out, now
             elif now - self._quiet_since >= self.config.keepalive:
-                self._ping()
+                # keeps a NAT binding open; a restarted server answers with a new session
+                self.counters.pings += 1
+                self.gateway.endpoint.ping(self.gateway.server_key)
                 self._quiet_since = now
 
     def _event(self, stream: Stream) -> asyncio.Event:
@@ -687,31 +357,11 @@ class SyncPushClient:
         task.add_done_callback(self._background.discard)
 
     def _deliver(self, request: HttpRequest, response: HttpResponse) -> HttpResponse:
-        """A pushed or idle answer, on its way to the client."""
+        """A pushed or idle answer, on its way to the client: with the client's
+        own transaction IDs, as every answer that crossed the link."""
         for observer in self.answer_observers:
             observer(request, response)
-        return self._restore(response)
-
-    def _restore(self, response: HttpResponse) -> HttpResponse:
-        wire = getattr(self.gateway, "wire", None)
-        if wire is None or response.content_type != JSON:
-            return response
-        # the client's own events carry the homeserver's transaction IDs (the
-        # compact form scopes them): give the client back its own, as exchange() does
-        return HttpResponse(response.status, wire.restore_txn_ids(response.body), response.content_type,
-                            response.headers)
+        return self.gateway.binding.restore(response)
 
 
-__all__ = [
-    "Answer",
-    "Outcome",
-    "Plain",
-    "Register",
-    "Status",
-    "Stream",
-    "SyncPushClient",
-    "SyncPushClientConfig",
-    "SyncPushClientCounters",
-    "SyncPushState",
-    "Wait",
-]
+__all__ = ["PushHost", "SyncPushClient", "SyncPushClientCounters"]

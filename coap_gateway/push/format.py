@@ -32,13 +32,20 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
-from zlib_ng import zlib_ng
+from aiocoap import Message
+from aiocoap.numbers.codes import Code
+from aiocoap.optiontypes import OpaqueOption
 
-from ..codec import json_cbor
-from ..codec.tables import CborTable
-from ..codec.compression import LEVEL, MAX_DICTIONARY_SIZE, MEM_LEVEL, WBITS
-from ..errors import CodecError, CompressionError, DecompressionBombError, GatewayError
+from ..codec import json_cbor, options
+from ..codec.compression import MAX_DICTIONARY_SIZE, compress, decompress
 from ..codec.routes import RouteTable, split_target
+from ..codec.tables import CborTable
+from ..errors import CodecError, GatewayError
+
+JSON = "application/json"
+
+#: Observe numbers are 24 bits (RFC 7641 §3.4)
+OBSERVE_MODULUS = 1 << 24
 
 #: routes whose long-polls are pushed (client API v3 and r0)
 SYNC_ROUTES = frozenset({"client.sync", "client.r0.sync"})
@@ -57,6 +64,34 @@ OP_CANCEL = 2  # end this observation (the server stops its loop); 2.02 Deleted
 #: controls on a final response (no Observe) that ends an observation
 END_FETCH = 1  # the answer is too large to push: send the long-poll as a plain request
 END_CLOSED = 2  # the server ended the observation (limits, shutdown): register again if needed
+
+
+def control_request(op: int, token: bytes) -> Message:
+    """A check or cancel of the observation registered with CoAP ``token``."""
+    message = Message(code=Code.GET)
+    message.opt.add_option(OpaqueOption(options.SYNC_PUSH, bytes([op]) + token))
+    return message
+
+
+def parse_control(message: Message) -> tuple[int, bytes] | None:
+    """``(op or end code, token)`` of a message's Sync-Push option; None without one."""
+    control = message.opt.get_option(options.SYNC_PUSH)
+    if not control:
+        return None
+    value = control[0].value
+    return (value[0], bytes(value[1:])) if value else (0, b"")
+
+
+def is_push_request(request: Message) -> bool:
+    """A request sync push serves: a control request, or a GET registering an observation."""
+    return bool(request.opt.get_option(options.SYNC_PUSH)) or (request.opt.observe == 0 and request.code == Code.GET)
+
+
+def end_fetch() -> Message:
+    """The final answer "too large to push: poll it plainly"."""
+    message = Message(code=Code.CONTENT)
+    message.opt.add_option(OpaqueOption(options.SYNC_PUSH, bytes([END_FETCH])))
+    return message
 
 # Notification header byte: present only when its bits 1–2 are both set,
 # which no raw deflate stream can start with (BTYPE 11 is reserved,
@@ -280,24 +315,6 @@ class DeltaState:
         self.recent.append(encoded[-MAX_DICTIONARY_SIZE:])
 
 
-def _deflate(data: bytes, dictionary: bytes) -> bytes:
-    c = zlib_ng.compressobj(LEVEL, zlib_ng.DEFLATED, WBITS, MEM_LEVEL, zlib_ng.Z_DEFAULT_STRATEGY, dictionary)
-    return c.compress(data) + c.flush()
-
-
-def _inflate(data: bytes, dictionary: bytes, max_size: int) -> bytes:
-    try:
-        d = zlib_ng.decompressobj(WBITS, dictionary)
-        out = d.decompress(data, max_size + 1)
-    except zlib_ng.error as exc:
-        raise CompressionError(f"corrupt deflate data: {exc}") from exc
-    if len(out) > max_size:
-        raise DecompressionBombError(f"pushed body expands beyond {max_size} bytes")
-    if not d.eof or d.unused_data:
-        raise CompressionError("truncated deflate data or bytes after it")
-    return out
-
-
 # ----------------------------------------------------------- notifications
 
 
@@ -322,7 +339,7 @@ def encode_notification(n: Notification, since: str, delta: DeltaState, table: C
     if n.template and (n.adopt or not is_template(n.body)):
         raise CodecError("a template answers nothing and has an empty next_batch")
     encoding, data = encode_body(n.body, table)
-    stream = _deflate(data, delta.dictionary(since))
+    stream = compress(data, delta.dictionary(since))
     delta.remember(data)
     if not n.template and not n.adopt and encoding == ENC_CBOR_ASCII:
         return stream
@@ -347,7 +364,7 @@ def decode_notification(payload: bytes, since: str, delta: DeltaState, table: Cb
     template, adopt = bool(header & H_TEMPLATE), bool(header & H_ADOPT)
     if template and adopt:
         raise CodecError("a template cannot also be adopted")
-    data = _inflate(stream, delta.dictionary(since), max_size)
+    data = decompress(stream, delta.dictionary(since), max_size)
     body = decode_body(encoding, data, table)
     if template and not is_template(body):
         raise CodecError("a template must have exactly one empty next_batch")
@@ -357,6 +374,12 @@ def decode_notification(payload: bytes, since: str, delta: DeltaState, table: Cb
 
 __all__ = [
     "COUNT_KEYS",
+    "JSON",
+    "OBSERVE_MODULUS",
+    "control_request",
+    "end_fetch",
+    "is_push_request",
+    "parse_control",
     "ENC_CBOR_ASCII",
     "ENC_CBOR_UTF8",
     "ENC_JSON",

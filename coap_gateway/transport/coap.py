@@ -35,10 +35,13 @@ from typing import Any
 
 from aiocoap import Context, Message, error, interfaces
 from aiocoap.messagemanager import MessageManager
-from aiocoap.numbers.codes import GET
-from aiocoap.numbers.constants import TransportTuning
+from aiocoap.numbers.codes import EMPTY, GET
+from aiocoap.numbers.constants import Reliable, TransportTuning
 from aiocoap.numbers.types import ACK, CON, NON
+from aiocoap.pipe import Pipe
 from aiocoap.tokenmanager import TokenManager
+
+from ..errors import GatewayError
 
 from .interfaces import CodecHost, DatagramLink, FrameCodec
 from .timing import LinkBudget, RetransmissionTimer
@@ -485,6 +488,46 @@ class LinkMessageInterface(interfaces.MessageInterface):
                 self.counters.dropped_malformed += 1
 
 
+class LinkFailure(GatewayError):
+    """The link did not deliver a request or its response."""
+
+
+class Observation:
+    """An observation we registered (RFC 7641), driven through aiocoap's
+    request pipe directly: aiocoap's observation iterator may drop a final
+    notification."""
+
+    def __init__(self, message: Message, on_later: Callable[[Message | None], None]):
+        self.message = message
+        self.pipe = Pipe(message, log)
+        self.first: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
+        # a registration given up on (timeout, shutdown) may still fail later: nobody waits for that
+        self.first.add_done_callback(lambda f: f.cancelled() or f.exception())
+        self._on_later = on_later
+        self._unregister: Callable[[], None] | None = self.pipe.on_event(self._event)
+
+    @property
+    def token(self) -> bytes:
+        return self.message.token or b""
+
+    def _event(self, event: Pipe.Event) -> bool:
+        if not self.first.done():
+            if event.message is not None:
+                self.first.set_result(event.message)
+            else:
+                self.first.set_exception(event.exception or error.NetworkError("observation ended"))
+        else:
+            self._on_later(event.message)
+        return not event.is_last
+
+    def close(self) -> None:
+        """Stop listening: a later notification is answered RST, which ends
+        the observation at the server too."""
+        if self._unregister is not None:
+            self._unregister()
+            self._unregister = None
+
+
 @dataclass
 class LinkEndpoint:
     """A CoAP endpoint (client, server or both) on one link."""
@@ -497,6 +540,44 @@ class LinkEndpoint:
 
     def remote(self, key: Hashable) -> LinkAddress:
         return self.interface.remote(key)
+
+    async def request(self, message: Message, key: Hashable, timeout: float | None = None) -> Message:
+        """Send a request to peer ``key``; its final response.  ``LinkFailure``
+        when the link did not deliver it (retransmissions exhausted, the
+        secure layer failed, ``timeout`` passed)."""
+        message.remote = self.remote(key)
+        try:
+            return await asyncio.wait_for(self.context.request(message).response, timeout)
+        except (error.Error, TimeoutError, GatewayError) as exc:
+            raise LinkFailure(type(exc).__name__) from exc
+
+    async def observe(self, message: Message, key: Hashable, on_later: Callable[[Message | None], None],
+                      timeout: float | None = None) -> tuple[Observation, Message]:
+        """Register an observation (``message`` carries Observe 0) with peer
+        ``key``: the observation and its first response.  Every later
+        notification, and finally None when the observation ends without a
+        final response (an error, a RST, a shutdown), goes to ``on_later``."""
+        message.remote = self.remote(key)
+        observation = Observation(message, on_later)
+        try:
+            interface = await self.context.find_remote_and_interface(message)
+            interface.request(observation.pipe)
+            return observation, await asyncio.wait_for(asyncio.shield(observation.first), timeout)
+        except (error.Error, TimeoutError, GatewayError) as exc:
+            observation.close()
+            raise LinkFailure(type(exc).__name__) from exc
+
+    def ping(self, key: Hashable) -> None:
+        """An empty CON to peer ``key`` (RFC 7252 §4.3), which answers RST:
+        keeps a NAT binding open, and a restarted secure server answers
+        with a new session."""
+        ping = Message(code=EMPTY, transport_tuning=Reliable())
+        ping.remote = self.remote(key)
+        self.interface.mman.send_message(ping, lambda: None)
+
+    def on_acknowledged(self, listener: Callable[[LinkAddress, int], None]) -> None:
+        """Call ``listener(remote, message ID)`` whenever a CON we sent is acknowledged."""
+        self.interface.mman.on_acknowledged.append(listener)
 
     def set_budget(self, budget: LinkBudget) -> None:
         """New timing for the whole link (it was reshaped): later exchanges

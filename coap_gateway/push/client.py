@@ -1,0 +1,327 @@
+"""Sync push, client side, sans-I/O: which long-polls are answered from pushes, and how.
+
+A Matrix client long-polls ``GET …/sync?since=S&timeout=T…`` over and over.
+Instead of carrying each poll across the link, the client gateway keeps one
+*stream* per (access token, path, parameters other than since and timeout)
+and registers one CoAP observation for it; the server gateway then pushes
+each answer that says something (``push.server``).  A poll for ``since=S``:
+
+* is answered at once from the pushed answers when one answers S;
+* else, when S is the stream's head (the since the next push answers),
+  waits for that push up to the client's own timeout, and then answers with
+  the empty-response template the server pushed, ``next_batch`` = S —
+  exactly what Synapse says to an idle poll, and nothing crossed the link;
+* else (a new stream, a since from elsewhere) registers the observation
+  from S, replacing any other for the stream.
+
+Initial syncs, ``timeout=0``, ``full_state`` and anything unusual go the
+plain way.  An observation that is lost — the server restarted, a
+notification never arrived, a new secure session, a check that finds it
+gone — is registered again from the stream's head at the next poll, and the
+server replays what it had already answered, so nothing is lost or doubled.
+When the client stops polling (3× its timeout) the observation is cancelled
+and the server stops its loop.
+
+``SyncPushState`` holds every decision (requests and CoAP payloads in,
+``Action``s and ``Outcome``s out); ``gateway.push_client`` is its asyncio
+shell.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+from ..codec.mapping import HttpResponse
+from ..codec.profile import Profile
+from ..errors import GatewayError
+from .format import (
+    JSON,
+    OBSERVE_MODULUS,
+    DeltaState,
+    LongPoll,
+    decode_notification,
+    expand_template,
+    next_batch_of,
+    parse_long_poll,
+    push_preset,
+    split_next_batch,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SyncPushClientConfig:
+    #: answer long-polls from pushes (False: only the keepalive runs)
+    enabled: bool = True
+    #: check an observation silent this long (seconds; 0: never) — the one
+    #: way to notice, without other traffic, that the server lost it
+    check_interval: float = 3600.0
+    #: NAT keepalive: a CoAP ping after this long without a frame sent (None: off)
+    keepalive: float | None = None
+    #: cancel an observation when its client has not polled for this many
+    #: times its timeout (and at least min_idle seconds)
+    idle_factor: float = 3.0
+    min_idle: float = 30.0
+    max_streams: int = 8
+    #: pushed answers held per stream for a client that is not polling
+    max_answers: int = 16
+    delta_keep: int = 2
+    #: after the server answered a registration as a plain poll, poll plainly this long
+    decline_for: float = 600.0
+    #: how often the maintenance loop looks (seconds; costs nothing on the link)
+    tick: float = 1.0
+    #: longest local wait, whatever timeout the client asks for
+    max_wait: float = 3600.0
+    #: longest wait for the answer to a registration or control request
+    #: (its homeserver poll has timeout 0: it is quick unless the link is not)
+    answer_timeout: float = 300.0
+
+
+class Status(enum.Enum):
+    IDLE = "idle"  # no observation (never registered, lost, cancelled)
+    REGISTERING = "registering"
+    ACTIVE = "active"
+    DECLINED = "declined"  # the server answered plainly: poll plainly for a while
+
+
+@dataclass(eq=False)
+class Stream:
+    key: tuple[str, str, tuple[str, ...]]
+    poll: LongPoll  # the last request's, for registering again
+    access_token: str
+    status: Status = Status.IDLE
+    #: the since the next push answers
+    head: str | None = None
+    #: pushed answers by the since they answer, in chain order
+    answers: OrderedDict[str, HttpResponse] = field(default_factory=OrderedDict)
+    template: bytes | None = None
+    delta: DeltaState | None = None
+    observe: int | None = None
+    #: bumped by every registration: events of an older observation are ignored
+    generation: int = 0
+    #: a since whose answer was too large to push: poll it plainly once
+    fetch: str | None = None
+    last_request: float = 0.0
+    last_heard: float = 0.0
+    timeout_ms: int = 30_000
+    declined_until: float = 0.0
+    waiting: int = 0
+
+
+@dataclass(frozen=True)
+class Answer:
+    response: HttpResponse
+
+
+@dataclass(frozen=True)
+class Wait:
+    pass
+
+
+@dataclass(frozen=True)
+class Register:
+    since: str
+
+
+@dataclass(frozen=True)
+class Plain:
+    pass
+
+
+Action = Answer | Wait | Register | Plain
+
+
+class Outcome(enum.Enum):
+    OK = "ok"
+    LOST = "lost"  # the observation cannot go on: register again
+    PAUSE = "pause"  # the client is not taking answers: cancel until it does
+
+
+class SyncPushState:
+    """Streams, their pushed answers and templates (sans-I/O): requests and
+    CoAP payloads in, decisions out."""
+
+    def __init__(self, profile: Profile, config: SyncPushClientConfig | None = None):
+        self.profile = profile
+        self.config = config or SyncPushClientConfig()
+        self.streams: OrderedDict[tuple[str, str, tuple[str, ...]], Stream] = OrderedDict()
+
+    @property
+    def preset(self) -> bytes:
+        return push_preset(self.profile)
+
+    def classify(self, method: str, target: str, access_token: str | None) -> LongPoll | None:
+        if access_token is None:
+            return None
+        return parse_long_poll(method, target, self.profile.routes)
+
+    def stream(self, poll: LongPoll, access_token: str) -> tuple[Stream, list[Stream]]:
+        """The stream a poll belongs to, and streams evicted to make room."""
+        key = (access_token, poll.path, poll.params)
+        stream = self.streams.get(key)
+        evicted: list[Stream] = []
+        if stream is None:
+            stream = self.streams[key] = Stream(key, poll, access_token)
+            while len(self.streams) > self.config.max_streams:
+                evicted.append(self.streams.popitem(last=False)[1])
+        else:
+            self.streams.move_to_end(key)
+            stream.poll = poll
+        return stream, evicted
+
+    def on_request(self, stream: Stream, poll: LongPoll, now: float) -> Action:
+        stream.last_request = now
+        stream.timeout_ms = poll.timeout_ms
+        since = poll.since
+        answers = stream.answers
+        if since in answers:
+            while next(iter(answers)) != since:  # what comes before was taken
+                answers.popitem(last=False)
+            response = answers[since]
+            if response.status != 200:
+                del answers[since]  # an error is said once; asking again asks the homeserver
+            return Answer(response)
+        if stream.fetch == since:
+            stream.fetch = None
+            return Plain()
+        if poll.timeout_ms == 0:
+            return Plain()
+        if stream.status is Status.DECLINED:
+            if now < stream.declined_until:
+                return Plain()
+            stream.status = Status.IDLE
+        if stream.status in (Status.ACTIVE, Status.REGISTERING) and since == stream.head:
+            answers.clear()  # the client is at the head: it took every answer
+            return Wait()
+        return Register(since)
+
+    def begin(self, stream: Stream, since: str, now: float) -> int:
+        """A registration from ``since`` starts; returns its generation."""
+        stream.generation += 1
+        stream.status = Status.REGISTERING
+        stream.head = since
+        stream.delta = DeltaState(self.preset, self.config.delta_keep)
+        stream.observe = None
+        stream.last_heard = now
+        # the client asks for a since we hold no answer to: what we hold was
+        # taken, or belongs to a chain it left (the server replays its last
+        # answers to a registration from a since it already answered)
+        stream.answers.clear()
+        return stream.generation
+
+    def on_registered(self, stream: Stream, generation: int, observe: int, payload: bytes, now: float) -> Outcome:
+        if generation != stream.generation:
+            return Outcome.LOST
+        stream.status = Status.ACTIVE
+        stream.observe = observe
+        return self._apply(stream, payload, now)
+
+    def on_notification(self, stream: Stream, generation: int, observe: int, payload: bytes, now: float) -> Outcome:
+        if generation != stream.generation or stream.status is not Status.ACTIVE:
+            return Outcome.OK  # a late event of an observation we left
+        if stream.observe is not None:
+            step = (observe - stream.observe) % OBSERVE_MODULUS
+            if step == 0 or step > OBSERVE_MODULUS // 2:
+                return Outcome.OK  # a duplicate or an older one: already applied
+            if step != 1:
+                return self.on_lost(stream, generation)  # one went missing: the chain broke
+        stream.observe = observe
+        return self._apply(stream, payload, now)
+
+    def _apply(self, stream: Stream, payload: bytes, now: float) -> Outcome:
+        assert stream.delta is not None and stream.head is not None
+        stream.last_heard = now
+        try:
+            n = decode_notification(payload, stream.head, stream.delta, self.profile.cbor_table)
+        except GatewayError as exc:
+            log.warning("sync push: undecodable notification: %s", exc)
+            return self.on_lost(stream, stream.generation)
+        if n is None:
+            return Outcome.OK
+        if n.template:
+            stream.template = n.body
+            return Outcome.OK
+        token = next_batch_of(n.body)
+        if token is None:
+            return self.on_lost(stream, stream.generation)
+        stream.answers[stream.head] = HttpResponse(200, n.body, JSON)
+        stream.head = token
+        if n.adopt:
+            split = split_next_batch(n.body)
+            if split is not None:
+                stream.template = split[0]
+        if len(stream.answers) > self.config.max_answers:
+            return Outcome.PAUSE
+        return Outcome.OK
+
+    def on_final(self, stream: Stream, generation: int, response: HttpResponse | None) -> None:
+        """The observation ended with ``response`` (the homeserver's error, the
+        answer to the head) or, for None, with "too large: poll it plainly"."""
+        if generation != stream.generation or stream.head is None:
+            return
+        if response is None:
+            stream.fetch = stream.head
+        else:
+            stream.answers[stream.head] = response
+        stream.status = Status.IDLE
+
+    def on_declined(self, stream: Stream, generation: int, now: float) -> None:
+        if generation == stream.generation:
+            stream.status = Status.DECLINED
+            stream.declined_until = now + self.config.decline_for
+
+    def on_lost(self, stream: Stream, generation: int) -> Outcome:
+        if generation == stream.generation and stream.status in (Status.ACTIVE, Status.REGISTERING):
+            stream.status = Status.IDLE
+        return Outcome.LOST
+
+    def on_cancelled(self, stream: Stream) -> None:
+        stream.generation += 1
+        if stream.status in (Status.ACTIVE, Status.REGISTERING):
+            stream.status = Status.IDLE
+
+    def on_timeout(self, stream: Stream, since: str) -> HttpResponse | None:
+        """The client's timeout passed with no push: the idle answer, if we can."""
+        if stream.status is Status.ACTIVE and stream.head == since and stream.template is not None:
+            return HttpResponse(200, expand_template(stream.template, since), JSON)
+        return None
+
+    def idle_window(self, stream: Stream) -> float:
+        return max(self.config.min_idle, self.config.idle_factor * stream.timeout_ms / 1000)
+
+    def idle(self, now: float) -> list[Stream]:
+        """Observations whose client stopped polling."""
+        return [s for s in self.streams.values()
+                if s.status is Status.ACTIVE and not s.waiting and now - s.last_request > self.idle_window(s)]
+
+    def due_checks(self, now: float) -> list[Stream]:
+        """Observations silent for a check interval while their client polls."""
+        interval = self.config.check_interval
+        if not interval:
+            return []
+        due = [s for s in self.streams.values() if s.status is Status.ACTIVE and now - s.last_heard >= interval
+               and now - s.last_request <= self.idle_window(s)]
+        for s in due:
+            s.last_heard = now
+        return due
+
+    def active(self) -> list[Stream]:
+        return [s for s in self.streams.values() if s.status in (Status.ACTIVE, Status.REGISTERING)]
+
+
+__all__ = [
+    "Action",
+    "Answer",
+    "Outcome",
+    "Plain",
+    "Register",
+    "Status",
+    "Stream",
+    "SyncPushClientConfig",
+    "SyncPushState",
+    "Wait",
+]

@@ -1,0 +1,247 @@
+"""Sync push, server side, sans-I/O: which homeserver answers are pushed, and how.
+
+For each observation the server gateway runs the long-poll loop against the
+homeserver itself — with the device's bound token — and pushes a
+notification only when the answer says something:
+
+* an answer with events (or an error) is pushed, as a CON notification
+  answering the stream's current ``since`` (implicitly: the previous
+  answer's ``next_batch``), delta-encoded (``push.format``);
+* an empty answer — equal, but for its ``next_batch``, to the template the
+  client already holds — is not pushed at all: the loop just continues
+  from its ``next_batch``.  The first empty answer of an observation is
+  pushed once, as the template, so the client can answer idle polls itself.
+
+Nothing is lost and nothing arrives twice: the loop polls past a
+``next_batch`` only after the notification carrying it was acknowledged
+(Synapse deletes to-device messages once a later ``since`` is used), and
+the last answers pushed per stream are kept (``ReplayHistory``), so an
+observation registered again from a ``since`` already answered gets the
+very same bytes.
+
+``PushChain`` decides, per homeserver answer, the next ``Step``;
+``gateway.push_server`` is its asyncio shell.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import OrderedDict
+from dataclasses import dataclass
+
+from ..codec.mapping import HttpResponse, matrix_error
+from ..codec.tables import CborTable
+from .format import (
+    OBSERVE_MODULUS,
+    DeltaState,
+    LongPoll,
+    Notification,
+    encode_notification,
+    is_empty_sync,
+    split_next_batch,
+)
+
+
+@dataclass
+class SyncPushServerConfig:
+    #: the homeserver long-poll of each loop
+    poll_timeout_ms: int = 30_000
+    #: observations at most, per session and in all
+    max_per_session: int = 4
+    max_observations: int = 1024
+    #: answers kept per stream for a registration from an answered since
+    history_per_stream: int = 4
+    history_streams: int = 1024
+    history_bytes: int = 16 << 20
+    #: bodies (encoded) the per-stream deflate dictionary holds
+    delta_keep: int = 2
+    #: longest wait for the ACK of a notification (the CON's own
+    #: retransmissions end the observation well before, on any real link)
+    ack_wait: float = 600.0
+    #: back-off when the homeserver is down or busy (5xx, 429)
+    backoff_max: float = 60.0
+
+
+@dataclass(frozen=True)
+class Silent:
+    """Nothing to push: poll again (from ``PushChain.poll_from``)."""
+
+
+@dataclass(frozen=True)
+class Push:
+    payload: bytes
+    #: the since this answers (None for a template) and the body, for the history
+    answered: str | None = None
+    body: bytes | None = None
+
+
+@dataclass(frozen=True)
+class Fetch:
+    """The answer is too large for one notification: end the observation;
+    the client sends this long-poll as a plain request (blockwise)."""
+
+
+@dataclass(frozen=True)
+class Finish:
+    """End with this response, exactly as the homeserver gave it (an error)."""
+
+    response: HttpResponse
+
+
+@dataclass(frozen=True)
+class Retry:
+    """The homeserver is down or busy: poll again after ``delay`` seconds."""
+
+    delay: float
+    response: HttpResponse
+
+
+Step = Silent | Push | Fetch | Finish | Retry
+
+
+class PushChain:
+    """One observation's place in the sync chain and what to push (sans-I/O).
+
+    ``head`` is the since the client will ask for next: the registration's,
+    then each pushed answer's ``next_batch``.  ``poll_from`` runs ahead of
+    it through empty answers, which are not pushed — the answer to a later
+    since with nothing in between is the answer to ``head``.
+    """
+
+    def __init__(self, since: str, table: CborTable, preset: bytes, max_payload: int, *,
+                 delta_keep: int = 2, backoff_max: float = 60.0):
+        self.head = since
+        self.poll_from = since
+        #: the empty-answer template the client holds (None: none yet)
+        self.template: bytes | None = None
+        self.delta = DeltaState(preset, delta_keep)
+        self.table = table
+        self.max_payload = max_payload
+        self.backoff_max = backoff_max
+        self.failures = 0
+        self._observe = -1
+
+    def next_observe(self) -> int:
+        self._observe = (self._observe + 1) % OBSERVE_MODULUS
+        return self._observe
+
+    def poll_timeout(self, normal_ms: int) -> int:
+        # without a template the client cannot answer idle polls: learn it now
+        return 0 if self.template is None else normal_ms
+
+    def on_response(self, response: HttpResponse) -> Step:
+        status = response.status
+        if status == 429 or status >= 500:
+            self.failures += 1
+            return Retry(self._delay(response), response)
+        if status != 200:
+            return Finish(response)
+        split = split_next_batch(response.body)
+        if split is None:
+            return Finish(response)  # no next_batch to chain on: the client gets it as it is
+        self.failures = 0
+        template, token = split
+        empty = is_empty_sync(response.body)
+        if empty and template == self.template:
+            self.poll_from = token
+            return Silent()
+        if empty and self.template is None:
+            payload = encode_notification(Notification(template, template=True), self.head, self.delta, self.table)
+            if len(payload) > self.max_payload:
+                return Fetch()
+            self.template = template
+            self.poll_from = token
+            return Push(payload)
+        return self._answer(response.body, template, token, adopt=empty)
+
+    def on_replay(self, body: bytes) -> Step:
+        """Push an answer kept from an earlier observation (it is one)."""
+        split = split_next_batch(body)
+        if split is None:
+            return Fetch()
+        template, token = split
+        return self._answer(body, template, token, adopt=is_empty_sync(body))
+
+    def on_unreachable(self) -> Step:
+        self.failures += 1
+        return Retry(self._delay(None), matrix_error(502, "M_UNKNOWN", "the homeserver is unreachable from the gateway"))
+
+    def _answer(self, body: bytes, template: bytes, token: str, adopt: bool) -> Step:
+        payload = encode_notification(Notification(body, adopt=adopt), self.head, self.delta, self.table)
+        if len(payload) > self.max_payload:
+            return Fetch()
+        answered = self.head
+        self.head = self.poll_from = token
+        if adopt:
+            self.template = template
+        return Push(payload, answered, body)
+
+    def _delay(self, response: HttpResponse | None) -> float:
+        if response is not None:
+            retry_after = next((v for n, v in response.headers if n.lower() == "retry-after"), None)
+            if retry_after is not None and retry_after.strip().isdigit():
+                return min(float(retry_after), self.backoff_max)
+        return min(float(2 ** min(self.failures - 1, 16)), self.backoff_max)
+
+
+class ReplayHistory:
+    """The last answers pushed per stream, by the since they answer (sans-I/O).
+
+    A stream is named by a digest of (token, path, parameters), so a device
+    that registers again — after a lost notification, from a new session or
+    a restarted client gateway — gets the same bytes for a since it was
+    already answered, and to-device messages the loop has moved past are
+    never lost.  Bounded per stream, in streams and in bytes.
+    """
+
+    def __init__(self, per_stream: int = 4, max_streams: int = 1024, max_bytes: int = 16 << 20):
+        self.per_stream = per_stream
+        self.max_streams = max_streams
+        self.max_bytes = max_bytes
+        self.bytes = 0
+        self._streams: OrderedDict[bytes, OrderedDict[str, bytes]] = OrderedDict()
+
+    def put(self, key: bytes, since: str, body: bytes) -> None:
+        answers = self._streams.setdefault(key, OrderedDict())
+        self._streams.move_to_end(key)
+        old = answers.pop(since, None)
+        if old is not None:
+            self.bytes -= len(old)
+        answers[since] = body
+        self.bytes += len(body)
+        while len(answers) > self.per_stream:
+            self.bytes -= len(answers.popitem(last=False)[1])
+        while self._streams and (len(self._streams) > self.max_streams or self.bytes > self.max_bytes):
+            oldest = next(iter(self._streams))
+            answers = self._streams[oldest]
+            self.bytes -= len(answers.popitem(last=False)[1])
+            if not answers:
+                del self._streams[oldest]
+
+    def get(self, key: bytes, since: str) -> bytes | None:
+        answers = self._streams.get(key)
+        return answers.get(since) if answers is not None else None
+
+    def __len__(self) -> int:
+        return sum(len(a) for a in self._streams.values())
+
+
+def stream_key(token: str, poll: LongPoll) -> bytes:
+    """What names a stream: the token and every parameter but since and
+    timeout.  A digest, so the history keeps no tokens."""
+    text = "\0".join((token, poll.path, *poll.params))
+    return hashlib.sha256(text.encode("utf-8")).digest()
+
+
+__all__ = [
+    "Fetch",
+    "Finish",
+    "Push",
+    "PushChain",
+    "ReplayHistory",
+    "Retry",
+    "Silent",
+    "Step",
+    "SyncPushServerConfig",
+    "stream_key",
+]
