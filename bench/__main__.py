@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from coap_gateway.codec.profile import DEFAULT_PROFILE
+from coap_gateway.codec import DEFAULT_PROFILE
 
 from .run import REPO, Settings, missing_prerequisites
 

@@ -35,11 +35,10 @@ from typing import Any
 
 import aiohttp
 
+from coap_gateway.app import start_client
+from coap_gateway.codec import DEFAULT_PROFILE, HttpRequest, load_profile
 from coap_gateway.secure import keys
-from coap_gateway.codec.mapping import HttpRequest
-from coap_gateway.codec.profile import DEFAULT_PROFILE, load_profile
-from coap_gateway.app.runner import start_client
-from coap_gateway.tools.synapse_process import free_port
+from coap_gateway.tools import free_port
 
 from .gateway_side import CountingUdpLink
 

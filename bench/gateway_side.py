@@ -16,13 +16,17 @@ from __future__ import annotations
 from collections.abc import Hashable
 from typing import Any
 
+from coap_gateway.app import (
+    RunningServer,
+    advertisement_for,
+    start_client,
+    start_server,
+)
+from coap_gateway.codec import DEFAULT_PROFILE, Profile, load_profile
 from coap_gateway.secure import keys
-from coap_gateway.transport.links import UdpLink
-from coap_gateway.codec.profile import DEFAULT_PROFILE, Profile, load_profile
-from coap_gateway.app.runner import RunningServer, advertisement_for, start_client, start_server
+from coap_gateway.transport import UdpLink
 
 from .devices import Device, Transport, new_nio
-
 
 
 class CountingUdpLink(UdpLink):

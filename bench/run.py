@@ -31,8 +31,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from coap_gateway.codec.profile import DEFAULT_PROFILE
-from coap_gateway.tools.synapse_process import free_port
+from coap_gateway.codec import DEFAULT_PROFILE
+from coap_gateway.tools import free_port
 
 from . import targets
 from .baseline import BaselineTransport, NginxTlsProxy, nginx_binary, nginx_version
@@ -102,7 +102,12 @@ class Progress:
         self._main = None
         self._sub = None
         if console is not None:
-            from rich.progress import BarColumn, SpinnerColumn, TextColumn, TimeElapsedColumn
+            from rich.progress import (
+                BarColumn,
+                SpinnerColumn,
+                TextColumn,
+                TimeElapsedColumn,
+            )
             from rich.progress import Progress as RichProgress
             self._progress = RichProgress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
                                           TextColumn("{task.percentage:>3.0f}%"), TimeElapsedColumn(),
@@ -233,7 +238,7 @@ async def run_bench(settings: Settings, *, homeserver: str | None = None, consol
         async with contextlib.AsyncExitStack() as stack:
             # 1. servers
             if homeserver is None:
-                from coap_gateway.tools.synapse_process import LocalSynapse
+                from coap_gateway.tools import LocalSynapse
                 progress.step("starting Synapse (a fresh homeserver on SQLite)")
                 synapse = LocalSynapse(tmp / "synapse")
                 await synapse.start()

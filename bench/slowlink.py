@@ -24,11 +24,10 @@ from typing import Any
 
 from nio import LoginResponse, RoomSendResponse, SyncResponse
 
+from coap_gateway.app import advertisement_for, start_client, start_server
+from coap_gateway.codec import DEFAULT_PROFILE, load_profile
 from coap_gateway.secure import keys
-from meshsim import emulated_link_pair
-from coap_gateway.codec.profile import DEFAULT_PROFILE, load_profile
-from coap_gateway.app.runner import advertisement_for, start_client, start_server
-from meshsim import LinkProfile
+from meshsim import LinkProfile, emulated_link_pair
 
 from .devices import new_nio
 from .workloads import REFERENCE, W5_MESSAGES, Account, WorkloadError

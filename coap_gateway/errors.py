@@ -78,3 +78,24 @@ class ServerKeyChanged(SecurityError):
 
 class KeyFileError(SecurityError):
     """A key or pin file is missing, malformed or has unsafe permissions."""
+
+
+__all__ = [
+    "AuthenticationError",
+    "CodecError",
+    "CompressionError",
+    "DecompressionBombError",
+    "FrameError",
+    "GatewayError",
+    "HandshakeError",
+    "KeyFileError",
+    "NonceError",
+    "ProfileMismatchError",
+    "ReplayError",
+    "RouteError",
+    "SecurityError",
+    "ServerKeyChanged",
+    "ServerKeyMismatchError",
+    "StatusError",
+    "TableError",
+]

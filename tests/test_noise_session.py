@@ -27,7 +27,8 @@ from coap_gateway.errors import (
     ServerKeyMismatchError,
 )
 from coap_gateway.secure.keys import fingerprint
-from coap_gateway.secure.noise import ClientSession, SecureChannel, ServerSession, public_key
+from coap_gateway.secure.keys import public_from_private as public_key
+from coap_gateway.secure.noise import ClientSession, SecureChannel, ServerSession
 from coap_gateway.secure.frame import FrameShape
 
 VECTORS = Path(__file__).parent / "vectors" / "secure_frames.json"

@@ -15,7 +15,8 @@ from noise.state import CipherState
 
 from coap_gateway.secure import frame as sf
 from coap_gateway.errors import ProfileMismatchError, ServerKeyChanged
-from coap_gateway.secure.noise import ClientSession, public_key
+from coap_gateway.secure.keys import public_from_private as public_key
+from coap_gateway.secure.noise import ClientSession
 from coap_gateway.secure.client import ClientEndpoint
 from coap_gateway.secure.events import (
     Connected,

@@ -8,6 +8,12 @@ live counters); ``up`` composes Synapse, both gateways and an emulated link;
 ``coap-gateway``.
 """
 
-from .runner import RunningClient, RunningServer, advertisement_for, start_client, start_server
+from .runner import (
+    RunningClient,
+    RunningServer,
+    advertisement_for,
+    start_client,
+    start_server,
+)
 
 __all__ = ["RunningClient", "RunningServer", "advertisement_for", "start_client", "start_server"]

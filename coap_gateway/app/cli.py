@@ -16,11 +16,19 @@ from aiocoap import Message
 from aiocoap.numbers.codes import Code
 
 from .. import __version__
-from ..codec import json_cbor, routes
-from ..codec.tables import LATEST_CBOR_TABLE, load_cbor_table
-from ..codec.compression import DEFAULT_MAX_SIZE, compress, decompress
+from ..codec import (
+    DEFAULT_MAX_SIZE,
+    DEFAULT_PROFILE,
+    LATEST_CBOR_TABLE,
+    compress,
+    decompress,
+    json_cbor,
+    load_cbor_table,
+    load_profile,
+    profile_names,
+    routes,
+)
 from ..errors import GatewayError
-from ..codec.profile import DEFAULT_PROFILE, load_profile, profile_names
 
 EXIT_BAD_INPUT = 2
 
@@ -88,7 +96,7 @@ def cmd_codec_route(args: argparse.Namespace) -> None:
 
 
 def cmd_dict_build(args: argparse.Namespace) -> None:
-    from ..tools.dictbuild.build import build_dictionary
+    from ..tools import build_dictionary
 
     build_dictionary(
         out_dir=Path(args.out),
@@ -169,7 +177,9 @@ def cmd_client(args: argparse.Namespace) -> None:
 
 def cmd_up(args: argparse.Namespace) -> None:
     try:
-        from .up import serve_up  # the one command that needs meshsim (its emulated link)
+        from .up import (
+            serve_up,  # the one command that needs meshsim (its emulated link)
+        )
     except ImportError as exc:
         raise GatewayError(f"`up` emulates the link with meshsim, which cannot be imported: {exc}") from exc
 

@@ -21,14 +21,12 @@ from urllib.parse import parse_qs, urlsplit
 from aiohttp import web
 from rich.console import Console
 
-from ..secure import keys
-from ..transport.coap import DatagramLink
+from ..codec import DEFAULT_PROFILE, load_profile
 from ..errors import GatewayError
-from ..transport.timing import LinkBudget
-from ..transport.links import SerialLink, UdpLink
+from ..secure import keys
+from ..transport import DatagramLink, LinkBudget, SerialLink, UdpLink
 from .metrics import Collector, client_collector, server_collector
 from .metrics_http import DEFAULT_HOST, metrics_url, serve_metrics
-from ..codec.profile import DEFAULT_PROFILE, load_profile
 from .runner import advertisement_for, start_client, start_server
 
 log = logging.getLogger(__name__)
@@ -129,7 +127,7 @@ async def open_link(address: LinkAddress, budget: LinkBudget) -> DatagramLink:
 
 
 def budget_from(options: dict[str, Any], *, udp: bool) -> LinkBudget:
-    from ..transport.units import parse_netem_rate, parse_netem_time
+    from ..transport import parse_netem_rate, parse_netem_time
 
     rate = options.get("link_rate")
     return LinkBudget(

@@ -13,11 +13,11 @@ import hashlib
 from aiocoap import Message
 from aiocoap.numbers.codes import Code
 from aiocoap.numbers.types import Type
+from aiocoap.optiontypes import UintOption
 from rich.console import Console
 from rich.table import Table
 
-from ..codec import options, payload, routes, status
-from ..codec.profile import load_profile, profile_names
+from ..codec import load_profile, options, payload, profile_names, routes, status
 
 REFERENCE_TARGET = "/_matrix/client/v3/rooms/!AbCdEfGhIjKlMnOp:example.org/send/m.room.message/txn42"
 REFERENCE_BODY = b'{"msgtype":"m.text","body":"Hello, see you at 5pm"}'
@@ -48,14 +48,8 @@ def encode_response(http_status: int, body: bytes, profile_name: str) -> tuple[b
     if pl.content_format is not None:
         msg.opt.content_format = pl.content_format
     if st.http_status is not None:
-        msg.opt.add_option(_uint_option(options.HTTP_STATUS, st.http_status))
+        msg.opt.add_option(UintOption(options.HTTP_STATUS, st.http_status))
     return msg.encode(), msg
-
-
-def _uint_option(number: int, value: int):
-    from aiocoap.optiontypes import UintOption
-
-    return UintOption(number, value)
 
 
 def run_demo(console: Console | None = None) -> None:

@@ -24,11 +24,9 @@ import re
 from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, ClassVar, TypeVar
 
-from ..transport.coap import LinkEndpoint
-from ..transport.secure_codec import SERVER_KEY
-from ..secure.events import reason_label
-
-from ..gateway.stats import LATENCY_BUCKETS, Histogram, timed
+from ..gateway import LATENCY_BUCKETS, Histogram, timed
+from ..secure import reason_label
+from ..transport import SERVER_KEY, LinkEndpoint
 from .runner import RunningClient, RunningServer
 
 _NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*\Z")

@@ -14,24 +14,31 @@ from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from typing import Any
 
-from ..secure import keys
-from ..secure.client import ClientEndpoint
-from ..gateway.client import ClientGateway
-from ..transport import DatagramLink, LinkAddress, LinkBudget, LinkEndpoint, create_link_endpoint
-from ..secure.keys import PinStore
-from ..codec.profile import Profile
-from ..transport.secure_codec import (
+from ..codec import Profile
+from ..gateway import ClientGateway, ServerGateway, ServerGatewayConfig
+from ..push import SyncPushClientConfig, SyncPushServerConfig
+from ..secure import (
+    ClientEndpoint,
+    Connected,
+    PinStore,
+    ServerEndpoint,
+    ServerLimits,
+    SessionClosed,
+    SessionEstablished,
+    keys,
+)
+from ..transport import (
     SERVER_KEY,
+    DatagramLink,
+    LinkAddress,
+    LinkBudget,
+    LinkEndpoint,
     SecureClientCodec,
     SecureServerCodec,
+    create_link_endpoint,
     pinned_client_codec,
     profile_wire_digest,
 )
-from ..secure.events import Connected, SessionClosed, SessionEstablished
-from ..secure.server import ServerEndpoint, ServerLimits
-from ..gateway.server import ServerGateway, ServerGatewayConfig
-from ..push.client import SyncPushClientConfig
-from ..push.server import SyncPushServerConfig
 
 
 @dataclass

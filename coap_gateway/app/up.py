@@ -17,13 +17,12 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from meshsim import emulated_link_pair
-from meshsim import LinkProfile
+from meshsim import LinkProfile, emulated_link_pair
 
-from ..codec.profile import DEFAULT_PROFILE, load_profile
+from ..codec import DEFAULT_PROFILE, load_profile
 from ..secure import keys
-from ..tools.synapse_process import LocalSynapse
-from ..transport.units import parse_netem_rate, parse_netem_time
+from ..tools import LocalSynapse
+from ..transport import parse_netem_rate, parse_netem_time
 from .daemon import parse_host_port, start_metrics, until_signalled
 from .metrics import client_collector, server_collector
 from .metrics_http import DEFAULT_HOST

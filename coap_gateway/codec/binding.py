@@ -39,7 +39,14 @@ from aiocoap.optiontypes import OpaqueOption
 
 from ..errors import GatewayError
 from . import options
-from .mapping import HttpRequest, HttpResponse, coap_to_request, coap_to_response, compact_route_name, request_to_coap
+from .mapping import (
+    HttpRequest,
+    HttpResponse,
+    coap_to_request,
+    coap_to_response,
+    compact_route_name,
+    request_to_coap,
+)
 from .profile import Profile
 from .route_option import ClientWireState, HandleUnknown, ServerWireState
 

@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 
 from zlib_ng import zlib_ng
 
-from . import datafiles
 from ..errors import CompressionError, DecompressionBombError
+from . import datafiles
 
 #: raw deflate, 32 KiB window (the whole preset dictionary is reachable)
 WBITS = -15

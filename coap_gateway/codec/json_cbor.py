@@ -32,8 +32,8 @@ from typing import Any
 
 import cbor2
 
-from .tables import CborTable
 from ..errors import CodecError
+from .tables import CborTable
 
 #: deepest nesting accepted either way; far beyond any Matrix payload, far
 #: below Python's recursion limit
@@ -270,6 +270,13 @@ def _from_cbor(value: Any, table: CborTable, depth: int, ordered: bool = False) 
             from_codes.update(from_text)  # a text key wins over its code (MSC3079)
         return from_codes
     raise CodecError(f"CBOR item of type {type(value).__name__} has no JSON equivalent")
+
+
+def strict_decoder(stream: Any, max_depth: int) -> cbor2.CBORDecoder:
+    """A CBOR decoder for untrusted input: no tags (so no bignums, dates or
+    other objects a peer could make us build) and at most ``max_depth`` levels."""
+    return cbor2.CBORDecoder(stream, tag_hook=_reject_unknown_tag, semantic_decoders=_REJECT_TAGS,
+                             max_depth=max_depth)
 
 
 def decode(data: bytes, table: CborTable, *, ordered: bool = False) -> Any:

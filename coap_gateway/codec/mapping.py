@@ -12,16 +12,16 @@ from __future__ import annotations
 import base64
 import json
 from collections.abc import Iterable, Sequence
-from urllib.parse import unquote
 from dataclasses import dataclass, field
+from urllib.parse import unquote
 
 from aiocoap import Message
 from aiocoap.numbers.codes import Code
 from aiocoap.optiontypes import OpaqueOption, UintOption
 
+from ..errors import CodecError, RouteError
 from . import json_cbor, options, payload, route_option, routes, status
 from .compression import DEFAULT_MAX_SIZE, compress, decompress
-from ..errors import CodecError, RouteError
 from .profile import Profile
 from .route_option import ClientWireState, MessageBody, ServerWireState
 
@@ -168,7 +168,7 @@ def _compact_to_request(msg: Message, compact: Sequence[OpaqueOption], profile: 
     decoded = route_option.decode_route(compact[0].value, profile.routes, profile.schemas, profile.cbor_table, wire)
     target = decoded.template.expand(decoded.params)
     if msg.opt.uri_query:
-        target += "?" + "&".join(routes._check_query_param(p) for p in routes.join_chunks(msg.opt.uri_query))
+        target += "?" + "&".join(routes.check_query_param(p) for p in routes.join_chunks(msg.opt.uri_query))
     if decoded.message is not None:
         if msg.opt.content_format is not None:
             raise CodecError("a bare message text has no Content-Format")
@@ -254,7 +254,7 @@ def _bare_event_id(resp: HttpResponse) -> bytes | None:
         return None
     if json_cbor.dump_json(doc) != resp.body:
         return None  # not as Synapse writes it: the generic path keeps it exact
-    binary = route_option._binary_id(doc["event_id"], "$")
+    binary = route_option.binary_id(doc["event_id"], "$")
     if binary is not None:
         return binary
     text = doc["event_id"].encode("utf-8")

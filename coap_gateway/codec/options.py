@@ -52,13 +52,6 @@ HANDLE_UNKNOWN = 65012
 SYNC_PUSH = 65015
 
 
-def is_critical(number: int) -> bool:
-    return bool(number & 1)
-
-
-def is_unsafe(number: int) -> bool:
-    return bool(number & 2)
-
 
 # Content formats (CoAP Content-Formats registry)
 CF_TEXT_PLAIN = 0  # text/plain;charset=utf-8

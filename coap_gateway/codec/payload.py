@@ -23,9 +23,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..errors import CodecError
 from . import json_cbor, options
 from .compression import DEFAULT_MAX_SIZE, compress, decompress
-from ..errors import CodecError
 from .profile import Profile
 
 JSON_TYPE = "application/json"

@@ -11,12 +11,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import cache
 
-from . import datafiles
-from .tables import CborTable, load_cbor_table
-from .compression import EMPTY_DICTIONARY, FlateDictionary, load_flate_dictionary
 from ..errors import TableError
+from . import datafiles
+from .compression import EMPTY_DICTIONARY, FlateDictionary, load_flate_dictionary
 from .routes import RouteTable, load_route_table
 from .schemas import SchemaTable, load_schema_table
+from .tables import CborTable, load_cbor_table
 
 FORMAT = "coap-gateway/profiles"
 
@@ -31,10 +31,6 @@ class Profile:
     flate: FlateDictionary | None
     #: the compact request form's table (Route option); None: Uri-Path form
     schemas: SchemaTable | None = None
-
-    @property
-    def compresses(self) -> bool:
-        return self.flate is not None
 
 
 def _entries() -> list[dict]:

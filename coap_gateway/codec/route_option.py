@@ -51,11 +51,11 @@ from urllib.parse import unquote
 
 import cbor2
 
-from . import json_cbor, routes
-from .tables import CborTable
 from ..errors import CodecError, RouteError
+from . import json_cbor, routes
 from .routes import RouteTable, Template
 from .schemas import EVENT_ID, EVENT_TYPE, HANDLE_KINDS, ROOM, TXN, SchemaTable
+from .tables import CborTable
 
 #: longest Route option value accepted (a literal segment may be long)
 MAX_VALUE = 2048
@@ -157,7 +157,7 @@ class MessageBody:
     deflated: bool
 
 
-def _binary_id(text: str, prefix: str) -> bytes | None:
+def binary_id(text: str, prefix: str) -> bytes | None:
     """32 bytes when ``text`` is prefix + exact unpadded URL-safe base64 of 32 bytes."""
     if len(text) != 44 or not text.startswith(prefix):
         return None
@@ -170,9 +170,9 @@ def _binary_id(text: str, prefix: str) -> bytes | None:
 
 def _literal(kind: str, raw: str) -> str | bytes:
     if kind == ROOM:
-        return _binary_id(raw, "!") or raw
+        return binary_id(raw, "!") or raw
     if kind == EVENT_ID:
-        return _binary_id(raw, "$") or raw
+        return binary_id(raw, "$") or raw
     return raw
 
 
@@ -261,8 +261,7 @@ def _items(value: bytes) -> list[Any]:
     if not value or len(value) > MAX_VALUE:
         raise RouteError(f"Route option of {len(value)} bytes")
     stream = io.BytesIO(value)
-    decoder = cbor2.CBORDecoder(stream, tag_hook=json_cbor._reject_unknown_tag,
-                                semantic_decoders=json_cbor._REJECT_TAGS, max_depth=3)
+    decoder = json_cbor.strict_decoder(stream, max_depth=3)
     items = []
     try:
         while stream.tell() < len(value):
@@ -356,5 +355,5 @@ def decode_route(value: bytes, table: RouteTable, schemas: SchemaTable, cbor_tab
             message = (m, raw == 0)
             params.append(schemas.message_event_type)
             continue
-        params.append(routes._check_segment(_decode_param(kind, item, state, cbor_table)))
+        params.append(routes.check_segment(_decode_param(kind, item, state, cbor_table)))
     return DecodedRoute(template, params, message)

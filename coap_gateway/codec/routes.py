@@ -29,8 +29,8 @@ from dataclasses import dataclass
 from functools import cache
 from typing import Any, Iterable, Sequence
 
-from . import datafiles
 from ..errors import RouteError, TableError
+from . import datafiles
 
 FORMAT = "coap-gateway/routes"
 
@@ -212,7 +212,7 @@ class CoapRequestLine:
     template: Template | None = None
 
 
-def _check_segment(seg: str) -> str:
+def check_segment(seg: str) -> str:
     if set(seg) & _FORBIDDEN_IN_SEGMENT:
         raise RouteError(f"path segment {seg!r} contains a forbidden character")
     if seg in (".", ".."):
@@ -220,7 +220,7 @@ def _check_segment(seg: str) -> str:
     return seg
 
 
-def _check_query_param(param: str) -> str:
+def check_query_param(param: str) -> str:
     if set(param) & _FORBIDDEN_IN_QUERY:
         raise RouteError(f"query parameter {param!r} contains a forbidden character")
     return param
@@ -233,8 +233,8 @@ def split_target(target: str) -> tuple[list[str], list[str] | None]:
         raise RouteError(f"request target {target!r} is not an absolute path")
     if "#" in target:
         raise RouteError("a request target cannot contain a fragment")
-    segments = [_check_segment(s) for s in path[1:].split("/")]
-    params = [_check_query_param(p) for p in query.split("&")] if sep else None
+    segments = [check_segment(s) for s in path[1:].split("/")]
+    params = [check_query_param(p) for p in query.split("&")] if sep else None
     return segments, params
 
 
@@ -268,7 +268,7 @@ def coap_to_http(method: int, uri_path: Sequence[str], uri_query: Sequence[str],
         template = table.by_code.get(ord(values[0]))
         if template is None:
             raise RouteError(f"unknown route code {ord(values[0])} in table v{table.version}")
-        params = [_check_segment(v) for v in values[1:]]
+        params = [check_segment(v) for v in values[1:]]
         if len(params) != template.param_count:
             raise RouteError(f"route {template.name} takes {template.param_count} parameters, got {len(params)}")
         path = template.expand(params)
@@ -277,7 +277,7 @@ def coap_to_http(method: int, uri_path: Sequence[str], uri_query: Sequence[str],
             values = values[1:]
             if not values or len(values[0]) > 1:
                 raise RouteError("escaped literal path must start with a segment of at most one character")
-        path = "/" + "/".join(_check_segment(v) for v in values)
+        path = "/" + "/".join(check_segment(v) for v in values)
     if uri_query:
-        path += "?" + "&".join(_check_query_param(p) for p in join_chunks(uri_query))
+        path += "?" + "&".join(check_query_param(p) for p in join_chunks(uri_query))
     return name, path

@@ -22,9 +22,9 @@ from dataclasses import dataclass
 from functools import cache
 from typing import Any, Mapping
 
+from ..errors import TableError
 from . import datafiles
 from .compression import FlateDictionary
-from ..errors import TableError
 
 FORMAT = "coap-gateway/schemas"
 

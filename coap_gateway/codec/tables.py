@@ -28,8 +28,8 @@ from typing import Any, Mapping
 
 import cbor2
 
-from . import datafiles
 from ..errors import TableError
+from . import datafiles
 
 FORMAT = "coap-gateway/cbor-table"
 

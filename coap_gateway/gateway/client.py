@@ -18,14 +18,22 @@ from dataclasses import dataclass, field
 from aiocoap import Message
 from aiohttp import web
 
-from ..codec.binding import Attempt, ClientBinding
-from ..codec.mapping import MAX_MEDIA_BODY, HttpRequest, HttpResponse, bearer_token, link_failure, matrix_error
-from ..codec.profile import Profile
-from ..codec.routes import METHODS, split_target
+from ..codec import (
+    MAX_MEDIA_BODY,
+    METHODS,
+    Attempt,
+    ClientBinding,
+    HttpRequest,
+    HttpResponse,
+    Profile,
+    bearer_token,
+    link_failure,
+    matrix_error,
+    split_target,
+)
 from ..errors import GatewayError
-from ..push.client import SyncPushClientConfig
-from ..transport import LinkEndpoint
-from ..transport.coap import LinkFailure
+from ..push import SyncPushClientConfig
+from ..transport import LinkEndpoint, LinkFailure
 from .push_client import SyncPushClient
 from .stats import Histogram, timed
 

@@ -20,10 +20,19 @@ from typing import Any, Protocol
 from aiocoap import Message
 from aiocoap.numbers.codes import Code
 
-from ..codec.binding import ClientBinding
-from ..codec.mapping import HttpRequest, HttpResponse, coap_to_response, link_failure, matrix_error
-from ..codec.profile import Profile
-from ..push.client import (
+from ..codec import (
+    ClientBinding,
+    HttpRequest,
+    HttpResponse,
+    Profile,
+    coap_to_response,
+    link_failure,
+    matrix_error,
+)
+from ..push import (
+    END_FETCH,
+    OP_CANCEL,
+    OP_CHECK,
     Answer,
     Outcome,
     Plain,
@@ -32,10 +41,10 @@ from ..push.client import (
     Stream,
     SyncPushClientConfig,
     SyncPushState,
+    control_request,
+    parse_control,
 )
-from ..push.format import END_FETCH, OP_CANCEL, OP_CHECK, control_request, parse_control
-from ..transport import LinkEndpoint
-from ..transport.coap import LinkFailure, Observation
+from ..transport import LinkEndpoint, LinkFailure, Observation
 
 log = logging.getLogger(__name__)
 

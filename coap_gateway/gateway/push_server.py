@@ -21,29 +21,25 @@ from aiocoap import Message
 from aiocoap.numbers.codes import Code
 from aiocoap.numbers.types import CON
 
-from ..codec.binding import Resolved, ServerBinding
-from ..codec.mapping import HttpResponse, response_to_coap
-from ..codec.profile import Profile
-from ..push.format import (
+from ..codec import HttpResponse, Profile, Resolved, ServerBinding, response_to_coap
+from ..push import (
     MAX_PUSH_BODY,
     OP_CANCEL,
     OP_CHECK,
-    LongPoll,
-    end_fetch,
-    is_push_request,
-    parse_control,
-    parse_long_poll,
-    push_preset,
-)
-from ..push.server import (
     Fetch,
     Finish,
+    LongPoll,
     Push,
     PushChain,
     ReplayHistory,
     Retry,
     Silent,
     SyncPushServerConfig,
+    end_fetch,
+    is_push_request,
+    parse_control,
+    parse_long_poll,
+    push_preset,
     stream_key,
 )
 from ..transport import LinkEndpoint

@@ -20,10 +20,17 @@ from typing import Any
 import aiocoap.resource as resource
 from aiocoap import Message
 
-from ..codec.binding import Refused, ServerBinding
-from ..codec.mapping import HttpRequest, HttpResponse, decoded_path_segments, matrix_error, response_to_coap
-from ..codec.profile import Profile
-from ..push.server import SyncPushServerConfig
+from ..codec import (
+    HttpRequest,
+    HttpResponse,
+    Profile,
+    Refused,
+    ServerBinding,
+    decoded_path_segments,
+    matrix_error,
+    response_to_coap,
+)
+from ..push import SyncPushServerConfig
 from ..transport import LinkEndpoint
 from .push_server import SyncPushServer
 from .stats import Histogram, timed

@@ -15,7 +15,7 @@ import logging
 import aiohttp
 from yarl import URL
 
-from ..codec.mapping import MAX_RESPONSE_BODY, HttpResponse, matrix_error
+from ..codec import MAX_RESPONSE_BODY, HttpResponse, matrix_error
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,83 @@
+"""Sync push (sans-I/O): /sync long-polls as one CoAP observation per stream.
+
+``format`` is what both ends agree on byte for byte (which requests are
+pushed long-polls, the idle-response template, the notification payload and
+its per-observation deflate dictionary, the control requests); ``client``
+decides which long-polls the client gateway answers from pushes;
+``server`` decides which homeserver answers the server gateway pushes.
+The asyncio shells are ``gateway.push_client`` and ``gateway.push_server``.
+"""
+
+from . import format
+from .client import (
+    Action,
+    Answer,
+    Outcome,
+    Plain,
+    Register,
+    Status,
+    Stream,
+    SyncPushClientConfig,
+    SyncPushState,
+    Wait,
+)
+from .format import (
+    END_FETCH,
+    MAX_PUSH_BODY,
+    OP_CANCEL,
+    OP_CHECK,
+    LongPoll,
+    control_request,
+    end_fetch,
+    is_push_request,
+    parse_control,
+    parse_long_poll,
+    push_preset,
+)
+from .server import (
+    Fetch,
+    Finish,
+    Push,
+    PushChain,
+    ReplayHistory,
+    Retry,
+    Silent,
+    Step,
+    SyncPushServerConfig,
+    stream_key,
+)
+
+__all__ = [
+    "END_FETCH",
+    "MAX_PUSH_BODY",
+    "OP_CANCEL",
+    "OP_CHECK",
+    "Action",
+    "Answer",
+    "Fetch",
+    "Finish",
+    "LongPoll",
+    "Outcome",
+    "Plain",
+    "Push",
+    "PushChain",
+    "Register",
+    "ReplayHistory",
+    "Retry",
+    "Silent",
+    "Status",
+    "Step",
+    "Stream",
+    "SyncPushClientConfig",
+    "SyncPushServerConfig",
+    "SyncPushState",
+    "Wait",
+    "control_request",
+    "end_fetch",
+    "format",
+    "is_push_request",
+    "parse_control",
+    "parse_long_poll",
+    "push_preset",
+    "stream_key",
+]

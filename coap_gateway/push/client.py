@@ -34,8 +34,7 @@ import logging
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
-from ..codec.mapping import HttpResponse
-from ..codec.profile import Profile
+from ..codec import HttpResponse, Profile
 from ..errors import GatewayError
 from .format import (
     JSON,

@@ -36,10 +36,16 @@ from aiocoap import Message
 from aiocoap.numbers.codes import Code
 from aiocoap.optiontypes import OpaqueOption
 
-from ..codec import json_cbor, options
-from ..codec.compression import MAX_DICTIONARY_SIZE, compress, decompress
-from ..codec.routes import RouteTable, split_target
-from ..codec.tables import CborTable
+from ..codec import (
+    MAX_DICTIONARY_SIZE,
+    CborTable,
+    RouteTable,
+    compress,
+    decompress,
+    json_cbor,
+    options,
+    split_target,
+)
 from ..errors import CodecError, GatewayError
 
 JSON = "application/json"

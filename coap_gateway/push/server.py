@@ -29,8 +29,7 @@ import hashlib
 from collections import OrderedDict
 from dataclasses import dataclass
 
-from ..codec.mapping import HttpResponse, matrix_error
-from ..codec.tables import CborTable
+from ..codec import CborTable, HttpResponse, matrix_error
 from .format import (
     OBSERVE_MODULUS,
     DeltaState,

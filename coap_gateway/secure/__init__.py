@@ -1,5 +1,52 @@
-"""The secure layer (sans-I/O): Noise sessions and frames, keys and pins."""
+"""The secure layer (sans-I/O): Noise sessions and frames, keys and pins.
 
-from . import keys
+``frame`` is the byte layout (handshake frames told apart from CoAP by the
+version bits, sealed data frames, RESET and REFUSE); ``noise`` wraps the
+Noise handshakes (IK with 0-RTT early data, XX on first contact) and the
+per-direction ciphers with explicit sequence numbers and replay windows;
+``server`` and ``client`` are the endpoints' state machines: datagrams plus
+``now`` in, typed ``events`` out, ``next_timer()``/``handle_timer(now)``,
+bounded tables with ``sizes()``.  ``keys`` stores static keys (0600) and
+the trust-on-first-use pins.  The asyncio side is
+``transport.secure_codec``.
+"""
 
-__all__ = ["keys"]
+from . import events, frame, keys
+from .client import ClientEndpoint
+from .events import (
+    ClientOutput,
+    Connected,
+    Deliver,
+    Dropped,
+    Rehandshake,
+    ServerOutput,
+    SessionClosed,
+    SessionEstablished,
+    Transmit,
+    reason_label,
+)
+from .frame import DatagramKind, classify
+from .keys import PinStore
+from .server import ServerEndpoint, ServerLimits
+
+__all__ = [
+    "ClientEndpoint",
+    "ClientOutput",
+    "Connected",
+    "DatagramKind",
+    "Deliver",
+    "Dropped",
+    "PinStore",
+    "Rehandshake",
+    "ServerEndpoint",
+    "ServerLimits",
+    "ServerOutput",
+    "SessionClosed",
+    "SessionEstablished",
+    "Transmit",
+    "classify",
+    "events",
+    "frame",
+    "keys",
+    "reason_label",
+]

@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 from collections import OrderedDict, deque
 
-from . import frame as sf
 from ..errors import (
     FrameError,
     HandshakeError,
@@ -19,9 +18,10 @@ from ..errors import (
     ServerKeyChanged,
     ServerKeyMismatchError,
 )
-from .noise import ClientSession, Rng, SecureChannel
+from . import frame as sf
 from .events import ClientOutput, Connected, Deliver, Dropped, Rehandshake, Transmit
 from .frame import DatagramKind, FrameShape
+from .noise import ClientSession, Rng, SecureChannel
 
 RECENT_HEADERS = 16  # frames a RESET may echo
 MAX_EARLY_MESSAGE = 512
@@ -58,11 +58,6 @@ class ClientEndpoint:
     @property
     def session_id(self) -> bytes | None:
         return self.channel.session_id if self.channel else None
-
-    @property
-    def handshake_datagram(self) -> bytes | None:
-        """The handshake message to retransmit while waiting (the shell's timer)."""
-        return self.handshake.datagram if self.handshake else None
 
     def connect(self, now: float) -> list[ClientOutput]:
         """Start a handshake without a message (no-op when one exists)."""

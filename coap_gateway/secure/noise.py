@@ -21,13 +21,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from noise import exceptions as noise_errors
 from noise.backends.default.ciphers import ChaCha20Cipher
 from noise.connection import Keypair, NoiseConnection
 from noise.state import CipherState
 
-from . import frame as sf
 from ..errors import (
     AuthenticationError,
     HandshakeError,
@@ -37,8 +35,11 @@ from ..errors import (
     ServerKeyChanged,
     ServerKeyMismatchError,
 )
-from .keys import fingerprint  # a pure helper; keys.py's file functions are not used here
+from . import frame as sf
 from .frame import DatagramKind, FrameShape
+from .keys import (
+    fingerprint,  # a pure helper; keys.py's file functions are not used here
+)
 
 Rng = Callable[[int], bytes]
 
@@ -63,11 +64,6 @@ _LIBRARY_ERRORS = (
     noise_errors.NoiseMaxNonceError,
     noise_errors.NoiseValidationError,
 )
-
-
-def public_key(private: bytes) -> bytes:
-    """The X25519 public key of a 32-byte private key."""
-    return X25519PrivateKey.from_private_bytes(private).public_key().public_bytes_raw()
 
 
 # --- the Noise handshake, with failed reads undone --------------------------------

@@ -18,11 +18,18 @@ from collections import OrderedDict, deque
 from collections.abc import Hashable, Mapping
 from dataclasses import dataclass, field
 
-from . import frame as sf
 from ..errors import HandshakeError, ReplayError, SecurityError
-from .noise import Opened, Rng, SecureChannel, ServerSession
-from .events import Deliver, Dropped, ServerOutput, SessionClosed, SessionEstablished, Transmit
+from . import frame as sf
+from .events import (
+    Deliver,
+    Dropped,
+    ServerOutput,
+    SessionClosed,
+    SessionEstablished,
+    Transmit,
+)
 from .frame import DatagramKind, FrameShape
+from .noise import Opened, Rng, SecureChannel, ServerSession
 
 # --- limits ------------------------------------------------------------------------
 

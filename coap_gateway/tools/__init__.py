@@ -2,6 +2,7 @@
 the benchmark and ``up`` (``synapse_process``), and the preset-dictionary
 builder (``dictbuild``)."""
 
+from .dictbuild.build import build_dictionary
 from .synapse_process import LocalSynapse, free_port
 
-__all__ = ["LocalSynapse", "free_port"]
+__all__ = ["LocalSynapse", "build_dictionary", "free_port"]

@@ -13,6 +13,8 @@ times.  The contracts between these pieces are in ``interfaces``.
 from .coap import (
     LinkAddress,
     LinkEndpoint,
+    LinkFailure,
+    Observation,
     PeerCounters,
     PlainCodec,
     TransportCounters,
@@ -21,6 +23,13 @@ from .coap import (
 from .emulated import EmulatedLinkEnd, connect
 from .interfaces import CodecHost, DatagramLink, FrameCodec, LinkStage, Receiver
 from .links import SerialLink, UdpLink
+from .secure_codec import (
+    SERVER_KEY,
+    SecureClientCodec,
+    SecureServerCodec,
+    pinned_client_codec,
+    profile_wire_digest,
+)
 from .timing import LinkBudget, RetransmissionTimer
 from .units import (
     format_netem_percent,
@@ -32,6 +41,7 @@ from .units import (
 )
 
 __all__ = [
+    "SERVER_KEY",
     "CodecHost",
     "DatagramLink",
     "EmulatedLinkEnd",
@@ -39,10 +49,14 @@ __all__ = [
     "LinkAddress",
     "LinkBudget",
     "LinkEndpoint",
+    "LinkFailure",
     "LinkStage",
+    "Observation",
     "PeerCounters",
     "PlainCodec",
     "Receiver",
+    "SecureClientCodec",
+    "SecureServerCodec",
     "RetransmissionTimer",
     "SerialLink",
     "TransportCounters",
@@ -55,4 +69,6 @@ __all__ = [
     "parse_netem_percent",
     "parse_netem_rate",
     "parse_netem_time",
+    "pinned_client_codec",
+    "profile_wire_digest",
 ]

@@ -42,7 +42,6 @@ from aiocoap.pipe import Pipe
 from aiocoap.tokenmanager import TokenManager
 
 from ..errors import GatewayError
-
 from .interfaces import CodecHost, DatagramLink, FrameCodec
 from .timing import LinkBudget, RetransmissionTimer
 

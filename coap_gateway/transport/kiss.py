@@ -30,11 +30,6 @@ def encode_frame(data: bytes, port: int = 0) -> bytes:
     return bytes([FEND, (port << 4) | CMD_DATA]) + escaped + bytes([FEND])
 
 
-def framing_overhead(data: bytes) -> int:
-    """Bytes KISS adds to ``data`` (3 + one per escaped byte)."""
-    return 3 + data.count(FEND) + data.count(FESC)
-
-
 @dataclass
 class KissDecoder:
     max_frame: int = 2048

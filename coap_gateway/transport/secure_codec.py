@@ -20,23 +20,23 @@ import time
 from collections import Counter
 from collections.abc import Callable, Hashable
 
-from ..secure import frame as sf
-from ..secure.client import ClientEndpoint
-from .coap import CodecHost
+from ..codec import Profile
 from ..errors import SecurityError
-from ..secure.keys import PinStore
-from ..codec.profile import Profile
-from ..secure.events import (
+from ..secure import (
+    ClientEndpoint,
     Connected,
     Deliver,
     Dropped,
+    PinStore,
     Rehandshake,
+    ServerEndpoint,
     SessionClosed,
     SessionEstablished,
     Transmit,
     reason_label,
 )
-from ..secure.server import ServerEndpoint
+from ..secure import frame as sf
+from .coap import CodecHost
 
 log = logging.getLogger(__name__)
 

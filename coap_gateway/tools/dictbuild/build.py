@@ -22,13 +22,23 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+)
 from rich.table import Table
 
-from ...codec import json_cbor, routes
-from ...codec.tables import load_cbor_table
-from ...codec.routes import load_route_table
-from ...codec.compression import FlateDictionary, compress
+from ...codec import (
+    FlateDictionary,
+    compress,
+    json_cbor,
+    load_cbor_table,
+    load_route_table,
+    routes,
+)
 from ...errors import CodecError, GatewayError
 from .trainer import measure, train_dictionary
 

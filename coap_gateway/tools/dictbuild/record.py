@@ -13,9 +13,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ..synapse_process import LocalSynapse
 from .recorder import RecordingProxy
 from .workload import run_workload
-from ..synapse_process import LocalSynapse
 
 __all__ = ["record_corpus"]
 

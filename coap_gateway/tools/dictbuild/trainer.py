@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from statistics import mean
 from typing import Callable, Iterable, Sequence
 
-from ...codec.compression import MAX_DICTIONARY_SIZE, FlateDictionary, compress
+from ...codec import MAX_DICTIONARY_SIZE, FlateDictionary, compress
 
 #: d: length of the substrings counted (deflate's shortest match is 3)
 DMER = 6
