@@ -9,20 +9,12 @@ loop.  Tests that need it are marked ``@pytest.mark.synapse``.
 
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
-from collections.abc import Coroutine, Iterator
-from typing import Any, TypeVar
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
-T = TypeVar("T")
-
-
-def run_in_fresh_loop(coro: Coroutine[Any, Any, T]) -> T:
-    """Run ``coro`` to completion in a new loop on a helper thread."""
-    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
-        return pool.submit(asyncio.run, coro).result()
+from tests.helpers.loops import run_in_fresh_loop
 
 
 @pytest.fixture(scope="session")
@@ -36,3 +28,11 @@ def synapse(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
         yield server
     finally:
         run_in_fresh_loop(server.stop())
+
+
+@pytest.fixture
+def server_key() -> bytes:
+    """A server gateway's static private key, new for each test."""
+    from coap_gateway.secure import keys
+
+    return keys.generate_keypair()[0]

@@ -76,7 +76,7 @@ def _add_header(msg: Message, name: str, value: str) -> None:
 
 def request_to_coap(req: HttpRequest, profile: Profile, wire: ClientWireState | None = None) -> Message:
     """The CoAP request for an HTTP request (without token options: the
-    token state is the client gateway's, see ``client_gateway``).
+    token options are ``binding``'s).
 
     With ``wire`` and a profile of the compact form, a known endpoint's
     request line travels as the Route option (``route_option``)."""

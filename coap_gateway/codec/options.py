@@ -45,7 +45,7 @@ ROUTE = 65011
 #: or transaction scope this session was never given; nothing was forwarded,
 #: send it again with definitions.  Elective, safe.
 HANDLE_UNKNOWN = 65012
-#: Sync push control (``sync_push``, docs/protocol.md "Sync push"): on a
+#: Sync push control (``push.format``, docs/protocol.md "Sync push"): on a
 #: request, an operation byte and then the observation's token (check it,
 #: cancel it); on a response that ends an observation, why.  Critical (a
 #: server that ignored it would answer a request for "/") and unsafe.

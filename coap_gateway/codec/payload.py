@@ -64,7 +64,7 @@ def body_to_payload(body: bytes, content_type: str | None, profile: Profile,
                     allow_deflate: bool = True) -> CoapPayload:
     """``allow_deflate=False``: JSON travels as CBOR with its Content-Format
     even when deflate would be smaller (where "no Content-Format" means
-    something else, see ``http_mapping.response_to_coap``)."""
+    something else, see ``mapping.response_to_coap``)."""
     if not body:
         return CoapPayload(b"", None)
     if is_json_type(content_type):

@@ -6,8 +6,8 @@ message)`` return lists of output events (:class:`Transmit`, :class:`Deliver`,
 at ``next_timer()``.  Every structure that unauthenticated peers can grow is
 bounded (``sizes()``), and nothing but :class:`Dropped` comes out of bad input.
 
-The client's counterpart is ``client_endpoint.ClientEndpoint``; the output
-events both share are in ``secure_events``.
+The client's counterpart is ``client.ClientEndpoint``; the output
+events both share are in ``events``.
 """
 
 from __future__ import annotations

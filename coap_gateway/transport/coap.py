@@ -9,7 +9,7 @@ and a MessageInterface by hand, as aiocoap's own private
 What changes from stock aiocoap, and why:
 
 * ``LinkAwareMessageManager``: the ACK timeout comes from the link
-  (``link_timing``) instead of a fixed 2 s, RTT samples follow Karn's rule,
+  (``timing``) instead of a fixed 2 s, RTT samples follow Karn's rule,
   and retransmissions are counted.  Incoming messages carry a tuning whose
   EXCHANGE_LIFETIME covers the link's long timeouts, so the deduplication
   cache (a retransmitted request never runs twice) outlives every

@@ -1,7 +1,7 @@
 """The secure layer as a FrameCodec: sans-I/O endpoints driven by asyncio.
 
 ``SecureServerCodec`` and ``SecureClientCodec`` plug the Noise endpoints
-(``server_endpoint``, ``client_endpoint``) into ``coap_transport``'s
+(``secure.server``, ``secure.client``) into ``coap``'s
 LinkMessageInterface.  aiocoap sees one remote per *session* on the server
 (so deduplication survives NAT rebinding and the early-data resend) and one
 remote, ``"server"``, on the client (so a re-handshake keeps requests in

@@ -19,7 +19,7 @@ pytest.importorskip("nio", reason="matrix-nio is not installed")
 from bench import targets
 from bench.capture import MARKER_PREFIX, read_pcap
 from bench.run import Settings, missing_prerequisites, run_bench
-from tests.conftest import run_in_fresh_loop
+from tests.helpers.loops import run_in_fresh_loop
 
 pytestmark = pytest.mark.synapse
 

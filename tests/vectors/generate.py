@@ -18,8 +18,8 @@ from aiocoap.numbers.codes import Code
 from aiocoap.optiontypes import UintOption
 
 from coap_gateway.codec import json_cbor, options, payload, routes, status
-from coap_gateway.codec.tables import load_cbor_table
 from coap_gateway.codec.profile import load_profile
+from coap_gateway.codec.tables import load_cbor_table
 
 OUT = Path(__file__).parent / "codec.json"
 

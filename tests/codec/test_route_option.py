@@ -14,7 +14,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from coap_gateway.codec import options, route_option
-from coap_gateway.errors import GatewayError, RouteError
 from coap_gateway.codec.mapping import (
     HttpRequest,
     HttpResponse,
@@ -25,7 +24,13 @@ from coap_gateway.codec.mapping import (
     response_to_coap,
 )
 from coap_gateway.codec.profile import load_profile
-from coap_gateway.codec.route_option import ClientWireState, HandleUnknown, ServerWireState, decode_route
+from coap_gateway.codec.route_option import (
+    ClientWireState,
+    HandleUnknown,
+    ServerWireState,
+    decode_route,
+)
+from coap_gateway.errors import GatewayError, RouteError
 
 PROFILE = load_profile("lb3")
 ROOM = "!" + "A" * 42 + "w"  # room v12: "!" + URL-safe base64 of 32 bytes
@@ -206,8 +211,8 @@ def test_the_text_dictionary_is_checked_by_digest():
     import copy
 
     from coap_gateway.codec import datafiles
-    from coap_gateway.errors import TableError
     from coap_gateway.codec.schemas import parse_schema_table
+    from coap_gateway.errors import TableError
 
     doc = datafiles.read_json("schemas-v1.json")
     assert parse_schema_table(doc).text_dictionary.digest == doc["text_dictionary"]["digest"]

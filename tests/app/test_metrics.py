@@ -12,12 +12,8 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from coap_gateway.secure import keys
 from coap_gateway.app.cli import build_parser
-from coap_gateway.transport.coap import MAX_COUNTED_PEERS, OTHER_PEERS, create_link_endpoint
 from coap_gateway.app.daemon import ConfigError, parse_metrics_address
-from coap_gateway.transport.timing import LinkBudget
-from meshsim import emulated_link_pair
 from coap_gateway.app.metrics import (
     Histogram,
     Registry,
@@ -30,9 +26,16 @@ from coap_gateway.app.metrics import (
     timed,
 )
 from coap_gateway.app.metrics_http import bound_port, metrics_url, serve_metrics
-from coap_gateway.codec.profile import load_profile
 from coap_gateway.app.runner import start_client, start_server
-from meshsim import LinkProfile
+from coap_gateway.codec.profile import load_profile
+from coap_gateway.secure import keys
+from coap_gateway.transport.coap import (
+    MAX_COUNTED_PEERS,
+    OTHER_PEERS,
+    create_link_endpoint,
+)
+from coap_gateway.transport.timing import LinkBudget
+from meshsim import LinkProfile, emulated_link_pair
 
 PROFILE = load_profile("lb2")
 FAST = LinkProfile(rate_bps=1_000_000, delay=0.002)

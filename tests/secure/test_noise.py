@@ -1,7 +1,7 @@
-"""Handshakes and the data phase (coap_gateway.noise_session), with fixed test vectors.
+"""Handshakes and the data phase (coap_gateway.secure.noise), with fixed test vectors.
 
 Regenerate tests/vectors/secure_frames.json (only after a deliberate wire change):
-    COAP_GATEWAY_WRITE_VECTORS=1 .venv/bin/python -m pytest tests/test_noise_session.py -k vectors
+    COAP_GATEWAY_WRITE_VECTORS=1 .venv/bin/python -m pytest tests/secure/test_noise.py -k vectors
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from coap_gateway.secure import frame as sf
 from coap_gateway.errors import (
     AuthenticationError,
     HandshakeError,
@@ -26,12 +25,13 @@ from coap_gateway.errors import (
     ServerKeyChanged,
     ServerKeyMismatchError,
 )
+from coap_gateway.secure import frame as sf
+from coap_gateway.secure.frame import FrameShape
 from coap_gateway.secure.keys import fingerprint
 from coap_gateway.secure.keys import public_from_private as public_key
 from coap_gateway.secure.noise import ClientSession, SecureChannel, ServerSession
-from coap_gateway.secure.frame import FrameShape
 
-VECTORS = Path(__file__).parent / "vectors" / "secure_frames.json"
+VECTORS = Path(__file__).parents[1] / "vectors" / "secure_frames.json"
 PROFILE, DIGEST = 2, b"\x12\x34"
 NOW = 1_700_000_000.0
 

@@ -10,14 +10,20 @@ from __future__ import annotations
 import uuid
 
 import pytest
-from nio import AsyncClient, AsyncClientConfig, RegisterResponse, RoomCreateResponse, RoomSendResponse
+from nio import (
+    AsyncClient,
+    AsyncClientConfig,
+    RegisterResponse,
+    RoomCreateResponse,
+    RoomSendResponse,
+)
 
-from coap_gateway.secure import keys
-from coap_gateway.transport.links import UdpLink
-from coap_gateway.codec.profile import load_profile
 from coap_gateway.app.runner import start_client, start_server
+from coap_gateway.codec.profile import load_profile
+from coap_gateway.secure import keys
 from coap_gateway.secure.frame import DatagramKind, classify
 from coap_gateway.secure.server import ServerLimits
+from coap_gateway.transport.links import UdpLink
 
 pytestmark = pytest.mark.synapse
 

@@ -7,10 +7,10 @@ import os
 import stat
 
 import pytest
-
-from coap_gateway.secure import keys
-from coap_gateway.errors import KeyFileError, SecurityError, ServerKeyChanged
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+from coap_gateway.errors import KeyFileError, SecurityError, ServerKeyChanged
+from coap_gateway.secure import keys
 
 
 def mode(path) -> int:

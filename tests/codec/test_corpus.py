@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-CORPUS = Path(__file__).parent / "corpus" / "synapse-corpus.jsonl"
+CORPUS = Path(__file__).parents[1] / "corpus" / "synapse-corpus.jsonl"
 RECORD_KEYS = {
     "method", "raw_path", "request_content_type", "request_body", "status",
     "response_content_type", "retry_after", "response_body",

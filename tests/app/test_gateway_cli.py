@@ -10,7 +10,13 @@ import sys
 import uuid
 
 import pytest
-from nio import AsyncClient, AsyncClientConfig, RegisterResponse, RoomSendResponse, SyncResponse
+from nio import (
+    AsyncClient,
+    AsyncClientConfig,
+    RegisterResponse,
+    RoomSendResponse,
+    SyncResponse,
+)
 
 pytestmark = pytest.mark.synapse
 

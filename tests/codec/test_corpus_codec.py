@@ -10,11 +10,15 @@ from pathlib import Path
 import pytest
 
 from coap_gateway.codec import json_cbor, payload, routes
-from coap_gateway.codec.tables import load_cbor_table
-from coap_gateway.tools.dictbuild.build import build_dictionary, json_bodies, read_corpus
 from coap_gateway.codec.profile import load_profile
+from coap_gateway.codec.tables import load_cbor_table
+from coap_gateway.tools.dictbuild.build import (
+    build_dictionary,
+    json_bodies,
+    read_corpus,
+)
 
-CORPUS = Path(__file__).parent / "corpus" / "synapse-corpus.jsonl"
+CORPUS = Path(__file__).parents[1] / "corpus" / "synapse-corpus.jsonl"
 RECORDS = read_corpus(CORPUS)
 BODIES = json_bodies(RECORDS)
 

@@ -13,12 +13,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from coap_gateway.codec import routes
-from coap_gateway.errors import RouteError, TableError
 from coap_gateway.codec.routes import load_route_table, parse_route_table
+from coap_gateway.errors import RouteError, TableError
 
 V1 = load_route_table(1)
 V2 = load_route_table(2)
-SAMPLES = json.loads((Path(__file__).parent / "vectors" / "route_samples.json").read_text())
+SAMPLES = json.loads((Path(__file__).parents[1] / "vectors" / "route_samples.json").read_text())
 
 
 def test_tables_load_and_have_the_expected_shape():

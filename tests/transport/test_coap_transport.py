@@ -15,10 +15,9 @@ from aiocoap.numbers.types import Type
 
 from coap_gateway.transport.coap import create_link_endpoint
 from coap_gateway.transport.kiss import FEND, KissDecoder, encode_frame
-from coap_gateway.transport.timing import LinkBudget, RetransmissionTimer
 from coap_gateway.transport.links import SerialLink, UdpLink
-from meshsim import emulated_link_pair
-from meshsim import LinkProfile
+from coap_gateway.transport.timing import LinkBudget, RetransmissionTimer
+from meshsim import LinkProfile, emulated_link_pair
 
 
 class Counting(resource.Resource):

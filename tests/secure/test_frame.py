@@ -1,4 +1,4 @@
-"""Frame layout, counters, nonces and the replay window (coap_gateway.secure_frame)."""
+"""Frame layout, counters, nonces and the replay window (coap_gateway.secure.frame)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from hypothesis import strategies as st
 from noise.backends.default.ciphers import ChaCha20Cipher
 from noise.state import CipherState
 
-from coap_gateway.secure import frame as sf
 from coap_gateway.errors import FrameError, HandshakeError, SecurityError
+from coap_gateway.secure import frame as sf
 from coap_gateway.secure.frame import DatagramKind, FrameShape, Verdict
 
 

@@ -13,8 +13,13 @@ from hypothesis import strategies as st
 
 from coap_gateway.codec import json_cbor, options, payload, status
 from coap_gateway.codec.compression import FlateDictionary, compress, decompress
-from coap_gateway.errors import CodecError, CompressionError, DecompressionBombError, StatusError
 from coap_gateway.codec.profile import load_profile
+from coap_gateway.errors import (
+    CodecError,
+    CompressionError,
+    DecompressionBombError,
+    StatusError,
+)
 
 # ------------------------------------------------------------------ status
 

@@ -13,10 +13,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from noise.state import CipherState
 
-from coap_gateway.secure import frame as sf
 from coap_gateway.errors import ProfileMismatchError, ServerKeyChanged
-from coap_gateway.secure.keys import public_from_private as public_key
-from coap_gateway.secure.noise import ClientSession
+from coap_gateway.secure import frame as sf
 from coap_gateway.secure.client import ClientEndpoint
 from coap_gateway.secure.events import (
     Connected,
@@ -27,6 +25,8 @@ from coap_gateway.secure.events import (
     SessionEstablished,
     Transmit,
 )
+from coap_gateway.secure.keys import public_from_private as public_key
+from coap_gateway.secure.noise import ClientSession
 from coap_gateway.secure.server import ServerEndpoint, ServerLimits, StrikeRegister
 
 PROFILE, DIGEST = 2, b"\x12\x34"

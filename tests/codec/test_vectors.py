@@ -10,10 +10,10 @@ from aiocoap import Message
 from aiocoap.numbers.codes import Code
 
 from coap_gateway.codec import json_cbor, payload, routes, status
-from coap_gateway.codec.tables import load_cbor_table
 from coap_gateway.codec.profile import load_profile
+from coap_gateway.codec.tables import load_cbor_table
 
-VECTORS = json.loads((Path(__file__).parent / "vectors" / "codec.json").read_text())
+VECTORS = json.loads((Path(__file__).parents[1] / "vectors" / "codec.json").read_text())
 
 
 def test_tables_are_the_ones_the_vectors_were_made_with():

@@ -16,11 +16,11 @@ from aiocoap import Message
 from aiocoap.numbers.codes import Code
 from aiocoap.optiontypes import UintOption
 
-from coap_gateway.codec import options, payload, routes, status
-from coap_gateway.transport.coap import create_link_endpoint
 from coap_gateway.app.demo import REFERENCE_BODY, REFERENCE_RESPONSE, REFERENCE_TARGET
-from coap_gateway.transport.links import UdpLink
+from coap_gateway.codec import options, payload, routes, status
 from coap_gateway.codec.profile import load_profile
+from coap_gateway.transport.coap import create_link_endpoint
+from coap_gateway.transport.links import UdpLink
 from meshsim import PcapWriter
 
 PROFILE = load_profile("lb2")

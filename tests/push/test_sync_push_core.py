@@ -1,0 +1,406 @@
+"""Sync push: the shared wire format, both sans-I/O cores, and end to end
+(matrix-nio → client gateway → emulated link → server gateway → real Synapse)."""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+import pytest
+
+from coap_gateway.codec.mapping import HttpResponse
+from coap_gateway.errors import CodecError, CompressionError, DecompressionBombError
+from coap_gateway.push.client import (
+    Answer,
+    Outcome,
+    Plain,
+    Register,
+    Status,
+    SyncPushClientConfig,
+    SyncPushState,
+    Wait,
+)
+from coap_gateway.push.format import (
+    ENC_CBOR_ASCII,
+    ENC_CBOR_UTF8,
+    ENC_JSON,
+    HEADER_MARK,
+    DeltaState,
+    Notification,
+    decode_notification,
+    encode_body,
+    encode_notification,
+    expand_template,
+    is_empty_sync,
+    next_batch_of,
+    parse_long_poll,
+    split_next_batch,
+)
+from coap_gateway.push.server import (
+    Fetch,
+    Finish,
+    Push,
+    PushChain,
+    ReplayHistory,
+    Retry,
+    Silent,
+    stream_key,
+)
+from tests.helpers.devices import PROFILE
+from tests.helpers.sync_bodies import (
+    EMPTY,
+    PRESET,
+    TABLE,
+    empty_body,
+    message_body,
+    token,
+)
+
+# ------------------------------------------------------------ long-polls
+
+
+@pytest.mark.parametrize("target, eligible", [
+    ("/_matrix/client/v3/sync?since=s1_2&timeout=30000", True),
+    ("/_matrix/client/r0/sync?timeout=30000&since=s1_2&filter=%7B%7D&set_presence=online", True),
+    ("/_matrix/client/v3/sync?since=s1_2&full_state=false&timeout=1", True),
+    ("/_matrix/client/v3/sync?timeout=30000", False),  # initial sync
+    ("/_matrix/client/v3/sync?since=s1_2&timeout=30000&full_state=true", False),
+    ("/_matrix/client/v3/sync?since=s1_2", False),  # no timeout
+    ("/_matrix/client/v3/sync?since=s1_2&timeout=-1", False),
+    ("/_matrix/client/v3/sync?since=s1_2&timeout=30000&since=s3", False),  # twice
+    ("/_matrix/client/v3/sync?since=s1%5F2&timeout=30000", False),  # a token to unescape
+    ("/_matrix/client/v3/sync?since=s1_2&timeout=1&access_token=x", False),
+    ("/_matrix/client/v3/rooms/!r:hs/messages?since=s1_2&timeout=1", False),
+    ("/_matrix/client/v3/sync", False),
+])
+def test_which_long_polls_are_pushed(target, eligible):
+    assert (parse_long_poll("GET", target, PROFILE.routes) is not None) is eligible
+    assert parse_long_poll("POST", target, PROFILE.routes) is None
+
+
+def test_a_stream_is_named_by_everything_but_since_and_timeout():
+    a = parse_long_poll("GET", "/_matrix/client/v3/sync?filter=1&since=s1&timeout=30000&set_presence=online",
+                        PROFILE.routes)
+    b = parse_long_poll("GET", "/_matrix/client/v3/sync?filter=1&since=s7&timeout=0&set_presence=online",
+                        PROFILE.routes)
+    c = parse_long_poll("GET", "/_matrix/client/v3/sync?filter=2&since=s1&timeout=30000&set_presence=online",
+                        PROFILE.routes)
+    assert a.params == b.params == ("filter=1", "set_presence=online") != c.params
+    assert stream_key("tok", a) == stream_key("tok", b) != stream_key("tok", c) != stream_key("other", a)
+    assert (a.since, a.timeout_ms, b.timeout_ms) == ("s1", 30000, 0)
+    # the parameters keep their places and their raw text
+    assert a.target(since="s9") == "/_matrix/client/v3/sync?filter=1&since=s9&timeout=30000&set_presence=online"
+    assert a.target(timeout_ms=0) == "/_matrix/client/v3/sync?filter=1&since=s1&timeout=0&set_presence=online"
+
+
+# -------------------------------------------------------------- templates
+
+
+def test_template_is_the_idle_answer_without_its_next_batch():
+    template, tok = split_next_batch(EMPTY)
+    assert tok == "s9_2_0_1_1_1_1_3_0_1_1_1_1_1"
+    assert template.startswith(b'{"next_batch":"","device_one_time_keys_count"')
+    assert expand_template(template, tok) == EMPTY  # byte for byte
+    assert is_empty_sync(EMPTY) and is_empty_sync(b'{"next_batch":"x","rooms":{"join":{}},"presence":{"events":[]}}')
+    body = message_body(token(9), token(10), 1)
+    assert not is_empty_sync(body) and next_batch_of(body) == token(10)
+    assert not is_empty_sync(b'{"next_batch":"x","to_device":{"events":[{"type":"m.room_key"}]}}')
+
+
+@pytest.mark.parametrize("body", [
+    b'{"next_batch":"a","x":{"next_batch":"b"}}',  # twice: a nested one is not told apart
+    b'{"rooms":{}}',
+    b'{"next_batch":"with space"}',
+    b'{"next_batch":"\\u0073"}',  # an escape inside the token
+])
+def test_no_template_without_exactly_one_plain_next_batch(body):
+    assert split_next_batch(body) is None
+
+
+def test_a_quoted_next_batch_inside_a_string_is_not_the_key():
+    body = b'{"next_batch":"s1","rooms":{"x":{"body":"\\"next_batch\\":\\"s2\\""}}}'
+    assert split_next_batch(body) == (b'{"next_batch":"","rooms":{"x":{"body":"\\"next_batch\\":\\"s2\\""}}}', "s1")
+
+
+# ------------------------------------------------------------ body coding
+
+
+@pytest.mark.parametrize("body, encoding", [
+    (message_body("s1", "s2", 1), ENC_CBOR_ASCII),
+    (json.dumps({"next_batch": "s1", "body": "grüße ✓"}, separators=(",", ":")).encode(), ENC_CBOR_ASCII),
+    (json.dumps({"next_batch": "s1", "body": "grüße ✓"}, separators=(",", ":"),
+                ensure_ascii=False).encode(), ENC_CBOR_UTF8),
+    (b'{"next_batch":"s1","v":1.50}', ENC_JSON),  # a float written otherwise than Python would
+    (b'{"next_batch": "s1"}', ENC_JSON),  # not compact
+    (b'{"a":1,"a":2}', ENC_JSON),  # a duplicated key
+    (b'not json', ENC_JSON),
+])
+def test_bodies_travel_as_cbor_only_when_exact(body, encoding):
+    assert encode_body(body, TABLE)[0] == encoding
+    n = Notification(body)
+    delta_s, delta_c = DeltaState(PRESET), DeltaState(PRESET)
+    assert decode_notification(encode_notification(n, "s0", delta_s, TABLE), "s0", delta_c, TABLE) == n
+
+
+def test_key_order_survives_cbor():
+    # canonical CBOR would sort the keys; Synapse's order must come back
+    body = b'{"z":1,"type":"m.room.message","a":{"sender":"@a:b","content":{"msgtype":"m.text","body":"x"}}}'
+    assert encode_body(body, TABLE)[0] == ENC_CBOR_ASCII
+
+
+# ---------------------------------------------------------- notifications
+
+
+def test_a_chain_of_notifications_round_trips_byte_for_byte():
+    server, client = DeltaState(PRESET), DeltaState(PRESET)
+    template, _ = split_next_batch(EMPTY)
+    since = token(9)
+    sizes = []
+    notes = [Notification(template, template=True)]
+    notes += [Notification(message_body(token(9 + i), token(10 + i), i, f"message {i}")) for i in range(6)]
+    notes += [Notification(empty_body(16, keys=5), adopt=True)]
+    for n in notes:
+        payload = encode_notification(n, since, server, TABLE)
+        assert decode_notification(payload, since, client, TABLE) == n
+        sizes.append(len(payload))
+        if not n.template:
+            since = next_batch_of(n.body)
+    # the common case has no header byte; template and adopt have one
+    assert sizes[0] < 16 and all(s < 100 for s in sizes[2:-1])
+    print(f"\nnotification payloads: {sizes}")
+
+
+def test_common_case_costs_no_header_and_headers_cannot_start_deflate():
+    n = Notification(message_body(token(9), token(10), 1))
+    payload = encode_notification(n, token(9), DeltaState(PRESET), TABLE)
+    assert payload[0] & HEADER_MARK != HEADER_MARK
+    template = encode_notification(Notification(split_next_batch(EMPTY)[0], template=True), token(9),
+                                   DeltaState(PRESET), TABLE)
+    assert template[0] & HEADER_MARK == HEADER_MARK
+
+
+def test_delta_pays_for_consecutive_messages():
+    """What each step buys on a one-message sync response (printed with -s)."""
+    first = message_body(token(9), token(10), 1)
+    second = message_body(token(10), token(11), 2, "see you")
+    cbor = encode_body(second, TABLE)[1]
+    from coap_gateway.codec.compression import compress
+
+    plain = len(compress(cbor_canonical(second), PROFILE.flate))  # today's response payload
+    alone = len(encode_notification(Notification(second), token(10), DeltaState(PRESET), TABLE))
+    delta = DeltaState(PRESET)
+    encode_notification(Notification(first), token(9), delta, TABLE)
+    chained = len(encode_notification(Notification(second), token(10), delta, TABLE))
+    print(f"\none-message sync body: JSON {len(second)} B, ordered CBOR {len(cbor)} B, "
+          f"CBOR+deflate (plain path) {plain} B, pushed alone {alone} B, pushed after the previous one {chained} B")
+    assert chained < alone and chained < plain
+
+
+def cbor_canonical(body: bytes) -> bytes:
+    from coap_gateway.codec import json_cbor
+
+    return json_cbor.json_to_cbor(body, TABLE)
+
+
+@pytest.mark.parametrize("payload", [bytes([HEADER_MARK | 0x80]) + b"\x03\x00", bytes([HEADER_MARK | 0x21]) + b"\x03\x00",
+                                     b"\xff\xff\xff", b"\x03"])
+def test_bad_notifications_are_refused(payload):
+    with pytest.raises((CodecError, CompressionError)):
+        decode_notification(payload, "s1", DeltaState(PRESET), TABLE)
+
+
+def test_a_deflate_bomb_is_refused():
+    from zlib_ng import zlib_ng
+
+    c = zlib_ng.compressobj(9, zlib_ng.DEFLATED, -15, 9, zlib_ng.Z_DEFAULT_STRATEGY, DeltaState(PRESET).dictionary("s1"))
+    bomb = c.compress(b"[" + b"0," * 600_000 + b"0]") + c.flush()
+    delta = DeltaState(PRESET)
+    with pytest.raises(DecompressionBombError):
+        decode_notification(bytes([HEADER_MARK | ENC_JSON << 3]) + bomb, "s1", delta, TABLE, max_size=1 << 20)
+    assert not delta.recent  # a refused notification leaves the state alone
+
+
+# ------------------------------------------------------- server: the chain
+
+
+def chain(since: str = token(9), max_payload: int = 1000) -> PushChain:
+    return PushChain(since, TABLE, PRESET, max_payload)
+
+
+def ok(body: bytes, status: int = 200, headers=()) -> HttpResponse:
+    return HttpResponse(status, body, "application/json", list(headers))
+
+
+def test_chain_pushes_the_template_once_then_stays_silent_on_idle_polls():
+    c = chain()
+    assert c.poll_timeout(30000) == 0  # learn the template at once
+    step = c.on_response(ok(empty_body(9)))
+    assert isinstance(step, Push) and step.answered is None
+    assert c.template == split_next_batch(EMPTY)[0] and c.poll_timeout(30000) == 30000
+    # next_batch moves (other users' activity), nothing else: no push, the poll moves on
+    assert isinstance(c.on_response(ok(empty_body(12))), Silent)
+    assert (c.head, c.poll_from) == (token(9), token(12))
+
+
+def test_chain_answers_the_head_even_when_polled_from_further_on():
+    c = chain()
+    c.on_response(ok(empty_body(9)))
+    c.on_response(ok(empty_body(12)))
+    body = message_body(token(12), token(13), 1)
+    step = c.on_response(ok(body))
+    assert isinstance(step, Push) and step.answered == token(9) and step.body == body
+    assert c.head == c.poll_from == token(13)
+
+
+def test_chain_pushes_a_changed_template_as_an_answer_to_adopt():
+    c = chain()
+    c.on_response(ok(empty_body(9)))
+    step = c.on_response(ok(empty_body(10, keys=50)))  # one-time keys uploaded: the client must see it
+    assert isinstance(step, Push) and step.answered == token(9)
+    assert c.template == split_next_batch(empty_body(10, keys=50))[0] and c.head == token(10)
+
+
+def test_chain_errors_finish_and_busy_retries():
+    c = chain()
+    assert isinstance(c.on_response(ok(b'{"errcode":"M_UNKNOWN_TOKEN","soft_logout":true}', 401)), Finish)
+    step = c.on_response(ok(b'{"errcode":"M_LIMIT_EXCEEDED"}', 429, [("Retry-After", "7")]))
+    assert isinstance(step, Retry) and step.delay == 7
+    assert [c.on_response(ok(b"", 502)).delay for _ in range(3)] == [2, 4, 8]
+    assert isinstance(c.on_unreachable(), Retry)
+    assert isinstance(c.on_response(ok(b'{"no":"next_batch"}')), Finish)
+
+
+def test_chain_too_large_to_push_is_fetched():
+    c = chain(max_payload=40)
+    c.template = b"x"
+    big = message_body(token(9), token(10), 1, "x" * 400 + str(uuid.uuid4()) * 10)
+    assert isinstance(c.on_response(ok(big)), Fetch)
+    assert c.head == token(9)  # not moved: the client polls it plainly
+
+
+def test_history_is_bounded():
+    h = ReplayHistory(per_stream=2, max_streams=2, max_bytes=100)
+    for i in range(3):
+        h.put(b"a", f"s{i}", b"x" * 10)
+    assert h.get(b"a", "s0") is None and h.get(b"a", "s2") == b"x" * 10 and len(h) == 2
+    h.put(b"b", "s0", b"y")
+    h.put(b"c", "s0", b"z")
+    assert h.get(b"a", "s1") is None and h.get(b"c", "s0") == b"z"
+    h.put(b"c", "s1", b"w" * 95)
+    assert h.bytes <= 100
+
+
+# ------------------------------------------------- client: streams, caches
+
+
+def client(**config) -> SyncPushState:
+    return SyncPushState(PROFILE, SyncPushClientConfig(**config))
+
+
+def poll(since: str, timeout: int = 30000, extra: str = "") -> object:
+    return parse_long_poll("GET", f"/_matrix/client/v3/sync?since={since}&timeout={timeout}{extra}", PROFILE.routes)
+
+
+def pushed(c: PushChain, response: HttpResponse) -> bytes:
+    step = c.on_response(response)
+    assert isinstance(step, Push)
+    return step.payload
+
+
+def test_client_and_server_cores_agree_on_a_chain():
+    """Server chain → payloads → client state: every answer the client gets
+    is byte for byte what Synapse said, and idle polls come from the template."""
+    state = client()
+    server = chain()
+    p = poll(token(9))
+    stream, _ = state.stream(p, "tok")
+    assert state.on_request(stream, p, 0) == Register(token(9))
+    gen = state.begin(stream, token(9), 0)
+    assert state.on_registered(stream, gen, 0, pushed(server, ok(empty_body(9))), 0) is Outcome.OK
+    assert state.on_request(stream, p, 1) == Wait()
+    assert state.on_timeout(stream, token(9)).body == empty_body(9)
+    silent = server.on_response(ok(empty_body(11)))
+    assert isinstance(silent, Silent)
+    bodies = [message_body(token(11 + i), token(12 + i), i) for i in range(3)]
+    for i, body in enumerate(bodies):
+        assert state.on_notification(stream, gen, 1 + i, pushed(server, ok(body)), 2) is Outcome.OK
+    # the client catches up: each since is answered with exactly what Synapse said
+    got = []
+    since = token(9)
+    for _ in bodies:
+        action = state.on_request(stream, poll(since), 3)
+        assert isinstance(action, Answer)
+        got.append(action.response.body)
+        since = next_batch_of(action.response.body)
+    assert got == bodies
+    assert state.on_request(stream, poll(since), 4) == Wait() and not stream.answers
+
+
+def test_client_ignores_duplicates_and_notices_a_gap():
+    state = client()
+    server = chain()
+    p = poll(token(9))
+    stream, _ = state.stream(p, "tok")
+    gen = state.begin(stream, token(9), 0)
+    state.on_registered(stream, gen, 0, pushed(server, ok(empty_body(9))), 0)
+    first = pushed(server, ok(message_body(token(9), token(10), 1)))
+    assert state.on_notification(stream, gen, 1, first, 0) is Outcome.OK
+    assert state.on_notification(stream, gen, 1, first, 0) is Outcome.OK  # a duplicate: no effect
+    assert list(stream.answers) == [token(9)]
+    third = pushed(server, ok(message_body(token(10), token(11), 2)))
+    assert state.on_notification(stream, gen, 3, third, 0) is Outcome.LOST  # 2 went missing
+    assert stream.status is Status.IDLE
+    # an old observation's late events are ignored
+    assert state.on_notification(stream, gen - 1, 4, third, 0) is Outcome.OK
+
+
+def test_client_plain_for_timeout_zero_and_after_a_decline():
+    state = client(decline_for=60)
+    p = poll(token(9))
+    stream, _ = state.stream(p, "tok")
+    assert state.on_request(stream, poll(token(9), timeout=0), 0) == Plain()
+    gen = state.begin(stream, token(9), 0)
+    state.on_declined(stream, gen, 0)
+    assert state.on_request(stream, p, 10) == Plain()
+    assert state.on_request(stream, p, 61) == Register(token(9))
+
+
+def test_client_errors_are_said_once_and_large_answers_fetched_plainly():
+    state = client()
+    p = poll(token(9))
+    stream, _ = state.stream(p, "tok")
+    gen = state.begin(stream, token(9), 0)
+    state.on_registered(stream, gen, 0, b"", 0)
+    state.on_final(stream, gen, ok(b'{"errcode":"M_UNKNOWN_TOKEN"}', 401))
+    assert state.on_request(stream, p, 1).response.status == 401
+    assert state.on_request(stream, p, 2) == Register(token(9))
+    gen = state.begin(stream, token(9), 2)
+    state.on_final(stream, gen, None)
+    assert state.on_request(stream, p, 3) == Plain()
+
+
+def test_client_pauses_when_nobody_takes_the_answers_and_cancels_idle_streams():
+    state = client(max_answers=2, min_idle=30)
+    server = chain()
+    p = poll(token(9))
+    stream, _ = state.stream(p, "tok")
+    state.on_request(stream, p, 0)
+    gen = state.begin(stream, token(9), 0)
+    state.on_registered(stream, gen, 0, pushed(server, ok(empty_body(9))), 0)
+    outcomes = [state.on_notification(stream, gen, 1 + i, pushed(server, ok(message_body(token(9 + i), token(10 + i), i))), 1)
+                for i in range(3)]
+    assert outcomes == [Outcome.OK, Outcome.OK, Outcome.PAUSE]
+    assert state.idle(60) == []  # 30 s minimum, 3 × 30 s timeout
+    assert state.idle(91) == [stream]
+    stream.last_heard = 0
+    assert state.due_checks(10) == []  # default: an hour
+    assert client(check_interval=5).due_checks(10) == []
+
+
+def test_client_streams_are_bounded():
+    state = client(max_streams=2)
+    evicted = []
+    for i in range(3):
+        _, gone = state.stream(poll(token(9), extra=f"&filter={i}"), "tok")
+        evicted += gone
+    assert len(state.streams) == 2 and len(evicted) == 1
