@@ -25,12 +25,10 @@ from ..codec import (
     HttpRequest,
     HttpResponse,
     Profile,
-    coap_to_response,
     link_failure,
     matrix_error,
 )
 from ..push import (
-    END_FETCH,
     OP_CANCEL,
     OP_CHECK,
     Answer,
@@ -42,7 +40,6 @@ from ..push import (
     SyncPushClientConfig,
     SyncPushState,
     control_request,
-    parse_control,
 )
 from ..transport import LinkEndpoint, LinkFailure, Observation
 
@@ -223,55 +220,29 @@ class SyncPushClient:
             self._wake(stream)
             return link_failure()
         obs = sent[-1]
-        now = self.loop_time
-        if reply.opt.observe is not None and reply.code.is_successful():
+        first = self.state.on_first_answer(stream, generation, reply, self.loop_time)
+        if first.observing:
             self._observations[stream] = obs
-            outcome = self.state.on_registered(stream, generation, reply.opt.observe, reply.payload, now)
-            if outcome is Outcome.LOST:
-                # a first answer we cannot read will not read better next time
-                self._drop_observation(stream)
-                self.state.on_declined(stream, generation, now)
-            else:
-                self._after(stream, generation, outcome)
-            self._wake(stream)
-            return None
-        obs.close()
-        control = parse_control(reply)
-        if control is not None:
-            if control[0] == END_FETCH:
-                self.state.on_final(stream, generation, None)  # too large to push: poll it plainly
-            else:
-                self.state.on_declined(stream, generation, now)  # a reason we do not know
-            self._wake(stream)
-            return None
-        response = self.gateway.binding.response(request, message, reply)
-        if response.status == 200:
-            self.state.on_declined(stream, generation, now)  # the server answered it as a plain poll
+            self._after(stream, generation, first.outcome)
         else:
-            self.state.on_lost(stream, generation)  # an error: said once, asked again next time
+            obs.close()
         self._wake(stream)
-        return response
+        return self.gateway.binding.response(request, message, reply) if first.plain else None
 
     def _on_later(self, stream: Stream, generation: int, message: Message | None) -> None:
-        """A notification after the first answer, a final answer, or (None) the end."""
         if generation != stream.generation:
-            return
-        if message is None:  # an error, or the pipe ended: the observation is gone
-            self._lose(stream, generation)
-            return
-        if message.opt.observe is not None and message.code.is_successful():
+            return  # a late event of an observation we left
+        later = self.state.on_later(stream, generation, message, self.loop_time)
+        if later.notification:
             self.counters.notifications += 1
-            outcome = self.state.on_notification(stream, generation, message.opt.observe, message.payload,
-                                                 self.loop_time)
-            self._after(stream, generation, outcome)
-        else:  # a final answer: the observation ends here
+        if later.ended:
             obs = self._observations.pop(stream, None)
             if obs is not None:
                 obs.close()
-            if parse_control(message) is not None:
-                self.state.on_final(stream, generation, None)  # END_FETCH: too large to push
-            else:
-                self.state.on_final(stream, generation, coap_to_response(message, self.gateway.profile))
+            if later.outcome is Outcome.LOST:
+                self.counters.lost += 1
+        else:
+            self._after(stream, generation, later.outcome)
         self._wake(stream)
 
     def _after(self, stream: Stream, generation: int, outcome: Outcome) -> None:

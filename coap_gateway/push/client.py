@@ -34,9 +34,12 @@ import logging
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
-from ..codec import HttpResponse, Profile
+from aiocoap import Message
+
+from ..codec import HttpResponse, Profile, coap_to_response
 from ..errors import GatewayError
 from .format import (
+    END_FETCH,
     JSON,
     OBSERVE_MODULUS,
     DeltaState,
@@ -44,6 +47,7 @@ from .format import (
     decode_notification,
     expand_template,
     next_batch_of,
+    parse_control,
     parse_long_poll,
     push_preset,
     split_next_batch,
@@ -138,6 +142,27 @@ class Outcome(enum.Enum):
     OK = "ok"
     LOST = "lost"  # the observation cannot go on: register again
     PAUSE = "pause"  # the client is not taking answers: cancel until it does
+
+
+@dataclass(frozen=True)
+class FirstAnswer:
+    """A registration's first answer: ``observing`` (keep the observation),
+    the ``outcome`` of the payload it carried, and ``plain``: the client
+    gets this answer itself (the server answered the poll plainly)."""
+
+    observing: bool
+    outcome: Outcome
+    plain: bool = False
+
+
+@dataclass(frozen=True)
+class Later:
+    """An event after the first answer: the ``outcome``; ``ended``: the
+    observation is over (drop it); ``notification``: it was one."""
+
+    outcome: Outcome
+    ended: bool = False
+    notification: bool = False
 
 
 class SyncPushState:
@@ -257,6 +282,47 @@ class SyncPushState:
             return Outcome.PAUSE
         return Outcome.OK
 
+    def on_first_answer(self, stream: Stream, generation: int, reply: Message, now: float) -> FirstAnswer:
+        """What a registration's first answer means (after the binding's
+        resends): a running observation, an end ("too large", declined), or
+        a plain answer the client gets as it is."""
+        if reply.opt.observe is not None and reply.code.is_successful():
+            outcome = self.on_registered(stream, generation, reply.opt.observe, reply.payload, now)
+            if outcome is Outcome.LOST:
+                # a first answer we cannot read will not read better next time
+                self.on_declined(stream, generation, now)
+                return FirstAnswer(observing=False, outcome=Outcome.OK)
+            return FirstAnswer(observing=True, outcome=outcome)
+        control = parse_control(reply)
+        if control is not None:
+            if control[0] == END_FETCH:
+                self.on_final(stream, generation, None)  # too large to push: poll it plainly
+            else:
+                self.on_declined(stream, generation, now)  # a reason we do not know
+            return FirstAnswer(observing=False, outcome=Outcome.OK)
+        if coap_to_response(reply, self.profile).status == 200:
+            self.on_declined(stream, generation, now)  # the server answered it as a plain poll
+        else:
+            self.on_lost(stream, generation)  # an error: said once, asked again next time
+        return FirstAnswer(observing=False, outcome=Outcome.OK, plain=True)
+
+    def on_later(self, stream: Stream, generation: int, message: Message | None, now: float) -> Later:
+        """A notification after the first answer, a final answer, or (None)
+        the observation's end without one."""
+        if generation != stream.generation:
+            return Later(Outcome.OK)
+        if message is None:  # an error, or the pipe ended: the observation is gone
+            return Later(self.on_lost(stream, generation), ended=True)
+        if message.opt.observe is not None and message.code.is_successful():
+            return Later(self.on_notification(stream, generation, message.opt.observe, message.payload, now),
+                         notification=True)
+        # a final answer: the observation ends here
+        if parse_control(message) is not None:
+            self.on_final(stream, generation, None)  # END_FETCH: too large to push
+        else:
+            self.on_final(stream, generation, coap_to_response(message, self.profile))
+        return Later(Outcome.OK, ended=True)
+
     def on_final(self, stream: Stream, generation: int, response: HttpResponse | None) -> None:
         """The observation ended with ``response`` (the homeserver's error, the
         answer to the head) or, for None, with "too large: poll it plainly"."""
@@ -315,6 +381,8 @@ class SyncPushState:
 __all__ = [
     "Action",
     "Answer",
+    "FirstAnswer",
+    "Later",
     "Outcome",
     "Plain",
     "Register",
