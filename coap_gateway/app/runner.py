@@ -108,7 +108,7 @@ async def start_server(link: DatagramLink, *, homeserver: str, profile: Profile,
                                             else SyncPushServerConfig())
     gateway = ServerGateway(ServerGatewayConfig(homeserver, profile, allow_admin=allow_admin,
                                                 advertisement=advertisement), sync_push=push)
-    codec = None
+    codec: SecureServerCodec | None = None
     if static_private is not None:
         def on_session(event: SessionEstablished | SessionClosed) -> None:
             if isinstance(event, SessionClosed):

@@ -1,57 +1,68 @@
 """Token and handle binding: the one owner of what a server holds for a device (sans-I/O).
 
-The access token crosses the link once, not with every request: the server
-gateway *binds* it to the device (its Noise static key; in plaintext mode,
-its address), and the compact form's handles and transaction scope
-(``route_option``) are bound the same way.  Both ends must agree at every
-moment on what is bound, or a request runs under the wrong token or names a
-room the server cannot resolve.  So every decision about it is here, on
-both sides, and nowhere else:
+Access tokens and the compact form's values (room and user IDs, the
+transaction scope: ``route_option``) cross the link once, not with every
+request: the client gateway gives each a small *handle* and defines it
+(handle and value) in a request; from then on the handle alone stands for
+it.  The server gateway keeps the definitions per device (its Noise static
+key; in plaintext mode, its address), so a reconnect costs none of them.
 
-``ClientBinding`` (client gateway)
-    ``request(http)`` → the CoAP request to send: the request line and body
-    (``mapping``) plus the token options (Access-Token when the server may
-    not hold the token, No-Token when the request has none, neither when
-    the bound token applies).  ``reply(http, message, reply)`` → ``Resend``
-    (the server forwarded nothing: send again, with the token or with the
-    definitions) or the ``HttpResponse`` for the client.
+Two rules make "a request runs under another user's token" or "a handle
+names another room" impossible by construction:
 
-``ServerBinding`` (server gateway)
-    ``resolve(request)`` → ``Resolved`` (the HTTP request and the token to
-    forward it with) or ``Refused`` (the CoAP reply: Token-Unbound,
-    Handle-Unknown, a malformed request), before anything is forwarded.
-    ``after(request, resolved, response)`` unbinds a token that a
-    successful logout killed.
+* **A handle never changes meaning.**  The client numbers tokens and values
+  as it meets them and never gives a number to another value; a token
+  handle is retired at logout, never reused.  The server resolves the
+  handle *each request names* — there is no "current" or "last" token.
+* **A handle travels bare only once the server has confirmed it.**  Until
+  a request that carried the definition has been answered, every request
+  using the handle carries the definition again (concurrent requests,
+  a lost request, a reordered one).  A server that lacks a definition
+  anyway (restart, eviction) refuses the request before forwarding
+  anything — 4.01 Token-Unbound, 4.00 Handle-Unknown — and the client sends
+  it again with the definitions.
 
-The shells (``gateway.client``, ``gateway.server`` and sync push) only carry
-out what these return.  docs/protocol.md §8 specifies the rules.
+The token options (``options``): Access-Token = the handle (CBOR uint) and
+the token's bytes, a definition; Token-Handle = the handle, a bare use
+(absent: handle 0, the device's first token, so the common case costs
+nothing); No-Token = the request has no token.
+
+``ClientBinding.request(http)`` builds the CoAP request;
+``ClientBinding.reply(...)`` says ``Resend`` or gives the client's
+``HttpResponse``.  ``ServerBinding.resolve(request)`` gives ``Resolved``
+(the HTTP request and the token to forward it with) or ``Refused`` (the
+reply), and ``ServerBinding.after(...)`` learns from the homeserver's
+answer: a refused token takes its definitions with it (only devices with
+a valid account keep state), a successful logout retires its handle.  The
+shells (``gateway``) only carry this out.  docs/protocol.md §8.
 """
 
 from __future__ import annotations
 
+import json
 from collections import OrderedDict
 from collections.abc import Hashable
 from dataclasses import dataclass, field
 
+import cbor2
 from aiocoap import Message
 from aiocoap.numbers.codes import Code
-from aiocoap.optiontypes import OpaqueOption
+from aiocoap.optiontypes import OpaqueOption, UintOption
 
-from ..errors import GatewayError
+from ..errors import CodecError, GatewayError
 from . import options
-from .mapping import (
-    HttpRequest,
-    HttpResponse,
-    coap_to_request,
-    coap_to_response,
-    compact_route_name,
-    request_to_coap,
-)
+from .mapping import HttpRequest, HttpResponse, coap_to_request, coap_to_response, compact_route_name, request_to_coap
 from .profile import Profile
-from .route_option import ClientWireState, HandleUnknown, ServerWireState
+from .route_option import ClientWireState, HandleUnknown, Journal, ServerWireState
 
 #: resends one request may need: once with the token, once with definitions
 MAX_ATTEMPTS = 3
+#: token handles a server keeps per device (least recently used evicted)
+MAX_TOKENS_PER_DEVICE = 16
+#: longest access token accepted (Synapse's are ~40 characters)
+MAX_TOKEN_LENGTH = 1024
+#: the homeserver's answers that say "this token is not valid"
+TOKEN_REFUSED = frozenset({"M_UNKNOWN_TOKEN", "M_MISSING_TOKEN"})
 
 
 def is_logout(target: str) -> bool:
@@ -64,13 +75,36 @@ def is_logout(target: str) -> bool:
             and segments[4:] in (["logout"], ["logout", "all"]))
 
 
+def encode_token_definition(handle: int, token: str) -> bytes:
+    """The Access-Token option value: the handle as a CBOR uint, then the token."""
+    return cbor2.dumps(handle) + token.encode("utf-8")
+
+
+def decode_token_definition(value: bytes) -> tuple[int, str]:
+    """Inverse of ``encode_token_definition``; CodecError when malformed."""
+    if not value or value[0] > 0x1B:  # major type 0 (uint) with at most an 8-byte argument
+        raise CodecError("Access-Token does not start with a handle")
+    size = 1 + {0x18: 1, 0x19: 2, 0x1A: 4, 0x1B: 8}.get(value[0], 0)
+    handle = cbor2.loads(value[:size]) if len(value) >= size else None
+    token = value[size:]
+    if not isinstance(handle, int) or handle >= 1 << 32 or not token or len(token) > MAX_TOKEN_LENGTH:
+        raise CodecError("Access-Token is a handle < 2^32 and a token of 1-1024 bytes")
+    try:
+        text = token.decode("ascii")
+    except UnicodeDecodeError as exc:
+        raise CodecError("an access token is ASCII") from exc
+    if not text.isprintable() or " " in text:
+        raise CodecError("an access token has no spaces or control characters")
+    return handle, text
+
+
 # ------------------------------------------------------------ client side
 
 
 @dataclass
 class Resend:
     """The server forwarded nothing: send the request again.  ``with_token``:
-    the server holds no token for this device (4.01 Token-Unbound); else it
+    the server holds no token for the handle (4.01 Token-Unbound); else it
     lacked a handle definition (4.00 Handle-Unknown)."""
 
     with_token: bool
@@ -82,6 +116,11 @@ class Attempt:
 
     number: int = 0
     token_resent: bool = False
+    #: the token handle the last request used, and whether it defined it
+    token_handle: int | None = None
+    token_defined: bool = False
+    #: route definitions (handles, scope) the last request carried
+    carried: set[int | str] = field(default_factory=set)
 
     @property
     def exhausted(self) -> bool:
@@ -90,7 +129,7 @@ class Attempt:
 
 @dataclass
 class ClientBindingCounters:
-    #: requests that carried the access token across the link
+    #: requests that carried an access token (a definition) across the link
     token_sent: int = 0
     #: requests sent again with the token after Token-Unbound
     token_rebinds: int = 0
@@ -99,48 +138,69 @@ class ClientBindingCounters:
 
 
 class ClientBinding:
-    """What the client gateway believes the server holds for this device."""
+    """The client gateway's half: its handles and what the server confirmed."""
 
     def __init__(self, profile: Profile):
         self.profile = profile
-        #: the token the server holds for this device, as far as we know
-        self.bound_token: str | None = None
+        #: access token -> its handle (never renumbered; retired at logout)
+        self.tokens: dict[str, int] = {}
+        self.next_token_handle = 0
+        #: token handles the server has confirmed
+        self.confirmed_tokens: set[int] = set()
         #: handles and transaction IDs of the compact form (profile lb3)
         self.wire: ClientWireState | None = ClientWireState() if profile.schemas is not None else None
         self.counters = ClientBindingCounters()
+
+    def token_handle(self, token: str) -> int:
+        handle = self.tokens.get(token)
+        if handle is None:
+            handle = self.tokens[token] = self.next_token_handle
+            self.next_token_handle += 1
+        return handle
 
     def request(self, http: HttpRequest, attempt: Attempt | None = None) -> Message:
         """The CoAP request for ``http`` (no remote set), token options included."""
         attempt = attempt or Attempt()
         attempt.number += 1
-        message = request_to_coap(http, self.profile, self.wire)
+        attempt.carried = set()
+        message = request_to_coap(http, self.profile, self.wire, attempt.carried)
         token = http.access_token
+        attempt.token_handle, attempt.token_defined = None, False
         if token is None:
             message.opt.add_option(OpaqueOption(options.NO_TOKEN, b""))
-        elif token != self.bound_token or attempt.token_resent:
-            message.opt.add_option(OpaqueOption(options.ACCESS_TOKEN, token.encode("utf-8")))
+            return message
+        handle = attempt.token_handle = self.token_handle(token)
+        if handle not in self.confirmed_tokens or attempt.token_resent:
+            message.opt.add_option(OpaqueOption(options.ACCESS_TOKEN, encode_token_definition(handle, token)))
             self.counters.token_sent += 1
-            # bound as soon as the server reads this request; a lost request
-            # leaves it unbound on the server, which says so (Token-Unbound)
-            self.bound_token = token
+            attempt.token_defined = True
+        elif handle != 0:
+            message.opt.add_option(UintOption(options.TOKEN_HANDLE, handle))
         return message
 
     def resend(self, reply: Message, attempt: Attempt) -> Resend | None:
         """Whether ``reply`` says "not forwarded, send it again", updating what
-        this side believes the server holds; None: it is the answer."""
-        if attempt.exhausted:
-            return None
-        if reply.code == Code.UNAUTHORIZED and reply.opt.get_option(options.TOKEN_UNBOUND) and not attempt.token_resent:
-            # the server has no token for this device: nothing was forwarded
-            self.counters.token_rebinds += 1
-            self.bound_token = None
-            attempt.token_resent = True
-            return Resend(with_token=True)
-        if reply.code == Code.BAD_REQUEST and reply.opt.get_option(options.HANDLE_UNKNOWN) and self.wire is not None:
-            # the server lacks our handle definitions: nothing was forwarded
-            self.counters.handle_resends += 1
-            self.wire.server_forgot()
-            return Resend(with_token=False)
+        this side believes the server holds; None: it is the answer (and
+        the definitions the request carried are confirmed)."""
+        if not attempt.exhausted:
+            if (reply.code == Code.UNAUTHORIZED and reply.opt.get_option(options.TOKEN_UNBOUND)
+                    and not attempt.token_resent):
+                # the server has no token for this handle: nothing was forwarded
+                self.counters.token_rebinds += 1
+                self.confirmed_tokens.discard(attempt.token_handle)  # type: ignore[arg-type]
+                attempt.token_resent = True
+                return Resend(with_token=True)
+            if reply.code == Code.BAD_REQUEST and reply.opt.get_option(options.HANDLE_UNKNOWN) and self.wire is not None:
+                # the server lacks a handle definition: nothing was forwarded
+                self.counters.handle_resends += 1
+                self.wire.server_forgot()
+                return Resend(with_token=False)
+        if not _refused(reply):
+            # the server processed the request: what it defined is held
+            if attempt.token_defined and attempt.token_handle is not None:
+                self.confirmed_tokens.add(attempt.token_handle)
+            if self.wire is not None:
+                self.wire.confirm(attempt.carried)
         return None
 
     def response(self, http: HttpRequest, message: Message, reply: Message) -> HttpResponse:
@@ -148,8 +208,13 @@ class ClientBinding:
         to ``message``."""
         response = coap_to_response(reply, self.profile, compact_route_name(message, self.profile))
         response = self.restore(response)
-        if response.status == 200 and http.access_token is not None and is_logout(http.target):
-            self.bound_token = None
+        token = http.access_token
+        if token is not None:
+            if response.status == 200 and is_logout(http.target):
+                self._retire(token)  # the token is dead: its handle is never used again
+            elif response.status == 401 and _errcode(response) in TOKEN_REFUSED and token in self.tokens:
+                # the server keeps no definitions of a refused token: define it again if it is used again
+                self.confirmed_tokens.discard(self.tokens[token])
         return response
 
     def reply(self, http: HttpRequest, message: Message, reply: Message, attempt: Attempt) -> Resend | HttpResponse:
@@ -164,6 +229,25 @@ class ClientBinding:
         return HttpResponse(response.status, self.wire.restore_txn_ids(response.body), response.content_type,
                             response.headers)
 
+    def _retire(self, token: str) -> None:
+        handle = self.tokens.pop(token, None)
+        if handle is not None:
+            self.confirmed_tokens.discard(handle)
+
+
+def _refused(reply: Message) -> bool:
+    """A reply the server gateway made without processing the request."""
+    return (reply.code == Code.UNAUTHORIZED and bool(reply.opt.get_option(options.TOKEN_UNBOUND))) or (
+        reply.code == Code.BAD_REQUEST and bool(reply.opt.get_option(options.HANDLE_UNKNOWN)))
+
+
+def _errcode(response: HttpResponse) -> str | None:
+    try:
+        doc = json.loads(response.body)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    return doc.get("errcode") if isinstance(doc, dict) else None
+
 
 # ------------------------------------------------------------ server side
 
@@ -172,8 +256,12 @@ class ClientBinding:
 class DeviceState:
     """What the server gateway keeps for one device across its sessions."""
 
-    token: str | None = None
+    #: token handle -> access token, least recently used first
+    tokens: OrderedDict[int, str] = field(default_factory=OrderedDict)
     wire: ServerWireState = field(default_factory=ServerWireState)
+
+    def token_bytes(self) -> int:
+        return sum(len(t) for t in self.tokens.values())
 
 
 @dataclass
@@ -182,6 +270,19 @@ class Resolved:
 
     http: HttpRequest
     token: str | None
+    #: the token handle used (None: No-Token)
+    handle: int | None = None
+    #: definitions this request made, to be taken back if its token is refused
+    journal: Journal = field(default_factory=Journal)
+    #: (handle, previous token) when this request defined a token handle
+    token_defined: tuple[int, str | None] | None = None
+
+    @property
+    def redefined(self) -> bool:
+        """A definition gave a handle a new value: the client lost its state,
+        and sessions it had before belong to a dead instance."""
+        return self.journal.changed or (self.token_defined is not None and self.token_defined[1] is not None
+                                        and self.token_defined[1] != self.token)
 
 
 @dataclass
@@ -193,9 +294,9 @@ class Refused:
 
 
 class ServerBinding:
-    """Per device (client static key; in plaintext mode, its address): the
-    bound token and the compact form's handles, least recently used first,
-    at most ``max_devices`` of them."""
+    """The server gateway's half: per device (client static key; in
+    plaintext mode, its address) its token handles and the compact form's
+    definitions, least recently used first, at most ``max_devices``."""
 
     def __init__(self, profile: Profile, max_devices: int = 4096):
         self.profile = profile
@@ -206,8 +307,14 @@ class ServerBinding:
 
     def session_started(self, remote: Hashable, device_key: Hashable) -> None:
         """A secure session of the device with static key ``device_key``: its
-        bound token and handles carry over from the device's earlier sessions."""
+        bound tokens and handles carry over from the device's earlier sessions."""
         self.device_keys[remote] = device_key
+
+    def reset_device(self, device_key: Hashable) -> None:
+        """The device started without its binding state (its handshake said
+        UNBOUND, and the secure layer closed its older sessions): nothing it
+        defined before may be used again."""
+        self.devices.pop(device_key, None)
 
     def forget_session(self, remote: Hashable) -> None:
         """The session is gone; the device's state stays (LRU-bounded).  A
@@ -215,8 +322,11 @@ class ServerBinding:
         if self.device_keys.pop(remote, None) is None:
             self.devices.pop(remote, None)
 
+    def device_key(self, remote: Hashable) -> Hashable:
+        return self.device_keys.get(remote, remote)
+
     def device(self, remote: Hashable) -> DeviceState:
-        key = self.device_keys.get(remote, remote)
+        key = self.device_key(remote)
         state = self.devices.get(key)
         if state is None:
             state = self.devices[key] = DeviceState()
@@ -227,44 +337,101 @@ class ServerBinding:
         return state
 
     def resolve(self, request: Message) -> Resolved | Refused:
-        """The HTTP request ``request`` stands for and its token, or the
-        reply that refuses it.  Definitions it carries (token, handles,
-        scope) are bound on the way; they are idempotent, so resolving the
-        same request twice is harmless."""
+        """The HTTP request ``request`` stands for and its token, or the reply
+        that refuses it.  Definitions it carries are bound on the way (and
+        taken back by ``after`` if the homeserver refuses the token)."""
         device = self.device(request.remote)
         try:
-            http = coap_to_request(request, self.profile, device.wire)
+            token, handle, defined = self._token(request, device)
+        except CodecError as exc:
+            return _malformed(exc)
+        if handle is not None and token is None:
+            # a handle the device never defined (or this server lost): ask
+            # for the token and forward nothing
+            reply = Message(code=Code.UNAUTHORIZED)
+            reply.opt.add_option(OpaqueOption(options.TOKEN_UNBOUND, b""))
+            return Refused(reply, "token_unbound")
+        journal = Journal()
+        try:
+            http = coap_to_request(request, self.profile, device.wire, journal)
         except HandleUnknown:
+            device.wire.undo(journal)
             reply = Message(code=Code.BAD_REQUEST)
             reply.opt.add_option(OpaqueOption(options.HANDLE_UNKNOWN, b""))
             return Refused(reply, "handle_unknown")
         except GatewayError as exc:
-            return Refused(Message(code=Code.BAD_REQUEST, payload=str(exc).encode()[:200]), "malformed")
+            device.wire.undo(journal)
+            return _malformed(exc)
+        previous = None
+        if defined:
+            assert handle is not None and token is not None
+            previous = device.tokens.get(handle)
+            device.tokens[handle] = token
+            device.tokens.move_to_end(handle)
+            while len(device.tokens) > MAX_TOKENS_PER_DEVICE:
+                device.tokens.popitem(last=False)
+        elif handle is not None:
+            device.tokens.move_to_end(handle)
+        return Resolved(http, token, handle, journal, (handle, previous) if defined else None)  # type: ignore[arg-type]
+
+    def _token(self, request: Message, device: DeviceState) -> tuple[str | None, int | None, bool]:
+        """(token, handle, defined here) of a request; (None, h, False) when
+        handle h is unknown; (None, None, False) for No-Token."""
         given = request.opt.get_option(options.ACCESS_TOKEN)
+        bare = request.opt.get_option(options.TOKEN_HANDLE)
+        no_token = request.opt.get_option(options.NO_TOKEN)
+        if len(given) + len(bare) + len(no_token) > 1:
+            raise CodecError("a request has at most one of Access-Token, Token-Handle and No-Token")
         if given:
-            device.token = given[0].value.decode("utf-8", "replace")
-            return Resolved(http, device.token)
-        if request.opt.get_option(options.NO_TOKEN):
-            return Resolved(http, None)
-        if device.token is None:
-            # neither option: the client relies on a bound token, which this
-            # device does not have (server restart, eviction); ask for it and
-            # forward nothing
-            reply = Message(code=Code.UNAUTHORIZED)
-            reply.opt.add_option(OpaqueOption(options.TOKEN_UNBOUND, b""))
-            return Refused(reply, "token_unbound")
-        return Resolved(http, device.token)
+            handle, token = decode_token_definition(given[0].value)
+            return token, handle, True
+        if no_token:
+            return None, None, False
+        handle = _uint(bare[0].value) if bare else 0
+        return device.tokens.get(handle), handle, False
 
     def after(self, request: Message, resolved: Resolved, response: HttpResponse) -> None:
-        """Learn from the homeserver's answer: a successful logout killed the
-        token, which must not be used again."""
-        if response.status == 200 and resolved.token is not None and is_logout(resolved.http.target):
-            device = self.device(request.remote)
-            if device.token == resolved.token:
-                device.token = None
+        """Learn from the homeserver's answer to a forwarded request."""
+        device = self.device(request.remote)
+        handle = resolved.handle
+        if response.status == 401 and resolved.token is not None and _errcode(response) in TOKEN_REFUSED:
+            # not a valid account: keep nothing this request defined
+            device.wire.undo(resolved.journal)
+            if handle is not None and device.tokens.get(handle) == resolved.token:
+                del device.tokens[handle]
+                if resolved.token_defined is not None and resolved.token_defined[1] is not None:
+                    device.tokens[handle] = resolved.token_defined[1]
+        elif response.status == 200 and handle is not None and is_logout(resolved.http.target):
+            # the token is dead: its handle is retired
+            if device.tokens.get(handle) == resolved.token:
+                del device.tokens[handle]
+
+    def sizes(self) -> dict[str, int]:
+        """What the table holds (tests assert it against the limits)."""
+        return {
+            "devices": len(self.devices),
+            "tokens": sum(len(d.tokens) for d in self.devices.values()),
+            "token_bytes": sum(d.token_bytes() for d in self.devices.values()),
+            "handles": sum(len(d.wire.handles) for d in self.devices.values()),
+            "handle_bytes": sum(d.wire.bytes for d in self.devices.values()),
+        }
+
+
+def _uint(value: bytes | int) -> int:
+    """A CoAP uint option value (aiocoap hands unknown options over as bytes)."""
+    if isinstance(value, int):
+        return value
+    if len(value) > 4:
+        raise CodecError("Token-Handle is a uint of at most 4 bytes")
+    return int.from_bytes(value, "big")
+
+
+def _malformed(exc: Exception) -> Refused:
+    return Refused(Message(code=Code.BAD_REQUEST, payload=str(exc).encode()[:200]), "malformed")
 
 
 __all__ = [
+    "MAX_TOKENS_PER_DEVICE",
     "Attempt",
     "ClientBinding",
     "ClientBindingCounters",
@@ -273,5 +440,7 @@ __all__ = [
     "Resend",
     "Resolved",
     "ServerBinding",
+    "decode_token_definition",
+    "encode_token_definition",
     "is_logout",
 ]

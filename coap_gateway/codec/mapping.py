@@ -23,7 +23,7 @@ from ..errors import CodecError, RouteError
 from . import json_cbor, options, payload, route_option, routes, status
 from .compression import DEFAULT_MAX_SIZE, compress, decompress
 from .profile import Profile
-from .route_option import ClientWireState, MessageBody, ServerWireState
+from .route_option import ClientWireState, Journal, MessageBody, ServerWireState
 
 #: response headers that cross the link (besides Content-Type and Retry-After)
 FORWARDED_RESPONSE_HEADERS = ("Content-Disposition", "Location")
@@ -74,7 +74,8 @@ def _add_header(msg: Message, name: str, value: str) -> None:
 # ----------------------------------------------------------------- requests
 
 
-def request_to_coap(req: HttpRequest, profile: Profile, wire: ClientWireState | None = None) -> Message:
+def request_to_coap(req: HttpRequest, profile: Profile, wire: ClientWireState | None = None,
+                    carried: set[int | str] | None = None) -> Message:
     """The CoAP request for an HTTP request (without token options: the
     token options are ``binding``'s).
 
@@ -82,7 +83,7 @@ def request_to_coap(req: HttpRequest, profile: Profile, wire: ClientWireState | 
     request line travels as the Route option (``route_option``)."""
     line = routes.http_to_coap(req.method, req.target, profile.routes)
     if wire is not None and profile.schemas is not None and line.template is not None:
-        return _compact_request(req, line, profile, wire)
+        return _compact_request(req, line, profile, wire, carried)
     pl = payload.body_to_payload(req.body, req.content_type, profile)
     msg = Message(code=Code(line.method), uri_path=line.uri_path, uri_query=line.uri_query, payload=pl.payload)
     _add_payload_options(msg, pl)
@@ -97,12 +98,13 @@ def _add_payload_options(msg: Message, pl: payload.CoapPayload) -> None:
 
 
 def _compact_request(req: HttpRequest, line: routes.CoapRequestLine, profile: Profile,
-                     wire: ClientWireState) -> Message:
+                     wire: ClientWireState, carried: set[int | str] | None) -> Message:
     assert line.template is not None and profile.schemas is not None
     segments, _ = routes.split_target(req.target)
     params = [s for s, lit in zip(segments, line.template.segments) if lit is None]
     message = _message_body(req, line.template.name, params, profile)
-    value = route_option.encode_route(line.template, params, profile.schemas, profile.cbor_table, wire, message)
+    value = route_option.encode_route(line.template, params, profile.schemas, profile.cbor_table, wire, message,
+                                      carried)
     if message is not None:
         msg = Message(code=Code(line.method), uri_query=line.uri_query, payload=message.text)
     else:
@@ -141,14 +143,15 @@ def _message_body(req: HttpRequest, route_name: str, params: list[str], profile:
     return MessageBody(code, text, False)
 
 
-def coap_to_request(msg: Message, profile: Profile, wire: ServerWireState | None = None) -> HttpRequest:
+def coap_to_request(msg: Message, profile: Profile, wire: ServerWireState | None = None,
+                    journal: Journal | None = None) -> HttpRequest:
     """The HTTP request a CoAP request stands for (token handling aside).
 
     A request in the compact form needs the session's ``wire`` state; it
     raises ``route_option.HandleUnknown`` when that lacks a definition."""
     compact = msg.opt.get_option(options.ROUTE)
     if compact:
-        return _compact_to_request(msg, compact, profile, wire)
+        return _compact_to_request(msg, compact, profile, wire, journal)
     method, target = routes.coap_to_http(int(msg.code), msg.opt.uri_path, msg.opt.uri_query, profile.routes)
     header_type = next((v for n, v in _header_options(msg) if n.lower() == "content-type"), None)
     body, content_type = payload.payload_to_body(msg.payload, msg.opt.content_format, profile, header_type,
@@ -157,7 +160,7 @@ def coap_to_request(msg: Message, profile: Profile, wire: ServerWireState | None
 
 
 def _compact_to_request(msg: Message, compact: Sequence[OpaqueOption], profile: Profile,
-                        wire: ServerWireState | None) -> HttpRequest:
+                        wire: ServerWireState | None, journal: Journal | None) -> HttpRequest:
     if profile.schemas is None or wire is None:
         raise RouteError("the Route option is not part of this profile")
     if len(compact) != 1 or msg.opt.uri_path:
@@ -165,7 +168,8 @@ def _compact_to_request(msg: Message, compact: Sequence[OpaqueOption], profile: 
     method = routes.METHOD_NAMES.get(int(msg.code))
     if method is None:
         raise RouteError(f"CoAP code {int(msg.code)} is not a request method")
-    decoded = route_option.decode_route(compact[0].value, profile.routes, profile.schemas, profile.cbor_table, wire)
+    decoded = route_option.decode_route(compact[0].value, profile.routes, profile.schemas, profile.cbor_table, wire,
+                                        journal)
     target = decoded.template.expand(decoded.params)
     if msg.opt.uri_query:
         target += "?" + "&".join(routes.check_query_param(p) for p in routes.join_chunks(msg.opt.uri_query))

@@ -23,18 +23,19 @@ HTTP_STATUS = 65000
 #: An HTTP header with no CoAP equivalent ("Name: value"), repeatable, in
 #: order.  Elective and safe: an intermediary may forward it unseen.
 HTTP_HEADER = 65004
-#: The Matrix access token, sent once per session (and again when it
-#: changes): the server gateway binds it to the session.  Critical (a server
-#: that ignored it would run the request unauthenticated) and unsafe (a
-#: proxy must not forward a credential it does not understand).  Never inside
-#: the compressed payload (CRIME/BREACH).
+#: A Matrix access token and the handle that stands for it from now on
+#: (``binding``): the handle as a CBOR unsigned integer, then the token's
+#: bytes.  Sent until the server has confirmed it, then the handle alone.
+#: Critical (a server that ignored it would run the request
+#: unauthenticated) and unsafe (a proxy must not forward a credential it
+#: does not understand).  Never inside the compressed payload (CRIME/BREACH).
 ACCESS_TOKEN = 65003
-#: Empty: this request carries no access token, although one is bound.
+#: Empty: this request carries no access token, although some are bound.
 #: Critical and unsafe for the same reasons.
 NO_TOKEN = 65007
-#: Empty, on a 4.01 from the server gateway: the request relied on a bound
-#: token the server does not have (new session); nothing was forwarded, send
-#: it again with Access-Token.  Elective, safe.
+#: Empty, on a 4.01 from the server gateway: the request named a token
+#: handle the server does not hold for this device (it restarted, evicted
+#: it); nothing was forwarded, send it again with Access-Token.  Elective, safe.
 TOKEN_UNBOUND = 65008
 #: The request line in the compact form (profile lb3): route code and
 #: parameters as a CBOR sequence (``route_option``), instead of Uri-Path.
@@ -50,7 +51,12 @@ HANDLE_UNKNOWN = 65012
 #: cancel it); on a response that ends an observation, why.  Critical (a
 #: server that ignored it would answer a request for "/") and unsafe.
 SYNC_PUSH = 65015
-
+#: The token handle a request runs under (a CoAP uint), when it is not 0;
+#: no token option at all means handle 0, the device's first token.  The
+#: server resolves the handle per request: never "the last token it saw".
+#: Critical and unsafe, as Access-Token.  Numbered 8 after Route so that
+#: after a Route option its header is one byte.
+TOKEN_HANDLE = 65019
 
 
 # Content formats (CoAP Content-Formats registry)

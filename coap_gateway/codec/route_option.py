@@ -63,8 +63,12 @@ MAX_VALUE = 2048
 MAX_HANDLES = 1024
 #: client transaction IDs remembered (for retries and for restoring responses)
 MAX_TXNS = 4096
+#: characters of handle values a server keeps per device (~350 room IDs)
+MAX_DEFINITION_BYTES = 16 << 10
 #: size of a room or event ID's hash in the binary forms
 ID_BYTES = 32
+#: what ``carried`` holds for a transaction scope definition
+SCOPE = "scope"
 
 
 class HandleUnknown(CodecError):
@@ -85,9 +89,11 @@ class ClientWireState:
 
     scope: str = field(default_factory=new_scope)
     handles: dict[tuple[str, str], int] = field(default_factory=dict)
-    #: handles the server's current session has been given
-    defined: set[int] = field(default_factory=set)
-    scope_sent: bool = False
+    #: handles whose definition the server has confirmed (answered a request
+    #: that carried it); every other use carries the definition again, so a
+    #: bare handle never reaches a server that lacks it or holds another value
+    confirmed: set[int] = field(default_factory=set)
+    scope_confirmed: bool = False
     #: raw txn segment -> k, oldest first
     txns: OrderedDict[str, int] = field(default_factory=OrderedDict)
     #: k -> the client's own transaction ID (decoded), to restore responses
@@ -95,9 +101,16 @@ class ClientWireState:
     next_txn: int = 0
 
     def server_forgot(self) -> None:
-        """The server's session lost our definitions: send them again."""
-        self.defined.clear()
-        self.scope_sent = False
+        """The server lost our definitions: send them again."""
+        self.confirmed.clear()
+        self.scope_confirmed = False
+
+    def confirm(self, carried: set[int | str]) -> None:
+        """The server processed a request carrying these definitions
+        (handles, and ``SCOPE`` for the transaction scope)."""
+        self.confirmed.update(h for h in carried if isinstance(h, int))
+        if SCOPE in carried:
+            self.scope_confirmed = True
 
     def handle_for(self, kind: str, value: str) -> tuple[int | None, bool]:
         """(handle, needs definition); handle None when the table is full."""
@@ -107,7 +120,7 @@ class ClientWireState:
             if len(self.handles) >= MAX_HANDLES:
                 return None, False
             handle = self.handles[key] = len(self.handles)
-        return handle, handle not in self.defined
+        return handle, handle not in self.confirmed
 
     def txn_for(self, raw: str) -> int:
         k = self.txns.get(raw)
@@ -138,11 +151,77 @@ class ClientWireState:
 
 
 @dataclass
-class ServerWireState:
-    """One session's handles and transaction scope, on the server gateway."""
+class Journal:
+    """What one request's definitions changed in a ``ServerWireState``, so
+    they can be taken back (the homeserver refused the request's token:
+    definitions are kept only for a device with a valid account), and
+    whether one *changed* a value (a client that lost its state)."""
 
-    handles: dict[int, str] = field(default_factory=dict)
-    scope: str | None = None
+    previous: list[tuple[int | str, str | None]] = field(default_factory=list)
+    changed: bool = False
+
+
+class ServerWireState:
+    """One device's handles and transaction scope, on the server gateway.
+
+    Bounded: at most ``max_handles`` definitions and ``max_bytes`` of their
+    values, least recently used evicted first.  Evicting is always safe: a
+    handle is only ever given one value by its client, which answers
+    Handle-Unknown by defining it again.
+    """
+
+    def __init__(self, max_handles: int = MAX_HANDLES, max_bytes: int = MAX_DEFINITION_BYTES):
+        self.handles: OrderedDict[int, str] = OrderedDict()
+        self.scope: str | None = None
+        self.max_handles = max_handles
+        self.max_bytes = max_bytes
+        self.bytes = 0
+
+    def lookup(self, handle: int) -> str | None:
+        value = self.handles.get(handle)
+        if value is not None:
+            self.handles.move_to_end(handle)
+        return value
+
+    def define(self, handle: int, value: str, journal: Journal | None = None) -> None:
+        old = self.handles.get(handle)
+        if old == value:
+            self.handles.move_to_end(handle)
+            return
+        if journal is not None:
+            journal.previous.append((handle, old))
+            journal.changed |= old is not None
+        self._put(handle, value)
+
+    def define_scope(self, scope: str, journal: Journal | None = None) -> None:
+        if scope == self.scope:
+            return
+        if journal is not None:
+            journal.previous.append((SCOPE, self.scope))
+            journal.changed |= self.scope is not None
+        self.scope = scope
+
+    def undo(self, journal: Journal) -> None:
+        for key, old in reversed(journal.previous):
+            if key == SCOPE:
+                self.scope = old
+            elif old is None:
+                self._drop(key)  # type: ignore[arg-type]
+            else:
+                self._put(key, old)  # type: ignore[arg-type]
+        journal.previous.clear()
+
+    def _put(self, handle: int, value: str) -> None:
+        self._drop(handle)
+        self.handles[handle] = value
+        self.bytes += len(value)
+        while len(self.handles) > self.max_handles or self.bytes > self.max_bytes:
+            self._drop(next(iter(self.handles)))
+
+    def _drop(self, handle: int) -> None:
+        value = self.handles.pop(handle, None)
+        if value is not None:
+            self.bytes -= len(value)
 
 
 # ----------------------------------------------------------------- encoding
@@ -176,13 +255,14 @@ def _literal(kind: str, raw: str) -> str | bytes:
     return raw
 
 
-def _encode_param(kind: str | None, raw: str, state: ClientWireState, cbor_table: CborTable) -> Any:
+def _encode_param(kind: str | None, raw: str, state: ClientWireState, cbor_table: CborTable,
+                  carried: set[int | str]) -> Any:
     if kind in HANDLE_KINDS:
         handle, define = state.handle_for(kind, raw)
         if handle is None:
             return _literal(kind, raw)
         if define:
-            state.defined.add(handle)
+            carried.add(handle)
             return [handle, _literal(kind, raw)]
         return handle
     if kind == EVENT_TYPE:
@@ -190,8 +270,8 @@ def _encode_param(kind: str | None, raw: str, state: ClientWireState, cbor_table
         return raw if code is None else code
     if kind == TXN and "%" not in raw:
         k = state.txn_for(raw)
-        if not state.scope_sent:
-            state.scope_sent = True
+        if not state.scope_confirmed:
+            carried.add(SCOPE)
             return [k, state.scope]
         return k
     if kind is not None:
@@ -205,8 +285,12 @@ def message_param(body: MessageBody) -> int:
 
 
 def encode_route(template: Template, params: list[str], schemas: SchemaTable, cbor_table: CborTable,
-                 state: ClientWireState, message: MessageBody | None = None) -> bytes:
-    """The Route option value for ``template`` with raw ``params``."""
+                 state: ClientWireState, message: MessageBody | None = None,
+                 carried: set[int | str] | None = None) -> bytes:
+    """The Route option value for ``template`` with raw ``params``; the
+    definitions it carries are added to ``carried`` (confirm them with
+    ``ClientWireState.confirm`` once the server answered)."""
+    carried = set() if carried is None else carried
     items: list[Any] = [option_code(template, schemas)]
     names = _param_names(template)
     for name, raw in zip(names, params):
@@ -214,7 +298,7 @@ def encode_route(template: Template, params: list[str], schemas: SchemaTable, cb
         if message is not None and kind == EVENT_TYPE:
             items.append(message_param(message))
         else:
-            items.append(_encode_param(kind, raw, state, cbor_table))
+            items.append(_encode_param(kind, raw, state, cbor_table, carried))
     value = b"".join(cbor2.dumps(item) for item in items)
     if len(value) > MAX_VALUE:
         raise RouteError(f"Route option of {len(value)} bytes exceeds {MAX_VALUE}")
@@ -296,19 +380,20 @@ def _is_uint(item: Any) -> bool:
     return type(item) is int and 0 <= item < 1 << 32
 
 
-def _decode_param(kind: str | None, item: Any, state: ServerWireState, cbor_table: CborTable) -> str:
+def _decode_param(kind: str | None, item: Any, state: ServerWireState, cbor_table: CborTable,
+                  journal: Journal | None) -> str:
     if kind in HANDLE_KINDS and type(item) in (int, list):
         if isinstance(item, list):
             if len(item) != 2 or not _is_uint(item[0]) or item[0] >= MAX_HANDLES:
                 raise RouteError("a handle definition is [handle < 1024, value]")
             value = _text_form(kind, item[1])
-            state.handles[item[0]] = value
+            state.define(item[0], value, journal)
             return value
         if not _is_uint(item):
             raise RouteError(f"handle {item} is not an unsigned integer")
-        value = state.handles.get(item)
+        value = state.lookup(item)
         if value is None:
-            raise HandleUnknown(f"handle {item} is not defined in this session")
+            raise HandleUnknown(f"handle {item} is not defined for this device")
         return value
     if kind == EVENT_TYPE and type(item) is int:
         name = cbor_table.value_names.get("type", {}).get(item) if item >= 0 else None
@@ -319,18 +404,18 @@ def _decode_param(kind: str | None, item: Any, state: ServerWireState, cbor_tabl
         if isinstance(item, list):
             if len(item) != 2 or not isinstance(item[1], str) or not re.fullmatch(r"[a-z0-9]{1,32}", item[1]):
                 raise RouteError("a txn scope definition is [k, scope of 1-32 a-z0-9]")
-            state.scope = item[1]
+            state.define_scope(item[1], journal)
             item = item[0]
         if not _is_uint(item):
             raise RouteError(f"transaction {item} is not an unsigned integer")
         if state.scope is None:
-            raise HandleUnknown("no transaction scope in this session")
+            raise HandleUnknown("no transaction scope for this device")
         return f"{state.scope}.{item}"
     return _text_form(kind, item)
 
 
 def decode_route(value: bytes, table: RouteTable, schemas: SchemaTable, cbor_table: CborTable,
-                 state: ServerWireState) -> DecodedRoute:
+                 state: ServerWireState, journal: Journal | None = None) -> DecodedRoute:
     """Template and raw parameters of a Route option; HandleUnknown or RouteError."""
     items = _items(value)
     code = items[0]
@@ -355,5 +440,5 @@ def decode_route(value: bytes, table: RouteTable, schemas: SchemaTable, cbor_tab
             message = (m, raw == 0)
             params.append(schemas.message_event_type)
             continue
-        params.append(routes.check_segment(_decode_param(kind, item, state, cbor_table)))
+        params.append(routes.check_segment(_decode_param(kind, item, state, cbor_table, journal)))
     return DecodedRoute(template, params, message)

@@ -69,6 +69,8 @@ class ServerGatewayCounters:
     refused_admin: int = 0
     token_unbound: int = 0
     handle_unknown: int = 0
+    #: definitions that gave a handle a new value (a client bug; counted, logged)
+    redefinitions: int = 0
     upstream_errors: int = 0
     by_status: dict[int, int] = field(default_factory=dict)
     latency: Histogram = field(default_factory=Histogram)
@@ -132,6 +134,11 @@ class ServerGateway(resource.Resource):
                 self.counters.handle_unknown += 1
             return resolved.reply
         http_request = resolved.http
+        if resolved.redefined:
+            # a client never gives a handle another value: one that lost its
+            # state says so in its handshake (secure layer, RESTART/UNBOUND)
+            self.counters.redefinitions += 1
+            log.warning("a device redefined a handle without announcing it had lost its state")
         if not self.config.allow_admin and self._is_admin(http_request.target):
             self.counters.refused_admin += 1
             response = matrix_error(403, "M_FORBIDDEN", "admin APIs are not reachable through the low-bandwidth gateway")

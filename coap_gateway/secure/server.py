@@ -221,6 +221,16 @@ class ServerEndpoint:
         self.strikes.expire(now)
         return out
 
+    def close_sessions_of(self, client_public: bytes, keep: bytes | None = None) -> list[ServerOutput]:
+        """Close every session of the device with static key ``client_public``
+        but ``keep``: a device that lost its state (it redefined its handles)
+        is a new instance, and frames still arriving in its old sessions —
+        late, or replayed — must not run under its new definitions."""
+        out: list[ServerOutput] = []
+        for session in [s for s in self._sessions.values() if s.client_public == client_public and s.id != keep]:
+            self._remove_session(session, "closed: the device started over", out)
+        return out
+
     def session_address(self, session_id: bytes) -> Hashable | None:
         session = self._sessions.get(session_id)
         return session.addr if session else None

@@ -110,7 +110,6 @@ class SecureServerCodec:
     def _transmit(self, addr: Hashable, data: bytes) -> None:
         if self._host is not None:
             self._host.send_datagram(addr, data)
-
     def _arm_timer(self) -> None:
         deadline = self.endpoint.next_timer()
         if self._timer is not None:

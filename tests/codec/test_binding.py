@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import random
+
 import pytest
 from aiocoap import Message
 from aiocoap.numbers.codes import Code
 from aiocoap.numbers.types import CON
 from aiocoap.optiontypes import OpaqueOption
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from coap_gateway.codec import (
     Attempt,
@@ -22,16 +26,24 @@ from coap_gateway.codec import (
     options,
     response_to_coap,
 )
+from coap_gateway.codec.binding import MAX_TOKENS_PER_DEVICE, decode_token_definition, encode_token_definition
 from coap_gateway.codec.route_option import ServerWireState
+from coap_gateway.errors import CodecError
 
 LB3 = load_profile("lb3")
 ROOM = "!Z_3p6J2e5-kYV4J1fal9-sgzkAvoytJ1NYsGTdpIa3g"
+ROOM2 = "!aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
 SEND = f"/_matrix/client/v3/rooms/{ROOM}/send/m.room.message/nio-1"
 BODY = b'{"msgtype":"m.text","body":"Hello, see you at 5pm"}'
+WHOAMI = "/_matrix/client/v3/account/whoami"
 
 
-def send(token: str | None = "tok-alice", txn: str = "nio-1") -> HttpRequest:
-    return HttpRequest("PUT", SEND.replace("nio-1", txn), BODY, "application/json", token)
+def send(token: str | None = "tok-alice", txn: str = "nio-1", room: str = ROOM) -> HttpRequest:
+    return HttpRequest("PUT", SEND.replace("nio-1", txn).replace(ROOM, room), BODY, "application/json", token)
+
+
+def whoami(token: str | None = "tok-alice") -> HttpRequest:
+    return HttpRequest("GET", WHOAMI, access_token=token)
 
 
 def crossing(message: Message, remote: object = "device-a") -> Message:
@@ -40,48 +52,66 @@ def crossing(message: Message, remote: object = "device-a") -> Message:
     return Message.decode(message.encode(), remote)
 
 
-def token_options(message: Message) -> tuple[bytes | None, bool]:
-    given = message.opt.get_option(options.ACCESS_TOKEN)
-    return (given[0].value if given else None), bool(message.opt.get_option(options.NO_TOKEN))
+def token_options(message: Message) -> tuple[bytes | None, int | None, bool]:
+    """(Access-Token value, Token-Handle, No-Token) of a request."""
+    given_ = message.opt.get_option(options.ACCESS_TOKEN)
+    bare = message.opt.get_option(options.TOKEN_HANDLE)
+    return ((given_[0].value if given_ else None), (bare[0].value if bare else None),
+            bool(message.opt.get_option(options.NO_TOKEN)))
 
 
-def test_the_token_crosses_once_then_the_binding_stands_for_it():
+def answered(message: Message) -> Message:
+    """What the server gateway sends back for a forwarded request."""
+    return response_to_coap(HttpResponse(200, b"{}", "application/json"), LB3)
+
+
+def test_token_definition_bytes():
+    assert encode_token_definition(0, "syt_abc") == b"\x00syt_abc"
+    assert encode_token_definition(23, "t") == b"\x17t"
+    assert encode_token_definition(24, "t") == b"\x18\x18t"
+    assert encode_token_definition(300, "t") == b"\x19\x01\x2ct"
+    for handle, token in ((0, "syt_abc"), (23, "t"), (24, "t"), (300, "t"), (70000, "x" * 1024)):
+        assert decode_token_definition(encode_token_definition(handle, token)) == (handle, token)
+    for bad in (b"", b"\x00", b"\x20tok", b"\x18", b"\x00to k", b"\x00t\x00k", b"\x00" + b"x" * 1025, b"\x00\xc3\xa9"):
+        with pytest.raises(CodecError):
+            decode_token_definition(bad)
+
+
+def test_a_token_is_defined_until_confirmed_then_its_handle_stands_for_it():
     client = ClientBinding(LB3)
-    first = client.request(send())
-    assert token_options(first) == (b"tok-alice", False)
-    second = client.request(send(txn="nio-2"))
-    assert token_options(second) == (None, False)  # the bound token: no option at all
-    assert client.counters.token_sent == 1
-    # a request without a token says so: "no option" always means "the bound token"
-    assert token_options(client.request(HttpRequest("GET", "/_matrix/client/versions"))) == (None, True)
-    # a different token crosses again (and is bound instead)
-    assert token_options(client.request(send("tok-bob", "nio-3"))) == (b"tok-bob", False)
+    a1, a2 = Attempt(), Attempt()
+    first = client.request(whoami(), a1)
+    concurrent = client.request(whoami(), a2)  # before the first was answered: it defines the token too
+    assert token_options(first) == (b"\x00tok-alice", None, False)
+    assert token_options(concurrent) == (b"\x00tok-alice", None, False)
+    assert client.resend(answered(first), a1) is None  # answered: confirmed
+    later = client.request(whoami())
+    assert token_options(later) == (None, None, False)  # handle 0: no option at all
     assert client.counters.token_sent == 2
+    # a request without a token says so
+    assert token_options(client.request(HttpRequest("GET", "/_matrix/client/versions"))) == (None, None, True)
 
 
-def test_server_binds_the_token_to_the_device_across_sessions():
+def test_a_second_account_gets_its_own_handle():
     client, server = ClientBinding(LB3), ServerBinding(LB3)
-    server.session_started("session-1", b"device-key")
-    resolved = server.resolve(crossing(client.request(send()), "session-1"))
-    assert isinstance(resolved, Resolved) and resolved.token == "tok-alice"
-    assert resolved.http.target == SEND.replace("nio-1", f"{client.wire.scope}.0")
-    assert resolved.http.body == BODY
-    server.forget_session("session-1")  # the device's state outlives the session
-    server.session_started("session-2", b"device-key")
-    again = server.resolve(crossing(client.request(send(txn="nio-2")), "session-2"))
-    assert isinstance(again, Resolved) and again.token == "tok-alice"
-
-
-WHOAMI = "/_matrix/client/v3/account/whoami"
-
-
-def whoami(token: str | None = "tok-alice") -> HttpRequest:
-    return HttpRequest("GET", WHOAMI, access_token=token)
+    for token in ("tok-alice", "tok-bob"):
+        attempt = Attempt()
+        message = client.request(whoami(token), attempt)
+        assert isinstance(server.resolve(crossing(message)), Resolved)
+        client.resend(answered(message), attempt)
+    alice, bob = client.request(whoami("tok-alice")), client.request(whoami("tok-bob"))
+    assert token_options(alice) == (None, None, False)
+    assert token_options(bob) == (None, 1, False)  # Token-Handle 1: 4 bytes on the wire
+    # the server resolves each by the handle it names, in any order
+    for message, token in ((bob, "tok-bob"), (alice, "tok-alice"), (bob, "tok-bob")):
+        resolved = server.resolve(crossing(message))
+        assert isinstance(resolved, Resolved) and resolved.token == token
 
 
 def test_token_unbound_then_resent_with_the_token():
     client = ClientBinding(LB3)
-    client.request(whoami())  # believed bound; the server never read it (lost, or it restarted)
+    attempt = Attempt()
+    client.resend(answered(client.request(whoami(), attempt)), attempt)  # confirmed by a server that then restarted
     server = ServerBinding(LB3)
     attempt = Attempt()
     message = client.request(whoami(), attempt)
@@ -89,9 +119,9 @@ def test_token_unbound_then_resent_with_the_token():
     assert isinstance(refused, Refused) and refused.reason == "token_unbound"
     assert refused.reply.code == Code.UNAUTHORIZED and refused.reply.opt.get_option(options.TOKEN_UNBOUND)
     assert client.resend(refused.reply, attempt) == Resend(with_token=True)
-    assert client.bound_token is None and client.counters.token_rebinds == 1
+    assert client.counters.token_rebinds == 1
     resent = client.request(whoami(), attempt)
-    assert token_options(resent) == (b"tok-alice", False)
+    assert token_options(resent) == (b"\x00tok-alice", None, False)
     resolved = server.resolve(crossing(resent))
     assert isinstance(resolved, Resolved) and resolved.token == "tok-alice" and resolved.http.target == WHOAMI
     # a second Token-Unbound for the same request is an answer, not another resend
@@ -100,8 +130,10 @@ def test_token_unbound_then_resent_with_the_token():
 
 def test_handle_unknown_then_resent_with_definitions():
     client, server = ClientBinding(LB3), ServerBinding(LB3)
-    first = client.request(send())
+    attempt = Attempt()
+    first = client.request(send(), attempt)
     assert isinstance(server.resolve(crossing(first)), Resolved)
+    client.resend(answered(first), attempt)
     server.device("device-a").wire = ServerWireState()  # the server lost the definitions, not the token
     attempt = Attempt()
     bare = client.request(send(txn="nio-2"), attempt)
@@ -132,34 +164,51 @@ def test_resends_end_after_three_attempts():
         if isinstance(outcome, HttpResponse):
             break
     assert outcomes == ["Resend", "Resend", "HttpResponse"]
+    assert client.wire.confirmed == set()  # a refusal confirms nothing
 
 
-def test_a_successful_logout_unbinds_on_both_sides():
+def test_a_successful_logout_retires_the_handle_on_both_sides():
     client, server = ClientBinding(LB3), ServerBinding(LB3)
-    server.resolve(crossing(client.request(send())))
+    attempt = Attempt()
+    message = client.request(whoami(), attempt)
+    server.resolve(crossing(message))
+    client.resend(answered(message), attempt)
     logout = HttpRequest("POST", "/_matrix/client/v3/logout", b"{}", "application/json", "tok-alice")
     message = client.request(logout)
     resolved = server.resolve(crossing(message))
-    assert isinstance(resolved, Resolved) and resolved.token == "tok-alice"
+    assert isinstance(resolved, Resolved) and resolved.token == "tok-alice" and resolved.handle == 0
     ok = HttpResponse(200, b"{}", "application/json")
     server.after(crossing(message), resolved, ok)
-    assert server.device("device-a").token is None
+    assert 0 not in server.device("device-a").tokens
     client.response(logout, message, response_to_coap(ok, LB3))
-    assert client.bound_token is None
-    # the next request with that token carries it again (and Synapse will refuse it)
-    assert token_options(client.request(send(txn="nio-9")))[0] == b"tok-alice"
+    # handle 0 is never used again: the next login's token is handle 1
+    assert token_options(client.request(whoami("tok-alice-2")))[0] == b"\x01tok-alice-2"
 
 
-def test_a_failed_logout_keeps_the_binding():
+def test_a_refused_token_keeps_nothing_it_defined():
+    """Definitions are kept only for a device whose token the homeserver accepts."""
     client, server = ClientBinding(LB3), ServerBinding(LB3)
-    logout = HttpRequest("POST", "/_matrix/client/v3/logout", b"{}", "application/json", "tok-alice")
-    message = client.request(logout)
+    message = client.request(send("bogus"))
     resolved = server.resolve(crossing(message))
-    refused = HttpResponse(401, b'{"errcode":"M_UNKNOWN_TOKEN"}', "application/json")
+    assert isinstance(resolved, Resolved) and server.sizes()["handles"] == 1 and server.sizes()["tokens"] == 1
+    refused = HttpResponse(401, b'{"errcode":"M_UNKNOWN_TOKEN","error":"Invalid access token passed."}',
+                           "application/json")
     server.after(crossing(message), resolved, refused)
-    assert server.device("device-a").token == "tok-alice"
-    client.response(logout, message, response_to_coap(refused, LB3))
-    assert client.bound_token == "tok-alice"
+    assert server.sizes() == {"devices": 1, "tokens": 0, "token_bytes": 0, "handles": 0, "handle_bytes": 0}
+    assert server.device("device-a").wire.scope is None
+
+
+def test_a_client_that_lost_its_state_is_recognised():
+    server = ServerBinding(LB3)
+    old, new = ClientBinding(LB3), ClientBinding(LB3)
+    first = server.resolve(crossing(old.request(send())))
+    assert isinstance(first, Resolved) and not first.redefined
+    again = server.resolve(crossing(old.request(send(txn="nio-2"))))
+    assert isinstance(again, Resolved) and not again.redefined  # the same definitions again: nothing changed
+    # a new instance (no state) gives handle 0 to another token and room handle 0 to another room
+    restarted = server.resolve(crossing(new.request(send("tok-other", room=ROOM2))))
+    assert isinstance(restarted, Resolved) and restarted.redefined
+    assert restarted.token == "tok-other" and ROOM2 in restarted.http.target
 
 
 @pytest.mark.parametrize("target, logout", [
@@ -180,12 +229,18 @@ def test_malformed_requests_are_refused_before_anything_is_forwarded():
     server = ServerBinding(LB3)
     bad = Message(code=Code.PUT)
     bad.opt.add_option(OpaqueOption(options.ROUTE, b"\xff\xff"))
+    bad.opt.add_option(OpaqueOption(options.NO_TOKEN, b""))
     refused = server.resolve(crossing(bad))
     assert isinstance(refused, Refused) and refused.reason == "malformed"
     assert refused.reply.code == Code.BAD_REQUEST and refused.reply.payload
+    two = Message(code=Code.GET, uri_path=["_matrix", "client", "versions"])
+    two.opt.add_option(OpaqueOption(options.NO_TOKEN, b""))
+    two.opt.add_option(OpaqueOption(options.ACCESS_TOKEN, b"\x00tok"))
+    assert isinstance(server.resolve(crossing(two)), Refused)
+    assert server.sizes()["tokens"] == 0
 
 
-def test_device_table_is_bounded_least_recent_first():
+def test_device_table_and_tokens_are_bounded():
     server = ServerBinding(LB3, max_devices=3)
     for n in range(5):
         server.device(f"device-{n}")
@@ -193,3 +248,78 @@ def test_device_table_is_bounded_least_recent_first():
     server.device("device-2")
     server.device("device-5")
     assert list(server.devices) == ["device-4", "device-2", "device-5"]
+    client = ClientBinding(LB3)
+    for n in range(MAX_TOKENS_PER_DEVICE + 5):
+        server.resolve(crossing(client.request(whoami(f"tok-{n}")), "device-5"))
+    assert len(server.device("device-5").tokens) == MAX_TOKENS_PER_DEVICE
+
+
+# ----------------------------------------------------- the property itself
+
+
+@settings(max_examples=300, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), loss=st.sampled_from([0.0, 0.2, 0.5]),
+       restarts=st.booleans(), evict=st.booleans(), client_restarts=st.booleans())
+def test_no_request_ever_runs_under_another_token_or_room(seed, loss, restarts, evict, client_restarts):
+    """Four accounts on one device, requests interleaved at random, lost,
+    reordered and duplicated; the server restarting and evicting; the client
+    gateway restarting without its state while its old requests are still
+    on the way: every request the server forwards runs under its own token,
+    in its own room."""
+    rng = random.Random(seed)
+    client, server = ClientBinding(LB3), ServerBinding(LB3)
+    generation, closed_below = 0, 0
+    tokens = ["tok-a", "tok-b", "tok-c", "tok-d"]
+    rooms = [ROOM, ROOM2, "!bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb", "!c:example.org"]
+    in_flight: list[tuple[int, int, Message]] = []  # (request index, client generation, message) on the link
+    pending: dict[int, tuple[ClientBinding, HttpRequest, Attempt]] = {}
+    forwarded = 0
+    for step in range(150):
+        action = rng.random()
+        if action < 0.35 or not in_flight:
+            token = rng.choice(tokens)
+            request = send(token, f"t{step}", rng.choice(rooms)) if rng.random() < 0.7 else whoami(token)
+            attempt = Attempt()
+            pending[step] = (client, request, attempt)
+            in_flight.append((step, generation, client.request(request, attempt)))
+            continue
+        if client_restarts and action > 0.98:
+            # a new instance, every handle numbered anew; its first handshake
+            # says UNBOUND, and once it is validated the server closes the
+            # device's older sessions (their frames stop) and resets its binding
+            client, generation = ClientBinding(LB3), generation + 1
+            closed_below = generation
+            server.reset_device("device-a")
+            rng.shuffle(tokens)
+            rng.shuffle(rooms)
+            continue
+        if restarts and action > 0.96:
+            server = ServerBinding(LB3)  # every definition lost
+            continue
+        if evict and action > 0.93:
+            device = server.device("device-a")
+            if rng.random() < 0.5:
+                device.tokens.clear()  # the server evicted the device's tokens
+            else:
+                device.wire = ServerWireState()  # … or its handle definitions
+            continue
+        i, gen, message = in_flight.pop(rng.randrange(len(in_flight)))  # any order
+        if gen < closed_below or rng.random() < loss:
+            continue  # its session was closed, or it (or its answer) was lost
+        if rng.random() < 0.1:
+            in_flight.append((i, gen, message))  # duplicated
+        owner, request, attempt = pending[i]
+        result = server.resolve(crossing(message))
+        if isinstance(result, Resolved):
+            forwarded += 1
+            assert result.token == request.access_token, (i, result.token, request.access_token)
+            if request.method == "PUT":
+                assert result.http.target.split("/")[5] == request.target.split("/")[5]
+            assert not result.redefined  # a client never gives a handle another value
+            reply = answered(message)
+        else:
+            reply = result.reply
+        outcome = owner.reply(request, message, reply, attempt)
+        if isinstance(outcome, Resend) and owner is client:
+            in_flight.append((i, gen, owner.request(request, attempt)))
+    assert forwarded > 0

@@ -50,9 +50,18 @@ def route_value(message: Message) -> bytes:
     return message.opt.get_option(options.ROUTE)[0].value
 
 
+def confirmed(client: ClientWireState, request: HttpRequest) -> Message:
+    """The request, and the server answered it: its definitions are confirmed
+    (what ``binding`` does), so the next request uses the handles bare."""
+    carried: set = set()
+    message = request_to_coap(request, PROFILE, client, carried)
+    client.confirm(carried)
+    return message
+
+
 def test_reference_send_cold_then_warm_byte_by_byte():
     client, server = ClientWireState(scope="lbabcdefghij"), ServerWireState()
-    first = request_to_coap(HttpRequest("PUT", SEND, BODY, "application/json"), PROFILE, client)
+    first = confirmed(client, HttpRequest("PUT", SEND, BODY, "application/json"))
     # code 0 (client.send), [handle 0, 32 bytes of room], -1 (m.text, deflated), [txn 0, scope]
     assert route_value(first) == bytes.fromhex("00 82 00 5820") + ROOM_BYTES + bytes.fromhex("20 82 00 6c") + b"lbabcdefghij"
     second = request_to_coap(HttpRequest("PUT", SEND.replace(TXN, "t2"), BODY, "application/json"), PROFILE, client)
@@ -71,7 +80,7 @@ def test_reference_send_cold_then_warm_byte_by_byte():
 
 def test_same_client_txn_maps_to_the_same_homeserver_txn_and_back():
     client = ClientWireState(scope="lbscope00001")
-    a = route_value(request_to_coap(HttpRequest("PUT", SEND, BODY, "application/json"), PROFILE, client))
+    a = route_value(confirmed(client, HttpRequest("PUT", SEND, BODY, "application/json")))
     b = route_value(request_to_coap(HttpRequest("PUT", SEND, BODY, "application/json"), PROFILE, client))
     assert cbor2.loads(a[-1:]) == 0 or a.endswith(b"lbscope00001")  # first: [0, scope]
     assert b == bytes.fromhex("00 00 20 00")  # a retry: the same txn number
@@ -79,10 +88,22 @@ def test_same_client_txn_maps_to_the_same_homeserver_txn_and_back():
     assert restored == b'{"unsigned":{"transaction_id":"' + TXN.encode() + b'"},"x":"lbscope00001.99"}'
 
 
+def test_definitions_travel_until_confirmed():
+    """Concurrent requests before the first is answered all carry the
+    definitions: a bare handle never reaches a server that may lack it."""
+    client = ClientWireState(scope="lbabcdefghij")
+    first = route_value(request_to_coap(HttpRequest("PUT", SEND, BODY, "application/json"), PROFILE, client))
+    second = route_value(request_to_coap(HttpRequest("PUT", SEND.replace(TXN, "t2"), BODY, "application/json"),
+                                         PROFILE, client))
+    assert len(second) == len(first)  # the same definitions again
+    assert list(_items(first))[1] == list(_items(second))[1] == [0, ROOM_BYTES]
+    assert (list(_items(first))[3], list(_items(second))[3]) == ([0, "lbabcdefghij"], [1, "lbabcdefghij"])
+
+
 def test_a_new_session_without_definitions_is_refused_not_guessed():
     client, old, new = ClientWireState(), ServerWireState(), ServerWireState()
     for _ in range(2):
-        msg = request_to_coap(HttpRequest("PUT", SEND, BODY, "application/json"), PROFILE, client)
+        msg = confirmed(client, HttpRequest("PUT", SEND, BODY, "application/json"))
         coap_to_request(Message.decode(encode(msg)), PROFILE, old)
     warm = request_to_coap(HttpRequest("PUT", SEND, BODY, "application/json"), PROFILE, client)
     with pytest.raises(HandleUnknown):

@@ -58,3 +58,29 @@ def test_payload_vectors_decode(v):
     # deflate output may differ between zlib-ng releases; its size may not grow
     encoded = payload.body_to_payload(v["json"].encode(), "application/json", profile)
     assert len(encoded.payload) <= len(bytes.fromhex(v["payload_hex"]))
+
+
+def test_binding_vectors_resolve_in_order():
+    """The server side reads the binding vectors (decoded from their bytes
+    only) into the client's requests and tokens; the client side rebuilds
+    them byte for byte."""
+    from aiocoap.numbers.types import CON
+
+    from coap_gateway.codec import Attempt, ClientBinding, HttpRequest, HttpResponse, Resolved, ServerBinding
+    from coap_gateway.codec import response_to_coap
+
+    profile = load_profile("lb3")
+    server, client = ServerBinding(profile), ClientBinding(profile)
+    client.wire.scope = "lbvectors000"
+    for v in VECTORS["binding"]:
+        resolved = server.resolve(Message.decode(bytes.fromhex(v["coap_hex"]), "device"))
+        assert isinstance(resolved, Resolved) and resolved.token == v["token"]
+        assert resolved.http.method == v["method"]
+        assert resolved.http.target == v["target"].replace("nio-1", "lbvectors000.0").replace("nio-2", "lbvectors000.1")
+        body = b'{"msgtype":"m.text","body":"Hello, see you at 5pm"}' if v["method"] == "PUT" else b""
+        request = HttpRequest(v["method"], v["target"], body, "application/json" if body else None, v["token"])
+        attempt = Attempt()
+        message = client.request(request, attempt)
+        message.mtype, message.mid, message.token = CON, 0x1234, b""
+        assert message.encode().hex() == v["coap_hex"]
+        client.resend(response_to_coap(HttpResponse(200, b"{}", "application/json"), profile), attempt)
