@@ -23,13 +23,12 @@ from ..secure import (
     PinStore,
     ServerEndpoint,
     ServerLimits,
-    SessionClosed,
-    SessionEstablished,
     keys,
 )
 from ..transport import (
     SERVER_KEY,
     DatagramLink,
+    DeviceEvent,
     LinkAddress,
     LinkBudget,
     LinkEndpoint,
@@ -60,7 +59,7 @@ class RunningServer:
         codec = self.codec
 
         def budget_for(remote: LinkAddress) -> LinkBudget | None:
-            address = codec.endpoint.session_address(remote.key) if codec is not None else remote.key
+            address = codec.device_address(remote.key) if codec is not None else remote.key
             return budget_for_address(address)
 
         self.endpoint.set_peer_budgets(budget_for)
@@ -110,14 +109,19 @@ async def start_server(link: DatagramLink, *, homeserver: str, profile: Profile,
                                                 advertisement=advertisement), sync_push=push)
     codec: SecureServerCodec | None = None
     if static_private is not None:
-        def on_session(event: SessionEstablished | SessionClosed) -> None:
-            if isinstance(event, SessionClosed):
-                gateway.forget_session(endpoint.remote(event.session_id))
+        def on_device(event: DeviceEvent) -> None:
+            remote = endpoint.remote(event.key)
+            if event.kind == "session":
+                gateway.session_started(remote, event.key.public)
+            elif event.kind == "gone":
+                gateway.forget_session(remote)
             else:
-                gateway.session_started(endpoint.remote(event.session_id), event.client_static_public)
+                assert event.previous is not None
+                gateway.device_restarted(endpoint.remote(event.previous), event.key.public, unbound=event.unbound)
+                gateway.session_started(remote, event.key.public)
 
         codec = SecureServerCodec(ServerEndpoint(static_private, {profile.id: profile_wire_digest(profile)},
-                                                 limits=limits), clock=clock, on_session=on_session)
+                                                 limits=limits), clock=clock, on_device=on_device)
     endpoint = await create_link_endpoint(link, site=gateway, codec=codec, loggername="coap.server")
     gateway.attach(endpoint)
     return RunningServer(endpoint, gateway, codec)
@@ -140,7 +144,8 @@ async def start_client(link: DatagramLink, server_addr: Hashable, *, profile: Pr
                                         clock=clock)
         else:
             codec = SecureClientCodec(ClientEndpoint(static_private, profile.id, profile_wire_digest(profile),
-                                                     server_public=server_public), server_addr, clock=clock)
+                                                     server_public=server_public, restart=True, unbound=True),
+                                      server_addr, clock=clock)
     endpoint = await create_link_endpoint(link, codec=codec, loggername="coap.client")
     key = SERVER_KEY if codec is not None else server_addr
     push = sync_push if isinstance(sync_push, SyncPushClientConfig) else SyncPushClientConfig(enabled=bool(sync_push))

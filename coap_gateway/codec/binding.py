@@ -51,7 +51,14 @@ from aiocoap.optiontypes import OpaqueOption, UintOption
 
 from ..errors import CodecError, GatewayError
 from . import options
-from .mapping import HttpRequest, HttpResponse, coap_to_request, coap_to_response, compact_route_name, request_to_coap
+from .mapping import (
+    HttpRequest,
+    HttpResponse,
+    coap_to_request,
+    coap_to_response,
+    compact_route_name,
+    request_to_coap,
+)
 from .profile import Profile
 from .route_option import ClientWireState, HandleUnknown, Journal, ServerWireState
 

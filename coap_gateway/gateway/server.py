@@ -104,8 +104,18 @@ class ServerGateway(resource.Resource):
         """A secure session of the device with static key ``device_key``."""
         self.binding.session_started(remote, device_key)
 
+    def device_restarted(self, previous: Hashable, device_key: Hashable, *, unbound: bool) -> None:
+        """A new client process of the device proved itself: what its old one
+        (CoAP remote ``previous``) observed is gone, and, ``unbound``, so is
+        what it had bound."""
+        if self.sync_push is not None:
+            self.sync_push.forget_session(previous)
+        self.binding.forget_session(previous)
+        if unbound:
+            self.binding.reset_device(device_key)
+
     def forget_session(self, remote: Hashable) -> None:
-        """The session is gone (its observations with it); the device's
+        """The device's last session is gone (its observations with it); its
         bound state stays (LRU-bounded)."""
         if self.sync_push is not None:
             self.sync_push.forget_session(remote)

@@ -41,7 +41,8 @@ class ClientEndpoint:
     def __init__(self, static_private: bytes, profile_id: int, profile_digest: bytes, *,
                  server_public: bytes | None = None, rng: Rng = os.urandom,
                  rekey_interval: int = sf.DEFAULT_REKEY_INTERVAL,
-                 duplicate_lifetime: float = sf.DEFAULT_DUPLICATE_LIFETIME, max_queued: int = 8) -> None:
+                 duplicate_lifetime: float = sf.DEFAULT_DUPLICATE_LIFETIME, max_queued: int = 8,
+                 restart: bool = False, unbound: bool = False) -> None:
         self._static = static_private
         self._profile = (profile_id, profile_digest)
         self.server_public = server_public
@@ -52,8 +53,13 @@ class ClientEndpoint:
         self.handshake: ClientSession | None = None
         self.channel: SecureChannel | None = None
         self._queue: deque[bytes] = deque()
-        self._recent: OrderedDict[bytes, bytes] = OrderedDict()  # 4-byte header -> message
+        #: requests sealed recently and not yet answered: frame header -> message
+        self._recent: OrderedDict[bytes, bytes] = OrderedDict()
         self._unconfirmed_xx3: tuple[bytes, bytes] | None = None  # (first message, XX3)
+        #: handshake flags said until the server answers in a session that carried
+        #: them (``frame.FLAG_RESTART``, ``frame.FLAG_UNBOUND``)
+        self.announce_restart, self.announce_unbound = restart, unbound
+        self._announced_in: bytes | None = None
 
     @property
     def session_id(self) -> bytes | None:
@@ -110,16 +116,20 @@ class ClientEndpoint:
         self.channel = None
         self._unconfirmed_xx3 = None
         use_ik = self.server_public is not None and not force_xx
+        announcing = self.announce_restart or self.announce_unbound
         carried = message
         if use_ik and message is not None:
             header = sf.parse_coap_header(message)
-            if not header.is_idempotent_request or len(message) > MAX_EARLY_MESSAGE:
-                carried = None  # the server would refuse it: send it after IK2 instead
+            if not header.is_idempotent_request or len(message) > MAX_EARLY_MESSAGE or announcing:
+                # the server would refuse it (or, announcing, must first restart the
+                # device's state): send it after IK2 instead
+                carried = None
                 self._queue.appendleft(message)
         self.handshake = ClientSession(
             self._static, *self._profile, now=now, server_public=self.server_public if use_ik else None,
             expected_server_public=self.server_public, message=carried, rng=self._rng,
-            rekey_interval=self._rekey_interval, duplicate_lifetime=self._duplicate_lifetime)
+            rekey_interval=self._rekey_interval, duplicate_lifetime=self._duplicate_lifetime,
+            restart=self.announce_restart, unbound=self.announce_unbound)
         out.append(Transmit(None, self.handshake.datagram))
         return out
 
@@ -134,7 +144,8 @@ class ClientEndpoint:
     def _seal_and_send(self, message: bytes, out: list[ClientOutput]) -> None:
         assert self.channel is not None
         frame = self.channel.seal(message)
-        if sf.message_shape(sf.parse_coap_header(message)) is FrameShape.SEQUENCED:
+        header = sf.parse_coap_header(message)
+        if sf.message_shape(header) is FrameShape.SEQUENCED and header.is_request:
             self._recent[frame[:4]] = message
             self._recent.move_to_end(frame[:4])
             while len(self._recent) > RECENT_HEADERS:
@@ -148,6 +159,10 @@ class ClientEndpoint:
         opened = self.channel.open(datagram, now)
         if opened.authenticated:
             self._unconfirmed_xx3 = None  # the server has the session
+            if self._announced_in == self.channel.session_id:
+                # the server validated the session that said RESTART/UNBOUND: said once is enough
+                self.announce_restart = self.announce_unbound = False
+            self._answered(sf.parse_coap_header(opened.message))
         out.append(Deliver(self.channel.session_id, None, opened.message, opened.counter,
                            duplicate=opened.is_retransmission))
 
@@ -168,6 +183,8 @@ class ClientEndpoint:
         self.handshake = None
         self.channel = done.channel
         self.server_public = done.server_public
+        if handshake.restart or handshake.unbound:
+            self._announced_in = done.channel.session_id
         out.append(Connected(done.channel.session_id, done.server_public, handshake.pattern))
         if done.transmit is not None:
             out.append(Transmit(None, done.transmit))
@@ -180,8 +197,23 @@ class ClientEndpoint:
         while self._queue:
             self._seal_and_send(self._queue.popleft(), out)
 
+    def _answered(self, header: sf.CoapHeader) -> None:
+        """An authenticated response: the request it answers is no longer
+        pending, so no RESET can make us send it again."""
+        if not header.is_response:
+            return
+        for frame_header, message in list(self._recent.items()):
+            request = sf.parse_coap_header(message)
+            if (request.message_id == header.message_id if header.type == sf.ACK
+                    else request.token == header.token):
+                del self._recent[frame_header]
+
     def _receive_reset(self, now: float, echoed: bytes, out: list[ClientOutput]) -> None:
-        # RESET is not authenticated: act only when it echoes a frame sent recently
+        # RESET is not authenticated (anyone who saw a frame's clear header can
+        # forge it): act only when it echoes a request sent recently and still
+        # unanswered, so a forged RESET can never make us send an answered
+        # request again; the server deduplicates an unanswered one across the
+        # device's sessions
         message = self._recent.get(echoed)
         if self.channel is None or message is None:
             raise FrameError("RESET does not echo a recent frame")

@@ -62,6 +62,19 @@ class SessionClosed:
 
 
 @dataclass(frozen=True)
+class DeviceRestarted:
+    """Server: a device's new client process proved itself (its session said
+    RESTART and is now validated): the device's other sessions are closed
+    already; the shell forgets its CoAP exchanges and observations, and, when
+    ``unbound``, its token and Route handles.  Comes before the frame that
+    validated the session is delivered."""
+
+    session_id: bytes
+    client_static_public: bytes
+    unbound: bool
+
+
+@dataclass(frozen=True)
 class Dropped:
     """A datagram (or outgoing message) was dropped: for counters and logs."""
 
@@ -85,5 +98,5 @@ class Rehandshake:
     reason: str
 
 
-ServerOutput = Transmit | Deliver | SessionEstablished | SessionClosed | Dropped
+ServerOutput = Transmit | Deliver | SessionEstablished | SessionClosed | DeviceRestarted | Dropped
 ClientOutput = Transmit | Deliver | Connected | Rehandshake | Dropped

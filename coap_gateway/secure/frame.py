@@ -216,6 +216,14 @@ def parse_handshake(datagram: bytes) -> HandshakeFrame:
 
 FLAG_MESSAGE = 0x01  # IK1/XX3: a CoAP message follows; IK2: an answer to it follows
 FLAG_RESEND = 0x02  # IK2: early message not answered here; send it again as data
+#: IK1/XX3: this client starts afresh (a new process): once the session is
+#: validated, the server closes the device's other sessions and forgets its
+#: CoAP exchanges (message IDs start over).  An IK1 with it carries no early data.
+FLAG_RESTART = 0x04
+#: IK1/XX3: the client holds no binding state: the server forgets the
+#: device's token and Route handles (§8a) once the session is validated
+FLAG_UNBOUND = 0x08
+HELLO_FLAGS = FLAG_MESSAGE | FLAG_RESTART | FLAG_UNBOUND
 MINUTES_MODULUS = 1 << 24  # 31.9 years: an IK1 never becomes acceptable again
 
 
@@ -225,6 +233,13 @@ class HelloPayload:
 
     message: bytes | None
     minutes: int | None = None
+    restart: bool = False
+    unbound: bool = False
+
+
+def _hello_flags(message: bytes | None, restart: bool, unbound: bool) -> int:
+    return ((FLAG_MESSAGE if message is not None else 0) | (FLAG_RESTART if restart else 0)
+            | (FLAG_UNBOUND if unbound else 0))
 
 
 @dataclass(frozen=True)
@@ -246,30 +261,36 @@ def minutes_skew(minutes: int, now: float) -> int:
     return d - MINUTES_MODULUS if d >= MINUTES_MODULUS // 2 else d
 
 
-def encode_ik1_payload(message: bytes | None, minutes: int) -> bytes:
-    flags = FLAG_MESSAGE if message is not None else 0
-    return bytes([flags]) + minutes.to_bytes(3, "big") + (message or b"")
+def encode_ik1_payload(message: bytes | None, minutes: int, *, restart: bool = False, unbound: bool = False) -> bytes:
+    if message is not None and (restart or unbound):
+        raise HandshakeError("an IK1 that restarts or unbinds carries no early data")
+    return bytes([_hello_flags(message, restart, unbound)]) + minutes.to_bytes(3, "big") + (message or b"")
 
 
 def decode_ik1_payload(payload: bytes) -> HelloPayload:
     if len(payload) < 4:
         raise HandshakeError("IK1 payload shorter than flags + minutes")
     flags, minutes, rest = payload[0], int.from_bytes(payload[1:4], "big"), bytes(payload[4:])
-    return HelloPayload(_flagged_message(flags, rest, "IK1"), minutes)
+    if flags & FLAG_MESSAGE and flags & (FLAG_RESTART | FLAG_UNBOUND):
+        raise HandshakeError("an IK1 that restarts or unbinds carries no early data")
+    return HelloPayload(_flagged_message(flags, rest, "IK1", HELLO_FLAGS), minutes,
+                        bool(flags & FLAG_RESTART), bool(flags & FLAG_UNBOUND))
 
 
-def encode_xx3_payload(message: bytes | None) -> bytes:
-    return bytes([FLAG_MESSAGE if message is not None else 0]) + (message or b"")
+def encode_xx3_payload(message: bytes | None, *, restart: bool = False, unbound: bool = False) -> bytes:
+    return bytes([_hello_flags(message, restart, unbound)]) + (message or b"")
 
 
 def decode_xx3_payload(payload: bytes) -> HelloPayload:
     if len(payload) < 1:
         raise HandshakeError("XX3 payload has no flags")
-    return HelloPayload(_flagged_message(payload[0], bytes(payload[1:]), "XX3"))
+    flags = payload[0]
+    return HelloPayload(_flagged_message(flags, bytes(payload[1:]), "XX3", HELLO_FLAGS), None,
+                        bool(flags & FLAG_RESTART), bool(flags & FLAG_UNBOUND))
 
 
-def _flagged_message(flags: int, rest: bytes, name: str) -> bytes | None:
-    if flags & ~FLAG_MESSAGE:
+def _flagged_message(flags: int, rest: bytes, name: str, allowed: int = FLAG_MESSAGE) -> bytes | None:
+    if flags & ~allowed:
         raise HandshakeError(f"{name} flags {flags:#04x} has reserved bits set")
     if not flags & FLAG_MESSAGE:
         if rest:

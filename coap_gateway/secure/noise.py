@@ -428,11 +428,13 @@ class ClientSession:
                  server_public: bytes | None = None, message: bytes | None = None,
                  expected_server_public: bytes | None = None, rng: Rng = os.urandom,
                  rekey_interval: int = sf.DEFAULT_REKEY_INTERVAL,
-                 duplicate_lifetime: float = sf.DEFAULT_DUPLICATE_LIFETIME) -> None:
+                 duplicate_lifetime: float = sf.DEFAULT_DUPLICATE_LIFETIME,
+                 restart: bool = False, unbound: bool = False) -> None:
         if message is not None:
             sf.validate_message(message)
         self.pattern = "IK" if server_public is not None else "XX"
         self.message = message
+        self.restart, self.unbound = restart, unbound
         self.profile_id = profile_id
         self.profile_digest = profile_digest
         self.expected_server_public = expected_server_public if server_public is None else server_public
@@ -441,7 +443,8 @@ class ClientSession:
         kind = DatagramKind.IK1 if self.pattern == "IK" else DatagramKind.XX1
         self._noise = _NoiseHandshake(self.pattern, True, sf.handshake_prologue(kind, profile_id, profile_digest),
                                       static_private, rng(32), server_public)
-        payload = sf.encode_ik1_payload(message, sf.clock_minutes(now)) if self.pattern == "IK" else b""
+        payload = (sf.encode_ik1_payload(message, sf.clock_minutes(now), restart=restart, unbound=unbound)
+                   if self.pattern == "IK" else b"")
         noise_message = self._noise.write(payload)
         self._echo = noise_message[:4]
         self.datagram = sf.build_handshake(kind, noise_message, profile_id, profile_digest)
@@ -484,7 +487,8 @@ class ClientSession:
                     f"server key changed: pinned {fingerprint(self.expected_server_public)}, "
                     f"server presented {fingerprint(server_public)}; if the server's key was replaced "
                     f"on purpose, accept the new key (PinStore.accept_change)")
-            xx3 = sf.build_handshake(DatagramKind.XX3, self._noise.write(sf.encode_xx3_payload(self.message)))
+            xx3 = sf.build_handshake(DatagramKind.XX3, self._noise.write(
+                sf.encode_xx3_payload(self.message, restart=self.restart, unbound=self.unbound)))
             self.session_id = sf.session_id_from_hash(self._noise.hash)
             self.datagram = xx3
             result = ClientHandshakeDone(self._channel(), server_public, xx3)

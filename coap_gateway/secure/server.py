@@ -22,6 +22,7 @@ from ..errors import HandshakeError, ReplayError, SecurityError
 from . import frame as sf
 from .events import (
     Deliver,
+    DeviceRestarted,
     Dropped,
     ServerOutput,
     SessionClosed,
@@ -144,6 +145,9 @@ class _Session:
     xx3_digest: bytes | None = None
     first_message: bytes | None = None  # the XX3 message, re-delivered as duplicate
     held: deque[bytes] = field(default_factory=deque)
+    #: the handshake said RESTART / UNBOUND: applied when the session is validated
+    restart: bool = False
+    unbound: bool = False
 
 
 class ServerEndpoint:
@@ -372,6 +376,13 @@ class ServerEndpoint:
         self._by_addr[addr] = session.id
 
     def _validate(self, session: _Session, out: list[ServerOutput]) -> None:
+        if session.restart or session.unbound:
+            # only now: a replayed IK1 never gets here (the replayer has no keys)
+            for other in [s for s in self._sessions.values()
+                          if s.client_public == session.client_public and s.id != session.id]:
+                self._remove_session(other, "closed: the device restarted", out)
+            out.append(DeviceRestarted(session.id, session.client_public, session.unbound))
+            session.restart = session.unbound = False
         session.validated = True
         self._unconfirmed.pop(session.id, None)
         self._addresses.pop(session.addr, None)
@@ -419,7 +430,7 @@ class ServerEndpoint:
             out.append(Dropped("IK1 repeated", addr))
             return
         session = _Session(handshake.session_id, addr, handshake.client_public, "IK", now, handshake=handshake,
-                           ik1_digest=digest)
+                           ik1_digest=digest, restart=handshake.hello.restart, unbound=handshake.hello.unbound)
         self._add_session(session, out)
         self._unconfirmed[session.id] = now
         self._by_ik1[digest] = session.id
@@ -515,10 +526,10 @@ class ServerEndpoint:
         handshake.channel.note_handshake_message_received(hello.message, sf.frame_digest(datagram), now)
         session = _Session(handshake.session_id, addr, handshake.client_public, "XX", now,
                            channel=handshake.channel, xx3_digest=sf.frame_digest(datagram),
-                           first_message=hello.message)
+                           first_message=hello.message, restart=hello.restart, unbound=hello.unbound)
         self._add_session(session, out)
-        self._validate(session, out)  # XX3 needs XX2's keys: the address answered
         out.append(SessionEstablished(session.id, addr, session.client_public, "XX"))
+        self._validate(session, out)  # XX3 needs XX2's keys: the address answered
         if hello.message is not None:
             out.append(Deliver(session.id, addr, hello.message, 0))
 

@@ -25,6 +25,8 @@ from .interfaces import CodecHost, DatagramLink, FrameCodec, LinkStage, Receiver
 from .links import SerialLink, UdpLink
 from .secure_codec import (
     SERVER_KEY,
+    DeviceEvent,
+    DeviceId,
     SecureClientCodec,
     SecureServerCodec,
     pinned_client_codec,
@@ -44,6 +46,8 @@ __all__ = [
     "SERVER_KEY",
     "CodecHost",
     "DatagramLink",
+    "DeviceEvent",
+    "DeviceId",
     "EmulatedLinkEnd",
     "FrameCodec",
     "LinkAddress",

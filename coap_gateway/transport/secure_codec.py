@@ -2,10 +2,10 @@
 
 ``SecureServerCodec`` and ``SecureClientCodec`` plug the Noise endpoints
 (``secure.server``, ``secure.client``) into ``coap``'s
-LinkMessageInterface.  aiocoap sees one remote per *session* on the server
-(so deduplication survives NAT rebinding and the early-data resend) and one
-remote, ``"server"``, on the client (so a re-handshake keeps requests in
-flight).  Handshake replies go straight to the link; the endpoints' timers
+LinkMessageInterface.  aiocoap sees one remote per *device* on the server
+(its static key: deduplication survives NAT rebinding, the early-data
+resend and any re-handshake) and one remote, ``"server"``, on the client
+(so a re-handshake keeps requests in flight).  Handshake replies go straight to the link; the endpoints' timers
 are armed on the loop; drops are counted by reason.
 
 ``clock`` must be wall time (Unix seconds): early data carries the client's
@@ -19,6 +19,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Callable, Hashable
+from dataclasses import dataclass
 
 from ..codec import Profile
 from ..errors import SecurityError
@@ -26,6 +27,7 @@ from ..secure import (
     ClientEndpoint,
     Connected,
     Deliver,
+    DeviceRestarted,
     Dropped,
     PinStore,
     Rehandshake,
@@ -43,6 +45,33 @@ log = logging.getLogger(__name__)
 Clock = Callable[[], float]
 
 SERVER_KEY = "server"
+
+
+@dataclass(frozen=True)
+class DeviceId:
+    """The CoAP remote key of a device: its static key, and how many times a
+    new client process of it started (so the CoAP state of an old process —
+    message IDs it used, exchanges, observations — can never match the new
+    one's; aiocoap expires it on its own)."""
+
+    public: bytes
+    epoch: int = 0
+
+    def __str__(self) -> str:
+        return f"{self.public.hex()[:16]}/{self.epoch}"
+
+
+@dataclass(frozen=True)
+class DeviceEvent:
+    """What the server codec tells the gateway about a device: ``"session"`` —
+    a session of it was established; ``"gone"`` — its last session closed;
+    ``"restarted"`` — a new client process of it proved itself (``unbound``:
+    without its binding state; ``previous``: the remote key of the old one)."""
+
+    key: DeviceId
+    kind: str
+    unbound: bool = False
+    previous: DeviceId | None = None
 #: distinct drop reasons counted; reasons carry peer-chosen text, so both the
 #: text (normalised) and the number of keys are bounded
 MAX_DROP_REASONS = 64
@@ -63,21 +92,50 @@ def profile_wire_digest(profile: Profile) -> bytes:
 
 
 class SecureServerCodec:
+    """The server's codec: sessions below, one CoAP remote per *device* above.
+
+    aiocoap talks to a device (its Noise static key), not to a session: a
+    device that re-handshakes — after a timeout, a NAT change, a RESET
+    genuine or forged — keeps its CoAP state, so a request it sends again in
+    the new session is recognised as the same request (message-ID
+    deduplication) and never runs twice.  Outgoing messages go in the
+    device's current session: the one its latest authenticated frame came
+    in.  A device whose new client process proved itself (``DeviceRestarted``)
+    starts over: its CoAP exchanges are forgotten, its older sessions closed.
+    """
+
     def __init__(self, endpoint: ServerEndpoint, *, clock: Clock = time.time,
-                 on_session: Callable[[SessionEstablished | SessionClosed], None] | None = None):
+                 on_device: Callable[[DeviceEvent], None] | None = None):
         self.endpoint = endpoint
         self.clock = clock
-        self.on_session = on_session
+        self.on_device = on_device
         self.dropped: Counter[str] = Counter()
         self.sessions_established = 0
+        self.device_restarts = 0
+        #: session -> device static key; device -> its open sessions, current one last
+        self._device_of: dict[bytes, bytes] = {}
+        self._sessions_of: dict[bytes, list[bytes]] = {}
+        self._epoch: dict[bytes, int] = {}
         self._host: CodecHost | None = None
         self._timer: asyncio.TimerHandle | None = None
 
     def bind(self, host: CodecHost) -> None:
         self._host = host
 
+    def device_key(self, public: bytes) -> DeviceId:
+        return DeviceId(public, self._epoch.get(public, 0))
+
+    def device_address(self, key: Hashable) -> Hashable | None:
+        """The network address of a device's current session."""
+        sessions = self._sessions_of.get(key.public) if isinstance(key, DeviceId) else None
+        return self.endpoint.session_address(sessions[-1]) if sessions else None
+
     def outgoing(self, key: Hashable, message: bytes) -> list[tuple[Hashable, bytes]]:
-        outs = self.endpoint.send(self.clock(), key, message)  # type: ignore[arg-type]
+        sessions = self._sessions_of.get(key.public) if isinstance(key, DeviceId) else None
+        if not sessions or key != self.device_key(key.public):  # type: ignore[union-attr]
+            count_drop(self.dropped, "no session for the device")
+            return []
+        outs = self.endpoint.send(self.clock(), sessions[-1], message)
         return self._handle(outs, deliver=None)
 
     def incoming(self, peer: Hashable, datagram: bytes) -> list[tuple[Hashable, bytes]]:
@@ -93,19 +151,58 @@ class SecureServerCodec:
             if isinstance(out, Transmit):
                 transmits.append((out.addr, out.data))
             elif isinstance(out, Deliver):
+                device = self._device_of.get(out.session_id)
+                if device is None:
+                    count_drop(self.dropped, "frame of an unknown session")
+                    continue
+                if not out.duplicate and out.counter is not None:
+                    self._make_current(device, out.session_id)
                 if deliver is not None:
-                    deliver.append((out.session_id, out.message))
+                    deliver.append((self.device_key(device), out.message))
             elif isinstance(out, Dropped):
                 count_drop(self.dropped, out.reason)
-            elif isinstance(out, (SessionEstablished, SessionClosed)):
-                if isinstance(out, SessionEstablished):
-                    self.sessions_established += 1
-                elif self._host is not None:
-                    self._host.forget_remote(out.session_id)
-                if self.on_session is not None:
-                    self.on_session(out)
+            elif isinstance(out, SessionEstablished):
+                self.sessions_established += 1
+                device = out.client_static_public
+                self._device_of[out.session_id] = device
+                sessions = self._sessions_of.setdefault(device, [])
+                # an IK session is current only once a frame authenticates in it
+                # (a replayed IK1 must not take the device's answers away)
+                sessions.insert(0 if out.pattern == "IK" and sessions else len(sessions), out.session_id)
+                self._tell(DeviceEvent(self.device_key(device), "session"))
+            elif isinstance(out, SessionClosed):
+                device = self._device_of.pop(out.session_id, None)
+                if device is not None:
+                    sessions = self._sessions_of.get(device, [])
+                    if out.session_id in sessions:
+                        sessions.remove(out.session_id)
+                    if not sessions:
+                        # the device is gone: its CoAP timers go too
+                        self._sessions_of.pop(device, None)
+                        if self._host is not None:
+                            self._host.forget_remote(self.device_key(device))
+                        self._tell(DeviceEvent(self.device_key(device), "gone"))
+            elif isinstance(out, DeviceRestarted):
+                # a new process: its message IDs start over, nothing of the old one may match
+                self.device_restarts += 1
+                public = out.client_static_public
+                previous = self.device_key(public)
+                self._epoch[public] = previous.epoch + 1
+                if self._host is not None:
+                    self._host.forget_remote(previous)
+                self._tell(DeviceEvent(self.device_key(public), "restarted", out.unbound, previous))
         self._arm_timer()
         return transmits
+
+    def _make_current(self, device: bytes, session_id: bytes) -> None:
+        sessions = self._sessions_of.get(device)
+        if sessions and sessions[-1] != session_id and session_id in sessions:
+            sessions.remove(session_id)
+            sessions.append(session_id)
+
+    def _tell(self, event: DeviceEvent) -> None:
+        if self.on_device is not None:
+            self.on_device(event)
 
     def _transmit(self, addr: Hashable, data: bytes) -> None:
         if self._host is not None:
@@ -188,7 +285,8 @@ class SecureClientCodec:
 
 
 def pinned_client_codec(server_name: str, server_addr: Hashable, static_private: bytes, profile: Profile,
-                        pins: PinStore, *, clock: Clock = time.time) -> SecureClientCodec:
+                        pins: PinStore, *, clock: Clock = time.time, restart: bool = True,
+                        unbound: bool = True) -> SecureClientCodec:
     """A client codec that trusts the server key on first use.
 
     No pin for ``server_name``: XX, and the key the server proves is pinned.
@@ -197,7 +295,8 @@ def pinned_client_codec(server_name: str, server_addr: Hashable, static_private:
     operator accepts the new key (``coap-gateway pins accept``).
     """
     pinned = pins.get(server_name)
-    endpoint = ClientEndpoint(static_private, profile.id, profile_wire_digest(profile), server_public=pinned)
+    endpoint = ClientEndpoint(static_private, profile.id, profile_wire_digest(profile), server_public=pinned,
+                              restart=restart, unbound=unbound)
 
     def on_connected(event: Connected) -> None:
         if pins.check(server_name, event.server_static_public) == "new":

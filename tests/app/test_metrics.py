@@ -29,6 +29,7 @@ from coap_gateway.app.metrics_http import bound_port, metrics_url, serve_metrics
 from coap_gateway.app.runner import start_client, start_server
 from coap_gateway.codec.profile import load_profile
 from coap_gateway.secure import keys
+from coap_gateway.transport import DeviceId
 from coap_gateway.transport.coap import (
     MAX_COUNTED_PEERS,
     OTHER_PEERS,
@@ -293,11 +294,12 @@ def check_consistent(pair: Pair, client, server) -> None:
         assert total(client, "coap_gateway_handshakes_total") == total(server, "coap_gateway_handshakes_total") == 1
         assert total(server, "coap_gateway_secure_sessions") == 1
         assert total(client, "coap_gateway_handshake_failed") == 0
-        # the server counts the session by its id, and handshake datagrams that
-        # carried no request (IK2 sent before the answer was ready) by address
-        session_ids = [k for k in pair.server.endpoint.interface.peers if isinstance(k, bytes)]
-        assert len(session_ids) == 1
-        assert peers(server, "server") - {"client"} == {session_ids[0].hex()}
+        # the server counts the device (its static key and process epoch), and
+        # handshake datagrams that carried no request (IK2 sent before the
+        # answer was ready) by address
+        devices = [k for k in pair.server.endpoint.interface.peers if isinstance(k, DeviceId)]
+        assert len(devices) == 1
+        assert peers(server, "server") - {"client"} == {str(devices[0])}
         assert peers(client, "client") == {"server"}
     else:
         assert peers(server, "server") == {"client"} and peers(client, "client") == {"server"}

@@ -1,0 +1,128 @@
+"""Forged RESETs, restarted clients and replayed handshakes, sans-I/O (secure endpoints in memory)."""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+
+from coap_gateway.errors import HandshakeError
+from coap_gateway.secure import frame as sf
+from coap_gateway.secure.events import (
+    Deliver,
+    DeviceRestarted,
+    Dropped,
+    Rehandshake,
+    SessionClosed,
+    Transmit,
+)
+from coap_gateway.secure.noise import ClientSession
+from tests.helpers.secure_world import (
+    DIGEST,
+    NOW,
+    PROFILE,
+    SERVER_PUBLIC,
+    World,
+    get,
+    new_client,
+    new_server,
+    of,
+    post,
+)
+
+
+def frames_up(world: World, addr: str) -> list[bytes]:
+    return [t.data for t in of(world.client_events[addr], Transmit)]
+
+
+def test_a_forged_reset_of_an_answered_request_changes_nothing():
+    world = World(new_server())
+    client = world.add("A", new_client())
+    world.client_send("A", get(0x100))  # IK, early data
+    world.client_send("A", post(0x101))  # a data frame, answered
+    sealed = frames_up(world, "A")[-1]
+    before = len(world.client_events["A"])
+    # anyone who saw the frame knows its 4 clear header bytes: that is all a RESET needs
+    outs = client.receive(NOW, sf.build_reset(sealed[:4]))
+    assert of(outs, Dropped) and not of(outs, Rehandshake) and not of(outs, Transmit)
+    assert client.channel is not None and len(world.client_events["A"]) == before
+    assert [d.message for d in world.executions].count(post(0x101)) == 1
+
+
+def test_a_forged_reset_of_a_pending_request_resends_the_same_message():
+    """Unanswered, the request is sent again (a new handshake, the same CoAP
+    message and message ID): the server's CoAP layer, which keys its
+    deduplication by device rather than session, recognises it."""
+    world = World(new_server())
+    client = world.add("A", new_client())
+    world.client_send("A", get(0x200))
+    world.answering = False
+    world.client_send("A", post(0x201))  # executed, answer lost
+    sealed = frames_up(world, "A")[-1]
+    outs = client.receive(NOW, sf.build_reset(sealed[:4]))
+    assert of(outs, Rehandshake)
+    resent = [t.data for t in of(outs, Transmit)]
+    assert resent and sf.classify(resent[0]) is sf.DatagramKind.IK1
+    # POST is not early data: it follows IK2, byte-identical inside
+    assert client.handshake is not None and client.handshake.message is None
+    assert post(0x201) in list(client._queue)
+
+
+def test_restart_flags_take_effect_only_when_the_session_is_validated():
+    world = World(new_server())
+    world.add("A", new_client(seed="device"))
+    world.client_send("A", get(0x300))
+    world.client_send("A", get(0x301))
+    old_sessions = {d.session_id for d in world.executions}
+    assert len(old_sessions) == 1
+    # the device's client process restarts: same static key, new state
+    restarted = world.add("B", new_client(seed="device", restart=True, unbound=True))
+    world.client_send("B", get(0x310))
+    ik1 = frames_up(world, "B")[0]
+    assert sf.classify(ik1) is sf.DatagramKind.IK1 and len(ik1) == 104  # no early data when announcing
+    events = world.server_events
+    restarts = of(events, DeviceRestarted)
+    assert len(restarts) == 1 and restarts[0].unbound
+    closed = of(events, SessionClosed)
+    assert {c.session_id for c in closed} == old_sessions  # the old process's session is gone
+    # the restart came before the request that validated the session was delivered
+    order = [e for e in events if isinstance(e, (DeviceRestarted, Deliver)) and getattr(e, "counter", 1) is not None]
+    assert isinstance(order[-2], DeviceRestarted) and order[-1].message == get(0x310)
+    # the flags are said until an answer authenticates in that session, then never again
+    assert not restarted.announce_restart and not restarted.announce_unbound
+
+
+def test_a_replayed_restart_handshake_does_nothing():
+    world = World(new_server())
+    world.add("A", new_client(seed="device"))
+    world.client_send("A", get(0x400))
+    world.client_send("A", get(0x401))
+    flagged = ClientSession(hashlib.sha256(b"device").digest(), PROFILE, DIGEST, now=NOW,
+                            server_public=SERVER_PUBLIC, restart=True, unbound=True)
+    outs = world.server.receive(NOW, "attacker", flagged.datagram)  # IK1 replayed by someone without the keys
+    assert not of(outs, DeviceRestarted) and not of(outs, SessionClosed)
+    world.client_send("A", get(0x402))  # the device's own session still works
+    assert world.executions[-1].message == get(0x402)
+
+
+def test_xx3_carries_the_flags():
+    world = World(new_server())
+    world.add("A", new_client(server_public=None, restart=True, unbound=False))
+    world.client_send("A", post(0x500))
+    restarts = of(world.server_events, DeviceRestarted)
+    assert len(restarts) == 1 and not restarts[0].unbound
+
+
+def test_flag_bytes():
+    assert sf.encode_ik1_payload(None, 5, restart=True, unbound=True)[0] == 0x0C
+    assert sf.encode_xx3_payload(get(1), restart=True) [0] == 0x05
+    hello = sf.decode_xx3_payload(sf.encode_xx3_payload(get(1), restart=True, unbound=True))
+    assert (hello.restart, hello.unbound, hello.message) == (True, True, get(1))
+    with pytest.raises(HandshakeError):
+        sf.encode_ik1_payload(get(1), 5, restart=True)
+    with pytest.raises(HandshakeError):
+        sf.decode_ik1_payload(bytes([0x05, 0, 0, 5]) + get(1))  # early data with RESTART
+    with pytest.raises(HandshakeError):
+        sf.decode_ik2_payload(bytes([0x04]))  # not an IK2 flag
+    with pytest.raises(HandshakeError):
+        sf.decode_xx3_payload(bytes([0x10]))  # reserved
