@@ -19,6 +19,7 @@ from typing import Any
 
 import aiocoap.resource as resource
 from aiocoap import Message
+from aiocoap.numbers.codes import Code
 
 from ..codec import (
     HttpRequest,
@@ -31,7 +32,7 @@ from ..codec import (
     response_to_coap,
 )
 from ..push import SyncPushServerConfig
-from ..transport import LinkEndpoint
+from ..transport import LinkEndpoint, assembly_bytes, release_assemblies
 from .push_server import SyncPushServer
 from .stats import Histogram, timed
 from .upstream import Upstream, UpstreamError
@@ -61,6 +62,11 @@ class ServerGatewayConfig:
     request_timeout: float = 300.0
     #: devices whose bound token and handles are kept at most
     max_bound_tokens: int = 4096
+    #: the largest request body that may arrive block by block (an upload)
+    max_upload: int = 256 << 10
+    #: request bytes one device may have in block-wise assembly at once: the
+    #: server holds them in memory (aiocoap keeps each for the blockwise lifetime)
+    max_upload_per_device: int = 256 << 10
 
 
 @dataclass
@@ -71,6 +77,8 @@ class ServerGatewayCounters:
     handle_unknown: int = 0
     #: definitions that gave a handle a new value (a client bug; counted, logged)
     redefinitions: int = 0
+    #: blocks refused: an upload too large, or too much held for one device
+    refused_uploads: int = 0
     upstream_errors: int = 0
     by_status: dict[int, int] = field(default_factory=dict)
     latency: Histogram = field(default_factory=Histogram)
@@ -129,7 +137,38 @@ class ServerGateway(resource.Resource):
         push = self.sync_push
         if push is not None and push.claims(pipe.request) and await push.render_to_pipe(pipe):
             return
-        await super().render_to_pipe(pipe)
+        refusal = self._upload_limits(pipe.request)
+        if refusal is not None:
+            pipe.add_response(refusal, is_last=True)
+            return
+        try:
+            await super().render_to_pipe(pipe)
+        except ValueError:
+            # aiocoap could not assemble the blocks (a gap or an overlap): the
+            # device's fault, answered as such, not a 5.00 with a traceback
+            pipe.add_response(Message(code=Code.REQUEST_ENTITY_INCOMPLETE), is_last=True)
+        finally:
+            if pipe.request.opt.block1 is not None:
+                release_assemblies(self, pipe.request.remote)
+
+    def _upload_limits(self, request: Message) -> Message | None:
+        """Refuse a block that would make an upload, or what one device holds
+        in assembly, larger than allowed."""
+        block1 = request.opt.block1
+        if block1 is None:
+            return None
+        end = block1.start + len(request.payload)
+        if end > self.config.max_upload:
+            self.counters.refused_uploads += 1
+            reply = Message(code=Code.REQUEST_ENTITY_TOO_LARGE)
+            reply.opt.size1 = self.config.max_upload
+            return reply
+        if assembly_bytes(self, request.remote) + len(request.payload) > self.config.max_upload_per_device:
+            self.counters.refused_uploads += 1
+            reply = Message(code=Code.SERVICE_UNAVAILABLE)
+            reply.opt.max_age = 60  # the held uploads expire with the blockwise lifetime
+            return reply
+        return None
 
     # aiocoap calls render() for every method; the Resource default would
     # dispatch to render_get etc. and refuse the rest

@@ -18,7 +18,9 @@ from .coap import (
     PeerCounters,
     PlainCodec,
     TransportCounters,
+    assembly_bytes,
     create_link_endpoint,
+    release_assemblies,
 )
 from .emulated import EmulatedLinkEnd, connect
 from .interfaces import CodecHost, DatagramLink, FrameCodec, LinkStage, Receiver
@@ -65,6 +67,7 @@ __all__ = [
     "SerialLink",
     "TransportCounters",
     "UdpLink",
+    "assembly_bytes",
     "connect",
     "create_link_endpoint",
     "format_netem_percent",
@@ -74,5 +77,6 @@ __all__ = [
     "parse_netem_rate",
     "parse_netem_time",
     "pinned_client_codec",
+    "release_assemblies",
     "profile_wire_digest",
 ]

@@ -536,6 +536,7 @@ class LinkEndpoint:
     counters: TransportCounters = field(default_factory=TransportCounters)
     #: the resource tree served, if any (its blockwise caches follow the link)
     site: Any = None
+    _request_tag: int = field(default_factory=lambda: random.randrange(0x10000))
 
     def remote(self, key: Hashable) -> LinkAddress:
         return self.interface.remote(key)
@@ -545,6 +546,12 @@ class LinkEndpoint:
         when the link did not deliver it (retransmissions exhausted, the
         secure layer failed, ``timeout`` passed)."""
         message.remote = self.remote(key)
+        if len(message.payload) > message.remote.maximum_payload_size:
+            # it goes block by block (RFC 7959), and a server assembles blocks
+            # by request options: two requests to the same resource at once
+            # would interleave.  A Request-Tag (RFC 9175) keeps them apart.
+            self._request_tag = (self._request_tag + 1) % 0x10000
+            message.opt.request_tag = [self._request_tag.to_bytes(2, "big")]
         try:
             return await asyncio.wait_for(self.context.request(message).response, timeout)
         except (error.Error, TimeoutError, GatewayError) as exc:
@@ -601,6 +608,29 @@ class LinkEndpoint:
 
     async def shutdown(self) -> None:
         await self.context.shutdown()
+
+
+def _assemblies(resource: Any) -> dict:
+    # aiocoap's Block1Spool: a TimeoutDict of requests being assembled, keyed
+    # (remote's blockwise key, code, cache key)
+    return getattr(getattr(getattr(resource, "_block1", None), "_assemblies", None), "_items", {})
+
+
+def assembly_bytes(resource: Any, remote: LinkAddress) -> int:
+    """Request bytes a resource holds for ``remote`` in unfinished block-wise
+    assemblies: what a device makes the server hold with uploads under way."""
+    return sum(len(request.payload) for (owner, *_), request in _assemblies(resource).items()
+               if owner == remote.blockwise_key and request.opt.block1 is not None and request.opt.block1.more)
+
+
+def release_assemblies(resource: Any, remote: LinkAddress) -> None:
+    """Forget ``remote``'s finished assemblies now: aiocoap keeps a whole
+    request for the blockwise lifetime after its last block, and the message
+    layer already answers a repeated last block from its deduplication cache."""
+    items = _assemblies(resource)
+    for key in [k for k, request in items.items() if k[0] == remote.blockwise_key
+                and (request.opt.block1 is None or not request.opt.block1.more)]:
+        del items[key]
 
 
 def blockwise_caches_follow(site: Any, budget: LinkBudget) -> None:
