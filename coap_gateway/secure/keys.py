@@ -140,9 +140,25 @@ class PinStore:
             raise KeyFileError(f"{self.path}: pins must map server names to base64 keys")
         return pins
 
+    def prepare(self) -> None:
+        """Make sure a pin can be stored: create the directory (0700) and try
+        writing next to the file.  KeyFileError, loudly, when it cannot: a
+        pin that is not stored protects nothing after a restart."""
+        try:
+            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            fd, probe = tempfile.mkstemp(prefix=f".{self.path.name}.", dir=self.path.parent)
+            os.close(fd)
+            os.unlink(probe)
+        except OSError as exc:
+            raise KeyFileError(f"cannot store server key pins in {self.path.parent}: {exc}") from exc
+
     def _save(self, pins: dict[str, str]) -> None:
         doc = {"format": PIN_FORMAT, "pins": dict(sorted(pins.items()))}
-        _replace_atomically(self.path, (json.dumps(doc, indent=1) + "\n").encode("utf-8"))
+        try:
+            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            _replace_atomically(self.path, (json.dumps(doc, indent=1) + "\n").encode("utf-8"))
+        except OSError as exc:
+            raise KeyFileError(f"cannot store the pin in {self.path}: {exc}") from exc
 
     def servers(self) -> list[str]:
         return sorted(self._load())

@@ -255,15 +255,18 @@ class SecureClientCodec:
         try:
             outs = self.endpoint.receive(self.clock(), datagram)
         except SecurityError as exc:  # ProfileMismatchError, ServerKeyChanged: fatal, reported
-            self.error = exc
-            log.error("secure session with %r failed: %s", self.server_addr, exc)
-            if self._host is not None:
-                asyncio.get_running_loop().call_soon(self._host.fail_remote, SERVER_KEY, exc)
+            self._fail(exc)
             return []
         for addr, data in self._handle(outs, deliver=delivered):
             if self._host is not None:
                 self._host.send_datagram(addr, data)
         return delivered
+
+    def _fail(self, exc: SecurityError) -> None:
+        self.error = exc
+        log.error("secure session with %r failed: %s", self.server_addr, exc)
+        if self._host is not None:
+            asyncio.get_running_loop().call_soon(self._host.fail_remote, SERVER_KEY, exc)
 
     def _handle(self, outs, deliver: list | None) -> list[tuple[Hashable, bytes]]:
         transmits = []
@@ -278,7 +281,10 @@ class SecureClientCodec:
             elif isinstance(out, Connected):
                 self.handshakes += 1
                 if self.on_connected is not None:
-                    self.on_connected(out)
+                    try:
+                        self.on_connected(out)
+                    except SecurityError as exc:  # the pin could not be stored: trust nothing
+                        self._fail(exc)
             elif isinstance(out, Rehandshake):
                 self.rehandshakes += 1
         return transmits
@@ -294,6 +300,7 @@ def pinned_client_codec(server_name: str, server_addr: Hashable, static_private:
     handshake with ServerKeyChanged naming both fingerprints — until the
     operator accepts the new key (``coap-gateway pins accept``).
     """
+    pins.prepare()  # fail now, not after the first handshake, if no pin could be stored
     pinned = pins.get(server_name)
     endpoint = ClientEndpoint(static_private, profile.id, profile_wire_digest(profile), server_public=pinned,
                               restart=restart, unbound=unbound)
