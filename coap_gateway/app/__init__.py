@@ -12,8 +12,11 @@ from .runner import (
     RunningClient,
     RunningServer,
     advertisement_for,
+    server_endpoint,
     start_client,
     start_server,
 )
+from .store import ServerStore
 
-__all__ = ["RunningClient", "RunningServer", "advertisement_for", "start_client", "start_server"]
+__all__ = ["RunningClient", "RunningServer", "ServerStore", "advertisement_for", "server_endpoint", "start_client",
+           "start_server"]

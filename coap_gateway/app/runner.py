@@ -9,6 +9,7 @@ Noise secure layer.
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
@@ -38,6 +39,7 @@ from ..transport import (
     pinned_client_codec,
     profile_wire_digest,
 )
+from .store import ServerStore
 
 
 @dataclass
@@ -45,10 +47,13 @@ class RunningServer:
     endpoint: LinkEndpoint
     gateway: ServerGateway
     codec: SecureServerCodec | None
+    store: ServerStore | None = None
 
     async def stop(self) -> None:
         await self.endpoint.shutdown()
         await self.gateway.close()
+        if self.store is not None:
+            self.store.close()
 
     def set_peer_budgets(self, budget_for_address: Callable[[Hashable], LinkBudget | None]) -> None:
         """Give each device's CoAP timers the budget of its own path, looked up
@@ -98,16 +103,34 @@ def _numbers(counters: Any) -> dict[str, int | float]:
     return {k: v for k, v in vars(counters).items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
+def server_endpoint(static_private: bytes, profile: Profile, *, limits: ServerLimits | None = None, now: float,
+                    store: ServerStore | None = None) -> ServerEndpoint:
+    """The secure layer of a server gateway, its replay protection restored
+    from ``store``.  Without a store the strike register of an earlier run is
+    lost, and an IK1 it accepted could run again: early data then waits out
+    the early window."""
+    limits = limits or ServerLimits()
+    return ServerEndpoint(
+        static_private, {profile.id: profile_wire_digest(profile)}, limits=limits,
+        early_data_from=None if store is not None else now + limits.early_window,
+        strikes=store.strikes(now) if store is not None else (), now=now,
+        on_strike=store.add_strike if store is not None else None)
+
+
 async def start_server(link: DatagramLink, *, homeserver: str, profile: Profile, static_private: bytes | None,
                        allow_admin: bool = False, advertisement: dict[str, Any] | None = None,
                        limits: ServerLimits | None = None, clock=time.time,
-                       sync_push: SyncPushServerConfig | bool = True) -> RunningServer:
-    """``sync_push``: hold devices' /sync loops and push (True: defaults)."""
+                       sync_push: SyncPushServerConfig | bool = True,
+                       state_dir: str | os.PathLike[str] | None = None) -> RunningServer:
+    """``sync_push``: hold devices' /sync loops and push (True: defaults).
+    ``state_dir``: where what must outlive a restart is kept (``ServerStore``);
+    without one, early data is refused for the early window after start."""
     push = None if sync_push is False else (sync_push if isinstance(sync_push, SyncPushServerConfig)
                                             else SyncPushServerConfig())
     gateway = ServerGateway(ServerGatewayConfig(homeserver, profile, allow_admin=allow_admin,
                                                 advertisement=advertisement), sync_push=push)
     codec: SecureServerCodec | None = None
+    store = None
     if static_private is not None:
         def on_device(event: DeviceEvent) -> None:
             remote = endpoint.remote(event.key)
@@ -120,11 +143,12 @@ async def start_server(link: DatagramLink, *, homeserver: str, profile: Profile,
                 gateway.device_restarted(endpoint.remote(event.previous), event.key.public, unbound=event.unbound)
                 gateway.session_started(remote, event.key.public)
 
-        codec = SecureServerCodec(ServerEndpoint(static_private, {profile.id: profile_wire_digest(profile)},
-                                                 limits=limits), clock=clock, on_device=on_device)
+        store = ServerStore(state_dir) if state_dir is not None else None
+        codec = SecureServerCodec(server_endpoint(static_private, profile, limits=limits, now=clock(), store=store),
+                                  clock=clock, on_device=on_device)
     endpoint = await create_link_endpoint(link, site=gateway, codec=codec, loggername="coap.server")
     gateway.attach(endpoint)
-    return RunningServer(endpoint, gateway, codec)
+    return RunningServer(endpoint, gateway, codec, store)
 
 
 async def start_client(link: DatagramLink, server_addr: Hashable, *, profile: Profile,

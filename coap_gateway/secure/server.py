@@ -15,7 +15,7 @@ from __future__ import annotations
 import heapq
 import os
 from collections import OrderedDict, deque
-from collections.abc import Hashable, Mapping
+from collections.abc import Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from ..errors import HandshakeError, ReplayError, SecurityError
@@ -100,6 +100,10 @@ class StrikeRegister:
         heapq.heappush(self._heap, (expires, key))
         return True
 
+    def entries(self) -> list[tuple[bytes, float]]:
+        """What is remembered: (key, expires), to persist across a restart."""
+        return list(self._expiry.items())
+
 
 # --- server ------------------------------------------------------------------------
 
@@ -154,7 +158,16 @@ class ServerEndpoint:
     """The server side of the secure layer for any number of clients."""
 
     def __init__(self, static_private_key: bytes, profiles: Mapping[int, bytes], *,
-                 limits: ServerLimits | None = None, rng: Rng = os.urandom) -> None:
+                 limits: ServerLimits | None = None, rng: Rng = os.urandom,
+                 early_data_from: float | None = None,
+                 strikes: Iterable[tuple[bytes, float]] = (), now: float = 0.0,
+                 on_strike: Callable[[bytes, float], None] | None = None) -> None:
+        """``early_data_from``: refuse early data before that time — a server
+        that lost its strike register (a restart without persisting it) must
+        not run an IK1 it may already have run, so it waits out the early
+        window.  ``strikes``: a persisted register to restore (as of ``now``);
+        ``on_strike(key, expires)``: called before early data is delivered, to
+        persist the strike first."""
         self._static = static_private_key
         self._profiles = dict(profiles)
         self.limits = limits or ServerLimits()
@@ -168,6 +181,11 @@ class ServerEndpoint:
         self._addresses: OrderedDict[Hashable, _AddressState] = OrderedDict()
         self._ik2_pending: dict[bytes, float] = {}
         self.strikes = StrikeRegister(self.limits.max_strikes)
+        for key, expires in strikes:
+            if expires > now:
+                self.strikes.add(key, expires, now)
+        self.early_data_from = early_data_from
+        self._on_strike = on_strike
 
     # -- public API --
 
@@ -456,9 +474,15 @@ class ServerEndpoint:
         skew = sf.minutes_skew(handshake.hello.minutes, now)
         if abs(skew) > window:
             return False
+        if self.early_data_from is not None and now < self.early_data_from:
+            return False  # this IK1 may be one a previous run already accepted
         # strike until the server clock passes minutes + window: then IK1 is stale anyway
         expires = (int(now) // 60 + skew + window + 1) * 60.0
-        return self.strikes.add(handshake.client_ephemeral, expires, now)
+        if not self.strikes.add(handshake.client_ephemeral, expires, now):
+            return False
+        if self._on_strike is not None:
+            self._on_strike(handshake.client_ephemeral, expires)
+        return True
 
     @staticmethod
     def _answers_early(session: _Session, header: sf.CoapHeader) -> bool:

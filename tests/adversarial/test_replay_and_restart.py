@@ -24,7 +24,7 @@ from coap_gateway.transport import (
     UdpLink,
     create_link_endpoint,
 )
-from tests.helpers.secure import DIGEST, PROFILE, SERVER_PRIV, SERVER_PUB, site_with
+from tests.helpers.secure import DIGEST, PROFILE, SERVER_PRIV, SERVER_PUB, Counting, put, site_with
 
 
 class Gate(resource.Resource):
@@ -180,3 +180,49 @@ async def test_a_restarted_client_process_is_a_new_coap_peer():
         await c_end2.shutdown()
     finally:
         await s_end.shutdown()
+
+
+async def restarted_server(addr, store):
+    """A server gateway's secure layer as the runner builds it, on ``addr``."""
+    from coap_gateway.app import server_endpoint
+
+    link = await UdpLink.open(*addr)
+    endpoint = server_endpoint(SERVER_PRIV, PROFILE, now=time.time(), store=store)
+    codec = SecureServerCodec(endpoint, clock=time.time)
+    app = Counting()
+    return link, await create_link_endpoint(link, site=site_with(app), codec=codec), app
+
+
+async def test_a_replayed_ik1_with_early_data_runs_nothing_after_a_server_restart(tmp_path):
+    """IK1 carries an idempotent request as 0-RTT data (a PUT: a displayname).
+    Replayed after the server restarted, it must not run again — the strike
+    register is persisted in the state directory; and a server without one
+    refuses early data for the early window after it starts."""
+    from coap_gateway.app import ServerStore
+
+    store = ServerStore(tmp_path / "state")
+    s_link, s_end, app = await restarted_server(("127.0.0.1", 0), store)
+    addr = s_link.local_address
+    c_link, c_end, _, tap = await client(addr)
+    try:
+        assert (await asyncio.wait_for(put(c_end, b"displayname=alice"), 10)).payload == b"ok:displayname=alice"
+        ik1 = [d for d in tap.sent if sf.classify(d) is sf.DatagramKind.IK1]
+        assert len(ik1) == 1 and len(ik1[0]) > 104  # the PUT rode in IK1
+        assert app.executions == {b"displayname=alice": 1}
+    finally:
+        await c_end.shutdown()
+        await s_end.shutdown()
+        store.close()
+    for with_store in (True, False):
+        store = ServerStore(tmp_path / "state") if with_store else None
+        s_link, s_end, app = await restarted_server(addr, store)
+        attacker = await UdpLink.open("127.0.0.1", 0)
+        try:
+            attacker.send(addr, ik1[0])
+            await asyncio.sleep(0.5)
+            assert app.executions == {}, f"replayed early data ran (store: {with_store})"
+        finally:
+            await attacker.close()
+            await s_end.shutdown()
+            if store is not None:
+                store.close()

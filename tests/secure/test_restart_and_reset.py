@@ -126,3 +126,21 @@ def test_flag_bytes():
         sf.decode_ik2_payload(bytes([0x04]))  # not an IK2 flag
     with pytest.raises(HandshakeError):
         sf.decode_xx3_payload(bytes([0x10]))  # reserved
+
+
+def test_early_data_waits_for_a_restored_register_or_the_window():
+    first = new_server()
+    seen = []
+    first._on_strike = lambda key, expires: seen.append((key, expires))
+    ik1 = ClientSession(hashlib.sha256(b"c").digest(), PROFILE, DIGEST, now=NOW, server_public=SERVER_PUBLIC,
+                        message=get(0x600))
+    assert of(first.receive(NOW, "A", ik1.datagram), Deliver)  # early data runs, its strike recorded
+    assert len(seen) == 1 and seen == first.strikes.entries()
+    # a restart that restores the register: the same IK1 is a replay
+    restored = new_server()
+    restored.__init__(restored._static, restored._profiles, strikes=seen, now=NOW + 60)
+    assert not [d for d in of(restored.receive(NOW + 60, "B", ik1.datagram), Deliver) if d.early]
+    # a restart that lost it refuses early data until the window has passed
+    lost = new_server()
+    lost.early_data_from = NOW + lost.limits.early_window
+    assert not [d for d in of(lost.receive(NOW + 60, "B", ik1.datagram), Deliver) if d.early]
