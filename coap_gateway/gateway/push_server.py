@@ -6,7 +6,11 @@ polls the homeserver through the gateway's ``Upstream`` with the device's
 bound token, asks its ``PushChain`` what to do with each answer, sends the
 notifications and waits for their ACKs before polling further.  Every
 observation has its own upstream request: a slow homeserver answer or a
-slow link holds up nobody else.
+slow link holds up nobody else.  Those requests come from the upstream's
+long-poll pool, never from the one ordinary requests use: at most one per
+observation, and the limits (per device, in all) are checked before an
+observation starts, so the pool, ``max_observations`` large, is
+never short of a connection.
 """
 
 from __future__ import annotations
@@ -123,6 +127,8 @@ class SyncPushServer:
         self.binding = binding
         self.profile = profile
         self.config = config or SyncPushServerConfig()
+        # one homeserver request per observation at most: that many connections, of their own
+        upstream.reserve_long_polls(self.config.max_observations)
         self.count_request = count_request
         self.history = ReplayHistory(self.config.history_per_stream, self.config.history_streams,
                                      self.config.history_bytes)
@@ -215,6 +221,8 @@ class SyncPushServer:
         if self._closing:
             return False
         others = [o for o in self.observations.values() if o is not replacing]
+        # the remote is the device (its static key and process: all its sessions
+        # share it), so max_per_session is its share of the long-poll pool
         return (len(others) < self.config.max_observations
                 and sum(1 for o in others if o.remote == remote) < self.config.max_per_session)
 
@@ -300,8 +308,10 @@ class SyncPushServer:
         self.counters.polls += 1
         target = obs.poll.target(since=since, timeout_ms=timeout_ms)
         try:
+            # every poll of the loop, timeout 0 too (an initial answer can take Synapse
+            # seconds): the long-poll pool has a connection for each observation
             response = await self.upstream.fetch("GET", target, token=obs.access_token, max_body=MAX_PUSH_BODY,
-                                                 timeout=timeout_ms / 1000 + 60)
+                                                 timeout=timeout_ms / 1000 + 60, long_poll=True)
         except UpstreamError as exc:
             if exc.kind == UpstreamError.TOO_LARGE:
                 return Fetch()  # an answer longer than any notification could carry

@@ -6,18 +6,48 @@ for a device, goes through ``Upstream.fetch``: one place that builds the URL
 an open proxy), reads the answer to the end but never past a cap, and turns
 "unreachable", "too slow" and "too large" into one exception the callers
 answer with a Matrix error.
+
+Connections come from three pools, never shared.  A long-poll holds its
+connection for as long as the homeserver holds the request (30 s and more);
+with one pool, a few hundred sync-push observations took every connection
+(aiohttp's default is 100) and every other request — ``/versions``, a send —
+waited behind them for a minute while the homeserver idled:
+
+* **long-polls** (``fetch(long_poll=True)``, sync push's loops): the caller
+  bounds how many run at once — one per observation, and the global limit
+  is checked before an observation starts — and says so
+  (``reserve_long_polls``), so this pool is exactly that large: a loop never
+  waits for a connection, and never takes one from anybody else;
+* **plain long-polls**: any other GET that asks the homeserver to hold it
+  (``timeout``/``timeout_ms`` > 0 in the query — a ``/sync`` forwarded as it
+  came, without sync push or over its limits): bounded; when it is full the
+  next one waits, among long-polls only;
+* **ordinary requests**: everything else, bounded too.  Nothing held long
+  gets in here, so a short request waits for a connection only when that
+  many short requests run at once.
 """
 
 from __future__ import annotations
 
 import logging
+import resource
 
 import aiohttp
 from yarl import URL
 
 from ..codec import MAX_RESPONSE_BODY, HttpResponse, matrix_error
+from ..push import SyncPushServerConfig
 
 log = logging.getLogger(__name__)
+
+#: the pools (see the module docstring)
+ORDINARY = "ordinary"
+LONG_POLL = "long_poll"
+PLAIN_LONG_POLL = "plain_long_poll"
+
+#: query parameters with which a Matrix GET asks the homeserver to hold it
+#: (/sync and /events: timeout; media downloads of pending uploads: timeout_ms)
+_HOLD_PARAMETERS = ("timeout", "timeout_ms")
 
 
 class UpstreamError(Exception):
@@ -40,32 +70,76 @@ class UpstreamError(Exception):
         return matrix_error(502, "M_UNKNOWN", "the homeserver is unreachable from the gateway")
 
 
-class Upstream:
-    """HTTP to one homeserver at ``base`` (scheme, host and port; no path)."""
+def may_be_held(method: str, target: str) -> bool:
+    """Whether the homeserver may hold this request before answering: a GET
+    with a nonzero ``timeout`` (or ``timeout_ms``) in its query."""
+    if method != "GET":
+        return False
+    _, sep, query = target.partition("?")
+    if not sep:
+        return False
+    for parameter in query.split("&"):
+        name, _, value = parameter.partition("=")
+        # digits only, and not all zeros (no int(): a 5000-digit value is fine here)
+        if name in _HOLD_PARAMETERS and value.isascii() and value.isdigit() and value.strip("0"):
+            return True
+    return False
 
-    def __init__(self, base: str, *, timeout: float = 300.0):
+
+class Upstream:
+    """HTTP to one homeserver at ``base`` (scheme, host and port; no path).
+
+    ``max_connections``: ordinary requests at once; ``max_long_polls``:
+    ``long_poll`` requests (set by their caller, ``reserve_long_polls``);
+    ``max_plain_long_polls``: other requests the homeserver may hold."""
+
+    def __init__(self, base: str, *, timeout: float = 300.0, max_connections: int = 100,
+                 max_long_polls: int = SyncPushServerConfig.max_observations, max_plain_long_polls: int = 256):
         self.base = base.rstrip("/")
         self.timeout = timeout
-        self._session: aiohttp.ClientSession | None = None
+        self.limits = {ORDINARY: max_connections, LONG_POLL: max_long_polls, PLAIN_LONG_POLL: max_plain_long_polls}
+        if min(self.limits.values()) < 1:
+            raise ValueError("upstream connection limits must be positive")
+        self._sessions: dict[str, aiohttp.ClientSession] = {}
 
-    @property
-    def session(self) -> aiohttp.ClientSession:
-        if self._session is None:
-            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.timeout),
-                                                  auto_decompress=False)
-        return self._session
+    def reserve_long_polls(self, count: int) -> None:
+        """``long_poll`` requests will never be more than ``count`` at once:
+        their pool holds that many connections.  Before the first request."""
+        if count < 1:
+            raise ValueError("long-polls reserved must be positive")
+        if LONG_POLL in self._sessions:
+            raise RuntimeError("the long-poll pool is already in use")
+        self.limits[LONG_POLL] = count
+
+    def pool(self, method: str, target: str, long_poll: bool = False) -> str:
+        """Which pool a request takes its connection from."""
+        if long_poll:
+            return LONG_POLL
+        return PLAIN_LONG_POLL if may_be_held(method, target) else ORDINARY
+
+    def session(self, pool: str = ORDINARY) -> aiohttp.ClientSession:
+        session = self._sessions.get(pool)
+        if session is None:
+            if not self._sessions:
+                _check_descriptors(sum(self.limits.values()))
+            # limit_per_host=0: the one host is the homeserver, the pool limit is the bound
+            connector = aiohttp.TCPConnector(limit=self.limits[pool], limit_per_host=0)
+            session = self._sessions[pool] = aiohttp.ClientSession(
+                connector=connector, timeout=aiohttp.ClientTimeout(total=self.timeout), auto_decompress=False)
+        return session
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        sessions, self._sessions = self._sessions, {}
+        for session in sessions.values():
+            await session.close()
 
     async def fetch(self, method: str, target: str, *, body: bytes = b"", content_type: str | None = None,
                     token: str | None = None, max_body: int = MAX_RESPONSE_BODY,
-                    timeout: float | None = None) -> HttpResponse:
+                    timeout: float | None = None, long_poll: bool = False) -> HttpResponse:
         """The homeserver's answer to ``method target`` (a path and query,
         exactly as the client sent it); ``UpstreamError`` when there is none
-        or it is longer than ``max_body``."""
+        or it is longer than ``max_body``.  ``long_poll``: one of the
+        requests ``reserve_long_polls`` counted (sync push's loops)."""
         headers = {}
         if content_type is not None:
             headers["Content-Type"] = content_type
@@ -74,9 +148,10 @@ class Upstream:
         # the target is a path (routes guarantees it): the host is always ours
         url = URL(self.base + target, encoded=True)
         request_timeout = aiohttp.ClientTimeout(total=timeout) if timeout is not None else None
+        session = self.session(self.pool(method, target, long_poll))
         try:
-            async with self.session.request(method, url, data=body or None, headers=headers,
-                                            allow_redirects=False, timeout=request_timeout) as answer:
+            async with session.request(method, url, data=body or None, headers=headers,
+                                       allow_redirects=False, timeout=request_timeout) as answer:
                 # read to the end, never past the cap (content.read(n) may stop early)
                 data = bytearray()
                 async for chunk in answer.content.iter_chunked(1 << 16):
@@ -93,4 +168,12 @@ class Upstream:
             raise UpstreamError(UpstreamError.TIMEOUT) from exc
 
 
-__all__ = ["Upstream", "UpstreamError"]
+def _check_descriptors(connections: int) -> None:
+    """Warn when the pools could need more descriptors than the process may open."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < connections + 64:
+        log.warning("up to %d homeserver connections, but only %d open files allowed: raise the limit "
+                    "(ulimit -n, LimitNOFILE=)", connections, soft)
+
+
+__all__ = ["LONG_POLL", "ORDINARY", "PLAIN_LONG_POLL", "Upstream", "UpstreamError", "may_be_held"]
