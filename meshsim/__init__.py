@@ -5,7 +5,7 @@ up``) is named here; everything else is meshsim's own.
 """
 
 from .emulated import emulated_link_pair
-from .link import LinkProfile
+from .model import LinkProfile
 from .pcap import PcapWriter
 from .relay import Relay
 

@@ -22,8 +22,9 @@ from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
 from .events import EventLog
-from .link import LinkProfile
-from .netem_args import parse_netem_time
+from coap_gateway.transport import parse_netem_time
+
+from .model import LinkProfile, describe_profile
 from .pcap import PcapWriter
 from .relay import DEFAULT_MAX_CLIENTS, DOWN, UP, Relay, parse_host_port
 
@@ -103,17 +104,6 @@ def _netem_words(args: argparse.Namespace) -> list[str]:
     if args.rate is not None:
         words += ["rate", args.rate]
     return words
-
-
-def describe_profile(profile: LinkProfile) -> str:
-    """One line for people: the netem equivalent, then what netem cannot say."""
-    netem = replace(profile, overhead=0, limit_bytes=None, limit_seconds=None).to_netem_args()
-    parts = [netem or "unshaped", f"overhead {profile.overhead} B"]
-    if profile.limit_bytes is not None:
-        parts.append(f"limit {profile.limit_bytes} B")
-    if profile.limit_seconds is not None:
-        parts.append(f"limit {profile.limit_seconds:g} s")
-    return ", ".join(parts)
 
 
 def cmd_link(args: argparse.Namespace) -> int:

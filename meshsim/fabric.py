@@ -48,9 +48,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar, Protocol, Self
 
 from .events import EventLog
-from .link import LinkProfile, OfferResult, Scheduled
 from .pcap import PcapWriter
-from .topology import Cancelled, DirectedLink, Node, Topology
+from .model import Cancelled, DirectedLink, LinkProfile, Node, OfferResult, Scheduled, Topology
 
 logger = logging.getLogger(__name__)
 

@@ -48,7 +48,7 @@ from pathlib import Path
 from typing import Any, Literal, Self
 
 from . import tc
-from .link import LinkProfile
+from .model import LinkProfile, Topology, link_id
 from .tc import (
     Gap,
     KernelCaps,
@@ -57,7 +57,6 @@ from .tc import (
     ShapingPlan,
     UnsupportedFeatures,
 )
-from .topology import Topology, link_id
 
 NETNS_PREFIX = "msim-"
 DEFAULT_NODE_BASE = "10.77.0.0"

@@ -38,9 +38,8 @@ from .fabric import (
     UdpFace,
     link_snapshot,
 )
-from .link import LinkProfile, Scheduled
+from .model import DirectedLink, LinkProfile, Scheduled
 from .pcap import PcapWriter
-from .topology import DirectedLink
 
 logger = logging.getLogger(__name__)
 

@@ -44,7 +44,7 @@ from coap_gateway.transport.timing import LinkBudget
 
 from .events import EventLog
 from .fabric import Fabric
-from .link import LinkProfile
+from .model import LinkProfile, Node, Topology
 from .pcap import PcapWriter
 from .report import ReportBuilder, summary_lines, write_plots
 from .scenario import (
@@ -56,7 +56,6 @@ from .scenario import (
     build_topology,
     resolve_change,
 )
-from .topology import Node, Topology
 
 logger = logging.getLogger(__name__)
 

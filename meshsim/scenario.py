@@ -28,11 +28,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal, get_args
 
-from coap_gateway.codec.profile import DEFAULT_PROFILE
+from coap_gateway.codec import DEFAULT_PROFILE
+from coap_gateway.transport import parse_netem_time
 
-from .link import LinkProfile
-from .netem_args import parse_netem_args, parse_netem_time
-from .topology import MAX_NODE_INDEX, Topology
+from .model import MAX_NODE_INDEX, LinkProfile, Topology, describe_profile
 
 #: bytes counted per packet besides the UDP payload (Ethernet + IPv4 + UDP), as `meshsim link`
 DEFAULT_OVERHEAD = 42
@@ -338,7 +337,7 @@ def _profiles(table: _Table) -> dict[str, LinkProfile]:
 
 def _profile(path: str, netem: str, options: dict[str, Any]) -> LinkProfile:
     try:
-        profile = parse_netem_args(netem.split())
+        profile = LinkProfile.from_netem_args(netem.split())
         return replace(
             profile,
             overhead=profile.overhead + options.get("overhead", DEFAULT_OVERHEAD),
@@ -896,8 +895,6 @@ class _Table:
 
 def plan_lines(scenario: Scenario) -> list[str]:
     """What a run will do, for people (`meshsim run --validate`)."""
-    from .cli import describe_profile  # late: the CLI imports this module
-
     topology = build_topology(scenario)
     lines = [f"scenario {scenario.name}: {len(scenario.nodes)} nodes, {len(scenario.links)} links, seed {scenario.seed}"]
     if scenario.description:

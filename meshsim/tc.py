@@ -42,8 +42,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
-from .link import LinkProfile, netem_kernel_rate_bps
-from .netem_args import format_netem_rate
+from coap_gateway.transport import format_netem_rate
+
+from .model import LinkProfile, netem_kernel_rate_bps
 
 ETHERNET_HEADER_BYTES = 14
 #: Ethernet + IPv4 + UDP: what the kernel counts beyond a UDP payload on a veth

@@ -28,7 +28,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Literal
 
-from ..link import LinkProfile
+from ..model import LinkProfile
 from ..scenario import Scenario
 
 Position = tuple[float, float]

@@ -20,9 +20,9 @@ import pytest
 
 from meshsim.events import EVENT_FIELDS, EventLog, read_events
 from meshsim.fabric import MAX_HOPS, Fabric, kernel_receive_drops
-from meshsim.link import LinkModel, LinkProfile
+from meshsim.model import LinkModel, LinkProfile
 from meshsim.pcap import MAX_UDP_PAYLOAD_V4, PcapWriter
-from meshsim.topology import Topology
+from meshsim.model import Topology
 from tests.meshsim.udp_helpers import LOOPBACK, App, Recorder, open_app
 
 PORT = 15683

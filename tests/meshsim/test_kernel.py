@@ -32,9 +32,9 @@ from meshsim.kernel import (
     new_run_id,
     parse_netns_list,
 )
-from meshsim.link import LinkModel, LinkProfile
+from meshsim.model import LinkModel, LinkProfile
 from meshsim.tc import Fifo, Gap, KernelCaps, QdiscStats, UnsupportedFeatures
-from meshsim.topology import Topology
+from meshsim.model import Topology
 
 NO_NETEM = KernelCaps(frozenset({"htb", "tbf", "bfifo", "pfifo"}))
 WITH_NETEM = KernelCaps(frozenset({"netem", "htb", "tbf", "bfifo", "pfifo"}))

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from meshsim.link import (
+from meshsim.model import (
     LinkModel,
     LinkProfile,
     OfferResult,
@@ -20,7 +20,7 @@ from meshsim.link import (
     gemodel_loss_rate,
     netem_kernel_rate_bps,
 )
-from meshsim.netem_args import (
+from coap_gateway.transport import (
     format_netem_percent,
     format_netem_rate,
     format_netem_time,
@@ -28,7 +28,7 @@ from meshsim.netem_args import (
     parse_netem_rate,
     parse_netem_time,
 )
-from meshsim.rng import TABLE_MAX, derive_rng, derive_seed, netem_table_value
+from meshsim.model.rng import TABLE_MAX, derive_rng, derive_seed, netem_table_value
 
 
 def model(seed: int = 1, link_id: str = "a->b", **profile: Any) -> LinkModel:

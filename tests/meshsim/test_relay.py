@@ -13,7 +13,7 @@ import pytest
 
 from meshsim.cli import build_parser, main, profile_from_args
 from meshsim.events import EVENT_FIELDS, EventLog, read_events
-from meshsim.link import LinkModel, LinkProfile
+from meshsim.model import LinkModel, LinkProfile
 from meshsim.pcap import MAX_UDP_PAYLOAD_V4, PcapWriter
 from meshsim.relay import DOWN, UP, Relay, parse_host_port
 from tests.meshsim.udp_helpers import LOOPBACK, Recorder, open_app

@@ -10,7 +10,7 @@ import pytest
 
 from coap_gateway.transport.timing import LinkBudget
 from meshsim.cli import EXIT_BAD_INPUT, main, shipped_scenarios
-from meshsim.link import LinkProfile
+from meshsim.model import LinkProfile
 from meshsim.report import (
     Copy,
     ReportBuilder,

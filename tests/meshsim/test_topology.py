@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from meshsim.link import LinkModel, LinkProfile
-from meshsim.topology import Topology
+from meshsim.model import LinkModel, LinkProfile
+from meshsim.model import Topology
 
 FAST = LinkProfile(rate_bps=1_000_000, delay=0.01, overhead=42)
 SLOW = LinkProfile(rate_bps=100, delay=1.0, overhead=42)

@@ -29,9 +29,9 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from meshsim.cli import main
 from meshsim.fabric import Fabric
-from meshsim.link import LinkProfile
+from meshsim.model import LinkProfile
 from meshsim.scenario import load_scenario
-from meshsim.topology import Topology
+from meshsim.model import Topology
 from meshsim.web import WebUI
 from meshsim.web.layout import (
     RangeRule,

@@ -1,16 +1,22 @@
-"""tc-netem arguments ⇄ `LinkProfile`: parsing and formatting.
+"""tc-netem arguments ⇄ a link profile's fields: parsing and formatting (sans-I/O).
 
-The units themselves (``100bit``, ``1.5s``, ``20%``) are read and written by
-``coap_gateway.transport.units``, which the gateways' command lines share.
-What meshsim does not model raises ValueError instead of being ignored,
-unlike the 2019 meshsim's `packet_loss`.
+This module knows tc's syntax and nothing of `LinkProfile` itself: it reads
+words into the keyword arguments of a profile and writes a profile's fields
+(a mapping, ``dataclasses.asdict(profile)``) back as words, so the profile
+module can build on it without the two importing each other.  The units
+(``100bit``, ``1.5s``, ``20%``) are read and written by
+``coap_gateway.transport``, which the gateways' command lines share.  What
+meshsim does not model raises ValueError instead of being ignored, unlike the
+2019 meshsim's `packet_loss`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from decimal import Decimal
+from typing import Any
 
-from coap_gateway.transport.units import (
+from coap_gateway.transport import (
     format_netem_percent,
     format_netem_rate,
     format_netem_time,
@@ -19,7 +25,6 @@ from coap_gateway.transport.units import (
     parse_netem_time,
 )
 
-from .link import GilbertElliottParams, LinkProfile
 
 class _Tokens:
     def __init__(self, tokens: list[str]) -> None:
@@ -50,7 +55,8 @@ _UNSUPPORTED = {
 }
 
 
-def parse_netem_args(words: list[str]) -> LinkProfile:
+def parse_netem_fields(words: list[str]) -> dict[str, Any]:
+    """The `LinkProfile` keyword arguments that netem arguments give (see `LinkProfile.from_netem_args`)."""
     tokens = _Tokens(words)
     fields: dict[str, object] = {}
 
@@ -124,10 +130,10 @@ def parse_netem_args(words: list[str]) -> LinkProfile:
 
     if "jitter_dist" in fields and not (fields.get("delay") and fields.get("jitter")):
         raise ValueError("distribution needs a delay and a jitter (tc refuses it otherwise)")
-    return LinkProfile(**fields)  # type: ignore[arg-type]
+    return fields
 
 
-def _parse_gemodel(tokens: _Tokens) -> GilbertElliottParams:
+def _parse_gemodel(tokens: _Tokens) -> tuple[float, float, float, float]:
     # Decimal keeps tc's default r = 1 - p exact (5% -> 95%, not 0.95000000000000001)
     texts = [tokens.take("gemodel p")]
     while len(texts) < 4 and tokens.next_is_number():
@@ -139,32 +145,33 @@ def _parse_gemodel(tokens: _Tokens) -> GilbertElliottParams:
     return (p, r, one_minus_h, one_minus_k)
 
 
-def format_netem_args(profile: LinkProfile, *, counted_by_kernel: int = 0) -> str:
-    """See `LinkProfile.to_netem_args`."""
-    if profile.limit_bytes is not None or profile.limit_seconds is not None:
+def format_netem_fields(fields: Mapping[str, Any], *, counted_by_kernel: int = 0) -> str:
+    """A profile's fields (``dataclasses.asdict(profile)``) as netem arguments; see `LinkProfile.to_netem_args`."""
+    if fields["limit_bytes"] is not None or fields["limit_seconds"] is not None:
         raise ValueError("netem has no byte or time queue limit (only limit_packets)")
     parts: list[str] = []
-    if profile.limit_packets is not None:
-        parts += ["limit", str(profile.limit_packets)]
-    if profile.delay or profile.jitter:
-        parts += ["delay", format_netem_time(profile.delay)]
-        if profile.jitter:
-            parts.append(format_netem_time(profile.jitter))
-    if profile.jitter and profile.jitter_dist != "uniform":
-        if not profile.delay:
+    if fields["limit_packets"] is not None:
+        parts += ["limit", str(fields["limit_packets"])]
+    delay, jitter = fields["delay"], fields["jitter"]
+    if delay or jitter:
+        parts += ["delay", format_netem_time(delay)]
+        if jitter:
+            parts.append(format_netem_time(jitter))
+    if jitter and fields["jitter_dist"] != "uniform":
+        if not delay:
             raise ValueError("tc refuses a delay distribution without a delay")
-        parts += ["distribution", profile.jitter_dist]
-    if profile.gemodel is not None:
-        parts += ["loss", "gemodel", *(format_netem_percent(v) for v in profile.gemodel)]
-    elif profile.loss:
-        parts += ["loss", "random", format_netem_percent(profile.loss)]
-    if profile.duplicate:
-        parts += ["duplicate", format_netem_percent(profile.duplicate)]
-    if profile.corrupt:
-        parts += ["corrupt", format_netem_percent(profile.corrupt)]
-    if profile.rate_bps is not None:
-        extras = [profile.overhead - counted_by_kernel, profile.cell_size or 0, profile.cell_overhead]
+        parts += ["distribution", fields["jitter_dist"]]
+    if fields["gemodel"] is not None:
+        parts += ["loss", "gemodel", *(format_netem_percent(v) for v in fields["gemodel"])]
+    elif fields["loss"]:
+        parts += ["loss", "random", format_netem_percent(fields["loss"])]
+    if fields["duplicate"]:
+        parts += ["duplicate", format_netem_percent(fields["duplicate"])]
+    if fields["corrupt"]:
+        parts += ["corrupt", format_netem_percent(fields["corrupt"])]
+    if fields["rate_bps"] is not None:
+        extras = [fields["overhead"] - counted_by_kernel, fields["cell_size"] or 0, fields["cell_overhead"]]
         while extras and extras[-1] == 0:
             extras.pop()
-        parts += ["rate", format_netem_rate(profile.rate_bps), *map(str, extras)]
+        parts += ["rate", format_netem_rate(fields["rate_bps"]), *map(str, extras)]
     return " ".join(parts)

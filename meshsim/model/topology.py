@@ -8,7 +8,7 @@ directions may have different profiles.
 Addressing: node number N (1..254) has a *public* address ``public_base + N``
 (127.0.0.N by default), which other nodes send to, and a *private* address
 ``private_base + N`` (127.1.0.N), which its applications bind to and send
-from.  The fabric (`meshsim.fabric`) owns the public addresses; this module
+from.  The fabric (`meshsim.net.Fabric`) owns the public addresses; this module
 only does the arithmetic.
 
 Routing: a route minimises the sum of the edges' `weight` (default 1, so
@@ -40,7 +40,8 @@ from dataclasses import dataclass
 
 import networkx as nx
 
-from .link import LinkModel, LinkProfile, OfferResult, Scheduled
+from .link import LinkModel, OfferResult, Scheduled
+from .profile import LinkProfile
 
 #: node numbers are the last octet of a /24
 MAX_NODE_INDEX = 254
