@@ -21,12 +21,10 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
-from .events import EventLog
 from coap_gateway.transport import parse_netem_time
 
 from .model import LinkProfile, describe_profile
-from .pcap import PcapWriter
-from .relay import DEFAULT_MAX_CLIENTS, DOWN, UP, Relay, parse_host_port
+from .net import DEFAULT_MAX_CLIENTS, DOWN, UP, EventLog, PcapWriter, Relay, parse_host_port
 
 EXIT_BAD_INPUT = 2
 EXIT_RUNTIME_ERROR = 1

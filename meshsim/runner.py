@@ -42,10 +42,8 @@ from typing import Any, Self
 
 from coap_gateway.transport.timing import LinkBudget
 
-from .events import EventLog
-from .fabric import Fabric
+from .net import EventLog, Fabric, PcapWriter
 from .model import LinkProfile, Node, Topology
-from .pcap import PcapWriter
 from .report import ReportBuilder, summary_lines, write_plots
 from .scenario import (
     Action,

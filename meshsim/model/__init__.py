@@ -26,7 +26,14 @@ from .profile import (
     netem_kernel_rate_bps,
     transmission_time,
 )
-from .rng import JITTER_DISTRIBUTIONS, JitterDistribution, derive_rng, derive_seed, netem_table_value, sample_delay
+from .rng import (
+    JITTER_DISTRIBUTIONS,
+    JitterDistribution,
+    derive_rng,
+    derive_seed,
+    netem_table_value,
+    sample_delay,
+)
 from .stages import (
     DROP_REASONS,
     BernoulliLoss,
@@ -37,8 +44,8 @@ from .stages import (
     ErrorModel,
     GilbertElliottLoss,
     Serialiser,
-    TransmitQueue,
     Transmission,
+    TransmitQueue,
 )
 from .topology import (
     DEFAULT_PRIVATE_BASE,

@@ -10,9 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ..events import EventLog
-from ..fabric import Fabric
-from ..pcap import PcapWriter
+from ..net import EventLog, Fabric, Network, PcapWriter
 from ..scenario import Scenario, build_topology, resolve_change
 from .layout import range_rule_from_toml, scenario_positions
 from .server import WebUI
@@ -23,10 +21,10 @@ def scenario_ui(scenario: Scenario, *, tick: float = 0.1) -> WebUI:
     return WebUI(title=f"meshsim: {scenario.name}", tick=tick)
 
 
-def attach_scenario(ui: WebUI, fabric: Fabric, scenario: Scenario, source_text: str | None) -> None:
-    """Show `fabric` with the scenario's positions and, if it has one, its range rule."""
+def attach_scenario(ui: WebUI, network: Network, scenario: Scenario, source_text: str | None) -> None:
+    """Show `network` with the scenario's positions and, if it has one, its range rule."""
     rule = range_rule_from_toml(source_text, scenario) if source_text is not None else None
-    ui.attach(fabric, positions=scenario_positions(scenario), range_rule=rule)
+    ui.attach(network, positions=scenario_positions(scenario), range_rule=rule)
 
 
 def phase_names(scenario: Scenario) -> list[str]:
@@ -96,7 +94,7 @@ async def run_ui(
     return 0
 
 
-def _print_addresses(fabric: Fabric, ports: Sequence[int], url: str) -> None:
+def _print_addresses(fabric: Network, ports: Sequence[int], url: str) -> None:
     print(f"meshsim ui: {url}  (Ctrl-C stops)")
     print(f"fabric listening on ports {', '.join(map(str, ports))} of every public address:")
     width = max(len(node.name) for node in fabric.topology)

@@ -1,19 +1,19 @@
-"""The web UI's server: static files, a JSON API and a websocket over a running `Fabric`.
+"""The web UI's server: static files, a JSON API and a websocket over a running `Network`.
 
 Routes (see docs/meshsim.md, "Web UI", for the message formats):
 
 - ``GET /``: the page; ``GET /static/...``: its script, style and D3;
 - ``GET /api/topology``: nodes (with positions), edges (state, profiles, labels);
-- ``GET /api/snapshot``: `Fabric.snapshot()` as it is;
+- ``GET /api/snapshot``: `Network.snapshot()` as it is;
 - ``POST /api/link``: override an edge's profile (either or both directions)
-  and/or take it down or up, on the running fabric;
+  and/or take it down or up, on the running network;
 - ``POST /api/node``: move a node (and, under a range rule, relink it);
 - ``GET /ws``: live messages: ``hello``/``state`` (everything), ``topology``,
   ``tick`` (counters and coalesced traffic, every `tick` seconds at most).
 
-Every change goes through the fabric's public API (`Fabric.set_link`,
+Every change goes through the `meshsim.net.Network` interface (`set_link`,
 `fail`, `heal`): nothing queued on any other link is touched, and the change
-is in the fabric's event log like any other.  A link that a range rule adds
+is in the network's event log like any other.  A link that a range rule adds
 is added to the topology and then `set_link` to its profile, so that the log
 (and a scenario's report) learn its profile.
 
@@ -39,7 +39,7 @@ from urllib.parse import urlsplit
 
 from aiohttp import WSMsgType, web
 
-from ..fabric import Fabric
+from ..net import Network
 from .layout import Pair, Position, RangeRule, profile_label, relink
 from .live import ClientQueue, LiveStats
 
@@ -48,7 +48,8 @@ logger = logging.getLogger(__name__)
 STATIC_DIR = Path(__file__).parent / "static"
 #: bumped when a message's format changes incompatibly
 PROTOCOL_VERSION = 1
-#: the fabric's per-link counters that messages carry (besides "up", "dropped" and the UI's own)
+#: the fabric's per-link counters that messages carry (besides "up", "dropped" and the UI's own;
+#: a backend without some of them sends those it has)
 LINK_FIELDS = (
     "offered_packets", "offered_bytes", "delivered_packets", "delivered_bytes", "delivered_wire_bytes",
     "duplicated", "corrupted", "in_flight_packets", "peak_queue_packets", "peak_queue_bytes", "busy_time",
@@ -66,9 +67,9 @@ class ApiError(Exception):
 
 
 class WebUI:
-    """Serves the UI for one fabric (given now, or later with `attach`).
+    """Serves the UI for one network (given now, or later with `attach`).
 
-    `tick`: seconds between live messages (at most; an idle fabric gets one a
+    `tick`: seconds between live messages (at most; an idle network gets one a
     second, `idle_every`).  `queue_limit`: messages waiting per browser before
     the oldest are dropped.  `rate_window`: seconds over which link rates are
     averaged.  `max_traffic`: traffic entries per tick.
@@ -76,7 +77,7 @@ class WebUI:
 
     def __init__(
         self,
-        fabric: Fabric | None = None,
+        network: Network | None = None,
         *,
         positions: Mapping[str, Position | None] | None = None,
         range_rule: RangeRule | None = None,
@@ -94,7 +95,7 @@ class WebUI:
         self.idle_every = idle_every
         self.queue_limit = queue_limit
         self.stats = LiveStats(rate_window=rate_window, max_traffic=max_traffic)
-        self.fabric: Fabric | None = None
+        self.network: Network | None = None
         self.positions: dict[str, Position | None] = {}
         self.range_rule: RangeRule | None = None
         #: edges the range rule failed (and may heal)
@@ -109,26 +110,26 @@ class WebUI:
         self._last_now = 0.0
         self.address: tuple[str, int] | None = None
         self.app = self._make_app()
-        if fabric is not None:
-            self.attach(fabric, positions=positions, range_rule=range_rule)
+        if network is not None:
+            self.attach(network, positions=positions, range_rule=range_rule)
 
     # ------------------------------------------------------------ lifecycle
 
     def attach(
         self,
-        fabric: Fabric,
+        network: Network,
         *,
         positions: Mapping[str, Position | None] | None = None,
         range_rule: RangeRule | None = None,
     ) -> None:
-        """Show `fabric` (started or not); browsers already connected get its full state."""
-        if self.fabric is not None:
-            raise RuntimeError("a WebUI shows one fabric")
-        self.fabric = fabric
+        """Show `network` (started or not); browsers already connected get its full state."""
+        if self.network is not None:
+            raise RuntimeError("a WebUI shows one network")
+        self.network = network
         given = dict(positions or {})
-        self.positions = {node.name: _position(given.get(node.name)) for node in fabric.topology}
+        self.positions = {node.name: _position(given.get(node.name)) for node in network.topology}
         self.range_rule = range_rule
-        self._unsubscribe = fabric.subscribe(self.stats.feed)
+        self._unsubscribe = network.subscribe(self.stats.feed)
         for client in self._clients:
             client.put(self._state_json("state"))
 
@@ -192,17 +193,17 @@ class WebUI:
     # ------------------------------------------------------------ state as JSON
 
     def now(self) -> float:
-        fabric = self.fabric
-        if fabric is not None and fabric.running:
-            self._last_now = fabric.now()
+        network = self.network
+        if network is not None and network.running:
+            self._last_now = network.now()
         return self._last_now
 
     def topology_json(self) -> dict[str, Any]:
-        fabric = self.fabric
+        network = self.network
         rule = self.range_rule
-        if fabric is None:
+        if network is None:
             return {"attached": False, "title": self.title, "nodes": [], "edges": [], "range": None, "ports": []}
-        topology = fabric.topology
+        topology = network.topology
         nodes = []
         for node in topology:
             position = self.positions.get(node.name)
@@ -212,13 +213,13 @@ class WebUI:
             })
         edges = [self._edge_json(a, b) for a, b in topology.edges()]
         return {
-            "attached": True, "title": self.title, "nodes": nodes, "edges": edges, "ports": fabric.ports,
+            "attached": True, "title": self.title, "nodes": nodes, "edges": edges, "ports": network.ports,
             "range": {"range": rule.range, "profile": rule.profile_name} if rule else None,
         }
 
     def _edge_json(self, a: str, b: str) -> dict[str, Any]:
-        assert self.fabric is not None
-        topology = self.fabric.topology
+        assert self.network is not None
+        topology = self.network.topology
         links = {}
         for link in (topology.link(a, b), topology.link(b, a)):
             links[link.id] = {
@@ -238,7 +239,7 @@ class WebUI:
             counters = links.get(link_id)
             if counters is None:
                 continue
-            entry = {name: counters[name] for name in LINK_FIELDS}
+            entry = {name: counters[name] for name in LINK_FIELDS if name in counters}
             entry["up"] = counters["up"]
             entry["dropped"] = {reason: n for reason, n in counters["dropped"].items() if n}
             entry["dropped_total"] = sum(counters["dropped"].values())
@@ -251,8 +252,8 @@ class WebUI:
             "type": kind, "version": PROTOCOL_VERSION, "seq": self.seq, "t": self.now(), "tick": self.tick,
             "topology": self.topology_json(), "links": {}, "fabric": None,
         }
-        if self.fabric is not None:
-            snapshot = self.fabric.snapshot()
+        if self.network is not None:
+            snapshot = self.network.snapshot()
             message["links"] = self._link_counters(snapshot)
             message["fabric"] = snapshot["counters"]
         return message
@@ -283,7 +284,7 @@ class WebUI:
 
     def flush(self) -> None:
         """One tick: what happened since the last, to every browser (called by the ticker)."""
-        if self.fabric is None:
+        if self.network is None:
             return
         now = self.now()
         batch = self.stats.take(now)
@@ -295,7 +296,7 @@ class WebUI:
         if not (batch.traffic or batch.links or batch.topology_changed or loop_now - self._last_sent >= self.idle_every):
             return
         self._last_sent = loop_now
-        snapshot = self.fabric.snapshot()
+        snapshot = self.network.snapshot()
         self.publish({
             "type": "tick", "t": now, "links": self._link_counters(snapshot, sorted(batch.links)),
             "traffic": batch.traffic, "omitted": batch.omitted, "fabric": snapshot["counters"],
@@ -352,12 +353,12 @@ class WebUI:
         return web.json_response({"t": self.now(), "seq": self.seq, **self.topology_json()}, dumps=_dumps)
 
     async def _get_snapshot(self, request: web.Request) -> web.Response:
-        return web.json_response(self._fabric().snapshot(), dumps=_dumps)
+        return web.json_response(self._network().snapshot(), dumps=_dumps)
 
-    def _fabric(self) -> Fabric:
-        if self.fabric is None:
+    def _network(self) -> Network:
+        if self.network is None:
             raise ApiError(503, "no fabric yet: the run has not started it")
-        return self.fabric
+        return self.network
 
     async def _post_link(self, request: web.Request) -> web.Response:
         """Override a link at run time: see `apply_link_override`."""
@@ -373,9 +374,9 @@ class WebUI:
         limits, distribution...) is kept.  `rate_bps` null means unlimited;
         times are seconds, `loss` a probability (it replaces a Gilbert-Elliott
         model).  `up` fails or heals the edge, both directions (a failure
-        loses what the link carries, as `Fabric.fail`).  Raises ApiError.
+        loses what the link carries, as `Network.fail`).  Raises ApiError.
         """
-        fabric = self._fabric()
+        network = self._network()
         unknown = sorted(set(body) - set(LINK_OVERRIDE_KEYS))
         if unknown:
             raise ApiError(400, f"unknown keys: {', '.join(unknown)} (known: {', '.join(LINK_OVERRIDE_KEYS)})")
@@ -399,7 +400,7 @@ class WebUI:
         up = body.get("up")
         if "up" in body and not isinstance(up, bool):
             raise ApiError(400, f"up must be true or false, not {up!r}")
-        topology = fabric.topology
+        topology = network.topology
         if changes:
             try:
                 forward = replace(topology.link(a, b).profile, **changes) if direction != "reverse" else None
@@ -407,16 +408,16 @@ class WebUI:
             except ValueError as exc:
                 raise ApiError(400, str(exc)) from None
             if forward is None:
-                fabric.set_link(a, b, None, reverse=backward)
+                network.set_link(a, b, None, reverse=backward)
             else:
                 # set_link gives b→a the forward profile unless told otherwise: keep it
-                fabric.set_link(a, b, forward, reverse=backward or topology.link(b, a).profile)
+                network.set_link(a, b, forward, reverse=backward or topology.link(b, a).profile)
         if up is not None:
             self.range_down.discard(frozenset((a, b)))  # by hand from now on
             if up and not topology.is_up(a, b):
-                fabric.heal(a, b)
+                network.heal(a, b)
             elif not up and topology.is_up(a, b):
-                fabric.fail(a, b)
+                network.fail(a, b)
         first, second = next(e for e in topology.edges() if set(e) == {a, b})
         return self._edge_json(first, second)
 
@@ -425,7 +426,7 @@ class WebUI:
             raise ApiError(400, f"between must be [a, b], two node names, not {value!r}")
         a, b = value
         try:
-            self._fabric().topology.weight(a, b)
+            self._network().topology.weight(a, b)
         except KeyError as exc:
             raise ApiError(404, str(exc.args[0])) from None
         return a, b
@@ -439,13 +440,13 @@ class WebUI:
 
         Returns ``{"node": ..., "changes": [{"do": "fail"|"heal"|"add", "between": [a, b]}]}``.
         """
-        fabric = self._fabric()
+        network = self._network()
         unknown = sorted(set(body) - {"name", "x", "y"})
         if unknown:
             raise ApiError(400, f"unknown keys: {', '.join(unknown)} (known: name, x, y)")
         name = body.get("name")
         try:
-            fabric.topology.node(name)
+            network.topology.node(name)
         except KeyError:
             raise ApiError(404, f"no node {name!r}") from None
         x, y = body.get("x"), body.get("y")
@@ -455,20 +456,20 @@ class WebUI:
         changes = []
         rule = self.range_rule
         if rule is not None:
-            topology = fabric.topology
+            topology = network.topology
             edges = {frozenset(edge): topology.is_up(*edge) for edge in topology.edges()}
             for action, a, b in relink(rule, name, self.positions, edges, self.range_down, [n.name for n in topology]):
                 pair = frozenset((a, b))
                 if action == "fail":
-                    fabric.fail(a, b)
+                    network.fail(a, b)
                     self.range_down.add(pair)
                 elif action == "heal":
-                    fabric.heal(a, b)
+                    network.heal(a, b)
                     self.range_down.discard(pair)
                 else:
                     topology.add_link(a, b, rule.profile)
                     # no flush, nothing to cancel; set_link only logs the new link's profile
-                    fabric.set_link(a, b, rule.profile)
+                    network.set_link(a, b, rule.profile)
                 changes.append({"do": action, "between": [a, b]})
         self.publish_topology()
         node = next(n for n in self.topology_json()["nodes"] if n["name"] == name)

@@ -18,10 +18,11 @@ from typing import Any
 
 import pytest
 
-from meshsim.events import EVENT_FIELDS, EventLog, read_events
-from meshsim.fabric import MAX_HOPS, Fabric, kernel_receive_drops
+from meshsim.net.events import EVENT_FIELDS, EventLog, read_events
+from meshsim.net.fabric import MAX_HOPS, Fabric
+from meshsim.net.udp import kernel_receive_drops
 from meshsim.model import LinkModel, LinkProfile
-from meshsim.pcap import MAX_UDP_PAYLOAD_V4, PcapWriter
+from meshsim.net.pcap import MAX_UDP_PAYLOAD_V4, PcapWriter
 from meshsim.model import Topology
 from tests.meshsim.udp_helpers import LOOPBACK, App, Recorder, open_app
 

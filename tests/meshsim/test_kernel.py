@@ -18,8 +18,8 @@ from dataclasses import replace
 
 import pytest
 
-from meshsim import tc
-from meshsim.kernel import (
+from meshsim.net import tc
+from meshsim.net.kernel import (
     LOCK_DIR,
     KernelLayout,
     KernelSupport,
@@ -33,7 +33,7 @@ from meshsim.kernel import (
     parse_netns_list,
 )
 from meshsim.model import LinkModel, LinkProfile
-from meshsim.tc import Fifo, Gap, KernelCaps, QdiscStats, UnsupportedFeatures
+from meshsim.net.tc import Fifo, Gap, KernelCaps, QdiscStats, UnsupportedFeatures
 from meshsim.model import Topology
 
 NO_NETEM = KernelCaps(frozenset({"htb", "tbf", "bfifo", "pfifo"}))
@@ -431,11 +431,11 @@ def test_refusal_happens_before_anything_is_built() -> None:
     support = KernelSupport(root=True, netns=True, qdiscs=NO_NETEM.qdiscs, hz=NO_NETEM.hz, problems=())
     kernel = KernelTopology(chain("a", "b", profile=replace(RADIO, delay=0.5)), support=support)
     with pytest.raises(UnsupportedFeatures, match=r"a->b delay: 0\.5 asked.*b->a delay"):
-        kernel.start()
+        kernel.build()
     unavailable = KernelSupport(root=False, netns=False, qdiscs=frozenset(), hz=100, problems=("not root (euid 1000)",))
     assert not unavailable.usable
     with pytest.raises(KernelUnavailable, match="not root"):
-        KernelTopology(chain("a", "b"), support=unavailable).start()
+        KernelTopology(chain("a", "b"), support=unavailable).build()
 
 
 # ---------------------------------------------------------------- integration (root, ip netns)

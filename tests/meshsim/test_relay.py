@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 
 from meshsim.cli import build_parser, main, profile_from_args
-from meshsim.events import EVENT_FIELDS, EventLog, read_events
+from meshsim.net.events import EVENT_FIELDS, EventLog, read_events
 from meshsim.model import LinkModel, LinkProfile
-from meshsim.pcap import MAX_UDP_PAYLOAD_V4, PcapWriter
-from meshsim.relay import DOWN, UP, Relay, parse_host_port
+from meshsim.net.pcap import MAX_UDP_PAYLOAD_V4, PcapWriter
+from meshsim.net.relay import DOWN, UP, Relay, parse_host_port
 from tests.meshsim.udp_helpers import LOOPBACK, Recorder, open_app
 
 REPO = Path(__file__).resolve().parents[2]

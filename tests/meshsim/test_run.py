@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from meshsim.cli import shipped_scenarios
-from meshsim.events import read_events
+from meshsim.net.events import read_events
 from meshsim.scenario import load_scenario
 
 pytestmark = pytest.mark.synapse

@@ -28,7 +28,7 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from meshsim.cli import main
-from meshsim.fabric import Fabric
+from meshsim.net import Fabric
 from meshsim.model import LinkProfile
 from meshsim.scenario import load_scenario
 from meshsim.model import Topology

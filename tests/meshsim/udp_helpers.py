@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from meshsim.fabric import ShapedForwarder
+from meshsim.net import ShapedForwarder
 
 Address = tuple[str, int]
 LOOPBACK = "127.0.0.1"

@@ -20,6 +20,9 @@ from collections import Counter
 from collections.abc import Mapping
 from typing import IO, Any, Self
 
+#: one event: a dict with ``kind`` and ``t`` and the fields of its kind
+Event = dict[str, Any]
+
 #: The fields of each event kind, in the order they are written.
 EVENT_FIELDS: dict[str, tuple[str, ...]] = {
     # the run starts: its clock's origin in Unix time, the topology and the ports

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from coap_gateway.transport import EmulatedLinkEnd, LinkBudget, connect
 
-from .model import LinkModel, LinkProfile
+from ..model import LinkModel, LinkProfile
 
 
 def emulated_link_pair(

@@ -4,7 +4,7 @@
 kernel has, and says what will be missing or approximate; `setup_commands`,
 `change_commands` and `teardown_commands` turn a plan into ``tc`` argv lists;
 `parse_qdisc_stats` reads ``tc -s qdisc show``.  Nothing here runs a process
-(`meshsim.kernel` does).
+(`meshsim.net.kernel` does).
 
 Shapers, best first:
 
@@ -44,7 +44,7 @@ from typing import Literal
 
 from coap_gateway.transport import format_netem_rate
 
-from .model import LinkProfile, netem_kernel_rate_bps
+from ..model import LinkProfile, netem_kernel_rate_bps
 
 ETHERNET_HEADER_BYTES = 14
 #: Ethernet + IPv4 + UDP: what the kernel counts beyond a UDP payload on a veth

@@ -28,18 +28,12 @@ from collections import OrderedDict
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from ..model import DirectedLink, LinkProfile, Scheduled
 from .events import EventLog
-from .fabric import (
-    DEFAULT_MAX_IN_FLIGHT_BYTES,
-    Address,
-    Clock,
-    ExactTimer,
-    ShapedForwarder,
-    UdpFace,
-    link_snapshot,
-)
-from .model import DirectedLink, LinkProfile, Scheduled
+from .forwarder import DEFAULT_MAX_IN_FLIGHT_BYTES, ShapedForwarder, link_snapshot
 from .pcap import PcapWriter
+from .scheduler import Clock, ExactTimer
+from .udp import Address, UdpFace
 
 logger = logging.getLogger(__name__)
 

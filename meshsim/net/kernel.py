@@ -15,26 +15,31 @@ argv lists):
 - neighbours are static (no ARP on the shaped link) and IPv6 is off, so the
   only packets on a link are the ones applications send;
 - routes are static: for every pair, the next hop on the topology's shortest
-  path (`meshsim.topology.Topology.path`, the same routing as the userspace
+  path (`meshsim.model.Topology.path`, the same routing as the userspace
   fabric); a destination with no path gets an ``unreachable`` route (senders
   get EHOSTUNREACH).  Every change re-installs them (instant convergence);
-- each veth's egress gets the qdiscs of `meshsim.tc.plan`.
+- each veth's egress gets the qdiscs of `meshsim.net.tc.plan`.
 
 These addresses exist only inside the namespaces; no namespace has a route
 to anything else, and nothing is configured in the host's namespace.
 
 `KernelTopology` is the shell that runs the commands: build, `run` / `popen`
-in a node, `set_link`, `fail` / `heal`, `counters`, and a teardown that runs
-on error, KeyboardInterrupt and interpreter exit.  A run holds a lock file
+in a node, `set_link`, `fail` / `heal` / `partition`, `counters`, and a
+teardown that runs on error, KeyboardInterrupt and interpreter exit.  It is
+the kernel backend of `meshsim.net.Network`: synchronous as `build` / `close`
+(or ``with``), asynchronous as `start` / `stop` (the commands then run in a
+worker thread, off the event loop).  A run holds a lock file
 (``/run/meshsim/<run id>.lock``) while it lives, so `cleanup_stale` removes
 only namespaces whose run has died.
 """
 
 from __future__ import annotations
 
+import asyncio
 import atexit
 import fcntl
 import ipaddress
+import logging
 import os
 import re
 import secrets
@@ -42,13 +47,15 @@ import shutil
 import subprocess
 import time
 import warnings
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal, Self
 
+from ..model import LinkProfile, Topology, link_id
 from . import tc
-from .model import LinkProfile, Topology, link_id
+from .events import Event
+from .network import Network
 from .tc import (
     Gap,
     KernelCaps,
@@ -75,6 +82,8 @@ NAMESPACE_SYSCTLS = (
     "net.ipv6.conf.default.disable_ipv6=1",
 )
 COMMAND_TIMEOUT = 30.0
+
+logger = logging.getLogger(__name__)
 
 
 def new_run_id() -> str:
@@ -397,16 +406,20 @@ def cleanup_stale(prefix: str = NETNS_PREFIX) -> list[str]:
 OnMissing = Literal["raise", "warn", "ignore"]
 
 
-class KernelTopology:
+class KernelTopology(Network):
     """A `Topology` built in network namespaces, shaped by tc.
 
-    Use as a context manager (or `start` / `close`).  The topology's nodes and
-    links are fixed once built; change them through this object (`set_link`,
-    `fail`, `heal`) so the kernel follows.  `on_missing` says what
-    to do when a profile asks for what the kernel cannot do (see
-    `meshsim.tc.plan`): refuse ("raise", before anything is built), warn, or
-    ignore; `plans` and `gaps` tell what was decided either way.
+    Use as a context manager (or `build` / `close`; from an event loop,
+    ``async with`` or `start` / `stop`).  The topology's nodes and links are
+    fixed once built; change them through this object (`set_link`, `fail`,
+    `heal`, `partition`, `heal_all`) so the kernel follows.  `on_missing`
+    says what to do when a profile asks for what the kernel cannot do (see
+    `meshsim.net.tc.plan`): refuse ("raise", before anything is built), warn,
+    or ignore; `plans` and `gaps` tell what was decided either way.
     """
+
+    #: a node owns its address on every port
+    ports: list[int] = []
 
     def __init__(
         self,
@@ -436,11 +449,13 @@ class KernelTopology:
         self._lock: _RunLock | None = None
         self._started = False
         self._closed = False
+        self._epoch = 0.0
+        self._subscribers: list[Callable[[Event], None]] = []
 
     # ------------------------------------------------------------ lifecycle
 
     def __enter__(self) -> Self:
-        self.start()
+        self.build()
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
@@ -453,10 +468,27 @@ class KernelTopology:
             # do not hide the exception that is already on its way out
             warnings.warn(f"teardown incomplete: {error}", stacklevel=2)
 
-    def start(self) -> None:
+    async def start(self) -> None:
+        """`build`, with its commands in a worker thread (they take a while; the loop goes on)."""
+        await asyncio.to_thread(self.build)
+
+    async def stop(self) -> None:
+        """`close`, in a worker thread."""
+        await asyncio.to_thread(self.close)
+
+    @property
+    def running(self) -> bool:
+        return self._started and not self._closed
+
+    def now(self) -> float:
+        return time.monotonic() - self._epoch
+
+    def build(self) -> None:
+        """Create the namespaces, veths, qdiscs and routes (refusing first what cannot be shaped)."""
         if self._started:
             raise RuntimeError("already started")
         self._started = True
+        self._epoch = time.monotonic()
         support = self._support or detect_support()
         if not support.usable:
             raise KernelUnavailable(f"kernel backend unavailable: {support.describe()}")
@@ -548,7 +580,7 @@ class KernelTopology:
         """New profile(s) from now on (a→b `profile`, b→a `reverse`, default the same).
 
         With the same shaper kind the qdiscs change in place and keep their
-        queues; see `meshsim.tc.change_commands`.
+        queues; see `meshsim.net.tc.change_commands`.
         """
         self._require_running()
         new_plans = {}
@@ -558,27 +590,65 @@ class KernelTopology:
         self._check_missing({link_id(s, d): p.missing for (s, d), p in new_plans.items()})
         old_version = self.topology.version
         # first the topology, which validates the weight
-        self.topology.set_link(a, b, profile, reverse=reverse, weight=weight, now=self._now())
+        changed = self.topology.set_link(a, b, profile, reverse=reverse, weight=weight, now=self.now())
         for (src, dst), new_plan in new_plans.items():
             end = self.layout.end(src, dst)
             self._run_all(tc.change_commands(end.dev, self.plans[link_id(src, dst)], new_plan, netns=end.netns))
             self.plans[link_id(src, dst)] = new_plan
         if self.topology.version != old_version:
             self._run_all(self.layout.route_commands())
+        for link in changed or [self.topology.link(a, b), self.topology.link(b, a)]:
+            self._emit({"kind": "link_change", "t": self.now(), "link": link.id, "profile": asdict(link.profile),
+                        "weight": self.topology.weight(a, b)})
 
-    def fail(self, a: str, b: str) -> None:
-        """Take the link down both ways (what its queues held is lost) and reroute."""
+    def fail(self, a: str, b: str) -> int:
+        """Take the link down both ways and reroute; returns the packets its qdiscs held, now lost."""
         self._require_running()
-        self.topology.fail(a, b, now=self._now())
-        self._run_all(self.layout.link_state_commands(a, b, up=False))
-        self._run_all(self.layout.route_commands())
+        self.topology.fail(a, b, now=self.now())
+        return self._take_down([(a, b)])
 
     def heal(self, a: str, b: str) -> None:
         """Bring the link back up both ways and reroute."""
         self._require_running()
-        self.topology.heal(a, b, now=self._now())
-        self._run_all(self.layout.link_state_commands(a, b, up=True))
+        healed = self.topology.heal(a, b, now=self.now())
+        self._bring_up([(a, b)], announce=healed)
+
+    def partition(self, groups: Iterable[Iterable[str]]) -> int:
+        """Fail every link between groups (see `Topology.partition`); returns the packets lost."""
+        self._require_running()
+        failed, _ = self.topology.partition(groups, now=self.now())
+        return self._take_down(failed) if failed else 0
+
+    def heal_all(self) -> None:
+        self._require_running()
+        healed = self.topology.heal_all(now=self.now())
+        if healed:
+            self._bring_up(healed, announce=True)
+
+    def _take_down(self, edges: list[tuple[str, str]]) -> int:
+        # the veths' queues die with them: count what they hold just before (tc's exact packet backlog)
+        lost = 0
+        for a, b in edges:
+            held = {link_id(src, dst): self._backlog_packets(src, dst) for src, dst in ((a, b), (b, a))}
+            self._run_all(self.layout.link_state_commands(a, b, up=False))
+            for link, flushed in held.items():
+                self._emit({"kind": "link_down", "t": self.now(), "link": link, "flushed": flushed})
+            lost += sum(held.values())
         self._run_all(self.layout.route_commands())
+        return lost
+
+    def _bring_up(self, edges: list[tuple[str, str]], *, announce: bool) -> None:
+        for a, b in edges:
+            self._run_all(self.layout.link_state_commands(a, b, up=True))
+        self._run_all(self.layout.route_commands())
+        if announce:
+            for a, b in edges:
+                for link in (link_id(a, b), link_id(b, a)):
+                    self._emit({"kind": "link_up", "t": self.now(), "link": link})
+
+    def _backlog_packets(self, src: str, dst: str) -> int:
+        root = tc.root_stats(self.qdisc_stats(src, dst))
+        return root.backlog_packets if root is not None else 0
 
     def qdisc_stats(self, a: str, b: str) -> list[QdiscStats]:
         """Every qdisc on `a`'s interface toward `b`."""
@@ -596,6 +666,39 @@ class KernelTopology:
     def gaps(self) -> dict[str, tuple[Gap, ...]]:
         """What each directed link's profile asks for that the kernel does not apply."""
         return {link_id: plan.missing for link_id, plan in self.plans.items() if plan.missing}
+
+    def snapshot(self) -> dict[str, Any]:
+        """As `Network.snapshot`; each link's counters are its root qdisc's (Ethernet frame bytes),
+        its drops the qdisc's (``dropped["qdisc"]``).  Nothing is counted outside the links."""
+        links: dict[str, dict[str, Any]] = {}
+        backlog = 0
+        for link in self.topology.links:
+            stats = tc.root_stats(self.qdisc_stats(link.src, link.dst)) if self.running else None
+            entry: dict[str, Any] = {
+                "src": link.src, "dst": link.dst, "up": not link.is_down, "profile": asdict(link.profile),
+                "weight": self.topology.weight(link.src, link.dst),
+                "dropped": {"qdisc": stats.dropped if stats is not None else 0},
+            }
+            if stats is not None:
+                entry.update(sent_packets=stats.sent_packets, sent_bytes=stats.sent_bytes,
+                             overlimits=stats.overlimits, requeues=stats.requeues,
+                             backlog_packets=stats.backlog_packets, backlog_bytes=stats.backlog_bytes)
+                backlog += stats.backlog_bytes
+            links[link.id] = entry
+        return {"t": self.now() if self.running else 0.0, "counters": {}, "in_flight_bytes": backlog, "links": links}
+
+    def subscribe(self, callback: Callable[[Event], None]) -> Callable[[], None]:
+        """`callback` gets the link changes (``link_change``, ``link_down``, ``link_up``); the kernel's
+        packets are its own."""
+        self._subscribers.append(callback)
+        return lambda: self._subscribers.remove(callback)
+
+    def _emit(self, event: Event) -> None:
+        for callback in tuple(self._subscribers):
+            try:
+                callback(event)
+            except Exception:
+                logger.exception("event subscriber %r failed", callback)
 
     # ------------------------------------------------------------ helpers
 
@@ -616,9 +719,6 @@ class KernelTopology:
         if not self._started or self._closed:
             raise RuntimeError("the kernel topology is not running")
 
-    def _now(self) -> float:
-        return time.monotonic()
-
     @staticmethod
     def _run_all(commands: Iterable[Sequence[str]]) -> None:
         for argv in commands:
@@ -626,6 +726,6 @@ class KernelTopology:
 
 
 if __name__ == "__main__":
-    # python -m meshsim.kernel: what this machine offers the kernel backend
+    # python -m meshsim.net.kernel: what this machine offers the kernel backend
     found = detect_support()
     print(("usable: " if found.usable else "unavailable: ") + found.describe())
