@@ -25,6 +25,8 @@ from coap_gateway.transport import parse_netem_time
 
 from .model import LinkProfile, describe_profile
 from .net import DEFAULT_MAX_CLIENTS, DOWN, UP, EventLog, PcapWriter, Relay, parse_host_port
+from .run import RunError, ScenarioError, load_scenario, plan_lines, run_scenario, summary_table
+from .web.command import phase_names, run_scenario_with_ui, run_ui
 
 EXIT_BAD_INPUT = 2
 EXIT_RUNTIME_ERROR = 1
@@ -181,43 +183,6 @@ def _live_line(relay: Relay) -> str:
     )
 
 
-def summary_table(snapshot: dict[str, Any]) -> Any:
-    """The counters of a relay or fabric snapshot as a rich Table, one column per link."""
-    from rich.table import Table
-
-    links = snapshot["links"]
-    duration = snapshot["t"]
-    table = Table(title=f"meshsim: {duration:.1f} s")
-    table.add_column("")
-    for name in links:
-        table.add_column(name, justify="right")
-
-    def row(label: str, value: Any) -> None:
-        table.add_row(label, *(str(value(link)) for link in links.values()))
-
-    row("offered packets", lambda l: l["offered_packets"])
-    row("offered bytes", lambda l: l["offered_bytes"])
-    row("delivered packets", lambda l: l["delivered_packets"])
-    row("delivered bytes", lambda l: l["delivered_bytes"])
-    row("delivered bytes with overhead", lambda l: l["delivered_wire_bytes"])
-    row("duplicated", lambda l: l["duplicated"])
-    row("corrupted", lambda l: l["corrupted"])
-    reasons = sorted({reason for link in links.values() for reason, n in link["dropped"].items() if n})
-    for reason in reasons:
-        row(f"dropped ({reason})", lambda l, r=reason: l["dropped"][r])
-    row("busy time (s)", lambda l: f"{l['busy_time']:.3f}")
-    row("utilisation", lambda l: f"{l['busy_time'] / duration:.1%}" if duration > 0 else "-")
-    row("peak queue packets", lambda l: l["peak_queue_packets"])
-    row("peak queue bytes", lambda l: l["peak_queue_bytes"])
-    other = {k: v for k, v in snapshot["counters"].items() if k != "dropped"}
-    dropped = {k: v for k, v in snapshot["counters"].get("dropped", {}).items() if v}
-    caption = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in other.items())
-    if dropped:
-        caption += "; dropped outside the links: " + ", ".join(f"{k} {v}" for k, v in dropped.items())
-    table.caption = caption
-    return table
-
-
 # ------------------------------------------------------------------ run
 
 
@@ -241,8 +206,6 @@ def scenario_path(name: str) -> Path:
 def cmd_run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from .scenario import ScenarioError, load_scenario, plan_lines
-
     if args.list:
         for name, path in shipped_scenarios().items():
             print(f"{name}\t{path}")
@@ -259,12 +222,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 0
     if args.out is None:
         raise UsageError("run needs --out DIR")
-    from .runner import RunError, run_scenario
-
     console = None if args.quiet else Console(stderr=True)
     if args.ui is not None:
-        from .web.command import run_scenario_with_ui
-
         listen = _listen_address(args.ui, "--ui")
         running = run_scenario_with_ui(scenario, path.read_text(encoding="utf-8"), args.out, listen,
                                        seed=args.seed, console=console)
@@ -297,9 +256,6 @@ def _listen_address(text: str, option: str) -> tuple[str, int]:
 
 
 def cmd_ui(args: argparse.Namespace) -> int:
-    from .scenario import ScenarioError, load_scenario
-    from .web.command import phase_names, run_ui
-
     path = scenario_path(args.scenario)
     try:
         scenario = load_scenario(path)

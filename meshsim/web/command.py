@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ..net import EventLog, Fabric, Network, PcapWriter
-from ..scenario import Scenario, build_topology, resolve_change
+from ..run import Scenario, build_topology, resolve_change, run_scenario, summary_table
 from .layout import range_rule_from_toml, scenario_positions
 from .server import WebUI
 
@@ -45,8 +45,6 @@ async def run_ui(
 ) -> int:
     """`meshsim ui`: the scenario's fabric (no Synapse, no clients) and the UI, until a signal."""
     from rich.console import Console
-
-    from ..cli import summary_table
 
     topology = build_topology(scenario, seed=seed)
     if phase is not None:
@@ -107,8 +105,6 @@ async def run_scenario_with_ui(
     scenario: Scenario, source_text: str | None, out_dir: str | Path, listen: tuple[str, int], **options: Any
 ) -> Any:
     """`meshsim run --ui`: `run_scenario` with the UI showing its fabric as soon as it starts."""
-    from ..runner import run_scenario
-
     ui = scenario_ui(scenario)
     await ui.start(*listen)
     print(f"meshsim: web UI on {ui.url}", file=sys.stderr, flush=True)

@@ -5,9 +5,9 @@ units (None for a node without one: the browser lays those out with a force
 simulation until someone drags them).
 
 A scenario with ``[topology] range`` links every pair of positioned nodes at
-most `range` apart (``math.dist(a, b) <= range``, as
-`meshsim.scenario._auto_links` does), except pairs given by an explicit
-``[[link]]``, which stay whatever the distance.  The `Scenario` object keeps
+most `range` apart (``math.dist(a, b) <= range``, as `meshsim.run.scenario`
+does), except pairs given by an explicit ``[[link]]``, which stay whatever
+the distance.  The `Scenario` object keeps
 only the resulting links, so `range_rule_from_toml` reads the rule back from
 the file's text.  When a node moves, `relink` says what to do to the running
 fabric so that the rule holds again:
@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from ..model import LinkProfile
-from ..scenario import Scenario
+from ..run import Scenario
 
 Position = tuple[float, float]
 Pair = frozenset[str]

@@ -15,7 +15,7 @@ import pytest
 
 from meshsim.cli import shipped_scenarios
 from meshsim.net.events import read_events
-from meshsim.scenario import load_scenario
+from meshsim.run import load_scenario
 
 pytestmark = pytest.mark.synapse
 
@@ -30,7 +30,7 @@ def bases() -> tuple[str, str]:
 
 async def test_the_100bps_pair_end_to_end(tmp_path: Path, bases: tuple[str, str]) -> None:
     pytest.importorskip("synapse", reason="matrix-synapse is not installed")
-    from meshsim.runner import run_scenario
+    from meshsim.run import run_scenario
 
     scenario = load_scenario(shipped_scenarios()["100bps-pair"])
     started = time.monotonic()

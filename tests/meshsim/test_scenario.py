@@ -8,18 +8,18 @@ from pathlib import Path
 
 import pytest
 
-from coap_gateway.transport.timing import LinkBudget
+from coap_gateway.transport import LinkBudget
 from meshsim.cli import EXIT_BAD_INPUT, main, shipped_scenarios
 from meshsim.model import LinkProfile
-from meshsim.report import (
+from meshsim.run import (
     Copy,
     ReportBuilder,
     evaluate_assertions,
     physical_bound,
     write_plots,
 )
-from meshsim.runner import path_budget, slowest_budget
-from meshsim.scenario import (
+from meshsim.run import path_budget, slowest_budget
+from meshsim.run import (
     DEFAULT_OVERHEAD,
     LinkChange,
     ScenarioError,

@@ -30,7 +30,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from meshsim.cli import main
 from meshsim.net import Fabric
 from meshsim.model import LinkProfile
-from meshsim.scenario import load_scenario
+from meshsim.run import load_scenario
 from meshsim.model import Topology
 from meshsim.web import WebUI
 from meshsim.web.layout import (

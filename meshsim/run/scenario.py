@@ -31,7 +31,7 @@ from typing import Any, Literal, get_args
 from coap_gateway.codec import DEFAULT_PROFILE
 from coap_gateway.transport import parse_netem_time
 
-from .model import MAX_NODE_INDEX, LinkProfile, Topology, describe_profile
+from ..model import MAX_NODE_INDEX, LinkProfile, Topology, describe_profile
 
 #: bytes counted per packet besides the UDP payload (Ethernet + IPv4 + UDP), as `meshsim link`
 DEFAULT_OVERHEAD = 42
