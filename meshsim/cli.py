@@ -26,7 +26,7 @@ from coap_gateway.transport import parse_netem_time
 from .model import LinkProfile, describe_profile
 from .net import DEFAULT_MAX_CLIENTS, DOWN, UP, EventLog, PcapWriter, Relay, parse_host_port
 from .run import RunError, ScenarioError, load_scenario, plan_lines, run_scenario, summary_table
-from .web.command import phase_names, run_scenario_with_ui, run_ui
+from .web import phase_names, run_scenario_with_ui, run_ui
 
 EXIT_BAD_INPUT = 2
 EXIT_RUNTIME_ERROR = 1

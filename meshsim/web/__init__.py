@@ -1,11 +1,15 @@
-"""meshsim's web UI: a D3 topology canvas over a running fabric (see docs/meshsim.md, "Web UI").
+"""meshsim's web UI: a D3 topology canvas over a running network (see docs/meshsim.md, "Web UI").
 
-`WebUI` (meshsim.web.server) serves the page, a JSON API and a websocket;
-`meshsim.web.live` coalesces the fabric's events for it; `meshsim.web.layout`
-holds positions, the range rule and link labels; `meshsim.web.command` is
-what ``meshsim ui`` and ``meshsim run --ui`` call.
+Layer contract: `meshsim.web` builds on `meshsim.run` (scenarios, the
+runner), `meshsim.net` (the `Network` it shows and changes) and
+`meshsim.model`, through their package names only; only the command line
+builds on it.  `WebUI` (server) serves the page, a JSON API and a
+websocket; `live` coalesces the network's events for it and `layout` holds
+positions, the range rule and link labels (both sans-I/O); `command` is what
+``meshsim ui`` and ``meshsim run --ui`` call.
 """
 
+from .command import phase_names, run_scenario_with_ui, run_ui
 from .server import WebUI
 
-__all__ = ["WebUI"]
+__all__ = ["WebUI", "phase_names", "run_scenario_with_ui", "run_ui"]

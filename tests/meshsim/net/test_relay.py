@@ -16,9 +16,8 @@ from meshsim.net.events import EVENT_FIELDS, EventLog, read_events
 from meshsim.model import LinkModel, LinkProfile
 from meshsim.net.pcap import MAX_UDP_PAYLOAD_V4, PcapWriter
 from meshsim.net.relay import DOWN, UP, Relay, parse_host_port
-from tests.meshsim.udp_helpers import LOOPBACK, Recorder, open_app
+from tests.meshsim.support import LOOPBACK, REPO, Recorder, open_app
 
-REPO = Path(__file__).resolve().parents[2]
 
 
 # ---------------------------------------------------------------- the relay in process

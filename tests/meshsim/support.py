@@ -1,17 +1,24 @@
-"""UDP applications and an event recorder for the fabric and relay tests."""
+"""What meshsim's tests share that is not a fixture: UDP applications, an event recorder, polling.
+
+Not a test module: test modules import from here, never from each other
+(fixtures are in conftest.py).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 from meshsim.net import ShapedForwarder
 
 Address = tuple[str, int]
 LOOPBACK = "127.0.0.1"
+#: the repository's root (the shipped scenarios are in meshsim/scenarios/)
+REPO = Path(__file__).resolve().parents[2]
 
 
 class App(asyncio.DatagramProtocol):
@@ -82,3 +89,17 @@ class Recorder:
             while not condition():
                 self._changed.clear()
                 await self._changed.wait()
+
+
+async def until(condition: Callable[[], Any], timeout: float = 5.0, what: str = "condition") -> Any:
+    """Poll `condition` (sync or async) until it is truthy; its value."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if isinstance(value, Awaitable):
+            value = await value
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what} (last value {value!r})")
+        await asyncio.sleep(0.02)

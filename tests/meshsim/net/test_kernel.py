@@ -26,7 +26,6 @@ from meshsim.net.kernel import (
     KernelTopology,
     KernelUnavailable,
     cleanup_stale,
-    detect_support,
     group_runs,
     netns_name,
     new_run_id,
@@ -481,14 +480,6 @@ for idle, count, size in json.loads(sys.argv[3]):
             sent.append([now, error.errno])
 print(json.dumps(sent))
 """
-
-
-@pytest.fixture(scope="module")
-def kernel_support() -> KernelSupport:
-    support = detect_support()
-    if not support.usable:
-        pytest.skip(f"kernel backend unavailable: {support.describe()}")
-    return support
 
 
 def transfer(

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import json
 import math
 import random
 import statistics
@@ -18,15 +20,6 @@ from meshsim.model import (
     OfferResult,
     Scheduled,
     gemodel_loss_rate,
-    netem_kernel_rate_bps,
-)
-from coap_gateway.transport import (
-    format_netem_percent,
-    format_netem_rate,
-    format_netem_time,
-    parse_netem_percent,
-    parse_netem_rate,
-    parse_netem_time,
 )
 from meshsim.model.rng import TABLE_MAX, derive_rng, derive_seed, netem_table_value
 
@@ -465,6 +458,66 @@ def test_enabling_duplication_does_not_change_which_originals_are_lost(loss: dic
     assert originals_fate(plain) == originals_fate(duplicated)
 
 
+#: the digest of `fate_trace` on the LinkModel of before the stages split (one class with the
+#: loss model chosen by `if`), recorded then: the composition must keep every draw, byte for byte
+RECORDED_FATES = "841db17338968b4d2388eb79ec2667b25a485444f2a9f3f1566927f6e5a71ff9"
+
+
+def fate_trace() -> str:
+    """sha256 over every fate of 400 mixed operations per (profile, seed): offers, failures, profile changes."""
+    profiles = [
+        dict(),
+        dict(rate_bps=100, overhead=42),
+        dict(rate_bps=9600, delay=0.5, jitter=0.2, overhead=42),
+        dict(delay=0.1, jitter=0.08, jitter_dist="normal"),
+        dict(delay=0.3, jitter=0.1, jitter_dist="pareto", rate_bps=2000),
+        dict(delay=0.3, jitter=0.1, jitter_dist="paretonormal"),
+        dict(rate_bps=1200, loss=0.2, delay=0.05),
+        dict(rate_bps=1200, gemodel=(0.05, 0.3, 0.9, 0.01)),
+        dict(rate_bps=4800, duplicate=0.2, corrupt=0.3, loss=0.1, jitter=0.01, delay=0.02),
+        dict(rate_bps=4800, duplicate=0.3, gemodel=(0.1, 0.2, 0.8, 0.05), corrupt=0.1),
+        dict(rate_bps=800, limit_packets=3, overhead=10),
+        dict(rate_bps=800, limit_bytes=300, overhead=10),
+        dict(rate_bps=800, limit_seconds=1.0, overhead=10),
+        dict(rate_bps=800, limit_seconds=0.0),
+        dict(rate_bps=1000, cell_size=48, cell_overhead=5, overhead=-14),
+        dict(rate_bps=2400, delay=0.2, jitter=0.05, duplicate=0.1, corrupt=0.05, loss=0.05, limit_packets=5,
+             limit_bytes=2000, limit_seconds=3.0, overhead=42),
+    ]
+    digest = hashlib.sha256()
+    for number, fields in enumerate(profiles):
+        for seed in (0, 1, 7, 42):
+            model = LinkModel(LinkProfile(**fields), seed=seed, link_id=f"x->{number}")
+            rng = random.Random(seed * 1000 + number)
+            now = 0.0
+            for _ in range(400):
+                now += rng.expovariate(2.0)
+                size = rng.randrange(0, 200)
+                payload = rng.randbytes(size) if rng.random() < 0.7 else None
+                op = rng.random()
+                if op < 0.03:
+                    fate = ["down", [dataclasses.astuple(c) for c in model.set_down(now, flush=rng.random() < 0.7)]]
+                elif op < 0.06:
+                    model.set_up(now)
+                    fate = ["up"]
+                elif op < 0.08:
+                    rate = rng.choice([None, 100, 1200, 9600])
+                    model.set_profile(LinkProfile(**{**fields, "rate_bps": rate}), now)
+                    fate = ["profile", rate]
+                else:
+                    result = model.offer(now, size, payload)
+                    fate = ["offer", [dataclasses.astuple(c) for c in result.deliveries],
+                            [dataclasses.astuple(d) for d in result.drops],
+                            model.backlog_bytes(now), model.backlog_packets(now), model.in_flight_packets(now)]
+                digest.update(json.dumps(fate, default=lambda b: b.hex()).encode())
+            digest.update(json.dumps(dataclasses.asdict(model.counters)).encode())
+    return digest.hexdigest()
+
+
+def test_seeded_fates_are_those_recorded_before_the_stages_split() -> None:
+    assert fate_trace() == RECORDED_FATES
+
+
 # ---------------------------------------------------------------- invariants
 
 
@@ -542,196 +595,3 @@ def test_time_may_not_go_backwards() -> None:
 def test_payload_must_match_size() -> None:
     with pytest.raises(ValueError, match="payload"):
         model().offer(0.0, 3, b"ab")
-
-
-@pytest.mark.parametrize(
-    ("fields", "message"),
-    [
-        (dict(rate_bps=0), "rate_bps"),
-        (dict(delay=-1), "delay"),
-        (dict(jitter=math.inf), "jitter"),
-        (dict(jitter_dist="gamma"), "jitter_dist"),
-        (dict(loss=1.5), "loss"),
-        (dict(loss=0.1, gemodel=(0.1, 0.2, 0.3, 0.4)), "not both"),
-        (dict(gemodel=(0.1, 0.2, 0.3)), "gemodel"),
-        (dict(gemodel=(0.1, 0.2, 1.3, 0.4)), "1-h"),
-        (dict(limit_bytes=-1), "limit_bytes"),
-        (dict(limit_packets=1.5), "limit_packets"),
-        (dict(limit_seconds=-0.1), "limit_seconds"),
-        (dict(overhead=1.5), "overhead"),
-        (dict(cell_overhead=5), "cell_size"),
-        (dict(cell_size=48, cell_overhead=-48), "cell_size"),
-    ],
-)
-def test_profile_validation(fields: dict[str, object], message: str) -> None:
-    with pytest.raises(ValueError, match=message):
-        LinkProfile(**fields)  # type: ignore[arg-type]
-
-
-def test_gemodel_given_as_a_list_becomes_a_tuple() -> None:
-    assert LinkProfile(gemodel=[0.1, 0.2, 0.3, 0.4]).gemodel == (0.1, 0.2, 0.3, 0.4)  # type: ignore[arg-type]
-
-
-# ---------------------------------------------------------------- netem arguments
-
-
-def test_parse_a_typical_netem_line() -> None:
-    profile = LinkProfile.from_netem_args("rate 100bit delay 1s 200ms loss 20% duplicate 1% corrupt 0.1% limit 2000")
-    assert profile == LinkProfile(
-        rate_bps=100.0, delay=1.0, jitter=0.2, loss=0.2, duplicate=0.01, corrupt=0.001, limit_packets=2000
-    )
-
-
-@pytest.mark.parametrize(
-    ("token", "bits_per_second"),
-    [
-        ("100bit", 100.0),
-        ("1kbit", 1000.0),
-        ("1Kibit", 1024.0),
-        ("1.5mbit", 1_500_000.0),
-        ("1bps", 8.0),
-        ("1Bps", 8.0),
-        ("1kbps", 8000.0),
-        ("1KiBps", 8192.0),
-        ("2gbit", 2e9),
-    ],
-)
-def test_rate_units(token: str, bits_per_second: float) -> None:
-    assert parse_netem_rate(token) == bits_per_second
-
-
-@pytest.mark.parametrize(
-    ("token", "seconds"),
-    [("1.5s", 1.5), ("200ms", 0.2), ("250us", 0.00025), ("10ns", 1e-8), ("2secs", 2.0), ("3msec", 0.003), (".5s", 0.5)],
-)
-def test_time_units(token: str, seconds: float) -> None:
-    assert parse_netem_time(token) == seconds
-
-
-@pytest.mark.parametrize(("token", "probability"), [("20%", 0.2), ("20", 0.2), ("0.1%", 0.001), ("100%", 1.0)])
-def test_percent(token: str, probability: float) -> None:
-    assert parse_netem_percent(token) == probability
-
-
-@pytest.mark.parametrize("bad", ["100", "100xbit", "0bit", "fast"])
-def test_rate_needs_a_known_unit(bad: str) -> None:
-    with pytest.raises(ValueError):
-        parse_netem_rate(bad)
-
-
-@pytest.mark.parametrize("bad", ["100", "1m", "ms"])
-def test_time_needs_a_known_unit(bad: str) -> None:
-    with pytest.raises(ValueError):
-        parse_netem_time(bad)
-
-
-@pytest.mark.parametrize("bad", ["101%", "5%%", "x"])
-def test_bad_percentages(bad: str) -> None:
-    with pytest.raises(ValueError):
-        parse_netem_percent(bad)
-
-
-def test_gemodel_arguments_and_tc_defaults() -> None:
-    full = LinkProfile.from_netem_args("loss gemodel 1% 10% 70% 0.1%")
-    assert full.gemodel == (0.01, 0.1, 0.7, 0.001)
-    # tc: r defaults to 1-p, 1-h to 100%, 1-k to 0%
-    assert LinkProfile.from_netem_args("loss gemodel 5%").gemodel == (0.05, 0.95, 1.0, 0.0)
-    assert LinkProfile.from_netem_args("loss gemodel 5% 20%").gemodel == (0.05, 0.2, 1.0, 0.0)
-
-
-def test_rate_with_overheads() -> None:
-    profile = LinkProfile.from_netem_args("rate 1kbit -14 48 5 delay 10ms")
-    assert (profile.rate_bps, profile.overhead, profile.cell_size, profile.cell_overhead) == (1000.0, -14, 48, 5)
-    printed = LinkProfile.from_netem_args("rate 96bit packetoverhead 42 cellsize 48 celloverhead 5")
-    assert (printed.overhead, printed.cell_size, printed.cell_overhead) == (42, 48, 5)
-
-
-def test_other_loss_syntaxes() -> None:
-    assert LinkProfile.from_netem_args("loss random 3%").loss == 0.03
-    assert LinkProfile.from_netem_args("drop 3%").loss == 0.03
-    assert LinkProfile.from_netem_args("delay 100ms 10ms 0% loss 3% 0%").loss == 0.03  # zero correlation is no-op
-    assert LinkProfile.from_netem_args("latency 100ms 10ms distribution normal").jitter_dist == "normal"
-
-
-@pytest.mark.parametrize(
-    ("args", "message"),
-    [
-        ("delay 100ms 10ms 25%", "correlation"),
-        ("loss 1% 50%", "correlation"),
-        ("reorder 25% gap 5 delay 10ms", "reorder"),
-        ("loss state 1%", "4-state"),
-        ("slot 10ms", "slot"),
-        ("ecn loss 1%", "ECN"),
-        ("rate 10%", "percentage"),
-        ("loss 1% loss 2%", "twice"),
-        ("distribution normal", "distribution"),
-        ("bogus 1", "bogus"),
-        ("delay", "end"),
-        ("limit many", "integer"),
-    ],
-)
-def test_unsupported_or_malformed_args_are_refused(args: str, message: str) -> None:
-    with pytest.raises(ValueError, match=message):
-        LinkProfile.from_netem_args(args)
-
-
-def test_to_netem_args() -> None:
-    profile = LinkProfile(
-        rate_bps=100, delay=1.0, jitter=0.2, jitter_dist="normal", loss=0.2,
-        duplicate=0.01, corrupt=0.001, limit_packets=2000, overhead=42,
-    )
-    assert profile.to_netem_args() == (
-        "limit 2000 delay 1s 200ms distribution normal loss random 20% duplicate 1% corrupt 0.1% rate 100bit 42"
-    )
-    assert profile.to_netem_args(counted_by_kernel=42).endswith("rate 100bit")
-    ge = LinkProfile(gemodel=(0.01, 0.1, 0.7, 0.001), rate_bps=1e6, cell_size=48)
-    assert ge.to_netem_args() == "loss gemodel 1% 10% 70% 0.1% rate 1mbit 0 48"
-    assert LinkProfile().to_netem_args() == ""
-
-
-def test_to_netem_args_refuses_what_netem_cannot_do() -> None:
-    with pytest.raises(ValueError, match="limit"):
-        LinkProfile(limit_bytes=100).to_netem_args()
-    with pytest.raises(ValueError, match="distribution"):
-        LinkProfile(jitter=0.1, jitter_dist="pareto").to_netem_args()
-
-
-def test_formatters() -> None:
-    assert [format_netem_time(t) for t in (1.0, 0.2, 1.2, 0.00025, 1e-8, 0.1234567891234)] == [
-        "1s", "200ms", "1200ms", "250us", "10ns", "0.1234567891234s",
-    ]
-    assert [format_netem_rate(r) for r in (100.0, 1000.0, 1500.0, 2e6, 12.5)] == [
-        "100bit", "1kbit", "1500bit", "2mbit", "12.5bit",
-    ]
-    assert [format_netem_percent(p) for p in (0.2, 0.001, 1.0, 1e-10)] == ["20%", "0.1%", "100%", "0.00000001%"]
-
-
-def test_kernel_rounds_the_rate_to_whole_bytes() -> None:
-    assert netem_kernel_rate_bps(100.0) == 96.0
-    assert netem_kernel_rate_bps(1000.0) == 1000.0
-
-
-unit_floats = st.floats(0.0, 1.0, allow_nan=False)
-netem_profiles = st.builds(
-    LinkProfile,
-    rate_bps=st.one_of(st.none(), st.floats(1.0, 1e10)),
-    delay=st.floats(1e-9, 1e4),
-    jitter=st.floats(0.0, 1e3),
-    jitter_dist=st.sampled_from(["uniform", "normal", "pareto", "paretonormal"]),
-    loss=unit_floats,
-    duplicate=unit_floats,
-    corrupt=unit_floats,
-    limit_packets=st.one_of(st.none(), st.integers(0, 2**32 - 1)),
-)
-
-
-@settings(max_examples=300, deadline=None)
-@given(profile=netem_profiles, gemodel=st.one_of(st.none(), st.tuples(unit_floats, unit_floats, unit_floats, unit_floats)))
-def test_netem_args_round_trip(profile: LinkProfile, gemodel: tuple[float, float, float, float] | None) -> None:
-    if gemodel is not None:
-        profile = LinkProfile(**{**profile.__dict__, "loss": 0.0, "gemodel": gemodel})
-    if profile.rate_bps is not None:
-        profile = LinkProfile(**{**profile.__dict__, "overhead": -3, "cell_size": 53, "cell_overhead": 5})
-    if profile.jitter == 0.0:
-        profile = LinkProfile(**{**profile.__dict__, "jitter_dist": "uniform"})
-    assert LinkProfile.from_netem_args(profile.to_netem_args()) == profile

@@ -12,14 +12,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import random
 import re
 import shutil
 import signal
 import sys
 import tempfile
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -42,20 +40,12 @@ from meshsim.web.layout import (
 )
 from meshsim.web.live import ClientQueue, LiveStats
 from meshsim.web.server import LINK_FIELDS
-from tests.meshsim.udp_helpers import open_app
+from tests.meshsim.support import REPO, open_app, until
 
 PORT = 15683
 AB = LinkProfile(rate_bps=1_000_000, delay=0.005, overhead=42)
 BC = LinkProfile(rate_bps=500_000, delay=0.010, overhead=42)
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-REPO = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture
-def bases() -> tuple[str, str]:
-    rng = random.SystemRandom()
-    x, y = rng.randrange(100, 250), rng.randrange(0, 254, 2)
-    return f"127.{x}.{y}.0", f"127.{x}.{y + 1}.0"
 
 
 def chain(bases: tuple[str, str], *, ab: LinkProfile = AB, bc: LinkProfile = BC) -> Topology:
@@ -74,20 +64,6 @@ POSITIONS = {"A": (0.0, 0.0), "B": (100.0, 0.0), "C": (200.0, 50.0)}
 async def serving(ui: WebUI) -> AsyncIterator[TestClient]:
     async with TestClient(TestServer(ui.app)) as client:
         yield client
-
-
-async def until(condition: Callable[[], Any], timeout: float = 5.0, what: str = "condition") -> Any:
-    """Poll `condition` (sync or async) until it is truthy; its value."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if isinstance(value, Awaitable):
-            value = await value
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what} (last value {value!r})")
-        await asyncio.sleep(0.02)
 
 
 # ---------------------------------------------------------------- pure parts

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import random
 import shutil
 import socket
 import time
@@ -24,19 +23,12 @@ from meshsim.net.udp import kernel_receive_drops
 from meshsim.model import LinkModel, LinkProfile
 from meshsim.net.pcap import MAX_UDP_PAYLOAD_V4, PcapWriter
 from meshsim.model import Topology
-from tests.meshsim.udp_helpers import LOOPBACK, App, Recorder, open_app
+from tests.meshsim.support import LOOPBACK, App, Recorder, open_app
 
 PORT = 15683
 
 
 # ---------------------------------------------------------------- helpers
-
-
-@pytest.fixture
-def bases() -> tuple[str, str]:
-    rng = random.SystemRandom()
-    x, y = rng.randrange(100, 250), rng.randrange(0, 254, 2)
-    return f"127.{x}.{y}.0", f"127.{x}.{y + 1}.0"
 
 
 def make_topology(bases: tuple[str, str], names: str, links: dict[str, LinkProfile], seed: int = 0) -> Topology:

@@ -7,32 +7,22 @@ to 100 bit/s and one short message crosses each way.
 from __future__ import annotations
 
 import json
-import random
 import time
 from pathlib import Path
 
 import pytest
 
-from meshsim.cli import shipped_scenarios
 from meshsim.net.events import read_events
 from meshsim.run import load_scenario
 
 pytestmark = pytest.mark.synapse
 
 
-@pytest.fixture
-def bases() -> tuple[str, str]:
-    # an address range of its own, so the run never shares a socket with another test
-    rng = random.SystemRandom()
-    x, y = rng.randrange(100, 250), rng.randrange(0, 254, 2)
-    return f"127.{x}.{y}.0", f"127.{x}.{y + 1}.0"
-
-
-async def test_the_100bps_pair_end_to_end(tmp_path: Path, bases: tuple[str, str]) -> None:
+async def test_the_100bps_pair_end_to_end(tmp_path: Path, bases: tuple[str, str], shipped: dict[str, Path]) -> None:
     pytest.importorskip("synapse", reason="matrix-synapse is not installed")
     from meshsim.run import run_scenario
 
-    scenario = load_scenario(shipped_scenarios()["100bps-pair"])
+    scenario = load_scenario(shipped["100bps-pair"])
     started = time.monotonic()
     result = await run_scenario(scenario, tmp_path, public_base=bases[0], private_base=bases[1])
     elapsed = time.monotonic() - started
