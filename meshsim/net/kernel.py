@@ -723,9 +723,3 @@ class KernelTopology(Network):
     def _run_all(commands: Iterable[Sequence[str]]) -> None:
         for argv in commands:
             _run(argv)
-
-
-if __name__ == "__main__":
-    # python -m meshsim.net.kernel: what this machine offers the kernel backend
-    found = detect_support()
-    print(("usable: " if found.usable else "unavailable: ") + found.describe())
