@@ -16,7 +16,7 @@ partition, heal_all, snapshot, subscribe):
 - `EventLog` and `PcapWriter`: what every run writes (events.jsonl, a pcap).
 """
 
-from .emulated import budget_for, emulated_link_pair
+from .emulated import emulated_link_pair
 from .events import EVENT_FIELDS, Event, EventLog, read_events
 from .fabric import Fabric
 from .forwarder import ShapedForwarder
@@ -49,7 +49,6 @@ __all__ = [
     "Relay",
     "ShapedForwarder",
     "UnsupportedFeatures",
-    "budget_for",
     "cleanup_stale",
     "detect_support",
     "emulated_link_pair",

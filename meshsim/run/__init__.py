@@ -18,11 +18,11 @@ touches a link but through `meshsim.net.Network`.
 """
 
 from .checks import Copy, evaluate_assertions, history_counts, physical_bound
-from .console import PhaseProgress, summary_table
+from .console import summary_table
 from .links import path_budget, slowest_budget
 from .record import RunError
 from .report import ReportBuilder, summary_lines, write_plots
-from .runner import RunResult, ScenarioRun, run_scenario
+from .runner import RunResult, run_scenario
 from .scenario import (
     DEFAULT_OVERHEAD,
     LinkChange,
@@ -40,13 +40,11 @@ __all__ = [
     "DEFAULT_OVERHEAD",
     "Copy",
     "LinkChange",
-    "PhaseProgress",
     "ReportBuilder",
     "RunError",
     "RunResult",
     "Scenario",
     "ScenarioError",
-    "ScenarioRun",
     "build_topology",
     "evaluate_assertions",
     "history_counts",
