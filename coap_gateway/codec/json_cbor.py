@@ -20,12 +20,18 @@ The rules (docs/protocol.md, "CBOR payloads", is the normative text):
   least 16 bytes (hashes, signatures, keys, event IDs of room v3+, room IDs
   of room v12) travel as a byte string ``marker || raw`` — only when
   re-encoding the bytes gives back the identical string.
+* Numbers are Matrix's (canonical JSON): integers in ±(2**53 - 1), finite
+  floats.  NaN, Infinity, a float beyond a double (``1e400``) and integers
+  outside the range are not JSON a homeserver takes; they are refused both
+  ways (``NotMatrixJson``), so nothing downstream (``json.dumps``' 4300-digit
+  limit, a homeserver writing ``Infinity``) ever meets them.
 """
 
 from __future__ import annotations
 
 import base64
 import json
+import math
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -41,6 +47,27 @@ MAX_DEPTH = 200
 
 #: shortest binary value carried as bytes; shorter base64 is mostly words
 MIN_BINARY_LEN = 16
+
+#: Matrix canonical JSON: integers in [-MAX_INTEGER, MAX_INTEGER] (those a
+#: double holds exactly)
+MAX_INTEGER = 2**53 - 1
+
+
+class NotMatrixJson(CodecError):
+    """A number Matrix JSON does not have: NaN, Infinity, a float beyond a
+    double, an integer outside ±MAX_INTEGER.  A homeserver answers it 400
+    M_NOT_JSON; the gateways answer it themselves."""
+
+
+def check_number(value: float) -> None:
+    """NotMatrixJson unless ``value`` is a number Matrix JSON allows."""
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise NotMatrixJson(f"{value} is not a JSON number")
+    elif not -MAX_INTEGER <= value <= MAX_INTEGER:
+        # never str(value): beyond 4300 digits that raises
+        raise NotMatrixJson(f"integer of {value.bit_length()} bits is outside ±(2**53 - 1)")
+
 
 # Marker byte at the start of a binary field: which text form to rebuild,
 # as (prefix, URL-safe alphabet?).  Values are protocol constants.
@@ -133,7 +160,10 @@ def _to_cbor(value: Any, table: CborTable, depth: int) -> Any:
         raise CodecError(f"nesting deeper than {MAX_DEPTH}")
     if isinstance(value, str):
         return _encode_string(value, table)
-    if value is None or isinstance(value, (bool, int, float)):
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, (int, float)):
+        check_number(value)
         return value
     if isinstance(value, list):
         return [_to_cbor(item, table, depth + 1) for item in value]
@@ -236,7 +266,10 @@ def _decode_enum(value: Any, names: Mapping[int, str], table: CborTable, depth: 
 def _from_cbor(value: Any, table: CborTable, depth: int, ordered: bool = False) -> Any:
     if depth > MAX_DEPTH:
         raise CodecError(f"nesting deeper than {MAX_DEPTH}")
-    if value is None or isinstance(value, (bool, int, float, str)):
+    if value is None or isinstance(value, (bool, str)):
+        return value
+    if isinstance(value, (int, float)):
+        check_number(value)  # a bignum of 9600 digits, a NaN: no JSON has them
         return value
     if isinstance(value, bytes):
         return _decode_string(value, table)
@@ -303,17 +336,44 @@ def decode(data: bytes, table: CborTable, *, ordered: bool = False) -> Any:
 # ------------------------------------------------------- JSON text helpers
 
 
+def _reject_constant(name: str) -> Any:
+    raise NotMatrixJson(f"{name} is not JSON")
+
+
+def _parse_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e400: json.loads would make it Infinity
+        raise NotMatrixJson(f"{text[:20]} is beyond a double")
+    return value
+
+
+def _parse_int(text: str) -> int:
+    # 2**53 has 16 digits: longer is out of range without converting (int()
+    # of more than 4300 digits raises, and costs quadratic time before that)
+    if len(text.lstrip("-")) > 16:
+        raise NotMatrixJson(f"integer of {len(text)} characters is outside ±(2**53 - 1)")
+    value = int(text)
+    check_number(value)
+    return value
+
+
 def parse_json(body: bytes) -> Any:
-    """Parse a JSON body as Matrix sends it (UTF-8); CodecError if not JSON."""
+    """Parse a JSON body as Matrix sends it (UTF-8); CodecError if not JSON,
+    NotMatrixJson if it is JSON with numbers Matrix does not allow."""
     try:
-        return json.loads(body.decode("utf-8"))
+        return json.loads(body.decode("utf-8"), parse_constant=_reject_constant, parse_float=_parse_float,
+                          parse_int=_parse_int)
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise CodecError(f"not JSON: {exc}") from exc
 
 
 def dump_json(value: Any) -> bytes:
-    """Compact UTF-8 JSON, as Synapse writes it."""
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    """Compact UTF-8 JSON, as Synapse writes it (CodecError for what is not
+    JSON: ``decode`` never returns it, but a caller might build it)."""
+    try:
+        return json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode("utf-8")
+    except (ValueError, TypeError, RecursionError) as exc:
+        raise CodecError(f"not JSON: {exc}") from exc
 
 
 def json_to_cbor(body: bytes, table: CborTable) -> bytes:

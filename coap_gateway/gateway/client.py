@@ -27,8 +27,10 @@ from ..codec import (
     HttpResponse,
     Profile,
     bearer_token,
+    json_cbor,
     link_failure,
     matrix_error,
+    payload,
     split_target,
 )
 from ..errors import GatewayError
@@ -130,6 +132,9 @@ class ClientGateway:
             content_type=request.headers.get("Content-Type"),
             access_token=bearer_token(request.headers.get("Authorization")),
         )
+        refusal = _not_matrix_json(http_request)
+        if refusal is not None:
+            return self._http(refusal)
         try:
             # a /sync long-poll may be answered from what the server pushed
             pushed = await self.sync_push.handle(http_request) if self.sync_push is not None else None
@@ -186,6 +191,23 @@ class ClientGateway:
 
     async def _send(self, message: Message) -> Message:
         return await self.endpoint.request(message, self.server_key, self.request_timeout)
+
+
+def _not_matrix_json(http_request: HttpRequest) -> HttpResponse | None:
+    """400 M_NOT_JSON for a JSON body with numbers Matrix JSON does not have
+    (NaN, Infinity, 1e400, integers outside ±(2**53 - 1)), as a homeserver
+    answers it: the codec cannot carry them, and such a body is not worth
+    the link.  A body that is not JSON at all still crosses: the homeserver
+    sees it as sent and decides (an endpoint may not read its body)."""
+    if not http_request.body or not payload.is_json_type(http_request.content_type):
+        return None
+    try:
+        json_cbor.parse_json(http_request.body)
+    except json_cbor.NotMatrixJson as exc:
+        return matrix_error(400, "M_NOT_JSON", f"Content not JSON: {exc}")
+    except GatewayError:
+        pass
+    return None
 
 
 __all__ = ["CORS_HEADERS", "ClientGateway", "ClientGatewayCounters"]
