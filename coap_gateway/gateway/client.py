@@ -7,13 +7,31 @@ believed to hold for this device (the bound token, the compact form's
 handles), is decided by ``codec.binding.ClientBinding``; this shell serves
 HTTP, carries its requests over the ``LinkEndpoint`` and runs the one resend
 loop.  Sync long-polls go to sync push first (``push_client``).
+
+The HTTP side serves a few Matrix clients on this machine or its LAN; each
+holds a handful of connections (a /sync long-poll, sends, media) and sends a
+request in milliseconds.  It is bounded accordingly (``HttpConnections``):
+
+* ``HEADER_TIMEOUT`` (10 s): a new connection must have sent a whole
+  request header by then;
+* ``BODY_TIMEOUT`` (30 s): a request body must have arrived whole by then
+  (50 MiB at 1.7 MB/s);
+* ``IDLE_TIMEOUT`` (30 s): a keep-alive connection without a request is
+  closed (clients built on aiohttp, such as matrix-nio, drop theirs after
+  15 s, so the client usually closes first);
+* ``MAX_CONNECTIONS`` (256) at once, far below the usual 1024 open files:
+  one more closes the oldest connection that is not being served (idle, or
+  still sending its request), as nginx drains idle keep-alive connections
+  when it runs out; a request being served is never cut.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass, field
+from typing import Any
 
 from aiocoap import Message
 from aiohttp import web
@@ -61,13 +79,110 @@ LOCAL_IN_LOW_BANDWIDTH = frozenset({
 #: sends one CoAP request: its final reply, or LinkFailure
 Send = Callable[[Message], Awaitable[Message]]
 
+#: HTTP side bounds (see the module docstring)
+HEADER_TIMEOUT = 10.0
+BODY_TIMEOUT = 30.0
+IDLE_TIMEOUT = 30.0
+MAX_CONNECTIONS = 256
+
 
 @dataclass
 class ClientGatewayCounters:
     requests: int = 0
     link_failures: int = 0
     answered_locally: int = 0
+    #: HTTP connections closed at a deadline (header, body, idle)
+    connections_timed_out: int = 0
+    #: HTTP connections closed because MAX_CONNECTIONS were open
+    connections_shed: int = 0
     latency: Histogram = field(default_factory=Histogram)
+
+
+class HttpConnections:
+    """The deadline of every open HTTP connection, oldest connection first.
+
+    aiohttp has ``keepalive_timeout``, but no header-read or body timeout
+    and no connection cap (recent versions start the keep-alive timer when
+    a connection opens, older ones only after a first answer): a connection
+    that sends nothing, half a header or half a body stays open.  One timer
+    per connection that is not being served closes it.
+    """
+
+    def __init__(self, counters: ClientGatewayCounters) -> None:
+        self.counters = counters
+        #: connection -> its deadline; None while a request is being served
+        self._timers: dict[Any, asyncio.TimerHandle | None] = {}
+
+    def __len__(self) -> int:
+        return len(self._timers)
+
+    def opened(self, conn: Any) -> None:
+        self._timers[conn] = None
+        self._wait(conn, HEADER_TIMEOUT)
+        if len(self._timers) > MAX_CONNECTIONS:
+            # the oldest not being served: the new one at least
+            oldest = next(c for c, timer in self._timers.items() if timer is not None)
+            self.counters.connections_shed += 1
+            self._close(oldest)
+
+    def closed(self, conn: Any) -> None:
+        timer = self._timers.pop(conn, None)
+        if timer is not None:
+            timer.cancel()
+
+    def reading(self, conn: Any) -> None:
+        """A request's header arrived: its body must follow."""
+        self._wait(conn, BODY_TIMEOUT)
+
+    def serving(self, conn: Any) -> None:
+        """The request is whole: no deadline until it is answered."""
+        if conn in self._timers:
+            self._cancel(conn)
+            self._timers[conn] = None
+
+    def answered(self, conn: Any) -> None:
+        self._wait(conn, IDLE_TIMEOUT)
+
+    def _wait(self, conn: Any, timeout: float) -> None:
+        if conn in self._timers:
+            self._cancel(conn)
+            self._timers[conn] = asyncio.get_running_loop().call_later(timeout, self._expired, conn)
+
+    def _cancel(self, conn: Any) -> None:
+        timer = self._timers.get(conn)
+        if timer is not None:
+            timer.cancel()
+
+    def _expired(self, conn: Any) -> None:
+        self.counters.connections_timed_out += 1
+        self._close(conn)
+
+    def _close(self, conn: Any) -> None:
+        self.closed(conn)
+        conn.force_close()  # a request it was sending fails in read(): see ClientGateway.handle
+
+
+class _HttpServer(web.Server):
+    """aiohttp's low-level server, telling ``HttpConnections`` when a
+    connection opens and closes (the one hook aiohttp has for it)."""
+
+    def __init__(self, handler: Callable[[web.BaseRequest], Awaitable[web.StreamResponse]],
+                 connections: HttpConnections, **kwargs: Any) -> None:
+        super().__init__(handler, request_factory=self._request, **kwargs)
+        self.tracked = connections
+
+    def connection_made(self, handler: Any, transport: asyncio.Transport) -> None:
+        super().connection_made(handler, transport)
+        self.tracked.opened(handler)
+
+    def connection_lost(self, handler: Any, exc: BaseException | None = None) -> None:
+        super().connection_lost(handler, exc)
+        self.tracked.closed(handler)
+
+    @staticmethod
+    def _request(message: Any, payload: Any, protocol: Any, writer: Any, task: Any) -> web.BaseRequest:
+        return web.BaseRequest(message, payload, protocol, writer, task, asyncio.get_running_loop(),
+                               client_max_size=MAX_MEDIA_BODY)
 
 
 class ClientGateway:
@@ -85,7 +200,8 @@ class ClientGateway:
         #: answers /sync long-polls from pushes (None: every poll crosses the link)
         self.sync_push = (SyncPushClient(self, sync_push)
                           if sync_push is not None and (sync_push.enabled or sync_push.keepalive) else None)
-        self._runner: web.AppRunner | None = None
+        self.connections = HttpConnections(self.counters)
+        self._runner: web.ServerRunner | None = None
 
     @property
     def base_url(self) -> str:
@@ -94,9 +210,10 @@ class ClientGateway:
     async def start(self) -> None:
         if self.sync_push is not None:
             await self.sync_push.start()
-        app = web.Application(client_max_size=MAX_MEDIA_BODY)
-        app.router.add_route("*", "/{tail:.*}", self.handle)
-        self._runner = web.AppRunner(app, access_log=None)  # never log tokens or bodies
+        # every path goes to handle(): aiohttp's low-level server, no router
+        server = _HttpServer(self._serve, self.connections, access_log=None,  # never log tokens or bodies
+                             keepalive_timeout=IDLE_TIMEOUT)
+        self._runner = web.ServerRunner(server)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self.port)
         await site.start()
@@ -116,11 +233,23 @@ class ClientGateway:
 
     # -- HTTP side
 
-    async def handle(self, request: web.Request) -> web.StreamResponse:
+    async def _serve(self, request: web.BaseRequest) -> web.StreamResponse:
+        self.connections.reading(request.protocol)
+        try:
+            return await self.handle(request)
+        finally:
+            self.connections.answered(request.protocol)
+
+    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         if request.method == "OPTIONS":
             return web.Response(status=204, headers=CORS_HEADERS)
         if request.method not in METHODS:
             return self._http(matrix_error(405, "M_UNRECOGNIZED", f"method {request.method} is not supported"))
+        try:
+            body = await request.read()
+        except ConnectionError:  # closed while it sent the body (BODY_TIMEOUT, or shed): nobody to answer
+            return web.Response(status=408)
+        self.connections.serving(request.protocol)
         self.counters.requests += 1
         if self.low_bandwidth and self._answered_locally(request.method, request.raw_path):
             self.counters.answered_locally += 1
@@ -128,7 +257,7 @@ class ClientGateway:
         http_request = HttpRequest(
             method=request.method,
             target=request.raw_path,
-            body=await request.read(),
+            body=body,
             content_type=request.headers.get("Content-Type"),
             access_token=bearer_token(request.headers.get("Authorization")),
         )
@@ -210,4 +339,5 @@ def _not_matrix_json(http_request: HttpRequest) -> HttpResponse | None:
     return None
 
 
-__all__ = ["CORS_HEADERS", "ClientGateway", "ClientGatewayCounters"]
+__all__ = ["BODY_TIMEOUT", "CORS_HEADERS", "HEADER_TIMEOUT", "IDLE_TIMEOUT", "MAX_CONNECTIONS", "ClientGateway",
+           "ClientGatewayCounters", "HttpConnections"]
