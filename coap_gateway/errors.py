@@ -73,7 +73,15 @@ class ServerKeyMismatchError(HandshakeError):
 
 
 class ServerKeyChanged(SecurityError):
-    """The server presented a static key different from the one pinned for it."""
+    """The server presented a static key different from the one pinned for it.
+
+    ``pinned`` and ``presented`` are the two public keys, when known, so a
+    caller can say how to accept the new one."""
+
+    def __init__(self, message: str, pinned: bytes | None = None, presented: bytes | None = None):
+        super().__init__(message)
+        self.pinned = pinned
+        self.presented = presented
 
 
 class KeyFileError(SecurityError):

@@ -13,6 +13,7 @@ import ipaddress
 import logging
 import signal
 import tomllib
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -174,13 +175,40 @@ def run(main_coro_factory) -> None:
         uvloop.run(main_coro_factory())
 
 
+#: what stopping may take before the process exits anyway: the gateways
+#: answer what is pending at once, so only something stuck takes longer
+STOP_TIMEOUT = 5.0
+
+
 async def until_signalled() -> None:
+    """Wait for SIGINT or SIGTERM.  Then the default handlers are back, so a
+    second signal ends a shutdown that hangs."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    signals = (signal.SIGINT, signal.SIGTERM)
+    for sig in signals:
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
+    try:
+        await stop.wait()
+    finally:
+        for sig in signals:
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.remove_signal_handler(sig)
+
+
+async def stop_within(console: Console, name: str, *stops: Callable[[], Awaitable[Any]]) -> None:
+    """Run ``stops`` in order, all of them within STOP_TIMEOUT."""
+    async def all_of() -> None:
+        for stop in stops:
+            await stop()
+
+    try:
+        await asyncio.wait_for(all_of(), STOP_TIMEOUT)
+    except TimeoutError:
+        console.print(f"{name} did not stop within {STOP_TIMEOUT:.0f} s; exiting anyway")
+    else:
+        console.print(f"{name} stopped")
 
 
 # ---------------------------------------------------------------- server
@@ -213,10 +241,7 @@ async def serve_server(options: dict[str, Any], console: Console) -> None:
         metrics = await start_metrics(options.get("metrics"), [server_collector(server)], console)
         await until_signalled()
     finally:
-        if metrics is not None:
-            await metrics.cleanup()
-        await server.stop()
-        console.print("server gateway stopped")
+        await stop_within(console, "server gateway", server.stop, *([metrics.cleanup] if metrics is not None else []))
 
 
 # ---------------------------------------------------------------- client
@@ -273,7 +298,5 @@ async def serve_client(options: dict[str, Any], console: Console) -> None:
         metrics = await start_metrics(options.get("metrics"), [client_collector(client)], console)
         await until_signalled()
     finally:
-        if metrics is not None:
-            await metrics.cleanup()
-        await client.stop()
-        console.print("client gateway stopped")
+        # pending requests are answered first (503), then the rest closes
+        await stop_within(console, "client gateway", client.stop, *([metrics.cleanup] if metrics is not None else []))

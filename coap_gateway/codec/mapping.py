@@ -19,7 +19,7 @@ from aiocoap import Message
 from aiocoap.numbers.codes import Code
 from aiocoap.optiontypes import OpaqueOption, UintOption
 
-from ..errors import CodecError, RouteError
+from ..errors import CodecError, RouteError, SecurityError
 from . import json_cbor, options, payload, route_option, routes, status
 from .compression import DEFAULT_MAX_SIZE, compress, decompress
 from .profile import Profile
@@ -299,8 +299,16 @@ def matrix_error(http_status: int, errcode: str, error: str, extra: Iterable[tup
     return HttpResponse(http_status, json.dumps(body).encode(), payload.JSON_TYPE)
 
 
-def link_failure() -> HttpResponse:
-    """What the client hears when the link did not deliver its request."""
+def link_failure(cause: BaseException | None = None) -> HttpResponse:
+    """What the client hears when the link did not deliver its request.
+
+    A handshake that cannot succeed (the server's key changed, or it holds
+    another profile) is said as it is, with what to do: retrying will not
+    help until someone acts, and "gateway timeout" would hide that."""
+    while cause is not None:
+        if isinstance(cause, SecurityError):
+            return matrix_error(502, "M_UNKNOWN", f"the gateway cannot connect securely: {cause}")
+        cause = cause.__cause__ or cause.__context__
     return matrix_error(504, "M_UNKNOWN", "the low-bandwidth link did not deliver the request")
 
 

@@ -84,6 +84,9 @@ HEADER_TIMEOUT = 10.0
 BODY_TIMEOUT = 30.0
 IDLE_TIMEOUT = 30.0
 MAX_CONNECTIONS = 256
+#: at stop, what answers still being written may take (every pending request
+#: is answered 503 first; aiohttp's default waits 60 s for handlers)
+STOP_GRACE = 1.0
 
 
 @dataclass
@@ -202,6 +205,9 @@ class ClientGateway:
                           if sync_push is not None and (sync_push.enabled or sync_push.keepalive) else None)
         self.connections = HttpConnections(self.counters)
         self._runner: web.ServerRunner | None = None
+        #: handler tasks of the requests being served (stop() answers them)
+        self._serving: set[asyncio.Task] = set()
+        self._stopping = False
 
     @property
     def base_url(self) -> str:
@@ -213,13 +219,18 @@ class ClientGateway:
         # every path goes to handle(): aiohttp's low-level server, no router
         server = _HttpServer(self._serve, self.connections, access_log=None,  # never log tokens or bodies
                              keepalive_timeout=IDLE_TIMEOUT)
-        self._runner = web.ServerRunner(server)
+        self._runner = web.ServerRunner(server, shutdown_timeout=STOP_GRACE)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self.port)
         await site.start()
         self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
 
     async def stop(self) -> None:
+        """Answer every pending request 503 now (not when the link gives up on
+        it: minutes on a slow link, or never with the server gone), then close."""
+        self._stopping = True
+        for task in list(self._serving):
+            task.cancel()  # see _serve
         if self.sync_push is not None:
             await self.sync_push.close()  # waiting long-polls end now, not at their timeout
         if self._runner is not None:
@@ -235,10 +246,20 @@ class ClientGateway:
 
     async def _serve(self, request: web.BaseRequest) -> web.StreamResponse:
         self.connections.reading(request.protocol)
+        task = asyncio.current_task()
+        assert task is not None
+        self._serving.add(task)
         try:
-            return await self.handle(request)
+            if not self._stopping:
+                return await self.handle(request)
+        except asyncio.CancelledError:
+            if not self._stopping:
+                raise
+            task.uncancel()  # stop() cancelled the request's work, not its answer
         finally:
+            self._serving.discard(task)
             self.connections.answered(request.protocol)
+        return self._http(matrix_error(503, "M_UNKNOWN", "the client gateway is shutting down"))
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         if request.method == "OPTIONS":
@@ -296,8 +317,8 @@ class ClientGateway:
         """Carry one HTTP request over the link; the client's answer."""
         try:
             message, reply = await self.round_trip(http_request, self._send)
-        except LinkFailure:
-            return link_failure()
+        except LinkFailure as exc:
+            return link_failure(exc)
         return self.binding.response(http_request, message, reply)
 
     async def round_trip(self, http_request: HttpRequest, send: Send) -> tuple[Message, Message]:

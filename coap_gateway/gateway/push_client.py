@@ -215,10 +215,10 @@ class SyncPushClient:
 
         try:
             message, reply = await self.gateway.round_trip(request, register)
-        except LinkFailure:
+        except LinkFailure as exc:
             self.state.on_lost(stream, generation)
             self._wake(stream)
-            return link_failure()
+            return link_failure(exc)
         obs = sent[-1]
         first = self.state.on_first_answer(stream, generation, reply, self.loop_time)
         if first.observing:

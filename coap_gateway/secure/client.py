@@ -61,6 +61,13 @@ class ClientEndpoint:
         self.announce_restart, self.announce_unbound = restart, unbound
         self._announced_in: bytes | None = None
 
+    def trust(self, server_public: bytes) -> None:
+        """Use ``server_public`` from now on (the user accepted the server's
+        new key): the next message starts a handshake with it."""
+        self.server_public = server_public
+        self.handshake = self.channel = None
+        self._unconfirmed_xx3 = None
+
     @property
     def session_id(self) -> bytes | None:
         return self.channel.session_id if self.channel else None

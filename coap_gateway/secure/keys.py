@@ -180,11 +180,18 @@ class PinStore:
             return "new"
         if pinned == public:
             return "match"
-        raise ServerKeyChanged(
-            f"the key of {server} changed: pinned {fingerprint(pinned)}, now {fingerprint(public)}. "
-            f"If that is expected (the server's key was replaced), accept it with "
-            f"`coap-gateway pins accept --pins {self.path} {server} NEW_PUBLIC_KEY`; otherwise someone may be "
-            f"impersonating the server")
+        raise self.key_changed(server, pinned, public)
+
+    def key_changed(self, server: str, pinned: bytes, presented: bytes) -> ServerKeyChanged:
+        """The error for a server that now presents another key: both
+        fingerprints, and the command that accepts the new key."""
+        return ServerKeyChanged(
+            f"the key of {server} changed: pinned {fingerprint(pinned)}, now {fingerprint(presented)}. "
+            f"If that is expected (the server's key was replaced; compare the fingerprint with the "
+            f"server operator's), accept it with "
+            f"`coap-gateway pins accept --pins {self.path} {server} {encode_key(presented)}`; "
+            f"otherwise someone may be impersonating the server",
+            pinned=pinned, presented=presented)
 
     def pin(self, server: str, public: bytes) -> None:
         """Pin the key of a new server (ServerKeyChanged if another key is pinned)."""

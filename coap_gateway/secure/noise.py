@@ -486,7 +486,8 @@ class ClientSession:
                 raise ServerKeyChanged(
                     f"server key changed: pinned {fingerprint(self.expected_server_public)}, "
                     f"server presented {fingerprint(server_public)}; if the server's key was replaced "
-                    f"on purpose, accept the new key (PinStore.accept_change)")
+                    f"on purpose, accept the new key (PinStore.accept_change)",
+                    pinned=self.expected_server_public, presented=server_public)
             xx3 = sf.build_handshake(DatagramKind.XX3, self._noise.write(
                 sf.encode_xx3_payload(self.message, restart=self.restart, unbound=self.unbound)))
             self.session_id = sf.session_id_from_hash(self._noise.hash)

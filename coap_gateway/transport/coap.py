@@ -66,6 +66,9 @@ class PlainCodec:
     def incoming(self, peer: Hashable, datagram: bytes) -> list[tuple[Hashable, bytes]]:
         return [(peer, datagram)]
 
+    def failure(self) -> Exception | None:
+        return None
+
 
 @dataclass
 class TransportCounters:
@@ -552,10 +555,16 @@ class LinkEndpoint:
             # would interleave.  A Request-Tag (RFC 9175) keeps them apart.
             self._request_tag = (self._request_tag + 1) % 0x10000
             message.opt.request_tag = [self._request_tag.to_bytes(2, "big")]
+        self._check_codec()
         try:
             return await asyncio.wait_for(self.context.request(message).response, timeout)
         except (error.Error, TimeoutError, GatewayError) as exc:
-            raise LinkFailure(type(exc).__name__) from exc
+            raise LinkFailure(type(exc).__name__) from (self.interface.codec.failure() or exc)
+
+    def _check_codec(self) -> None:
+        failure = self.interface.codec.failure()
+        if failure is not None:
+            raise LinkFailure(type(failure).__name__) from failure
 
     async def observe(self, message: Message, key: Hashable, on_later: Callable[[Message | None], None],
                       timeout: float | None = None) -> tuple[Observation, Message]:
@@ -564,6 +573,7 @@ class LinkEndpoint:
         notification, and finally None when the observation ends without a
         final response (an error, a RST, a shutdown), goes to ``on_later``."""
         message.remote = self.remote(key)
+        self._check_codec()
         observation = Observation(message, on_later)
         try:
             interface = await self.context.find_remote_and_interface(message)
@@ -571,7 +581,7 @@ class LinkEndpoint:
             return observation, await asyncio.wait_for(asyncio.shield(observation.first), timeout)
         except (error.Error, TimeoutError, GatewayError) as exc:
             observation.close()
-            raise LinkFailure(type(exc).__name__) from exc
+            raise LinkFailure(type(exc).__name__) from (self.interface.codec.failure() or exc)
 
     def ping(self, key: Hashable) -> None:
         """An empty CON to peer ``key`` (RFC 7252 §4.3), which answers RST:

@@ -68,6 +68,11 @@ class FrameCodec(Protocol):
 
     def incoming(self, peer: Hashable, datagram: bytes) -> list[tuple[Hashable, bytes]]: ...
 
+    def failure(self) -> Exception | None:
+        """What stops every exchange until someone acts (a changed server
+        key), or None: requests fail at once with it instead of timing out."""
+        ...
+
 
 class StageCopy(Protocol):
     """One copy of a frame coming out of a stage."""

@@ -22,7 +22,7 @@ from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 
 from ..codec import Profile
-from ..errors import SecurityError
+from ..errors import SecurityError, ServerKeyChanged
 from ..secure import (
     ClientEndpoint,
     Connected,
@@ -130,6 +130,9 @@ class SecureServerCodec:
         sessions = self._sessions_of.get(key.public) if isinstance(key, DeviceId) else None
         return self.endpoint.session_address(sessions[-1]) if sessions else None
 
+    def failure(self) -> None:
+        return None  # a server's failures are per device, never the whole endpoint's
+
     def outgoing(self, key: Hashable, message: bytes) -> list[tuple[Hashable, bytes]]:
         sessions = self._sessions_of.get(key.public) if isinstance(key, DeviceId) else None
         if not sessions or key != self.device_key(key.public):  # type: ignore[union-attr]
@@ -227,8 +230,13 @@ class SecureClientCodec:
     """The client's codec: one server, at ``server_addr`` on the link."""
 
     def __init__(self, endpoint: ClientEndpoint, server_addr: Hashable, *, clock: Clock = time.time,
-                 on_connected: Callable[[Connected], None] | None = None):
+                 on_connected: Callable[[Connected], None] | None = None,
+                 explain: Callable[[SecurityError], SecurityError] | None = None,
+                 recover: Callable[[SecurityError], bool] | None = None):
         self.endpoint = endpoint
+        #: ``explain(error)``: the error as the user should read it;
+        #: ``recover(error)``: True when what caused it was put right (a new key accepted)
+        self.explain, self.recover = explain, recover
         self.server_addr = server_addr
         self.clock = clock
         self.on_connected = on_connected
@@ -242,9 +250,17 @@ class SecureClientCodec:
     def bind(self, host: CodecHost) -> None:
         self._host = host
 
+    def failure(self) -> SecurityError | None:
+        if self.error is not None and self.recover is not None and self.recover(self.error):
+            log.warning("secure session with %r: %s put right, connecting again", self.server_addr,
+                        type(self.error).__name__)
+            self.error = None
+        return self.error
+
     def outgoing(self, key: Hashable, message: bytes) -> list[tuple[Hashable, bytes]]:
-        if self.error is not None:
-            raise self.error
+        failure = self.failure()
+        if failure is not None:
+            raise failure
         return self._handle(self.endpoint.send(self.clock(), message), deliver=None)
 
     def incoming(self, peer: Hashable, datagram: bytes) -> list[tuple[Hashable, bytes]]:
@@ -263,6 +279,8 @@ class SecureClientCodec:
         return delivered
 
     def _fail(self, exc: SecurityError) -> None:
+        if self.explain is not None:
+            exc = self.explain(exc)
         self.error = exc
         log.error("secure session with %r failed: %s", self.server_addr, exc)
         if self._host is not None:
@@ -309,4 +327,18 @@ def pinned_client_codec(server_name: str, server_addr: Hashable, static_private:
         if pins.check(server_name, event.server_static_public) == "new":
             pins.pin(server_name, event.server_static_public)
 
-    return SecureClientCodec(endpoint, server_addr, clock=clock, on_connected=on_connected)
+    def explain(exc: SecurityError) -> SecurityError:
+        # the handshake knows both keys; the pin store knows the command that accepts the new one
+        if isinstance(exc, ServerKeyChanged) and exc.pinned is not None and exc.presented is not None:
+            return pins.key_changed(server_name, exc.pinned, exc.presented)
+        return exc
+
+    def recover(exc: SecurityError) -> bool:
+        # `coap-gateway pins accept` while running: the next request uses the accepted key
+        if isinstance(exc, ServerKeyChanged) and exc.presented is not None and pins.get(server_name) == exc.presented:
+            endpoint.trust(exc.presented)
+            return True
+        return False
+
+    return SecureClientCodec(endpoint, server_addr, clock=clock, on_connected=on_connected, explain=explain,
+                             recover=recover)

@@ -1,9 +1,15 @@
 """The gateways' lifetimes under attack and at the edges: half-open HTTP
-connections.  Real sockets and real processes."""
+connections, a server whose key changed, SIGTERM with the server gone, a
+server started without its key.  Real sockets and real processes."""
 
 from __future__ import annotations
 
 import asyncio
+import os
+import re
+import signal
+import socket
+import sys
 import time
 
 import aiohttp
@@ -11,6 +17,7 @@ from aiohttp import web
 
 from coap_gateway.app.runner import start_client, start_server
 from coap_gateway.codec import load_profile
+from coap_gateway.secure import keys
 from coap_gateway.transport import UdpLink
 
 PROFILE = load_profile("lb3")
@@ -111,3 +118,113 @@ async def test_half_open_http_connections_are_closed_and_an_honest_request_still
             await client.stop()
             await server.stop()
 
+
+# ------------------------------------------------------------ server key changed
+
+
+async def test_a_changed_server_key_is_a_matrix_error_with_the_command_that_accepts_it(tmp_path):
+    """The server gateway comes back with another key: the HTTP client is told
+    what happened and how to accept it (before: a generic 504 after the
+    link's timeout), and accepting it while the gateway runs is enough."""
+    pins = keys.PinStore(tmp_path / "config" / "pins.json")
+    key1, pub1 = keys.generate_keypair()
+    key2, pub2 = keys.generate_keypair()
+    async with StubHomeserver() as homeserver:
+        server_link = await UdpLink.open("127.0.0.1", 0)
+        address = server_link.local_address
+        server = await start_server(server_link, homeserver=homeserver.url, profile=PROFILE, static_private=key1,
+                                    state_dir=tmp_path / "state1")
+        client = await start_client(await UdpLink.open("127.0.0.1", 0), address, profile=PROFILE,
+                                    static_private=keys.generate_keypair()[0], pins=pins, server_name="hs.example")
+        try:
+            async with aiohttp.ClientSession() as http:
+                async def versions():
+                    async with http.get(client.gateway.base_url + "/_matrix/client/versions") as r:
+                        return r.status, await r.json()
+
+                assert (await versions())[0] == 200
+                assert pins.get("hs.example") == pub1
+                await server.stop()
+                server = await start_server(await UdpLink.open(*address), homeserver=homeserver.url, profile=PROFILE,
+                                            static_private=key2, state_dir=tmp_path / "state2")
+                asked = time.monotonic()
+                status, body = await versions()
+                print(body)
+                assert time.monotonic() - asked < 15  # two handshakes, not the link's whole timeout
+                assert status == 502 and body["errcode"] == "M_UNKNOWN", body
+                assert keys.fingerprint(pub1) in body["error"] and keys.fingerprint(pub2) in body["error"]
+                command = re.search(r"`coap-gateway (pins accept [^`]+)`", body["error"]).group(1)
+                assert pins.get("hs.example") == pub1  # nothing was accepted behind the user's back
+                assert (await versions())[0] == 502  # and it stays refused
+
+                proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "coap_gateway", *command.split())
+                assert await proc.wait() == 0
+                assert pins.get("hs.example") == pub2
+                assert (await versions())[0] == 200  # no restart needed
+        finally:
+            await client.stop()
+            await server.stop()
+
+
+# ----------------------------------------------------------- SIGTERM, server gone
+
+
+def _unused_udp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+async def _command(*args: str, home, ready: str):
+    """A coap-gateway command as a user runs it; (process, first match of ``ready`` on stderr)."""
+    env = {**os.environ, "HOME": str(home)}
+    env.pop("XDG_CONFIG_HOME", None)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "coap_gateway", *args,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env)
+    seen = []
+    while True:
+        line = (await asyncio.wait_for(proc.stderr.readline(), 60)).decode()
+        assert line, "exited before it was ready:\n" + "".join(seen)
+        seen.append(line)
+        match = re.search(ready, line)
+        if match:
+            return proc, match
+
+
+async def test_sigterm_with_the_server_unreachable_answers_pending_requests_and_exits_at_once(tmp_path):
+    _, server_public = keys.generate_keypair()
+    # a slow link's timers: the link gives a request up only after ~2 minutes
+    proc, match = await _command("client", "--server", f"udp://127.0.0.1:{_unused_udp_port()}",
+                                 "--server-key", keys.encode_key(server_public), "--listen", "127.0.0.1:0",
+                                 "--link-rate", "1200bit", "--link-latency", "500ms",
+                                 home=tmp_path, ready=r"(http://127\.0\.0\.1:\d+)")
+    url = match.group(1)
+    try:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=300)) as http:
+            async def ask(method, path, **kw):
+                async with http.request(method, url + path, headers={"Authorization": "Bearer t"}, **kw) as r:
+                    return r.status, await r.json()
+
+            pending = [asyncio.create_task(ask("GET", "/_matrix/client/versions")),
+                       asyncio.create_task(ask("PUT", "/_matrix/client/v3/rooms/!r:hs/send/m.room.message/t1",
+                                               json={"msgtype": "m.text", "body": "hi"})),
+                       asyncio.create_task(ask("GET", "/_matrix/client/v3/sync?since=s1&timeout=30000"))]
+            await asyncio.sleep(2)  # all three are waiting on the link
+            assert not any(t.done() for t in pending)
+            proc.send_signal(signal.SIGTERM)
+            signalled = time.monotonic()
+            _, err = await asyncio.wait_for(proc.communicate(), 300)
+            exited = time.monotonic() - signalled
+            answers = await asyncio.gather(*pending, return_exceptions=True)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    print(f"exit {exited:.1f} s after SIGTERM; answers {answers}")
+    assert exited < 10, (exited, err.decode()[-2000:])
+    assert proc.returncode == 0, err.decode()[-2000:]
+    for answer in answers:
+        assert not isinstance(answer, BaseException), answers  # each got an answer, not a reset
+        status, body = answer
+        assert status in (503, 504) and body["errcode"] and "shutting down" in body["error"], answers

@@ -4,6 +4,7 @@ link → server gateway → a real Synapse (the ``synapse`` fixture)."""
 from __future__ import annotations
 
 import asyncio
+import tempfile
 import uuid
 
 from nio import AsyncClient, AsyncClientConfig, RegisterResponse, RoomMessageText
@@ -23,8 +24,9 @@ class Device:
     """One user's device: a client gateway on its own link to a server gateway."""
 
     def __init__(self, link_profile: LinkProfile, synapse, server_priv, seed: int, max_retransmit: int = 4,
-                 sync_push: bool = True):
+                 sync_push: bool = True, reverse: LinkProfile | None = None):
         self.link_profile = link_profile
+        self.reverse = reverse
         self.max_retransmit = max_retransmit
         self.sync_push = sync_push
         self.synapse = synapse
@@ -33,10 +35,14 @@ class Device:
 
     async def __aenter__(self):
         self.client_link, self.server_link = emulated_link_pair(self.link_profile, seed=self.seed,
-                                                                max_retransmit=self.max_retransmit)
+                                                                max_retransmit=self.max_retransmit,
+                                                                reverse=self.reverse)
+        # a deployed server gateway keeps its state (replay protection) across restarts
+        self.state = tempfile.TemporaryDirectory(prefix="server-state-")
         self.server = await start_server(self.server_link, homeserver=self.synapse.base_url, profile=PROFILE,
                                          static_private=self.server_priv,
-                                         advertisement=advertisement_for("emulated", self.server_priv, PROFILE))
+                                         advertisement=advertisement_for("emulated", self.server_priv, PROFILE),
+                                         state_dir=self.state.name)
         client_priv, _ = keys.generate_keypair()
         self.client = await start_client(self.client_link, "server", profile=PROFILE, static_private=client_priv,
                                          server_public=keys.public_from_private(self.server_priv),
@@ -46,6 +52,7 @@ class Device:
     async def __aexit__(self, *exc):
         await self.client.stop()
         await self.server.stop()
+        self.state.cleanup()
 
     def reshape(self, profile: LinkProfile) -> None:
         """Change the link at runtime (queued frames are not flushed)."""
@@ -124,6 +131,7 @@ class PushDevice:
     async def __aenter__(self):
         self.client_link, self.server_link = emulated_link_pair(FAST, seed=self.seed,
                                                                 max_retransmit=self.max_retransmit)
+        self.state = tempfile.TemporaryDirectory(prefix="server-state-")  # kept across restart_server()
         self.server = await self._start_server()
         self.client = await start_client(self.client_link, "server", profile=PROFILE,
                                          static_private=keys.generate_keypair()[0],
@@ -134,13 +142,13 @@ class PushDevice:
 
     async def _start_server(self):
         server = await start_server(self.server_link, homeserver=self.synapse.base_url, profile=PROFILE,
-                                    static_private=self.server_priv)
+                                    static_private=self.server_priv, state_dir=self.state.name)
         server.gateway.sync_push.upstream_observers.append(lambda _since, r: self.upstream.append(r.body))
         return server
 
     async def restart_server(self) -> None:
-        """Stop the server gateway and start a new one (all state lost) on a
-        fresh end of the same link."""
+        """Stop the server gateway and start a new one (all state in memory
+        lost; its state directory kept) on a fresh end of the same link."""
         await self.server.stop()
         _, self.server_link = emulated_link_pair(FAST, seed=self.seed + 1000, max_retransmit=self.max_retransmit)
         self.server_link.other, self.client_link.other = self.client_link, self.server_link
@@ -149,6 +157,7 @@ class PushDevice:
     async def __aexit__(self, *exc):
         await self.client.stop()
         await self.server.stop()
+        self.state.cleanup()
 
     @property
     def push_client(self):
