@@ -251,6 +251,11 @@ def build_parser() -> argparse.ArgumentParser:
     server.add_argument("--homeserver", metavar="URL", help="the homeserver's base URL, e.g. http://127.0.0.1:8008 (required)")
     server.add_argument("--listen", metavar="ADDR", help="udp://HOST:PORT (default udp://0.0.0.0:5683) or serial:/dev/ttyX?baud=N")
     server.add_argument("--key", metavar="PATH", help="static private key (coap-gateway keygen); required unless --plaintext")
+    server.add_argument("--generate-key", action="store_true", default=None,
+                        help="create the --key file (mode 0600) if it does not exist, and print its public key")
+    server.add_argument("--state-dir", metavar="DIR",
+                        help="where state that must survive a restart is kept (replay protection); "
+                             "default: the --key file's directory")
     server.add_argument("--plaintext", action="store_true", default=None, help="no encryption: only for links that are already trusted")
     server.add_argument("--profile", help="table profile (default lb3; lb2 without the compact form; msc3079 for MSC3079 clients)")
     server.add_argument("--allow-admin", action="store_true", default=None, help="let /_synapse/admin through (off by default)")

@@ -23,7 +23,7 @@ from aiohttp import web
 from rich.console import Console
 
 from ..codec import DEFAULT_PROFILE, load_profile
-from ..errors import GatewayError
+from ..errors import GatewayError, KeyFileError
 from ..secure import keys
 from ..transport import DatagramLink, LinkBudget, SerialLink, UdpLink
 from .metrics import Collector, client_collector, server_collector
@@ -214,7 +214,36 @@ async def stop_within(console: Console, name: str, *stops: Callable[[], Awaitabl
 # ---------------------------------------------------------------- server
 
 
-SERVER_OPTIONS = ["homeserver", "listen", "key", "plaintext", "profile", "allow_admin", "advertise",
+def server_key(path: Path, generate: bool, console: Console) -> bytes:
+    """The server's static private key; with ``generate``, created on first
+    run (as Synapse creates its signing key), never overwritten."""
+    if generate and not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        keys.write_private_key(path, keys.generate_keypair()[0])
+        public = keys.public_from_private(keys.read_private_key(path))
+        console.print(f"generated a new server key at {path} (mode 0600); clients pin it on first contact, or "
+                      f"give it to them: --server-key {keys.encode_key(public)}  ({keys.fingerprint(public)})",
+                      soft_wrap=True)  # a key split over lines cannot be copied
+    try:
+        return keys.read_private_key(path)
+    except KeyFileError as exc:
+        if path.exists() or generate:
+            raise
+        raise KeyFileError(f"{exc}: create one with `coap-gateway keygen {path}`, or start with "
+                           f"--generate-key to create it now") from None
+
+
+def server_state_dir(options: dict[str, Any]) -> Path | None:
+    """Where the server keeps what must outlive a restart (the IK1 strike
+    register).  Without one, early data is refused for a while after each
+    start, so the default is the key's directory; plaintext mode keeps none."""
+    if options.get("state_dir"):
+        return Path(options["state_dir"])
+    return Path(options["key"]).parent if options.get("key") and not options.get("plaintext") else None
+
+
+
+SERVER_OPTIONS = ["homeserver", "listen", "key", "generate_key", "state_dir", "plaintext", "profile", "allow_admin", "advertise",
                   "link_rate", "link_latency", "link_overhead", "max_retransmit", "metrics", "no_sync_push"]
 
 
@@ -227,13 +256,14 @@ async def serve_server(options: dict[str, Any], console: Console) -> None:
     if not options.get("plaintext"):
         if not options.get("key"):
             raise ConfigError("--key PATH is required (or --plaintext for an already trusted link)")
-        static = keys.read_private_key(options["key"])
+        static = server_key(Path(options["key"]), bool(options.get("generate_key")), console)
+    state_dir = server_state_dir(options)
     link = await open_link(address, budget_from(options, udp=address.kind == "udp"))
     advertised = options.get("advertise") or str(address)
     server = await start_server(link, homeserver=options["homeserver"], profile=profile, static_private=static,
                                 allow_admin=bool(options.get("allow_admin")),
                                 advertisement=advertisement_for(advertised, static, profile),
-                                sync_push=not options.get("no_sync_push"))
+                                sync_push=not options.get("no_sync_push"), state_dir=state_dir)
     mode = f"Noise, key {keys.fingerprint(keys.public_from_private(static))}" if static else "PLAINTEXT"
     console.print(f"server gateway on {link.name} → {options['homeserver']}  ({mode}, profile {profile.name})")
     metrics = None

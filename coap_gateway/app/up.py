@@ -51,7 +51,8 @@ async def serve_up(options: dict[str, Any], console: Console) -> None:
     client_link, server_link = emulated_link_pair(link_profile, seed=1, max_retransmit=8 if loss else 4,
                                                  record=False)
     server = await start_server(server_link, homeserver=synapse.base_url, profile=profile, static_private=static,
-                                advertisement=advertisement_for("emulated link", static, profile))
+                                advertisement=advertisement_for("emulated link", static, profile),
+                                state_dir=data_dir)
     client = await start_client(client_link, "server", profile=profile, static_private=keys.generate_keypair()[0],
                                 server_public=keys.public_from_private(static), host=host, port=port,
                                 low_bandwidth=bool(options.get("low_bandwidth")))

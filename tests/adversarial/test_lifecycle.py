@@ -8,6 +8,7 @@ import asyncio
 import os
 import re
 import signal
+import stat
 import socket
 import sys
 import time
@@ -228,3 +229,46 @@ async def test_sigterm_with_the_server_unreachable_answers_pending_requests_and_
         assert not isinstance(answer, BaseException), answers  # each got an answer, not a reset
         status, body = answer
         assert status in (503, 504) and body["errcode"] and "shutting down" in body["error"], answers
+
+
+# ------------------------------------------------------- server without its key
+
+
+async def test_a_server_without_its_key_says_how_to_create_it_and_generate_key_does(tmp_path):
+    key = tmp_path / "etc" / "server.key"
+    args = ("server", "--homeserver", "http://127.0.0.1:9", "--listen", f"udp://127.0.0.1:{_unused_udp_port()}",
+            "--key", str(key))
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "coap_gateway", *args,
+                                                stderr=asyncio.subprocess.PIPE)
+    _, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 2 and err.decode().count("\n") == 1, err  # one line, no traceback
+    assert f"no private key at {key}" in err.decode() and "--generate-key" in err.decode()
+    assert f"coap-gateway keygen {key}" in err.decode()
+    assert not key.exists()
+
+    proc, match = await _command(*args, "--generate-key", home=tmp_path, ready=r"--server-key (\S+)")
+    try:
+        public = keys.decode_key(match.group(1))
+        await _command_ready(proc, r"server gateway on")
+        assert keys.public_from_private(keys.read_private_key(key)) == public
+        assert stat.S_IMODE(os.stat(key).st_mode) == 0o600
+        # its replay protection is kept beside the key, so a restart keeps it
+        assert stat.S_IMODE(os.stat(key.parent / "server-state.sqlite3").st_mode) == 0o600
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 0
+
+    # the next start uses the key it made, and never makes another
+    proc, _ = await _command(*args, "--generate-key", home=tmp_path, ready=r"server gateway on")
+    proc.send_signal(signal.SIGTERM)
+    _, err = await asyncio.wait_for(proc.communicate(), 30)
+    assert b"generated" not in err and keys.public_from_private(keys.read_private_key(key)) == public
+
+
+async def _command_ready(proc, ready: str) -> None:
+    while True:
+        line = (await asyncio.wait_for(proc.stderr.readline(), 60)).decode()
+        assert line, "exited before it was ready"
+        if re.search(ready, line):
+            return
