@@ -432,7 +432,7 @@ def render_markdown(results: dict[str, Any], *, json_path: Path | None, docs_pat
     rate = (results.get("slow_link") or {}).get("rate_bps", targets.SLOW_RATE_BPS)
     lines += [f"### Timings at {rate:g} bit/s", "", *timing_table(results), "",
               "Timings are wall clock on an emulated link (`meshsim.emulated_link_pair` (`coap_gateway.transport.EmulatedLinkEnd` over netem link models) with "
-              "`meshsim.link.LinkProfile(rate_bps, delay)` each way: netem's exact serialiser, then the delay; no "
+              "`meshsim.LinkProfile(rate_bps, delay)` each way: netem's exact serialiser, then the delay; no "
               "IP headers). They are reported, never asserted. HTTPS+JSON is not run at 100 bit/s — its W5 alone "
               "would take the better part of an hour — so its column is the least it could take: its measured "
               "bytes as IP packets (the wire bytes less the 14-byte Ethernet header of each frame) through the "

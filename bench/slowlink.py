@@ -1,7 +1,7 @@
 """Timings over the emulated slow link: W5 and send → acknowledgement.
 
 The gateway pair runs over ``meshsim.emulated_link_pair`` with
-``meshsim.link.LinkProfile(rate_bps=100, delay=1.0)`` each way (netem's
+``meshsim.LinkProfile(rate_bps=100, delay=1.0)`` each way (netem's
 semantics: an exact serialiser, then the delay; no IP headers — a
 point-to-point radio link), on the wall clock.  On a new device:
 

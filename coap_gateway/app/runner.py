@@ -69,6 +69,11 @@ class RunningServer:
 
         self.endpoint.set_peer_budgets(budget_for)
 
+    def set_budget(self, budget: LinkBudget) -> None:
+        """New timing for the whole link (it was reshaped), block-wise caches
+        included; per-device budgets (``set_peer_budgets``) still come first."""
+        self.endpoint.set_budget(budget)
+
     def counters(self) -> dict[str, int | float]:
         """The transport's counters, as plain numbers (reports)."""
         return _numbers(self.endpoint.counters)

@@ -70,8 +70,9 @@ class Homeserver:
         self.synapse = LocalSynapse(directory, server_name=self.name, host=self.node.private_ip)
         await self.synapse.start()
 
-    async def start_gateway(self, budget: LinkBudget, budget_for_address: BudgetLookup) -> None:
-        """The server gateway, its link timed by `budget`, each device's timers by its own path's."""
+    async def start_gateway(self, budget: LinkBudget, budget_for_address: BudgetLookup, state_dir: Path) -> None:
+        """The server gateway, its link timed by `budget`, each device's timers
+        by its own path's; what it keeps across restarts in `state_dir`."""
         self.profile = profile = load_profile(self.settings.profile)
         self._static_private = keys.generate_keypair()[0] if self.settings.secure else None
         self.link = await UdpLink.open(self.node.private_ip, self.coap_port, budget)
@@ -79,6 +80,7 @@ class Homeserver:
         self.gateway = await start_server(
             self.link, homeserver=self.base_url, profile=profile, static_private=self._static_private,
             advertisement=advertisement_for(f"udp://{host}:{port}", self._static_private, profile),
+            state_dir=state_dir if self._static_private is not None else None,
         )
         self.gateway.set_peer_budgets(budget_for_address)
 

@@ -162,7 +162,7 @@ class ScenarioRun:
 
         devices = {user: client.node for user, client in workload.clients.items()}
         self.budgets = budgets = PathBudgets(self.topology, homeserver.node, devices, self.scenario.gateway)
-        await homeserver.start_gateway(budgets.server, budgets.for_address)
+        await homeserver.start_gateway(budgets.server, budgets.for_address, tmp / f"{homeserver.name}-gateway")
         for user in workload.clients:
             device = self.devices[user] = DeviceGateway(devices[user], budgets.devices[user])
             await device.start(homeserver, secure=self.scenario.gateway.secure)

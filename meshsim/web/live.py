@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -193,10 +192,6 @@ class ClientQueue:
             self.resync = True
         self._items.append(item)
         self._ready.set()
-
-    def put_all(self, items: Iterable[Any]) -> None:
-        for item in items:
-            self.put(item)
 
     async def get(self) -> Any:
         """The oldest item, waiting for one; raises EOFError once closed and empty."""
