@@ -183,7 +183,8 @@ def cmd_up(args: argparse.Namespace) -> None:
     except ImportError as exc:
         raise GatewayError(f"`up` emulates the link with meshsim, which cannot be imported: {exc}") from exc
 
-    _serve(serve_up, args, ["data_dir", "listen", "rate", "delay", "loss", "profile", "low_bandwidth", "metrics"])
+    _serve(serve_up, args, ["data_dir", "listen", "rate", "delay", "loss", "profile", "low_bandwidth", "metrics",
+                            "keylog"])
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
@@ -199,6 +200,13 @@ def _metrics_flag(parser: argparse.ArgumentParser, default: str) -> None:
     parser.add_argument("--metrics", metavar="HOST:PORT",
                         help=f"serve Prometheus metrics at http://HOST:PORT/metrics (default: {default}; "
                              "a bare PORT binds 127.0.0.1, keep it off public interfaces)")
+
+
+def _keylog_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--keylog", metavar="FILE",
+                        help="append every secure session's keys to FILE (0600) so Wireshark can decrypt a capture "
+                             "(docs/wireshark.md); also COAP_GATEWAY_KEYLOG=FILE. Off by default: anyone with "
+                             "the file reads the traffic")
 
 
 def _link_flags(parser: argparse.ArgumentParser) -> None:
@@ -264,6 +272,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="do not hold devices' /sync loops (every long-poll then crosses the link)")
     server.add_argument("--config", metavar="FILE", help="TOML file with any of these options")
     _metrics_flag(server, "off")
+    _keylog_flag(server)
     _link_flags(server)
     server.set_defaults(func=cmd_server)
 
@@ -287,6 +296,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="send every /sync long-poll across the link instead of registering for pushes")
     client.add_argument("--config", metavar="FILE", help="TOML file with any of these options")
     _metrics_flag(client, "off")
+    _keylog_flag(client)
     _link_flags(client)
     client.set_defaults(func=cmd_client)
 
@@ -300,6 +310,7 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--low-bandwidth", action="store_true", default=None,
                     help="answer typing, read receipts and presence updates locally")
     up.add_argument("--config", metavar="FILE", help="TOML file with any of these options")
+    _keylog_flag(up)
     _metrics_flag(up, "127.0.0.1, a free port")
     up.set_defaults(func=cmd_up)
 

@@ -25,7 +25,7 @@ from rich.console import Console
 from ..codec import DEFAULT_PROFILE, load_profile
 from ..errors import GatewayError, KeyFileError
 from ..secure import keys
-from ..transport import DatagramLink, LinkBudget, SerialLink, UdpLink
+from ..transport import DatagramLink, KeyLog, LinkBudget, SerialLink, UdpLink
 from .metrics import Collector, client_collector, server_collector
 from .metrics_http import DEFAULT_HOST, metrics_url, serve_metrics
 from .runner import advertisement_for, start_client, start_server
@@ -244,7 +244,19 @@ def server_state_dir(options: dict[str, Any]) -> Path | None:
 
 
 SERVER_OPTIONS = ["homeserver", "listen", "key", "generate_key", "state_dir", "plaintext", "profile", "allow_admin", "advertise",
-                  "link_rate", "link_latency", "link_overhead", "max_retransmit", "metrics", "no_sync_push"]
+                  "link_rate", "link_latency", "link_overhead", "max_retransmit", "metrics", "no_sync_push", "keylog"]
+
+
+def key_log_from(options: dict[str, Any], console: Console) -> KeyLog | None:
+    """``--keylog FILE`` or ``COAP_GATEWAY_KEYLOG``: every session's keys
+    appended to FILE (0600), for Wireshark (docs/wireshark.md).  Off unless asked."""
+    if options.get("plaintext"):
+        return None
+    key_log = KeyLog.from_settings(options.get("keylog"))
+    if key_log is not None:
+        console.print(f"[bold red]key log on:[/] session keys go to {key_log.path} — "
+                      f"anyone with that file can read this gateway's secure traffic")
+    return key_log
 
 
 async def serve_server(options: dict[str, Any], console: Console) -> None:
@@ -258,12 +270,13 @@ async def serve_server(options: dict[str, Any], console: Console) -> None:
             raise ConfigError("--key PATH is required (or --plaintext for an already trusted link)")
         static = server_key(Path(options["key"]), bool(options.get("generate_key")), console)
     state_dir = server_state_dir(options)
+    key_log = key_log_from(options, console)
     link = await open_link(address, budget_from(options, udp=address.kind == "udp"))
     advertised = options.get("advertise") or str(address)
     server = await start_server(link, homeserver=options["homeserver"], profile=profile, static_private=static,
                                 allow_admin=bool(options.get("allow_admin")),
                                 advertisement=advertisement_for(advertised, static, profile),
-                                sync_push=not options.get("no_sync_push"), state_dir=state_dir)
+                                sync_push=not options.get("no_sync_push"), state_dir=state_dir, key_log=key_log)
     mode = f"Noise, key {keys.fingerprint(keys.public_from_private(static))}" if static else "PLAINTEXT"
     console.print(f"server gateway on {link.name} → {options['homeserver']}  ({mode}, profile {profile.name})")
     metrics = None
@@ -272,6 +285,8 @@ async def serve_server(options: dict[str, Any], console: Console) -> None:
         await until_signalled()
     finally:
         await stop_within(console, "server gateway", server.stop, *([metrics.cleanup] if metrics is not None else []))
+        if key_log is not None:
+            key_log.close()
 
 
 # ---------------------------------------------------------------- client
@@ -279,7 +294,7 @@ async def serve_server(options: dict[str, Any], console: Console) -> None:
 
 CLIENT_OPTIONS = ["server", "server_key", "server_name", "key", "pins", "plaintext", "listen", "profile", "low_bandwidth",
                   "local", "link_rate", "link_latency", "link_overhead", "max_retransmit", "metrics", "keepalive",
-                  "no_sync_push"]
+                  "no_sync_push", "keylog"]
 
 
 def keepalive_from(options: dict[str, Any]) -> float | None:
@@ -310,6 +325,7 @@ async def serve_client(options: dict[str, Any], console: Console) -> None:
             server_public = keys.decode_key(options["server_key"])
         else:
             pins = keys.PinStore(options.get("pins") or Path.home() / ".config" / "coap-gateway" / "pins.json")
+    key_log = key_log_from(options, console)
     if server.kind == "serial":
         link = await open_link(server, budget_from(options, udp=False))
         peer: Any = SerialLink.PEER
@@ -320,7 +336,7 @@ async def serve_client(options: dict[str, Any], console: Console) -> None:
     client = await start_client(link, peer, profile=profile, static_private=static, server_public=server_public,
                                 pins=pins, server_name=options.get("server_name") or str(server), host=host, port=port,
                                 low_bandwidth=bool(options.get("low_bandwidth")),
-                                sync_push=not options.get("no_sync_push"), keepalive=keepalive)
+                                sync_push=not options.get("no_sync_push"), keepalive=keepalive, key_log=key_log)
     console.print(f"client gateway: point your Matrix client at {client.base_url}  (server {server}, "
                   f"{'PLAINTEXT' if static is None else 'Noise'})")
     metrics = None
@@ -330,3 +346,5 @@ async def serve_client(options: dict[str, Any], console: Console) -> None:
     finally:
         # pending requests are answered first (503), then the rest closes
         await stop_within(console, "client gateway", client.stop, *([metrics.cleanup] if metrics is not None else []))
+        if key_log is not None:
+            key_log.close()

@@ -30,6 +30,7 @@ from ..transport import (
     SERVER_KEY,
     DatagramLink,
     DeviceEvent,
+    KeyLog,
     LinkAddress,
     LinkBudget,
     LinkEndpoint,
@@ -126,10 +127,12 @@ async def start_server(link: DatagramLink, *, homeserver: str, profile: Profile,
                        allow_admin: bool = False, advertisement: dict[str, Any] | None = None,
                        limits: ServerLimits | None = None, clock=time.time,
                        sync_push: SyncPushServerConfig | bool = True,
-                       state_dir: str | os.PathLike[str] | None = None) -> RunningServer:
+                       state_dir: str | os.PathLike[str] | None = None,
+                       key_log: KeyLog | None = None) -> RunningServer:
     """``sync_push``: hold devices' /sync loops and push (True: defaults).
     ``state_dir``: where what must outlive a restart is kept (``ServerStore``);
-    without one, early data is refused for the early window after start."""
+    without one, early data is refused for the early window after start.
+    ``key_log``: append every session's keys to it (opt-in; the caller closes it)."""
     push = None if sync_push is False else (sync_push if isinstance(sync_push, SyncPushServerConfig)
                                             else SyncPushServerConfig())
     gateway = ServerGateway(ServerGatewayConfig(homeserver, profile, allow_admin=allow_admin,
@@ -150,7 +153,7 @@ async def start_server(link: DatagramLink, *, homeserver: str, profile: Profile,
 
         store = ServerStore(state_dir) if state_dir is not None else None
         codec = SecureServerCodec(server_endpoint(static_private, profile, limits=limits, now=clock(), store=store),
-                                  clock=clock, on_device=on_device)
+                                  clock=clock, on_device=on_device, key_log=key_log)
     endpoint = await create_link_endpoint(link, site=gateway, codec=codec, loggername="coap.server")
     gateway.attach(endpoint)
     return RunningServer(endpoint, gateway, codec, store)
@@ -161,20 +164,21 @@ async def start_client(link: DatagramLink, server_addr: Hashable, *, profile: Pr
                        pins: PinStore | None = None, server_name: str | None = None,
                        host: str = "127.0.0.1", port: int = 0, low_bandwidth: bool = False,
                        clock=time.time, sync_push: SyncPushClientConfig | bool = True,
-                       keepalive: float | None = None) -> RunningClient:
+                       keepalive: float | None = None, key_log: KeyLog | None = None) -> RunningClient:
     """Secure when ``static_private`` is given: with ``pins`` (trust on first
     use under ``server_name``) or a fixed ``server_public``.  ``sync_push``:
     answer /sync long-polls from pushes (True: defaults); ``keepalive``: a
-    CoAP ping after that many seconds without a frame sent (NAT bindings)."""
+    CoAP ping after that many seconds without a frame sent (NAT bindings);
+    ``key_log``: append every session's keys to it (opt-in; the caller closes it)."""
     codec: SecureClientCodec | None = None
     if static_private is not None:
         if pins is not None:
             codec = pinned_client_codec(server_name or str(server_addr), server_addr, static_private, profile, pins,
-                                        clock=clock)
+                                        clock=clock, key_log=key_log)
         else:
             codec = SecureClientCodec(ClientEndpoint(static_private, profile.id, profile_wire_digest(profile),
                                                      server_public=server_public, restart=True, unbound=True),
-                                      server_addr, clock=clock)
+                                      server_addr, clock=clock, key_log=key_log)
     endpoint = await create_link_endpoint(link, codec=codec, loggername="coap.client")
     key = SERVER_KEY if codec is not None else server_addr
     push = sync_push if isinstance(sync_push, SyncPushClientConfig) else SyncPushClientConfig(enabled=bool(sync_push))

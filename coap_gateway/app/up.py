@@ -23,7 +23,7 @@ from ..codec import DEFAULT_PROFILE, load_profile
 from ..secure import keys
 from ..tools import LocalSynapse
 from ..transport import parse_netem_rate, parse_netem_time
-from .daemon import parse_host_port, start_metrics, until_signalled
+from .daemon import key_log_from, parse_host_port, start_metrics, until_signalled
 from .metrics import client_collector, server_collector
 from .metrics_http import DEFAULT_HOST
 from .runner import advertisement_for, start_client, start_server
@@ -48,14 +48,15 @@ async def serve_up(options: dict[str, Any], console: Console) -> None:
     synapse = LocalSynapse(data_dir / "synapse")
     with console.status("starting Synapse (first run creates it)…"):
         await synapse.start()
+    key_log = key_log_from(options, console)
     client_link, server_link = emulated_link_pair(link_profile, seed=1, max_retransmit=8 if loss else 4,
                                                  record=False)
     server = await start_server(server_link, homeserver=synapse.base_url, profile=profile, static_private=static,
                                 advertisement=advertisement_for("emulated link", static, profile),
-                                state_dir=data_dir)
+                                state_dir=data_dir, key_log=key_log)
     client = await start_client(client_link, "server", profile=profile, static_private=keys.generate_keypair()[0],
                                 server_public=keys.public_from_private(static), host=host, port=port,
-                                low_bandwidth=bool(options.get("low_bandwidth")))
+                                low_bandwidth=bool(options.get("low_bandwidth")), key_log=key_log)
     console.print(f"[bold]Matrix homeserver through a {rate:g} bit/s link:[/] {client.base_url}\n"
                   f"  server name: {synapse.server_name}   register users with any client (m.login.dummy)\n"
                   f"  Synapse itself: {synapse.base_url}   data: {data_dir}   Ctrl-C stops everything")
@@ -75,6 +76,8 @@ async def serve_up(options: dict[str, Any], console: Console) -> None:
         await client.stop()
         await server.stop()
         await synapse.stop()
+        if key_log is not None:
+            key_log.close()
         console.print("stopped: client gateway, server gateway, Synapse")
 
 

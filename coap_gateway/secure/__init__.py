@@ -6,7 +6,8 @@ Noise handshakes (IK with 0-RTT early data, XX on first contact) and the
 per-direction ciphers with explicit sequence numbers and replay windows;
 ``server`` and ``client`` are the endpoints' state machines: datagrams plus
 ``now`` in, typed ``events`` out, ``next_timer()``/``handle_timer(now)``,
-bounded tables with ``sizes()``.  ``keys`` stores static keys (0600) and
+bounded tables with ``sizes()``; with ``export_keys`` set (off by default)
+they also emit ``SessionKeys``, a session's secrets for a key log.  ``keys`` stores static keys (0600) and
 the trust-on-first-use pins.  The asyncio side is
 ``transport.secure_codec``.
 """
@@ -23,6 +24,7 @@ from .events import (
     ServerOutput,
     SessionClosed,
     SessionEstablished,
+    SessionKeys,
     Transmit,
     reason_label,
 )
@@ -45,6 +47,7 @@ __all__ = [
     "ServerOutput",
     "SessionClosed",
     "SessionEstablished",
+    "SessionKeys",
     "Transmit",
     "classify",
     "events",

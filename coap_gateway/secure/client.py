@@ -60,6 +60,8 @@ class ClientEndpoint:
         #: them (``frame.FLAG_RESTART``, ``frame.FLAG_UNBOUND``)
         self.announce_restart, self.announce_unbound = restart, unbound
         self._announced_in: bytes | None = None
+        #: emit ``SessionKeys`` for each completed handshake (an opt-in key log); off by default
+        self.export_keys = False
 
     def trust(self, server_public: bytes) -> None:
         """Use ``server_public`` from now on (the user accepted the server's
@@ -193,6 +195,8 @@ class ClientEndpoint:
         if handshake.restart or handshake.unbound:
             self._announced_in = done.channel.session_id
         out.append(Connected(done.channel.session_id, done.server_public, handshake.pattern))
+        if self.export_keys:
+            out.append(handshake.session_keys())
         if done.transmit is not None:
             out.append(Transmit(None, done.transmit))
             if handshake.message is not None:

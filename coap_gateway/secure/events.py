@@ -91,6 +91,42 @@ class Connected:
     pattern: str
 
 
+#: the first word of a key log line (docs/protocol.md, "Key log format")
+KEYLOG_LABEL = "COAP_GATEWAY_SESSION"
+
+
+@dataclass(frozen=True)
+class SessionKeys:
+    """A session's secrets, emitted only when the endpoint's ``export_keys``
+    is set (an opt-in key log, like TLS's SSLKEYLOGFILE): whoever holds them
+    reads the session's frames both ways.  Comes when the handshake is
+    complete (server: IK2 written or XX3 read; client: IK2 read or XX3
+    written).  ``client_ephemeral`` names the handshake in a capture (IK1 and
+    XX1 carry it in the clear); ``payload_keys`` are the handshake keys the
+    payloads of IK1, IK2 and XX3 were encrypted with (nonce 0);
+    ``client_to_server``/``server_to_client`` are Split()'s keys, epoch 0."""
+
+    session_id: bytes
+    client_ephemeral: bytes
+    pattern: str
+    client_to_server: bytes
+    server_to_client: bytes
+    payload_keys: tuple[tuple[str, bytes], ...]
+    rekey_interval: int
+
+    def keylog_line(self) -> str:
+        """One line of the key log, without the newline."""
+        fields = [KEYLOG_LABEL, f"eph={self.client_ephemeral.hex()}", f"sid={self.session_id.hex()}",
+                  f"pattern={self.pattern}", f"c2s={self.client_to_server.hex()}",
+                  f"s2c={self.server_to_client.hex()}"]
+        fields += [f"{kind.lower()}={key.hex()}" for kind, key in self.payload_keys]
+        fields.append(f"rekey={self.rekey_interval}")
+        return " ".join(fields)
+
+    def __repr__(self) -> str:  # never the keys themselves in logs or test output
+        return f"SessionKeys(session_id={self.session_id.hex()}, pattern={self.pattern})"
+
+
 @dataclass(frozen=True)
 class Rehandshake:
     """Client: the session was abandoned and a new handshake started."""
@@ -98,5 +134,5 @@ class Rehandshake:
     reason: str
 
 
-ServerOutput = Transmit | Deliver | SessionEstablished | SessionClosed | DeviceRestarted | Dropped
-ClientOutput = Transmit | Deliver | Connected | Rehandshake | Dropped
+ServerOutput = Transmit | Deliver | SessionEstablished | SessionClosed | DeviceRestarted | Dropped | SessionKeys
+ClientOutput = Transmit | Deliver | Connected | Rehandshake | Dropped | SessionKeys

@@ -36,6 +36,7 @@ from ..errors import (
     ServerKeyMismatchError,
 )
 from . import frame as sf
+from .events import SessionKeys
 from .frame import DatagramKind, FrameShape
 from .keys import (
     fingerprint,  # a pure helper; keys.py's file functions are not used here
@@ -92,12 +93,21 @@ class _NoiseHandshake:
         self._conn = conn
         # held past the end: noiseprotocol drops its own reference when the handshake finishes
         self._state = conn.noise_protocol.handshake_state
+        #: per message written or read, the key its payload was encrypted with
+        #: (None before the first DH); for the opt-in key log (``SessionKeys``)
+        self.payload_keys: list[bytes | None] = []
+
+    def _note_payload_key(self) -> None:
+        cs = self._state.symmetric_state.cipher_state
+        self.payload_keys.append(bytes(cs.k) if cs.has_key() else None)
 
     def write(self, payload: bytes) -> bytes:
         try:
-            return bytes(self._conn.write_message(payload))
+            message = bytes(self._conn.write_message(payload))
         except _LIBRARY_ERRORS as exc:  # e.g. DH with the peer's low-order point (XX2 after XX1)
             raise HandshakeError(f"cannot write handshake message ({type(exc).__name__})") from None
+        self._note_payload_key()
+        return message
 
     def read(self, message: bytes) -> bytes:
         hs = self._state
@@ -105,7 +115,7 @@ class _NoiseHandshake:
         saved = (list(hs.message_patterns), ss.h, ss.ck, ss.cipher_state.k, ss.cipher_state.n, hs.re, hs.rs,
                  self._conn._next_fn)
         try:
-            return bytes(self._conn.read_message(message))
+            payload = bytes(self._conn.read_message(message))
         except _LIBRARY_ERRORS as exc:
             patterns, h, ck, k, n, re, rs, next_fn = saved
             hs.message_patterns, ss.h, ss.ck, hs.re, hs.rs = patterns, h, ck, re, rs
@@ -114,6 +124,8 @@ class _NoiseHandshake:
             self._conn._next_fn = next_fn
             self._conn.handshake_finished = False
             raise HandshakeError(f"handshake message does not decrypt ({type(exc).__name__})") from None
+        self._note_payload_key()
+        return payload
 
     @property
     def finished(self) -> bool:
@@ -132,6 +144,17 @@ class _NoiseHandshake:
         """(send key, receive key) from Split()."""
         p = self._conn.noise_protocol
         return bytes(p.cipher_state_encrypt.k), bytes(p.cipher_state_decrypt.k)
+
+    def session_keys(self, pattern: str, initiator: bool, client_ephemeral: bytes, session_id: bytes,
+                     rekey_interval: int) -> SessionKeys:
+        """What decrypts this finished session's frames (the opt-in key log)."""
+        send_key, receive_key = self.split_keys()
+        c2s, s2c = (send_key, receive_key) if initiator else (receive_key, send_key)
+        kinds = ("IK1", "IK2") if pattern == "IK" else ("XX1", "XX2", "XX3")
+        carried = {"IK1", "IK2", "XX3"}  # the messages that may carry a payload
+        payload_keys = tuple((kind, key) for kind, key in zip(kinds, self.payload_keys, strict=False)
+                             if kind in carried and key is not None)
+        return SessionKeys(session_id, client_ephemeral, pattern, c2s, s2c, payload_keys, rekey_interval)
 
 
 # --- the data phase -----------------------------------------------------------------
@@ -447,6 +470,7 @@ class ClientSession:
                    if self.pattern == "IK" else b"")
         noise_message = self._noise.write(payload)
         self._echo = noise_message[:4]
+        self.ephemeral_public = noise_message[:sf.DH_SIZE]
         self.datagram = sf.build_handshake(kind, noise_message, profile_id, profile_digest)
         self.session_id = sf.session_id_from_hash(self._noise.hash) if self.pattern == "IK" else None
         self.result: ClientHandshakeDone | None = None
@@ -454,6 +478,13 @@ class ClientSession:
     @property
     def complete(self) -> bool:
         return self.result is not None
+
+    def session_keys(self) -> SessionKeys:
+        """The finished session's secrets, for the opt-in key log."""
+        if self.result is None or self.session_id is None:
+            raise HandshakeError("handshake not complete")
+        return self._noise.session_keys(self.pattern, True, self.ephemeral_public, self.session_id,
+                                        self._rekey_interval)
 
     def receive(self, datagram: bytes) -> ClientHandshakeDone:
         """Take IK2 / XX2 / REFUSE.  SecurityError: drop it, except the subclasses
@@ -582,6 +613,13 @@ class ServerSession:
         self.hello = hello
         self.channel = self._make_channel()
         return hello
+
+    def session_keys(self) -> SessionKeys:
+        """The finished session's secrets, for the opt-in key log."""
+        if self.channel is None or self.session_id is None:
+            raise HandshakeError("handshake not complete")
+        return self._noise.session_keys(self.pattern, False, self.client_ephemeral, self.session_id,
+                                        self._rekey_interval)
 
     def _make_channel(self) -> SecureChannel:
         send_key, receive_key = self._noise.split_keys()

@@ -186,6 +186,8 @@ class ServerEndpoint:
                 self.strikes.add(key, expires, now)
         self.early_data_from = early_data_from
         self._on_strike = on_strike
+        #: emit ``SessionKeys`` for each completed handshake (an opt-in key log); off by default
+        self.export_keys = False
 
     # -- public API --
 
@@ -500,6 +502,8 @@ class ServerEndpoint:
             answer = None  # too big for an unvalidated address: the client resends as data, CoAP dedups
             out.append(Dropped("early answer over the anti-amplification limit", session.addr))
         ik2 = handshake.answer(answer, resend=sent_early and answer is None)
+        if self.export_keys:
+            out.append(handshake.session_keys())
         channel = handshake.channel
         assert channel is not None and session.ik1_digest is not None
         channel.note_handshake_message_received(session.early_message, session.ik1_digest, now)
@@ -553,6 +557,8 @@ class ServerEndpoint:
                            first_message=hello.message, restart=hello.restart, unbound=hello.unbound)
         self._add_session(session, out)
         out.append(SessionEstablished(session.id, addr, session.client_public, "XX"))
+        if self.export_keys:
+            out.append(handshake.session_keys())
         self._validate(session, out)  # XX3 needs XX2's keys: the address answered
         if hello.message is not None:
             out.append(Deliver(session.id, addr, hello.message, 0))

@@ -26,9 +26,11 @@ from .emulated import EmulatedLinkEnd, connect
 from .interfaces import CodecHost, DatagramLink, FrameCodec, LinkStage, Receiver
 from .links import SerialLink, UdpLink
 from .secure_codec import (
+    KEYLOG_ENV,
     SERVER_KEY,
     DeviceEvent,
     DeviceId,
+    KeyLog,
     SecureClientCodec,
     SecureServerCodec,
     pinned_client_codec,
@@ -45,11 +47,13 @@ from .units import (
 )
 
 __all__ = [
+    "KEYLOG_ENV",
     "SERVER_KEY",
     "CodecHost",
     "DatagramLink",
     "DeviceEvent",
     "DeviceId",
+    "KeyLog",
     "EmulatedLinkEnd",
     "FrameCodec",
     "LinkAddress",

@@ -10,19 +10,25 @@ are armed on the loop; drops are counted by reason.
 
 ``clock`` must be wall time (Unix seconds): early data carries the client's
 clock in minutes and the server compares it with its own.
+
+``KeyLog`` is the opt-in key log (``--keylog FILE``, ``COAP_GATEWAY_KEYLOG``;
+docs/wireshark.md): a codec given one turns on its endpoint's
+``export_keys`` and appends one line per session it completes.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import stat
 import time
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 
 from ..codec import Profile
-from ..errors import SecurityError, ServerKeyChanged
+from ..errors import KeyFileError, SecurityError, ServerKeyChanged
 from ..secure import (
     ClientEndpoint,
     Connected,
@@ -34,6 +40,7 @@ from ..secure import (
     ServerEndpoint,
     SessionClosed,
     SessionEstablished,
+    SessionKeys,
     Transmit,
     reason_label,
 )
@@ -45,6 +52,62 @@ log = logging.getLogger(__name__)
 Clock = Callable[[], float]
 
 SERVER_KEY = "server"
+
+#: the environment variable that turns the key log on, like TLS's SSLKEYLOGFILE
+KEYLOG_ENV = "COAP_GATEWAY_KEYLOG"
+
+
+class KeyLog:
+    """An append-only key log file: one line per secure session
+    (``SessionKeys.keylog_line``), enough to decrypt its frames both ways.
+
+    Opt-in only: whoever reads the file reads the sessions it lists.  The file
+    is created with mode 0600 and refused when it exists group- or
+    world-readable; each line is flushed at once, so a capture can be read
+    while the gateway runs.  Lines already written by this object are not
+    written again (both gateways of one process may share it).
+    """
+
+    REMEMBERED = 4096  # recent lines, for the duplicate check
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = os.fspath(path)
+        try:
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o600)
+        except OSError as exc:
+            raise KeyFileError(f"cannot open key log {self.path}: {exc.strerror}") from None
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISREG(mode) and mode & 0o077:
+            os.close(fd)
+            raise KeyFileError(f"key log {self.path} is readable by others (mode {stat.S_IMODE(mode):o}); "
+                               f"chmod 600 it or choose a new file")
+        self._file = os.fdopen(fd, "a", encoding="ascii")
+        self._seen: OrderedDict[str, None] = OrderedDict()
+        self.lines = 0
+
+    @classmethod
+    def from_settings(cls, path: str | os.PathLike[str] | None,
+                      environ: dict[str, str] | None = None) -> KeyLog | None:
+        """The key log ``path`` names, else the one ``COAP_GATEWAY_KEYLOG``
+        names, else None (the default: no key log)."""
+        chosen = path if path else (os.environ if environ is None else environ).get(KEYLOG_ENV)
+        if not chosen:
+            return None
+        return cls(chosen)
+
+    def write(self, keys: SessionKeys) -> None:
+        line = keys.keylog_line()
+        if self._file.closed or line in self._seen:
+            return
+        self._seen[line] = None
+        while len(self._seen) > self.REMEMBERED:
+            self._seen.popitem(last=False)
+        self._file.write(line + "\n")
+        self._file.flush()
+        self.lines += 1
+
+    def close(self) -> None:
+        self._file.close()
 
 
 @dataclass(frozen=True)
@@ -105,10 +168,12 @@ class SecureServerCodec:
     """
 
     def __init__(self, endpoint: ServerEndpoint, *, clock: Clock = time.time,
-                 on_device: Callable[[DeviceEvent], None] | None = None):
+                 on_device: Callable[[DeviceEvent], None] | None = None, key_log: KeyLog | None = None):
         self.endpoint = endpoint
         self.clock = clock
         self.on_device = on_device
+        self.key_log = key_log
+        endpoint.export_keys = key_log is not None
         self.dropped: Counter[str] = Counter()
         self.sessions_established = 0
         self.device_restarts = 0
@@ -185,6 +250,9 @@ class SecureServerCodec:
                         if self._host is not None:
                             self._host.forget_remote(self.device_key(device))
                         self._tell(DeviceEvent(self.device_key(device), "gone"))
+            elif isinstance(out, SessionKeys):
+                if self.key_log is not None:
+                    self.key_log.write(out)
             elif isinstance(out, DeviceRestarted):
                 # a new process: its message IDs start over, nothing of the old one may match
                 self.device_restarts += 1
@@ -232,8 +300,10 @@ class SecureClientCodec:
     def __init__(self, endpoint: ClientEndpoint, server_addr: Hashable, *, clock: Clock = time.time,
                  on_connected: Callable[[Connected], None] | None = None,
                  explain: Callable[[SecurityError], SecurityError] | None = None,
-                 recover: Callable[[SecurityError], bool] | None = None):
+                 recover: Callable[[SecurityError], bool] | None = None, key_log: KeyLog | None = None):
         self.endpoint = endpoint
+        self.key_log = key_log
+        endpoint.export_keys = key_log is not None
         #: ``explain(error)``: the error as the user should read it;
         #: ``recover(error)``: True when what caused it was put right (a new key accepted)
         self.explain, self.recover = explain, recover
@@ -305,12 +375,15 @@ class SecureClientCodec:
                         self._fail(exc)
             elif isinstance(out, Rehandshake):
                 self.rehandshakes += 1
+            elif isinstance(out, SessionKeys):
+                if self.key_log is not None:
+                    self.key_log.write(out)
         return transmits
 
 
 def pinned_client_codec(server_name: str, server_addr: Hashable, static_private: bytes, profile: Profile,
                         pins: PinStore, *, clock: Clock = time.time, restart: bool = True,
-                        unbound: bool = True) -> SecureClientCodec:
+                        unbound: bool = True, key_log: KeyLog | None = None) -> SecureClientCodec:
     """A client codec that trusts the server key on first use.
 
     No pin for ``server_name``: XX, and the key the server proves is pinned.
@@ -341,4 +414,4 @@ def pinned_client_codec(server_name: str, server_addr: Hashable, static_private:
         return False
 
     return SecureClientCodec(endpoint, server_addr, clock=clock, on_connected=on_connected, explain=explain,
-                             recover=recover)
+                             recover=recover, key_log=key_log)
