@@ -1,7 +1,7 @@
 """The layout docs/architecture.md describes, checked on the code itself.
 
 * Layers import one way: errors ← codec, secure ← push, tools ← transport ←
-  gateway ← app.  A module imports another layer only through that layer's
+  gateway ← federation ← app.  A module imports another layer only through that layer's
   package (``from ..codec import X``, X in ``codec.__all__``), never one of
   its modules.
 * No import cycle between modules, counting imports inside functions too.
@@ -24,7 +24,8 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "coap_gateway"
 
 #: a layer may import the layers of a lower rank only
-RANKS = {"errors": 0, "codec": 1, "secure": 1, "push": 2, "tools": 2, "transport": 3, "gateway": 4, "app": 5}
+RANKS = {"errors": 0, "codec": 1, "secure": 1, "push": 2, "tools": 2, "transport": 3, "gateway": 4, "federation": 5,
+         "app": 6}
 #: where the gateway meets the simulator (``coap-gateway up``)
 COMPOSITION = "coap_gateway.app.up"
 

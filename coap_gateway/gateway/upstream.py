@@ -31,8 +31,10 @@ from __future__ import annotations
 
 import logging
 import resource
+from collections.abc import Sequence
 
 import aiohttp
+from multidict import CIMultiDict
 from yarl import URL
 
 from ..codec import MAX_RESPONSE_BODY, HttpResponse, matrix_error
@@ -135,16 +137,21 @@ class Upstream:
 
     async def fetch(self, method: str, target: str, *, body: bytes = b"", content_type: str | None = None,
                     token: str | None = None, max_body: int = MAX_RESPONSE_BODY,
-                    timeout: float | None = None, long_poll: bool = False) -> HttpResponse:
+                    timeout: float | None = None, long_poll: bool = False,
+                    authorizations: Sequence[str] = ()) -> HttpResponse:
         """The homeserver's answer to ``method target`` (a path and query,
         exactly as the client sent it); ``UpstreamError`` when there is none
         or it is longer than ``max_body``.  ``long_poll``: one of the
-        requests ``reserve_long_polls`` counted (sync push's loops)."""
-        headers = {}
+        requests ``reserve_long_polls`` counted (sync push's loops).
+        ``authorizations``: Authorization headers sent verbatim, in order
+        (federation's X-Matrix), instead of a bearer ``token``."""
+        headers: CIMultiDict[str] = CIMultiDict()
         if content_type is not None:
             headers["Content-Type"] = content_type
         if token is not None:
             headers["Authorization"] = f"Bearer {token}"
+        for value in authorizations:
+            headers.add("Authorization", value)
         # the target is a path (routes guarantees it): the host is always ours
         url = URL(self.base + target, encoded=True)
         request_timeout = aiohttp.ClientTimeout(total=timeout) if timeout is not None else None

@@ -1,0 +1,146 @@
+"""One Noise session per pair of gateways, on one link (asyncio shell).
+
+A federation gateway is Noise initiator toward some peers and responder to
+the others (``policy.initiates``: the lower static key opens the session).
+``PeerLinkCodec`` puts both on one link and one CoAP endpoint: a
+``SecureClientCodec`` per peer this gateway initiates to, and one
+``SecureServerCodec`` for the peers that initiate to it.  Either end sends
+requests in the session, so both directions of a pair share it.
+
+CoAP remote keys: ``PeerKey(public)`` for a peer we initiate to; the
+server codec's ``DeviceId`` for a peer that initiated.  ``key_for(public)``
+gives the current one.  Frames from a Noise key outside the peers table
+are counted and dropped: nothing of theirs reaches CoAP.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass
+
+from ..transport import SERVER_KEY, CodecHost, DeviceEvent, DeviceId, SecureClientCodec, SecureServerCodec
+
+
+@dataclass(frozen=True)
+class PeerKey:
+    """The CoAP remote key of a peer gateway this gateway initiates to."""
+
+    public: bytes
+
+    def __str__(self) -> str:
+        return f"peer/{self.public.hex()[:16]}"
+
+
+class _ClientHost:
+    """What one client codec may ask of the link, with its remote key
+    (SERVER_KEY) renamed to the peer's."""
+
+    def __init__(self, host: CodecHost, key: PeerKey):
+        self.host, self.key = host, key
+
+    def send_datagram(self, peer: Hashable, datagram: bytes) -> None:
+        self.host.send_datagram(peer, datagram)
+
+    def fail_remote(self, key: Hashable, exc: Exception) -> None:
+        self.host.fail_remote(self.key if key == SERVER_KEY else key, exc)
+
+    def forget_remote(self, key: Hashable) -> None:
+        self.host.forget_remote(self.key if key == SERVER_KEY else key)
+
+
+class PeerLinkCodec:
+    """A FrameCodec for a gateway's peers: initiator to some, responder to the rest."""
+
+    def __init__(self, server: SecureServerCodec, clients: dict[bytes, SecureClientCodec],
+                 known: Callable[[bytes], bool]):
+        self.server = server
+        self.clients = clients
+        self.known = known
+        self._by_address = {codec.server_addr: public for public, codec in clients.items()}
+        self.refused: Counter[str] = Counter()
+        #: peers (public keys) that have a session with us as responder
+        self._sessions: dict[bytes, asyncio.Event] = {}
+        chained = server.on_device
+
+        def on_device(event: DeviceEvent) -> None:
+            if chained is not None:
+                chained(event)
+            self._on_device(event)
+
+        server.on_device = on_device
+
+    def bind(self, host: CodecHost) -> None:
+        self.server.bind(host)
+        for public, codec in self.clients.items():
+            codec.bind(_ClientHost(host, PeerKey(public)))
+
+    def failure(self) -> Exception | None:
+        return None  # failures are per peer (fail_remote)
+
+    # -- keys
+
+    def key_for(self, public: bytes) -> Hashable | None:
+        """The CoAP remote key for peer ``public`` now; None while a peer that
+        initiates has no session with us."""
+        if public in self.clients:
+            return PeerKey(public)
+        if self.server.device_address(self.server.device_key(public)) is None:
+            return None
+        return self.server.device_key(public)
+
+    async def wait_for_session(self, public: bytes, timeout: float) -> Hashable | None:
+        """``key_for(public)``, waiting up to ``timeout`` for the peer to open
+        its session (a responder cannot open it)."""
+        key = self.key_for(public)
+        if key is not None:
+            return key
+        event = self._sessions.setdefault(public, asyncio.Event())
+        try:
+            await asyncio.wait_for(event.wait(), timeout)
+        except TimeoutError:
+            return None
+        return self.key_for(public)
+
+    @staticmethod
+    def public_of(key: Hashable) -> bytes | None:
+        """The peer's static key behind a CoAP remote key."""
+        if isinstance(key, (PeerKey, DeviceId)):
+            return key.public
+        return None
+
+    def _on_device(self, event: DeviceEvent) -> None:
+        public = event.key.public
+        if not self.known(public):
+            self.refused["unknown key: session"] += 1
+            return
+        waiter = self._sessions.setdefault(public, asyncio.Event())
+        if event.kind == "gone":
+            waiter.clear()
+        else:
+            waiter.set()
+
+    # -- FrameCodec
+
+    def outgoing(self, key: Hashable, message: bytes) -> list[tuple[Hashable, bytes]]:
+        if isinstance(key, PeerKey):
+            codec = self.clients.get(key.public)
+            return codec.outgoing(SERVER_KEY, message) if codec is not None else []
+        if isinstance(key, DeviceId) and self.known(key.public):
+            return self.server.outgoing(key, message)
+        self.refused["unknown key: outgoing"] += 1
+        return []
+
+    def incoming(self, peer: Hashable, datagram: bytes) -> list[tuple[Hashable, bytes]]:
+        public = self._by_address.get(peer)
+        if public is not None:
+            return [(PeerKey(public) if key == SERVER_KEY else key, message)
+                    for key, message in self.clients[public].incoming(peer, datagram)]
+        delivered = []
+        for key, message in self.server.incoming(peer, datagram):
+            if isinstance(key, DeviceId) and self.known(key.public):
+                delivered.append((key, message))
+            else:
+                self.refused["unknown key: frame"] += 1
+        return delivered

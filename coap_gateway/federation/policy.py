@@ -1,0 +1,189 @@
+"""What federation through the gateways allows (sans-I/O, pure functions).
+
+Not an open proxy, in both roles:
+
+* as homeserver A's forward proxy, a ``CONNECT host:port`` is accepted only
+  for a server name in the peers table (``connect_decision``); inside the
+  tunnel only federation and key paths are forwarded, and the well-known
+  lookup Synapse makes before federating is answered here, never sent over
+  the link (``request_decision``);
+* as homeserver B's front, a request from a peer gateway is served only when
+  that gateway's Noise key is in the table, the path is a federation or key
+  path, and an ``X-Matrix`` origin, if any, is one of that gateway's own
+  server names (``peer_request_decision``).
+
+Which gateway of a pair opens their one Noise session is decided here too
+(``initiates``): both directions share it.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from urllib.parse import unquote
+
+from .peers import Peer, PeersTable, normalise_name
+
+#: path prefixes (decoded segments) a peer may reach on our homeserver
+FEDERATION_PREFIXES: tuple[tuple[str, ...], ...] = (("_matrix", "federation"), ("_matrix", "key"))
+WELL_KNOWN_PATH = "/.well-known/matrix/server"
+#: the federation port (a server name without a port federates on it)
+FEDERATION_PORT = 8448
+#: the port of the well-known lookup (https://NAME/.well-known/matrix/server)
+WELL_KNOWN_PORT = 443
+
+#: CONNECT refusals
+FORBIDDEN = 403
+BAD_REQUEST = 400
+
+
+@dataclass(frozen=True)
+class ConnectDecision:
+    """What to do with ``CONNECT authority``: ``status`` 200 to open the
+    tunnel, else the refusal; ``host`` is the name the TLS certificate is
+    issued for; ``well_known_only``: the tunnel serves the well-known lookup
+    and nothing else (port 443)."""
+
+    status: int
+    reason: str
+    host: str = ""
+    port: int = 0
+    peer: Peer | None = None
+    server_name: str = ""
+    well_known_only: bool = False
+
+    @property
+    def allowed(self) -> bool:
+        return self.status == 200
+
+
+def parse_authority(authority: str) -> tuple[str, int] | None:
+    """``host:port`` or ``[v6]:port`` → (host, port); None if malformed."""
+    text = authority.strip()
+    if text.startswith("["):
+        host, sep, rest = text[1:].partition("]")
+        if not sep or not rest.startswith(":"):
+            return None
+        port_text = rest[1:]
+    else:
+        host, sep, port_text = text.rpartition(":")
+        if not sep:
+            return None
+    if not host or not port_text.isdigit() or len(port_text) > 5 or not 0 < int(port_text) < 65536:
+        return None
+    if any(c.isspace() or c in "/@?#" for c in host):
+        return None
+    return host.lower(), int(port_text)
+
+
+def connect_decision(table: PeersTable, authority: str) -> ConnectDecision:
+    """Whether the forward proxy opens a tunnel to ``authority``."""
+    parsed = parse_authority(authority)
+    if parsed is None:
+        return ConnectDecision(BAD_REQUEST, f"not host:port: {authority[:100]!r}")
+    host, port = parsed
+    name = host if port == FEDERATION_PORT else f"{host}:{port}"
+    peer = table.by_name(name)
+    if peer is not None:
+        return ConnectDecision(200, "peer", host, port, peer, normalise_name(name))
+    if port == WELL_KNOWN_PORT:
+        peer = table.by_name(host)
+        if peer is not None:
+            return ConnectDecision(200, "well-known", host, port, peer, normalise_name(host), well_known_only=True)
+    return ConnectDecision(FORBIDDEN, f"{name} is not in the peers table")
+
+
+def is_federation_path(target: str) -> bool:
+    """A federation or key API path: ``/_matrix/federation/…`` or
+    ``/_matrix/key/…`` after percent-decoding, and no dot segment that
+    could climb out of it."""
+    if not target.startswith("/") or target.startswith("//"):
+        return False
+    path = target.partition("?")[0]
+    segments = [unquote(s).lower() for s in path.split("/")[1:]]
+    if any(s in (".", "..") for s in segments):
+        return False
+    return any(tuple(segments[: len(p)]) == p and len(segments) > len(p) for p in FEDERATION_PREFIXES)
+
+
+@dataclass(frozen=True)
+class RequestDecision:
+    """What the forward proxy does with one request in a tunnel:
+    ``"forward"`` it over the link, answer the ``"well-known"`` lookup here,
+    or ``"refuse"`` it with ``status``."""
+
+    action: str
+    status: int = 200
+    reason: str = ""
+
+
+def request_decision(connect: ConnectDecision, method: str, target: str) -> RequestDecision:
+    """A request homeserver A sends inside a tunnel ``connect`` opened."""
+    path = target.partition("?")[0]
+    if path == WELL_KNOWN_PATH and method in ("GET", "HEAD"):
+        return RequestDecision("well-known")
+    if connect.well_known_only:
+        return RequestDecision("refuse", 404, "only the well-known lookup is served on port 443")
+    if not is_federation_path(target):
+        return RequestDecision("refuse", 403, "only federation and key paths cross the link")
+    return RequestDecision("forward")
+
+
+def well_known_body(connect: ConnectDecision) -> bytes:
+    """The well-known answer the gateway gives for a peer: delegation to the
+    name itself with the federation port made explicit, so that homeserver A
+    makes no SRV lookup and its next CONNECT names the port."""
+    name = connect.server_name
+    target = name if ":" in name.rpartition("]")[2] else f"{name}:{FEDERATION_PORT}"
+    return json.dumps({"m.server": target}, separators=(",", ":")).encode()
+
+
+def x_matrix_params(authorization: str) -> dict[str, str] | None:
+    """The parameters of an ``X-Matrix`` Authorization value (origin,
+    destination, key, sig), or None when it is not one."""
+    scheme, _, rest = authorization.strip().partition(" ")
+    if scheme.lower() != "x-matrix":
+        return None
+    params: dict[str, str] = {}
+    for part in rest.split(","):
+        name, sep, value = part.strip().partition("=")
+        if not sep:
+            return None
+        value = value.strip()
+        if len(value) >= 2 and value[0] == value[-1] == '"':
+            value = value[1:-1]
+        params[name.strip().lower()] = value
+    return params
+
+
+@dataclass(frozen=True)
+class PeerRequestDecision:
+    allowed: bool
+    status: int = 200
+    reason: str = ""
+
+
+def peer_request_decision(table: PeersTable, peer_key: bytes, target: str,
+                          authorizations: list[str]) -> PeerRequestDecision:
+    """Whether homeserver B's gateway forwards a request that came from the
+    peer gateway holding Noise key ``peer_key``."""
+    peer = table.by_key(peer_key)
+    if peer is None:
+        return PeerRequestDecision(False, 403, "unknown gateway key")
+    if not is_federation_path(target):
+        return PeerRequestDecision(False, 403, "only federation and key paths are served to peer gateways")
+    for value in authorizations:
+        params = x_matrix_params(value)
+        if params is None:
+            return PeerRequestDecision(False, 403, "an Authorization other than X-Matrix")
+        origin = normalise_name(params.get("origin", ""))
+        if origin not in peer.servers:
+            return PeerRequestDecision(False, 403, f"origin {origin!r} is not behind the sending gateway")
+    return PeerRequestDecision(True)
+
+
+def initiates(mine: bytes, theirs: bytes) -> bool:
+    """Whether this gateway opens the pair's one Noise session (it is the
+    Noise initiator, the other the responder): the lower static key does.
+    Both ends compute the same answer without talking."""
+    return mine < theirs
