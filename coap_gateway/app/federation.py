@@ -105,7 +105,7 @@ async def start_federation(link: DatagramLink, *, homeserver: str, profile: Prof
     endpoint = await create_link_endpoint(link, site=gateway, codec=codec, loggername="coap.federation")
     gateway.attach(endpoint, codec)
     ca = FederationCA(ca_dir)
-    proxy = FederationProxy(table, ca, gateway.forward)
+    proxy = FederationProxy(table, ca, gateway.forward, own_key=mine)
     await proxy.start(proxy_host, proxy_port)
     gateway.connect_peers()
     return RunningFederation(endpoint, gateway, proxy, codec, ca, mine, store)

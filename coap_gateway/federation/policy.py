@@ -76,34 +76,38 @@ def parse_authority(authority: str) -> tuple[str, int] | None:
     return host.lower(), int(port_text)
 
 
-def connect_decision(table: PeersTable, authority: str) -> ConnectDecision:
-    """Whether the forward proxy opens a tunnel to ``authority``."""
+def connect_decision(table: PeersTable, authority: str, own_key: bytes | None = None) -> ConnectDecision:
+    """Whether the forward proxy opens a tunnel to ``authority``.  A name
+    behind ``own_key`` (this gateway: one table may list every node) is
+    refused too — our own homeserver is not reached through the link."""
     parsed = parse_authority(authority)
     if parsed is None:
         return ConnectDecision(BAD_REQUEST, f"not host:port: {authority[:100]!r}")
     host, port = parsed
     name = host if port == FEDERATION_PORT else f"{host}:{port}"
     peer = table.by_name(name)
-    if peer is not None:
-        return ConnectDecision(200, "peer", host, port, peer, normalise_name(name))
-    if port == WELL_KNOWN_PORT:
-        peer = table.by_name(host)
-        if peer is not None:
-            return ConnectDecision(200, "well-known", host, port, peer, normalise_name(host), well_known_only=True)
-    return ConnectDecision(FORBIDDEN, f"{name} is not in the peers table")
+    well_known_only = False
+    if peer is None and port == WELL_KNOWN_PORT:
+        name, peer, well_known_only = host, table.by_name(host), True
+    if peer is None:
+        return ConnectDecision(FORBIDDEN, f"{name} is not in the peers table")
+    if own_key is not None and peer.public == own_key:
+        return ConnectDecision(FORBIDDEN, f"{name} is this gateway's own homeserver")
+    return ConnectDecision(200, "well-known" if well_known_only else "peer", host, port, peer, normalise_name(name),
+                           well_known_only=well_known_only)
 
 
 def is_federation_path(target: str) -> bool:
     """A federation or key API path: ``/_matrix/federation/…`` or
-    ``/_matrix/key/…`` after percent-decoding, and no dot segment that
-    could climb out of it."""
+    ``/_matrix/key/…`` written plainly (the homeserver routes on the raw
+    path, so a percent-encoded prefix is refused rather than guessed at),
+    and no segment that is a dot segment once decoded."""
     if not target.startswith("/") or target.startswith("//"):
         return False
-    path = target.partition("?")[0]
-    segments = [unquote(s).lower() for s in path.split("/")[1:]]
-    if any(s in (".", "..") for s in segments):
+    raw = target.partition("?")[0].split("/")[1:]
+    if any(unquote(s) in (".", "..") or unquote(s).startswith("../") or unquote(s).endswith("/..") for s in raw):
         return False
-    return any(tuple(segments[: len(p)]) == p and len(segments) > len(p) for p in FEDERATION_PREFIXES)
+    return any(tuple(raw[: len(p)]) == p and len(raw) > len(p) for p in FEDERATION_PREFIXES)
 
 
 @dataclass(frozen=True)

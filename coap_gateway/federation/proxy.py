@@ -53,9 +53,10 @@ class ProxyCounters:
 class FederationProxy:
     """The forward proxy homeserver A's ``https_proxy`` points at."""
 
-    def __init__(self, table: PeersTable, ca: FederationCA, forward: Forward, *, max_connections: int = 64,
-                 max_body: int = MAX_REQUEST_BODY):
+    def __init__(self, table: PeersTable, ca: FederationCA, forward: Forward, *, own_key: bytes | None = None,
+                 max_connections: int = 64, max_body: int = MAX_REQUEST_BODY):
         self.table = table
+        self.own_key = own_key
         self.ca = ca
         self.forward = forward
         self.max_connections = max_connections
@@ -97,6 +98,8 @@ class FederationProxy:
             await self._serve(reader, writer)
         except (ConnectionError, TimeoutError, h11.ProtocolError, asyncio.IncompleteReadError) as exc:
             log.debug("federation proxy connection ended: %r", exc)
+        except asyncio.CancelledError:
+            pass  # close(): the connection ends with the proxy
         finally:
             self._tasks.discard(task)
             writer.close()
@@ -113,7 +116,7 @@ class FederationProxy:
             self.counters.connects_refused += 1
             await _respond(conn, writer, 405, b"only CONNECT to a peer homeserver\n", "text/plain", close=True)
             return
-        decision = connect_decision(self.table, target)
+        decision = connect_decision(self.table, target, self.own_key)
         if not decision.allowed:
             self.counters.connects_refused += 1
             log.info("CONNECT %s refused: %s", target[:100], decision.reason)

@@ -112,6 +112,7 @@ async def test_two_stock_synapses_federate_through_the_gateways(tmp_path):
             assert (await alice.wait_for(room, from_bob))["content"]["body"] == "hello from B"
             await asyncio.sleep(1.0)  # let the first transactions and their answers settle
             sent_before = link_a.sent_bytes, link_b.sent_bytes, link_a.sent_frames, link_b.sent_frames
+            recorded = _record_requests(gw_a)
             from_alice = await alice.send(room, "Hello, see you at 5pm")
             event = await bob.wait_for(room, from_alice)
             assert event["content"]["body"] == "Hello, see you at 5pm" and event["sender"] == alice.user_id
@@ -129,13 +130,43 @@ async def test_two_stock_synapses_federate_through_the_gateways(tmp_path):
             assert not any(400 <= s < 600 and s != 404 for s in gw.gateway.counters.by_status), \
                 gw.gateway.counters.by_status
         assert gw_a.proxy.counters.requests > 0 and gw_b.proxy.counters.requests > 0
+        # both looked the other up through the proxy: the well-known answered by the gateway
+        assert gw_a.proxy.counters.well_known >= 1 and gw_b.proxy.counters.well_known >= 1
+        # one Noise session for the pair, used both ways: one handshake, one session at the responder
+        handshakes = sum(c.handshakes for gw in (gw_a, gw_b) for c in gw.codec.clients.values())
+        responder_sessions = sum(gw.codec.server.sessions_established for gw in (gw_a, gw_b))
+        assert handshakes == 1 and responder_sessions == 1
+        # W6 is one transaction crossing (and its answer): print what it is made of
+        assert [m[0] for m in recorded] == ["PUT"], recorded
         assert gw_a.gateway.counters.served > 0 and gw_b.gateway.counters.served > 0
         print(f"\nfederated join {join_seconds:.2f} s; W6 one m.text: A->B {w6[0]} B "
               f"({w6[2]} frames), B->A {w6[1]} B ({w6[3]} frames), total {w6[0] + w6[1]} B link level, "
               f"{w6[0] + w6[1] + 42 * (w6[2] + w6[3])} B with Ethernet+IPv4+UDP")
+        print("W6 request:", recorded[0])
         print("gateway A:", json.dumps(vars(gw_a.gateway.counters), default=str))
         print("gateway B:", json.dumps(vars(gw_b.gateway.counters), default=str))
     finally:
         await asyncio.gather(hs_a.stop(), hs_b.stop())
         await gw_a.stop()
         await gw_b.stop()
+
+
+def _record_requests(gw) -> list:
+    """Record what each request gateway ``gw`` sends over the link is made of."""
+    from coap_gateway.federation import X_MATRIX
+
+    original = gw.endpoint.request
+
+    async def request(message, key, timeout=None):
+        # header 4, empty token, options, payload marker and payload
+        encoded = 4 + len(message.opt.encode()) + (1 + len(message.payload) if message.payload else 0)
+        x_matrix = sum(len(o.value) + 3 for o in message.opt.get_option(X_MATRIX))
+        path = "/".join(message.opt.uri_path)
+        recorded.append((message.code.name, path, {
+            "coap_message": encoded, "x_matrix_option": x_matrix, "payload": len(message.payload),
+            "uri_path_bytes": sum(len(p.encode()) + 1 for p in message.opt.uri_path)}))
+        return await original(message, key, timeout)
+
+    recorded: list = []
+    gw.endpoint.request = request
+    return recorded
