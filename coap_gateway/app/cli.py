@@ -187,6 +187,34 @@ def cmd_up(args: argparse.Namespace) -> None:
                             "keylog"])
 
 
+def cmd_federation(args: argparse.Namespace) -> None:
+    from .federation import FEDERATION_OPTIONS, serve_federation
+
+    _serve(serve_federation, args, FEDERATION_OPTIONS)
+
+
+def _federation_parser(sub) -> None:
+    fed = sub.add_parser("federation", help="a homeserver's federation through the link (its https_proxy)",
+                         epilog="Flags override the --config file (TOML, same keys). docs/operator.md, "
+                                "'Federation behind the gateway'.")
+    fed.add_argument("--homeserver", metavar="URL",
+                     help="this homeserver's federation listener, e.g. http://127.0.0.1:8008 (required)")
+    fed.add_argument("--peers", metavar="FILE", help="peers table (TOML): server names -> gateway + key (required)")
+    fed.add_argument("--key", metavar="PATH", help="this gateway's static private key (required)")
+    fed.add_argument("--generate-key", action="store_true", default=None,
+                     help="create the --key file (mode 0600) if it does not exist, and print its public key")
+    fed.add_argument("--listen", metavar="ADDR", help="the link: udp://HOST:PORT (default udp://0.0.0.0:5684)")
+    fed.add_argument("--proxy", metavar="HOST:PORT",
+                     help="where the homeserver's https_proxy points (default 127.0.0.1:8449; keep it on loopback)")
+    fed.add_argument("--ca-dir", metavar="DIR", help="the federation CA (made on first run; default: the key's directory)")
+    fed.add_argument("--state-dir", metavar="DIR", help="replay protection across restarts (default: the key's directory)")
+    fed.add_argument("--profile", help="table profile (default lb3)")
+    fed.add_argument("--config", metavar="FILE", help="TOML file with any of these options")
+    _keylog_flag(fed)
+    _link_flags(fed)
+    fed.set_defaults(func=cmd_federation)
+
+
 def cmd_demo(args: argparse.Namespace) -> None:
     from .demo import run_demo
 
@@ -329,6 +357,8 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "accept":
             p.add_argument("key", help="the server's new public key (base64), as `coap-gateway keygen` printed it")
         p.set_defaults(func=cmd_pins)
+
+    _federation_parser(sub)
 
     demo = sub.add_parser("demo", help="show the reference Matrix send through the codec, byte by byte")
     demo.set_defaults(func=cmd_demo)
