@@ -104,8 +104,10 @@ async def test_two_stock_synapses_federate_through_the_gateways(tmp_path):
             room = (await alice.call("POST", "/_matrix/client/v3/createRoom",
                                      {"preset": "public_chat", "name": "over CoAP"}))["room_id"]
             started = time.monotonic()
+            before_join = link_a.sent_bytes, link_b.sent_bytes
             joined = await bob.call("POST", f"/_matrix/client/v3/join/{quote(room)}?server_name={NAME_A}", {})
             join_seconds = time.monotonic() - started
+            join_bytes = link_a.sent_bytes - before_join[0], link_b.sent_bytes - before_join[1]
             assert joined["room_id"] == room
             # B -> A and A -> B, each checked on the receiving homeserver
             from_bob = await bob.send(room, "hello from B")
@@ -139,7 +141,7 @@ async def test_two_stock_synapses_federate_through_the_gateways(tmp_path):
         # W6 is one transaction crossing (and its answer): print what it is made of
         assert [m[0] for m in recorded] == ["PUT"], recorded
         assert gw_a.gateway.counters.served > 0 and gw_b.gateway.counters.served > 0
-        print(f"\nfederated join {join_seconds:.2f} s; W6 one m.text: A->B {w6[0]} B "
+        print(f"\nfederated join {join_seconds:.2f} s, {join_bytes[1]} B B->A + {join_bytes[0]} B A->B; W6 one m.text: A->B {w6[0]} B "
               f"({w6[2]} frames), B->A {w6[1]} B ({w6[3]} frames), total {w6[0] + w6[1]} B link level, "
               f"{w6[0] + w6[1] + 42 * (w6[2] + w6[3])} B with Ethernet+IPv4+UDP")
         print("W6 request:", recorded[0])
