@@ -1,7 +1,7 @@
 """The homeserver and the gateways of a run: Synapse and coap_gateway, started, retimed and stopped.
 
 Only coap_gateway's public API is used (``coap_gateway.app``: start_server,
-start_client and what they return; ``transport``: UdpLink, LinkBudget;
+start_client and what they return; ``transport``: UdpLink, LinkBudget, KeyLog;
 ``secure.keys``; ``codec.load_profile``; ``tools.LocalSynapse``).
 
 Addressing: Synapse listens on the homeserver node's private address; the
@@ -25,7 +25,7 @@ from coap_gateway.app import RunningClient, RunningServer, advertisement_for, st
 from coap_gateway.codec import Profile, load_profile
 from coap_gateway.secure import keys
 from coap_gateway.tools import LocalSynapse
-from coap_gateway.transport import LinkBudget, UdpLink
+from coap_gateway.transport import KeyLog, LinkBudget, UdpLink
 
 from ..model import Node
 from .scenario import GatewaySettings
@@ -70,9 +70,11 @@ class Homeserver:
         self.synapse = LocalSynapse(directory, server_name=self.name, host=self.node.private_ip)
         await self.synapse.start()
 
-    async def start_gateway(self, budget: LinkBudget, budget_for_address: BudgetLookup, state_dir: Path) -> None:
+    async def start_gateway(self, budget: LinkBudget, budget_for_address: BudgetLookup, state_dir: Path,
+                            key_log: KeyLog | None = None) -> None:
         """The server gateway, its link timed by `budget`, each device's timers
-        by its own path's; what it keeps across restarts in `state_dir`."""
+        by its own path's; what it keeps across restarts in `state_dir`; the
+        keys of its sessions appended to `key_log` (for Wireshark)."""
         self.profile = profile = load_profile(self.settings.profile)
         self._static_private = keys.generate_keypair()[0] if self.settings.secure else None
         self.link = await UdpLink.open(self.node.private_ip, self.coap_port, budget)
@@ -80,7 +82,7 @@ class Homeserver:
         self.gateway = await start_server(
             self.link, homeserver=self.base_url, profile=profile, static_private=self._static_private,
             advertisement=advertisement_for(f"udp://{host}:{port}", self._static_private, profile),
-            state_dir=state_dir if self._static_private is not None else None,
+            state_dir=state_dir if self._static_private is not None else None, key_log=key_log,
         )
         self.gateway.set_peer_budgets(budget_for_address)
 
@@ -120,14 +122,14 @@ class DeviceGateway:
         self.link: UdpLink | None = None
         self.gateway: RunningClient | None = None
 
-    async def start(self, homeserver: Homeserver, *, secure: bool) -> None:
-        """After the homeserver's gateway (its profile and key)."""
+    async def start(self, homeserver: Homeserver, *, secure: bool, key_log: KeyLog | None = None) -> None:
+        """After the homeserver's gateway (its profile and key); its sessions' keys to `key_log`."""
         assert homeserver.profile is not None
         self.link = await UdpLink.open(self.node.private_ip, 0, self.budget)
         self.gateway = await start_client(
             self.link, homeserver.address, profile=homeserver.profile,
             static_private=keys.generate_keypair()[0] if secure else None,
-            server_public=homeserver.public_key, host=self.node.private_ip, port=0,
+            server_public=homeserver.public_key, host=self.node.private_ip, port=0, key_log=key_log,
         )
 
     @property

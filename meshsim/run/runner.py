@@ -3,7 +3,9 @@
 What runs, per scenario:
 
 - the network over the scenario's topology (`links`: the userspace
-  `Fabric`), writing events.jsonl and capture.pcap;
+  `Fabric`), writing events.jsonl and capture.pcap, and with secure
+  gateways capture.keylog beside it: the keys of every session, so
+  Wireshark decrypts the capture (docs/wireshark.md);
 - on the homeserver node, a real Synapse (SQLite, in a temporary directory,
   listening on the node's private address) fronted by a server gateway, and
   per client a client gateway on its device node (`gateways`);
@@ -36,6 +38,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from coap_gateway.transport import KeyLog
+
 from ..model import Topology
 from ..net import EventLog, Network, PcapWriter
 from .checks import history_counts
@@ -50,6 +54,8 @@ from .workload import Workload
 logger = logging.getLogger(__name__)
 
 PROGRESS_REFRESH = 1.0
+#: the key log beside capture.pcap (docs/wireshark.md)
+KEYLOG_NAME = "capture.keylog"
 
 
 @dataclass
@@ -86,6 +92,8 @@ class ScenarioRun:
         #: called with the network once it has started (e.g. to show it in the web UI)
         self.on_fabric = on_fabric
         self._phase_bytes_base: dict[str, int] = {}
+        #: the gateways' session keys, beside capture.pcap (secure runs only)
+        self.key_log: KeyLog | None = None
 
     def _scenario_event(self) -> dict[str, Any]:
         s = self.scenario
@@ -120,6 +128,10 @@ class ScenarioRun:
         with contextlib.ExitStack() as files, self.progress, tempfile.TemporaryDirectory(prefix="meshsim-") as tmp:
             record.events = files.enter_context(EventLog(self.out_dir / "events.jsonl"))
             capture = files.enter_context(PcapWriter(self.out_dir / "capture.pcap"))
+            if self.scenario.gateway.secure:
+                (self.out_dir / KEYLOG_NAME).unlink(missing_ok=True)  # this run's sessions only
+                self.key_log = KeyLog(self.out_dir / KEYLOG_NAME)
+                files.callback(self.key_log.close)
             record.write(self._scenario_event())
             try:
                 await self._start(Path(tmp), capture)
@@ -136,6 +148,8 @@ class ScenarioRun:
             report = record.builder.build()
             report["seed"] = self.seed
             report["outputs"] = ["report.json", "events.jsonl", "capture.pcap"]
+            if self.key_log is not None:
+                report["outputs"].append(KEYLOG_NAME)
             try:
                 report["outputs"] += write_plots(record.builder, report, self.out_dir)
             except Exception:  # a plot must not lose the report
@@ -162,10 +176,11 @@ class ScenarioRun:
 
         devices = {user: client.node for user, client in workload.clients.items()}
         self.budgets = budgets = PathBudgets(self.topology, homeserver.node, devices, self.scenario.gateway)
-        await homeserver.start_gateway(budgets.server, budgets.for_address, tmp / f"{homeserver.name}-gateway")
+        await homeserver.start_gateway(budgets.server, budgets.for_address, tmp / f"{homeserver.name}-gateway",
+                                       key_log=self.key_log)
         for user in workload.clients:
             device = self.devices[user] = DeviceGateway(devices[user], budgets.devices[user])
-            await device.start(homeserver, secure=self.scenario.gateway.secure)
+            await device.start(homeserver, secure=self.scenario.gateway.secure, key_log=self.key_log)
             workload.connect(user, device.base_url)
         self.progress.log(
             f"Synapse {homeserver.name} on node {homeserver.node.name}; "

@@ -14,6 +14,7 @@ import pytest
 
 from meshsim.net.events import read_events
 from meshsim.run import load_scenario
+from tests.helpers import wireshark
 
 pytestmark = pytest.mark.synapse
 
@@ -63,6 +64,15 @@ async def test_the_100bps_pair_end_to_end(tmp_path: Path, bases: tuple[str, str]
     assert (tmp_path / "capture.pcap").read_bytes()[:4] == bytes.fromhex("4d3cb2a1")
     kinds = {event["kind"] for event in read_events(tmp_path / "events.jsonl")}
     assert {"scenario", "start", "phase_start", "link_change", "send", "sent", "receive", "history", "stop"} <= kinds
+
+    # a secure run leaves its key log beside the capture, 0600, and Wireshark
+    # (tshark with the shipped dissector) reads every frame of it (issue 13.5)
+    keylog = tmp_path / "capture.keylog"
+    assert "capture.keylog" in report["outputs"] and keylog.stat().st_mode & 0o777 == 0o600
+    rows = wireshark.assert_reads_secure_capture(tmp_path / "capture.pcap", keylog)
+    routes = {r["cgw.route"] for r in rows if r["cgw.route"]}
+    assert any("/send/m.room.message/" in route for route in routes), routes
+    assert "/_matrix/client/v3/sync" in routes and "/_matrix/client/v3/register" in routes, routes
 
 
 ACTIONS = """
