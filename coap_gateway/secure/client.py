@@ -90,7 +90,12 @@ class ClientEndpoint:
             else:
                 self._seal_and_send(message, out)
         elif self.handshake is not None:
-            if message == self.handshake.message:
+            if message == self.handshake.message or message in self._queue:
+                # CoAP retransmits a request the handshake has not let through:
+                # the handshake frame (or its answer) may be what was lost —
+                # IK1 carries no request when the first is not early-data
+                # material — so repeat it, byte-identical (the server answers
+                # a repeated IK1 with the same IK2)
                 out.append(Transmit(None, self.handshake.datagram))
             else:
                 self._enqueue(message, out)
