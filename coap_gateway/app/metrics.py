@@ -257,6 +257,9 @@ def _link_metrics(registry: Registry, gateway: str, endpoint: LinkEndpoint,
                      GATEWAY).set(c.dropped_by_codec, gateway=gateway)
     registry.counter("coap_gateway_duplicate_responses", "Responses dropped as duplicates by the message layer.",
                      GATEWAY).set(c.duplicate_responses, gateway=gateway)
+    registry.counter("coap_gateway_blockwise_restarts", "Block-wise requests sent again from their first block "
+                     "after the peer answered 4.08 (it lost the assembly).", GATEWAY).set(c.blockwise_restarts,
+                                                                                          gateway=gateway)
 
 
 def _drops(registry: Registry, gateway: str, dropped: Mapping[str, int]) -> None:

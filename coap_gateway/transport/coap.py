@@ -35,7 +35,7 @@ from typing import Any
 
 from aiocoap import Context, Message, error, interfaces
 from aiocoap.messagemanager import MessageManager
-from aiocoap.numbers.codes import EMPTY, GET
+from aiocoap.numbers.codes import EMPTY, GET, Code
 from aiocoap.numbers.constants import Reliable, TransportTuning
 from aiocoap.numbers.types import ACK, CON, NON
 from aiocoap.pipe import Pipe
@@ -52,6 +52,9 @@ SCHEME = "coap"
 MAX_REMOTES = 4096
 #: separate responses remembered for deduplication (the oldest go first)
 MAX_SEEN_RESPONSES = 4096
+#: a block-wise request answered 4.08 (the server lost its assembly) is sent
+#: again from its first block at most this often
+BLOCKWISE_RESTARTS = 2
 
 
 class PlainCodec:
@@ -84,6 +87,8 @@ class TransportCounters:
     #: responses dropped as duplicates (an ACK for an exchange that is over,
     #: a CON/NON response whose message ID was already seen)
     duplicate_responses: int = 0
+    #: block-wise requests started over after a 4.08 Request Entity Incomplete
+    blockwise_restarts: int = 0
 
 
 #: peers counted one by one; any further peer is summed under OTHER_PEERS, so
@@ -549,17 +554,32 @@ class LinkEndpoint:
         when the link did not deliver it (retransmissions exhausted, the
         secure layer failed, ``timeout`` passed)."""
         message.remote = self.remote(key)
-        if len(message.payload) > message.remote.maximum_payload_size:
-            # it goes block by block (RFC 7959), and a server assembles blocks
-            # by request options: two requests to the same resource at once
-            # would interleave.  A Request-Tag (RFC 9175) keeps them apart.
-            self._request_tag = (self._request_tag + 1) % 0x10000
-            message.opt.request_tag = [self._request_tag.to_bytes(2, "big")]
-        self._check_codec()
-        try:
-            return await asyncio.wait_for(self.context.request(message).response, timeout)
-        except (error.Error, TimeoutError, GatewayError) as exc:
-            raise LinkFailure(type(exc).__name__) from (self.interface.codec.failure() or exc)
+        blockwise = len(message.payload) > message.remote.maximum_payload_size
+        original = message.copy() if blockwise else message
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        for attempt in range(1 + BLOCKWISE_RESTARTS):
+            if blockwise:
+                # it goes block by block (RFC 7959), and a server assembles blocks
+                # by request options: two requests to the same resource at once
+                # would interleave.  A Request-Tag (RFC 9175) keeps them apart.
+                self._request_tag = (self._request_tag + 1) % 0x10000
+                message.opt.request_tag = [self._request_tag.to_bytes(2, "big")]
+            self._check_codec()
+            left = None if deadline is None else max(0.0, deadline - loop.time())
+            try:
+                response = await asyncio.wait_for(self.context.request(message).response, left)
+            except (error.Error, TimeoutError, GatewayError) as exc:
+                raise LinkFailure(type(exc).__name__) from (self.interface.codec.failure() or exc)
+            if not (blockwise and response.code == Code.REQUEST_ENTITY_INCOMPLETE) or attempt == BLOCKWISE_RESTARTS:
+                return response
+            # the server lost the assembly (it expired, or a gap): it ran
+            # nothing, so the whole request may go again, under a new tag
+            # (RFC 7959 §2.9: 4.08 asks the client to start over)
+            self.counters.blockwise_restarts += 1
+            message = original.copy()
+            message.remote = self.remote(key)
+        raise AssertionError("unreachable")
 
     def _check_codec(self) -> None:
         failure = self.interface.codec.failure()
@@ -643,6 +663,21 @@ def release_assemblies(resource: Any, remote: LinkAddress) -> None:
         del items[key]
 
 
+def blockwise_lifetime(budget: LinkBudget) -> float:
+    """How long a server keeps a block-wise assembly (or a response being
+    fetched) after its last block: as long as the peer may still be sending
+    the next block.  That is the next block's own transmit wait at this
+    link's timeouts, with the retransmissions of aiocoap's default (4) — not
+    the link's configured maximum, which on a lossy link would keep an
+    abandoned upload for hours.  Four first timeouts were not enough: at
+    2400 bit/s with 15 % loss a block lost three or four times arrived after
+    its assembly had gone, and the upload failed 4.08."""
+    tuning = LinkTuning(RetransmissionTimer(budget))
+    retransmit = min(tuning.MAX_RETRANSMIT, TransportTuning.MAX_RETRANSMIT)
+    wait = tuning.ACK_TIMEOUT * (2 ** (retransmit + 1) - 1) * tuning.ACK_RANDOM_FACTOR
+    return max(TransportTuning().MAX_TRANSMIT_WAIT, wait + tuning.MAX_LATENCY)
+
+
 def blockwise_caches_follow(site: Any, budget: LinkBudget) -> None:
     """Keep a site's blockwise state as long as the link needs between blocks.
 
@@ -653,9 +688,7 @@ def blockwise_caches_follow(site: Any, budget: LinkBudget) -> None:
     caches are aiocoap's (``Resource._block1/_block2``); their timeout is a
     public attribute of its TimeoutDict.
     """
-    # the next block's request comes one full-frame exchange later, or after
-    # a retransmission or two of it: 4 first timeouts of a full frame
-    lifetime = max(TransportTuning().MAX_TRANSMIT_WAIT, 4 * LinkTuning(RetransmissionTimer(budget)).ACK_TIMEOUT)
+    lifetime = blockwise_lifetime(budget)
     for name, attr in (("_block1", "_assemblies"), ("_block2", "_completes")):
         cache = getattr(getattr(site, name, None), attr, None)
         if cache is not None:
