@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: run test install bench soak clean system-packages
+.PHONY: run test install bench bench-hostile soak clean system-packages
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -40,6 +40,11 @@ test: $(STAMP) system-packages
 # the bandwidth benchmark (docs/benchmarks.md): HTTPS+JSON vs the gateway, W1–W5
 bench: $(STAMP) system-packages
 	$(BIN)/python -m bench $(BENCH_ARGS)
+
+# hostile devices against a server gateway: memory per device, amplification,
+# an honest device's latency (bench/results/hostile.json + .png; minutes)
+bench-hostile: $(STAMP)
+	$(BIN)/python -m bench.hostile $(BENCH_ARGS)
 
 # the long fault and attack runs (tests marked soak): minutes to hours, not in CI
 soak: $(STAMP) system-packages

@@ -32,7 +32,7 @@ from ..codec import (
     response_to_coap,
 )
 from ..push import SyncPushServerConfig
-from ..transport import LinkEndpoint, assembly_bytes, release_assemblies
+from ..transport import LinkEndpoint, assembly_bytes, drop_assemblies, release_assemblies
 from .push_server import SyncPushServer
 from .stats import Histogram, timed
 from .upstream import Upstream, UpstreamError
@@ -67,6 +67,10 @@ class ServerGatewayConfig:
     #: request bytes one device may have in block-wise assembly at once: the
     #: server holds them in memory (aiocoap keeps each for the blockwise lifetime)
     max_upload_per_device: int = 256 << 10
+    #: request bytes all devices together may have in assembly: without it,
+    #: devices that each stay within their own share (or new device keys, one
+    #: after another) could make the server hold any amount
+    max_upload_total: int = 64 << 20
 
 
 @dataclass
@@ -114,8 +118,9 @@ class ServerGateway(resource.Resource):
 
     def device_restarted(self, previous: Hashable, device_key: Hashable, *, unbound: bool) -> None:
         """A new client process of the device proved itself: what its old one
-        (CoAP remote ``previous``) observed is gone, and, ``unbound``, so is
-        what it had bound."""
+        (CoAP remote ``previous``) observed or had in assembly is gone, and,
+        ``unbound``, so is what it had bound."""
+        drop_assemblies(self, previous)
         if self.sync_push is not None:
             self.sync_push.forget_session(previous)
         self.binding.forget_session(previous)
@@ -123,8 +128,10 @@ class ServerGateway(resource.Resource):
             self.binding.reset_device(device_key)
 
     def forget_session(self, remote: Hashable) -> None:
-        """The device's last session is gone (its observations with it); its
-        bound state stays (LRU-bounded)."""
+        """The device's last session is gone (its observations and unfinished
+        uploads with it: no block of them can arrive any more); its bound
+        state stays (LRU-bounded)."""
+        drop_assemblies(self, remote)
         if self.sync_push is not None:
             self.sync_push.forget_session(remote)
         self.binding.forget_session(remote)
@@ -163,7 +170,8 @@ class ServerGateway(resource.Resource):
             reply = Message(code=Code.REQUEST_ENTITY_TOO_LARGE)
             reply.opt.size1 = self.config.max_upload
             return reply
-        if assembly_bytes(self, request.remote) + len(request.payload) > self.config.max_upload_per_device:
+        if (assembly_bytes(self, request.remote) + len(request.payload) > self.config.max_upload_per_device
+                or assembly_bytes(self) + len(request.payload) > self.config.max_upload_total):
             self.counters.refused_uploads += 1
             reply = Message(code=Code.SERVICE_UNAVAILABLE)
             reply.opt.max_age = 60  # the held uploads expire with the blockwise lifetime

@@ -19,6 +19,7 @@ from .coap import (
     PlainCodec,
     TransportCounters,
     assembly_bytes,
+    drop_assemblies,
     create_link_endpoint,
     release_assemblies,
 )
@@ -72,6 +73,7 @@ __all__ = [
     "TransportCounters",
     "UdpLink",
     "assembly_bytes",
+    "drop_assemblies",
     "connect",
     "create_link_endpoint",
     "format_netem_percent",

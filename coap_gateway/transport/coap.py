@@ -26,9 +26,10 @@ What changes from stock aiocoap, and why:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from typing import Any
@@ -52,6 +53,11 @@ SCHEME = "coap"
 MAX_REMOTES = 4096
 #: separate responses remembered for deduplication (the oldest go first)
 MAX_SEEN_RESPONSES = 4096
+#: received CONs remembered per remote for deduplication (aiocoap keeps each
+#: for EXCHANGE_LIFETIME, so a peer sending fast could make it any size); a
+#: peer retransmits a CON only until it is answered, and no client keeps
+#: this many requests unanswered at once
+MAX_DEDUP_PER_REMOTE = 64
 #: a block-wise request answered 4.08 (the server lost its assembly) is sent
 #: again from its first block at most this often
 BLOCKWISE_RESTARTS = 2
@@ -213,6 +219,8 @@ class LinkAwareMessageManager(MessageManager):
         self._exchanges: dict[tuple[Hashable, int], _Exchange] = {}
         #: (remote, message ID) of separate responses received recently
         self._seen_responses: OrderedDict[tuple[Hashable, int], None] = OrderedDict()
+        #: per remote, the deduplication keys it has in aiocoap's _recent_messages, oldest first
+        self._dedup_keys: dict[Hashable, deque[tuple[Hashable, int]]] = {}
         #: a peer's own link budget (None: the link's), for a server whose
         #: peers sit behind paths of different speeds (see LinkEndpoint)
         self.budget_for: Callable[[Hashable], LinkBudget | None] | None = None
@@ -222,6 +230,36 @@ class LinkAwareMessageManager(MessageManager):
         #: called with (remote, message ID) when a CON we sent is acknowledged
         #: (sync push waits for it before polling the homeserver further)
         self.on_acknowledged: list[Callable[[Hashable, int], None]] = []
+
+    def _deduplicate_message(self, message: Message) -> bool:
+        # aiocoap's, bounded per remote (MAX_DEDUP_PER_REMOTE)
+        key = (message.remote, message.mid)
+        if key in self._recent_messages:
+            return bool(super()._deduplicate_message(message))
+        self._recent_messages[key] = None
+        keys = self._dedup_keys.setdefault(message.remote, deque())
+        keys.append(key)
+        while len(keys) > MAX_DEDUP_PER_REMOTE:
+            self._recent_messages.pop(keys.popleft(), None)
+        self.loop.call_later(message.transport_tuning.EXCHANGE_LIFETIME, self._forget_duplicate, key)
+        return False
+
+    def _forget_duplicate(self, key: tuple[Hashable, int]) -> None:
+        self._recent_messages.pop(key, None)
+        keys = self._dedup_keys.get(key[0])
+        if keys is None:
+            return
+        with contextlib.suppress(ValueError):
+            keys.remove(key)  # the oldest, nearly always: O(1)
+        if not keys:
+            del self._dedup_keys[key[0]]
+
+    def _store_response_for_duplicates(self, message: Message) -> None:
+        # a copy: the response itself refers to its request (a whole block's
+        # payload, for block-wise uploads), which a repeat does not need
+        key = (message.remote, message.mid)
+        if key in self._recent_messages:
+            self._recent_messages[key] = message.copy()
 
     def timer_for(self, remote: Hashable) -> RetransmissionTimer:
         timer = self.timers.get(remote)
@@ -646,11 +684,24 @@ def _assemblies(resource: Any) -> dict:
     return getattr(getattr(getattr(resource, "_block1", None), "_assemblies", None), "_items", {})
 
 
-def assembly_bytes(resource: Any, remote: LinkAddress) -> int:
-    """Request bytes a resource holds for ``remote`` in unfinished block-wise
-    assemblies: what a device makes the server hold with uploads under way."""
+def assembly_bytes(resource: Any, remote: LinkAddress | None = None) -> int:
+    """Request bytes a resource holds for ``remote`` (None: for everyone) in
+    unfinished block-wise assemblies: what devices make the server hold with
+    uploads under way."""
     return sum(len(request.payload) for (owner, *_), request in _assemblies(resource).items()
-               if owner == remote.blockwise_key and request.opt.block1 is not None and request.opt.block1.more)
+               if (remote is None or owner == remote.blockwise_key)
+               and request.opt.block1 is not None and request.opt.block1.more)
+
+
+def drop_assemblies(resource: Any, remote: LinkAddress) -> int:
+    """Forget everything ``remote`` has in assembly (its session is gone: no
+    block of it can arrive any more); the bytes freed."""
+    items = _assemblies(resource)
+    mine = [k for k in items if k[0] == remote.blockwise_key]
+    freed = sum(len(items[k].payload) for k in mine)
+    for key in mine:
+        del items[key]
+    return freed
 
 
 def release_assemblies(resource: Any, remote: LinkAddress) -> None:

@@ -4,6 +4,7 @@ still finds its assembly, and an assembly the server lost is started over
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 
 import aiocoap.resource as resource
@@ -96,6 +97,38 @@ async def test_a_lost_assembly_is_started_over_and_runs_once():
         tags = {Message.decode(d).opt.request_tag for d in client_link.sent
                 if Message.decode(d).opt.block1 is not None}
         assert len(tags) == 2  # the restart went under a new Request-Tag
+    finally:
+        await client.shutdown()
+        await server.shutdown()
+
+
+@pytest.mark.looptime
+async def test_deduplication_state_per_peer_is_bounded_and_still_deduplicates():
+    # each received CON keeps its key and answer for EXCHANGE_LIFETIME: a peer
+    # sending fast could make that any size, and the stored answer used to
+    # hold its request (a whole block's payload for an upload)
+    from coap_gateway.transport.coap import MAX_DEDUP_PER_REMOTE
+
+    client_link, server_link = emulated_link_pair(LinkProfile(rate_bps=1e6, delay=0.001))
+    app = Bodies()
+    server = await create_link_endpoint(server_link, site=site_with(app))
+    client = await create_link_endpoint(client_link)
+    try:
+        for n in range(3 * MAX_DEDUP_PER_REMOTE):
+            answer = await client.request(Message(code=Code.POST, uri_path=["x"], payload=b"%d" % n), "server")
+            assert answer.code == Code.CHANGED
+        mman = server.interface.mman
+        assert len(mman._recent_messages) == MAX_DEDUP_PER_REMOTE
+        stored = [m for m in mman._recent_messages.values() if m is not None]
+        assert len(stored) == MAX_DEDUP_PER_REMOTE
+        assert all(getattr(m, "request", None) is None for m in stored)  # no request (payload) kept alive
+        # a repeat of the newest request is answered from the cache, not run again
+        last = client_link.sent[-1]
+        before = len(server_link.sent)
+        client_link.send("server", last)
+        await asyncio.sleep(0.1)
+        assert len(app.bodies) == 3 * MAX_DEDUP_PER_REMOTE
+        assert len(server_link.sent) == before + 1  # the stored answer, again
     finally:
         await client.shutdown()
         await server.shutdown()
