@@ -148,6 +148,12 @@ class ServerGateway(resource.Resource):
         if refusal is not None:
             pipe.add_response(refusal, is_last=True)
             return
+        block1 = pipe.request.opt.block1
+        if block1 is not None and block1.block_number == 0 and block1.more:
+            # aiocoap assembles by `payload += block`: on bytes that copies
+            # the whole body at every block (quadratic, and the freed copies
+            # stay in the allocator); a bytearray grows in place
+            pipe.request.payload = bytearray(pipe.request.payload)
         try:
             await super().render_to_pipe(pipe)
         except ValueError:
@@ -183,6 +189,8 @@ class ServerGateway(resource.Resource):
     @timed(lambda self: self.counters.latency)
     async def render(self, request: Message) -> Message:
         self.counters.requests += 1
+        if isinstance(request.payload, bytearray):  # assembled from blocks (render_to_pipe)
+            request.payload = bytes(request.payload)
         resolved = self.binding.resolve(request)
         if isinstance(resolved, Refused):
             if resolved.reason == "token_unbound":
