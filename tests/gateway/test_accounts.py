@@ -92,6 +92,7 @@ async def test_four_accounts_on_one_gateway_never_act_as_each_other(synapse, ser
 
 
 @pytest.mark.soak
+@pytest.mark.timeout(5400)
 async def test_four_accounts_at_100_bps_with_20_percent_loss(synapse, server_key):
     await four_accounts(synapse, server_key, SOAK)
 
