@@ -268,7 +268,10 @@ def plot(result: dict[str, Any], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(6, 3.5))
     ax.plot(xs, ys, marker="o", label="server gateway RSS growth")
     ax.plot(xs, [x * 256 / 1024 for x in xs], linestyle="--", label="256 KiB per device")
-    ax.set_xlabel("hostile devices (each: 16 tokens, handles, 4 held sync loops, an unfinished upload)")
+    ax.set_xlabel("hostile devices")
+    ax.set_title(f"each: {result['tokens_per_device']} tokens, {result['handles_per_device']} handles, "
+                 f"{result['sync_loops_per_device']} held sync loops,\n"
+                 f"an unfinished {result['upload_per_device'] >> 10} KiB upload", fontsize=9)
     ax.set_ylabel("MiB")
     ax.legend()
     fig.tight_layout()
@@ -281,7 +284,7 @@ def main(argv: list[str] | None = None) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     parser = argparse.ArgumentParser(prog="python -m bench.hostile", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--devices", type=int, default=256)
+    parser.add_argument("--devices", type=int, default=64)
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--handles", type=int, default=32, help="handles each device defines")
     parser.add_argument("--upload", type=int, default=256 << 10, help="bytes of the unfinished upload per device")
