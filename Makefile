@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: run test install bench bench-hostile soak clean system-packages
+.PHONY: run test install bench bench-hostile soak clean system-packages js
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -21,7 +21,8 @@ install: $(STAMP)
 #   tcpdump  captures loopback traffic for bench/
 #   nginx    the TLS 1.3 reverse proxy of the HTTPS+JSON baseline in bench/
 #   chromium headless browser for meshsim's web UI test
-SYSTEM_TOOLS := tshark:tshark tcpdump:tcpdump nginx:nginx chromium:chromium
+#   node/npm matrix-js-sdk in tests/clients (packages: `make js`)
+SYSTEM_TOOLS := tshark:tshark tcpdump:tcpdump nginx:nginx chromium:chromium node:nodejs npm:npm
 system-packages:
 	@missing=""; for pair in $(SYSTEM_TOOLS); do cmd=$${pair%%:*}; pkg=$${pair##*:}; \
 	  command -v $$cmd >/dev/null 2>&1 || missing="$$missing $$pkg"; done; \
@@ -31,10 +32,20 @@ system-packages:
 	      echo "note: could not install$$missing; tests that need them will skip"; \
 	  else echo "note:$$missing not installed; tests that need them will skip"; fi; fi
 
+# matrix-js-sdk and what it needs, pinned by tests/js/package-lock.json
+JS_STAMP := tests/js/node_modules/.installed-stamp
+$(JS_STAMP): tests/js/package.json tests/js/package-lock.json
+	npm ci --prefix tests/js --no-audit --no-fund --loglevel=error
+	touch $(JS_STAMP)
+
+js: system-packages
+	@if command -v npm >/dev/null 2>&1; then $(MAKE) --no-print-directory $(JS_STAMP); \
+	  else echo "note: npm not installed; the js-sdk tests will skip (and fail in CI)"; fi
+
 run: $(STAMP)
 	$(BIN)/coap-gateway up $(RUN_ARGS)
 
-test: $(STAMP) system-packages
+test: $(STAMP) system-packages js
 	$(BIN)/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
 # the bandwidth benchmark (docs/benchmarks.md): HTTPS+JSON vs the gateway, W1–W5

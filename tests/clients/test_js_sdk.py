@@ -1,0 +1,111 @@
+"""matrix-js-sdk (Element's SDK) through the gateways, with its real sync loop.
+
+Two js-sdk clients in Node (tests/js/driver.mjs), each behind its own client
+gateway (secure, profile lb3, sync push — the defaults) on its own emulated
+link to a server gateway in front of one real Synapse: register, create a
+room, invite, join, send and receive through the sync loop, edit, react,
+redact, name and topic, typing, read receipt, upload and download, leave.
+Afterwards Synapse itself is asked what it holds.  Node and the npm packages
+come from `make js` (a dependency of `make test`); in CI a missing Node fails.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import uuid
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from meshsim import LinkProfile
+from tests.helpers.devices import Device
+
+pytestmark = pytest.mark.synapse
+
+JS = Path(__file__).resolve().parent.parent / "js"
+FAST = LinkProfile(rate_bps=1_000_000, delay=0.002)
+
+
+def node() -> str:
+    path = shutil.which("node")
+    if path is None or not (JS / "node_modules" / "matrix-js-sdk").is_dir():
+        if os.environ.get("CI"):
+            pytest.fail("node or tests/js/node_modules is missing: `make js` must run in CI")
+        pytest.skip("node or matrix-js-sdk is not installed (make js)")
+    return path
+
+
+async def run_driver(a: str, b: str, timeout: float) -> dict:
+    process = await asyncio.create_subprocess_exec(
+        node(), str(JS / "driver.mjs"), json.dumps({"a": a, "b": b, "suffix": uuid.uuid4().hex[:6]}),
+        cwd=JS, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    try:
+        out, err = await asyncio.wait_for(process.communicate(), timeout)
+    except TimeoutError:
+        process.kill()
+        raise
+    lines = [line for line in out.decode().splitlines() if line.startswith("{")]
+    assert lines, (out.decode()[-2000:], err.decode()[-2000:])
+    return json.loads(lines[-1])
+
+
+async def synapse_get(synapse, token: str, path: str, **params) -> dict:
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"{synapse.base_url}{path}", params=params,
+                            headers={"Authorization": f"Bearer {token}"}) as r:
+            assert r.status == 200, await r.text()
+            return await r.json()
+
+
+async def test_two_js_sdk_clients_through_their_own_gateways(synapse, server_key):
+    async with Device(FAST, synapse, server_key, seed=5) as alice, Device(FAST, synapse, server_key, seed=6) as bob:
+        result = await run_driver(alice.client.base_url, bob.client.base_url, timeout=600)
+        assert result["ok"], result
+        steps = result["steps"]
+        print("\njs-sdk through the gateways: " + ", ".join(f"{k} {v['ms']} ms" for k, v in steps.items()))
+        sent = steps["send_and_receive"]
+        assert sent["received_id"] == sent["event_id"]
+        assert sent["sender"] == steps["register_alice"]["user_id"]
+        assert steps["media"] == steps["media"] | {"status": 200, "same": True, "size": 3000}
+        assert steps["redact"]["redacts"] == steps["react"]["event_id"]
+        assert steps["name_and_topic"]["name"] == "js-sdk room"
+        # what Synapse holds, asked directly (not through a gateway)
+        login = {"type": "m.login.password", "password": "pw-" + steps["register_alice"]["user_id"][1:].split(":")[0],
+                 "identifier": {"type": "m.id.user", "user": steps["register_alice"]["user_id"]}}
+        async with aiohttp.ClientSession() as http:
+            async with http.post(f"{synapse.base_url}/_matrix/client/v3/login", json=login) as r:
+                token = (await r.json())["access_token"]
+        room = result["room_id"]
+        events = (await synapse_get(synapse, token, f"/_matrix/client/v3/rooms/{room}/messages",
+                                    dir="b", limit="100"))["chunk"]
+        by_id = {e["event_id"]: e for e in events}
+        assert by_id[sent["event_id"]]["content"]["body"] == "Hello from js-sdk"
+        assert by_id[steps["edit"]["event_id"]]["content"]["m.relates_to"]["rel_type"] == "m.replace"
+        assert by_id[steps["react"]["event_id"]]["content"] == {}  # redacted
+        state = {(e["type"], e.get("state_key")): e for e in events if "state_key" in e}
+        assert state[("m.room.name", "")]["content"]["name"] == "js-sdk room"
+        assert state[("m.room.topic", "")]["content"]["topic"] == "tested by js"
+        bob_id = steps["register_bob"]["user_id"]
+        members = await synapse_get(synapse, token, f"/_matrix/client/v3/rooms/{room}/members")
+        assert {m["state_key"]: m["content"]["membership"] for m in members["chunk"]}[bob_id] == "leave"
+
+
+async def test_two_js_sdk_accounts_on_one_gateway_at_2400_bps(synapse, server_key):
+    # both accounts behind the same client gateway, on a slow link: every
+    # request must run as its own account while both sync loops run
+    slow = LinkProfile(rate_bps=2400, delay=0.1)
+    async with Device(slow, synapse, server_key, seed=7, max_retransmit=8) as device:
+        result = await run_driver(device.client.base_url, device.client.base_url, timeout=1200)
+        assert result["ok"], result
+        steps = result["steps"]
+        print(f"\njs-sdk, 2 accounts on one gateway at 2400 bit/s: {device.link_frames()} frames, "
+              f"{sum(device.link_bytes())} B; " + ", ".join(f"{k} {v['ms']} ms" for k, v in steps.items()))
+        sent = steps["send_and_receive"]
+        assert sent["received_id"] == sent["event_id"]
+        assert sent["sender"] == steps["register_alice"]["user_id"]  # not bob's account
+        assert steps["redact"]["redacts"] == steps["react"]["event_id"]  # bob redacted his own reaction
+        assert steps["media"] == steps["media"] | {"status": 200, "same": True, "size": 3000}
