@@ -109,3 +109,55 @@ async def test_two_js_sdk_accounts_on_one_gateway_at_2400_bps(synapse, server_ke
         assert sent["sender"] == steps["register_alice"]["user_id"]  # not bob's account
         assert steps["redact"]["redacts"] == steps["react"]["event_id"]  # bob redacted his own reaction
         assert steps["media"] == steps["media"] | {"status": 200, "same": True, "size": 3000}
+
+
+async def test_end_to_end_encryption_with_rust_crypto(synapse, server_key):
+    """Two js-sdk devices (initRustCrypto) in an encrypted room: a message each
+    way, decrypted; the link bytes of each phase, per device."""
+    async with Device(FAST, synapse, server_key, seed=8) as alice, Device(FAST, synapse, server_key, seed=9) as bob:
+        process = await asyncio.create_subprocess_exec(
+            node(), str(JS / "e2ee.mjs"),
+            json.dumps({"a": alice.client.base_url, "b": bob.client.base_url, "suffix": uuid.uuid4().hex[:6]}),
+            cwd=JS, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        assert process.stdin is not None and process.stdout is not None
+        marks: list[tuple[str, int, int]] = []
+        result = None
+        try:
+            async with asyncio.timeout(900):
+                while result is None:
+                    line = await process.stdout.readline()
+                    assert line, (await process.stderr.read()).decode()[-3000:]
+                    if not line.startswith(b"{"):
+                        continue
+                    message = json.loads(line)
+                    if "mark" in message:
+                        marks.append((message["mark"], sum(alice.link_bytes()), sum(bob.link_bytes())))
+                        process.stdin.write(b"\n")
+                        await process.stdin.drain()
+                    else:
+                        result = message
+        finally:
+            if process.returncode is None:
+                process.kill()
+            await process.wait()
+        assert result["ok"], result
+        steps = result["steps"]
+        for name in ("first_encrypted_send", "encrypted_send", "encrypted_reply"):
+            assert steps[name]["received_id"] == steps[name]["event_id"]
+        assert steps["first_encrypted_send"]["body"] == "secret one"
+        assert steps["encrypted_send"]["body"] == "Hello, see you at 5pm"
+        assert steps["encrypted_reply"]["body"] == "secret reply"
+        phases = {name: (a1 - a0, b1 - b0) for (name, a0, b0), (_, a1, b1) in zip(marks, marks[1:])}
+        print("\nE2EE link bytes (alice's link, bob's link): "
+              + ", ".join(f"{k} {a} B + {b} B" for k, (a, b) in phases.items()))
+        # Synapse holds only ciphertext
+        async with aiohttp.ClientSession() as http:
+            login = {"type": "m.login.password", "password": "pw-" + steps["register"]["alice"][1:].split(":")[0],
+                     "identifier": {"type": "m.id.user", "user": steps["register"]["alice"]}}
+            async with http.post(f"{synapse.base_url}/_matrix/client/v3/login", json=login) as r:
+                token = (await r.json())["access_token"]
+        events = (await synapse_get(synapse, token, f"/_matrix/client/v3/rooms/{result['room_id']}/messages",
+                                    dir="b", limit="100"))["chunk"]
+        stored = {e["event_id"]: e for e in events}
+        event = stored[steps["encrypted_send"]["event_id"]]
+        assert event["type"] == "m.room.encrypted" and "5pm" not in json.dumps(event)
