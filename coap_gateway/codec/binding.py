@@ -434,7 +434,11 @@ def _uint(value: bytes | int) -> int:
 
 
 def _malformed(exc: Exception) -> Refused:
-    return Refused(Message(code=Code.BAD_REQUEST, payload=str(exc).encode()[:200]), "malformed")
+    # a diagnostic text says so (Content-Format 0): without the option a
+    # payload means deflated CBOR (docs/protocol.md §5.1)
+    reply = Message(code=Code.BAD_REQUEST, payload=str(exc).encode()[:200])
+    reply.opt.content_format = options.CF_TEXT_PLAIN
+    return Refused(reply, "malformed")
 
 
 __all__ = [

@@ -19,7 +19,7 @@ from aiocoap import Message
 from aiocoap.numbers.codes import Code
 from aiocoap.optiontypes import OpaqueOption, UintOption
 
-from ..errors import CodecError, RouteError, SecurityError
+from ..errors import CodecError, CompressionError, RouteError, SecurityError
 from . import json_cbor, options, payload, route_option, routes, status
 from .compression import DEFAULT_MAX_SIZE, compress, decompress
 from .profile import Profile
@@ -29,6 +29,8 @@ from .route_option import ClientWireState, Journal, MessageBody, ServerWireState
 FORWARDED_RESPONSE_HEADERS = ("Content-Disposition", "Location")
 #: a response body may be a whole initial sync
 MAX_RESPONSE_BODY = 64 << 20
+#: the longest diagnostic text a response without Content-Format is shown as
+MAX_DIAGNOSTIC = 1024
 #: a JSON request body may expand to this (deflate bomb cap)
 MAX_REQUEST_BODY = DEFAULT_MAX_SIZE
 #: media and other bodies carried verbatim: Synapse's default max_upload_size
@@ -285,8 +287,15 @@ def coap_to_response(msg: Message, profile: Profile, compact_route: str | None =
     code, retry_after = status.coap_to_http(int(msg.code), http_status, msg.opt.max_age)
     headers = _header_options(msg)
     header_type = next((v for n, v in headers if n.lower() == "content-type"), None)
-    body, content_type = payload.payload_to_body(msg.payload, msg.opt.content_format, profile, header_type,
-                                                 max_size=MAX_RESPONSE_BODY)
+    try:
+        body, content_type = payload.payload_to_body(msg.payload, msg.opt.content_format, profile, header_type,
+                                                     max_size=MAX_RESPONSE_BODY)
+    except (CodecError, CompressionError):
+        if not (int(msg.code) >= 0x80 and http_status is None and msg.opt.content_format is None):
+            raise
+        # a CoAP library's own error with a diagnostic text and no
+        # Content-Format (§5.1): shown as the text it is
+        body, content_type = bytes(msg.payload[:MAX_DIAGNOSTIC]), "text/plain; charset=utf-8"
     out = [(n, v) for n, v in headers if n.lower() != "content-type"]
     if retry_after is not None:
         out.append(("Retry-After", retry_after))

@@ -12,6 +12,7 @@ from aiocoap.optiontypes import OpaqueOption
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from coap_gateway.codec.mapping import coap_to_response
 from coap_gateway.codec import (
     Attempt,
     ClientBinding,
@@ -233,6 +234,17 @@ def test_malformed_requests_are_refused_before_anything_is_forwarded():
     refused = server.resolve(crossing(bad))
     assert isinstance(refused, Refused) and refused.reason == "malformed"
     assert refused.reply.code == Code.BAD_REQUEST and refused.reply.payload
+    # the diagnostic is text and says so: the client gateway shows it as text
+    # (without Content-Format it would be taken for deflated CBOR, and fail)
+    assert refused.reply.opt.content_format == 0
+    shown = coap_to_response(refused.reply, LB3)
+    assert shown.status == 400 and shown.content_type.startswith("text/plain")
+    assert shown.body == refused.reply.payload
+    # and a CoAP library's own error text without Content-Format (aiocoap's
+    # renderable errors) is shown as text too, not refused as bad CBOR
+    bare = Message(code=Code.REQUEST_ENTITY_INCOMPLETE, payload=b"blocks missing")
+    shown = coap_to_response(bare, LB3)
+    assert shown.status == 400 and shown.body == b"blocks missing" and shown.content_type.startswith("text/plain")
     two = Message(code=Code.GET, uri_path=["_matrix", "client", "versions"])
     two.opt.add_option(OpaqueOption(options.NO_TOKEN, b""))
     two.opt.add_option(OpaqueOption(options.ACCESS_TOKEN, b"\x00tok"))
