@@ -325,3 +325,26 @@ def test_duplicate_json_member_in_a_table_file_fails():
 
     with pytest.raises(TableError, match="duplicate member"):
         parse_json_document(b'{"a": 1, "a": 2}')
+
+
+def test_spec_number_vectors_6_1():
+    """docs/protocol.md §6.1: numbers keep their JSON kind (vectors quoted there)."""
+    from coap_gateway.codec import load_profile
+    from coap_gateway.codec.json_cbor import cbor_to_json, json_to_cbor
+
+    table = load_profile("lb3").cbor_table
+    for text, cbor in ((b'{"a":1.0}', "a16161f93c00"), (b'{"a":1}', "a1616101"), (b'{"a":-0.0}', "a16161f98000")):
+        assert json_to_cbor(text, table).hex() == cbor
+        assert cbor_to_json(bytes.fromhex(cbor), table) == text
+    assert cbor_to_json(json_to_cbor(b'{"a":1.5e0}', table), table) == b'{"a":1.5}'  # spelling not kept
+
+
+def test_spec_binary_threshold_6_4_does_not_count_the_sigil():
+    from coap_gateway.codec import load_profile
+    from coap_gateway.codec.json_cbor import json_to_cbor
+
+    table = load_profile("lb3").cbor_table
+    sixteen = "$" + "A" * 21 + "Q"  # 22 characters after the sigil: 16 bytes
+    fifteen = "$" + "A" * 20  # 20 characters: 15 bytes
+    assert json_to_cbor(('{"event_id":"%s"}' % sixteen).encode(), table)[2] == 0x51  # bytes(17): marker + 16
+    assert json_to_cbor(('{"event_id":"%s"}' % fifteen).encode(), table)[2] == 0x75  # text(21)
