@@ -1,0 +1,58 @@
+"""docs/protocol.md §2 and §10: the content identifiers and profile digests
+the text gives, recomputed the way the text says (an implementer's check)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from coap_gateway.codec import load_profile
+from coap_gateway.transport.secure_codec import profile_wire_digest
+
+SPEC = (Path(__file__).resolve().parents[2] / "docs" / "protocol.md").read_text(encoding="utf-8")
+ROOT = Path(__file__).resolve().parents[2] / "dictionaries"
+
+
+def spec_id(row: str) -> str:
+    match = re.search(r"^\| " + re.escape(row) + r" \| `(sha256:[0-9a-f]{64})` \|$", SPEC, re.M)
+    assert match, row
+    return match.group(1)
+
+
+@pytest.mark.parametrize("profile,digest", [("msc3079", "d2dc"), ("lb2", "bab8"), ("lb3", "bfa0")])
+def test_profile_digests_as_the_text_defines_them(profile, digest):
+    p = load_profile(profile)
+    lines = [p.cbor_table.digest, p.routes.digest, p.flate.digest if p.flate else "none"]
+    if p.schemas is not None:
+        lines.append(p.schemas.digest)
+    text = "".join(line + "\n" for line in lines)
+    assert hashlib.sha256(text.encode("ascii")).digest()[:2].hex() == digest == profile_wire_digest(p).hex()
+    assert f"({p.id}) `{digest}`" in SPEC
+
+
+def test_content_identifiers_in_the_text():
+    lb3, msc = load_profile("lb3"), load_profile("msc3079")
+    assert spec_id("CBOR table v1") == msc.cbor_table.digest
+    assert spec_id("CBOR table v2") == lb3.cbor_table.digest
+    assert spec_id("route table (msc3079)") == msc.routes.digest
+    assert spec_id("route table (lb2, lb3)") == lb3.routes.digest
+    assert spec_id("Flate dictionary (lb2, lb3)") == lb3.flate.digest
+    assert spec_id("schema table (lb3)") == lb3.schemas.digest
+
+
+def test_cbor_table_identifier_is_the_resolved_form_of_the_text():
+    # v1 is a whole table (extends nothing): its resolved form follows from the
+    # file alone, as §2 describes — recomputed here without the project's loader
+    doc = json.loads((ROOT / "cbor-table-v1.json").read_text(encoding="utf-8"))
+    assert doc.get("extends") in (None, 0)
+    keys = sorted((c, n) for c, n in doc["keys"])
+    preferred = sorted((n, c) for c, n in doc["keys"])
+    values = {k: sorted((c, v) for c, v in pairs) for k, pairs in sorted(doc.get("values", {}).items())}
+    resolved = {"version": doc["version"], "binary_fields": doc.get("binary_fields", False),
+                "keys": keys, "preferred": preferred, "values": values}
+    text = json.dumps(resolved, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    assert "sha256:" + hashlib.sha256(text).hexdigest() == spec_id("CBOR table v1")
