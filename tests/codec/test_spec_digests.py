@@ -56,3 +56,11 @@ def test_cbor_table_identifier_is_the_resolved_form_of_the_text():
                 "keys": keys, "preferred": preferred, "values": values}
     text = json.dumps(resolved, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
     assert "sha256:" + hashlib.sha256(text).hexdigest() == spec_id("CBOR table v1")
+
+
+def test_prologue_example_10():
+    from coap_gateway.secure import frame as sf
+
+    text = SPEC.split("Example (IK, lb3): `", 1)[1].split("`", 1)[0]
+    expected = bytes.fromhex(text.replace(" ", ""))
+    assert sf.handshake_prologue(sf.DatagramKind.IK1, 3, profile_wire_digest(load_profile("lb3"))) == expected
