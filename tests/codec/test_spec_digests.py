@@ -64,3 +64,16 @@ def test_prologue_example_10():
     text = SPEC.split("Example (IK, lb3): `", 1)[1].split("`", 1)[0]
     expected = bytes.fromhex(text.replace(" ", ""))
     assert sf.handshake_prologue(sf.DatagramKind.IK1, 3, profile_wire_digest(load_profile("lb3"))) == expected
+
+
+def test_examples_written_out_in_the_text():
+    """Examples docs/protocol.md once showed with '…', now whole: recomputed."""
+    from coap_gateway.codec.json_cbor import json_to_cbor
+    from coap_gateway.codec.payload import body_to_payload
+
+    msc = body_to_payload(b'{"msgtype":"m.text","body":"Hello, see you at 5pm"}', "application/json",
+                          load_profile("msc3079"))
+    assert msc.content_format == 60 and f"and 34 B: `{msc.payload.hex()}`." in SPEC
+    event = json_to_cbor(b'{"event_id": "$6CWRrXHkZKJ8FV8yEzM5_SwOlGZxN5ky18Eqf0F8ePc"}', load_profile("lb2").cbor_table)
+    assert f"`a1 01 58 21 01 {event[5:].hex()}` (37 B" in SPEC and event[:5].hex() == "a101582101"
+    assert "0d 10 " + "!AbCdEfGhIjKlMnOp:example.org".encode().hex() in SPEC
