@@ -77,3 +77,35 @@ def test_examples_written_out_in_the_text():
     event = json_to_cbor(b'{"event_id": "$6CWRrXHkZKJ8FV8yEzM5_SwOlGZxN5ky18Eqf0F8ePc"}', load_profile("lb2").cbor_table)
     assert f"`a1 01 58 21 01 {event[5:].hex()}` (37 B" in SPEC and event[:5].hex() == "a101582101"
     assert "0d 10 " + "!AbCdEfGhIjKlMnOp:example.org".encode().hex() in SPEC
+
+
+VECTORS = json.loads((Path(__file__).resolve().parents[1] / "vectors" / "spec.json").read_text(encoding="utf-8"))
+
+
+@pytest.mark.parametrize("name", sorted(VECTORS["profiles"]))
+def test_spec_vectors_profiles(name):
+    """tests/vectors/spec.json, recomputed with hashlib as §10 says, and by the code."""
+    v = VECTORS["profiles"][name]
+    text = "".join(line + "\n" for line in v["digest_lines"])
+    digest = hashlib.sha256(text.encode("ascii")).digest()[:2]
+    assert digest.hex() == v["profile_digest"] == profile_wire_digest(load_profile(name)).hex()
+    label = b"coap-gateway/1"
+    assert bytes.fromhex(v["ik_prologue"]) == label + bytes([1, v["id"]]) + digest
+    assert bytes.fromhex(v["xx_prologue"]) == label + bytes([3, v["id"]]) + digest
+
+
+def test_spec_vectors_numbers_binary_and_session_id():
+    from coap_gateway.codec.json_cbor import cbor_to_json, json_to_cbor
+    from coap_gateway.codec.tables import load_cbor_table
+    from coap_gateway.secure import frame as sf
+
+    v2 = load_cbor_table(2)
+    for v in VECTORS["numbers"]:
+        assert json_to_cbor(v["json"].encode(), v2).hex() == v["cbor_hex"]
+        assert cbor_to_json(bytes.fromhex(v["cbor_hex"]), v2) == v["json_out"].encode()
+    for v in VECTORS["binary_threshold"]:
+        assert json_to_cbor(v["json"].encode(), v2).hex() == v["cbor_hex"]
+    h = bytes.fromhex(VECTORS["session_id"]["handshake_hash_hex"])
+    assert hashlib.blake2s(h).digest()[:8].hex() == VECTORS["session_id"]["session_id_hex"]
+    assert sf.session_id_from_hash(h).hex() == VECTORS["session_id"]["session_id_hex"]
+    assert hashlib.blake2s(h, digest_size=8).digest().hex() != VECTORS["session_id"]["session_id_hex"]

@@ -210,3 +210,52 @@ def write_federation_vectors() -> None:
 
 if __name__ == "__main__":
     write_federation_vectors()
+
+
+# --- the values docs/protocol.md defines byte by byte (issue 14) ---------------
+
+SPEC_OUT = Path(__file__).parent / "spec.json"
+
+
+def spec_vectors() -> dict:
+    from coap_gateway.codec import profile_names
+    from coap_gateway.secure import frame as sf
+    from coap_gateway.transport.secure_codec import profile_wire_digest
+
+    profiles = {}
+    for name in profile_names():
+        p = load_profile(name)
+        lines = [p.cbor_table.digest, p.routes.digest, p.flate.digest if p.flate else "none"]
+        if p.schemas is not None:
+            lines.append(p.schemas.digest)
+        profiles[name] = {"id": p.id, "digest_lines": lines, "profile_digest": profile_wire_digest(p).hex(),
+                          "ik_prologue": sf.handshake_prologue(sf.DatagramKind.IK1, p.id, profile_wire_digest(p)).hex(),
+                          "xx_prologue": sf.handshake_prologue(sf.DatagramKind.XX1, p.id, profile_wire_digest(p)).hex()}
+    v2 = load_cbor_table(2)
+    numbers = []
+    for text in ('{"a":1.0}', '{"a":1}', '{"a":-0.0}', '{"a":1.5e0}', '{"a":1e300}', '{"a":-7}', '{"a":1e15}',
+                 '{"a":1e16}', '{"a":0.0001}', '{"a":0.00001}', '{"a":-2.5E+3}'):
+        cbor = json_cbor.json_to_cbor(text.encode(), v2)
+        numbers.append({"json": text, "cbor_hex": cbor.hex(), "json_out": json_cbor.cbor_to_json(cbor, v2).decode()})
+    binary = [{"json": json.dumps({"event_id": eid}), "cbor_hex": json_cbor.json_to_cbor(
+        json.dumps({"event_id": eid}).encode(), v2).hex()}
+        for eid in ("$" + "A" * 21 + "Q", "$" + "A" * 20, "$6CWRrXHkZKJ8FV8yEzM5_SwOlGZxN5ky18Eqf0F8ePc")]
+    handshake_hash = hashlib.sha256(b"spec vector handshake hash").digest()
+    return {
+        "comment": "values docs/protocol.md defines (§2 content identifiers, §6.1 numbers, §6.4 binary "
+                   "threshold, §10 profile digests, prologues, session_id); tests/codec/test_spec_digests.py",
+        "profiles": profiles,
+        "numbers": numbers,
+        "binary_threshold": binary,
+        "session_id": {"handshake_hash_hex": handshake_hash.hex(),
+                       "session_id_hex": sf.session_id_from_hash(handshake_hash).hex()},
+    }
+
+
+def write_spec_vectors() -> None:
+    SPEC_OUT.write_text(json.dumps(spec_vectors(), indent=1, ensure_ascii=False) + "\n")
+    print(f"wrote {SPEC_OUT}")
+
+
+if __name__ == "__main__":
+    write_spec_vectors()
