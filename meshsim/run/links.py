@@ -8,12 +8,12 @@ Timers follow the path: a device's `LinkBudget` is its route to the
 homeserver taken as one store-and-forward link (`path_budget`), and the
 server gateway falls back on the slowest of them (`slowest_budget`) for an
 address it does not know.  Both are pure; `PathBudgets` keeps them as routes
-change.
+change, and `FederationBudgets` does the same for each pair of homeservers.
 """
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
 
 from coap_gateway.transport import LinkBudget
@@ -25,8 +25,12 @@ from .scenario import Action, GatewaySettings, LinkChange, Scenario, resolve_cha
 
 def open_network(scenario: Scenario, topology: Topology, *, events: EventLog | None,
                  capture: PcapWriter | None) -> Network:
-    """The network a run uses (not started): the fabric, listening on the scenario's CoAP port."""
-    return Fabric(topology, ports=[scenario.network.coap_port], events=events, capture=capture)
+    """The network a run uses (not started): the fabric, listening on the scenario's CoAP
+    port (and its federation port, with several homeservers)."""
+    ports = [scenario.network.coap_port]
+    if len(scenario.homeservers) > 1:
+        ports.append(scenario.network.federation_port)
+    return Fabric(topology, ports=ports, events=events, capture=capture)
 
 
 def change_links(network: Network, scenario: Scenario, change: LinkChange) -> None:
@@ -96,6 +100,16 @@ def slowest_budget(budgets: Sequence[LinkBudget]) -> LinkBudget:
     )
 
 
+def route_budget(topology: Topology, a: str, b: str, settings: GatewaySettings) -> LinkBudget | None:
+    """The budget of the routes between nodes `a` and `b` now; None without one (partitioned)."""
+    forward = topology.route(a, b)
+    backward = topology.route(b, a)
+    if forward is None or backward is None:
+        return None
+    return path_budget([link.profile for link in forward], [link.profile for link in backward],
+                       max_retransmit=settings.max_retransmit, max_frame=settings.max_frame)
+
+
 @dataclass(frozen=True)
 class BudgetChanges:
     """What `PathBudgets.refresh` found: devices whose budget changed, and the server's if it did."""
@@ -125,12 +139,7 @@ class PathBudgets:
 
     def of_path(self, node: Node) -> LinkBudget | None:
         """The budget of the path between `node` and the homeserver now; None without one."""
-        forward = self._topology.route(node.name, self._homeserver.name)
-        backward = self._topology.route(self._homeserver.name, node.name)
-        if forward is None or backward is None:
-            return None
-        return path_budget([link.profile for link in forward], [link.profile for link in backward],
-                           max_retransmit=self._settings.max_retransmit, max_frame=self._settings.max_frame)
+        return route_budget(self._topology, node.name, self._homeserver.name, self._settings)
 
     def refresh(self) -> BudgetChanges:
         """Re-derive every budget from the routes as they are now; what changed."""
@@ -154,3 +163,40 @@ class PathBudgets:
             if node is not None and device == node:
                 return self.devices[name]
         return self.server
+
+
+class FederationBudgets:
+    """Each pair of homeserver nodes' budget, from the routes between them.
+
+    `homeservers` maps a federation gateway's Noise static key to its node; a
+    pair with no route (partitioned) keeps the budget it had.
+    """
+
+    def __init__(self, topology: Topology, homeservers: Mapping[bytes, Node], settings: GatewaySettings) -> None:
+        self._topology = topology
+        self._nodes = dict(homeservers)
+        self._settings = settings
+        self.pairs: dict[frozenset[bytes], LinkBudget] = {}
+        self.refresh()
+
+    def refresh(self) -> bool:
+        """Re-derive every pair's budget; whether any changed."""
+        changed = False
+        keys = sorted(self._nodes)
+        for i, a in enumerate(keys):
+            for b in keys[i + 1:]:
+                budget = route_budget(self._topology, self._nodes[a].name, self._nodes[b].name, self._settings)
+                pair = frozenset((a, b))
+                if budget is not None and budget != self.pairs.get(pair):
+                    self.pairs[pair] = budget
+                    changed = True
+        return changed
+
+    def lookup(self, mine: bytes) -> Callable[[bytes], LinkBudget | None]:
+        """For the gateway whose key is `mine`: a peer's budget by the peer's key."""
+        return lambda peer: self.pairs.get(frozenset((mine, peer)))
+
+    def slowest(self, mine: bytes) -> LinkBudget:
+        """The slowest of `mine`'s pairs (its link's own budget)."""
+        budgets = [b for pair, b in self.pairs.items() if mine in pair]
+        return slowest_budget(budgets) if budgets else LinkBudget()

@@ -45,8 +45,16 @@ class _Message:
     errors: list[str] = field(default_factory=list)
     #: recipient -> [(time, event_id)] of every appearance in its sync timeline
     receipts: dict[str, list[tuple[float, str]]] = field(default_factory=lambda: defaultdict(list))
-    #: appearances in the room's history on the homeserver (/messages), None if not checked
-    history_count: int | None = None
+    #: appearances in the room's history on each homeserver checked (/messages there)
+    history: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def history_count(self) -> int | None:
+        """The count furthest from once over the homeservers checked; None if none was."""
+        if not self.history:
+            return None
+        counts = list(self.history.values())
+        return max(counts) if max(counts) > 1 else min(counts)
 
 
 class ReportBuilder:
@@ -73,6 +81,11 @@ class ReportBuilder:
         self._offers: dict[tuple[str, int], tuple[float, float | None]] = {}
         #: link -> wire bytes delivered so far (the progress line reads it)
         self.cumulative_wire_bytes: dict[str, int] = defaultdict(int)
+        #: the federation gateways' port (None: one homeserver) and each datagram's kind
+        self._federation_port: int | None = None
+        self._kind: dict[int, str] = {}
+        #: link -> kind ("client" or "federation") -> [copies, wire bytes]
+        self.traffic: dict[str, dict[str, list[int]]] = defaultdict(lambda: defaultdict(lambda: [0, 0]))
         self.last_t = 0.0
 
     # ------------------------------------------------------------ feeding
@@ -92,6 +105,7 @@ class ReportBuilder:
 
     def _on_scenario(self, event: Event, t: float) -> None:
         self.scenario = dict(event)
+        self._federation_port = event.get("federation_port")
         for m in event.get("messages", ()):
             self.messages[m["id"]] = _Message(
                 id=m["id"], sender=m["sender"], room=m["room"], body=m["body"], phase=m["phase"],
@@ -105,6 +119,11 @@ class ReportBuilder:
 
     def _on_link_change(self, event: Event, t: float) -> None:
         self._rate[event["link"]] = event["profile"].get("rate_bps")
+
+    def _on_ingress(self, event: Event, t: float) -> None:
+        if self._federation_port is not None:
+            port = self._federation_port
+            self._kind[event["pkt"]] = "federation" if port in (event.get("sport"), event.get("dport")) else "client"
 
     def _on_offer(self, event: Event, t: float) -> None:
         link = event["link"]
@@ -122,6 +141,10 @@ class ReportBuilder:
         self.copies[link].append(Copy(offered_at, rate, t + late, wire, int(event["size"])))
         self.cumulative_wire_bytes[link] += wire
         self.series[link].append((t, self.cumulative_wire_bytes[link]))
+        if self._federation_port is not None:
+            counted = self.traffic[link][self._kind.get(event["pkt"], "client")]
+            counted[0] += 1
+            counted[1] += wire
 
     def _on_drop(self, event: Event, t: float) -> None:
         if event.get("link") is not None and event.get("reason") != "stopped":
@@ -164,9 +187,10 @@ class ReportBuilder:
             message.receipts[event["user"]].append((t, event["event_id"]))
 
     def _on_history(self, event: Event, t: float) -> None:
+        server = str(event.get("homeserver") or "")
         for msg, count in event.get("counts", {}).items():
             if msg in self.messages:
-                self.messages[msg].history_count = count
+                self.messages[msg].history[server] = count
 
     def _on_gateways(self, event: Event, t: float) -> None:
         self.gateways = dict(event.get("gateways", {}))
@@ -207,12 +231,13 @@ class ReportBuilder:
                  "ended_by": ended_by}
                 for name, start, stop_t, ended_by in self.phases
             ],
-            "links": link_report(stop.get("links", {}), self.copies, self.windows()[:-1]),
+            "links": link_report(stop.get("links", {}), self.copies, self.windows()[:-1], self.traffic),
             "fabric": stop.get("counters", {}),
             "messages": messages,
             "physical_bound": bound,
             "assertions": assertions,
             "gateways": self.gateways,
+            "federation": federation_report(self.gateways, self.scenario.get("homeservers", {}), self.traffic),
             "late": {"worst_seconds": self.worst_late, "early_deliveries": self.early_deliveries},
         }
 
@@ -236,18 +261,22 @@ def message_report(m: _Message) -> dict[str, Any]:
         "send_at": m.send_at, "sent_at": m.sent_at,
         "send_seconds": (m.sent_at - m.send_at) if m.sent_at is not None and m.send_at is not None else None,
         "send_ok": m.send_ok, "event_id": m.event_id, "attempts": m.attempts, "errors": m.errors,
-        "deliveries": deliveries, "history_count": m.history_count,
+        "deliveries": deliveries, "history_count": m.history_count, "history": dict(m.history),
         "delivered": all(d["received_at"] is not None for d in deliveries.values()) and m.send_at is not None,
     }
 
 
 def link_report(snapshot: Mapping[str, Mapping[str, Any]], copies: Mapping[str, Sequence[Copy]],
-                phases: Sequence[tuple[str, float, float]]) -> dict[str, Any]:
-    """The fabric's final counters per link, with the traffic of each phase."""
+                phases: Sequence[tuple[str, float, float]],
+                traffic: Mapping[str, Mapping[str, Sequence[int]]] | None = None) -> dict[str, Any]:
+    """The fabric's final counters per link, with the traffic of each phase (and, with
+    federation, what of it was federation and what client traffic)."""
     report = {}
     for link_id, counters in snapshot.items():
         entry = {k: v for k, v in counters.items() if k != "profile"}
         entry["rate_bps"] = counters.get("profile", {}).get("rate_bps")
+        if traffic is not None and link_id in traffic:
+            entry["traffic"] = {kind: {"packets": n, "wire_bytes": b} for kind, (n, b) in sorted(traffic[link_id].items())}
         per_phase = {}
         for name, start, end in phases:
             chosen = [c for c in copies.get(link_id, ()) if start <= c.offered_at < end]
@@ -260,6 +289,30 @@ def link_report(snapshot: Mapping[str, Mapping[str, Any]], copies: Mapping[str, 
         entry["phases"] = per_phase
         report[link_id] = entry
     return report
+
+
+def federation_report(gateways: Mapping[str, Any], homeservers: Mapping[str, str],
+                      traffic: Mapping[str, Mapping[str, Sequence[int]]]) -> dict[str, Any] | None:
+    """Per homeserver node, what its federation gateway sent and served (from its
+    counters), and the federation bytes on the links in all; None with one homeserver."""
+    if len(homeservers) < 2:
+        return None
+    nodes = {}
+    for server, node in homeservers.items():
+        counters = gateways.get(f"federation {server}", {})
+        transport, gateway = counters.get("transport", {}), counters.get("gateway", {})
+        nodes[server] = {
+            "node": node,
+            "requests_sent": gateway.get("sent"), "requests_failed": gateway.get("sent_failed"),
+            "requests_served": gateway.get("served"), "refused": gateway.get("refused"),
+            "frames_out": transport.get("frames_out"), "bytes_out": transport.get("bytes_out"),
+            "frames_in": transport.get("frames_in"), "bytes_in": transport.get("bytes_in"),
+            "retransmissions": transport.get("retransmissions"),
+        }
+    links = {link: {"packets": kinds["federation"][0], "wire_bytes": kinds["federation"][1]}
+             for link, kinds in sorted(traffic.items()) if "federation" in kinds}
+    return {"homeservers": nodes, "links": links,
+            "wire_bytes": sum(entry["wire_bytes"] for entry in links.values())}
 
 
 # ---------------------------------------------------------------- plots

@@ -6,10 +6,14 @@ What runs, per scenario:
   `Fabric`), writing events.jsonl and capture.pcap, and with secure
   gateways capture.keylog beside it: the keys of every session, so
   Wireshark decrypts the capture (docs/wireshark.md);
-- on the homeserver node, a real Synapse (SQLite, in a temporary directory,
+- on each homeserver node, a real Synapse (SQLite, in a temporary directory,
   listening on the node's private address) fronted by a server gateway, and
-  per client a client gateway on its device node (`gateways`);
-- per client, matrix-nio talking HTTP to its gateway (`workload`).
+  per client on another node a client gateway on that device node
+  (`gateways`); a client on its homeserver's node talks to Synapse directly;
+- with several homeservers, a federation gateway per homeserver node: each
+  Synapse's federation leaves through its own (``https_proxy``) and crosses
+  the fabric to the peer's, hop by hop (docs/meshsim.md, "Federation");
+- per client, matrix-nio talking HTTP to its gateway or its Synapse (`workload`).
 
 Then the phases, in order: each applies its link changes, runs its timed
 actions (partition, heal, fail, set_link) and its sends, and ends when all of
@@ -44,8 +48,10 @@ from ..model import Topology
 from ..net import EventLog, Network, PcapWriter
 from .checks import history_counts
 from .console import PhaseProgress
+from coap_gateway.federation import PeersTable
+
 from .gateways import DeviceGateway, Homeserver, gateway_counters, quiet_shutdown
-from .links import PathBudgets, act, change_links, open_network
+from .links import FederationBudgets, PathBudgets, act, change_links, open_network
 from .record import RunError, RunRecord
 from .report import summary_lines, write_plots
 from .scenario import Action, Phase, Scenario, build_topology
@@ -74,21 +80,26 @@ class ScenarioRun:
     def __init__(self, scenario: Scenario, out_dir: str | Path, *, seed: int | None = None,
                  public_base: str | None = None, private_base: str | None = None, console: Any | None = None,
                  on_fabric: Callable[[Network], None] | None = None) -> None:
-        if len(scenario.homeservers) != 1:
-            raise RunError("this version runs exactly one homeserver (federation is not available yet)")
         self.scenario = scenario
         self.out_dir = Path(out_dir)
         self.seed = scenario.seed if seed is None else seed
         self.topology: Topology = build_topology(scenario, seed=self.seed, public_base=public_base, private_base=private_base)
         self.record = RunRecord()
         self.progress = PhaseProgress(console)
-        spec = scenario.homeservers[0]
-        self.homeserver = Homeserver(spec.name, self.topology.node(spec.node), scenario.gateway,
-                                     scenario.network.coap_port)
+        federated = len(scenario.homeservers) > 1
+        #: by server name
+        self.homeservers: dict[str, Homeserver] = {
+            spec.name: Homeserver(spec.name, self.topology.node(spec.node), scenario.gateway, scenario.network.coap_port,
+                                  federation_port=scenario.network.federation_port if federated else None,
+                                  federation=scenario.federation)
+            for spec in scenario.homeservers
+        }
         self.workload = Workload(scenario, self.topology, self.record, self.progress)
-        #: per user, its device's client gateway
+        #: per user on another node than its homeserver's, its device's client gateway
         self.devices: dict[str, DeviceGateway] = {}
-        self.budgets: PathBudgets | None = None
+        #: per homeserver with devices, their paths' budgets
+        self.budgets: dict[str, PathBudgets] = {}
+        self.federation_budgets: FederationBudgets | None = None
         #: called with the network once it has started (e.g. to show it in the web UI)
         self.on_fabric = on_fabric
         self._phase_bytes_base: dict[str, int] = {}
@@ -98,7 +109,8 @@ class ScenarioRun:
     def _scenario_event(self) -> dict[str, Any]:
         s = self.scenario
         roles = {c.node: "client" for c in s.clients}
-        roles[self.homeserver.node.name] = "homeserver"
+        for homeserver in self.homeservers.values():
+            roles[homeserver.node.name] = "homeserver"
         groups: dict[str, list[str]] = {}
         for send in s.sends:
             if send.group:
@@ -109,6 +121,8 @@ class ScenarioRun:
             "nodes": [{"name": n.name, "index": self.topology.node(n.name).index,
                        "position": list(n.position) if n.position else None} for n in s.nodes],
             "roles": roles,
+            "homeservers": {h.name: h.node.name for h in self.homeservers.values()},
+            "federation_port": s.network.federation_port if len(self.homeservers) > 1 else None,
             "phases": [p.name for p in s.phases],
             "messages": [
                 {"id": m.send.id, "sender": m.send.sender, "room": m.send.room, "body": m.send.body,
@@ -162,55 +176,90 @@ class ScenarioRun:
         return RunResult(report, self.out_dir)
 
     async def _start(self, tmp: Path, capture: PcapWriter) -> None:
-        homeserver, workload = self.homeserver, self.workload
-        self.progress.phase("starting Synapse", 1)
-        await homeserver.start_synapse(tmp / homeserver.name)
-        self.progress.advance()
+        scenario, workload, homeservers = self.scenario, self.workload, list(self.homeservers.values())
+        self.progress.phase("starting Synapse" if len(homeservers) == 1 else f"starting {len(homeservers)} Synapses",
+                            len(homeservers))
 
-        network = self.record.network = open_network(self.scenario, self.topology, events=self.record.events,
+        async def start_synapse(homeserver: Homeserver) -> None:
+            await homeserver.start_synapse(tmp / homeserver.name)
+            self.progress.advance()
+
+        # concurrently: each takes seconds of CPU, mostly waiting on its own start-up
+        await asyncio.gather(*(start_synapse(h) for h in homeservers))
+
+        network = self.record.network = open_network(scenario, self.topology, events=self.record.events,
                                                      capture=capture)
         network.subscribe(self.record.builder.feed)
         await network.start()
         if self.on_fabric is not None:
             self.on_fabric(network)
 
-        devices = {user: client.node for user, client in workload.clients.items()}
-        self.budgets = budgets = PathBudgets(self.topology, homeserver.node, devices, self.scenario.gateway)
-        await homeserver.start_gateway(budgets.server, budgets.for_address, tmp / f"{homeserver.name}-gateway",
-                                       key_log=self.key_log)
-        for user in workload.clients:
-            device = self.devices[user] = DeviceGateway(devices[user], budgets.devices[user])
-            await device.start(homeserver, secure=self.scenario.gateway.secure, key_log=self.key_log)
-            workload.connect(user, device.base_url)
+        for homeserver in homeservers:
+            devices = {c.user: workload.clients[c.user].node for c in scenario.clients
+                       if c.homeserver == homeserver.name and not scenario.is_local(c)}
+            if not devices:
+                continue
+            budgets = self.budgets[homeserver.name] = PathBudgets(self.topology, homeserver.node, devices,
+                                                                  scenario.gateway)
+            await homeserver.start_gateway(budgets.server, budgets.for_address, tmp / f"{homeserver.name}-gateway",
+                                           key_log=self.key_log)
+            for user, node in devices.items():
+                device = self.devices[user] = DeviceGateway(node, budgets.devices[user])
+                await device.start(homeserver, secure=scenario.gateway.secure, key_log=self.key_log)
+        if len(homeservers) > 1:
+            await self._start_federation(tmp, homeservers)
+        for client in scenario.clients:
+            device = self.devices.get(client.user)
+            workload.connect(client.user, device.base_url if device else self.homeservers[client.homeserver].base_url)
+        names = ", ".join(f"{h.name} on {h.node.name}" for h in homeservers)
         self.progress.log(
-            f"Synapse {homeserver.name} on node {homeserver.node.name}; "
-            f"{len(workload.clients)} clients; {len(self.topology.edges())} links; seed {self.seed}"
+            f"Synapse {names}; {len(workload.clients)} clients ({len(self.devices)} behind client gateways); "
+            f"{len(self.topology.edges())} links; seed {self.seed}"
         )
+
+    async def _start_federation(self, tmp: Path, homeservers: list[Homeserver]) -> None:
+        """A federation gateway per homeserver, all sharing one peers table; their
+        peers' timers from the paths between the homeserver nodes."""
+        table = PeersTable(h.peer() for h in homeservers)
+        budgets = self.federation_budgets = FederationBudgets(
+            self.topology, {h.federation_public: h.node for h in homeservers}, self.scenario.gateway)
+        for homeserver in homeservers:
+            mine = homeserver.federation_public
+            await homeserver.start_federation(table, budgets.slowest(mine), budgets.lookup(mine),
+                                              tmp / f"{homeserver.name}-federation", key_log=self.key_log)
 
     async def _teardown(self) -> None:
         await self.workload.stop_sync_loops()
         with contextlib.suppress(Exception):
             await self._history_check()
-        self.record.emit("gateways", gateways=gateway_counters(self.homeserver, self.devices))
+        homeservers = list(self.homeservers.values())
+        self.record.emit("gateways", gateways=gateway_counters(homeservers, self.devices))
         with quiet_shutdown():
             for device in self.devices.values():
                 await device.stop()
             await self.workload.close()
-            await self.homeserver.stop_gateway()
+            for homeserver in homeservers:
+                await homeserver.stop_gateway()
         if self.record.network is not None:
             await self.record.network.stop()
-        await self.homeserver.stop_synapse(self.out_dir)
+        await asyncio.gather(*(
+            h.stop_synapse(self.out_dir, "homeserver.log" if len(homeservers) == 1 else f"homeserver-{h.name}.log")
+            for h in homeservers))
 
     async def _history_check(self) -> None:
-        """Count each message in its room's history on the homeserver itself (not over the links)."""
-        if self.homeserver.synapse is None or not self.workload.room_ids:
+        """Count each message in its room's history on every homeserver of the room's
+        members, read from each Synapse itself (not over the links)."""
+        if not self.workload.room_ids:
             return
         for room in self.scenario.rooms:
-            reader = self.workload.history_reader(room)
-            if reader is None:
-                continue
-            events = await self.homeserver.room_history(*reader)
-            self.record.emit("history", room=room.name, counts=history_counts(events, self.workload.bodies(room)))
+            for server in self.scenario.room_homeservers(room):
+                homeserver = self.homeservers[server]
+                reader = self.workload.history_reader(room, server)
+                if reader is None or homeserver.synapse is None:
+                    continue
+                events = await homeserver.room_history(*reader)
+                self.record.emit("history", room=room.name, homeserver=server,
+                                 counts=history_counts(events, self.workload.bodies(room)))
 
     # ------------------------------------------------------------ phases
 
@@ -247,7 +296,10 @@ class ScenarioRun:
                     await asyncio.gather(*work)
                 if phase.duration is not None and self.record.now() < start + phase.duration:
                     ended_by = "duration"
-                    await asyncio.sleep(start + phase.duration - self.record.now())
+                    # The loop's timer may fire a hair before the network clock reaches the
+                    # end (different clocks): a phase lasts at least its duration.
+                    while (left := start + phase.duration - self.record.now()) > 0:
+                        await asyncio.sleep(left)
         except TimeoutError:
             ended_by = "timeout"
         finally:
@@ -280,13 +332,17 @@ class ScenarioRun:
 
     def _refresh_budgets(self) -> None:
         """Re-derive every gateway's link budget from the route it takes now."""
-        assert self.budgets is not None
-        changes = self.budgets.refresh()
-        for user, budget in changes.devices.items():
-            self.devices[user].retime(budget)
-        if changes.server is not None:
-            # the server has no link-wide budget to set: its devices' timers are made again instead
-            self.homeserver.retime(self.budgets.for_address)
+        for name, budgets in self.budgets.items():
+            changes = budgets.refresh()
+            for user, budget in changes.devices.items():
+                self.devices[user].retime(budget)
+            if changes.server is not None:
+                # the server has no link-wide budget to set: its devices' timers are made again instead
+                self.homeservers[name].retime(budgets.for_address)
+        federation = self.federation_budgets
+        if federation is not None and federation.refresh():
+            for homeserver in self.homeservers.values():
+                homeserver.retime_federation(federation.lookup(homeserver.federation_public))
 
     def _network(self) -> Network:
         assert self.record.network is not None

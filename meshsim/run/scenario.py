@@ -1,6 +1,6 @@
 """Scenario files (TOML) parsed and validated into frozen dataclasses, sans-I/O.
 
-A scenario says what to build (nodes, links, link profiles, one homeserver,
+A scenario says what to build (nodes, links, link profiles, homeservers,
 clients), what to do (phases: reshape links, partition and heal, send
 messages) and what must hold afterwards (assertions).  The format is
 documented in docs/meshsim.md ("Scenarios"); `parse_scenario` is the
@@ -12,9 +12,11 @@ researcher can fix the file without reading this code.  Unknown keys are
 errors too (a typo must not be silently ignored, as the 2019 meshsim did with
 ``packet_loss``).
 
-Homeservers are a list (``[[homeserver]]``) so that federation can be added
-later; until the gateways carry federation traffic, a scenario with more than
-one homeserver is refused with a clear error.
+Homeservers are a list (``[[homeserver]]``), at most one per node: with
+several, each runs behind its own federation gateway and rooms may span
+them (federation crosses the shaped links, issue 12).  A client on its
+homeserver's own node talks to it directly (a fast local link, no gateway);
+a client on another node goes through its client gateway.
 """
 
 from __future__ import annotations
@@ -37,6 +39,8 @@ from ..model import MAX_NODE_INDEX, LinkProfile, Topology, describe_profile
 DEFAULT_OVERHEAD = 42
 DEFAULT_PHASE_TIMEOUT = 30 * 60.0
 DEFAULT_COAP_PORT = 5683
+#: where federation gateways talk to each other (docs/operator.md uses the same)
+DEFAULT_FEDERATION_PORT = 5684
 
 AssertionCheck = Literal["delivered", "exactly_once", "latency"]
 ASSERTION_CHECKS: tuple[str, ...] = get_args(AssertionCheck)
@@ -84,7 +88,7 @@ class LinkSpec:
 class HomeserverSpec:
     #: the Matrix server name (user IDs are @user:name)
     name: str
-    #: the node running Synapse and the server gateway
+    #: the node running Synapse, its server gateway and its federation gateway
     node: str
 
 
@@ -92,7 +96,8 @@ class HomeserverSpec:
 class ClientSpec:
     #: the Matrix localpart
     user: str
-    #: the device node running matrix-nio and its client gateway
+    #: the device node running matrix-nio and its client gateway (none on the
+    #: homeserver's own node: there nio talks to Synapse directly)
     node: str
     homeserver: str
 
@@ -180,8 +185,23 @@ class GatewaySettings:
 
 
 @dataclass(frozen=True)
+class FederationSettings:
+    """How the run's Synapses federate over slow links (stock Synapse, its own options)."""
+
+    #: Synapse's ``federation.client_timeout``: one federation request's whole time
+    #: (its default 60 s carries ~750 B at 100 bit/s)
+    client_timeout: float = 30 * 60.0
+    #: Synapse's ``federation.destination_min_retry_interval``: its back-off after a
+    #: destination failed (default 10 min, doubling)
+    min_retry_interval: float = 30.0
+    #: how long a federation gateway lets one request take end to end
+    request_timeout: float = 30 * 60.0
+
+
+@dataclass(frozen=True)
 class NetworkSettings:
     coap_port: int = DEFAULT_COAP_PORT
+    federation_port: int = DEFAULT_FEDERATION_PORT
     public_base: str = "127.0.0.0"
     private_base: str = "127.1.0.0"
 
@@ -214,6 +234,7 @@ class Scenario:
     gateway: GatewaySettings = field(default_factory=GatewaySettings)
     network: NetworkSettings = field(default_factory=NetworkSettings)
     matrix: MatrixSettings = field(default_factory=MatrixSettings)
+    federation: FederationSettings = field(default_factory=FederationSettings)
     source: str | None = None
 
     # -------------------------------------------------------- lookups
@@ -246,6 +267,19 @@ class Scenario:
     def user_id(self, user: str) -> str:
         return f"@{user}:{self.client(user).homeserver}"
 
+    def is_local(self, client: ClientSpec) -> bool:
+        """The client sits on its homeserver's node (talks to Synapse directly)."""
+        return client.node == self.homeserver(client.homeserver).node
+
+    def room_homeservers(self, room: RoomSpec) -> list[str]:
+        """The homeservers of a room's members, the creator's first."""
+        names: list[str] = []
+        for member in room.members:
+            server = self.client(member).homeserver
+            if server not in names:
+                names.append(server)
+        return names
+
 
 # ---------------------------------------------------------------- parsing
 
@@ -273,7 +307,7 @@ def scenario_from_dict(doc: Mapping[str, Any], *, source: str | None = None) -> 
     top = _Table(doc, "")
     top.only(
         "scenario", "profiles", "node", "link", "topology", "homeserver", "client", "room", "phase", "assert",
-        "gateway", "network", "matrix",
+        "gateway", "network", "matrix", "federation",
     )
     meta = top.table("scenario")
     meta.only("name", "description", "seed")
@@ -297,16 +331,28 @@ def scenario_from_dict(doc: Mapping[str, Any], *, source: str | None = None) -> 
     gateway = _gateway(top.table("gateway"))
     network = _network(top.table("network"))
     matrix = _matrix(top.table("matrix"))
+    federation = _federation(top.table("federation"))
     scenario = Scenario(
         name=name, description=description, seed=seed, profiles=profiles, nodes=nodes, links=links,
         homeservers=homeservers, clients=clients, rooms=rooms, phases=phases, assertions=assertions,
-        gateway=gateway, network=network, matrix=matrix, source=source,
+        gateway=gateway, network=network, matrix=matrix, federation=federation, source=source,
     )
     topology = build_topology(scenario)
     for i, client in enumerate(clients):
         server_node = scenario.homeserver(client.homeserver).node
-        if topology.path(client.node, server_node) is None:
+        if client.node != server_node and topology.path(client.node, server_node) is None:
             raise ScenarioError(f"client[{i}].node", f"no route from {client.node!r} to homeserver node {server_node!r}")
+    for i, room in enumerate(rooms):
+        servers = scenario.room_homeservers(room)
+        if len(servers) > 1 and not gateway.secure:
+            raise ScenarioError(f"room[{i}].members", "a room across homeservers needs federation, which runs in "
+                                "secure mode only (gateway.secure = true)")
+        for server in servers[1:]:
+            a, b = scenario.homeserver(servers[0]).node, scenario.homeserver(server).node
+            if topology.path(a, b) is None:
+                raise ScenarioError(f"room[{i}].members", f"no route between homeserver nodes {a!r} and {b!r}")
+    if network.federation_port == network.coap_port and len(homeservers) > 1:
+        raise ScenarioError("network.federation_port", "must differ from coap_port")
     return scenario
 
 
@@ -467,13 +513,10 @@ def _homeservers(entries: list[_Table], nodes: list[str]) -> tuple[HomeserverSpe
             raise ScenarioError(entry.path("name"), f"homeserver {name!r} is defined twice")
         node = entry.string("node")
         _known(entry.path("node"), node, nodes, "node")
+        other = next((h.name for h in homeservers if h.node == node), None)
+        if other is not None:
+            raise ScenarioError(entry.path("node"), f"node {node!r} already runs homeserver {other!r} (one per node)")
         homeservers.append(HomeserverSpec(name=name, node=node))
-    if len(homeservers) > 1:
-        raise ScenarioError(
-            "homeserver",
-            f"{len(homeservers)} homeservers ({', '.join(h.name for h in homeservers)}): rooms across homeservers need "
-            "federation, which the gateways do not carry yet; put every client on one homeserver",
-        )
     return tuple(homeservers)
 
 
@@ -512,9 +555,6 @@ def _rooms(entries: list[_Table], clients: tuple[ClientSpec, ...]) -> tuple[Room
             _known(f"{entry.path('members')}[{i}]", member, users, "client")
         if len(set(members)) != len(members):
             raise ScenarioError(entry.path("members"), "a member is listed twice")
-        servers = {c.homeserver for c in clients if c.user in members}
-        if len(servers) > 1:
-            raise ScenarioError(entry.path("members"), "members on different homeservers need federation, which is not available yet")
         rooms.append(RoomSpec(name=name, members=tuple(members)))
     return tuple(rooms)
 
@@ -704,9 +744,10 @@ def _gateway(table: _Table) -> GatewaySettings:
 
 
 def _network(table: _Table) -> NetworkSettings:
-    table.only("coap_port", "public_base", "private_base")
+    table.only("coap_port", "federation_port", "public_base", "private_base")
     settings = NetworkSettings(
         coap_port=table.integer("coap_port", default=DEFAULT_COAP_PORT, minimum=1, maximum=65535),
+        federation_port=table.integer("federation_port", default=DEFAULT_FEDERATION_PORT, minimum=1, maximum=65535),
         public_base=table.string("public_base", default="127.0.0.0"),
         private_base=table.string("private_base", default="127.1.0.0"),
     )
@@ -715,6 +756,16 @@ def _network(table: _Table) -> NetworkSettings:
     except ValueError as exc:
         raise ScenarioError("network", str(exc)) from None
     return settings
+
+
+def _federation(table: _Table) -> FederationSettings:
+    table.only("client_timeout", "min_retry_interval", "request_timeout")
+    defaults = FederationSettings()
+    return FederationSettings(
+        client_timeout=table.duration("client_timeout", default=defaults.client_timeout),
+        min_retry_interval=table.duration("min_retry_interval", default=defaults.min_retry_interval),
+        request_timeout=table.duration("request_timeout", default=defaults.request_timeout),
+    )
 
 
 def _matrix(table: _Table) -> MatrixSettings:
@@ -907,9 +958,17 @@ def plan_lines(scenario: Scenario) -> list[str]:
     for homeserver in scenario.homeservers:
         lines.append(f"  homeserver {homeserver.name} on {homeserver.node} ({topology.node(homeserver.node).public_ip})")
     for client in scenario.clients:
+        if scenario.is_local(client):
+            lines.append(f"  client @{client.user}:{client.homeserver} on {client.node}: on its homeserver's node "
+                         "(HTTP to Synapse, no gateway)")
+            continue
         path = topology.path(client.node, scenario.homeserver(client.homeserver).node) or []
         lines.append(f"  client @{client.user}:{client.homeserver} on {client.node}: {max(len(path) - 1, 0)} hops "
                      f"({' -> '.join(path)})")
+    for room in scenario.rooms:
+        servers = scenario.room_homeservers(room)
+        if len(servers) > 1:
+            lines.append(f"  room {room.name}: federated across {', '.join(servers)}")
     for phase in scenario.phases:
         parts = []
         if phase.setup:

@@ -1,8 +1,9 @@
 """The Matrix side of a run: matrix-nio clients that register, make rooms, send and sync.
 
-Setup registers every user, creates and joins the rooms and has each client
-sync until it sees every member of its rooms; only then do the clients' own
-sync loops start.  A message is *received* when the receiver's sync returns
+Setup registers every user, creates and joins the rooms (a member on another
+homeserver joins over federation, through the inviter's server) and has each
+client sync until it sees every member of its rooms; only then do the
+clients' own sync loops start.  A message is *received* when the receiver's sync returns
 it (matched by its body, which the scenario keeps unique); its latency runs
 from the start of the send.  A send that fails is retried with the same
 transaction ID, so the homeserver never stores it twice.
@@ -234,10 +235,13 @@ class Workload:
 
     # ------------------------------------------------------------ history
 
-    def history_reader(self, room: RoomSpec) -> tuple[str, str] | None:
-        """The room's ID and a member's access token to read its history with; None before setup made it."""
+    def history_reader(self, room: RoomSpec, homeserver: str) -> tuple[str, str] | None:
+        """The room's ID and the access token of its first member on `homeserver`, to read
+        the room's history there with; None before setup made it."""
         room_id = self.room_ids.get(room.name)
-        token = self.clients[room.members[0]].nio.access_token if room_id else None
+        member = next((m for m in room.members if self.scenario.client(m).homeserver == homeserver), None)
+        client = self.clients[member] if member is not None else None
+        token = client.nio.access_token if room_id and client is not None and client.nio is not None else None
         return (room_id, token) if room_id and token else None
 
     def bodies(self, room: RoomSpec) -> Mapping[str, str]:

@@ -99,3 +99,40 @@ def test_plots_are_written(tmp_path: Path) -> None:
     assert names == ["links.png", "latency.png", "topology.png"]
     for name in names:
         assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_federation_traffic_and_history_per_homeserver() -> None:
+    """With several homeservers: link bytes split by kind (the federation port), the
+    federation section from the gateways' counters, and a history count per homeserver."""
+    events = _fabric_events()
+    scenario = dict(events[0], homeservers={"a.mesh": "a", "b.mesh": "b"}, federation_port=5684)
+    events = [scenario, *(e for e in events[1:] if e["kind"] != "history")]
+    # packet 0 (setup) was federation; every other one client traffic
+    events.insert(2, {"kind": "ingress", "t": 0.1, "pkt": 0, "src": "127.1.0.1", "dst": "127.0.0.2", "sport": 5684,
+                      "dport": 5684, "size": 958})
+    events.append({"kind": "history", "t": 9.0, "room": "chat", "homeserver": "a.mesh", "counts": {"ping": 1, "pong": 1}})
+    events.append({"kind": "history", "t": 9.0, "room": "chat", "homeserver": "b.mesh", "counts": {"ping": 2, "pong": 0}})
+    events.append({"kind": "gateways", "t": 9.0, "gateways": {
+        "federation a.mesh": {"gateway": {"sent": 3, "sent_failed": 0, "served": 2, "refused": {}},
+                              "transport": {"frames_out": 5, "bytes_out": 900, "frames_in": 4, "bytes_in": 300,
+                                            "retransmissions": 1}}}})
+    report = ReportBuilder().feed_all(events).build()
+
+    assert report["links"]["a->b"]["traffic"]["federation"] == {"packets": 1, "wire_bytes": 1000}
+    assert report["links"]["a->b"]["traffic"]["client"]["packets"] >= 1
+    federation = report["federation"]
+    assert federation["links"]["a->b"] == {"packets": 1, "wire_bytes": 1000} and federation["wire_bytes"] == 1000
+    assert federation["homeservers"]["a.mesh"]["requests_sent"] == 3
+    assert federation["homeservers"]["a.mesh"]["bytes_out"] == 900
+    assert federation["homeservers"]["b.mesh"]["requests_sent"] is None  # no counters: unknown, not zero
+    ping, pong = (next(m for m in report["messages"] if m["id"] == i) for i in ("ping", "pong"))
+    # the count furthest from once decides: twice on b fails exactly-once, as none on b does
+    assert ping["history"] == {"a.mesh": 1, "b.mesh": 2} and ping["history_count"] == 2
+    assert pong["history_count"] == 0
+    exactly_once = next(a for a in report["assertions"] if a["check"] == "exactly_once")
+    assert not exactly_once["passed"]
+
+
+def test_one_homeserver_has_no_federation_section() -> None:
+    report = ReportBuilder().feed_all(_fabric_events()).build()
+    assert report["federation"] is None and "traffic" not in report["links"]["a->b"]

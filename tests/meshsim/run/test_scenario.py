@@ -117,11 +117,22 @@ def test_a_pair_scenario_parses_with_its_defaults() -> None:
 
 
 def test_every_shipped_scenario_is_valid(shipped: dict[str, Path]) -> None:
-    assert {"100bps-pair", "100bps-lossy", "100bps-chain"} <= set(shipped)
+    assert {"100bps-pair", "100bps-lossy", "100bps-chain", "100bps-federation"} <= set(shipped)
     for path in shipped.values():
         scenario = load_scenario(path)
         assert plan_lines(scenario)
         assert any(a.check == "exactly_once" for a in scenario.assertions)
+
+
+def test_the_federation_scenario_spans_three_homeservers_at_100bps(shipped: dict[str, Path]) -> None:
+    """Issue 12: >= 3 homeservers, one room over all of them, 100 bit/s links after setup."""
+    scenario = load_scenario(shipped["100bps-federation"])
+    assert len(scenario.homeservers) >= 3
+    assert any(set(scenario.room_homeservers(r)) == {h.name for h in scenario.homeservers} for r in scenario.rooms)
+    (shaped,) = (p for p in scenario.phases if not p.setup)
+    assert [scenario.profiles[c.profile].rate_bps for c in shaped.links] == [100]
+    senders = {scenario.client(s.sender).homeserver for s in shaped.sends}
+    assert senders == {h.name for h in scenario.homeservers}  # a message from every node
 
 
 def test_the_chain_crosses_at_least_three_shaped_hops(shipped: dict[str, Path]) -> None:
@@ -170,10 +181,49 @@ def test_errors_name_the_key_path(replace: dict[str, str], extra: str, path: str
     assert words in str(error)
 
 
-def test_two_homeservers_are_refused_as_federation() -> None:
-    error = error_of(scenario_text(extra='[[homeserver]]\nname = "other"\nnode = "laptop"\n'))
-    assert error.path == "homeserver"
-    assert "federation" in str(error) and "hs, other" in str(error)
+#: alice and bob name their homeserver (with two, a client must)
+NAMED = {'user = "alice"\nnode = "phone"\n': 'user = "alice"\nnode = "phone"\nhomeserver = "hs"\n',
+         'user = "bob"\nnode = "laptop"\n': 'user = "bob"\nnode = "laptop"\nhomeserver = "hs"\n'}
+FEDERATED = '[[homeserver]]\nname = "other"\nnode = "laptop"\n[[client]]\nuser = "carol"\nnode = "laptop"\n' \
+            'homeserver = "other"\n'
+
+
+def test_a_room_across_two_homeservers_is_a_federated_room() -> None:
+    text = scenario_text({**NAMED, 'members = ["alice", "bob"]': 'members = ["alice", "bob", "carol"]'}, FEDERATED)
+    scenario = parse_scenario(text)
+    assert [h.name for h in scenario.homeservers] == ["hs", "other"]
+    carol = scenario.client("carol")
+    assert scenario.user_id("carol") == "@carol:other" and scenario.is_local(carol)
+    assert not scenario.is_local(scenario.client("alice"))
+    assert scenario.room_homeservers(scenario.room("chat")) == ["hs", "other"]
+    assert scenario.network.federation_port == 5684
+    # Synapse's federation timeouts for slow links, from the scenario
+    assert scenario.federation.client_timeout == 1800 and scenario.federation.min_retry_interval == 30
+
+
+@pytest.mark.parametrize(
+    "replace, extra, path, words",
+    [
+        ({}, '[[homeserver]]\nname = "again"\nnode = "hs"\n', "homeserver[1].node", "one per node"),
+        ({**NAMED, 'members = ["alice", "bob"]': 'members = ["alice", "bob", "carol"]'}, FEDERATED + "[gateway]\nsecure = false\n",
+         "room[0].members", "secure mode only"),
+        ({**NAMED, 'members = ["alice", "bob"]': 'members = ["alice", "bob", "carol"]'},
+         FEDERATED + "[network]\nfederation_port = 5683\n", "network.federation_port", "differ"),
+        (NAMED, FEDERATED + '[federation]\nclient_timeout = "soon"\n', "federation.client_timeout", ""),
+        (NAMED, FEDERATED + '[federation]\nretry = "1s"\n', "federation.retry", "unknown key"),
+    ],
+)
+def test_federation_errors_name_the_key_path(replace: dict[str, str], extra: str, path: str, words: str) -> None:
+    error = error_of(scenario_text(replace, extra))
+    assert error.path == path, str(error)
+    assert words in str(error)
+
+
+def test_homeservers_sharing_a_room_need_a_route() -> None:
+    island = '[[node]]\nname = "island"\n[[homeserver]]\nname = "far"\nnode = "island"\n' \
+             '[[client]]\nuser = "carol"\nnode = "island"\nhomeserver = "far"\n'
+    error = error_of(scenario_text({**NAMED, 'members = ["alice", "bob"]': 'members = ["alice", "bob", "carol"]'}, island))
+    assert error.path == "room[0].members" and "no route between homeserver nodes 'hs' and 'island'" in str(error)
 
 
 def test_a_client_without_a_route_to_its_homeserver_is_refused() -> None:
