@@ -101,7 +101,7 @@ async def start_federation(link: DatagramLink, *, homeserver: str, profile: Prof
                                       restart=True, unbound=True)
             clients[peer.public] = SecureClientCodec(endpoint, peer.address, clock=clock, key_log=key_log)
     codec = PeerLinkCodec(server, clients, known=lambda public: table.by_key(public) is not None and public != mine)
-    gateway = FederationGateway(config or FederationConfig(homeserver, profile), table)
+    gateway = FederationGateway(config or FederationConfig(homeserver, profile), table, own_key=mine, clock=clock)
     endpoint = await create_link_endpoint(link, site=gateway, codec=codec, loggername="coap.federation")
     gateway.attach(endpoint, codec)
     ca = FederationCA(ca_dir)

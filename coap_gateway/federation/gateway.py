@@ -10,13 +10,20 @@ One ``FederationGateway`` sits beside one homeserver and plays both parts:
   this homeserver's federation listener through ``gateway.Upstream``, its
   X-Matrix header verbatim, and the answer goes back the same way.
 
-Decisions are ``policy``'s and ``mapping``'s; this module carries them out.
+``PUT /send`` travels in the compact form (``compact``) when it fits it
+exactly, everything else in the plain mapping; each peer's shared compact
+state (the IDs both gateways hold, the signing keys each has learnt) is
+learnt from what crosses, both ways.
+
+Decisions are ``policy``'s, ``mapping``'s and ``compact``'s; this module
+carries them out.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Hashable
+import time
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,8 +34,21 @@ from ..codec import HttpResponse, Profile, link_failure, matrix_error
 from ..errors import CodecError, RouteError, StatusError
 from ..gateway import Upstream, UpstreamError
 from ..transport import LinkEndpoint, LinkFailure, release_assemblies
+from .compact import (
+    UNRESOLVED,
+    PeerWire,
+    SentTransaction,
+    Unresolved,
+    accepted_answer,
+    answer_to_compact,
+    decode_send,
+    encode_send,
+    is_accepted,
+    is_compact_send,
+    server_keys,
+)
 from .link import PeerKey, PeerLinkCodec
-from .mapping import answer_to_coap, coap_to_answer, coap_to_federation, federation_to_coap
+from .mapping import FederationRequest, answer_to_coap, coap_to_answer, coap_to_federation, federation_to_coap
 from .peers import PeersTable
 from .policy import ConnectDecision, peer_request_decision
 
@@ -45,6 +65,8 @@ class FederationConfig:
     request_timeout: float = 120.0
     #: a responder waits this long for its peer to open their session
     session_wait: float = 30.0
+    #: PUT /send in the compact form (False: the plain mapping for everything)
+    compact: bool = True
 
 
 @dataclass
@@ -58,12 +80,21 @@ class FederationCounters:
     refused: dict[str, int] = field(default_factory=dict)
     upstream_errors: int = 0
     by_status: dict[int, int] = field(default_factory=dict)
+    #: compact transactions sent, sent again whole (4.12) or plain (refused), answered "all accepted"
+    compact_sent: int = 0
+    compact_resent: int = 0
+    compact_fallbacks: int = 0
+    compact_accepted: int = 0
+    #: compact transactions served, and those this gateway could not rebuild (answered 4.12)
+    compact_served: int = 0
+    compact_unresolved: int = 0
 
 
 class FederationGateway(resource.Resource):
     """Homeserver-side federation gateway: outbound ``forward``, inbound ``render``."""
 
-    def __init__(self, config: FederationConfig, table: PeersTable):
+    def __init__(self, config: FederationConfig, table: PeersTable, *, own_key: bytes | None = None,
+                 clock: Callable[[], float] = time.time):
         super().__init__()
         self.config = config
         self.table = table
@@ -71,6 +102,12 @@ class FederationGateway(resource.Resource):
         self.counters = FederationCounters()
         self.endpoint: LinkEndpoint | None = None
         self.codec: PeerLinkCodec | None = None
+        self.clock = clock
+        own = table.by_key(own_key) if own_key is not None else None
+        #: our homeserver's name, when it has exactly one (the compact form implies it)
+        self.own_name = own.servers[0] if own is not None and len(own.servers) == 1 else None
+        #: per peer (Noise static key), the compact state shared with it; bounded by the table
+        self.wire: dict[bytes, PeerWire] = {}
 
     def attach(self, endpoint: LinkEndpoint, codec: PeerLinkCodec) -> None:
         self.endpoint, self.codec = endpoint, codec
@@ -95,20 +132,85 @@ class FederationGateway(resource.Resource):
         if key is None:
             self.counters.no_session += 1
             return matrix_error(502, "M_UNKNOWN", f"no secure session with the gateway of {decision.server_name}")
-        try:
-            message = federation_to_coap(request, self.config.profile)
-        except (CodecError, RouteError) as exc:
-            return matrix_error(400, "M_UNRECOGNIZED", f"the request cannot cross the link: {exc}")
+        wire = self._wire(decision.peer.public)
         self.counters.sent += 1
         try:
+            compact = await self._send_compact(request, decision, key, wire)
+            if compact is not None:
+                return compact
+            try:
+                message = federation_to_coap(request, self.config.profile)
+            except (CodecError, RouteError) as exc:
+                return matrix_error(400, "M_UNRECOGNIZED", f"the request cannot cross the link: {exc}")
             reply = await self.endpoint.request(message, key, timeout=self.config.request_timeout)
-            return coap_to_answer(reply, self.config.profile)
+            answer = coap_to_answer(reply, self.config.profile)
+            self._learn(wire, request, answer, peer_names=decision.peer.servers)
+            return answer
         except LinkFailure as exc:
             self.counters.sent_failed += 1
             return link_failure(exc)
         except (CodecError, StatusError) as exc:
             self.counters.sent_failed += 1
             return matrix_error(502, "M_UNKNOWN", f"the peer gateway's answer cannot be read: {exc}")
+
+    async def _send_compact(self, request: FederationRequest, decision: ConnectDecision, key: Hashable,
+                            wire: PeerWire) -> HttpResponse | None:
+        """A transaction in the compact form and its answer; None when it must go
+        plain (it does not fit the form, or the peer could not take it)."""
+        assert self.endpoint is not None and decision.peer is not None
+        if not self.config.compact or self.own_name is None:
+            return None
+        profile, now_ms = self.config.profile, int(self.clock() * 1000)
+        encoded = encode_send(request, profile, origin=self.own_name, destination=decision.server_name,
+                              known=wire.ids, now_ms=now_ms, known_keys=wire.our_keys)
+        if encoded is None:
+            return None
+        self.counters.compact_sent += 1
+        message, sent = encoded
+        reply = await self.endpoint.request(message, key, timeout=self.config.request_timeout)
+        if reply.code == Code.PRECONDITION_FAILED and reply.payload == UNRESOLVED.encode():
+            # the peer lacks something we believed it held: everything whole this time
+            self.counters.compact_resent += 1
+            message, sent = encode_send(request, profile, origin=self.own_name, destination=decision.server_name,
+                                        known=None, now_ms=now_ms)  # type: ignore[misc]
+            reply = await self.endpoint.request(message, key, timeout=self.config.request_timeout)
+        if reply.code.is_successful():
+            return self._compact_answer(reply, sent, wire)
+        if reply.code in (Code.BAD_REQUEST, Code.PRECONDITION_FAILED):
+            self.counters.compact_fallbacks += 1  # a peer that cannot read the form: plain
+            return None
+        return coap_to_answer(reply, self.config.profile)
+
+    def _compact_answer(self, reply: Message, sent: SentTransaction, wire: PeerWire) -> HttpResponse:
+        for raw in sent.ids:
+            wire.ids.add(raw)
+        if is_accepted(reply):
+            self.counters.compact_accepted += 1
+            answer = accepted_answer(sent)
+        else:
+            answer = coap_to_answer(reply, self.config.profile)
+        wire.ids.learn_body(answer.body)
+        return answer
+
+    def _learn(self, wire: PeerWire, request: FederationRequest, answer: HttpResponse,
+               peer_names: tuple[str, ...] = (), inbound: bool = False) -> None:
+        """Learn the IDs and signing keys a plain exchange carried (both gateways see it whole)."""
+        wire.ids.learn_body(request.body)
+        wire.ids.learn_body(answer.body)
+        if answer.status == 200 and request.method == "GET" and request.target.startswith("/_matrix/key/v2/server"):
+            keys = server_keys(answer.body)
+            if keys is not None:
+                name, ids = keys
+                if inbound and name == self.own_name:
+                    wire.our_keys = ids  # the peer fetched our keys
+                elif not inbound and name in peer_names:
+                    wire.their_keys = ids
+
+    def _wire(self, public: bytes) -> PeerWire:
+        wire = self.wire.get(public)
+        if wire is None and self.table.by_key(public) is not None:
+            wire = self.wire[public] = PeerWire()
+        return wire if wire is not None else PeerWire()  # (an unknown peer never gets this far)
 
     # -- inbound: a peer gateway → our homeserver
 
@@ -124,8 +226,23 @@ class FederationGateway(resource.Resource):
     async def render(self, request: Message) -> Message:
         profile = self.config.profile
         public = PeerLinkCodec.public_of(request.remote.key)
+        peer = self.table.by_key(public) if public is not None else None
+        wire = self._wire(public) if peer is not None and public is not None else PeerWire()
+        received = None
         try:
-            fed = coap_to_federation(request, profile)
+            if is_compact_send(request, profile):
+                if peer is None or len(peer.servers) != 1 or self.own_name is None:
+                    raise CodecError("a compact transaction from a peer of several names, or to one")
+                self.counters.compact_served += 1
+                fed, received = decode_send(request, profile, origin=peer.servers[0], destination=self.own_name,
+                                            known=wire.ids, now_ms=int(self.clock() * 1000),
+                                            origin_keys=wire.their_keys)
+            else:
+                fed = coap_to_federation(request, profile)
+        except Unresolved as exc:
+            self.counters.compact_unresolved += 1
+            log.info("compact transaction from %s sent back for resending whole: %s", _who(request.remote.key), exc)
+            return Message(code=Code.PRECONDITION_FAILED, payload=UNRESOLVED.encode(), content_format=0)
         except (CodecError, RouteError) as exc:
             self._refuse("malformed")
             return answer_to_coap(matrix_error(400, "M_UNRECOGNIZED", str(exc)), profile)
@@ -143,6 +260,13 @@ class FederationGateway(resource.Resource):
             self.counters.upstream_errors += 1
             response = exc.as_response()
         self.counters.by_status[response.status] = self.counters.by_status.get(response.status, 0) + 1
+        if received is not None:
+            for raw in received.ids:
+                wire.ids.add(raw)
+            if answer_to_compact(response, received):
+                wire.ids.learn_body(response.body)
+                return Message(code=Code.CHANGED)
+        self._learn(wire, fed, response, inbound=True)
         return answer_to_coap(response, profile)
 
     def _refuse(self, reason: str) -> None:
