@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import logging
 import shutil
 from collections.abc import Callable, Hashable, Iterator
@@ -49,6 +50,8 @@ from coap_gateway.transport import KeyLog, LinkBudget, UdpLink
 from ..model import Node
 from .scenario import FederationSettings, GatewaySettings
 
+#: events read back per room for the exactly-once check (scenarios send far fewer)
+HISTORY_LIMIT = 1000
 #: the client gateway's logger: it warns about every request a shutdown fails
 GATEWAY_LOGGER = "coap_gateway.gateway.client"
 
@@ -205,12 +208,19 @@ class Homeserver:
         }
 
     async def room_history(self, room_id: str, token: str) -> list[dict[str, Any]]:
-        """The room's events, newest first, from Synapse itself (not over the links)."""
-        url = f"{self.base_url}/_matrix/client/v3/rooms/{room_id}/messages"
-        params = {"dir": "b", "limit": "1000"}
+        """The room's latest events (up to HISTORY_LIMIT), from Synapse itself (not over
+        the links).  An initial /sync of that one room, not /messages: a homeserver that
+        joined over federation would backfill the history before its join from the
+        others through the shaped links."""
+        room_filter = {"room": {"rooms": [room_id], "timeline": {"limit": HISTORY_LIMIT},
+                                "state": {"types": []}, "ephemeral": {"types": []}, "account_data": {"types": []}},
+                       "presence": {"types": []}, "account_data": {"types": []}}
+        url = f"{self.base_url}/_matrix/client/v3/sync"
+        params = {"filter": json.dumps(room_filter), "timeout": "0"}
         async with aiohttp.ClientSession() as http, \
                 http.get(url, params=params, headers={"Authorization": f"Bearer {token}"}) as response:
-            return (await response.json()).get("chunk", [])
+            rooms = (await response.json()).get("rooms", {}).get("join", {})
+            return rooms.get(room_id, {}).get("timeline", {}).get("events", [])
 
     async def stop_gateway(self) -> None:
         for step in (self.federation.stop if self.federation else None,

@@ -367,3 +367,20 @@ def test_a_plain_send_is_not_taken_for_a_compact_one() -> None:
     plain = Message(code=Code.PUT, uri_path=(".", "1796351748852"), payload=b"x")
     assert not is_compact_send(plain, PROFILE)
     assert not is_compact_send(Message(code=Code.POST, uri_path=(".",)), PROFILE)
+
+
+def test_the_specs_annotated_bytes_are_the_vectors() -> None:
+    """docs/protocol.md §11a.5 annotates the vector: every byte it shows is there, in order."""
+    text = (Path(__file__).parents[2] / "docs" / "protocol.md").read_text()
+    block = text.split("### 11a.5 Vector", 1)[1].split("```", 2)[1]
+    vector = next(c for c in VECTORS["cases"] if c["name"] == "references")["coap_hex"]
+    position = 0
+    for line in block.strip().splitlines():
+        shown = line[:32].strip()
+        for fragment in shown.split("…"):
+            fragment = fragment.replace(" ", "")
+            if fragment:
+                found = vector.find(fragment, position)
+                assert found >= 0, (line, fragment)
+                position = found + len(fragment)
+    assert position == len(vector)
