@@ -209,6 +209,10 @@ def _federation_parser(sub) -> None:
     fed.add_argument("--ca-dir", metavar="DIR", help="the federation CA (made on first run; default: the key's directory)")
     fed.add_argument("--state-dir", metavar="DIR", help="replay protection across restarts (default: the key's directory)")
     fed.add_argument("--profile", help="table profile (default lb3)")
+    fed.add_argument("--low-bandwidth", action="store_true", default=None,
+                     help="answer transactions of nothing but typing, receipts and presence here (they never cross)")
+    fed.add_argument("--plain", action="store_true", default=None,
+                     help="send transactions in the plain mapping, not the compact form (docs/protocol.md §11a)")
     fed.add_argument("--config", metavar="FILE", help="TOML file with any of these options")
     _keylog_flag(fed)
     _link_flags(fed)

@@ -121,7 +121,7 @@ def homeserver_lines(proxy_url: str, ca_path: str | Path) -> list[str]:
 
 
 FEDERATION_OPTIONS = ["homeserver", "listen", "key", "generate_key", "state_dir", "peers", "proxy", "ca_dir", "profile",
-                      "link_rate", "link_latency", "link_overhead", "max_retransmit", "keylog"]
+                      "low_bandwidth", "plain", "link_rate", "link_latency", "link_overhead", "max_retransmit", "keylog"]
 
 
 def resolve_peers(table: PeersTable) -> PeersTable:
@@ -161,7 +161,10 @@ async def serve_federation(options: dict[str, Any], console: Console) -> None:
     link = await open_link(address, budget_from(options, udp=address.kind == "udp"))
     running = await start_federation(link, homeserver=options["homeserver"], profile=profile, static_private=static,
                                      table=table, ca_dir=ca_dir, proxy_host=proxy_host or "127.0.0.1",
-                                     proxy_port=int(proxy_port), state_dir=state_dir, key_log=key_log)
+                                     proxy_port=int(proxy_port), state_dir=state_dir, key_log=key_log,
+                                     config=FederationConfig(options["homeserver"], profile,
+                                                             compact=not options.get("plain"),
+                                                             low_bandwidth=bool(options.get("low_bandwidth"))))
     public = keys.public_from_private(static)
     console.print(f"federation gateway on {link.name} for {options['homeserver']}: {len(table)} peer gateway(s) "
                   f"({', '.join(table.names())}); key {keys.encode_key(public)} ({keys.fingerprint(public)})",

@@ -27,8 +27,10 @@ from .link import PeerKey, PeerLinkCodec
 from .mapping import X_MATRIX, FederationRequest, coap_to_federation, federation_to_coap
 from .peers import Peer, PeersError, PeersTable, dump_peers, load_peers, normalise_name, parse_peers
 from .policy import (
+    EPHEMERAL_EDUS,
     ConnectDecision,
     connect_decision,
+    ephemeral_only,
     initiates,
     is_federation_path,
     peer_request_decision,
@@ -38,6 +40,7 @@ from .proxy import FederationProxy, ProxyCounters
 
 __all__ = [
     "CA_CERT",
+    "EPHEMERAL_EDUS",
     "CA_KEY",
     "X_MATRIX",
     "ConnectDecision",
@@ -57,6 +60,7 @@ __all__ = [
     "connect_decision",
     "dump_peers",
     "federation_to_coap",
+    "ephemeral_only",
     "initiates",
     "is_federation_path",
     "load_peers",

@@ -50,7 +50,7 @@ from .compact import (
 from .link import PeerKey, PeerLinkCodec
 from .mapping import FederationRequest, answer_to_coap, coap_to_answer, coap_to_federation, federation_to_coap
 from .peers import PeersTable
-from .policy import ConnectDecision, peer_request_decision
+from .policy import ConnectDecision, ephemeral_only, peer_request_decision
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +67,9 @@ class FederationConfig:
     session_wait: float = 30.0
     #: PUT /send in the compact form (False: the plain mapping for everything)
     compact: bool = True
+    #: transactions of nothing but typing, receipts and presence are answered here
+    #: and never cross (``policy.ephemeral_only``), as the client gateway's mode
+    low_bandwidth: bool = False
 
 
 @dataclass
@@ -88,6 +91,9 @@ class FederationCounters:
     #: compact transactions served, and those this gateway could not rebuild (answered 4.12)
     compact_served: int = 0
     compact_unresolved: int = 0
+    #: low-bandwidth mode: ephemeral EDUs answered here instead of crossing, and their transactions
+    edus_dropped: int = 0
+    transactions_dropped: int = 0
 
 
 class FederationGateway(resource.Resource):
@@ -127,6 +133,12 @@ class FederationGateway(resource.Resource):
 
     async def forward(self, decision: ConnectDecision, request: Any) -> HttpResponse:
         """The peer homeserver's answer to one request of ours, through the link."""
+        if self.config.low_bandwidth:
+            dropped = ephemeral_only(request.method, request.target, request.body)
+            if dropped:
+                self.counters.edus_dropped += dropped
+                self.counters.transactions_dropped += 1
+                return HttpResponse(200, b'{"pdus":{}}', "application/json")
         assert self.endpoint is not None and self.codec is not None and decision.peer is not None
         key = await self.codec.wait_for_session(decision.peer.public, self.config.session_wait)
         if key is None:

@@ -191,3 +191,30 @@ def initiates(mine: bytes, theirs: bytes) -> bool:
     Noise initiator, the other the responder): the lower static key does.
     Both ends compute the same answer without talking."""
     return mine < theirs
+
+
+#: low-bandwidth mode: EDUs a transaction may carry that the link can do without —
+#: the federation side of the client gateway's local typing, receipts and presence.
+#: Device-list updates and to-device messages (E2EE) always cross.
+EPHEMERAL_EDUS = frozenset({"m.typing", "m.receipt", "m.presence"})
+
+
+def ephemeral_only(method: str, target: str, body: bytes) -> int:
+    """How many EDUs a ``PUT /send`` carries when it carries nothing but
+    ephemeral EDUs (no PDU, at least one EDU, each of ``EPHEMERAL_EDUS``);
+    0 for anything else.  In low-bandwidth mode such a transaction is
+    answered ``{"pdus": {}}`` by the gateway and never crosses."""
+    if method != "PUT" or not target.startswith("/_matrix/federation/v1/send/") or len(body) > 1 << 20:
+        return 0
+    try:
+        doc = json.loads(body)
+    except ValueError:
+        return 0
+    if not isinstance(doc, dict) or doc.get("pdus") not in (None, []):
+        return 0
+    edus = doc.get("edus")
+    if not isinstance(edus, list) or not edus:
+        return 0
+    if all(isinstance(e, dict) and e.get("edu_type") in EPHEMERAL_EDUS for e in edus):
+        return len(edus)
+    return 0

@@ -165,3 +165,50 @@ def test_bad_x_matrix_options_are_refused(bad):
     message.opt.add_option(OpaqueOption(X_MATRIX, bad))
     with pytest.raises(CodecError):
         coap_to_federation(message, PROFILE)
+
+
+# ---------------------------------------------------------------- low-bandwidth EDUs
+
+
+def _txn(pdus: list, edus: list | None) -> bytes:
+    body: dict = {"origin": "hs-a.test", "origin_server_ts": 1, "pdus": pdus}
+    if edus is not None:
+        body["edus"] = edus
+    return json.dumps(body).encode()
+
+
+def test_only_transactions_of_nothing_but_ephemeral_edus_are_answered_locally() -> None:
+    from coap_gateway.federation import ephemeral_only
+
+    send = "/_matrix/federation/v1/send/17"
+    typing = {"edu_type": "m.typing", "content": {"room_id": "!r", "user_id": "@a:hs-a.test", "typing": True}}
+    receipt = {"edu_type": "m.receipt", "content": {}}
+    presence = {"edu_type": "m.presence", "content": {"push": []}}
+    devices = {"edu_type": "m.device_list_update", "content": {}}
+    to_device = {"edu_type": "m.direct_to_device", "content": {}}
+    assert ephemeral_only("PUT", send, _txn([], [typing, receipt, presence])) == 3
+    # E2EE needs device lists and to-device messages; a PDU always crosses
+    assert ephemeral_only("PUT", send, _txn([], [typing, devices])) == 0
+    assert ephemeral_only("PUT", send, _txn([], [to_device])) == 0
+    assert ephemeral_only("PUT", send, _txn([{"type": "m.room.message"}], [typing])) == 0
+    assert ephemeral_only("PUT", send, _txn([], [])) == 0 and ephemeral_only("PUT", send, _txn([], None)) == 0
+    assert ephemeral_only("GET", send, _txn([], [typing])) == 0
+    assert ephemeral_only("PUT", "/_matrix/federation/v1/backfill/x", _txn([], [typing])) == 0
+    assert ephemeral_only("PUT", send, b"not json") == 0
+
+
+async def test_a_low_bandwidth_gateway_answers_ephemeral_transactions_itself() -> None:
+    """Nothing crosses (the gateway has no link at all here), the homeserver gets
+    {"pdus": {}}, and the drop is counted; with the mode off the same request would cross."""
+    from coap_gateway.codec import load_profile
+    from coap_gateway.federation import FederationConfig, FederationGateway, FederationRequest, PeersTable
+
+    gateway = FederationGateway(FederationConfig("http://127.0.0.1:9", load_profile("lb3"), low_bandwidth=True),
+                                PeersTable([]))
+    typing = {"edu_type": "m.typing", "content": {"room_id": "!r", "user_id": "@a:hs-a.test", "typing": True}}
+    request = FederationRequest("PUT", "/_matrix/federation/v1/send/18", _txn([], [typing, typing]), "application/json")
+    answer = await gateway.forward(None, request)  # type: ignore[arg-type]
+    assert answer.status == 200 and json.loads(answer.body) == {"pdus": {}}
+    assert gateway.counters.edus_dropped == 2 and gateway.counters.transactions_dropped == 1
+    assert gateway.counters.sent == 0
+    await gateway.close()
