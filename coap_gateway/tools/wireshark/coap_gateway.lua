@@ -5,8 +5,9 @@
 --   or copy this file to ~/.local/lib/wireshark/plugins/ and set
 --   Preferences > Protocols > CGW > Key log file.
 --
--- It recognises the project's UDP datagrams (the CoAP port, 5683 by default,
--- and a heuristic for handshakes on other ports), names the handshake frames
+-- It recognises the project's UDP datagrams (the CoAP port 5683 and the
+-- federation gateways' 5684 by default, and a heuristic for handshakes on
+-- other ports), names the handshake frames
 -- (IK1, IK2, XX1-3, RESET, REFUSE) with their fields, and, given the key log a
 -- gateway writes with --keylog (COAP_GATEWAY_KEYLOG), decrypts the sealed
 -- frames and hands the CoAP message inside to Wireshark's own CoAP dissector.
@@ -618,7 +619,7 @@ local e_short = ProtoExpert.new("cgw.short", "Too short for its kind", expert.gr
 proto.experts = {e_nokey, e_tag, e_short}
 
 proto.prefs.keylog = Pref.string("Key log file", "", "The file a gateway wrote with --keylog (COAP_GATEWAY_KEYLOG)")
-proto.prefs.ports = Pref.range("UDP ports", "5683", "UDP ports of the server gateway", 65535)
+proto.prefs.ports = Pref.range("UDP ports", "5683-5684", "UDP ports of server and federation gateways", 65535)
 proto.prefs.plaintext = Pref.bool("Plain CoAP without a handshake", false,
     "Hand data frames to the CoAP dissector as they are when no handshake was seen for their addresses "
     .. "(gateways started with --plaintext)")
@@ -941,6 +942,10 @@ local function describe_route(options, profile_id, st)
     if code ~= nil and routes[code] then
         local params = {}
         for i = 2, #uri do params[i - 1] = uri[i] end
+        if routes[code][1] == "federation.v1.send" and #uri == 1 then
+            -- the send route's code alone: a compact transaction (docs/protocol.md §11a)
+            return routes[code][1], "/_matrix/federation/v1/send/ (compact transaction)"
+        end
         return routes[code][1], expand(routes[code][2], params)
     end
     if first == "" then table.remove(uri, 1) end

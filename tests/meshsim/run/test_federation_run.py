@@ -18,6 +18,7 @@ import pytest
 
 from meshsim.net.events import read_events
 from meshsim.run import parse_scenario, plan_lines
+from tests.helpers import wireshark
 
 pytestmark = pytest.mark.synapse
 
@@ -172,6 +173,14 @@ async def test_three_homeservers_federate_over_the_fabric(tmp_path: Path, bases:
         hs1, hs3 = federation["homeservers"]["hs1.mesh"], federation["homeservers"]["hs3.mesh"]
         assert federation["links"]["hs1->hs2"]["packets"] >= hs1["frames_out"] > 0
         assert federation["links"]["hs2->hs3"]["packets"] >= hs3["frames_in"] > 0
+        # the messages crossed as compact transactions, each answered "all accepted"
+        sent = {s: report["gateways"][f"federation {s}"]["gateway"] for s in SERVERS}
+        assert all(g["compact_sent"] >= 1 and g["compact_accepted"] >= 1 for g in sent.values()), sent
+        # Wireshark reads the federation frames too (port 5684): every one decrypted, routes named
+        rows = wireshark.assert_reads_secure_capture(tmp_path / "capture.pcap", tmp_path / "capture.keylog")
+        routes = {r["cgw.route"] for r in rows}
+        assert "/_matrix/federation/v1/send/ (compact transaction)" in routes, routes
+        assert "/_matrix/key/v2/server" in routes
     else:
         lost = sum(len(v) for k, v in _drops(tmp_path).items() if "hs" in k)
         assert lost > 0  # the loss was real, and the messages still arrived exactly once
