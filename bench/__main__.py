@@ -46,6 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--cpu-seconds", type=float, help="measured period of each CPU run (default 8)")
     run.add_argument("--cpu-concurrency", type=int, help="concurrent requests of the CPU load (default 64)")
     run.add_argument("--skip-cpu", action="store_true", help="no CPU measurement")
+    run.add_argument("--skip-federation", action="store_true",
+                     help="no W6 (a federated message) and no federated joins")
     run.add_argument("--homeserver", metavar="URL",
                      help="use this running Synapse (plain HTTP, open registration) instead of starting one")
     run.add_argument("--profile", default=DEFAULT_PROFILE, help=f"gateway profile (default {DEFAULT_PROFILE})")
@@ -68,6 +70,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
         "name": args.name,
         "skip_slow": args.skip_slow,
         "skip_cpu": args.skip_cpu,
+        "skip_federation": args.skip_federation,
         "profile": args.profile,
         "command": _command(),
     }

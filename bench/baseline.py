@@ -47,7 +47,8 @@ def nginx_version(binary: str) -> str:
 def make_certificate(directory: Path, ip: str) -> tuple[Path, Path]:
     """A self-signed ECDSA P-256 certificate for ``ip`` (and localhost)."""
     key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "bench homeserver")])
+    # its own name per address: two of them in one trust store must not be mistaken for each other
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"bench homeserver {ip}")])
     now = datetime.datetime.now(datetime.UTC)
     cert = (
         x509.CertificateBuilder()

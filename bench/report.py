@@ -23,6 +23,7 @@ WORKLOAD_TITLES = {
     "W3": "W3 cold start: handshake + first send",
     "W4": "W4 idle (sync loop running)",
     "W5": "W5 login + first sync (1 room, 10 messages)",
+    "W6": "W6 federated message: transaction + answer between two homeservers",
 }
 CHARTS = {"bytes": "bench-bytes.png", "idle": "bench-idle.png", "cpu": "bench-cpu.png"}
 
@@ -85,7 +86,8 @@ def bytes_table(results: dict[str, Any]) -> list[str]:
     ]
     design = targets.DESIGN_BASELINE
     for workload, wire_key, link_key in (("W1", "W1.wire", "W1.link"), ("W2", "W2.wire", "W2.link"),
-                                         ("W3", "W3.wire", None), ("W5", None, "W5.link")):
+                                         ("W3", "W3.wire", None), ("W5", None, "W5.link"),
+                                         ("W6", "W6.wire", "W6.link")):
         b, g = _w(results, workload, "baseline"), _w(results, workload, "gateway")
         if not b or not g:
             continue
@@ -110,6 +112,51 @@ def bytes_table(results: dict[str, Any]) -> list[str]:
             f"{_fmt_int(g['bytes_per_hour'])} B/h | {_ratio(b['bit_per_s'], g['bit_per_s'])} | "
             f"{_limit('W4.wire')} {_mark(row.get('met'))} | {_fmt(g['link_bit_per_s'], 1)} bit/s = "
             f"{_fmt_int(g['link_bytes_per_hour'])} B/h | — |")
+    return lines
+
+
+def federation_section(results: dict[str, Any]) -> list[str]:
+    """W6 in detail (windows, how each side is set up) and the federated join's times."""
+    fed = results.get("federation") or {}
+    lines: list[str] = []
+    w6 = fed.get("w6")
+    if w6:
+        lines += ["### W6: a federated message", "",
+                  f"One `m.text` (\"{w6['message']}\") from a user of homeserver A to a room a user of homeserver "
+                  "B is in, after a warm-up (the room joined over federation, messages both ways: keys fetched, "
+                  f"connections and sessions up); {w6['repeats']} windows per transport, each from the send "
+                  "until B holds the event and every flow between the two sides has settled.", "",
+                  "| transport | frames | wire B (median, min–max) | link level B (median) |",
+                  "|---|---:|---:|---:|"]
+        for key, label in (("baseline", "HTTPS+JSON: Synapse → TLS 1.3 (nginx) → Synapse, keep-alive"),
+                           ("gateway", "gateways: Synapse → https_proxy → CoAP/Noise over UDP → Synapse")):
+            e = w6.get(key)
+            if e:
+                lines.append(f"| {label} | {_fmt_int(e['frames']['median'])} | {_fmt_int(e['wire_bytes']['median'])} "
+                             f"({_fmt_int(e['wire_bytes']['min'])}–{_fmt_int(e['wire_bytes']['max'])}) | "
+                             f"{_fmt_int(e['link_bytes']['median'])} |")
+        lines += ["", f"HTTPS+JSON ÷ gateways: {w6.get('ratio_wire')}× on the wire, {w6.get('ratio_link')}× link "
+                  "level (TLS records vs sealed frames). The gateways carry the transaction in the compact form "
+                  "(docs/protocol.md §11a): references for the room, previous and auth events, the X-Matrix "
+                  "header as its 64-byte signature, a 4-byte content-hash check; an accepted transaction is "
+                  "answered by an empty 2.04.", ""]
+    joins = fed.get("joins") or []
+    if joins:
+        lines += ["### Federated join (10 messages of history), through the gateways", "",
+                  "| link | joined | seconds | A → B | B → A |", "|---|---|---:|---:|---:|"]
+        for j in joins:
+            lines.append(f"| {j['rate_bps']:g} bit/s, {j['delay_s']:g} s each way | "
+                         f"{'yes' if j['joined'] else 'no: ' + str((j.get('error') or {}).get('error', ''))[:80]} | "
+                         f"{_fmt(j['seconds'], 1)} | {_fmt_int(j['a_to_b']['link_bytes'])} B "
+                         f"({j['a_to_b']['frames']} frames) | {_fmt_int(j['b_to_a']['link_bytes'])} B "
+                         f"({j['b_to_a']['frames']} frames) |")
+        lines += ["", "Stock Synapse gives `make_join` a fixed 20 s (and `query` and event fetches 10 s, "
+                  "`get_missing_events` 60 s), whatever `federation.client_timeout` says: a join needs the "
+                  "make_join request and answer (~750 B with the X-Matrix header) across within 20 s, which a "
+                  "100 bit/s link cannot carry. Transactions and send_join follow `client_timeout` "
+                  "(docs/operator.md).", ""]
+    if fed.get("error"):
+        lines += [f"Federation part of this run failed: `{fed['error']}`", ""]
     return lines
 
 
@@ -205,7 +252,7 @@ def write_charts(results: dict[str, Any], img_dir: Path) -> dict[str, Path]:
     colours = {"baseline": "#b04a3a", "gateway": "#2f6f9f", "link": "#7fb3d5", "target": "#222222"}
 
     # bytes per workload, log scale
-    names = [w for w in ("W1", "W2", "W3", "W5") if _w(results, w, "baseline") and _w(results, w, "gateway")]
+    names = [w for w in ("W1", "W2", "W3", "W5", "W6") if _w(results, w, "baseline") and _w(results, w, "gateway")]
     if names:
         fig, ax = plt.subplots(figsize=(8, 4.2), dpi=110)
         width = 0.27
@@ -218,7 +265,7 @@ def write_charts(results: dict[str, Any], img_dir: Path) -> dict[str, Path]:
             bars = ax.bar(pos, values, width, label=label, color=colour)
             ax.bar_label(bars, labels=[_fmt_int(v) for v in values], fontsize=7, padding=1)
         target_keys = {"W1": ("W1.wire", "W1.link"), "W2": ("W2.wire", "W2.link"), "W3": ("W3.wire", None),
-                       "W5": (None, "W5.link")}
+                       "W5": (None, "W5.link"), "W6": ("W6.wire", "W6.link")}
         first = True
         for x, n in zip(xs, names):
             for offset, key in zip((0, 1), target_keys[n]):
@@ -230,7 +277,8 @@ def write_charts(results: dict[str, Any], img_dir: Path) -> dict[str, Path]:
                           label="DESIGN target" if first else None)
                 first = False
         ax.set_yscale("log")
-        short = {"W1": "W1\nwarm send", "W2": "W2\nreceive", "W3": "W3\ncold send", "W5": "W5\nlogin + sync"}
+        short = {"W1": "W1\nwarm send", "W2": "W2\nreceive", "W3": "W3\ncold send", "W5": "W5\nlogin + sync",
+                 "W6": "W6\nfederated msg"}
         ax.set_xticks(list(xs), [short[n] for n in names], fontsize=8)
         ax.set_ylabel("bytes (log scale)")
         ax.set_title("Bytes on the wire per workload", fontsize=10)
@@ -448,6 +496,7 @@ def render_markdown(results: dict[str, Any], *, json_path: Path | None, docs_pat
                   "requests answered ÷ CPU seconds (user + system, all threads) the front end's process used.", ""]
         if "cpu" in charts:
             lines += [f"![CPU per request]({rel(charts['cpu'])})", ""]
+    lines += federation_section(results)
     lines += ["### Targets", "", *targets_table(results), "",
               "### Frame by frame", ""]
     for workload in ("W1", "W2", "W3"):

@@ -68,6 +68,8 @@ class Settings:
     cpu_sessions: int = 8
     cpu_warmup_requests: int = 500
     skip_cpu: bool = False
+    #: W6 and the federated joins (two Synapse pairs, ~3 min)
+    skip_federation: bool = False
     pcap: Path | None = None
     profile: str = DEFAULT_PROFILE
     #: results file name (default: the date)
@@ -221,7 +223,7 @@ async def run_bench(settings: Settings, *, homeserver: str | None = None, consol
     _quiet_shutdown_noise(asyncio.get_running_loop())
     started = datetime.datetime.now(datetime.UTC)
     t_start = time.monotonic()
-    steps = 8 - settings.skip_slow - settings.skip_cpu
+    steps = 9 - settings.skip_slow - settings.skip_cpu - settings.skip_federation
     results: dict[str, Any] = {
         "schema": 1,
         "date": started.date().isoformat(),
@@ -345,7 +347,20 @@ async def run_bench(settings: Settings, *, homeserver: str | None = None, consol
                 results["slow_link"] = _slow_entry(slow, results, settings)
                 progress.done()
 
-            # 8. CPU
+            # 8. federation: W6 both ways, federated joins over slow links
+            if not settings.skip_federation:
+                progress.step("W6 (a federated message) and federated joins")
+                results["federation"] = await _federation(settings, tmp / "federation", progress)
+                fed_w6 = results["federation"].get("w6") or {}
+                for transport in ("baseline", "gateway"):
+                    if transport in fed_w6:
+                        entry = fed_w6[transport]
+                        results["workloads"].setdefault("W6", {})[transport] = {
+                            "frames": entry["frames"]["median"], "wire_bytes": entry["wire_bytes"]["median"],
+                            "payload_bytes": entry["link_bytes"]["median"]}
+                progress.done()
+
+            # 9. CPU
             if not settings.skip_cpu:
                 from .cpu import measure_cpu
                 progress.step("CPU: server gateway vs aiohttp pass-through")
@@ -355,7 +370,7 @@ async def run_bench(settings: Settings, *, homeserver: str | None = None, consol
                     progress=lambda name, frac: progress.sub(f"CPU: {name}", frac))
                 progress.done()
 
-        # 9. report
+        # 10. report
         progress.step("report")
         results["targets"] = targets.evaluate(results)
         results["elapsed_s"] = round(time.monotonic() - t_start, 1)
@@ -364,6 +379,25 @@ async def run_bench(settings: Settings, *, homeserver: str | None = None, consol
         results["files"] = {k: str(v) for k, v in paths.items()}
         progress.done()
     return results
+
+
+async def _federation(settings: Settings, tmp: Path, progress: Progress) -> dict[str, Any]:
+    """W6 and the joins; a failure here is recorded, and W1–W5 keep their results."""
+    from .federation import measure_join, measure_w6
+
+    out: dict[str, Any] = {}
+    try:
+        out["w6"] = await measure_w6(tmp / "w6", repeats=3 if settings.quick else 5, progress=progress.step)
+        for w in ("baseline", "gateway"):
+            for window in out["w6"][w]["windows"]:
+                window.pop("frame_list", None)
+        rates = [4000.0] if settings.quick else ([1000.0] if settings.skip_slow else [settings.slow_rate, 1000.0])
+        out["joins"] = [await measure_join(tmp / f"join-{rate:g}", rate_bps=rate, delay=settings.slow_delay,
+                                           progress=progress.step) for rate in rates]
+    except Exception as exc:  # noqa: BLE001 - recorded in the results, W1-W5 stand
+        log.exception("the federation part failed")
+        out["error"] = f"{type(exc).__name__}: {exc}"
+    return out
 
 
 def _slow_entry(slow: Any, results: dict[str, Any], settings: Settings) -> dict[str, Any]:

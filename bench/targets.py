@@ -72,6 +72,13 @@ TARGETS: list[Target] = [
            _slow("w5_seconds"), asserted=False),
 ]
 
+TARGETS += [
+    Target("W6.wire", "W6", "W6 federated message (transaction + answer), with Ethernet+IPv4+UDP", 344, "B",
+           _gw("W6", "wire_bytes")),
+    Target("W6.link", "W6", "W6 federated message (transaction + answer), link level", 260, "B",
+           _gw("W6", "payload_bytes")),
+]
+
 BY_KEY = {t.key: t for t in TARGETS}
 
 

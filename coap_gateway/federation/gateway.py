@@ -10,6 +10,14 @@ One ``FederationGateway`` sits beside one homeserver and plays both parts:
   this homeserver's federation listener through ``gateway.Upstream``, its
   X-Matrix header verbatim, and the answer goes back the same way.
 
+A stock homeserver gives some requests a fixed time whatever its
+``federation.client_timeout`` says (``make_join`` 20 s, ``query`` and event
+fetches 10 s, ``get_missing_events`` 60 s); on a slow link their answers
+come later.  So the read-only ones (GETs and ``get_missing_events``) are
+exchanged once however often the homeserver asks while one is under way,
+and an answer is kept for ``late_answer_ttl``: the homeserver's retry
+(a user joining again) gets it at once.
+
 ``PUT /send`` travels in the compact form (``compact``) when it fits it
 exactly, everything else in the plain mapping; each peer's shared compact
 state (the IDs both gateways hold, the signing keys each has learnt) is
@@ -21,8 +29,10 @@ carries them out.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from typing import Any
@@ -70,6 +80,9 @@ class FederationConfig:
     #: transactions of nothing but typing, receipts and presence are answered here
     #: and never cross (``policy.ephemeral_only``), as the client gateway's mode
     low_bandwidth: bool = False
+    #: how long the answer to a read-only request stays for the homeserver asking
+    #: again (0: not kept); bounded by MAX_LATE_ANSWERS and MAX_LATE_BYTES
+    late_answer_ttl: float = 120.0
 
 
 @dataclass
@@ -94,6 +107,20 @@ class FederationCounters:
     #: low-bandwidth mode: ephemeral EDUs answered here instead of crossing, and their transactions
     edus_dropped: int = 0
     transactions_dropped: int = 0
+    #: read-only requests answered by an exchange already under way, or by a kept answer
+    coalesced: int = 0
+    late_answers: int = 0
+
+
+#: answers kept for a homeserver that asks again, at most this many and bytes
+MAX_LATE_ANSWERS = 64
+MAX_LATE_BYTES = 1 << 20
+
+
+def read_only(request: FederationRequest) -> bool:
+    """A request whose answer may serve the same request again: a GET, or
+    ``get_missing_events`` (a POST that only reads)."""
+    return request.method == "GET" or (request.method == "POST" and "/get_missing_events/" in request.target)
 
 
 class FederationGateway(resource.Resource):
@@ -114,6 +141,9 @@ class FederationGateway(resource.Resource):
         self.own_name = own.servers[0] if own is not None and len(own.servers) == 1 else None
         #: per peer (Noise static key), the compact state shared with it; bounded by the table
         self.wire: dict[bytes, PeerWire] = {}
+        #: read-only exchanges under way, and answers kept (expiry, answer), by request
+        self._inflight: dict[tuple, asyncio.Task[HttpResponse]] = {}
+        self._late: OrderedDict[tuple, tuple[float, HttpResponse]] = OrderedDict()
 
     def attach(self, endpoint: LinkEndpoint, codec: PeerLinkCodec) -> None:
         self.endpoint, self.codec = endpoint, codec
@@ -127,12 +157,46 @@ class FederationGateway(resource.Resource):
             self.endpoint.ping(PeerKey(public))
 
     async def close(self) -> None:
+        for task in list(self._inflight.values()):
+            task.cancel()
         await self.upstream.close()
 
     # -- outbound: homeserver A → the link
 
     async def forward(self, decision: ConnectDecision, request: Any) -> HttpResponse:
-        """The peer homeserver's answer to one request of ours, through the link."""
+        """The peer homeserver's answer to one request of ours, through the link.
+        A read-only request already under way, or answered within
+        ``late_answer_ttl``, is not sent again (see the module docstring)."""
+        if self.config.late_answer_ttl <= 0 or not read_only(request) or decision.peer is None:
+            return await self._forward(decision, request)
+        key = (decision.peer.public, request.method, request.target, request.body, tuple(request.authorizations))
+        kept = self._late.get(key)
+        if kept is not None:
+            if kept[0] > time.monotonic():
+                self.counters.late_answers += 1
+                return kept[1]
+            del self._late[key]
+        task = self._inflight.get(key)
+        if task is None:
+            task = self._inflight[key] = asyncio.ensure_future(self._forward(decision, request))
+            task.add_done_callback(lambda done: self._keep(key, done))
+        else:
+            self.counters.coalesced += 1
+        # the homeserver may give up (its own timeout): the exchange goes on for its retry
+        return await asyncio.shield(task)
+
+    def _keep(self, key: tuple, task: asyncio.Task[HttpResponse]) -> None:
+        self._inflight.pop(key, None)
+        if task.cancelled() or task.exception() is not None:
+            return
+        answer = task.result()
+        if answer.status >= 500 or len(answer.body) > MAX_LATE_BYTES:
+            return  # link failures and server errors are asked again
+        self._late[key] = (time.monotonic() + self.config.late_answer_ttl, answer)
+        while len(self._late) > MAX_LATE_ANSWERS or sum(len(a.body) for _, a in self._late.values()) > MAX_LATE_BYTES:
+            self._late.popitem(last=False)
+
+    async def _forward(self, decision: ConnectDecision, request: Any) -> HttpResponse:
         if self.config.low_bandwidth:
             dropped = ephemeral_only(request.method, request.target, request.body)
             if dropped:

@@ -178,3 +178,33 @@ def test_timings_are_reported(results):
     assert slow["w5_seconds"] > 0 and slow["send_ack_seconds"] > 0
     cpu = results["cpu"]
     assert cpu["gateway"]["requests"] > 0 and cpu["passthrough"]["requests"] > 0
+
+
+def test_w6_a_federated_message_from_the_capture(results):
+    """Issue 12: one federated m.text between two stock Synapses, counted from the
+    capture both ways: TLS 1.3 directly, and through the federation gateways."""
+    fed = results["federation"]
+    assert "error" not in fed, fed.get("error")
+    w6 = fed["w6"]
+    for transport in ("baseline", "gateway"):
+        entry = w6[transport]
+        assert entry["count"] >= 3 and entry["settled"]
+        assert all(w["frames"] > 0 for w in entry["windows"])
+    base, gw = w6["baseline"], w6["gateway"]
+    # the baseline is one keep-alive HTTPS exchange: TLS records, no handshake in the window
+    assert all(w["kinds"].get("syn", 0) == 0 and w["kinds"].get("tls-data", 0) >= 2 for w in base["windows"])
+    # the gateways: one sealed request and its answer, nothing else
+    assert all(w["frames"] == 2 for w in gw["windows"]), gw["windows"]
+    assert gw["wire_bytes"]["max"] - gw["link_bytes"]["max"] == 2 * 42
+    assert gw["wire_bytes"]["median"] * 4 < base["wire_bytes"]["median"]
+    assert results["workloads"]["W6"]["gateway"]["payload_bytes"] == gw["link_bytes"]["median"]
+    # every transaction crossed compact and was answered "all accepted"
+    counters = gw["gateway_counters"]
+    assert sum(c["compact_accepted"] for c in counters.values()) >= w6["repeats"]
+    assert all(c["compact_resent"] == 0 and c["sent_failed"] == 0 for c in counters.values())
+
+
+def test_a_federated_join_through_the_gateways(results):
+    (join,) = results["federation"]["joins"]  # the quick run: one rate
+    assert join["joined"], join
+    assert join["a_to_b"]["link_bytes"] > 0 and join["b_to_a"]["link_bytes"] > 0

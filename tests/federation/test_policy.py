@@ -212,3 +212,43 @@ async def test_a_low_bandwidth_gateway_answers_ephemeral_transactions_itself() -
     assert gateway.counters.edus_dropped == 2 and gateway.counters.transactions_dropped == 1
     assert gateway.counters.sent == 0
     await gateway.close()
+
+
+async def test_read_only_requests_are_exchanged_once_and_their_late_answers_kept() -> None:
+    """A homeserver that gives up on a slow answer and asks again gets the one exchange's
+    answer (coalesced while under way, kept afterwards); writes are never shared."""
+    import asyncio
+
+    from coap_gateway.codec import HttpResponse, load_profile
+    from coap_gateway.federation import FederationConfig, FederationGateway, FederationRequest, PeersTable
+    from coap_gateway.federation.policy import ConnectDecision
+
+    gateway = FederationGateway(FederationConfig("http://127.0.0.1:9", load_profile("lb3")), PeersTable([]))
+    release = asyncio.Event()
+    exchanged: list[str] = []
+
+    async def exchange(decision, request):  # the link, answering late
+        exchanged.append(request.method)
+        await release.wait()
+        return HttpResponse(200, b'{"event":{}}', "application/json")
+
+    gateway._forward = exchange  # type: ignore[method-assign]
+    peer = type("Peer", (), {"public": b"k" * 32})()
+    decision = ConnectDecision(200, "", host="hs-a.test", port=8448, peer=peer)  # type: ignore[arg-type]
+    make_join = FederationRequest("GET", "/_matrix/federation/v1/make_join/!r/@b:hs-b.test?ver=12", b"", None, ["X"])
+    first = asyncio.ensure_future(gateway.forward(decision, make_join))
+    await asyncio.sleep(0)
+    first.cancel()  # the homeserver's 20 s are up
+    retry = asyncio.ensure_future(gateway.forward(decision, make_join))
+    await asyncio.sleep(0)
+    release.set()
+    assert (await retry).status == 200
+    again = await gateway.forward(decision, make_join)
+    assert again.body == b'{"event":{}}'
+    assert exchanged == ["GET"] and gateway.counters.coalesced == 1 and gateway.counters.late_answers == 1
+    # a write crosses every time
+    send = FederationRequest("PUT", "/_matrix/federation/v1/send/1", b"{}", "application/json", ["X"])
+    await gateway.forward(decision, send)
+    await gateway.forward(decision, send)
+    assert exchanged == ["GET", "PUT", "PUT"]
+    await gateway.close()
