@@ -336,7 +336,10 @@ async def serve_client(options: dict[str, Any], console: Console) -> None:
     client = await start_client(link, peer, profile=profile, static_private=static, server_public=server_public,
                                 pins=pins, server_name=options.get("server_name") or str(server), host=host, port=port,
                                 low_bandwidth=bool(options.get("low_bandwidth")),
-                                sync_push=not options.get("no_sync_push"), keepalive=keepalive, key_log=key_log)
+                                sync_push=not options.get("no_sync_push"), keepalive=keepalive, key_log=key_log,
+                                # a device with a key file keeps its wire state beside it: a restart is a reconnect
+                                state_dir=Path(options["key"]).parent if static is not None and options.get("key")
+                                else None)
     console.print(f"client gateway: point your Matrix client at {client.base_url}  (server {server}, "
                   f"{'PLAINTEXT' if static is None else 'Noise'})")
     metrics = None

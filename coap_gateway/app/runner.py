@@ -11,12 +11,13 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
+from pathlib import Path
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from typing import Any
 
 from ..codec import Profile
-from ..gateway import ClientGateway, ServerGateway, ServerGatewayConfig
+from ..gateway import CLIENT_STATE, ClientGateway, ServerGateway, ServerGatewayConfig
 from ..push import SyncPushClientConfig, SyncPushServerConfig
 from ..secure import (
     ClientEndpoint,
@@ -135,10 +136,11 @@ async def start_server(link: DatagramLink, *, homeserver: str, profile: Profile,
     ``key_log``: append every session's keys to it (opt-in; the caller closes it)."""
     push = None if sync_push is False else (sync_push if isinstance(sync_push, SyncPushServerConfig)
                                             else SyncPushServerConfig())
+    # what survives a restart (secure mode: devices are known by their static keys)
+    store = ServerStore(state_dir) if state_dir is not None and static_private is not None else None
     gateway = ServerGateway(ServerGatewayConfig(homeserver, profile, allow_admin=allow_admin,
-                                                advertisement=advertisement), sync_push=push)
+                                                advertisement=advertisement), sync_push=push, device_store=store)
     codec: SecureServerCodec | None = None
-    store = None
     if static_private is not None:
         def on_device(event: DeviceEvent) -> None:
             remote = endpoint.remote(event.key)
@@ -151,7 +153,6 @@ async def start_server(link: DatagramLink, *, homeserver: str, profile: Profile,
                 gateway.device_restarted(endpoint.remote(event.previous), event.key.public, unbound=event.unbound)
                 gateway.session_started(remote, event.key.public)
 
-        store = ServerStore(state_dir) if state_dir is not None else None
         codec = SecureServerCodec(server_endpoint(static_private, profile, limits=limits, now=clock(), store=store),
                                   clock=clock, on_device=on_device, key_log=key_log)
     endpoint = await create_link_endpoint(link, site=gateway, codec=codec, loggername="coap.server")
@@ -164,27 +165,34 @@ async def start_client(link: DatagramLink, server_addr: Hashable, *, profile: Pr
                        pins: PinStore | None = None, server_name: str | None = None,
                        host: str = "127.0.0.1", port: int = 0, low_bandwidth: bool = False,
                        clock=time.time, sync_push: SyncPushClientConfig | bool = True,
-                       keepalive: float | None = None, key_log: KeyLog | None = None) -> RunningClient:
+                       keepalive: float | None = None, key_log: KeyLog | None = None,
+                       state_dir: str | Path | None = None) -> RunningClient:
     """Secure when ``static_private`` is given: with ``pins`` (trust on first
     use under ``server_name``) or a fixed ``server_public``.  ``sync_push``:
     answer /sync long-polls from pushes (True: defaults); ``keepalive``: a
     CoAP ping after that many seconds without a frame sent (NAT bindings);
-    ``key_log``: append every session's keys to it (opt-in; the caller closes it)."""
+    ``key_log``: append every session's keys to it (opt-in; the caller closes it);
+    ``state_dir`` (secure mode): where the wire state is kept across restarts
+    (``CLIENT_STATE``, beside the key), so a restart costs a reconnect."""
+    state_path = Path(state_dir) / CLIENT_STATE if state_dir is not None and static_private is not None else None
+    # a gateway that kept its state tells the server so: its bound state stays valid
+    unbound = state_path is None or not state_path.exists()
     codec: SecureClientCodec | None = None
     if static_private is not None:
         if pins is not None:
             codec = pinned_client_codec(server_name or str(server_addr), server_addr, static_private, profile, pins,
-                                        clock=clock, key_log=key_log)
+                                        clock=clock, key_log=key_log, unbound=unbound)
         else:
             codec = SecureClientCodec(ClientEndpoint(static_private, profile.id, profile_wire_digest(profile),
-                                                     server_public=server_public, restart=True, unbound=True),
+                                                     server_public=server_public, restart=True, unbound=unbound),
                                       server_addr, clock=clock, key_log=key_log)
     endpoint = await create_link_endpoint(link, codec=codec, loggername="coap.client")
     key = SERVER_KEY if codec is not None else server_addr
     push = sync_push if isinstance(sync_push, SyncPushClientConfig) else SyncPushClientConfig(enabled=bool(sync_push))
     if keepalive is not None:
         push = dataclasses.replace(push, keepalive=keepalive)
-    gateway = ClientGateway(endpoint, key, profile, host=host, port=port, low_bandwidth=low_bandwidth, sync_push=push)
+    gateway = ClientGateway(endpoint, key, profile, host=host, port=port, low_bandwidth=low_bandwidth, sync_push=push,
+                            state_path=state_path)
     if codec is not None:
         # a new secure session (the server restarted?) loses the observations
         chained = codec.on_connected

@@ -1,9 +1,14 @@
 """What a server gateway keeps on disk across restarts (SQLite, stdlib).
 
-Today: the strike register of IK1 early data, so that a restart does not
-reopen the replay window (a captured IK1 with a PUT inside would run again).
-Each strike is committed before the early request it admits is delivered.
-The file sits in the server's state directory, next to its key (mode 0600).
+The strike register of IK1 early data, so that a restart does not reopen the
+replay window (a captured IK1 with a PUT inside would run again); each
+strike is committed before the early request it admits is delivered.  And
+each device's bound state (its access tokens by handle, its handles and
+transaction scope: ``codec.DeviceState.to_json``), so that a restart costs a
+device a reconnect, not its definitions again; written when it changes (a
+device's first requests), at most ``max_devices`` rows, least recently
+written dropped.  Access tokens are stored in the clear: the file sits in
+the server's state directory, next to its key, mode 0600.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ FILENAME = "server-state.sqlite3"
 
 
 class ServerStore:
-    def __init__(self, directory: str | os.PathLike[str]):
+    def __init__(self, directory: str | os.PathLike[str], *, max_devices: int = 4096):
         self.directory = Path(directory)
         self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.path = self.directory / FILENAME
@@ -25,6 +30,10 @@ class ServerStore:
         self._db = sqlite3.connect(self.path, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("CREATE TABLE IF NOT EXISTS strikes (key BLOB PRIMARY KEY, expires REAL NOT NULL)")
+        self._db.execute("CREATE TABLE IF NOT EXISTS devices (key BLOB PRIMARY KEY, state TEXT NOT NULL, "
+                         "written INTEGER NOT NULL)")
+        self.max_devices = max_devices
+        self._written = self._db.execute("SELECT COALESCE(MAX(written), 0) FROM devices").fetchone()[0]
 
     def strikes(self, now: float) -> list[tuple[bytes, float]]:
         """The strikes still in force at ``now`` (expired ones are deleted)."""
@@ -33,6 +42,21 @@ class ServerStore:
 
     def add_strike(self, key: bytes, expires: float) -> None:
         self._db.execute("INSERT OR REPLACE INTO strikes VALUES (?, ?)", (key, expires))
+
+    def load_device(self, key: bytes) -> str | None:
+        row = self._db.execute("SELECT state FROM devices WHERE key = ?", (key,)).fetchone()
+        return row[0] if row is not None else None
+
+    def save_device(self, key: bytes, state: str) -> None:
+        self._written += 1
+        self._db.execute("INSERT OR REPLACE INTO devices VALUES (?, ?, ?)", (key, state, self._written))
+        self._db.execute("DELETE FROM devices WHERE written <= ?", (self._written - self.max_devices,))
+
+    def delete_device(self, key: bytes) -> None:
+        self._db.execute("DELETE FROM devices WHERE key = ?", (key,))
+
+    def devices(self) -> int:
+        return self._db.execute("SELECT COUNT(*) FROM devices").fetchone()[0]
 
     def close(self) -> None:
         self._db.close()

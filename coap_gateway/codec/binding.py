@@ -41,8 +41,9 @@ from __future__ import annotations
 
 import json
 from collections import OrderedDict
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
+from urllib.parse import unquote
 
 import cbor2
 from aiocoap import Message
@@ -68,6 +69,8 @@ MAX_ATTEMPTS = 3
 MAX_TOKENS_PER_DEVICE = 16
 #: longest access token accepted (Synapse's are ~40 characters)
 MAX_TOKEN_LENGTH = 1024
+#: the format of a device's stored state (DeviceState.to_json)
+STATE_VERSION = 1
 #: the homeserver's answers that say "this token is not valid"
 TOKEN_REFUSED = frozenset({"M_UNKNOWN_TOKEN", "M_MISSING_TOKEN"})
 
@@ -157,6 +160,45 @@ class ClientBinding:
         #: handles and transaction IDs of the compact form (profile lb3)
         self.wire: ClientWireState | None = ClientWireState() if profile.schemas is not None else None
         self.counters = ClientBindingCounters()
+
+    def to_json(self) -> str:
+        """What a restarted client gateway needs to go on as before: its token
+        handles and what the server confirmed, the compact form's handles, scope
+        and transaction IDs (docs/operator.md: stored beside the key, 0600)."""
+        doc: dict = {"v": STATE_VERSION, "tokens": sorted(self.tokens.items(), key=lambda kv: kv[1]),
+                     "next_token_handle": self.next_token_handle, "confirmed_tokens": sorted(self.confirmed_tokens)}
+        wire = self.wire
+        if wire is not None:
+            doc["wire"] = {"scope": wire.scope, "scope_confirmed": wire.scope_confirmed,
+                           "handles": [[k, v, h] for (k, v), h in wire.handles.items()],
+                           "confirmed": sorted(wire.confirmed), "txns": list(wire.txns.items()),
+                           "next_txn": wire.next_txn}
+        return json.dumps(doc, separators=(",", ":"))
+
+    def load_json(self, text: str) -> None:
+        """Take back what ``to_json`` wrote; CodecError (and nothing changed) for
+        anything else (the gateway then starts as a new device would)."""
+        try:
+            doc = json.loads(text)
+            if not isinstance(doc, dict) or doc.get("v") != STATE_VERSION:
+                raise ValueError("unknown state version")
+            tokens = {str(t): int(h) for t, h in doc["tokens"]}
+            next_token_handle = int(doc["next_token_handle"])
+            confirmed_tokens = {int(h) for h in doc["confirmed_tokens"]}
+            wire = None
+            if self.wire is not None and "wire" in doc:
+                w = doc["wire"]
+                wire = ClientWireState(scope=str(w["scope"]), scope_confirmed=bool(w["scope_confirmed"]),
+                                       handles={(str(k), str(v)): int(h) for k, v, h in w["handles"]},
+                                       confirmed={int(h) for h in w["confirmed"]}, next_txn=int(w["next_txn"]))
+                for raw, k in w["txns"]:
+                    wire.txns[str(raw)] = int(k)
+                    wire.originals[int(k)] = unquote(str(raw))
+        except (ValueError, KeyError, TypeError) as exc:
+            raise CodecError(f"stored client state: {exc}") from None
+        self.tokens, self.next_token_handle, self.confirmed_tokens = tokens, next_token_handle, confirmed_tokens
+        if wire is not None:
+            self.wire = wire
 
     def token_handle(self, token: str) -> int:
         handle = self.tokens.get(token)
@@ -270,6 +312,40 @@ class DeviceState:
     def token_bytes(self) -> int:
         return sum(len(t) for t in self.tokens.values())
 
+    def to_json(self) -> str:
+        """What a restarted server gateway needs to serve the device as before
+        (docs/operator.md says what is stored where): its token handles, its
+        handles and its transaction scope."""
+        return json.dumps({"v": STATE_VERSION, "tokens": list(self.tokens.items()),
+                           "handles": list(self.wire.handles.items()), "scope": self.wire.scope},
+                          separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text: str) -> DeviceState:
+        """The state ``to_json`` wrote; CodecError for anything else (the device
+        then defines everything again, as after a restart without a store)."""
+        try:
+            doc = json.loads(text)
+            if not isinstance(doc, dict) or doc.get("v") != STATE_VERSION:
+                raise ValueError("unknown state version")
+            state = cls()
+            for handle, token in doc["tokens"][-MAX_TOKENS_PER_DEVICE:]:
+                if type(handle) is not int or not isinstance(token, str):
+                    raise ValueError("bad token entry")
+                state.tokens[handle] = token
+            for handle, value in doc["handles"]:
+                if type(handle) is not int or not isinstance(value, str):
+                    raise ValueError("bad handle entry")
+                state.wire.define(handle, value)
+            scope = doc["scope"]
+            if scope is not None:
+                if not isinstance(scope, str):
+                    raise ValueError("bad scope")
+                state.wire.define_scope(scope)
+            return state
+        except (ValueError, KeyError, TypeError) as exc:
+            raise CodecError(f"stored device state: {exc}") from None
+
 
 @dataclass
 class Resolved:
@@ -305,12 +381,23 @@ class ServerBinding:
     plaintext mode, its address) its token handles and the compact form's
     definitions, least recently used first, at most ``max_devices``."""
 
-    def __init__(self, profile: Profile, max_devices: int = 4096):
+    def __init__(self, profile: Profile, max_devices: int = 4096, *,
+                 loader: Callable[[bytes], DeviceState | None] | None = None,
+                 on_change: Callable[[bytes, DeviceState | None], None] | None = None):
         self.profile = profile
         self.max_devices = max_devices
         self.devices: OrderedDict[Hashable, DeviceState] = OrderedDict()
         #: secure session (aiocoap remote) -> device key
         self.device_keys: dict[Hashable, Hashable] = {}
+        #: a store across restarts (the shell's): the state of a device (static
+        #: key) not in the table, and each change of one (None: forgotten).
+        #: Plaintext devices (keyed by address) are never stored.
+        self.loader = loader
+        self.on_change = on_change
+
+    def _changed(self, key: Hashable, state: DeviceState | None) -> None:
+        if self.on_change is not None and isinstance(key, bytes):
+            self.on_change(key, state)
 
     def session_started(self, remote: Hashable, device_key: Hashable) -> None:
         """A secure session of the device with static key ``device_key``: its
@@ -322,6 +409,7 @@ class ServerBinding:
         UNBOUND, and the secure layer closed its older sessions): nothing it
         defined before may be used again."""
         self.devices.pop(device_key, None)
+        self._changed(device_key, None)
 
     def forget_session(self, remote: Hashable) -> None:
         """The session is gone; the device's state stays (LRU-bounded).  A
@@ -336,7 +424,8 @@ class ServerBinding:
         key = self.device_key(remote)
         state = self.devices.get(key)
         if state is None:
-            state = self.devices[key] = DeviceState()
+            loaded = self.loader(key) if self.loader is not None and isinstance(key, bytes) else None
+            state = self.devices[key] = loaded if loaded is not None else DeviceState()
             while len(self.devices) > self.max_devices:
                 self.devices.popitem(last=False)
         else:
@@ -379,6 +468,8 @@ class ServerBinding:
                 device.tokens.popitem(last=False)
         elif handle is not None:
             device.tokens.move_to_end(handle)
+        if (defined and previous != token) or journal.previous:
+            self._changed(self.device_key(request.remote), device)
         return Resolved(http, token, handle, journal, (handle, previous) if defined else None)  # type: ignore[arg-type]
 
     def _token(self, request: Message, device: DeviceState) -> tuple[str | None, int | None, bool]:
@@ -408,10 +499,12 @@ class ServerBinding:
                 del device.tokens[handle]
                 if resolved.token_defined is not None and resolved.token_defined[1] is not None:
                     device.tokens[handle] = resolved.token_defined[1]
+            self._changed(self.device_key(request.remote), device)
         elif response.status == 200 and handle is not None and is_logout(resolved.http.target):
             # the token is dead: its handle is retired
             if device.tokens.get(handle) == resolved.token:
                 del device.tokens[handle]
+                self._changed(self.device_key(request.remote), device)
 
     def sizes(self) -> dict[str, int]:
         """What the table holds (tests assert it against the limits)."""

@@ -29,8 +29,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from aiocoap import Message
@@ -51,7 +53,7 @@ from ..codec import (
     payload,
     split_target,
 )
-from ..errors import GatewayError
+from ..errors import CodecError, GatewayError
 from ..push import SyncPushClientConfig
 from ..transport import LinkEndpoint, LinkFailure
 from .push_client import SyncPushClient
@@ -98,6 +100,8 @@ class ClientGatewayCounters:
     connections_timed_out: int = 0
     #: HTTP connections closed because MAX_CONNECTIONS were open
     connections_shed: int = 0
+    #: the wire state came back from the state directory at start
+    state_restored: bool = False
     latency: Histogram = field(default_factory=Histogram)
 
 
@@ -188,10 +192,15 @@ class _HttpServer(web.Server):
                                client_max_size=MAX_MEDIA_BODY)
 
 
+#: the client gateway's wire state across restarts, in its state directory (beside the key)
+CLIENT_STATE = "client-state.json"
+
+
 class ClientGateway:
     def __init__(self, endpoint: LinkEndpoint, server_key: Hashable, profile: Profile, *,
                  host: str = "127.0.0.1", port: int = 0, request_timeout: float | None = None,
-                 low_bandwidth: bool = False, sync_push: SyncPushClientConfig | None = None):
+                 low_bandwidth: bool = False, sync_push: SyncPushClientConfig | None = None,
+                 state_path: Path | None = None):
         self.endpoint = endpoint
         self.server_key = server_key
         self.profile = profile
@@ -200,6 +209,11 @@ class ClientGateway:
         self.low_bandwidth = low_bandwidth
         self.binding = ClientBinding(profile)
         self.counters = ClientGatewayCounters()
+        #: where the binding's state is kept across restarts (None: not kept)
+        self.state_path = state_path
+        self._saved: str | None = None
+        if state_path is not None and state_path.exists():
+            self._restore(state_path)
         #: answers /sync long-polls from pushes (None: every poll crosses the link)
         self.sync_push = (SyncPushClient(self, sync_push)
                           if sync_push is not None and (sync_push.enabled or sync_push.keepalive) else None)
@@ -330,6 +344,7 @@ class ClientGateway:
         attempt = Attempt()
         while True:
             message = self.binding.request(http_request, attempt)
+            self._persist()
             try:
                 reply = await send(message)
             except LinkFailure as exc:
@@ -337,7 +352,39 @@ class ClientGateway:
                 log.warning("request over the link failed: %s", exc)
                 raise
             if self.binding.resend(reply, attempt) is None:
+                self._persist()
                 return message, reply
+
+    def _restore(self, path: Path) -> None:
+        try:
+            text = path.read_text()
+            self.binding.load_json(text)
+        except (OSError, CodecError) as exc:
+            log.warning("%s is unreadable (%s): starting as a new device", path, exc)
+            return
+        self._saved = text
+        self.counters.state_restored = True
+
+    def _persist(self) -> None:
+        """Write the binding's state when it changed: before a request leaves
+        (a transaction ID or handle it took must never be given to another
+        request after a crash) and once its answer is in (what the server now
+        holds).  Atomic, mode 0600: it holds access tokens."""
+        if self.state_path is None:
+            return
+        text = self.binding.to_json()
+        if text == self._saved:
+            return
+        temporary = self.state_path.with_suffix(".tmp")
+        try:
+            fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as file:
+                file.write(text)
+            os.replace(temporary, self.state_path)
+        except OSError as exc:
+            log.warning("cannot keep the wire state in %s: %s", self.state_path, exc)
+            return
+        self._saved = text
 
     async def _send(self, message: Message) -> Message:
         return await self.endpoint.request(message, self.server_key, self.request_timeout)

@@ -15,13 +15,14 @@ import json
 import logging
 from collections.abc import Hashable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import aiocoap.resource as resource
 from aiocoap import Message
 from aiocoap.numbers.codes import Code
 
 from ..codec import (
+    DeviceState,
     HttpRequest,
     HttpResponse,
     Profile,
@@ -31,6 +32,7 @@ from ..codec import (
     matrix_error,
     response_to_coap,
 )
+from ..errors import CodecError
 from ..push import SyncPushServerConfig
 from ..transport import LinkEndpoint, assembly_bytes, drop_assemblies, release_assemblies
 from .push_server import SyncPushServer
@@ -81,6 +83,8 @@ class ServerGatewayCounters:
     handle_unknown: int = 0
     #: definitions that gave a handle a new value (a client bug; counted, logged)
     redefinitions: int = 0
+    #: devices whose bound state came back from the store (after a restart)
+    devices_restored: int = 0
     #: blocks refused: an upload too large, or too much held for one device
     refused_uploads: int = 0
     upstream_errors: int = 0
@@ -88,14 +92,29 @@ class ServerGatewayCounters:
     latency: Histogram = field(default_factory=Histogram)
 
 
+class DeviceStore(Protocol):
+    """Where a server gateway keeps its devices' bound state across restarts
+    (``app.store.ServerStore``: SQLite, 0600, beside the key)."""
+
+    def load_device(self, key: bytes) -> str | None: ...
+
+    def save_device(self, key: bytes, state: str) -> None: ...
+
+    def delete_device(self, key: bytes) -> None: ...
+
+
 class ServerGateway(resource.Resource):
     """aiocoap resource answering every path by asking the homeserver."""
 
-    def __init__(self, config: ServerGatewayConfig, *, sync_push: SyncPushServerConfig | None = None):
+    def __init__(self, config: ServerGatewayConfig, *, sync_push: SyncPushServerConfig | None = None,
+                 device_store: DeviceStore | None = None):
         super().__init__()
         self.config = config
         self.upstream = Upstream(config.homeserver, timeout=config.request_timeout)
-        self.binding = ServerBinding(config.profile, config.max_bound_tokens)
+        self.device_store = device_store
+        self.binding = ServerBinding(config.profile, config.max_bound_tokens,
+                                     loader=self._load_device if device_store is not None else None,
+                                     on_change=self._save_device if device_store is not None else None)
         self.counters = ServerGatewayCounters()
         #: holds devices' /sync loops and pushes (None: every poll is forwarded as it comes)
         self.sync_push = (SyncPushServer(self.upstream, self.binding, config.profile, sync_push,
@@ -135,6 +154,26 @@ class ServerGateway(resource.Resource):
         if self.sync_push is not None:
             self.sync_push.forget_session(remote)
         self.binding.forget_session(remote)
+
+    def _load_device(self, key: bytes) -> DeviceState | None:
+        assert self.device_store is not None
+        text = self.device_store.load_device(key)
+        if text is None:
+            return None
+        try:
+            state = DeviceState.from_json(text)
+        except CodecError as exc:
+            log.warning("a device's stored state is unreadable (%s): it defines everything again", exc)
+            return None
+        self.counters.devices_restored += 1
+        return state
+
+    def _save_device(self, key: bytes, state: DeviceState | None) -> None:
+        assert self.device_store is not None
+        if state is None:
+            self.device_store.delete_device(key)
+        else:
+            self.device_store.save_device(key, state.to_json())
 
     def _count_request(self) -> None:
         self.counters.requests += 1

@@ -97,3 +97,132 @@ async def test_a_reconnecting_device_sends_neither_token_nor_definitions_again(s
         await device_a.stop()
         await device_b.stop()
         await server.stop()
+
+
+async def test_a_restarted_server_gateway_costs_a_device_a_reconnect(synapse, tmp_path):
+    """Issue 15, item 3: the server gateway keeps each device's bound token and
+    handles in its store (SQLite, 0600, beside its key): after a restart a device
+    reconnects (IK with the request) and sends neither its token nor a definition."""
+    import os
+    import stat as stat_module
+
+    from coap_gateway.app.store import FILENAME
+
+    server_priv, _ = keys.generate_keypair()
+    server_public = keys.public_from_private(server_priv)
+    state = tmp_path / "state"
+    server_link = await UdpLink.open("127.0.0.1", 0)
+    address = server_link.local_address
+    server = await start_server(server_link, homeserver=synapse.base_url, profile=PROFILE,
+                                static_private=server_priv, state_dir=state)
+    link = await UdpLink.open("127.0.0.1", 0)
+    sent = recorded(link)
+    device = await start_client(link, address, profile=PROFILE, static_private=keys.generate_keypair()[0],
+                                server_public=server_public)
+    name = f"rst{uuid.uuid4().hex[:6]}"
+    alice = AsyncClient(device.base_url, name, config=AsyncClientConfig(request_timeout=60, max_timeouts=0))
+    try:
+        assert isinstance(await alice.register(name, "pw-" + name), RegisterResponse)
+        room = await alice.room_create(name="restart")
+        assert isinstance(room, RoomCreateResponse)
+        assert isinstance(await alice.room_send(room.room_id, "m.room.message", MESSAGE), RoomSendResponse)
+        assert server.store is not None and server.store.devices() == 1
+        assert stat_module.S_IMODE(os.stat(state / FILENAME).st_mode) == 0o600  # tokens at rest
+
+        # the server gateway restarts: same key, same state directory, same address
+        await server.stop()
+        server_link.close()
+        server_link = await UdpLink.open(*address)
+        answers = recorded(server_link)
+        server = await start_server(server_link, homeserver=synapse.base_url, profile=PROFILE,
+                                    static_private=server_priv, state_dir=state)
+        counters = device.gateway.binding.counters
+        tokens_before = counters.token_sent
+        mark = len(sent)
+        again = await alice.room_send(room.room_id, "m.room.message", MESSAGE)
+        assert isinstance(again, RoomSendResponse) and again.event_id.startswith("$")
+        # the device's state came back: no Token-Unbound, no Handle-Unknown, nothing defined again
+        assert server.gateway.counters.devices_restored == 1
+        assert server.gateway.counters.token_unbound == 0 and server.gateway.counters.handle_unknown == 0
+        assert counters.token_sent == tokens_before and counters.handle_resends == 0 and counters.token_rebinds == 0
+        flights, back = sent[mark:], answers
+        ik1 = [d for d in flights if classify(d) is DatagramKind.IK1]
+        ik2 = [d for d in back if classify(d) is DatagramKind.IK2]
+        assert len(ik1) == 1 and len(ik2) == 1
+        assert len(ik1[0]) <= 104 + 29 and len(ik2[0]) <= 50 + 37  # the warm request and answer, nothing more
+        total = sum(map(len, flights)) + sum(map(len, back))
+        frames = len(flights) + len(back)
+        print(f"\nserver restart, then send: {frames} frames, {total} B link level, {total + 42 * frames} B with "
+              f"Ethernet+IPv4+UDP (IK1 {len(ik1[0])} B + IK2 {len(ik2[0])} B = "
+              f"{len(ik1[0]) + len(ik2[0]) + 84} B with headers; the rest is the stale attempt and its RESET)")
+    finally:
+        await alice.close()
+        await device.stop()
+        await server.stop()
+
+
+async def test_a_restarted_client_gateway_costs_a_reconnect_and_never_reuses_a_transaction(synapse, tmp_path):
+    """Issue 15, item 3: the client gateway keeps its wire state beside its key
+    (0600): restarted, it reconnects (IK, RESTART but not UNBOUND) and sends neither
+    its token nor a definition again; and a transaction ID it gave out before the
+    restart is never given to another message (Synapse would take it for a retry)."""
+    import os
+    import stat as stat_module
+
+    from coap_gateway.gateway import CLIENT_STATE
+
+    server_priv, _ = keys.generate_keypair()
+    server_public = keys.public_from_private(server_priv)
+    server_link = await UdpLink.open("127.0.0.1", 0)
+    server = await start_server(server_link, homeserver=synapse.base_url, profile=PROFILE,
+                                static_private=server_priv, state_dir=tmp_path / "server")
+    device_priv = keys.generate_keypair()[0]
+    state = tmp_path / "device"
+    state.mkdir()
+    link = await UdpLink.open("127.0.0.1", 0)
+    device = await start_client(link, server_link.local_address, profile=PROFILE, static_private=device_priv,
+                                server_public=server_public, state_dir=state)
+    name = f"crs{uuid.uuid4().hex[:6]}"
+    alice = AsyncClient(device.base_url, name, config=AsyncClientConfig(request_timeout=60, max_timeouts=0))
+    again = None
+    try:
+        assert isinstance(await alice.register(name, "pw-" + name), RegisterResponse)
+        room = await alice.room_create(name="client restart")
+        assert isinstance(room, RoomCreateResponse)
+        first = await alice.room_send(room.room_id, "m.room.message", MESSAGE, tx_id="before-restart")
+        assert isinstance(first, RoomSendResponse)
+        assert stat_module.S_IMODE(os.stat(state / CLIENT_STATE).st_mode) == 0o600
+        assert not device.gateway.counters.state_restored
+
+        # the client gateway's process restarts: same key, same state directory, a new port
+        await device.stop()
+        link.close()
+        link = await UdpLink.open("127.0.0.1", 0)
+        sent = recorded(link)
+        device = await start_client(link, server_link.local_address, profile=PROFILE, static_private=device_priv,
+                                    server_public=server_public, state_dir=state)
+        assert device.gateway.counters.state_restored
+        again = AsyncClient(device.base_url, name, config=AsyncClientConfig(request_timeout=60, max_timeouts=0))
+        again.restore_login(alice.user_id, alice.device_id, alice.access_token)
+        answers = recorded(server_link)
+        second = await again.room_send(room.room_id, "m.room.message", MESSAGE, tx_id="after-restart")
+        assert isinstance(second, RoomSendResponse) and second.event_id != first.event_id
+        counters = device.gateway.binding.counters
+        assert counters.token_sent == 0 and counters.handle_resends == 0 and counters.token_rebinds == 0
+        assert server.gateway.counters.token_unbound == 0 and server.gateway.counters.handle_unknown == 0
+        ik1 = [d for d in sent if classify(d) is DatagramKind.IK1]
+        ik2 = [d for d in answers if classify(d) is DatagramKind.IK2]
+        assert len(ik1) == 1 and len(ik2) == 1
+        assert len(ik1[0]) <= 104 + 29 and len(ik2[0]) <= 50 + 37  # the warm request and answer, nothing more
+        frames, total = len(sent) + len(answers), sum(map(len, sent)) + sum(map(len, answers))
+        print(f"\nclient restart, then send: {[(classify(d).name, len(d)) for d in sent + answers]}: {frames} frames, {total} B link level, {total + 42 * frames} B with "
+              f"Ethernet+IPv4+UDP")
+        # the same transaction ID as before the restart is the same message, as Synapse has it
+        retried = await again.room_send(room.room_id, "m.room.message", MESSAGE, tx_id="before-restart")
+        assert isinstance(retried, RoomSendResponse) and retried.event_id == first.event_id
+    finally:
+        await alice.close()
+        if again is not None:
+            await again.close()
+        await device.stop()
+        await server.stop()
