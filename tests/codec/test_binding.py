@@ -335,3 +335,66 @@ def test_no_request_ever_runs_under_another_token_or_room(seed, loss, restarts, 
         if isinstance(outcome, Resend) and owner is client:
             in_flight.append((i, gen, owner.request(request, attempt)))
     assert forwarded > 0
+
+
+# ---------------------------------------------------------------- state across restarts (issue 15, item 3)
+
+
+def test_a_device_state_round_trips_through_its_stored_form() -> None:
+    from coap_gateway.codec import DeviceState
+
+    state = DeviceState()
+    state.tokens[0], state.tokens[3] = "syt_alice", "syt_bob"
+    state.wire.define(1, "!room:hs")
+    state.wire.define(2, "@alice:hs")
+    state.wire.define_scope("Xy12")
+    back = DeviceState.from_json(state.to_json())
+    assert list(back.tokens.items()) == [(0, "syt_alice"), (3, "syt_bob")]
+    assert list(back.wire.handles.items()) == [(1, "!room:hs"), (2, "@alice:hs")]
+    assert back.wire.scope == "Xy12" and back.wire.bytes == state.wire.bytes
+    for bad in ("", "[]", '{"v": 2}', '{"v": 1, "tokens": [["0", "t"]], "handles": [], "scope": null}',
+                '{"v": 1, "tokens": [], "handles": [[1, 2]], "scope": null}', '{"v": 1}'):
+        with pytest.raises(CodecError):
+            DeviceState.from_json(bad)
+
+
+def test_a_server_binding_loads_a_stored_device_and_reports_changes() -> None:
+    from coap_gateway.codec import DeviceState, ServerBinding
+
+    stored = DeviceState()
+    stored.tokens[0] = "syt_stored"
+    changes: list[tuple[bytes, DeviceState | None]] = []
+    binding = ServerBinding(LB3, loader=lambda key: stored if key == b"k" * 32 else None,
+                            on_change=lambda key, state: changes.append((key, state)))
+    binding.session_started("session-1", b"k" * 32)
+    assert binding.device("session-1").tokens[0] == "syt_stored"  # restored, not defined again
+    binding.session_started("session-2", b"n" * 32)
+    assert binding.device("session-2").tokens == {}
+    binding.reset_device(b"k" * 32)
+    assert changes == [(b"k" * 32, None)]
+    # a plaintext device (keyed by its address) is never stored
+    binding.reset_device(("127.0.0.1", 5683))
+    assert len(changes) == 1
+
+
+def test_a_client_binding_round_trips_and_refuses_what_it_did_not_write() -> None:
+    from coap_gateway.codec import ClientBinding
+
+    binding = ClientBinding(LB3)
+    binding.token_handle("syt_a")
+    binding.confirmed_tokens.add(0)
+    assert binding.wire is not None
+    binding.wire.handle_for("room", "!r:hs")
+    binding.wire.confirm({0})
+    binding.wire.txn_for("m1%20x")
+    text = binding.to_json()
+    other = ClientBinding(LB3)
+    other.load_json(text)
+    assert other.to_json() == text
+    assert other.wire is not None and other.wire.originals == {0: "m1 x"} and other.wire.scope == binding.wire.scope
+    assert other.wire.txn_for("m2") == 1  # the next transaction ID is a new one
+    before = other.to_json()
+    for bad in ("nope", '{"v": 9}', '{"v": 1, "tokens": 3}'):
+        with pytest.raises(CodecError):
+            other.load_json(bad)
+        assert other.to_json() == before  # nothing changed
