@@ -134,9 +134,10 @@ class ClientEndpoint:
         carried = message
         if use_ik and message is not None:
             header = sf.parse_coap_header(message)
-            if not header.is_idempotent_request or len(message) > MAX_EARLY_MESSAGE or announcing:
-                # the server would refuse it (or, announcing, must first restart the
-                # device's state): send it after IK2 instead
+            if not header.is_idempotent_request or len(message) > MAX_EARLY_MESSAGE:
+                # the server would refuse it: send it after IK2 instead.  (Announcing
+                # RESTART/UNBOUND is no reason: a server that accepts the early data acts
+                # on the announcement first, and one that does not takes it after IK2.)
                 carried = None
                 self._queue.appendleft(message)
         self.handshake = ClientSession(
@@ -207,6 +208,9 @@ class ClientEndpoint:
             if handshake.message is not None:
                 self._unconfirmed_xx3 = (handshake.message, done.transmit)
         if done.answer is not None:
+            if handshake.restart or handshake.unbound:
+                # the early message was answered: the server took it, and the flags with it
+                self.announce_restart = self.announce_unbound = False
             out.append(Deliver(done.channel.session_id, None, done.answer, 0))
         if done.resend_early and handshake.message is not None:
             self._seal_and_send(handshake.message, out)

@@ -262,8 +262,6 @@ def minutes_skew(minutes: int, now: float) -> int:
 
 
 def encode_ik1_payload(message: bytes | None, minutes: int, *, restart: bool = False, unbound: bool = False) -> bytes:
-    if message is not None and (restart or unbound):
-        raise HandshakeError("an IK1 that restarts or unbinds carries no early data")
     return bytes([_hello_flags(message, restart, unbound)]) + minutes.to_bytes(3, "big") + (message or b"")
 
 
@@ -271,8 +269,6 @@ def decode_ik1_payload(payload: bytes) -> HelloPayload:
     if len(payload) < 4:
         raise HandshakeError("IK1 payload shorter than flags + minutes")
     flags, minutes, rest = payload[0], int.from_bytes(payload[1:4], "big"), bytes(payload[4:])
-    if flags & FLAG_MESSAGE and flags & (FLAG_RESTART | FLAG_UNBOUND):
-        raise HandshakeError("an IK1 that restarts or unbinds carries no early data")
     return HelloPayload(_flagged_message(flags, rest, "IK1", HELLO_FLAGS), minutes,
                         bool(flags & FLAG_RESTART), bool(flags & FLAG_UNBOUND))
 

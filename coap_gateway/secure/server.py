@@ -389,6 +389,14 @@ class ServerEndpoint:
         self._sessions.move_to_end(session.id)
         out.append(Deliver(session.id, addr, opened.message, opened.counter, duplicate=opened.is_retransmission))
 
+    def _restarted(self, session: _Session, out: list[ServerOutput]) -> None:
+        """The device's new process proved itself: its other sessions are closed."""
+        for other in [s for s in self._sessions.values()
+                      if s.client_public == session.client_public and s.id != session.id]:
+            self._remove_session(other, "closed: the device restarted", out)
+        out.append(DeviceRestarted(session.id, session.client_public, session.unbound))
+        session.restart = session.unbound = False
+
     def _bind(self, session: _Session, addr: Hashable) -> None:
         if self._by_addr.get(session.addr) == session.id:
             del self._by_addr[session.addr]
@@ -398,11 +406,7 @@ class ServerEndpoint:
     def _validate(self, session: _Session, out: list[ServerOutput]) -> None:
         if session.restart or session.unbound:
             # only now: a replayed IK1 never gets here (the replayer has no keys)
-            for other in [s for s in self._sessions.values()
-                          if s.client_public == session.client_public and s.id != session.id]:
-                self._remove_session(other, "closed: the device restarted", out)
-            out.append(DeviceRestarted(session.id, session.client_public, session.unbound))
-            session.restart = session.unbound = False
+            self._restarted(session, out)
         session.validated = True
         self._unconfirmed.pop(session.id, None)
         self._addresses.pop(session.addr, None)
@@ -458,6 +462,11 @@ class ServerEndpoint:
         out.append(SessionEstablished(session.id, addr, session.client_public, "IK"))
         message = handshake.hello.message
         if message is not None and self._accept_early(now, handshake, message):
+            if session.restart or session.unbound:
+                # accepted early data is struck off: this IK1 can never run again, so its
+                # announcement is the device's own and fresh — act on it before the request
+                # runs (it may define what an UNBOUND reset would otherwise wipe)
+                self._restarted(session, out)
             session.early = sf.parse_coap_header(message)
             session.early_message = message
             session.ik2_deadline = now + self.limits.early_answer_wait

@@ -68,7 +68,11 @@ def test_a_forged_reset_of_a_pending_request_resends_the_same_message():
     assert post(0x201) in list(client._queue)
 
 
-def test_restart_flags_take_effect_only_when_the_session_is_validated():
+@pytest.mark.parametrize("early", [True, False], ids=["with-early-data", "after-ik2"])
+def test_restart_flags_take_effect_before_the_first_request_runs(early):
+    """With early data (struck off: that IK1 can never run again) the server acts on
+    the flags at IK1; without (a POST), when the session is validated — either way
+    before the device's first request is delivered."""
     world = World(new_server())
     world.add("A", new_client(seed="device"))
     world.client_send("A", get(0x300))
@@ -77,9 +81,11 @@ def test_restart_flags_take_effect_only_when_the_session_is_validated():
     assert len(old_sessions) == 1
     # the device's client process restarts: same static key, new state
     restarted = world.add("B", new_client(seed="device", restart=True, unbound=True))
-    world.client_send("B", get(0x310))
+    first = get(0x310) if early else post(0x310)
+    world.client_send("B", first)
     ik1 = frames_up(world, "B")[0]
-    assert sf.classify(ik1) is sf.DatagramKind.IK1 and len(ik1) == 104  # no early data when announcing
+    assert sf.classify(ik1) is sf.DatagramKind.IK1
+    assert (len(ik1) > 104) is early  # the request rides in IK1 unless it is not early-data material
     events = world.server_events
     restarts = of(events, DeviceRestarted)
     assert len(restarts) == 1 and restarts[0].unbound
@@ -87,7 +93,7 @@ def test_restart_flags_take_effect_only_when_the_session_is_validated():
     assert {c.session_id for c in closed} == old_sessions  # the old process's session is gone
     # the restart came before the request that validated the session was delivered
     order = [e for e in events if isinstance(e, (DeviceRestarted, Deliver)) and getattr(e, "counter", 1) is not None]
-    assert isinstance(order[-2], DeviceRestarted) and order[-1].message == get(0x310)
+    assert isinstance(order[-2], DeviceRestarted) and order[-1].message == first
     # the flags are said until an answer authenticates in that session, then never again
     assert not restarted.announce_restart and not restarted.announce_unbound
 
@@ -105,6 +111,22 @@ def test_a_replayed_restart_handshake_does_nothing():
     assert world.executions[-1].message == get(0x402)
 
 
+def test_a_replayed_restart_ik1_with_early_data_does_nothing_again():
+    """The restart acted on at IK1 is the device's own: the IK1 is struck off, so its
+    replay is refused before anything happens (no second restart, nothing run twice)."""
+    world = World(new_server())
+    world.add("A", new_client(seed="device"))
+    world.client_send("A", get(0x600))
+    world.add("B", new_client(seed="device", restart=True, unbound=True))
+    world.client_send("B", get(0x610))
+    ik1 = frames_up(world, "B")[0]
+    assert len(of(world.server_events, DeviceRestarted)) == 1
+    executed = len(world.executions)
+    outs = world.server.receive(NOW, "attacker", ik1)  # the same IK1 from elsewhere
+    assert not of(outs, DeviceRestarted) and not of(outs, SessionClosed) and not of(outs, Deliver)
+    assert len(world.executions) == executed
+
+
 def test_xx3_carries_the_flags():
     world = World(new_server())
     world.add("A", new_client(server_public=None, restart=True, unbound=False))
@@ -118,10 +140,11 @@ def test_flag_bytes():
     assert sf.encode_xx3_payload(get(1), restart=True) [0] == 0x05
     hello = sf.decode_xx3_payload(sf.encode_xx3_payload(get(1), restart=True, unbound=True))
     assert (hello.restart, hello.unbound, hello.message) == (True, True, get(1))
-    with pytest.raises(HandshakeError):
-        sf.encode_ik1_payload(get(1), 5, restart=True)
-    with pytest.raises(HandshakeError):
-        sf.decode_ik1_payload(bytes([0x05, 0, 0, 5]) + get(1))  # early data with RESTART
+    # early data with RESTART (and UNBOUND): allowed since the server acts on it only
+    # when it accepts the early data (docs/protocol.md Part III)
+    assert sf.encode_ik1_payload(get(1), 5, restart=True)[0] == 0x05
+    hello = sf.decode_ik1_payload(bytes([0x0D, 0, 0, 5]) + get(1))
+    assert (hello.restart, hello.unbound, hello.message) == (True, True, get(1))
     with pytest.raises(HandshakeError):
         sf.decode_ik2_payload(bytes([0x04]))  # not an IK2 flag
     with pytest.raises(HandshakeError):
