@@ -215,6 +215,8 @@ async def test_a_restarted_client_gateway_costs_a_reconnect_and_never_reuses_a_t
         assert len(ik1) == 1 and len(ik2) == 1
         assert len(ik1[0]) <= 104 + 29 and len(ik2[0]) <= 50 + 37  # the warm request and answer, nothing more
         frames, total = len(sent) + len(answers), sum(map(len, sent)) + sum(map(len, answers))
+        # issue 15: a restart then a send <= 300 B with Ethernet+IPv4+UDP (the request rides in IK1)
+        assert frames == 2 and total + 42 * frames <= 300, (frames, total)
         print(f"\nclient restart, then send: {[(classify(d).name, len(d)) for d in sent + answers]}: {frames} frames, {total} B link level, {total + 42 * frames} B with "
               f"Ethernet+IPv4+UDP")
         # the same transaction ID as before the restart is the same message, as Synapse has it
