@@ -95,7 +95,9 @@ def summary(results: dict[str, Any], console: Any) -> None:
     table = Table(title="bench: bytes on the wire (link level for the gateway)")
     for col in ("workload", "HTTPS+JSON", "gateway", "gateway link", "ratio"):
         table.add_column(col, justify="left" if col == "workload" else "right")
-    for key in ("W1", "W2", "W3", "W5"):
+    for key in ("W1", "W2", "W3", "W5", "W6"):
+        if key not in results["workloads"]:
+            continue  # W6: --skip-federation, or its part failed
         b, g = results["workloads"][key]["baseline"], results["workloads"][key]["gateway"]
         table.add_row(key, f"{b['wire_bytes']} B", f"{g['wire_bytes']} B", f"{g['payload_bytes']} B",
                       f"{b['wire_bytes'] / g['wire_bytes']:.1f}×")
@@ -109,6 +111,13 @@ def summary(results: dict[str, Any], console: Any) -> None:
         console.print(f"at {s['rate_bps']:g} bit/s, {s['delay_s']:g} s: W5 {s['gateway']['w5_seconds']:.1f} s, "
                       f"send → ack {s['gateway']['send_ack_seconds']:.1f} s (HTTPS+JSON ≥ "
                       f"{s['baseline_bound']['w5_seconds']:.0f} s and ≥ {s['baseline_bound']['send_ack_seconds']:.0f} s)")
+    fed = results.get("federation") or {}
+    for join in fed.get("joins", []):
+        console.print(f"federated join at {join['rate_bps']:g} bit/s, {join['delay_s']:g} s: "
+                      f"{'joined' if join['joined'] else 'NOT joined'} after {join['seconds']:.1f} s, "
+                      f"{join['a_to_b']['link_bytes']} B A → B, {join['b_to_a']['link_bytes']} B B → A")
+    if fed.get("error"):
+        console.print(f"federation part failed: {fed['error']}")
     if results.get("cpu"):
         c = results["cpu"]
         console.print(f"CPU: server gateway {c['gateway']['requests_per_cpu_second']:.0f} req/s per core, "

@@ -33,7 +33,7 @@ import shutil
 import socket
 import struct
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -48,6 +48,7 @@ __all__ = [
     "WindowResult",
     "parse_frame",
     "read_pcap",
+    "sender_side",
 ]
 
 MARKER_PREFIX = b"bench-marker:"
@@ -298,6 +299,8 @@ class WindowResult:
     settled: bool = True
     #: per frame: [seconds since open, "up"/"down", wire bytes, payload bytes, kind]
     frame_list: list[list[Any]] = field(default_factory=list)
+    #: with ``sides``: what each side sent (see ``sender_side``)
+    sent_by: dict[str, dict[str, int]] = field(default_factory=dict)
 
     @property
     def duration(self) -> float:
@@ -317,16 +320,36 @@ class WindowResult:
             "settled": self.settled,
             "markers": list(self.markers),
         }
+        if self.sent_by:
+            doc["sent_by"] = {side: dict(counts) for side, counts in self.sent_by.items()}
         if with_frames:
             doc["frame_list"] = self.frame_list
         return doc
 
 
+def sender_side(src_ip: str, dst_ip: str, sides: Mapping[str, str]) -> str | None:
+    """Which side sent a frame, ``sides`` mapping each side's addresses to its name.
+
+    A frame from one of a side's addresses is that side's; a frame from an address
+    of neither (a homeserver's outgoing connection leaves from 127.0.0.1, whatever
+    address its listener has) was sent towards one side, so by the other one —
+    which assumes two sides."""
+    if src_ip in sides:
+        return sides[src_ip]
+    if dst_ip in sides:
+        others = {name for name in sides.values() if name != sides[dst_ip]}
+        return others.pop() if len(others) == 1 else None
+    return None
+
+
 class Window:
-    def __init__(self, name: str, ips: Iterable[str], keep_frames: bool = True):
+    def __init__(self, name: str, ips: Iterable[str], keep_frames: bool = True,
+                 sides: Mapping[str, str] | None = None):
         self.name = name
         self.ips = frozenset(ips)
         self.keep_frames = keep_frames
+        #: address -> side name: count what each side sent (two peers, not device and server)
+        self.sides = dict(sides or {})
         self.result = WindowResult(name, sorted(self.ips))
         self.active = False
         self.done = False
@@ -346,6 +369,12 @@ class Window:
         side["payload_bytes"] += frame.payload_len
         r.retransmissions += retransmission
         r.kinds[kind] = r.kinds.get(kind, 0) + 1
+        if self.sides:
+            sender = sender_side(frame.src[0], frame.dst[0], self.sides) or "unknown"
+            counts = r.sent_by.setdefault(sender, {"frames": 0, "wire_bytes": 0, "payload_bytes": 0})
+            counts["frames"] += 1
+            counts["wire_bytes"] += frame.wire
+            counts["payload_bytes"] += frame.payload_len
         if self.keep_frames:
             r.frame_list.append([round(frame.time - r.opened, 6), "up" if up else "down", frame.wire,
                                  frame.payload_len, kind])
@@ -713,8 +742,9 @@ class LiveCapture:
         await self.barrier()
         return await self.until(lambda: self.settled(ips), timeout)
 
-    async def open(self, name: str, ips: Iterable[str], *, keep_frames: bool = True) -> Window:
-        window = Window(name, ips, keep_frames)
+    async def open(self, name: str, ips: Iterable[str], *, keep_frames: bool = True,
+                   sides: Mapping[str, str] | None = None) -> Window:
+        window = Window(name, ips, keep_frames, sides)
         self._windows.append(window)
 
         def activate(ts: float, marker: bytes) -> None:

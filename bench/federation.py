@@ -125,32 +125,65 @@ async def _conversation(alice: User, bob: User, server_a: str) -> str:
     return room
 
 
-async def _measure(capture: LiveCapture, ips: tuple[str, ...], alice: User, bob: User, room: str,
-                   repeats: int) -> list[dict[str, Any]]:
+def counter_delta(before: dict[str, Any], after: dict[str, Any]) -> dict[str, int]:
+    """The gateway counters that moved between two snapshots (numbers only): what
+    crossed in a window besides the transaction shows here (a request B sent, a resend)."""
+    return {key: value - before.get(key, 0) for key, value in after.items()
+            if isinstance(value, int) and value != before.get(key, 0)}
+
+
+def _snapshot(gateways: list[Any]) -> list[dict[str, Any]]:
+    return [dict(vars(g.gateway.counters)) for g in gateways]
+
+
+async def _measure(capture: LiveCapture, ips: tuple[str, str], alice: User, bob: User, room: str,
+                   repeats: int, gateways: list[Any]) -> list[dict[str, Any]]:
     """``repeats`` W6 windows: one message A → B each, settled."""
+    sides = {ips[0]: "A", ips[1]: "B"}
     windows = []
     for i in range(repeats):
         await capture.settle(ips)
-        window = await capture.open(f"W6 #{i + 1}", ips)
+        before = _snapshot(gateways)
+        window = await capture.open(f"W6 #{i + 1}", ips, sides=sides)
         started = time.monotonic()
         await bob.has(room, await alice.send(room, MESSAGE))
         delivered = time.monotonic() - started
+        # closes once every TLS byte is acknowledged / every CoAP CON answered: the answer is in
         result = await capture.close(window, settle_timeout=30.0)
         entry = result.as_dict(with_frames=True)
         entry["delivered_s"] = round(delivered, 3)
+        sent_by = entry.pop("sent_by", {})
+        # "up"/"down" are a device's view (from its addresses): here both ends are in the window
+        del entry["up"], entry["down"]
+        zero = {"frames": 0, "wire_bytes": 0, "payload_bytes": 0}
+        entry["a_to_b"], entry["b_to_a"] = sent_by.get("A", dict(zero)), sent_by.get("B", dict(zero))
+        if "unknown" in sent_by:  # a frame neither side sent: the filter let in something else
+            entry["unattributed"] = sent_by["unknown"]
+        if gateways:
+            entry["gateway_counters_delta"] = {side: counter_delta(b, a) for side, b, a
+                                               in zip("AB", before, _snapshot(gateways))}
         windows.append(entry)
     return windows
 
 
+def _stats(values: list[float]) -> dict[str, float]:
+    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
+
+
 def summarise(windows: list[dict[str, Any]]) -> dict[str, Any]:
     """Median, min and max of the windows' frames and bytes (wire: with Ethernet+IP+TCP/UDP headers;
-    link: the TCP or UDP payload, i.e. TLS records or sealed frames)."""
-    def stats(key: str) -> dict[str, float]:
-        values = [w[key] for w in windows]
-        return {"median": statistics.median(values), "min": min(values), "max": max(values)}
-
-    return {"count": len(windows), "frames": stats("frames"), "wire_bytes": stats("wire_bytes"),
-            "link_bytes": stats("payload_bytes"), "settled": all(w["settled"] for w in windows)}
+    link: the TCP or UDP payload, i.e. TLS records or sealed frames), in all and per direction."""
+    out: dict[str, Any] = {"count": len(windows),
+                           "frames": _stats([w["frames"] for w in windows]),
+                           "wire_bytes": _stats([w["wire_bytes"] for w in windows]),
+                           "link_bytes": _stats([w["payload_bytes"] for w in windows]),
+                           "settled": all(w["settled"] for w in windows)}
+    for direction in ("a_to_b", "b_to_a"):
+        if all(direction in w for w in windows):
+            out[direction] = {"frames": _stats([w[direction]["frames"] for w in windows]),
+                              "wire_bytes": _stats([w[direction]["wire_bytes"] for w in windows]),
+                              "link_bytes": _stats([w[direction]["payload_bytes"] for w in windows])}
+    return out
 
 
 # ---------------------------------------------------------------- the two transports
@@ -240,7 +273,7 @@ async def measure_w6(tmp: Path, *, repeats: int = 5, progress: Progress = lambda
                 await bob.register("bob")
                 room = await _conversation(alice, bob, names[0])
                 progress(f"W6 {label}: {repeats} messages, each in its own capture window")
-                windows = await _measure(capture, ips, alice, bob, room, repeats)
+                windows = await _measure(capture, ips, alice, bob, room, repeats, gateways)
                 out[label] = {"server_names": names, **summarise(windows), "windows": windows}
                 if gateways:
                     out[label]["gateway_counters"] = {n: vars(g.gateway.counters) for n, g in zip(names, gateways)}
@@ -308,4 +341,4 @@ async def measure_join(tmp: Path, *, rate_bps: float = JOIN_RATE_BPS, delay: flo
     }
 
 
-__all__ = ["MESSAGE", "measure_join", "measure_w6", "summarise"]
+__all__ = ["MESSAGE", "counter_delta", "measure_join", "measure_w6", "summarise"]

@@ -13,6 +13,7 @@ capture saw every frame the link did.
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Hashable
 from typing import Any
 
@@ -106,8 +107,11 @@ class GatewayTransport(Transport):
 
     async def start(self) -> None:
         self.link = await CountingUdpLink.open(*self.listen)
+        # a state directory, as `coap-gateway server` has by default (the key's): without
+        # one the server refuses early data for its first ten minutes (replay protection)
+        self._state = tempfile.TemporaryDirectory(prefix="bench-server-state-")
         self.running = await start_server(self.link, homeserver=self.homeserver, profile=self.profile,
-                                          static_private=self.server_key,
+                                          static_private=self.server_key, state_dir=self._state.name,
                                           advertisement=advertisement_for(f"udp://{self.listen[0]}:{self.server[1]}",
                                                                           self.server_key, self.profile))
 
@@ -115,6 +119,9 @@ class GatewayTransport(Transport):
         if self.running is not None:
             await self.running.stop()
             self.running = None
+        if getattr(self, "_state", None) is not None:
+            self._state.cleanup()
+            self._state = None
 
     def bpf(self) -> str:
         host, port = self.server

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,8 @@ WORKLOAD_TITLES = {
     "W5": "W5 login + first sync (1 room, 10 messages)",
     "W6": "W6 federated message: transaction + answer between two homeservers",
 }
-CHARTS = {"bytes": "bench-bytes.png", "idle": "bench-idle.png", "cpu": "bench-cpu.png"}
+CHARTS = {"bytes": "bench-bytes.png", "idle": "bench-idle.png", "cpu": "bench-cpu.png",
+          "w6": "bench-w6.png"}
 
 
 # ------------------------------------------------------------------ helpers
@@ -115,45 +117,109 @@ def bytes_table(results: dict[str, Any]) -> list[str]:
     return lines
 
 
-def federation_section(results: dict[str, Any]) -> list[str]:
-    """W6 in detail (windows, how each side is set up) and the federated join's times."""
+def _median_min_max(stats: dict[str, float]) -> str:
+    if stats["min"] == stats["max"]:
+        return _fmt_int(stats["median"])
+    return f"{_fmt_int(stats['median'])} ({_fmt_int(stats['min'])}–{_fmt_int(stats['max'])})"
+
+
+def _direction(entry: dict[str, Any], key: str) -> str:
+    """One direction's medians: wire B / link level B (frames); older results have no directions."""
+    d = entry.get(key)
+    if not d:
+        return "—"
+    return (f"{_fmt_int(d['wire_bytes']['median'])} / {_fmt_int(d['link_bytes']['median'])} B "
+            f"({_fmt_int(d['frames']['median'])})")
+
+
+def gateway_requests(entry: dict[str, Any]) -> tuple[list[int], list[int]] | None:
+    """Requests each gateway sent across in each W6 window (from its counters), None when not recorded."""
+    deltas = [w.get("gateway_counters_delta") for w in entry.get("windows", [])]
+    if not deltas or any(d is None for d in deltas):
+        return None
+    return [d.get("A", {}).get("sent", 0) for d in deltas], [d.get("B", {}).get("sent", 0) for d in deltas]
+
+
+W6_TRANSPORTS = (("baseline", "HTTPS+JSON: Synapse → TLS 1.3 (nginx) → Synapse, keep-alive"),
+                 ("gateway", "gateways: Synapse → https_proxy → CoAP/Noise over UDP → Synapse"))
+
+
+def w6_table(w6: dict[str, Any]) -> list[str]:
+    lines = ["| transport | frames | wire B (median, min–max) | link level B (median, min–max) | "
+             "A → B: wire / link (frames) | B → A: wire / link (frames) | target |",
+             "|---|---:|---:|---:|---:|---:|---|"]
+    for key, label in W6_TRANSPORTS:
+        e = w6.get(key)
+        if not e:
+            continue
+        target = f"{_limit('W6.wire')}, {_limit('W6.link')} link level" if key == "gateway" else "—"
+        lines.append(f"| {label} | {_median_min_max(e['frames'])} | {_median_min_max(e['wire_bytes'])} | "
+                     f"{_median_min_max(e['link_bytes'])} | {_direction(e, 'a_to_b')} | "
+                     f"{_direction(e, 'b_to_a')} | {target} |")
+    return lines
+
+
+def federation_section(results: dict[str, Any], charts: dict[str, Path] | None = None,
+                       rel: Callable[[Path], str] | None = None) -> list[str]:
+    """W6 in detail (both transports, both directions) and the federated join's times."""
     fed = results.get("federation") or {}
     lines: list[str] = []
     w6 = fed.get("w6")
     if w6:
-        lines += ["### W6: a federated message", "",
+        lines += ["### W6 — a federated message", "",
                   f"One `m.text` (\"{w6['message']}\") from a user of homeserver A to a room a user of homeserver "
                   "B is in, after a warm-up (the room joined over federation, messages both ways: keys fetched, "
                   f"connections and sessions up); {w6['repeats']} windows per transport, each from the send "
-                  "until B holds the event and every flow between the two sides has settled.", "",
-                  "| transport | frames | wire B (median, min–max) | link level B (median) |",
-                  "|---|---:|---:|---:|"]
-        for key, label in (("baseline", "HTTPS+JSON: Synapse → TLS 1.3 (nginx) → Synapse, keep-alive"),
-                           ("gateway", "gateways: Synapse → https_proxy → CoAP/Noise over UDP → Synapse")):
-            e = w6.get(key)
-            if e:
-                lines.append(f"| {label} | {_fmt_int(e['frames']['median'])} | {_fmt_int(e['wire_bytes']['median'])} "
-                             f"({_fmt_int(e['wire_bytes']['min'])}–{_fmt_int(e['wire_bytes']['max'])}) | "
-                             f"{_fmt_int(e['link_bytes']['median'])} |")
-        lines += ["", f"HTTPS+JSON ÷ gateways: {w6.get('ratio_wire')}× on the wire, {w6.get('ratio_link')}× link "
-                  "level (TLS records vs sealed frames). The gateways carry the transaction in the compact form "
-                  "(docs/protocol.md §11a): references for the room, previous and auth events, the X-Matrix "
-                  "header as its 64-byte signature, a 4-byte content-hash check; an accepted transaction is "
-                  "answered by an empty 2.04.", ""]
+                  "until B's user can read the event and every flow between the two sides has settled (every "
+                  "TLS byte acknowledged, every CoAP request answered): the `PUT /_matrix/federation/v1/send` "
+                  "transaction and its answer, and anything else that crossed meanwhile.", "",
+                  *w6_table(w6), "",
+                  f"HTTPS+JSON ÷ gateways: {w6.get('ratio_wire')}× on the wire, {w6.get('ratio_link')}× link "
+                  "level (TLS records vs sealed frames). HTTPS+JSON: both Synapses stock, each behind nginx on "
+                  "port 8448 of its own loopback address, server names that are those addresses (IP literals "
+                  "with the port: no well-known, no SRV), each trusting the other's certificate; the "
+                  "transaction goes over the TLS connection the warm-up left open. Gateways: each Synapse's "
+                  "`https_proxy` is its federation gateway, the two gateways on UDP, each on its own loopback "
+                  "address; the transaction crosses in the compact form (docs/protocol.md §11a): references "
+                  "for the room, previous and auth events, the X-Matrix header as its 64-byte signature, a "
+                  "4-byte content-hash check; an accepted transaction is answered by an empty 2.04.", ""]
+        requests = gateway_requests(w6.get("gateway") or {})
+        if requests is not None:
+            sent_a, sent_b = requests
+            if all(n == 1 for n in sent_a) and not any(sent_b):
+                lines.append("In every gateway window A's gateway sent one request across (the transaction) and "
+                             "B's none: nothing but the transaction and its answer crossed.")
+            else:
+                lines.append(f"Requests sent across per gateway window: A {sent_a}, B {sent_b} (the transaction "
+                             "is one of A's).")
+        lines.append("")
+        if charts and "w6" in charts and rel is not None:
+            lines += [f"![W6 both ways]({rel(charts['w6'])})", ""]
     joins = fed.get("joins") or []
     if joins:
+        row = _target_row(results, "join.time")
         lines += ["### Federated join (10 messages of history), through the gateways", "",
-                  "| link | joined | seconds | A → B | B → A |", "|---|---|---:|---:|---:|"]
+                  f"B's user joins a public room on A that holds {joins[0].get('history', 10)} messages, over an "
+                  "emulated link between the two gateways (`meshsim.emulated_link_pair`, no IP headers: bytes "
+                  "are link level, from the link's counters); the time runs from the user's first "
+                  "`POST /join` to the one that returns the room. The homeservers fetched each other's keys "
+                  "before the link was slowed.", "",
+                  "| link | joined | join calls | seconds | A → B | B → A | target |",
+                  "|---|---|---:|---:|---:|---:|---|"]
         for j in joins:
+            at_target = j["rate_bps"] == targets.SLOW_RATE_BPS and j["delay_s"] == targets.SLOW_DELAY_S
             lines.append(f"| {j['rate_bps']:g} bit/s, {j['delay_s']:g} s each way | "
                          f"{'yes' if j['joined'] else 'no: ' + str((j.get('error') or {}).get('error', ''))[:80]} | "
+                         f"{len(j.get('attempts', [])) or '—'} | "
                          f"{_fmt(j['seconds'], 1)} | {_fmt_int(j['a_to_b']['link_bytes'])} B "
                          f"({j['a_to_b']['frames']} frames) | {_fmt_int(j['b_to_a']['link_bytes'])} B "
-                         f"({j['b_to_a']['frames']} frames) |")
+                         f"({j['b_to_a']['frames']} frames) | "
+                         f"{_limit('join.time') + ' ' + _mark(row.get('met')) if at_target else '—'} |")
         lines += ["", "Stock Synapse gives `make_join` a fixed 20 s (and `query` and event fetches 10 s, "
                   "`get_missing_events` 60 s), whatever `federation.client_timeout` says: a join needs the "
                   "make_join request and answer (~750 B with the X-Matrix header) across within 20 s, which a "
-                  "100 bit/s link cannot carry. Transactions and send_join follow `client_timeout` "
+                  "100 bit/s link cannot carry, so the user's first join fails; the gateway keeps the late "
+                  "answer and a later join goes through. Transactions and send_join follow `client_timeout` "
                   "(docs/operator.md).", ""]
     if fed.get("error"):
         lines += [f"Federation part of this run failed: `{fed['error']}`", ""]
@@ -230,8 +296,10 @@ def targets_table(results: dict[str, Any]) -> list[str]:
              "|---|---:|---:|---|---|"]
     for row in results.get("targets", []):
         measured = row["measured"]
-        if measured is None:
-            shown = "not measured at 100 bit/s in this run" if row["key"] == "W5.time" else "—"
+        if measured is None and row["met"] is False:
+            shown = "did not finish"
+        elif measured is None:
+            shown = "not measured at 100 bit/s in this run" if row["key"] in ("W5.time", "join.time") else "—"
         else:
             shown = _value(measured, row["unit"])
         lines.append(f"| {row['text']} | {row['limit']:g} {row['unit']} | {shown} | "
@@ -326,6 +394,35 @@ def write_charts(results: dict[str, Any], img_dir: Path) -> dict[str, Path]:
         fig.tight_layout()
         paths["cpu"] = img_dir / CHARTS["cpu"]
         fig.savefig(paths["cpu"])
+        plt.close(fig)
+
+    # W6 both ways: what each homeserver's side sent, stacked
+    w6 = (results.get("federation") or {}).get("w6") or {}
+    entries = [w6.get(key) for key, _ in W6_TRANSPORTS]
+    if all(e and "a_to_b" in e and "b_to_a" in e for e in entries):
+        fig, ax = plt.subplots(figsize=(6.4, 3.4), dpi=110)
+        bars = [("HTTPS+JSON\nwire", entries[0], "wire_bytes"), ("HTTPS+JSON\nTLS records", entries[0], "link_bytes"),
+                ("gateways\nwire", entries[1], "wire_bytes"), ("gateways\nlink level", entries[1], "link_bytes")]
+        labels = [label for label, _, _ in bars]
+        a_to_b = [e["a_to_b"][field]["median"] for _, e, field in bars]
+        b_to_a = [e["b_to_a"][field]["median"] for _, e, field in bars]
+        colour = [colours["baseline"], colours["baseline"], colours["gateway"], colours["link"]]
+        ax.bar(labels, a_to_b, color=colour, label="sent by A (the transaction, ACKs)")
+        top = ax.bar(labels, b_to_a, bottom=a_to_b, color=colour, alpha=0.45, hatch="//",
+                     label="sent by B (the answer, ACKs)")
+        ax.bar_label(top, labels=[_fmt_int(a + b) for a, b in zip(a_to_b, b_to_a)], fontsize=8, padding=4)
+        for x, key in ((2, "W6.wire"), (3, "W6.link")):
+            ax.hlines(_target(key).limit, x - 0.4, x + 0.4, colors=colours["target"], linestyles="--",
+                      linewidth=1.4, label="DESIGN target" if key == "W6.wire" else None)
+        ax.set_ylabel("bytes per message (median)")
+        ax.set_title("W6: one federated message, both directions", fontsize=10)
+        ax.set_ylim(0, max(a + b for a, b in zip(a_to_b, b_to_a)) * 1.15)
+        ax.tick_params(axis="x", labelsize=8)
+        ax.legend(fontsize=7)
+        ax.grid(axis="y", alpha=0.25)
+        fig.tight_layout()
+        paths["w6"] = img_dir / CHARTS["w6"]
+        fig.savefig(paths["w6"])
         plt.close(fig)
     return paths
 
@@ -496,7 +593,7 @@ def render_markdown(results: dict[str, Any], *, json_path: Path | None, docs_pat
                   "requests answered ÷ CPU seconds (user + system, all threads) the front end's process used.", ""]
         if "cpu" in charts:
             lines += [f"![CPU per request]({rel(charts['cpu'])})", ""]
-    lines += federation_section(results)
+    lines += federation_section(results, charts, rel)
     lines += ["### Targets", "", *targets_table(results), "",
               "### Frame by frame", ""]
     for workload in ("W1", "W2", "W3"):
@@ -576,6 +673,11 @@ def render_markdown(results: dict[str, Any], *, json_path: Path | None, docs_pat
         "- **W5**: a new device logs in (password) and runs nio's first sync of an account with one room and "
         "ten short messages (Synapse's default timeline limit is 10: all ten arrive), handshakes included.",
         "- **Slow link** and **CPU**: see their tables above.",
+        "- **W6** (a federated message) and the **federated join**: two more Synapses per transport, on "
+        "127.0.0.61–64, in a capture of their own (`tcp port 8448` between the nginx fronts, `udp port 5684` "
+        "between the gateways); see their section above. Each frame is put to the side that sent it: a "
+        "frame from a side's address is that side's, a frame to one (a Synapse's outgoing connection, from "
+        "127.0.0.1) the other side's.",
         "- **Loopback.** The loopback MTU is 64 KiB, so large responses leave as one TCP segment; on Ethernet "
         "(1500 B MTU) HTTPS+JSON would pay 66 B more per extra 1448 B segment, so its W5 here is a slight "
         "underestimate.",

@@ -18,6 +18,7 @@ must wait for the other side (TCP, TLS, request, response).
 
 from __future__ import annotations
 
+import tempfile
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -85,8 +86,11 @@ async def _attempt(homeserver: str, account: Account, room_id: str, *, rate_bps:
     server_key = keys.generate_keypair()[0]
     link = LinkProfile(rate_bps=rate_bps, delay=delay)
     client_link, server_link = emulated_link_pair(link, seed=6, max_retransmit=8, record=False)
+    # a state directory, as a deployed server has (early data from the start)
+    state = tempfile.TemporaryDirectory(prefix="bench-slow-state-")
     server = await start_server(server_link, homeserver=homeserver, profile=profile, static_private=server_key,
-                                advertisement=advertisement_for("emulated link", server_key, profile))
+                                advertisement=advertisement_for("emulated link", server_key, profile),
+                                state_dir=state.name)
     workaround = None
     if cache_lifetime is not None:
         # aiocoap.interfaces.Resource makes these in __init__ with the 93 s default
@@ -133,6 +137,7 @@ async def _attempt(homeserver: str, account: Account, room_id: str, *, rate_bps:
         await nio.close()
         await client.stop()
         await server.stop()
+        state.cleanup()
 
 
 async def run_slow_link(homeserver: str, account: Account, room_id: str, *, rate_bps: float, delay: float,

@@ -195,6 +195,14 @@ def test_w6_a_federated_message_from_the_capture(results):
     assert all(w["kinds"].get("syn", 0) == 0 and w["kinds"].get("tls-data", 0) >= 2 for w in base["windows"])
     # the gateways: one sealed request and its answer, nothing else
     assert all(w["frames"] == 2 for w in gw["windows"]), gw["windows"]
+    # both ways, per side: the transaction A → B and its answer B → A, nothing unattributed
+    for entry in (base, gw):
+        for w in entry["windows"]:
+            assert "unattributed" not in w, w
+            assert w["a_to_b"]["frames"] + w["b_to_a"]["frames"] == w["frames"]
+            assert w["a_to_b"]["payload_bytes"] > w["b_to_a"]["payload_bytes"] > 0, w
+    assert all(w["gateway_counters_delta"]["A"].get("sent") == 1 and not w["gateway_counters_delta"]["B"].get("sent")
+               for w in gw["windows"]), gw["windows"]
     assert gw["wire_bytes"]["max"] - gw["link_bytes"]["max"] == 2 * 42
     assert gw["wire_bytes"]["median"] * 4 < base["wire_bytes"]["median"]
     assert results["workloads"]["W6"]["gateway"]["payload_bytes"] == gw["link_bytes"]["median"]
