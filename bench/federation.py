@@ -290,7 +290,6 @@ async def measure_join(tmp: Path, *, rate_bps: float = JOIN_RATE_BPS, delay: flo
     """B's user joins a room on A with ``history`` messages, through the gateways over an
     emulated link of ``rate_bps`` and ``delay``; time and bytes each way."""
     from meshsim import LinkProfile, emulated_link_pair
-    from meshsim.net.emulated import budget_for
 
     # fast at first: the two homeservers fetch each other's signing keys (as servers that
     # federated before have them, for days); then the link is shaped for the join
@@ -311,7 +310,9 @@ async def measure_join(tmp: Path, *, rate_bps: float = JOIN_RATE_BPS, delay: flo
             for stage in end.stages:
                 stage.set_profile(slow, now)
         for gateway in gateways:
-            gateway.endpoint.set_budget(budget_for([slow]))
+            # the gateways' CoAP timers for the shaped link (what emulated_link_pair derives for its ends)
+            gateway.endpoint.set_budget(LinkBudget(rate_bps=rate_bps, frame_overhead=max(0, slow.overhead),
+                                                   latency=delay))
         before = link_a.sent_bytes, link_b.sent_bytes, link_a.sent_frames, link_b.sent_frames
         progress(f"federated join over {rate_bps:g} bit/s, {delay:g} s latency ({history} messages of history)")
         started = time.monotonic()

@@ -131,7 +131,7 @@ async def test_a_restarted_server_gateway_costs_a_device_a_reconnect(synapse, tm
 
         # the server gateway restarts: same key, same state directory, same address
         await server.stop()
-        server_link.close()
+        await server_link.close()
         server_link = await UdpLink.open(*address)
         answers = recorded(server_link)
         server = await start_server(server_link, homeserver=synapse.base_url, profile=PROFILE,
@@ -196,7 +196,7 @@ async def test_a_restarted_client_gateway_costs_a_reconnect_and_never_reuses_a_t
 
         # the client gateway's process restarts: same key, same state directory, a new port
         await device.stop()
-        link.close()
+        await link.close()
         link = await UdpLink.open("127.0.0.1", 0)
         sent = recorded(link)
         device = await start_client(link, server_link.local_address, profile=PROFILE, static_private=device_priv,
