@@ -167,12 +167,34 @@ def merged(args: Any, config: dict[str, Any], names: list[str]) -> dict[str, Any
 
 
 def run(main_coro_factory) -> None:
+    async def main() -> None:
+        # caught from the first moment: a SIGTERM that arrives while the gateway is
+        # still starting (before it waits in until_signalled) stops it in order,
+        # instead of killing it with the default action
+        _arm_signals()
+        await main_coro_factory()
+
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a dependency
-        asyncio.run(main_coro_factory())
+        asyncio.run(main())
     else:
-        uvloop.run(main_coro_factory())
+        uvloop.run(main())
+
+
+#: set by SIGINT/SIGTERM once ``run`` armed them (None: not armed)
+_stop_requested: asyncio.Event | None = None
+_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def _arm_signals() -> asyncio.Event:
+    global _stop_requested
+    event = _stop_requested = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in _SIGNALS:
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, event.set)
+    return event
 
 
 #: what stopping may take before the process exits anyway: the gateways
@@ -183,16 +205,14 @@ STOP_TIMEOUT = 5.0
 async def until_signalled() -> None:
     """Wait for SIGINT or SIGTERM.  Then the default handlers are back, so a
     second signal ends a shutdown that hangs."""
-    stop = asyncio.Event()
+    global _stop_requested
+    stop = _stop_requested if _stop_requested is not None else _arm_signals()
     loop = asyncio.get_running_loop()
-    signals = (signal.SIGINT, signal.SIGTERM)
-    for sig in signals:
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, stop.set)
     try:
         await stop.wait()
     finally:
-        for sig in signals:
+        _stop_requested = None
+        for sig in _SIGNALS:
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.remove_signal_handler(sig)
 

@@ -49,3 +49,16 @@ async def test_federation_command_without_peers_is_one_line_and_exit_2(tmp_path)
     bad.write_text("[[peer]]\nservers = ['b']\n")
     code, out = await _run("--homeserver", "http://127.0.0.1:9", "--key", str(tmp_path / "k"), "--peers", str(bad))
     assert code == 2 and "missing" in out.decode()
+
+
+async def test_a_sigterm_while_starting_stops_it_in_order(tmp_path):
+    """A SIGTERM that arrives before the gateway waits for one (here: right after
+    the key is made, while the CA and proxy are still being set up) ends it with
+    status 0, not the default action's kill (-15: the race CI once lost)."""
+    other = keys.generate_keypair()[0]
+    peers = tmp_path / "peers.toml"
+    peers.write_text(dump_peers(PeersTable([Peer(keys.public_from_private(other), "udp://127.0.0.1:9", ("b.example",))])))
+    code, out = await _run("--homeserver", "http://127.0.0.1:9", "--peers", str(peers), "--key",
+                           str(tmp_path / "gw" / "federation.key"), "--generate-key", "--listen", "udp://127.0.0.1:0",
+                           "--proxy", "127.0.0.1:0", until=b"generated a new server key")
+    assert code == 0, out.decode()
