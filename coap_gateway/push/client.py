@@ -40,6 +40,7 @@ from ..codec import HttpResponse, Profile, coap_to_response
 from ..errors import GatewayError
 from .format import (
     END_FETCH,
+    FIRST_OBSERVE,
     JSON,
     OBSERVE_MODULUS,
     DeltaState,
@@ -287,6 +288,13 @@ class SyncPushState:
         resends): a running observation, an end ("too large", declined), or
         a plain answer the client gets as it is."""
         if reply.opt.observe is not None and reply.code.is_successful():
+            if reply.opt.observe != FIRST_OBSERVE:
+                # the registration's own answer (Observe 0, which starts the
+                # delta chain) was lost and a later notification took its
+                # place: decoding it against a fresh dictionary would read
+                # garbage.  Register again at once; the history replays.
+                self.on_lost(stream, generation)
+                return FirstAnswer(observing=False, outcome=Outcome.LOST)
             outcome = self.on_registered(stream, generation, reply.opt.observe, reply.payload, now)
             if outcome is Outcome.LOST:
                 # a first answer we cannot read will not read better next time

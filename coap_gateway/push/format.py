@@ -52,6 +52,9 @@ JSON = "application/json"
 
 #: Observe numbers are 24 bits (RFC 7641 §3.4)
 OBSERVE_MODULUS = 1 << 24
+#: the Observe number of a registration's first response, and only of it:
+#: the notification that starts an observation's delta chain
+FIRST_OBSERVE = 0
 
 #: routes whose long-polls are pushed (client API v3 and r0)
 SYNC_ROUTES = frozenset({"client.sync", "client.r0.sync"})
@@ -381,6 +384,7 @@ def decode_notification(payload: bytes, since: str, delta: DeltaState, table: Cb
 __all__ = [
     "COUNT_KEYS",
     "JSON",
+    "FIRST_OBSERVE",
     "OBSERVE_MODULUS",
     "control_request",
     "end_fetch",

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 
 from ..codec import CborTable, HttpResponse, matrix_error
 from .format import (
+    FIRST_OBSERVE,
     OBSERVE_MODULUS,
     DeltaState,
     LongPoll,
@@ -118,10 +119,11 @@ class PushChain:
         self.max_payload = max_payload
         self.backoff_max = backoff_max
         self.failures = 0
-        self._observe = -1
+        self._observe: int | None = None
 
     def next_observe(self) -> int:
-        self._observe = (self._observe + 1) % OBSERVE_MODULUS
+        """FIRST_OBSERVE for the registration's answer, then consecutive numbers."""
+        self._observe = FIRST_OBSERVE if self._observe is None else (self._observe + 1) % OBSERVE_MODULUS
         return self._observe
 
     def poll_timeout(self, normal_ms: int) -> int:

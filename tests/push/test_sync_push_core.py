@@ -354,6 +354,41 @@ def test_client_ignores_duplicates_and_notices_a_gap():
     assert state.on_notification(stream, gen - 1, 4, third, 0) is Outcome.OK
 
 
+def test_a_first_answer_that_is_not_observe_0_is_never_decoded():
+    """The registration's answer (Observe 0: the template here) is lost; the
+    client retransmits its registration, and the server's next notification
+    (Observe 1, deflated against the template it pushed) overtakes the
+    re-sent answer and reaches aiocoap first, as the request's response.
+    Measured in 100bps-lossy (seed 3): decoded against a fresh dictionary it
+    read as invalid CBOR — or, worse, as other valid bytes.  It must not be
+    decoded; the stream registers again and the history replays."""
+    from aiocoap import Message
+    from aiocoap.numbers.codes import Code
+
+    state = client()
+    server = chain()
+    p = poll(token(9))
+    stream, _ = state.stream(p, "tok")
+    gen = state.begin(stream, token(9), 0)
+    assert server.next_observe() == 0
+    lost = pushed(server, ok(empty_body(9)))  # the template: never arrives
+    assert lost and server.next_observe() == 1
+    body = message_body(token(9), token(10), 1)
+    overtaking = Message(code=Code.CONTENT, observe=1, payload=pushed(server, ok(body)))
+    first = state.on_first_answer(stream, gen, overtaking, 1)
+    assert not first.observing and first.outcome is Outcome.LOST and not first.plain
+    assert stream.status is Status.IDLE and not stream.answers and stream.template is None
+    assert state.on_request(stream, p, 2) == Register(token(9))  # at once, not declined
+    # the server's new chain replays the answer to token(9) as Observe 0: it reads exactly
+    replayed = chain()
+    step = replayed.on_replay(body)
+    assert isinstance(step, Push) and replayed.next_observe() == 0
+    gen = state.begin(stream, token(9), 3)
+    answer = Message(code=Code.CONTENT, observe=0, payload=step.payload)
+    assert state.on_first_answer(stream, gen, answer, 3).observing
+    assert state.on_request(stream, p, 4) == Answer(HttpResponse(200, body, "application/json"))
+
+
 def test_client_plain_for_timeout_zero_and_after_a_decline():
     state = client(decline_for=60)
     p = poll(token(9))
