@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..codec import Profile
-from ..gateway import CLIENT_STATE, ClientGateway, ServerGateway, ServerGatewayConfig
+from ..gateway import CLIENT_STATE, ClientGateway, ServerGateway, ServerGatewayConfig, Upstream
 from ..push import SyncPushClientConfig, SyncPushServerConfig
 from ..secure import (
     ClientEndpoint,
@@ -129,17 +129,19 @@ async def start_server(link: DatagramLink, *, homeserver: str, profile: Profile,
                        limits: ServerLimits | None = None, clock=time.time,
                        sync_push: SyncPushServerConfig | bool = True,
                        state_dir: str | os.PathLike[str] | None = None,
-                       key_log: KeyLog | None = None) -> RunningServer:
+                       key_log: KeyLog | None = None, upstream: Upstream | None = None) -> RunningServer:
     """``sync_push``: hold devices' /sync loops and push (True: defaults).
     ``state_dir``: where what must outlive a restart is kept (``ServerStore``);
     without one, early data is refused for the early window after start.
-    ``key_log``: append every session's keys to it (opt-in; the caller closes it)."""
+    ``key_log``: append every session's keys to it (opt-in; the caller closes it).
+    ``upstream``: the homeserver client (default: HTTP to ``homeserver``)."""
     push = None if sync_push is False else (sync_push if isinstance(sync_push, SyncPushServerConfig)
                                             else SyncPushServerConfig())
     # what survives a restart (secure mode: devices are known by their static keys)
     store = ServerStore(state_dir) if state_dir is not None and static_private is not None else None
     gateway = ServerGateway(ServerGatewayConfig(homeserver, profile, allow_admin=allow_admin,
-                                                advertisement=advertisement), sync_push=push, device_store=store)
+                                                advertisement=advertisement), sync_push=push, device_store=store,
+                            upstream=upstream)
     codec: SecureServerCodec | None = None
     if static_private is not None:
         def on_device(event: DeviceEvent) -> None:

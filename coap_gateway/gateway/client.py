@@ -296,16 +296,20 @@ class ClientGateway:
             content_type=request.headers.get("Content-Type"),
             access_token=bearer_token(request.headers.get("Authorization")),
         )
+        return self._http(await self.serve(http_request))
+
+    async def serve(self, http_request: HttpRequest) -> HttpResponse:
+        """The answer to one client request, as the HTTP side gives it (also
+        the entry of in-process callers: simulations in virtual time)."""
         refusal = _not_matrix_json(http_request)
         if refusal is not None:
-            return self._http(refusal)
+            return refusal
         try:
             # a /sync long-poll may be answered from what the server pushed
             pushed = await self.sync_push.handle(http_request) if self.sync_push is not None else None
-            response = pushed if pushed is not None else await self.exchange(http_request)
+            return pushed if pushed is not None else await self.exchange(http_request)
         except GatewayError as exc:
-            response = matrix_error(400, "M_UNRECOGNIZED", f"the gateway cannot carry this request: {exc}")
-        return self._http(response)
+            return matrix_error(400, "M_UNRECOGNIZED", f"the gateway cannot carry this request: {exc}")
 
     def _answered_locally(self, method: str, target: str) -> bool:
         try:

@@ -45,6 +45,9 @@ from ..transport import LinkEndpoint, LinkFailure, Observation
 
 log = logging.getLogger(__name__)
 
+#: a wait this close to its deadline has reached it (seconds)
+DEADLINE_SLACK = 1e-3
+
 
 class PushHost(Protocol):
     """What sync push needs from the client gateway it serves."""
@@ -155,7 +158,10 @@ class SyncPushClient:
                 if self._closing:
                     return self.state.on_timeout(stream, poll.since) or matrix_error(
                         503, "M_UNKNOWN", "the gateway is shutting down")
-                if remaining <= 0:
+                # within a millisecond is due: a timer at deadline - ε can fire with
+                # the clock short of the deadline again and again (float sums; a
+                # clock of coarse resolution, virtual time) — a spin, not a wait
+                if remaining <= DEADLINE_SLACK:
                     idle = self.state.on_timeout(stream, poll.since)
                     if idle is not None:
                         self.counters.answered_idle += 1

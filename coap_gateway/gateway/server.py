@@ -107,10 +107,12 @@ class ServerGateway(resource.Resource):
     """aiocoap resource answering every path by asking the homeserver."""
 
     def __init__(self, config: ServerGatewayConfig, *, sync_push: SyncPushServerConfig | None = None,
-                 device_store: DeviceStore | None = None):
+                 device_store: DeviceStore | None = None, upstream: Upstream | None = None):
         super().__init__()
         self.config = config
-        self.upstream = Upstream(config.homeserver, timeout=config.request_timeout)
+        #: ``upstream``: another homeserver client with Upstream's methods (an
+        #: in-memory one lets a simulation run in virtual time)
+        self.upstream = upstream or Upstream(config.homeserver, timeout=config.request_timeout)
         self.device_store = device_store
         self.binding = ServerBinding(config.profile, config.max_bound_tokens,
                                      loader=self._load_device if device_store is not None else None,

@@ -174,6 +174,8 @@ class SyncPushState:
         self.profile = profile
         self.config = config or SyncPushClientConfig()
         self.streams: OrderedDict[tuple[str, str, tuple[str, ...]], Stream] = OrderedDict()
+        #: notifications that did not decode (each ends its observation)
+        self.undecodable = 0
 
     @property
     def preset(self) -> bytes:
@@ -264,6 +266,7 @@ class SyncPushState:
             n = decode_notification(payload, stream.head, stream.delta, self.profile.cbor_table)
         except GatewayError as exc:
             log.warning("sync push: undecodable notification: %s", exc)
+            self.undecodable += 1
             return self.on_lost(stream, stream.generation)
         if n is None:
             return Outcome.OK

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from collections import OrderedDict, deque
+from collections.abc import Callable
 
 from ..errors import (
     FrameError,
@@ -48,7 +49,8 @@ class ClientEndpoint:
         self.server_public = server_public
         self._rng = rng
         self._rekey_interval = rekey_interval
-        self._duplicate_lifetime = duplicate_lifetime
+        #: a float, or a function of the link (set by the transport: ``follow_duplicate_lifetime``)
+        self.duplicate_lifetime: float | Callable[[], float] = duplicate_lifetime
         self._max_queued = max_queued
         self.handshake: ClientSession | None = None
         self.channel: SecureChannel | None = None
@@ -143,7 +145,7 @@ class ClientEndpoint:
         self.handshake = ClientSession(
             self._static, *self._profile, now=now, server_public=self.server_public if use_ik else None,
             expected_server_public=self.server_public, message=carried, rng=self._rng,
-            rekey_interval=self._rekey_interval, duplicate_lifetime=self._duplicate_lifetime,
+            rekey_interval=self._rekey_interval, duplicate_lifetime=self.duplicate_lifetime,
             restart=self.announce_restart, unbound=self.announce_unbound)
         out.append(Transmit(None, self.handshake.datagram))
         return out

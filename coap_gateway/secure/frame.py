@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import enum
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
@@ -460,12 +461,15 @@ class ReplayWindow:
     digest and arrival time of the first frame accepted with each counter in
     the window, so that a byte-identical retransmission can be told apart
     from a replay: it is passed on as a duplicate (CoAP answers it from its
-    cache) for ``duplicate_lifetime`` seconds, then refused.
+    cache) for ``duplicate_lifetime`` seconds, then refused.  The lifetime
+    may be a function: the link's, which follows its timers (a peer on a
+    100 bit/s link retransmits for many minutes; a retransmission refused as
+    a replay is never acknowledged, and the peer's exchange fails).
     """
 
     SIZE = 64
 
-    def __init__(self, duplicate_lifetime: float = DEFAULT_DUPLICATE_LIFETIME) -> None:
+    def __init__(self, duplicate_lifetime: float | Callable[[], float] = DEFAULT_DUPLICATE_LIFETIME) -> None:
         self.highest = -1
         self._bitmap = 0
         self._first_seen: dict[int, tuple[bytes, float]] = {}
@@ -481,7 +485,8 @@ class ReplayWindow:
         if not self._bitmap >> offset & 1:
             return Verdict.FRESH
         first = self._first_seen.get(counter)
-        if first is not None and first[0] == digest and now - first[1] <= self.duplicate_lifetime:
+        lifetime = self.duplicate_lifetime() if callable(self.duplicate_lifetime) else self.duplicate_lifetime
+        if first is not None and first[0] == digest and now - first[1] <= lifetime:
             return Verdict.DUPLICATE
         return Verdict.REPLAY
 

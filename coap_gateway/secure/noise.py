@@ -241,7 +241,7 @@ class SecureChannel:
 
     def __init__(self, send_key: bytes, receive_key: bytes, *, session_id: bytes, is_initiator: bool,
                  rekey_interval: int = sf.DEFAULT_REKEY_INTERVAL,
-                 duplicate_lifetime: float = sf.DEFAULT_DUPLICATE_LIFETIME) -> None:
+                 duplicate_lifetime: float | Callable[[], float] = sf.DEFAULT_DUPLICATE_LIFETIME) -> None:
         if rekey_interval < sf.MIN_REKEY_INTERVAL:
             raise ValueError(f"rekey_interval must be >= {sf.MIN_REKEY_INTERVAL}")
         self.session_id = session_id
@@ -451,7 +451,7 @@ class ClientSession:
                  server_public: bytes | None = None, message: bytes | None = None,
                  expected_server_public: bytes | None = None, rng: Rng = os.urandom,
                  rekey_interval: int = sf.DEFAULT_REKEY_INTERVAL,
-                 duplicate_lifetime: float = sf.DEFAULT_DUPLICATE_LIFETIME,
+                 duplicate_lifetime: float | Callable[[], float] = sf.DEFAULT_DUPLICATE_LIFETIME,
                  restart: bool = False, unbound: bool = False) -> None:
         if message is not None:
             sf.validate_message(message)
@@ -564,7 +564,7 @@ class ServerSession:
 
     def __init__(self, static_private: bytes, first: sf.HandshakeFrame, *, rng: Rng = os.urandom,
                  rekey_interval: int = sf.DEFAULT_REKEY_INTERVAL,
-                 duplicate_lifetime: float = sf.DEFAULT_DUPLICATE_LIFETIME) -> None:
+                 duplicate_lifetime: float | Callable[[], float] = sf.DEFAULT_DUPLICATE_LIFETIME) -> None:
         if first.kind not in sf.HELLO_KINDS:
             raise HandshakeError(f"a handshake starts with IK1 or XX1, not {first.kind.name}")
         self.pattern = "IK" if first.kind is DatagramKind.IK1 else "XX"

@@ -55,7 +55,8 @@ class ServerLimits:
     #: frames held for an address not yet validated, when over the amplification budget
     max_held_frames: int = 4
     rekey_interval: int = sf.DEFAULT_REKEY_INTERVAL
-    duplicate_lifetime: float = sf.DEFAULT_DUPLICATE_LIFETIME
+    #: a float, or a function of the link (the transport sets it: ``follow_duplicate_lifetime``)
+    duplicate_lifetime: float | Callable[[], float] = sf.DEFAULT_DUPLICATE_LIFETIME
 
     def __post_init__(self) -> None:
         if self.rekey_interval < sf.MIN_REKEY_INTERVAL:

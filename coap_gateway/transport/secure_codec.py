@@ -19,6 +19,7 @@ docs/wireshark.md): a codec given one turns on its endpoint's
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import stat
@@ -154,6 +155,10 @@ def profile_wire_digest(profile: Profile) -> bytes:
                              profile.schemas.digest if profile.schemas else None)
 
 
+def _at_least_default(lifetime: Callable[[], float]) -> Callable[[], float]:
+    return lambda: max(sf.DEFAULT_DUPLICATE_LIFETIME, lifetime())
+
+
 class SecureServerCodec:
     """The server's codec: sessions below, one CoAP remote per *device* above.
 
@@ -186,6 +191,11 @@ class SecureServerCodec:
 
     def bind(self, host: CodecHost) -> None:
         self._host = host
+
+    def follow_duplicate_lifetime(self, lifetime: Callable[[], float]) -> None:
+        """Sessions made from now on pass a retransmitted frame on as a
+        duplicate as long as ``lifetime()`` says (never less than the default)."""
+        self.endpoint.limits = dataclasses.replace(self.endpoint.limits, duplicate_lifetime=_at_least_default(lifetime))
 
     def device_key(self, public: bytes) -> DeviceId:
         return DeviceId(public, self._epoch.get(public, 0))
@@ -319,6 +329,11 @@ class SecureClientCodec:
 
     def bind(self, host: CodecHost) -> None:
         self._host = host
+
+    def follow_duplicate_lifetime(self, lifetime: Callable[[], float]) -> None:
+        """Sessions made from now on pass a retransmitted frame on as a
+        duplicate as long as ``lifetime()`` says (never less than the default)."""
+        self.endpoint.duplicate_lifetime = _at_least_default(lifetime)
 
     def failure(self) -> SecurityError | None:
         if self.error is not None and self.recover is not None and self.recover(self.error):

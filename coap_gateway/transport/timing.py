@@ -81,6 +81,24 @@ class RetransmissionTimer:
         wire = b.serialisation(queued_bytes) + b.serialisation(request_size) + b.serialisation(answer)
         return min(self.max_timeout, wire + self.residual())
 
+    def retransmit_timeout(self, request_size: int, queued_bytes: int, response_size: int | None,
+                           attempt: int) -> float:
+        """The wait after retransmission ``attempt`` (1, 2, …): only the
+        residual part backs off.  Serialisation is physics the link
+        announced, not a guess that doubling could make safer; what is
+        unknown (latency, processing, others' traffic) grows — by 1.5 once
+        it exceeds 3 s and 2 below, CoCoA's variable back-off factors
+        (draft-ietf-core-cocoa §4.2).  Stock CoAP doubles everything: at
+        100 bit/s with a 2 s delay that is 37, 74, 148 s … where the frames
+        need 24 s each time."""
+        b = self.budget
+        answer = b.max_response if response_size is None else response_size
+        wire = b.serialisation(queued_bytes) + b.serialisation(request_size) + b.serialisation(answer)
+        residual = self.residual()
+        for _ in range(attempt):
+            residual *= 1.5 if residual > 3.0 else 2.0
+        return min(self.max_timeout, wire + residual)
+
     def on_sample(self, rtt: float, request_size: int, response_size: int, queued_bytes: int = 0) -> None:
         """A round trip of an exchange that was *not* retransmitted (Karn)."""
         b = self.budget

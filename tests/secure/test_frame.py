@@ -238,6 +238,32 @@ def test_replay_window_basics():
     assert w.floor == 37 and len(w) <= 64
 
 
+def test_replay_window_duplicate_lifetime_follows_the_link():
+    """On a slow lossy link a peer retransmits for longer than the default
+    247 s (found in virtual time at 100 bit/s, 30 % loss: a notification
+    re-sent 278 s after its first copy arrived was refused as a replay,
+    never acknowledged, and the observation died); the lifetime is the
+    link's, asked when a duplicate comes."""
+    link = {"lifetime": 100.0}
+    w = sf.ReplayWindow(duplicate_lifetime=lambda: link["lifetime"])
+    w.mark(0, D1, 0)
+    assert w.check(0, D1, 101) is Verdict.REPLAY
+    link["lifetime"] = 1000.0  # the link was reshaped slower: its timers, and this, grow
+    assert w.check(0, D1, 101) is Verdict.DUPLICATE and w.check(0, D1, 999) is Verdict.DUPLICATE
+    assert w.check(0, D2, 101) is Verdict.REPLAY  # other bytes stay a replay whatever the lifetime
+
+
+def test_the_transport_gives_the_secure_layer_its_link_lifetime():
+    from coap_gateway.transport.coap import LinkAwareMessageManager, LinkTuning
+    from coap_gateway.transport.timing import LinkBudget, RetransmissionTimer
+
+    slow = LinkBudget(rate_bps=100, latency=2.5, max_retransmit=10)
+    mman = LinkAwareMessageManager.__new__(LinkAwareMessageManager)
+    mman.budget, mman._longest_peer_lifetime = slow, 0.0
+    expected = LinkTuning(RetransmissionTimer(slow)).EXCHANGE_LIFETIME
+    assert mman.duplicate_lifetime() == expected > 10 * sf.DEFAULT_DUPLICATE_LIFETIME
+
+
 def test_replay_window_large_jump():
     w = sf.ReplayWindow()
     w.mark(1, D1, 0)

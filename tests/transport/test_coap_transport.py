@@ -368,3 +368,47 @@ async def test_per_remote_state_is_bounded(monkeypatch):
         mman.tuning_for(server.remote(("127.0.0.%d" % (i + 2), 5683)))
     assert len(mman.timers) <= 8 and len(mman._tunings) <= 8
     await client.shutdown(), await server.shutdown()
+
+
+def test_retransmissions_back_off_the_residual_only():
+    b = LinkBudget(rate_bps=100, latency=2.0, max_response=50)
+    t = RetransmissionTimer(b)
+    wire = b.serialisation(30) + b.serialisation(50)
+    assert t.residual() == pytest.approx(6.5)
+    # residual 6.5 s > 3 s: × 1.5 per attempt (CoCoA); the 6.4 s of serialisation stays as it is
+    assert t.retransmit_timeout(30, 0, None, 1) == pytest.approx(wire + 6.5 * 1.5)
+    assert t.retransmit_timeout(30, 0, None, 3) == pytest.approx(wire + 6.5 * 1.5 ** 3)
+    fast = RetransmissionTimer(LinkBudget(rate_bps=None, latency=0.1))
+    assert fast.residual() == pytest.approx(1.0)  # the floor
+    # below 3 s the residual doubles, as stock CoAP does: 1, 2, 4 (then × 1.5)
+    assert [fast.retransmit_timeout(30, 0, None, k) for k in (1, 2, 3)] == pytest.approx([2.0, 4.0, 6.0])
+
+
+@pytest.mark.looptime
+async def test_a_request_waits_for_the_answer_its_kind_gets_not_a_full_frame():
+    """A lost answer at 100 bit/s, 2 s each way: the retransmission comes
+    after the request, the answer this kind of request got before and the
+    round trip — not after a 256-B answer's worth (24 s more)."""
+    link = LinkProfile(rate_bps=100, delay=2.0, overhead=0)
+    client, server, res, cl, sl = await pair(link)
+    loop = asyncio.get_running_loop()
+    assert (await post(client, b"warm")).payload == b"ok:warm"  # learns this kind's answer
+    sent_at: list[float] = []
+    cl.on_send.append(lambda d: sent_at.append(loop.time()))
+    dropped = []
+    real_send = sl.send
+
+    def lose_first_answer(peer, datagram):
+        if not dropped:
+            dropped.append(datagram)
+            return
+        real_send(peer, datagram)
+
+    sl.send = lose_first_answer
+    assert (await post(client, b"next")).payload == b"ok:next" and res.executions[b"next"] == 1
+    assert len(sent_at) == 2 and dropped  # the request, its retransmission
+    timer = client.interface.mman.timer_for(client.remote("server"))
+    size, answer = len(cl.sent[-1]), len(dropped[0])
+    learned = timer.ack_timeout(size, 0, answer) * 1.5  # ACK_RANDOM_FACTOR
+    assert sent_at[1] - sent_at[0] <= learned < timer.ack_timeout(size) - 10
+    await client.shutdown(), await server.shutdown()
