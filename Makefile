@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: run test install bench bench-hostile soak clean system-packages js
+.PHONY: run test install bench bench-hostile bench-fleet soak clean system-packages js
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -56,6 +56,11 @@ bench: $(STAMP) system-packages
 # an honest device's latency (bench/results/hostile.json + .png; minutes)
 bench-hostile: $(STAMP)
 	$(BIN)/python -m bench.hostile $(BENCH_ARGS)
+
+# many ordinary devices on one server gateway: memory per device, CPU per message
+# (bench/results/fleet.json + .png; 1000 devices, ~6 minutes)
+bench-fleet: $(STAMP)
+	$(BIN)/python -m bench.fleet $(BENCH_ARGS)
 
 # the long fault and attack runs (tests marked soak): minutes to hours, not in CI
 soak: $(STAMP) system-packages

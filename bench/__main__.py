@@ -48,6 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--skip-cpu", action="store_true", help="no CPU measurement")
     run.add_argument("--skip-federation", action="store_true",
                      help="no W6 (a federated message) and no federated joins")
+    run.add_argument("--skip-loss", action="store_true", help="no latency-under-loss runs (virtual time)")
+    run.add_argument("--loss-seeds", type=int, metavar="N", help="seeds per loss rate (default 20)")
     run.add_argument("--homeserver", metavar="URL",
                      help="use this running Synapse (plain HTTP, open registration) instead of starting one")
     run.add_argument("--profile", default=DEFAULT_PROFILE, help=f"gateway profile (default {DEFAULT_PROFILE})")
@@ -71,11 +73,12 @@ def settings_from(args: argparse.Namespace) -> Settings:
         "skip_slow": args.skip_slow,
         "skip_cpu": args.skip_cpu,
         "skip_federation": args.skip_federation,
+        "skip_loss": args.skip_loss,
         "profile": args.profile,
         "command": _command(),
     }
     for arg, key, convert in (("idle_seconds", "idle_seconds", float), ("slow_rate", "slow_rate", float),
-                              ("slow_delay", "slow_delay", float), ("cpu_seconds", "cpu_seconds", float),
+                              ("slow_delay", "slow_delay", float), ("loss_seeds", "loss_seeds", int), ("cpu_seconds", "cpu_seconds", float),
                               ("cpu_concurrency", "cpu_concurrency", int)):
         value = getattr(args, arg)
         if value is not None:
@@ -118,6 +121,11 @@ def summary(results: dict[str, Any], console: Any) -> None:
                       f"{join['a_to_b']['link_bytes']} B A → B, {join['b_to_a']['link_bytes']} B B → A")
     if fed.get("error"):
         console.print(f"federation part failed: {fed['error']}")
+    for row in (results.get("loss_latency") or {}).get("rows", []):
+        console.print(f"latency at {row['loss']:.0%} loss ({row['seeds']} seeds, {row['messages']} messages): "
+                      f"median {row['median_s']} s, 95th percentile {row['p95_s']} s, max {row['max_s']} s; "
+                      f"{row['undelivered']} undelivered, {row['duplicates']} duplicated, "
+                      f"{row['undecodable']} undecodable pushes")
     if results.get("cpu"):
         c = results["cpu"]
         console.print(f"CPU: server gateway {c['gateway']['requests_per_cpu_second']:.0f} req/s per core, "

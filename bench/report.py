@@ -27,7 +27,7 @@ WORKLOAD_TITLES = {
     "W6": "W6 federated message: transaction + answer between two homeservers",
 }
 CHARTS = {"bytes": "bench-bytes.png", "idle": "bench-idle.png", "cpu": "bench-cpu.png",
-          "w6": "bench-w6.png"}
+          "w6": "bench-w6.png", "loss": "bench-loss.png"}
 
 
 # ------------------------------------------------------------------ helpers
@@ -263,6 +263,38 @@ def timing_table(results: dict[str, Any]) -> list[str]:
     return lines
 
 
+def loss_section(results: dict[str, Any], charts: dict[str, Path], rel: Callable[[Path], str]) -> list[str]:
+    loss = results.get("loss_latency")
+    if not loss:
+        return []
+    lines = ["### Message latency under loss (virtual time)", "",
+             "| loss each way | seeds | messages | median | 95th percentile | max | alice → bob (median) | "
+             "bob → alice (median) | undelivered | duplicated | undecodable pushes | retransmissions per run |",
+             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in loss["rows"]:
+        lines.append(f"| {r['loss']:.0%} | {r['seeds']} | {r['messages']} | {_fmt(r['median_s'])} s | "
+                     f"{_fmt(r['p95_s'])} s | {_fmt(r['max_s'])} s | {_fmt(r['median_from_alice_s'])} s | "
+                     f"{_fmt(r['median_to_alice_s'])} s | {r['undelivered']} | {r['duplicates']} | "
+                     f"{r['undecodable']} | {_fmt(r['retransmissions_per_run'])} |")
+    median, p95 = _target_row(results, "loss.median"), _target_row(results, "loss.p95")
+    lines += ["", f"Targets at 20 % loss: median {_limit('loss.median')} {_mark(median.get('met'))}, 95th "
+              f"percentile {_limit('loss.p95')} {_mark(p95.get('met'))}.", "",
+              "The conversation of meshsim's `100bps-lossy` (`bench/losslatency.py`): alice's phone on a "
+              "100 bit/s radio (2 s ± 0.5 s one way, random loss each way, 42 B of UDP/IP per frame), bob on a "
+              "fast link, each behind its own client gateway with its sync loop running, secure mode, profile "
+              "lb3, sync push; set up on a fast link, then alice sends three messages (each once bob has the "
+              "one before) and bob answers three. Latency: from the send to the other device's sync loop "
+              "having it. The gateways, the links and their loss draws run in virtual time (looptime), so every "
+              "loss rate is run over many seeds in seconds; the homeserver is an in-process stand-in that "
+              "answers `/send` and `/sync` in Synapse's shapes (a real Synapse cannot run in virtual time — "
+              "meshsim's `100bps-lossy` runs the same conversation against one, in real time). Messages to "
+              "alice are slower than hers: each waits behind the echo of her own last message on her downlink "
+              "(issue 15 item 1).", ""]
+    if "loss" in charts:
+        lines += [f"![latency under loss]({rel(charts['loss'])})", ""]
+    return lines
+
+
 def cpu_table(results: dict[str, Any]) -> list[str]:
     cpu = results.get("cpu")
     if not cpu:
@@ -394,6 +426,31 @@ def write_charts(results: dict[str, Any], img_dir: Path) -> dict[str, Path]:
         fig.tight_layout()
         paths["cpu"] = img_dir / CHARTS["cpu"]
         fig.savefig(paths["cpu"])
+        plt.close(fig)
+
+    # latency under loss: one box per loss rate, every message of every seed
+    loss = results.get("loss_latency")
+    if loss and loss.get("runs"):
+        by_rate: dict[float, list[float]] = {}
+        for run in loss["runs"]:
+            by_rate.setdefault(run["loss"], []).extend(s for s in run["latencies_s"] if s is not None)
+        rates = sorted(by_rate)
+        fig, ax = plt.subplots(figsize=(6.4, 3.4), dpi=110)
+        ax.boxplot([by_rate[r] for r in rates], whis=(5, 95), showfliers=True, flierprops={"markersize": 3})
+        ax.set_xticks(range(1, len(rates) + 1), [f"{r:.0%}" for r in rates])
+        ax.axhline(_target("loss.median").limit, color=colours["target"], linestyle="--", linewidth=1.2,
+                   label="target at 20 %: median")
+        ax.axhline(_target("loss.p95").limit, color=colours["target"], linestyle=":", linewidth=1.2,
+                   label="target at 20 %: 95th percentile")
+        ax.set_xlabel("random loss each way (100 bit/s, 2 s ± 0.5 s)")
+        ax.set_ylabel("message latency (s)")
+        ax.set_title(f"Message latency under loss ({loss['rows'][0]['seeds']} seeds each; whiskers 5–95 %)",
+                     fontsize=10)
+        ax.legend(fontsize=7)
+        ax.grid(axis="y", alpha=0.25)
+        fig.tight_layout()
+        paths["loss"] = img_dir / CHARTS["loss"]
+        fig.savefig(paths["loss"])
         plt.close(fig)
 
     # W6 both ways: what each homeserver's side sent, stacked
@@ -593,6 +650,7 @@ def render_markdown(results: dict[str, Any], *, json_path: Path | None, docs_pat
                   "requests answered ÷ CPU seconds (user + system, all threads) the front end's process used.", ""]
         if "cpu" in charts:
             lines += [f"![CPU per request]({rel(charts['cpu'])})", ""]
+    lines += loss_section(results, charts, rel)
     lines += federation_section(results, charts, rel)
     lines += ["### Targets", "", *targets_table(results), "",
               "### Frame by frame", ""]

@@ -70,6 +70,9 @@ class Settings:
     skip_cpu: bool = False
     #: W6 and the federated joins (two Synapse pairs, ~3 min)
     skip_federation: bool = False
+    #: message latency under loss, in virtual time (seconds of CPU, not of link time)
+    skip_loss: bool = False
+    loss_seeds: int = 20
     pcap: Path | None = None
     profile: str = DEFAULT_PROFILE
     #: results file name (default: the date)
@@ -223,7 +226,7 @@ async def run_bench(settings: Settings, *, homeserver: str | None = None, consol
     _quiet_shutdown_noise(asyncio.get_running_loop())
     started = datetime.datetime.now(datetime.UTC)
     t_start = time.monotonic()
-    steps = 9 - settings.skip_slow - settings.skip_cpu - settings.skip_federation
+    steps = 10 - settings.skip_slow - settings.skip_cpu - settings.skip_federation - settings.skip_loss
     results: dict[str, Any] = {
         "schema": 1,
         "date": started.date().isoformat(),
@@ -345,6 +348,16 @@ async def run_bench(settings: Settings, *, homeserver: str | None = None, consol
                     ticker.cancel()
                     progress.sub("slow link", 1.0)
                 results["slow_link"] = _slow_entry(slow, results, settings)
+                progress.done()
+
+            # 7b. latency under loss: the 100bps-lossy conversation, many seeds, virtual time
+            if not settings.skip_loss:
+                from .losslatency import LOSS_RATES, run_latency_under_loss
+                progress.step(f"latency under loss: {len(LOSS_RATES)} loss rates × {settings.loss_seeds} seeds "
+                              "(virtual time)")
+                results["loss_latency"] = await asyncio.to_thread(
+                    run_latency_under_loss, LOSS_RATES, settings.loss_seeds,
+                    lambda text, fraction: progress.sub(text, fraction))
                 progress.done()
 
             # 8. federation: W6 both ways, federated joins over slow links
