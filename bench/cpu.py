@@ -212,13 +212,17 @@ async def _drive(call, *, workers: int, warmup_requests: int, seconds: float, pi
 
 
 async def measure_gateway(homeserver: str, ip: str, *, seconds: float, concurrency: int, sessions: int,
-                          warmup_requests: int, profile: str = DEFAULT_PROFILE, progress: Any = None) -> CpuResult:
+                          warmup_requests: int, profile: str = DEFAULT_PROFILE, progress: Any = None,
+                          profile_out: Path | None = None) -> CpuResult:
+    """``profile_out``: run the server gateway under cProfile and keep its
+    statistics there (a run of its own: profiling slows it down)."""
     with tempfile.TemporaryDirectory(prefix="bench-cpu-") as tmp:
         key_path = Path(tmp) / "server.key"
         server_key = keys.generate_keypair()[0]
         keys.write_private_key(key_path, server_key)
         port = _free_udp_port(ip)
-        child = _Child([sys.executable, "-m", "coap_gateway", "server", "--homeserver", homeserver,
+        profiler = ["-m", "cProfile", "-o", str(profile_out)] if profile_out is not None else []
+        child = _Child([sys.executable, *profiler, "-m", "coap_gateway", "server", "--homeserver", homeserver,
                         "--listen", f"udp://{ip}:{port}", "--key", str(key_path), "--profile", profile],
                        "server gateway on", ready=lambda: udp_port_bound(ip, port))
         await child.start()
@@ -286,6 +290,13 @@ async def measure_cpu(homeserver: str, *, ip: str = "127.0.0.4", seconds: float 
                                     warmup_requests=warmup_requests, progress=progress)
     passthrough = await measure_passthrough(homeserver, ip, seconds=seconds, concurrency=concurrency,
                                             warmup_requests=warmup_requests, progress=progress)
+    # where the gateway's time goes: a run of its own under cProfile (which slows it)
+    with tempfile.TemporaryDirectory(prefix="bench-cpu-profile-") as tmp:
+        stats = Path(tmp) / "gateway.prof"
+        profiled = await measure_gateway(homeserver, ip, seconds=min(seconds, 4.0), concurrency=concurrency,
+                                         sessions=sessions, warmup_requests=warmup_requests, progress=progress,
+                                         profile_out=stats)
+        top = profile_top(stats, profiled.requests) if stats.exists() else []
     return {
         "endpoint": "GET " + PATH,
         "concurrency": concurrency,
@@ -297,8 +308,40 @@ async def measure_cpu(homeserver: str, *, ip: str = "127.0.0.4", seconds: float 
         "passthrough": passthrough.as_dict(),
         # how many of the proxy's requests one of the gateway's costs
         "cost_ratio": round(passthrough.per_core / gateway.per_core, 2) if gateway.per_core else None,
+        "profile_top": top,
         "elapsed_s": round(time.monotonic() - started, 1),
     }
 
 
-__all__ = ["CpuResult", "free_port", "measure_cpu", "process_cpu_seconds"]
+def _short(path: str) -> str:
+    for marker in ("site-packages/", "coap_gateway/"):
+        if marker in path:
+            return (marker if marker == "coap_gateway/" else "") + path.split(marker, 1)[1]
+    if "/lib/python3" in path:
+        return path.split("/lib/", 1)[1].split("/", 1)[1]  # the standard library: asyncio/runners.py
+    return path
+
+
+def profile_top(stats_path: Path, requests: int, count: int = 20) -> list[dict[str, Any]]:
+    """The ``count`` functions with the most own time (cProfile's tottime),
+    per request answered in the profiled run.  The profile covers the whole
+    process: functions called fewer than once per ten requests are start-up
+    (imports, TLS defaults) and left out — but for the event loop's own
+    run, whose time is the loop's, request after request."""
+    import pstats
+
+    stats = pstats.Stats(str(stats_path))
+    total = sum(entry[2] for entry in stats.stats.values())  # type: ignore[attr-defined]
+    rows = []
+    for (path, line, name), (_cc, calls, tottime, cumtime, _callers) in stats.stats.items():  # type: ignore[attr-defined]
+        if calls * 10 < requests and not path.endswith("asyncio/runners.py"):
+            continue
+        rows.append({"function": f"{_short(path)}:{line}({name})" if line else name, "calls": calls,
+                     "own_us_per_request": round(tottime / max(1, requests) * 1e6, 1),
+                     "cumulative_us_per_request": round(cumtime / max(1, requests) * 1e6, 1),
+                     "own_share": round(tottime / total, 4) if total else 0.0})
+    rows.sort(key=lambda r: r["own_us_per_request"], reverse=True)
+    return rows[:count]
+
+
+__all__ = ["CpuResult", "free_port", "measure_cpu", "process_cpu_seconds", "profile_top"]

@@ -310,6 +310,16 @@ def cpu_table(results: dict[str, Any]) -> list[str]:
         lines.append(f"| {name} | {_fmt_int(c['requests'])} | {_fmt(c['cpu_seconds'], 2)} | "
                      f"{_fmt(c['requests_per_second'], 0)} | **{_fmt(c['requests_per_cpu_second'], 0)}** | "
                      f"{_fmt(c['cpu_ms_per_request'], 3)} ms |")
+    top = cpu.get("profile_top")
+    if top:
+        lines += ["", "Where the server gateway's CPU goes: the 20 functions with the most own time (cProfile, a "
+                  "separate run of the same load; profiling slows every call, so read the shares, not the "
+                  "absolute times). µs per request answered:", "",
+                  "| function | calls | own µs / request | cumulative µs / request | share of own time |",
+                  "|---|---:|---:|---:|---:|"]
+        for row in top:
+            lines.append(f"| `{row['function']}` | {_fmt_int(row['calls'])} | {_fmt(row['own_us_per_request'])} | "
+                         f"{_fmt(row['cumulative_us_per_request'])} | {row['own_share'] * 100:.1f} % |")
     return lines
 
 

@@ -61,6 +61,31 @@ MAX_DEDUP_PER_REMOTE = 64
 #: a block-wise request answered 4.08 (the server lost its assembly) is sent
 #: again from its first block at most this often
 BLOCKWISE_RESTARTS = 2
+#: CON exchanges in flight per peer.  aiocoap has NSTART = 1 (RFC 7252
+#: §4.7's default): a second request waits for the first's answer, so one
+#: lost answer on a slow lossy link held a message behind a sync
+#: registration for a whole retransmission timeout (100bps-lossy: a send
+#: waited 35 s in the backlog, then another 32 s).  §4.7 allows more where
+#: congestion is controlled: here every timer counts what is ahead of its
+#: frame on the link (``RetransmissionTimer.queued_bytes``).
+NSTART = 4
+
+
+class _Backlogs(dict):
+    """aiocoap's per-peer backlogs, asked ``remote in backlogs`` to decide
+    whether a new CON must wait: here, whether NSTART exchanges are in
+    flight or others already wait (FIFO).  A key exists while an exchange
+    with the peer is active, as in aiocoap."""
+
+    def __init__(self, active: Callable[[Hashable], int]) -> None:
+        super().__init__()
+        self._active = active
+
+    def __contains__(self, remote: object) -> bool:
+        queue = self.get(remote)
+        if queue is None:
+            return False
+        return bool(queue) or self._active(remote) >= NSTART
 
 
 class PlainCodec:
@@ -262,6 +287,7 @@ class LinkAwareMessageManager(MessageManager):
 
     def __init__(self, token_manager: TokenManager, budget: LinkBudget, counters: TransportCounters):
         super().__init__(token_manager)
+        self._backlogs = _Backlogs(self._active_with)
         self.budget = budget
         self.counters = counters
         # per remote, least recently used first: plaintext remotes are
@@ -352,12 +378,32 @@ class LinkAwareMessageManager(MessageManager):
 
     # -- aiocoap hooks
 
+    def _active_with(self, remote: Hashable) -> int:
+        active = self._active_exchanges or {}
+        return sum(1 for r, _ in active if r == remote)
+
+    def _continue_backlog(self, remote: Hashable) -> None:
+        # aiocoap's sends the next only when no exchange is left (NSTART = 1)
+        queue = dict.get(self._backlogs, remote)
+        if queue is None:
+            return
+        while queue and self._active_with(remote) < NSTART:
+            message, monitor = queue.pop(0)
+            self._send_initially(message, monitor)  # a NON in the queue goes without an exchange
+        if not queue and not self._active_with(remote):
+            del self._backlogs[remote]
+
+    def _queued(self, message: Message) -> int:
+        """Bytes ahead of ``message`` on the link: what the link reports, or
+        our own recent frames still serialising (a link that cannot tell)."""
+        link_says = message.remote.interface.link.queued_bytes(message.remote.key)
+        return max(link_says, self.timer_for(message.remote).queued_bytes(self.loop.time()))
+
     def _add_exchange(self, message: Message, messageerror_monitor: Callable[[], None]) -> None:
         key = (message.remote, message.mid)
-        if message.remote not in self._backlogs:
-            self._backlogs[message.remote] = []
+        self._backlogs.setdefault(message.remote, [])
         size = len(message.encode())
-        queued = message.remote.interface.link.queued_bytes(message.remote.key)
+        queued = self._queued(message)
         # our own CON: retransmit as often as this link needs
         tuning = message.transport_tuning = self.tuning_for(message.remote)
         kind = None
@@ -382,7 +428,7 @@ class LinkAwareMessageManager(MessageManager):
         exchange = self._exchanges.get((message.remote, message.mid))
         if retransmission_counter > 0 and exchange is not None:
             # the retransmitted frame itself is already in the link's queue
-            queued = max(0, message.remote.interface.link.queued_bytes(message.remote.key) - exchange.size)
+            queued = max(0, self._queued(message) - exchange.size)
             base = self.timer_for(message.remote).retransmit_timeout(exchange.size, queued, exchange.answer,
                                                                      retransmission_counter)
             timeout = random.uniform(base, base * message.transport_tuning.ACK_RANDOM_FACTOR)
@@ -554,6 +600,8 @@ class LinkMessageInterface(interfaces.MessageInterface):
             log.warning("cannot send to %r: %s", message.remote, exc)
             self.counters.dropped_by_codec += 1
             return
+        # what goes out toward this peer occupies its path's serialiser a while
+        self.mman.timer_for(message.remote).on_sent(self.mman.loop.time(), sum(len(d) for _, d in datagrams))
         for peer, datagram in datagrams:
             self._send(peer, datagram, message.remote.key)
 

@@ -64,6 +64,21 @@ class RetransmissionTimer:
     srtt: float | None = None
     rttvar: float = 0.0
     samples: int = field(default=0)
+    #: when what we sent toward this peer has left the link's serialiser (our
+    #: own frames only: a link that cannot report its queue — UDP into a
+    #: shaped path — still has one, and several exchanges in flight share it)
+    busy_until: float = 0.0
+
+    def on_sent(self, now: float, size: int) -> None:
+        """A frame of ``size`` bytes was handed to the link at ``now``."""
+        self.busy_until = max(now, self.busy_until) + self.budget.serialisation(size)
+
+    def queued_bytes(self, now: float) -> int:
+        """Our own bytes still ahead in the link's serialiser at ``now`` (estimated)."""
+        b = self.budget
+        if b.rate_bps is None or self.busy_until <= now:
+            return 0
+        return int((self.busy_until - now) * b.rate_bps / 8)
 
     def residual(self) -> float:
         """Expected round trip beyond serialisation (latency, processing)."""

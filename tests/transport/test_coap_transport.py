@@ -412,3 +412,44 @@ async def test_a_request_waits_for_the_answer_its_kind_gets_not_a_full_frame():
     learned = timer.ack_timeout(size, 0, answer) * 1.5  # ACK_RANDOM_FACTOR
     assert sent_at[1] - sent_at[0] <= learned < timer.ack_timeout(size) - 10
     await client.shutdown(), await server.shutdown()
+
+
+@pytest.mark.looptime
+async def test_a_lost_answer_does_not_hold_up_the_next_request():
+    """NSTART > 1: at 100 bit/s, 2 s each way, request A's answer is lost;
+    request B, sent just after, is answered long before A's retransmission
+    (aiocoap's NSTART = 1 kept B in the backlog until A was answered)."""
+    link = LinkProfile(rate_bps=100, delay=2.0, overhead=0)
+    client, server, res, cl, sl = await pair(link)
+    loop = asyncio.get_running_loop()
+    assert (await post(client, b"warm")).payload == b"ok:warm"
+    real_send = sl.send
+    dropped = []
+
+    def lose_first_answer(peer, datagram):
+        if not dropped:
+            dropped.append(datagram)
+            return
+        real_send(peer, datagram)
+
+    sl.send = lose_first_answer
+    t0 = loop.time()
+    a = asyncio.create_task(post(client, b"a"))
+    await asyncio.sleep(0)
+    b_answer = await post(client, b"b")
+    t_b = loop.time() - t0
+    a_answer = await a
+    t_a = loop.time() - t0
+    assert b_answer.payload == b"ok:b" and a_answer.payload == b"ok:a" and dropped
+    assert res.executions[b"a"] == res.executions[b"b"] == 1
+    assert client.counters.retransmissions == 1  # A's; B went at once and was answered
+    assert t_b < t_a / 2, (t_b, t_a)
+    await client.shutdown(), await server.shutdown()
+
+
+def test_the_timer_counts_our_own_frames_still_serialising():
+    t = RetransmissionTimer(LinkBudget(rate_bps=100, latency=1.0))
+    t.on_sent(10.0, 100)  # 8 s on the link
+    assert t.queued_bytes(10.0) == 100 and t.queued_bytes(14.0) == 50 and t.queued_bytes(18.5) == 0
+    t.on_sent(12.0, 50)  # queued behind the first: done at 22 s
+    assert t.busy_until == pytest.approx(22.0) and t.queued_bytes(20.0) == 25
