@@ -114,6 +114,9 @@ class Stream:
     timeout_ms: int = 30_000
     declined_until: float = 0.0
     waiting: int = 0
+    #: notifications that came while the registration's first answer was
+    #: still on its way to us (observe, payload): applied right after it
+    early: list[tuple[int, bytes]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -230,6 +233,7 @@ class SyncPushState:
         """A registration from ``since`` starts; returns its generation."""
         stream.generation += 1
         stream.status = Status.REGISTERING
+        stream.early = []
         stream.head = since
         stream.delta = DeltaState(self.preset, self.config.delta_keep)
         stream.observe = None
@@ -245,9 +249,22 @@ class SyncPushState:
             return Outcome.LOST
         stream.status = Status.ACTIVE
         stream.observe = observe
-        return self._apply(stream, payload, now)
+        early, stream.early = stream.early, []
+        outcome = self._apply(stream, payload, now)
+        for number, data in early:  # in the order they came; the Observe check sorts out the rest
+            if outcome is not Outcome.OK:
+                break
+            outcome = self.on_notification(stream, generation, number, data, now)
+        return outcome
 
     def on_notification(self, stream: Stream, generation: int, observe: int, payload: bytes, now: float) -> Outcome:
+        if generation == stream.generation and stream.status is Status.REGISTERING:
+            # the registration's answer is in, but not yet read (its coroutine
+            # resumes later): on a fast link the next notification can come
+            # first — dropping it broke the chain (a gap, a new registration)
+            if len(stream.early) < self.config.max_answers:
+                stream.early.append((observe, payload))
+            return Outcome.OK
         if generation != stream.generation or stream.status is not Status.ACTIVE:
             return Outcome.OK  # a late event of an observation we left
         if stream.observe is not None:

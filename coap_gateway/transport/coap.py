@@ -696,6 +696,10 @@ class Observation:
                 self.first.set_exception(event.exception or error.NetworkError("observation ended"))
         else:
             self._on_later(event.message)
+            if self._unregister is None:
+                # closed by its own listener: say so, or aiocoap's pipe, ended
+                # under its loop, fails on the next callback (TypeError)
+                return False
         return not event.is_last
 
     def close(self) -> None:

@@ -389,6 +389,26 @@ def test_a_first_answer_that_is_not_observe_0_is_never_decoded():
     assert state.on_request(stream, p, 4) == Answer(HttpResponse(200, body, "application/json"))
 
 
+def test_a_notification_before_the_first_answer_is_read_is_kept_for_after_it():
+    """The registration's answer has arrived but its coroutine has not run
+    yet when notification 1 comes (a fast link, a busy machine: seen in the
+    suite as a W2 of 191 B — the dropped notification broke the chain, the
+    next made a gap, the stream registered again)."""
+    state = client()
+    server = chain()
+    p = poll(token(9))
+    stream, _ = state.stream(p, "tok")
+    gen = state.begin(stream, token(9), 0)
+    first = pushed(server, ok(empty_body(9)))
+    body = message_body(token(9), token(10), 1)
+    second = pushed(server, ok(body))
+    assert state.on_notification(stream, gen, 1, second, 0) is Outcome.OK  # kept, not yet applied
+    assert not stream.answers and stream.status is Status.REGISTERING
+    assert state.on_registered(stream, gen, 0, first, 0) is Outcome.OK
+    assert stream.observe == 1 and stream.early == []
+    assert state.on_request(stream, p, 1) == Answer(HttpResponse(200, body, "application/json"))
+
+
 def test_client_plain_for_timeout_zero_and_after_a_decline():
     state = client(decline_for=60)
     p = poll(token(9))
