@@ -34,10 +34,9 @@ from pathlib import Path
 from typing import Any
 
 from coap_gateway.codec import HttpRequest, load_profile
-from coap_gateway.secure import keys
 
-from .cpu import _Child, _free_udp_port, process_cpu_seconds, udp_port_bound
-from .hostile import HostileDevice, rss_bytes, stand_in_homeserver
+from .cpu import process_cpu_seconds
+from .hostile import HostileDevice, rss_bytes, stand_in_homeserver, start_server_process
 
 RESULTS = Path(__file__).parent / "results"
 ROOM = "!fleetroom:hs"
@@ -93,16 +92,8 @@ async def run(devices: int, minutes: float, idle_seconds: float, ip: str, progre
     _raise_file_limit(devices)
     profile = load_profile("lb3")
     homeserver = await stand_in_homeserver()
-    server_private = keys.generate_keypair()[0]
     with tempfile.TemporaryDirectory(prefix="bench-fleet-") as tmp:
-        key_path = Path(tmp) / "server.key"
-        keys.write_private_key(key_path, server_private)
-        port = _free_udp_port(ip)
-        child = _Child([sys.executable, "-m", "coap_gateway", "server", "--homeserver", homeserver.url,
-                        "--listen", f"udp://{ip}:{port}", "--key", str(key_path), "--state-dir", tmp],
-                       "server gateway on", ready=lambda: udp_port_bound(ip, port))
-        await child.start()
-        public = keys.public_from_private(server_private)
+        child, public, port = await start_server_process(homeserver.url, ip, tmp)
         fleet: list[HostileDevice] = []
         senders: list[asyncio.Task] = []
         try:

@@ -189,19 +189,25 @@ async def honest_latencies(device: HostileDevice, count: int) -> list[float]:
     return out
 
 
+async def start_server_process(homeserver: str, ip: str, state_dir: str) -> tuple[_Child, bytes, int]:
+    """The server gateway as deployed (``coap-gateway server``, secure, its
+    state in ``state_dir``), in its own process: (the process, its public key, its port)."""
+    server_private = keys.generate_keypair()[0]
+    key_path = Path(state_dir) / "server.key"
+    keys.write_private_key(key_path, server_private)
+    port = _free_udp_port(ip)
+    child = _Child([sys.executable, "-m", "coap_gateway", "server", "--homeserver", homeserver,
+                    "--listen", f"udp://{ip}:{port}", "--key", str(key_path), "--state-dir", state_dir],
+                   "server gateway on", ready=lambda: udp_port_bound(ip, port))
+    await child.start()
+    return child, keys.public_from_private(server_private), port
+
+
 async def run(devices: int, steps: int, handles: int, upload: int, ip: str, progress: Any) -> dict[str, Any]:
     profile = load_profile("lb3")
     homeserver = await stand_in_homeserver()
-    server_private = keys.generate_keypair()[0]
     with tempfile.TemporaryDirectory(prefix="bench-hostile-") as tmp:
-        key_path = Path(tmp) / "server.key"
-        keys.write_private_key(key_path, server_private)
-        port = _free_udp_port(ip)
-        child = _Child([sys.executable, "-m", "coap_gateway", "server", "--homeserver", homeserver.url,
-                        "--listen", f"udp://{ip}:{port}", "--key", str(key_path), "--state-dir", tmp],
-                       "server gateway on", ready=lambda: udp_port_bound(ip, port))
-        await child.start()
-        public = keys.public_from_private(server_private)
+        child, public, port = await start_server_process(homeserver.url, ip, tmp)
         hostile: list[HostileDevice] = []
         honest = None
         try:

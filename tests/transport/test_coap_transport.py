@@ -384,6 +384,21 @@ def test_retransmissions_back_off_the_residual_only():
     assert [fast.retransmit_timeout(30, 0, None, k) for k in (1, 2, 3)] == pytest.approx([2.0, 4.0, 6.0])
 
 
+def lose_the_next_frame(end) -> list[bytes]:
+    """Make a link end lose the next frame it is handed; the list gets it."""
+    dropped: list[bytes] = []
+    real_send = end.send
+
+    def send(peer, datagram):
+        if not dropped:
+            dropped.append(datagram)
+            return
+        real_send(peer, datagram)
+
+    end.send = send
+    return dropped
+
+
 @pytest.mark.looptime
 async def test_a_request_waits_for_the_answer_its_kind_gets_not_a_full_frame():
     """A lost answer at 100 bit/s, 2 s each way: the retransmission comes
@@ -395,16 +410,7 @@ async def test_a_request_waits_for_the_answer_its_kind_gets_not_a_full_frame():
     assert (await post(client, b"warm")).payload == b"ok:warm"  # learns this kind's answer
     sent_at: list[float] = []
     cl.on_send.append(lambda d: sent_at.append(loop.time()))
-    dropped = []
-    real_send = sl.send
-
-    def lose_first_answer(peer, datagram):
-        if not dropped:
-            dropped.append(datagram)
-            return
-        real_send(peer, datagram)
-
-    sl.send = lose_first_answer
+    dropped = lose_the_next_frame(sl)
     assert (await post(client, b"next")).payload == b"ok:next" and res.executions[b"next"] == 1
     assert len(sent_at) == 2 and dropped  # the request, its retransmission
     timer = client.interface.mman.timer_for(client.remote("server"))
@@ -423,16 +429,7 @@ async def test_a_lost_answer_does_not_hold_up_the_next_request():
     client, server, res, cl, sl = await pair(link)
     loop = asyncio.get_running_loop()
     assert (await post(client, b"warm")).payload == b"ok:warm"
-    real_send = sl.send
-    dropped = []
-
-    def lose_first_answer(peer, datagram):
-        if not dropped:
-            dropped.append(datagram)
-            return
-        real_send(peer, datagram)
-
-    sl.send = lose_first_answer
+    dropped = lose_the_next_frame(sl)
     t0 = loop.time()
     a = asyncio.create_task(post(client, b"a"))
     await asyncio.sleep(0)
