@@ -21,6 +21,7 @@ Content-Format travels verbatim in an HTTP-Header option.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass
 
 from ..errors import CodecError
@@ -60,6 +61,17 @@ class CoapPayload:
     content_type_header: str | None = None
 
 
+#: JSON bodies encoded lately, per profile: a homeserver says the same bytes
+#: again and again (/versions, capabilities, push rules, ``{}``), and
+#: JSON → CBOR → deflate was the largest part of the server gateway's CPU per
+#: such answer (make bench's profile).  The encoding is a pure function of
+#: (profile, body, allow_deflate); bounded in entries and in body size.
+_ENCODED_MAX_ENTRIES = 256
+_ENCODED_MAX_BODY = 16 << 10
+#: id(profile) -> (the profile, kept alive so its id is never reused; its entries)
+_ENCODED: dict[int, tuple[Profile, OrderedDict[tuple[bytes, bool], CoapPayload]]] = {}
+
+
 def body_to_payload(body: bytes, content_type: str | None, profile: Profile,
                     allow_deflate: bool = True) -> CoapPayload:
     """``allow_deflate=False``: JSON travels as CBOR with its Content-Format
@@ -67,23 +79,38 @@ def body_to_payload(body: bytes, content_type: str | None, profile: Profile,
     something else, see ``mapping.response_to_coap``)."""
     if not body:
         return CoapPayload(b"", None)
+    if is_json_type(content_type) and len(body) <= _ENCODED_MAX_BODY:
+        entries = _ENCODED.setdefault(id(profile), (profile, OrderedDict()))[1]
+        key = (body, allow_deflate)
+        encoded = entries.get(key)
+        if encoded is None:
+            encoded = entries[key] = _json_payload(body, profile, allow_deflate)
+            while len(entries) > _ENCODED_MAX_ENTRIES:
+                entries.popitem(last=False)
+        else:
+            entries.move_to_end(key)
+        return encoded
     if is_json_type(content_type):
-        try:
-            cbor = json_cbor.json_to_cbor(body, profile.cbor_table)
-        except CodecError:
-            # the homeserver must see what the client sent (and answer M_NOT_JSON)
-            return CoapPayload(body, options.CF_JSON)
-        if profile.flate is not None and allow_deflate:
-            deflated = compress(cbor, profile.flate)
-            if len(deflated) < len(cbor) + _CF_OPTION_COST:
-                return CoapPayload(deflated, None)
-        return CoapPayload(cbor, options.CF_CBOR)
+        return _json_payload(body, profile, allow_deflate)
     if content_type is None:
         return CoapPayload(body, options.CF_OCTET_STREAM, None)
     cf = CONTENT_FORMATS.get(content_type)
     if cf is not None and cf not in (options.CF_JSON, options.CF_CBOR):
         return CoapPayload(body, cf)
     return CoapPayload(body, options.CF_OCTET_STREAM, content_type)
+
+
+def _json_payload(body: bytes, profile: Profile, allow_deflate: bool) -> CoapPayload:
+    try:
+        cbor = json_cbor.json_to_cbor(body, profile.cbor_table)
+    except CodecError:
+        # the homeserver must see what the client sent (and answer M_NOT_JSON)
+        return CoapPayload(body, options.CF_JSON)
+    if profile.flate is not None and allow_deflate:
+        deflated = compress(cbor, profile.flate)
+        if len(deflated) < len(cbor) + _CF_OPTION_COST:
+            return CoapPayload(deflated, None)
+    return CoapPayload(cbor, options.CF_CBOR)
 
 
 def payload_to_body(
