@@ -29,7 +29,7 @@ import asyncio
 import contextlib
 import logging
 import random
-from collections import OrderedDict, deque
+from collections import Counter, OrderedDict, deque
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from typing import Any
@@ -69,6 +69,30 @@ BLOCKWISE_RESTARTS = 2
 #: congestion is controlled: here every timer counts what is ahead of its
 #: frame on the link (``RetransmissionTimer.queued_bytes``).
 NSTART = 4
+
+
+class _Exchanges(dict):
+    """aiocoap's active exchanges, (remote, MID) → …, counted per remote as
+    they come and go (aiocoap only sets and pops them), so NSTART is checked
+    without scanning every exchange of every peer on each send."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.per_remote: Counter[Hashable] = Counter()
+
+    def __setitem__(self, key: tuple[Hashable, int], value: Any) -> None:
+        if key not in self:
+            self.per_remote[key[0]] += 1
+        super().__setitem__(key, value)
+
+    def pop(self, key: tuple[Hashable, int], *default: Any) -> Any:
+        if key in self:
+            left = self.per_remote[key[0]] - 1
+            if left:
+                self.per_remote[key[0]] = left
+            else:
+                del self.per_remote[key[0]]
+        return super().pop(key, *default)
 
 
 class _Backlogs(dict):
@@ -287,6 +311,7 @@ class LinkAwareMessageManager(MessageManager):
 
     def __init__(self, token_manager: TokenManager, budget: LinkBudget, counters: TransportCounters):
         super().__init__(token_manager)
+        self._active_exchanges = _Exchanges()
         self._backlogs = _Backlogs(self._active_with)
         self.budget = budget
         self.counters = counters
@@ -379,8 +404,8 @@ class LinkAwareMessageManager(MessageManager):
     # -- aiocoap hooks
 
     def _active_with(self, remote: Hashable) -> int:
-        active = self._active_exchanges or {}
-        return sum(1 for r, _ in active if r == remote)
+        active = self._active_exchanges
+        return active.per_remote[remote] if isinstance(active, _Exchanges) else 0
 
     def _continue_backlog(self, remote: Hashable) -> None:
         # aiocoap's sends the next only when no exchange is left (NSTART = 1)
