@@ -141,7 +141,8 @@ class MemoryHomeserver:
             now_ms = int(EPOCH * 1000 + asyncio.get_running_loop().time() * 1000)
             timeline = []
             for e in events:
-                unsigned: dict[str, Any] = {"membership": "join", "age": max(0, now_ms - e.ts)}
+                # keys sorted, as Synapse keeps events
+                unsigned: dict[str, Any] = {"age": max(0, now_ms - e.ts), "membership": "join"}
                 if e.token == token:
                     unsigned["transaction_id"] = e.txn
                 timeline.append({"content": {"body": e.body, "msgtype": "m.text"}, "event_id": e.event_id,
@@ -150,9 +151,10 @@ class MemoryHomeserver:
             room = {"timeline": {"events": timeline, "prev_batch": since or sync_token(start), "limited": False},
                     "state": {"events": []}, "account_data": {"events": []}, "ephemeral": {"events": []},
                     "unread_notifications": {"notification_count": 0, "highlight_count": 0}, "summary": {}}
-            doc["rooms"] = {"join": {ROOM: room}}
         doc["device_one_time_keys_count"] = {"signed_curve25519": 0}
         doc["device_unused_fallback_key_types"] = []
+        if events:
+            doc["rooms"] = {"join": {ROOM: room}}  # last, as Synapse writes it
         return HttpResponse(200, _json(doc), "application/json")
 
 

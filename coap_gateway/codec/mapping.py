@@ -206,19 +206,30 @@ def compact_route_name(msg: Message, profile: Profile) -> str | None:
 # ---------------------------------------------------------------- responses
 
 
-def response_to_coap(resp: HttpResponse, profile: Profile, compact_route: str | None = None) -> Message:
+#: the code of a bare event ID followed by the fold of its echo (push.echo)
+ECHO_CODE = status.coap_code(2, 4)
+
+
+def response_to_coap(resp: HttpResponse, profile: Profile, compact_route: str | None = None,
+                     echo: bytes | None = None) -> Message:
     """The CoAP response for an HTTP response.
 
     ``compact_route``: the route of a request that came in the compact form;
     on a route with the event-ID schema a 200 ``{"event_id": E}`` travels as
     E alone (32 bytes for "$" + URL-safe base64, else its text), with no
-    Content-Format; every other body on such a route then carries one."""
+    Content-Format; every other body on such a route then carries one.
+    ``echo``: the fold of the send's echo (``push.echo``), which follows the
+    32-byte form under code 2.04 (a 204 has no body, anything else on these
+    routes a Content-Format or HTTP-Status)."""
     event_route = (compact_route is not None and profile.schemas is not None
                    and compact_route in profile.schemas.event_id_routes)
     if event_route and resp.status == 200:
-        bare = _bare_event_id(resp)
+        bare = bare_event_id(resp)
         if bare is not None:
-            msg = Message(code=Code(status.DIRECT[200]), payload=bare)
+            if echo and len(bare) == route_option.ID_BYTES:
+                msg = Message(code=Code(ECHO_CODE), payload=bare + echo)
+            else:
+                msg = Message(code=Code(status.DIRECT[200]), payload=bare)
             _add_forwarded_headers(msg, resp)
             return msg
     retry_after = next((v for n, v in resp.headers if n.lower() == "retry-after"), None)
@@ -249,7 +260,8 @@ def _add_forwarded_headers(msg: Message, resp: HttpResponse) -> None:
                 pass  # an odd header is not worth failing the response
 
 
-def _bare_event_id(resp: HttpResponse) -> bytes | None:
+def bare_event_id(resp: HttpResponse) -> bytes | None:
+    """A 200 ``{"event_id": E}`` exactly as Synapse writes it, as the bytes that carry E alone."""
     if not payload.is_json_type(resp.content_type) or len(resp.body) > 1024:
         return None
     try:
@@ -268,11 +280,24 @@ def _bare_event_id(resp: HttpResponse) -> bytes | None:
     return text if 0 < len(text) != route_option.ID_BYTES else None
 
 
+def _bare_form(msg: Message, profile: Profile, compact_route: str | None) -> bool:
+    return (compact_route is not None and profile.schemas is not None
+            and compact_route in profile.schemas.event_id_routes and bool(msg.payload)
+            and msg.opt.content_format is None and not msg.opt.get_option(options.HTTP_STATUS)
+            and (int(msg.code) == status.DIRECT[200]
+                 or (int(msg.code) == ECHO_CODE and len(msg.payload) > route_option.ID_BYTES)))
+
+
+def echo_fold(msg: Message, profile: Profile, compact_route: str | None = None) -> bytes | None:
+    """The fold of the send's echo an answer carries after its event ID (``push.echo``), if any."""
+    if int(msg.code) == ECHO_CODE and _bare_form(msg, profile, compact_route):
+        return bytes(msg.payload[route_option.ID_BYTES:])
+    return None
+
+
 def coap_to_response(msg: Message, profile: Profile, compact_route: str | None = None) -> HttpResponse:
-    if (compact_route is not None and profile.schemas is not None and compact_route in profile.schemas.event_id_routes
-            and int(msg.code) == status.DIRECT[200] and msg.payload and msg.opt.content_format is None
-            and not msg.opt.get_option(options.HTTP_STATUS)):
-        raw = msg.payload
+    if _bare_form(msg, profile, compact_route):
+        raw = msg.payload if int(msg.code) != ECHO_CODE else msg.payload[:route_option.ID_BYTES]
         if len(raw) == route_option.ID_BYTES:
             event_id = "$" + base64.urlsafe_b64encode(raw).decode("ascii").rstrip("=")
         else:

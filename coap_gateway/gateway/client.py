@@ -47,6 +47,8 @@ from ..codec import (
     HttpResponse,
     Profile,
     bearer_token,
+    compact_route_name,
+    echo_fold,
     json_cbor,
     link_failure,
     matrix_error,
@@ -54,7 +56,7 @@ from ..codec import (
     split_target,
 )
 from ..errors import CodecError, GatewayError
-from ..push import SyncPushClientConfig
+from ..push import Sent, SyncPushClientConfig, parse_send, sent_of
 from ..transport import LinkEndpoint, LinkFailure
 from .push_client import SyncPushClient
 from .stats import Histogram, timed
@@ -333,11 +335,30 @@ class ClientGateway:
     @timed(lambda self: self.counters.latency)
     async def exchange(self, http_request: HttpRequest) -> HttpResponse:
         """Carry one HTTP request over the link; the client's answer."""
+        echo_target = self.sync_push.echo_target(http_request) if self.sync_push is not None else None
         try:
             message, reply = await self.round_trip(http_request, self._send)
         except LinkFailure as exc:
             return link_failure(exc)
-        return self.binding.response(http_request, message, reply)
+        response = self.binding.response(http_request, message, reply)
+        fold = echo_fold(reply, self.profile, compact_route_name(message, self.profile))
+        if fold is not None and self.sync_push is not None:
+            # the answer carries the send's echo (push.echo); a fold we did not
+            # expect still moved the server's chain: the push client sorts it out
+            target = echo_target or self.sync_push.state.echo_target(http_request.access_token or "")
+            if target is not None:
+                self.sync_push.on_echo(target, self._sent(http_request, response), fold)
+        return response
+
+    def _sent(self, http_request: HttpRequest, response: HttpResponse) -> Sent | None:
+        """What the server saw of a send we carried (its transaction ID as the homeserver's)."""
+        wire, schemas = self.binding.wire, self.profile.schemas
+        send = (parse_send(http_request.target, self.profile.routes, schemas.message_routes)
+                if wire is not None and schemas is not None else None)
+        k = wire.txns.get(send[2]) if send is not None and wire is not None else None
+        if send is None or k is None or wire is None:
+            return None
+        return sent_of(send[0], send[1], f"{wire.scope}.{k}", http_request.body, response.body)
 
     async def round_trip(self, http_request: HttpRequest, send: Send) -> tuple[Message, Message]:
         """The one resend loop: send the request as the binding builds it

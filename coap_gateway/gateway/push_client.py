@@ -35,6 +35,7 @@ from ..push import (
     Outcome,
     Plain,
     Register,
+    Sent,
     Status,
     Stream,
     SyncPushClientConfig,
@@ -78,6 +79,8 @@ class SyncPushClientCounters:
     checks: int = 0
     cancels: int = 0
     pings: int = 0
+    #: sends whose answer carried their echo's fold
+    echoes: int = 0
 
 
 # ------------------------------------------------------------ the shell
@@ -176,6 +179,22 @@ class SyncPushClient:
                     pass
         finally:
             stream.waiting -= 1
+
+    # -- the device's own sends (push.echo)
+
+    def echo_target(self, http_request: HttpRequest) -> tuple[Stream, int] | None:
+        """Before a send leaves: the observation its echo may fold into."""
+        if not self.config.enabled or http_request.method != "PUT" or http_request.access_token is None:
+            return None
+        return self.state.echo_target(http_request.access_token)
+
+    def on_echo(self, target: tuple[Stream, int], sent: Sent | None, fold: bytes) -> None:
+        """The send's answer carried its echo's fold."""
+        stream, generation = target
+        self.counters.echoes += 1
+        outcome = self.state.on_echo(stream, generation, sent, fold, self.loop_time)
+        self._after(stream, stream.generation, outcome)
+        self._wake(stream)
 
     def on_session(self, session_id: bytes) -> None:
         """A secure session was established: one after the first means the

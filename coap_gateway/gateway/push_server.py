@@ -28,6 +28,8 @@ from aiocoap.numbers.types import CON
 from ..codec import HttpResponse, Profile, Resolved, ServerBinding, response_to_coap
 from ..push import (
     MAX_PUSH_BODY,
+    Folded,
+    Sent,
     OP_CANCEL,
     OP_CHECK,
     Fetch,
@@ -68,6 +70,8 @@ class SyncPushServerCounters:
     upstream_errors: int = 0
     checks: int = 0
     cancels: int = 0
+    #: echoes of a device's own sends folded into the send's answer
+    folded: int = 0
 
 
 class AckTracker:
@@ -91,6 +95,25 @@ class AckTracker:
 
 
 @dataclass(eq=False)
+class EchoWait:
+    """A device's send on its way to the homeserver, whose echo the
+    observation's loop may fold into the send's answer (``push.echo``).
+
+    The homeserver wakes the loop's poll with the echo about when it answers
+    the send, in either order: the loop holds an answer that carries the
+    send's transaction ID until ``answered`` (the send's ``sent``, or None
+    when it failed), and gives the fold through ``folded``."""
+
+    observation: _Observation
+    txn_id: str
+    answered: asyncio.Event
+    folded: asyncio.Future[bytes | None]
+    sent: Sent | None = None
+    #: the send's answer left (with or without a fold): fold nothing more
+    closed: bool = False
+
+
+@dataclass(eq=False)
 class _Observation:
     remote: Hashable
     token: bytes  # CoAP token of the registration: names it in control requests
@@ -99,6 +122,8 @@ class _Observation:
     access_token: str
     chain: PushChain
     task: asyncio.Task | None = None
+    #: a send by this device that is on its way to the homeserver
+    echo: EchoWait | None = None
     #: why we ended it ourselves (None: the peer did, or it runs)
     ended: str | None = None
 
@@ -201,6 +226,57 @@ class SyncPushServer:
                 del self._by_stream[key]
         return True
 
+    # -- the device's own sends (push.echo)
+
+    def expect_echo(self, remote: Hashable, access_token: str, txn_id: str) -> EchoWait | None:
+        """Before a device's send goes to the homeserver: the wait through
+        which its echo may be folded into the send's answer, when the device
+        has one observation with this token and it holds a template."""
+        mine = [o for o in self.observations.values()
+                if o.remote == remote and o.access_token == access_token and o.ended is None]
+        if len(mine) != 1 or mine[0].echo is not None or mine[0].chain.template is None:
+            return None
+        loop = asyncio.get_running_loop()
+        wait = mine[0].echo = EchoWait(mine[0], txn_id, asyncio.Event(), loop.create_future())
+        return wait
+
+    async def echo_answer(self, wait: EchoWait, sent: Sent | None) -> bytes | None:
+        """After the homeserver answered the send (``sent``; None: not a
+        plain success): the fold to append to the send's answer, or None.
+        Waits for the loop at most ``echo_wait`` seconds."""
+        wait.sent = sent
+        wait.answered.set()
+        try:
+            if sent is None:
+                return None
+            try:
+                return await asyncio.wait_for(asyncio.shield(wait.folded), self.config.echo_wait)
+            except TimeoutError:
+                return wait.folded.result() if wait.folded.done() else None
+        finally:
+            wait.closed = True
+            if wait.observation.echo is wait:
+                wait.observation.echo = None
+
+    async def _echo(self, obs: _Observation, response: HttpResponse) -> Folded | None:
+        """``response`` as the fold of a send under way, if it is its echo."""
+        wait = obs.echo
+        if (wait is None or wait.closed or response.status != 200
+                or b'"transaction_id":"' + wait.txn_id.encode() + b'"' not in response.body):
+            return None
+        if not wait.answered.is_set():  # the homeserver woke the poll before it answered the send
+            try:
+                await asyncio.wait_for(wait.answered.wait(), self.config.echo_wait)
+            except TimeoutError:
+                return None
+        if wait.closed or obs.echo is not wait:
+            return None
+        step = obs.chain.on_echo(response, wait.sent) if wait.sent is not None else None
+        # folded or not, this answer decides: the send's answer need not wait longer
+        wait.closed = True
+        wait.folded.set_result(None if step is None else step.fold)
+        return step
+
     def forget_session(self, remote: Hashable) -> None:
         """The secure session is gone, and its observations with it."""
         for obs in [o for o in self.observations.values() if o.remote == remote]:
@@ -269,6 +345,14 @@ class SyncPushServer:
             if isinstance(step, Silent):
                 self.counters.silent += 1
                 continue
+            if isinstance(step, Folded):
+                # it rides in the send's answer: a piggybacked answer that a
+                # device asks for again until it has it, so no ACK to wait for
+                # (lost for good, the chain shows a gap and the history replays)
+                self.history.put(obs.key, step.answered, step.body)
+                self.counters.folded += 1
+                first = False
+                continue
             if isinstance(step, Push):
                 message = Message(code=Code.CONTENT, payload=step.payload, observe=chain.next_observe())
                 if step.answered is not None and step.body is not None:
@@ -320,7 +404,7 @@ class SyncPushServer:
             return obs.chain.on_unreachable()
         for observer in self.upstream_observers:
             observer(since, response)
-        return obs.chain.on_response(response)
+        return await self._echo(obs, response) or obs.chain.on_response(response)
 
 
 __all__ = ["AckTracker", "SyncPushServer", "SyncPushServerCounters"]

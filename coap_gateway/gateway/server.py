@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+from urllib.parse import unquote
 from collections.abc import Hashable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -28,14 +29,16 @@ from ..codec import (
     Profile,
     Refused,
     ServerBinding,
+    bare_event_id,
     decoded_path_segments,
     matrix_error,
     response_to_coap,
 )
 from ..errors import CodecError
-from ..push import SyncPushServerConfig
+from ..codec.route_option import ID_BYTES
+from ..push import SyncPushServerConfig, parse_send, sent_of
 from ..transport import LinkEndpoint, assembly_bytes, drop_assemblies, release_assemblies
-from .push_server import SyncPushServer
+from .push_server import EchoWait, SyncPushServer
 from .stats import Histogram, timed
 from .upstream import Upstream, UpstreamError
 
@@ -249,10 +252,41 @@ class ServerGateway(resource.Resource):
             self.counters.refused_admin += 1
             response = matrix_error(403, "M_FORBIDDEN", "admin APIs are not reachable through the low-bandwidth gateway")
         else:
+            wait = self._expect_echo(request, http_request, resolved.token)
             response = await self.forward(http_request, resolved.token)
             self.binding.after(request, resolved, response)
+            if wait is not None:
+                echo = await self._fold_echo(wait, http_request, response)
+                return self._answer(response, http_request, echo)
+        return self._answer(response, http_request)
+
+    def _answer(self, response: HttpResponse, http_request: HttpRequest, echo: bytes | None = None) -> Message:
         self.counters.by_status[response.status] = self.counters.by_status.get(response.status, 0) + 1
-        return response_to_coap(response, self.config.profile, http_request.compact_route)
+        return response_to_coap(response, self.config.profile, http_request.compact_route, echo)
+
+    # -- the sender's echo (push.echo)
+
+    def _expect_echo(self, request: Message, http_request: HttpRequest, token: str | None) -> EchoWait | None:
+        """A send in the compact form by a device whose sync is pushed: its
+        echo may ride in the answer."""
+        schemas = self.config.profile.schemas
+        if (self.sync_push is None or not isinstance(token, str) or schemas is None
+                or http_request.compact_route not in schemas.message_routes or http_request.method != "PUT"):
+            return None
+        send = parse_send(http_request.target, self.config.profile.routes, schemas.message_routes)
+        if send is None:
+            return None
+        return self.sync_push.expect_echo(request.remote, token, unquote(send[2]))
+
+    async def _fold_echo(self, wait: EchoWait, http_request: HttpRequest, response: HttpResponse) -> bytes | None:
+        sent = None
+        send = parse_send(http_request.target, self.config.profile.routes,
+                          self.config.profile.schemas.message_routes)  # type: ignore[union-attr]
+        bare = bare_event_id(response) if response.status == 200 else None
+        if send is not None and bare is not None and len(bare) == ID_BYTES:
+            sent = sent_of(send[0], send[1], unquote(send[2]), http_request.body, response.body)
+        assert self.sync_push is not None
+        return await self.sync_push.echo_answer(wait, sent)
 
     # -- upstream
 

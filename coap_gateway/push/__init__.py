@@ -8,7 +8,7 @@ decides which long-polls the client gateway answers from pushes;
 The asyncio shells are ``gateway.push_client`` and ``gateway.push_server``.
 """
 
-from . import format
+from . import echo, format
 from .client import (
     Action,
     Answer,
@@ -21,6 +21,7 @@ from .client import (
     SyncPushState,
     Wait,
 )
+from .echo import Sent, parse_send, sent_of
 from .format import (
     END_FETCH,
     MAX_PUSH_BODY,
@@ -37,6 +38,7 @@ from .format import (
 from .server import (
     Fetch,
     Finish,
+    Folded,
     Push,
     PushChain,
     ReplayHistory,
@@ -56,6 +58,7 @@ __all__ = [
     "Answer",
     "Fetch",
     "Finish",
+    "Folded",
     "LongPoll",
     "Outcome",
     "Plain",
@@ -64,6 +67,7 @@ __all__ = [
     "Register",
     "ReplayHistory",
     "Retry",
+    "Sent",
     "Silent",
     "Status",
     "Step",
@@ -73,11 +77,14 @@ __all__ = [
     "SyncPushState",
     "Wait",
     "control_request",
+    "echo",
     "end_fetch",
     "format",
     "is_push_request",
     "parse_control",
     "parse_long_poll",
+    "parse_send",
     "push_preset",
+    "sent_of",
     "stream_key",
 ]

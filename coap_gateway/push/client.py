@@ -38,6 +38,7 @@ from aiocoap import Message
 
 from ..codec import HttpResponse, Profile, coap_to_response
 from ..errors import GatewayError
+from .echo import Sent, unfold
 from .format import (
     END_FETCH,
     FIRST_OBSERVE,
@@ -46,6 +47,7 @@ from .format import (
     DeltaState,
     LongPoll,
     decode_notification,
+    encode_body,
     expand_template,
     next_batch_of,
     parse_control,
@@ -290,18 +292,54 @@ class SyncPushState:
         if n.template:
             stream.template = n.body
             return Outcome.OK
-        token = next_batch_of(n.body)
+        return self._accept(stream, n.body, n.adopt)
+
+    def _accept(self, stream: Stream, body: bytes, adopt: bool) -> Outcome:
+        """A pushed (or folded) answer to the stream's head."""
+        assert stream.head is not None
+        token = next_batch_of(body)
         if token is None:
             return self.on_lost(stream, stream.generation)
-        stream.answers[stream.head] = HttpResponse(200, n.body, JSON)
+        stream.answers[stream.head] = HttpResponse(200, body, JSON)
         stream.head = token
-        if n.adopt:
-            split = split_next_batch(n.body)
+        if adopt:
+            split = split_next_batch(body)
             if split is not None:
                 stream.template = split[0]
         if len(stream.answers) > self.config.max_answers:
             return Outcome.PAUSE
         return Outcome.OK
+
+    # -- the device's own sends (push.echo)
+
+    def echo_target(self, access_token: str) -> tuple[Stream, int] | None:
+        """Before a send with ``access_token`` leaves: the observation its
+        echo may be folded into (the one running with that token)."""
+        mine = [s for s in self.streams.values() if s.access_token == access_token and s.status is Status.ACTIVE]
+        return (mine[0], mine[0].generation) if len(mine) == 1 else None
+
+    def on_echo(self, stream: Stream, generation: int, sent: Sent | None, data: bytes, now: float) -> Outcome:
+        """The send's answer carried the fold ``data`` of its echo: the
+        observation's next answer, rebuilt here.  Whatever cannot be read
+        ends the observation (the server has moved on: registering again
+        from the head makes it replay the answer itself)."""
+        if stream.status is not Status.ACTIVE:
+            return Outcome.OK  # it registers again anyway
+        if (generation != stream.generation or sent is None or stream.template is None
+                or stream.observe is None or stream.delta is None or stream.head is None):
+            return self.on_lost(stream, stream.generation)
+        observe = (stream.observe + 1) % OBSERVE_MODULUS
+        try:
+            body = unfold(data, stream.head, stream.template, sent, stream.delta.echo, observe)
+        except GatewayError as exc:
+            log.warning("sync push: unreadable echo fold: %s", exc)
+            self.undecodable += 1
+            return self.on_lost(stream, stream.generation)
+        stream.observe = observe
+        stream.last_heard = now
+        stream.delta.remember(encode_body(body, self.profile.cbor_table)[1])
+        stream.delta.echo.note(body)
+        return self._accept(stream, body, adopt=False)
 
     def on_first_answer(self, stream: Stream, generation: int, reply: Message, now: float) -> FirstAnswer:
         """What a registration's first answer means (after the binding's

@@ -47,6 +47,7 @@ from ..codec import (
     split_target,
 )
 from ..errors import CodecError, GatewayError
+from .echo import EchoContext
 
 JSON = "application/json"
 
@@ -316,6 +317,8 @@ class DeltaState:
     def __init__(self, preset: bytes, keep: int = 2):
         self.preset = preset
         self.recent: deque[bytes] = deque(maxlen=keep)
+        #: what the chain's answers showed, for folding the device's own events
+        self.echo = EchoContext()
 
     def dictionary(self, since: str) -> bytes:
         return (self.preset + since.encode("ascii") + b"".join(self.recent))[-MAX_DICTIONARY_SIZE:]
@@ -350,6 +353,7 @@ def encode_notification(n: Notification, since: str, delta: DeltaState, table: C
     encoding, data = encode_body(n.body, table)
     stream = compress(data, delta.dictionary(since))
     delta.remember(data)
+    delta.echo.note(n.body)
     if not n.template and not n.adopt and encoding == ENC_CBOR_ASCII:
         return stream
     header = HEADER_MARK | (encoding << H_ENCODING_SHIFT)
@@ -378,6 +382,7 @@ def decode_notification(payload: bytes, since: str, delta: DeltaState, table: Cb
     if template and not is_template(body):
         raise CodecError("a template must have exactly one empty next_batch")
     delta.remember(data)
+    delta.echo.note(body)
     return Notification(body, template, adopt)
 
 

@@ -30,14 +30,17 @@ from collections import OrderedDict
 from dataclasses import dataclass
 
 from ..codec import CborTable, HttpResponse, matrix_error
+from .echo import Sent, fold
 from .format import (
     FIRST_OBSERVE,
     OBSERVE_MODULUS,
     DeltaState,
     LongPoll,
     Notification,
+    encode_body,
     encode_notification,
     is_empty_sync,
+    next_batch_of,
     split_next_batch,
 )
 
@@ -60,6 +63,9 @@ class SyncPushServerConfig:
     ack_wait: float = 600.0
     #: back-off when the homeserver is down or busy (5xx, 429)
     backoff_max: float = 60.0
+    #: longest a send's answer waits for its echo to fold (the homeserver
+    #: wakes the loop within milliseconds; a loop waiting for an ACK misses it)
+    echo_wait: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -73,6 +79,17 @@ class Push:
     #: the since this answers (None for a template) and the body, for the history
     answered: str | None = None
     body: bytes | None = None
+
+
+@dataclass(frozen=True)
+class Folded:
+    """The answer is the echo of the device's send: it rides in the send's
+    answer as ``fold`` (``push.echo``) and takes ``observe`` in the chain."""
+
+    fold: bytes
+    observe: int
+    answered: str
+    body: bytes
 
 
 @dataclass(frozen=True)
@@ -96,7 +113,7 @@ class Retry:
     response: HttpResponse
 
 
-Step = Silent | Push | Fetch | Finish | Retry
+Step = Silent | Push | Folded | Fetch | Finish | Retry
 
 
 class PushChain:
@@ -154,6 +171,27 @@ class PushChain:
             self.poll_from = token
             return Push(payload)
         return self._answer(response.body, template, token, adopt=empty)
+
+    def on_echo(self, response: HttpResponse, sent: Sent) -> Folded | None:
+        """The answer as a fold into the answer to ``sent``, when it is
+        exactly that send's echo and the client holds a template to build it
+        on; None: treat it as any answer (``on_response``)."""
+        if response.status != 200 or self.template is None:
+            return None
+        token = next_batch_of(response.body)
+        observe = FIRST_OBSERVE if self._observe is None else (self._observe + 1) % OBSERVE_MODULUS
+        data = None if token is None else fold(response.body, self.head, self.template, sent, self.delta.echo,
+                                               observe)
+        if data is None or token is None:
+            return None
+        # the same state change a pushed answer makes, at both ends
+        self.delta.remember(encode_body(response.body, self.table)[1])
+        self.delta.echo.note(response.body)
+        self.next_observe()
+        answered, self.head = self.head, token
+        self.poll_from = token
+        self.failures = 0
+        return Folded(data, observe, answered, response.body)
 
     def on_replay(self, body: bytes) -> Step:
         """Push an answer kept from an earlier observation (it is one)."""
@@ -237,6 +275,7 @@ def stream_key(token: str, poll: LongPoll) -> bytes:
 __all__ = [
     "Fetch",
     "Finish",
+    "Folded",
     "Push",
     "PushChain",
     "ReplayHistory",

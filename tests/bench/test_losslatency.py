@@ -56,12 +56,14 @@ def test_the_stand_in_homeserver_answers_as_synapse_does():
 
 
 def test_a_notification_retransmitted_for_minutes_still_arrives():
-    """Seed 3 at 30 % loss: the server re-sent a notification for ~9 minutes
-    while alice's ACKs were lost; its copies after 247 s were refused by her
-    secure layer as replays (a fixed duplicate window), never acknowledged,
-    and the observation died: bob's last message never reached her.  With
-    the window following the link's exchange lifetime it arrives."""
-    run = run_in_virtual_time(0.3, 3)
+    """A notification re-sent for minutes while alice's ACKs were lost: with
+    a fixed duplicate window (247 s) her secure layer refused the late copies
+    as replays, never acknowledged them, and the observation died — bob's
+    last message never reached her.  Found as seed 3 at 30 % loss; since the
+    echo rides in the send's answer, the traffic differs and seed 115 is
+    such a run (fails with the fixed window, checked when the echo fold
+    landed).  With the window following the link's exchange lifetime it arrives."""
+    run = run_in_virtual_time(0.3, 115)
     assert all(s is not None for _, _, s in run.latencies), run.latencies
     assert run.duplicates == 0 and run.undecodable == 0
     assert run.retransmissions >= 10  # the link really was that bad
