@@ -20,6 +20,7 @@ from . import targets
 
 WORKLOAD_TITLES = {
     "W1": "W1 warm send + response",
+    "W1s": "W1s sender per message: W1 + her own echo (her sync loop running)",
     "W2": "W2 receive one message",
     "W3": "W3 cold start: handshake + first send",
     "W4": "W4 idle (sync loop running)",
@@ -87,7 +88,8 @@ def bytes_table(results: dict[str, Any]) -> list[str]:
         "|---|---:|---:|---:|---|---:|---|",
     ]
     design = targets.DESIGN_BASELINE
-    for workload, wire_key, link_key in (("W1", "W1.wire", "W1.link"), ("W2", "W2.wire", "W2.link"),
+    for workload, wire_key, link_key in (("W1", None, None), ("W1s", "W1s.wire", "W1s.link"),
+                                         ("W2", "W2.wire", "W2.link"),
                                          ("W3", "W3.wire", None), ("W5", None, "W5.link"),
                                          ("W6", "W6.wire", "W6.link")):
         b, g = _w(results, workload, "baseline"), _w(results, workload, "gateway")
@@ -362,7 +364,8 @@ def write_charts(results: dict[str, Any], img_dir: Path) -> dict[str, Path]:
     colours = {"baseline": "#b04a3a", "gateway": "#2f6f9f", "link": "#7fb3d5", "target": "#222222"}
 
     # bytes per workload, log scale
-    names = [w for w in ("W1", "W2", "W3", "W5", "W6") if _w(results, w, "baseline") and _w(results, w, "gateway")]
+    names = [w for w in ("W1", "W1s", "W2", "W3", "W5", "W6")
+             if _w(results, w, "baseline") and _w(results, w, "gateway")]
     if names:
         fig, ax = plt.subplots(figsize=(8, 4.2), dpi=110)
         width = 0.27
@@ -374,7 +377,8 @@ def write_charts(results: dict[str, Any], img_dir: Path) -> dict[str, Path]:
             pos = [x + (i - 1) * width for x in xs]
             bars = ax.bar(pos, values, width, label=label, color=colour)
             ax.bar_label(bars, labels=[_fmt_int(v) for v in values], fontsize=7, padding=1)
-        target_keys = {"W1": ("W1.wire", "W1.link"), "W2": ("W2.wire", "W2.link"), "W3": ("W3.wire", None),
+        target_keys = {"W1": (None, None), "W1s": ("W1s.wire", "W1s.link"), "W2": ("W2.wire", "W2.link"),
+                       "W3": ("W3.wire", None),
                        "W5": (None, "W5.link"), "W6": ("W6.wire", "W6.link")}
         first = True
         for x, n in zip(xs, names):
@@ -387,7 +391,8 @@ def write_charts(results: dict[str, Any], img_dir: Path) -> dict[str, Path]:
                           label="DESIGN target" if first else None)
                 first = False
         ax.set_yscale("log")
-        short = {"W1": "W1\nwarm send", "W2": "W2\nreceive", "W3": "W3\ncold send", "W5": "W5\nlogin + sync",
+        short = {"W1": "W1\nwarm send", "W1s": "W1s\nsend + echo", "W2": "W2\nreceive", "W3": "W3\ncold send",
+                 "W5": "W5\nlogin + sync",
                  "W6": "W6\nfederated msg"}
         ax.set_xticks(list(xs), [short[n] for n in names], fontsize=8)
         ax.set_ylabel("bytes (log scale)")
@@ -543,6 +548,11 @@ def _discussion(results: dict[str, Any]) -> list[str]:
             f"{frames(g1, 'up')} and gets {frames(g1, 'down')}, against DESIGN's ≈ 38 + 54 B. W2: the device "
             f"gets {frames(g2, 'down')} and sends {frames(g2, 'up')}. W3: {frames(g3, 'up')} out, "
             f"{frames(g3, 'down')} back — the Noise IK handshake with the send inside its first flight.")
+        g1s = w.get("W1s", {}).get("gateway")
+        if g1s and g1s.get("frame_list"):
+            out[-1] += (f" W1s, the same send with alice's own sync loop running: {frames(g1s, 'up')} out, "
+                        f"{frames(g1s, 'down')} back — her own event rides in the send's answer as a few bytes "
+                        "(docs/protocol.md §9a, \"The sender's echo\") instead of a notification and its ACK.")
         out.append("")
     if g4["frames"] == 0:
         out.append(
@@ -664,8 +674,9 @@ def render_markdown(results: dict[str, Any], *, json_path: Path | None, docs_pat
     lines += federation_section(results, charts, rel)
     lines += ["### Targets", "", *targets_table(results), "",
               "### Frame by frame", ""]
-    for workload in ("W1", "W2", "W3"):
-        lines += [f"**{WORKLOAD_TITLES[workload]}**", "", *frames_table(results, workload), ""]
+    for workload in ("W1", "W1s", "W2", "W3"):
+        if _w(results, workload, "gateway"):
+            lines += [f"**{WORKLOAD_TITLES[workload]}**", "", *frames_table(results, workload), ""]
     checks = results.get("link_checks", [])
     capture = results.get("capture", {})
     agree = all(c["link_frames"] == c["capture_frames"] and c["link_bytes"] == c["capture_payload_bytes"]

@@ -291,15 +291,16 @@ async def run_bench(settings: Settings, *, homeserver: str | None = None, consol
             # 4. W1, W2, W3, W5 per transport
             runs = {}
             for transport, cast, ips in ((baseline, cast_b, BASELINE_DEVICES), (gateway, cast_g, GATEWAY_DEVICES)):
-                progress.step(f"{transport.label}: W1 + W2, W3, W5")
+                progress.step(f"{transport.label}: W1 + W2, W1s, W3, W5")
                 w = Workloads(capture, watch, transport, cast, ips, sync_timeout_ms=settings.sync_timeout_ms)
                 stack.push_async_callback(w.close)
                 runs[transport.name] = w
                 await w.warm_up()
                 r1, r2, info = await w.w1_w2()
+                r1s = await w.w1_sender()
                 r3 = await w.w3()
                 r5, info5 = await w.w5()
-                for key, result in (("W1", r1), ("W2", r2), ("W3", r3)):
+                for key, result in (("W1", r1), ("W1s", r1s), ("W2", r2), ("W3", r3)):
                     results["workloads"].setdefault(key, {})[transport.name] = _workload_entry(result)
                 entry5 = _workload_entry(result=r5, frames=False)
                 entry5.update(info5)

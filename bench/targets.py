@@ -61,8 +61,11 @@ def _slow(field: str) -> Callable[[dict[str, Any]], float | None]:
 
 
 TARGETS: list[Target] = [
-    Target("W1.wire", "W1", "W1 send + response, with Ethernet+IPv4+UDP", 176, "B", _gw("W1", "wire_bytes")),
-    Target("W1.link", "W1", "W1 send + response, link level", 100, "B", _gw("W1", "payload_bytes")),
+    # issue 15: what the sender's link carries per message, her own echo included,
+    # replaces DESIGN's W1 ≤ 176 B, which counted the send alone (W1 is still reported)
+    Target("W1s.wire", "W1s", "W1s sender per message (send, answer, her own echo), with Ethernet+IPv4+UDP", 184,
+           "B", _gw("W1s", "wire_bytes")),
+    Target("W1s.link", "W1s", "W1s sender per message, link level", 100, "B", _gw("W1s", "payload_bytes")),
     Target("W2.wire", "W2", "W2 receive one message, with Ethernet+IPv4+UDP", 150, "B", _gw("W2", "wire_bytes")),
     Target("W2.link", "W2", "W2 receive one message, link level", 90, "B", _gw("W2", "payload_bytes")),
     Target("W3.wire", "W3", "W3 handshake + first send, with Ethernet+IPv4+UDP", 340, "B", _gw("W3", "wire_bytes")),

@@ -317,6 +317,60 @@ class Workloads:
                         "sync_responses": state["delivered_in"] - state["responses_at_open"],
                         "event_id_length": len(sent.event_id)}
 
+    # ------------------------------------------------------------ W1s
+
+    async def w1_sender(self) -> WindowResult:
+        """W1s, the sender per message: alice sends the reference message with
+        her own sync loop running, as every client does — the send, its
+        answer and her own event coming back to her through /sync (the
+        echo), until her next long-poll is parked again."""
+        assert self.alice is not None
+        cap, ips, alice = self.capture, self.ips, self.alice
+        alice_dev = self.devices["alice"]
+        first, warmed, echoed = asyncio.Event(), asyncio.Event(), asyncio.Event()
+        wanted: dict[str, str | None] = {"event_id": None}
+        seen: set[str] = set()
+
+        def on_sync(response: SyncResponse) -> None:
+            first.set()
+            room = response.rooms.join.get(self.cast.room_id)
+            for event in room.timeline.events if room else ():
+                seen.add(event.event_id)
+                if getattr(event, "body", None) == WARM_UP_BODY:
+                    warmed.set()
+                if event.event_id == wanted["event_id"]:
+                    echoed.set()
+
+        loop_task, callback = self._sync_loop(alice, on_sync)
+        try:
+            await self._until(first, loop_task, 60, "alice's first sync")
+            # warm: her loop has had her own events back twice — the first may
+            # come in the answer to the loop's registration, before a pushing
+            # gateway holds the idle template; a loop that has run a while has both
+            for _ in range(2):
+                warmed.clear()
+                _check(await alice.room_send(self.cast.room_id, "m.room.message",
+                                             {"msgtype": "m.text", "body": WARM_UP_BODY}),
+                       RoomSendResponse, "alice's warm-up send")
+                await self._until(warmed, loop_task, self._sync_timeout_ms / 1000 + 60, "alice's own warm-up")
+                if not await self.parked(self.cast.alice, ips.alice):
+                    raise WorkloadError("alice's long-poll was not parked before her send")
+            before = self._link_snapshot(alice_dev)
+            window = await cap.open(f"{self.transport.name}:W1s", [ips.alice])
+            sent = _check(await alice.room_send(self.cast.room_id, "m.room.message", dict(REFERENCE)),
+                          RoomSendResponse, "alice's send")
+            wanted["event_id"] = sent.event_id
+            if sent.event_id in seen:  # her loop had the echo before nio returned from the send
+                echoed.set()
+            await self._until(echoed, loop_task, self._sync_timeout_ms / 1000 + 60, "alice's own echo")
+            if not await self.parked(self.cast.alice, ips.alice):
+                raise WorkloadError("alice's long-poll was not parked again after her echo")
+            result = await cap.close(window)
+            self._note_link("W1s", before, self._link_snapshot(alice_dev), result)
+        finally:
+            await self._stop_loop(alice, loop_task, callback)
+        return result
+
     # ------------------------------------------------------------ W3
 
     async def w3(self) -> WindowResult:
