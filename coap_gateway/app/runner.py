@@ -139,9 +139,14 @@ async def start_server(link: DatagramLink, *, homeserver: str, profile: Profile,
                                             else SyncPushServerConfig())
     # what survives a restart (secure mode: devices are known by their static keys)
     store = ServerStore(state_dir) if state_dir is not None and static_private is not None else None
+    # uploads wait in the state directory when there is one (the system's
+    # temporary directory is often a RAM disk)
+    spool_dir = Path(state_dir) / "uploads" if state_dir is not None else None
+    if spool_dir is not None:
+        spool_dir.mkdir(mode=0o700, exist_ok=True)
     gateway = ServerGateway(ServerGatewayConfig(homeserver, profile, allow_admin=allow_admin,
-                                                advertisement=advertisement), sync_push=push, device_store=store,
-                            upstream=upstream)
+                                                advertisement=advertisement, spool_dir=spool_dir),
+                            sync_push=push, device_store=store, upstream=upstream)
     codec: SecureServerCodec | None = None
     if static_private is not None:
         def on_device(event: DeviceEvent) -> None:

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import json
 import logging
+import tempfile
+from pathlib import Path
 from urllib.parse import unquote
 from collections.abc import Hashable
 from dataclasses import dataclass, field
@@ -69,13 +71,17 @@ class ServerGatewayConfig:
     max_bound_tokens: int = 4096
     #: the largest request body that may arrive block by block (an upload)
     max_upload: int = 256 << 10
-    #: request bytes one device may have in block-wise assembly at once: the
-    #: server holds them in memory (aiocoap keeps each for the blockwise lifetime)
+    #: request bytes one device may have in block-wise assembly at once
+    #: (aiocoap keeps each for the blockwise lifetime); they wait on disk, in
+    #: ``spool_dir``, not in memory
     max_upload_per_device: int = 256 << 10
     #: request bytes all devices together may have in assembly: without it,
     #: devices that each stay within their own share (or new device keys, one
     #: after another) could make the server hold any amount
     max_upload_total: int = 64 << 20
+    #: where uploads wait while their blocks arrive (anonymous files, gone when
+    #: closed; None: the system's temporary directory)
+    spool_dir: Path | None = None
 
 
 @dataclass
@@ -194,10 +200,10 @@ class ServerGateway(resource.Resource):
             return
         block1 = pipe.request.opt.block1
         if block1 is not None and block1.block_number == 0 and block1.more:
-            # aiocoap assembles by `payload += block`: on bytes that copies
-            # the whole body at every block (quadratic, and the freed copies
-            # stay in the allocator); a bytearray grows in place
-            pipe.request.payload = bytearray(pipe.request.payload)
+            # aiocoap assembles by `payload += block` on the first block's
+            # message: an upload waits on disk, so a device holding one
+            # unfinished costs the server no memory (issue 11: ≤ 256 kB per device)
+            pipe.request.payload = UploadSpool(pipe.request.payload, self.config.spool_dir)
         try:
             await super().render_to_pipe(pipe)
         except ValueError:
@@ -233,8 +239,8 @@ class ServerGateway(resource.Resource):
     @timed(lambda self: self.counters.latency)
     async def render(self, request: Message) -> Message:
         self.counters.requests += 1
-        if isinstance(request.payload, bytearray):  # assembled from blocks (render_to_pipe)
-            request.payload = bytes(request.payload)
+        if isinstance(request.payload, UploadSpool):  # assembled from blocks (render_to_pipe)
+            request.payload = request.payload.take()
         resolved = self.binding.resolve(request)
         if isinstance(resolved, Refused):
             if resolved.reason == "token_unbound":
@@ -309,6 +315,37 @@ class ServerGateway(resource.Resource):
         return response
 
 
+class UploadSpool:
+    """A block-wise request body being assembled, in an anonymous temporary
+    file.  aiocoap's Block1 assembly only measures the payload (``len``) and
+    appends to it (``+=``), so this stands in for its bytes until the last
+    block, when ``take`` reads it once for forwarding.  The file has no name
+    and is gone when closed — by ``take``, or when aiocoap drops the
+    assembly (lifetime over, replaced, session gone) and the object with it."""
+
+    def __init__(self, first: bytes, directory: Path | None = None) -> None:
+        # unbuffered: a block goes to the file as it comes, nothing waits in a buffer
+        self._file = tempfile.TemporaryFile(dir=directory, buffering=0)
+        self._size = 0
+        self += first
+
+    def __len__(self) -> int:
+        return self._size
+
+    def __iadd__(self, block: bytes) -> UploadSpool:
+        view = memoryview(block)
+        while view:  # a raw write may take less than it is given
+            view = view[self._file.write(view):]
+        self._size += len(block)
+        return self
+
+    def take(self) -> bytes:
+        """The whole body; the file is closed."""
+        with self._file:
+            self._file.seek(0)
+            return self._file.readall()
+
+
 def _advertise(body: bytes, advertisement: dict[str, Any]) -> bytes:
     try:
         doc = json.loads(body)
@@ -320,4 +357,5 @@ def _advertise(body: bytes, advertisement: dict[str, Any]) -> bytes:
     return body
 
 
-__all__ = ["ADMIN_PREFIXES", "ADVERTISEMENT_KEY", "ServerGateway", "ServerGatewayConfig", "ServerGatewayCounters"]
+__all__ = ["ADMIN_PREFIXES", "ADVERTISEMENT_KEY", "ServerGateway", "ServerGatewayConfig", "ServerGatewayCounters",
+           "UploadSpool"]

@@ -78,3 +78,39 @@ async def test_all_devices_together_are_capped():
                 await device.close()
         await server.stop()
         await homeserver.close()
+
+
+async def test_an_unfinished_upload_waits_on_disk_not_in_memory(tmp_path):
+    """A device parks an upload at its limit: its bytes are in an anonymous
+    file (in the spool directory), not in the server's memory — what made a
+    hostile device cost 845 KiB instead of ~224 KiB (bench/hostile.py)."""
+    import os
+
+    from coap_gateway.gateway.server import UploadSpool
+    from coap_gateway.transport.coap import _assemblies
+
+    homeserver, server, address, public = await start()
+    server.gateway.config.spool_dir = tmp_path
+    device = await HostileDevice.connect(address, public, PROFILE, host="127.0.0.1")
+    try:
+        assert await device.partial_upload(64 * BLOCK) == [Code.CONTINUE] * 64
+        (held,) = [request.payload for request in _assemblies(server.gateway).values()]
+        assert isinstance(held, UploadSpool) and len(held) == 64 * BLOCK
+        assert os.fstat(held._file.fileno()).st_size == 64 * BLOCK
+        assert assembly_bytes(server.gateway) == 64 * BLOCK
+    finally:
+        await device.close()
+        await server.stop()
+        await homeserver.close()
+
+
+def test_the_spool_gives_back_exactly_what_was_appended(tmp_path):
+    from coap_gateway.gateway.server import UploadSpool
+
+    spool = UploadSpool(b"first ", tmp_path)
+    spool += b"second "
+    spool += b""
+    spool += bytes(range(256))
+    assert len(spool) == 13 + 256
+    assert spool.take() == b"first second " + bytes(range(256))
+    assert spool._file.closed
