@@ -203,7 +203,8 @@ async def start_server_process(homeserver: str, ip: str, state_dir: str) -> tupl
     return child, keys.public_from_private(server_private), port
 
 
-async def run(devices: int, steps: int, handles: int, upload: int, ip: str, progress: Any) -> dict[str, Any]:
+async def run(devices: int, steps: int, handles: int, upload: int, ip: str, progress: Any,
+              sync_loops: int = SYNC_LOOPS) -> dict[str, Any]:
     profile = load_profile("lb3")
     homeserver = await stand_in_homeserver()
     with tempfile.TemporaryDirectory(prefix="bench-hostile-") as tmp:
@@ -228,7 +229,8 @@ async def run(devices: int, steps: int, handles: int, upload: int, ip: str, prog
                 token = f"syt_hostile_{id(device)}_0"
                 if handles:
                     await device.define_handles(handles, token)
-                device.hold_sync_loops(token)
+                if sync_loops:
+                    device.hold_sync_loops(token, sync_loops)
                 codes = await device.partial_upload(upload) if upload else [Code.CONTINUE]
                 refused += codes[-1] != Code.CONTINUE
                 progress.advance(task)
@@ -244,7 +246,7 @@ async def run(devices: int, steps: int, handles: int, upload: int, ip: str, prog
                 "handles_per_device": handles,
                 "upload_per_device": upload,
                 "tokens_per_device": TOKENS_PER_DEVICE,
-                "sync_loops_per_device": SYNC_LOOPS,
+                "sync_loops_per_device": sync_loops,
                 "uploads_refused": refused,
                 "rss_baseline": baseline,
                 "rss_final": final,
@@ -294,13 +296,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--handles", type=int, default=32, help="handles each device defines")
     parser.add_argument("--upload", type=int, default=256 << 10, help="bytes of the unfinished upload per device")
+    parser.add_argument("--sync-loops", type=int, default=SYNC_LOOPS, help="sync loops each device holds")
     parser.add_argument("--ip", default="127.0.0.5")
     parser.add_argument("--out", type=Path, default=RESULTS / "hostile.json")
     args = parser.parse_args(argv)
     console = Console()
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console) as progress:
-        result = asyncio.run(run(args.devices, args.steps, args.handles, args.upload, args.ip, progress))
+        result = asyncio.run(run(args.devices, args.steps, args.handles, args.upload, args.ip, progress,
+                                 args.sync_loops))
     result["date"] = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")

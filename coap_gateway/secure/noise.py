@@ -50,7 +50,12 @@ PROTOCOL_NAMES = {
 }
 #: how far behind its newest request counter a side can still answer piggybacked
 PIGGYBACK_REACH = 256
-MAX_MIDS = 256  # Message IDs remembered per direction for piggybacking
+MAX_MIDS = 256  # Message IDs of requests sent, remembered for their piggybacked answers
+#: Message IDs of requests received, remembered to answer them piggybacked: as
+#: many as the replay window spans (an older request cannot be opened again,
+#: so remembering it guards no nonce), and a device cannot make the server
+#: hold more (a 256-block upload kept 256 before)
+MAX_RECEIVED_MIDS = sf.ReplayWindow.SIZE
 MAX_COUNTERS_PER_MID = 4  # the same request resent with new counters
 SEAL_CACHE_SIZE = 16  # recent sealed frames, resent byte-identical on CoAP retransmission
 
@@ -199,7 +204,7 @@ class _KeySchedule:
         return len(self._states)
 
 
-@dataclass
+@dataclass(slots=True)
 class _ReceivedRequest:
     """A CON request received, which this side may answer piggybacked."""
 
@@ -207,7 +212,7 @@ class _ReceivedRequest:
     answer_digest: bytes | None = None  # what was sealed under 2^63 + counter
 
 
-@dataclass
+@dataclass(slots=True)
 class _SentRequest:
     """A CON request sent, whose piggybacked answer this side may receive."""
 
@@ -344,7 +349,8 @@ class SecureChannel:
             self._received[header.message_id] = _ReceivedRequest(counter)
         self._received.move_to_end(header.message_id)
         floor = max(0, self.window.highest - PIGGYBACK_REACH)
-        while self._received and (len(self._received) > MAX_MIDS or next(iter(self._received.values())).counter < floor):
+        while self._received and (len(self._received) > MAX_RECEIVED_MIDS
+                                  or next(iter(self._received.values())).counter < floor):
             self._received.popitem(last=False)
         self._send_piggy.forget_before(sf.rekey_epoch(floor, self.rekey_interval))
 

@@ -129,6 +129,11 @@ async def test_deduplication_state_per_peer_is_bounded_and_still_deduplicates():
         await asyncio.sleep(0.1)
         assert len(app.bodies) == 3 * MAX_DEDUP_PER_REMOTE
         assert len(server_link.sent) == before + 1  # the stored answer, again
+        # no timer per message: one sweep forgets everything after the exchange lifetime
+        timers = [h for h in asyncio.get_running_loop()._scheduled if not h.cancelled()]
+        assert len(timers) < MAX_DEDUP_PER_REMOTE
+        await asyncio.sleep(400)  # (virtual) past EXCHANGE_LIFETIME and a sweep
+        assert not mman._recent_messages and not mman._dedup_keys
     finally:
         await client.shutdown()
         await server.shutdown()
