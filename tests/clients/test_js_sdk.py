@@ -70,6 +70,12 @@ async def test_two_js_sdk_clients_through_their_own_gateways(synapse, server_key
         sent = steps["send_and_receive"]
         assert sent["received_id"] == sent["event_id"]
         assert sent["sender"] == steps["register_alice"]["user_id"]
+        # js-sdk's own events (the message, the edit; bob's reaction) came back
+        # to it folded into its sends' answers, and its sync loop took them
+        folded = alice.server.gateway.sync_push.counters.folded + bob.server.gateway.sync_push.counters.folded
+        echoes = alice.client.gateway.sync_push.counters.echoes + bob.client.gateway.sync_push.counters.echoes
+        print(f"echoes folded into send answers: {folded}")
+        assert folded >= 2 and echoes == folded
         assert steps["media"] == steps["media"] | {"status": 200, "same": True, "size": 3000}
         assert steps["redact"]["redacts"] == steps["react"]["event_id"]
         assert steps["name_and_topic"]["name"] == "js-sdk room"
@@ -106,7 +112,13 @@ async def test_two_js_sdk_accounts_on_one_gateway_at_2400_bps(synapse, server_ke
               f"{sum(device.link_bytes())} B; " + ", ".join(f"{k} {v['ms']} ms" for k, v in steps.items()))
         sent = steps["send_and_receive"]
         assert sent["received_id"] == sent["event_id"]
-        assert sent["sender"] == steps["register_alice"]["user_id"]  # not bob's account
+        assert sent["sender"] == steps["register_alice"]["user_id"]
+        # js-sdk's own events (the message, the edit; bob's reaction) came back
+        # to it folded into its sends' answers, and its sync loop took them
+        folded = alice.server.gateway.sync_push.counters.folded + bob.server.gateway.sync_push.counters.folded
+        echoes = alice.client.gateway.sync_push.counters.echoes + bob.client.gateway.sync_push.counters.echoes
+        print(f"echoes folded into send answers: {folded}")
+        assert folded >= 2 and echoes == folded  # not bob's account
         assert steps["redact"]["redacts"] == steps["react"]["event_id"]  # bob redacted his own reaction
         assert steps["media"] == steps["media"] | {"status": 200, "same": True, "size": 3000}
 
