@@ -39,6 +39,7 @@ from meshsim import LinkProfile, emulated_link_pair
 
 ROOM = "!Z_3p6J2e5-kYV4J1fal9-sgzkAvoytJ1NYsGTdpIa3g"
 SYNC = "/_matrix/client/v3/sync"
+UPLOAD = "/_matrix/media/v3/upload"
 SEND_PREFIX = f"/_matrix/client/v3/rooms/{ROOM}/send/m.room.message/"
 #: virtual wall clock at loop time 0 (the secure layer's clock, event timestamps)
 EPOCH = 1_795_000_000.0
@@ -81,8 +82,8 @@ class _Event:
 class MemoryHomeserver:
     """The part of a homeserver's client API this conversation uses, in
     process: ``PUT …/send/m.room.message/{txn}`` (idempotent per token and
-    transaction ID, as Synapse is) and ``GET /sync`` long-polls, answered in
-    Synapse's shapes.  It has the methods of ``gateway.Upstream`` the server
+    transaction ID, as Synapse is), ``GET /sync`` long-polls and ``POST
+    /_matrix/media/v3/upload``, answered in Synapse's shapes.  It has the methods of ``gateway.Upstream`` the server
     gateway calls."""
 
     def __init__(self, users: dict[str, str]) -> None:
@@ -91,6 +92,7 @@ class MemoryHomeserver:
         self._sent: dict[tuple[str, str], str] = {}
         self._changed = asyncio.Event()
         self.requests = Counter[str]()
+        self.uploads: list[bytes] = []
         self.closed = False
 
     def reserve_long_polls(self, count: int) -> None:
@@ -109,6 +111,11 @@ class MemoryHomeserver:
         if method == "PUT" and path.startswith(SEND_PREFIX):
             self.requests["send"] += 1
             return self._send(user, token or "", unquote(path[len(SEND_PREFIX):]), body)
+        if method == "POST" and path == UPLOAD:
+            self.requests["upload"] += 1
+            self.uploads.append(body)
+            digest = hashlib.sha256(body).hexdigest()[:24]
+            return HttpResponse(200, _json({"content_uri": f"mxc://memory/{digest}"}), "application/json")
         if method == "GET" and path == SYNC:
             self.requests["sync"] += 1
             params = {k: v[-1] for k, v in parse_qs(query).items()}

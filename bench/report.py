@@ -289,11 +289,36 @@ def loss_section(results: dict[str, Any], charts: dict[str, Path], rel: Callable
               "having it. The gateways, the links and their loss draws run in virtual time (looptime), so every "
               "loss rate is run over many seeds in seconds; the homeserver is an in-process stand-in that "
               "answers `/send` and `/sync` in Synapse's shapes (a real Synapse cannot run in virtual time — "
-              "meshsim's `100bps-lossy` runs the same conversation against one, in real time). Messages to "
-              "alice are slower than hers: each waits behind the echo of her own last message on her downlink "
-              "(issue 15 item 1).", ""]
+              "meshsim's `100bps-lossy` runs the same conversation against one, in real time). alice's own "
+              "messages come back to her inside her sends' answers (docs/protocol.md §9a, \"The sender's "
+              "echo\"), so her downlink carries only bob's.", ""]
     if "loss" in charts:
         lines += [f"![latency under loss]({rel(charts['loss'])})", ""]
+    return lines
+
+
+def bulk_section(results: dict[str, Any]) -> list[str]:
+    bulk = results.get("bulk")
+    if not bulk:
+        return []
+    s, w = bulk["sliced"], bulk["whole_blocks"]
+    row = _target_row(results, "bulk.max")
+    lines = ["### A message during an upload (virtual time)", "",
+             "| blocks of alice's upload | message to bob: worst | median | 6 kB upload takes | runs |",
+             "|---|---:|---:|---:|---:|",
+             f"| {s['block_bytes']} B (each ≤ {bulk['bulk_slice_s']:g} s on the link) | **{_fmt(s['latency_max_s'])} s** "
+             f"| {_fmt(s['latency_median_s'])} s | {_fmt(s['upload_s'])} s | {s['runs']} |",
+             f"| {w['block_bytes']} B (as large as a frame allows: before) | {_fmt(w['latency_max_s'])} s "
+             f"| {_fmt(w['latency_median_s'])} s | {_fmt(w['upload_s'])} s | {w['runs']} |",
+             "", f"Target: {_limit('bulk.max')} {_mark(row.get('met'))}.", "",
+             f"alice on {bulk['link']['rate_bps']:g} bit/s with {bulk['link']['delay_s']:g} s latency (DESIGN's slow "
+             "link), bob on a fast one, each behind a client gateway with its sync loop, one server gateway "
+             f"(`bench/bulk.py`, the homeserver stand-in of the loss runs, virtual time). alice uploads "
+             f"{bulk['upload_bytes']} B (js-sdk's `keys/upload` is that size) and sends the reference message at "
+             "moments spread over one block's cycle; worst and median time until bob's sync loop has it. A "
+             "frame cannot be interrupted once it is on the link, so the client gateway cuts its uploads into "
+             "blocks that each take at most that long: a message waits for one block at most, and the upload "
+             "pays with more round trips.", ""]
     return lines
 
 
@@ -671,6 +696,7 @@ def render_markdown(results: dict[str, Any], *, json_path: Path | None, docs_pat
         if "cpu" in charts:
             lines += [f"![CPU per request]({rel(charts['cpu'])})", ""]
     lines += loss_section(results, charts, rel)
+    lines += bulk_section(results)
     lines += federation_section(results, charts, rel)
     lines += ["### Targets", "", *targets_table(results), "",
               "### Frame by frame", ""]

@@ -359,6 +359,10 @@ async def run_bench(settings: Settings, *, homeserver: str | None = None, consol
                 results["loss_latency"] = await asyncio.to_thread(
                     run_latency_under_loss, LOSS_RATES, settings.loss_seeds,
                     lambda text, fraction: progress.sub(text, fraction))
+                # and a message sent during an upload at 100 bit/s (issue 13)
+                from .bulk import run_bulk
+                progress.sub("a message during an upload", 1.0)
+                results["bulk"] = await asyncio.to_thread(run_bulk)
                 progress.done()
 
             # 8. federation: W6 both ways, federated joins over slow links

@@ -11,6 +11,7 @@ times.  The contracts between these pieces are in ``interfaces``.
 """
 
 from .coap import (
+    BULK_SLICE,
     LinkAddress,
     LinkEndpoint,
     LinkFailure,
@@ -48,6 +49,7 @@ from .units import (
 )
 
 __all__ = [
+    "BULK_SLICE",
     "KEYLOG_ENV",
     "SERVER_KEY",
     "CodecHost",

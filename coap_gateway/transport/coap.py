@@ -60,6 +60,13 @@ MAX_SEEN_RESPONSES = 4096
 MAX_DEDUP_PER_REMOTE = 64
 #: how often expired deduplication entries of silent remotes are forgotten
 DEDUP_SWEEP_INTERVAL = 30.0
+#: a client's uploads go in blocks that occupy its link at most this long, so
+#: that an interactive request sent meanwhile waits for one block at most
+#: (bulk never holds up a message: at 100 bit/s, 64-B blocks instead of 1 KiB)
+BULK_SLICE = 10.0
+#: bytes a block's frame adds to its payload (CoAP header, Block1, Request-Tag,
+#: Route, Seq and tag of the secure layer), for sizing blocks by time
+BLOCK_FRAME_OVERHEAD = 40
 #: a block-wise request answered 4.08 (the server lost its assembly) is sent
 #: again from its first block at most this often
 BLOCKWISE_RESTARTS = 2
@@ -209,6 +216,10 @@ class LinkAddress(interfaces.EndpointAddress):
     def blockwise_key(self) -> Hashable:
         return (id(self.interface), self.key)
 
+    #: a smaller block size for one transfer (aiocoap sets it on the remote of
+    #: each next block, carrying a request's own limit along)
+    _block_exp_cap: int | None = None
+
     @property
     def maximum_block_size_exp(self) -> int:
         # blockwise only when a message truly does not fit a link frame
@@ -216,7 +227,11 @@ class LinkAddress(interfaces.EndpointAddress):
         exp = 6
         while exp > 0 and (16 << exp) + 64 > budget.max_frame:
             exp -= 1
-        return exp
+        return exp if self._block_exp_cap is None else min(exp, self._block_exp_cap)
+
+    @maximum_block_size_exp.setter
+    def maximum_block_size_exp(self, exp: int) -> None:
+        self._block_exp_cap = exp
 
     @property
     def maximum_payload_size(self) -> int:
@@ -763,9 +778,24 @@ class LinkEndpoint:
     #: the resource tree served, if any (its blockwise caches follow the link)
     site: Any = None
     _request_tag: int = field(default_factory=lambda: random.randrange(0x10000))
+    #: longest a block of one of our uploads may occupy the link (None: blocks
+    #: as large as a frame allows); set on client endpoints (BULK_SLICE)
+    bulk_slice: float | None = None
 
     def remote(self, key: Hashable) -> LinkAddress:
         return self.interface.remote(key)
+
+    def _slice(self, remote: LinkAddress) -> None:
+        """Blocks of an upload that each occupy the link at most
+        ``bulk_slice`` seconds: a request sent meanwhile waits for one block
+        at most, not for a 1 KiB block's 82 s at 100 bit/s."""
+        if self.bulk_slice is None:
+            return
+        budget = self.interface.link.budget
+        exp = remote.maximum_block_size_exp
+        while exp > 0 and budget.serialisation((16 << exp) + BLOCK_FRAME_OVERHEAD) > self.bulk_slice:
+            exp -= 1
+        remote.maximum_block_size_exp = exp
 
     async def request(self, message: Message, key: Hashable, timeout: float | None = None) -> Message:
         """Send a request to peer ``key``; its final response.  ``LinkFailure``
@@ -773,6 +803,8 @@ class LinkEndpoint:
         secure layer failed, ``timeout`` passed)."""
         message.remote = self.remote(key)
         blockwise = len(message.payload) > message.remote.maximum_payload_size
+        if blockwise:
+            self._slice(message.remote)
         original = message.copy() if blockwise else message
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
@@ -797,6 +829,7 @@ class LinkEndpoint:
             self.counters.blockwise_restarts += 1
             message = original.copy()
             message.remote = self.remote(key)
+            self._slice(message.remote)
         raise AssertionError("unreachable")
 
     def _check_codec(self) -> None:
@@ -948,10 +981,14 @@ async def create_link_endpoint(link: DatagramLink, *, site: Any = None, codec: F
     follow = getattr(codec, "follow_duplicate_lifetime", None)
     if follow is not None:  # the secure layer's duplicate window follows the link's timers
         follow(mman.duplicate_lifetime)
-    return LinkEndpoint(context, interface, counters, site)
+    endpoint = LinkEndpoint(context, interface, counters, site)
+    if site is None:  # a client: what it sends block-wise are uploads, which must not hold up its requests
+        endpoint.bulk_slice = BULK_SLICE
+    return endpoint
 
 
 __all__ = [
+    "BULK_SLICE",
     "CON",
     "MAX_COUNTED_PEERS",
     "OTHER_PEERS",
