@@ -231,10 +231,10 @@ class SyncPushServer:
     def expect_echo(self, remote: Hashable, access_token: str, txn_id: str) -> EchoWait | None:
         """Before a device's send goes to the homeserver: the wait through
         which its echo may be folded into the send's answer, when the device
-        has one observation with this token and it holds a template."""
+        has one observation with this token."""
         mine = [o for o in self.observations.values()
                 if o.remote == remote and o.access_token == access_token and o.ended is None]
-        if len(mine) != 1 or mine[0].echo is not None or mine[0].chain.template is None:
+        if len(mine) != 1 or mine[0].echo is not None:
             return None
         loop = asyncio.get_running_loop()
         wait = mine[0].echo = EchoWait(mine[0], txn_id, asyncio.Event(), loop.create_future())

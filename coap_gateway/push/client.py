@@ -325,12 +325,12 @@ class SyncPushState:
         from the head makes it replay the answer itself)."""
         if stream.status is not Status.ACTIVE:
             return Outcome.OK  # it registers again anyway
-        if (generation != stream.generation or sent is None or stream.template is None
-                or stream.observe is None or stream.delta is None or stream.head is None):
+        if (generation != stream.generation or sent is None or stream.observe is None or stream.delta is None
+                or stream.head is None):
             return self.on_lost(stream, stream.generation)
         observe = (stream.observe + 1) % OBSERVE_MODULUS
         try:
-            body = unfold(data, stream.head, stream.template, sent, stream.delta.echo, observe)
+            body = unfold(data, stream.head, sent, stream.delta.echo, observe)
         except GatewayError as exc:
             log.warning("sync push: unreadable echo fold: %s", exc)
             self.undecodable += 1

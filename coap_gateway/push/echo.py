@@ -20,6 +20,10 @@ answer, another layout, another homeserver — is pushed as before.
 
 Fold (docs/protocol.md §9a, "The sender's echo"), after the 32-byte event ID:
 
+The body is rebuilt from the key counts of the chain's latest answer (not
+the idle template: a device's key upload changes them, and the template
+learns so only at the next idle answer).
+
 * one byte: bits 0–2 the Observe number (mod 8) the answer takes in the
   chain; bit 3 the body is written as UTF-8 (else with ``\\u`` escapes, as
   Synapse writes it); bit 4 the unread counts follow (else the room's last
@@ -67,7 +71,12 @@ MAX_LEB128 = 10  # bytes: a 64-bit value
 MAX_TOKEN_NUMBERS = 32
 MAX_SENDER = 255
 
-_EMPTY_NEXT_BATCH = b'"next_batch":""'
+#: top-level keys of a sync answer that even an idle one carries (Synapse)
+COUNT_KEYS = frozenset({
+    "device_one_time_keys_count",
+    "device_unused_fallback_key_types",
+    "org.matrix.msc2732.device_unused_fallback_key_types",
+})
 
 
 @dataclass(frozen=True)
@@ -124,16 +133,22 @@ class EchoContext:
         self.last_ts = 0
         self.counts: OrderedDict[str, tuple[int, int]] = OrderedDict()
         self.sender: str | None = None
+        #: the key counts of the latest answer, as JSON members (None: no answer yet)
+        self.counts_part: bytes | None = None
 
     def note(self, body: bytes) -> None:
-        """Take in one answer of the chain (after it was folded or pushed)."""
-        if b'"rooms"' not in body:
-            return
+        """Take in one answer of the chain (after it was folded or pushed;
+        templates too)."""
         try:
             doc = json.loads(body)
         except (ValueError, UnicodeDecodeError, RecursionError):
             return
-        rooms = doc.get("rooms") if isinstance(doc, dict) else None
+        if not isinstance(doc, dict):
+            return
+        # key counts change when the device uploads keys; an answer with
+        # events says so before any idle answer renews the template
+        self.counts_part = b",".join(_dump({k: v}, True)[1:-1] for k, v in doc.items() if k in COUNT_KEYS)
+        rooms = doc.get("rooms")
         join = rooms.get("join") if isinstance(rooms, dict) else None
         if not isinstance(join, dict):
             return
@@ -174,10 +189,11 @@ def _dump(value: Any, ascii_only: bool, sort_keys: bool = False) -> bytes:
     return json.dumps(value, ensure_ascii=ascii_only, separators=(",", ":"), sort_keys=sort_keys).encode("utf-8")
 
 
-def echo_body(template: bytes, since: str, next_batch: str, sent: Sent, sender: str, ts: int, age: int,
+def echo_body(counts_part: bytes, since: str, next_batch: str, sent: Sent, sender: str, ts: int, age: int,
               counts: tuple[int, int], ascii_only: bool) -> bytes:
     """The sync answer that is nothing but the echo of ``sent``, as Synapse
-    writes it: the empty-answer template with ``next_batch`` filled in and a
+    writes it: ``next_batch``, the key counts every answer carries
+    (``counts_part``: as the chain's latest answer had them), and a
     ``rooms`` section with the one joined room, whose timeline is the one
     event (keys sorted, as Synapse keeps events), ``prev_batch`` the since."""
     event = {"content": sent.content, "event_id": sent.event_id, "origin_server_ts": ts, "sender": sender,
@@ -188,14 +204,8 @@ def echo_body(template: bytes, since: str, next_batch: str, sent: Sent, sender: 
                b'"state":{"events":[]},"account_data":{"events":[]},"ephemeral":{"events":[]},'
                b'"unread_notifications":{"notification_count":%d,"highlight_count":%d},"summary":{}}'
                % counts)
-    # the template's one empty next_batch filled (push.format.expand_template,
-    # which imports this module)
-    at = template.find(_EMPTY_NEXT_BATCH)
-    if at < 0 or not template.endswith(b"}"):
-        raise CodecError("not an empty-answer template")
-    at += len(_EMPTY_NEXT_BATCH) - 1
-    top = template[:at] + next_batch.encode("ascii") + template[at:]
-    return top[:-1] + b',"rooms":{"join":{' + _dump(sent.room_id, ascii_only) + b":" + section + b"}}}"
+    return (b'{"next_batch":' + _dump(next_batch, ascii_only) + b"," + (counts_part + b"," if counts_part else b"")
+            + b'"rooms":{"join":{' + _dump(sent.room_id, ascii_only) + b":" + section + b"}}}")
 
 
 # ------------------------------------------------------------------ LEB128
@@ -299,7 +309,7 @@ def _apply_change(since: str, reader: _Reader) -> str:
 # -------------------------------------------------------------- fold/unfold
 
 
-def fold(body: bytes, since: str, template: bytes, sent: Sent, ctx: EchoContext, observe: int) -> bytes | None:
+def fold(body: bytes, since: str, sent: Sent, ctx: EchoContext, observe: int) -> bytes | None:
     """The fold standing for ``body`` — the homeserver's answer to ``since``
     that is to take Observe number ``observe`` — or None when ``body`` is
     not exactly the echo of ``sent`` in the layout (then it is pushed)."""
@@ -318,10 +328,10 @@ def fold(body: bytes, since: str, template: bytes, sent: Sent, ctx: EchoContext,
             or not isinstance(next_batch, str) or not next_batch.isascii()):
         return None
     change = token_change(since, next_batch)
-    if change is None:
+    if change is None or ctx.counts_part is None:
         return None
     for ascii_only in (True, False):
-        if echo_body(template, since, next_batch, sent, sender, ts, age, counts, ascii_only) == body:
+        if echo_body(ctx.counts_part, since, next_batch, sent, sender, ts, age, counts, ascii_only) == body:
             break
     else:
         return None
@@ -337,7 +347,7 @@ def fold(body: bytes, since: str, template: bytes, sent: Sent, ctx: EchoContext,
     return bytes([flags]) + leb128(ts - ctx.last_ts) + leb128(age) + change + tail
 
 
-def unfold(data: bytes, since: str, template: bytes, sent: Sent, ctx: EchoContext, observe: int) -> bytes:
+def unfold(data: bytes, since: str, sent: Sent, ctx: EchoContext, observe: int) -> bytes:
     """The body ``data`` stands for (inverse of ``fold``), answering ``since``
     as the notification numbered ``observe``; CodecError when it cannot be
     read here (then the observation registers again and the server replays
@@ -368,7 +378,10 @@ def unfold(data: bytes, since: str, template: bytes, sent: Sent, ctx: EchoContex
         raise CodecError("the echo fold leaves out a sender this observation never showed")
     if reader.at != len(data):
         raise CodecError("trailing bytes after the echo fold")
-    return echo_body(template, since, next_batch, sent, sender, ts, age, counts, not flags & F_UTF8)
+    if ctx.counts_part is None:
+        raise CodecError("the echo fold came before any answer of this observation")
+    return echo_body(ctx.counts_part, since, next_batch, sent, sender, ts, age, counts, not flags & F_UTF8)
 
 
-__all__ = ["EchoContext", "Sent", "echo_body", "fold", "leb128", "parse_send", "sent_of", "token_change", "unfold"]
+__all__ = ["COUNT_KEYS", "EchoContext", "Sent", "echo_body", "fold", "leb128", "parse_send", "sent_of", "token_change",
+           "unfold"]

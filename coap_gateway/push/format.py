@@ -47,7 +47,7 @@ from ..codec import (
     split_target,
 )
 from ..errors import CodecError, GatewayError
-from .echo import EchoContext
+from .echo import COUNT_KEYS, EchoContext
 
 JSON = "application/json"
 
@@ -117,13 +117,6 @@ H_RESERVED = 0b1100_0000
 ENC_CBOR_ASCII = 0  # CBOR in the homeserver's key order; JSON out with \\u escapes (Synapse)
 ENC_CBOR_UTF8 = 1  # the same, JSON out as raw UTF-8
 ENC_JSON = 2  # the JSON bytes themselves (when neither CBOR form is exact)
-
-#: top-level keys of a sync response that an idle long-poll still carries
-COUNT_KEYS = frozenset({
-    "device_one_time_keys_count",
-    "device_unused_fallback_key_types",
-    "org.matrix.msc2732.device_unused_fallback_key_types",
-})
 
 _NEXT_BATCH = b'"next_batch":"'
 

@@ -174,14 +174,13 @@ class PushChain:
 
     def on_echo(self, response: HttpResponse, sent: Sent) -> Folded | None:
         """The answer as a fold into the answer to ``sent``, when it is
-        exactly that send's echo and the client holds a template to build it
-        on; None: treat it as any answer (``on_response``)."""
-        if response.status != 200 or self.template is None:
+        exactly that send's echo as the client can build it; None: treat it
+        as any answer (``on_response``)."""
+        if response.status != 200:
             return None
         token = next_batch_of(response.body)
         observe = FIRST_OBSERVE if self._observe is None else (self._observe + 1) % OBSERVE_MODULUS
-        data = None if token is None else fold(response.body, self.head, self.template, sent, self.delta.echo,
-                                               observe)
+        data = None if token is None else fold(response.body, self.head, sent, self.delta.echo, observe)
         if data is None or token is None:
             return None
         # the same state change a pushed answer makes, at both ends

@@ -112,13 +112,11 @@ async def test_two_js_sdk_accounts_on_one_gateway_at_2400_bps(synapse, server_ke
               f"{sum(device.link_bytes())} B; " + ", ".join(f"{k} {v['ms']} ms" for k, v in steps.items()))
         sent = steps["send_and_receive"]
         assert sent["received_id"] == sent["event_id"]
-        assert sent["sender"] == steps["register_alice"]["user_id"]
-        # js-sdk's own events (the message, the edit; bob's reaction) came back
-        # to it folded into its sends' answers, and its sync loop took them
-        folded = alice.server.gateway.sync_push.counters.folded + bob.server.gateway.sync_push.counters.folded
-        echoes = alice.client.gateway.sync_push.counters.echoes + bob.client.gateway.sync_push.counters.echoes
+        assert sent["sender"] == steps["register_alice"]["user_id"]  # not bob's account
+        # both accounts' own events came back folded into their sends' answers
+        folded = device.server.gateway.sync_push.counters.folded
         print(f"echoes folded into send answers: {folded}")
-        assert folded >= 2 and echoes == folded  # not bob's account
+        assert folded >= 2 and device.client.gateway.sync_push.counters.echoes == folded
         assert steps["redact"]["redacts"] == steps["react"]["event_id"]  # bob redacted his own reaction
         assert steps["media"] == steps["media"] | {"status": 200, "same": True, "size": 3000}
 
@@ -162,6 +160,11 @@ async def test_end_to_end_encryption_with_rust_crypto(synapse, server_key):
         phases = {name: (a1 - a0, b1 - b0) for (name, a0, b0), (_, a1, b1) in zip(marks, marks[1:])}
         print("\nE2EE link bytes (alice's link, bob's link): "
               + ", ".join(f"{k} {a} B + {b} B" for k, (a, b) in phases.items()))
+        # the encrypted messages' echoes rode in their sends' answers (W1e: 763 B → 422 B
+        # on alice's link), rebuilt from the key counts of the latest answer — js-sdk's
+        # key upload changes them while the idle template still has the old ones
+        folded = alice.server.gateway.sync_push.counters.folded + bob.server.gateway.sync_push.counters.folded
+        assert folded >= 1, folded  # the warm one at least (the first ones come with key sharing)
         # Synapse holds only ciphertext
         async with aiohttp.ClientSession() as http:
             login = {"type": "m.login.password", "password": "pw-" + steps["register"]["alice"][1:].split(":")[0],

@@ -17,7 +17,6 @@ from coap_gateway.push.echo import (
     MAX_ROOMS,
     EchoContext,
     Sent,
-    echo_body,
     fold,
     leb128,
     parse_send,
@@ -25,10 +24,10 @@ from coap_gateway.push.echo import (
     token_change,
     unfold,
 )
-from coap_gateway.push.format import FIRST_OBSERVE, split_next_batch
-from tests.helpers.sync_bodies import EMPTY, PRESET, PROFILE, ROOM, TABLE, empty_body, message_body, token
+from coap_gateway.push.format import FIRST_OBSERVE
+from tests.helpers.sync_bodies import PRESET, PROFILE, ROOM, TABLE, empty_body, message_body, token
 
-TEMPLATE = split_next_batch(EMPTY)[0]  # type: ignore[index]
+COUNTS_PART = b'"device_one_time_keys_count":{"signed_curve25519":0},"device_unused_fallback_key_types":[]'
 EVENT_ID = "$RVKzMtW8w8NA4h-gByrW6TdsLjGf0K2H8SKa4YRHs4w"
 SENDER = "@alice:localhost"
 TXN = "lbpbifujdt.1"
@@ -51,7 +50,7 @@ def synapse_echo(since: str, next_batch: str, ts: int = 1796372820279, age: int 
 
 def context(last_ts: int = 0, sender: str | None = None, counts: tuple[int, int] | None = None) -> EchoContext:
     ctx = EchoContext()
-    ctx.last_ts, ctx.sender = last_ts, sender
+    ctx.last_ts, ctx.sender, ctx.counts_part = last_ts, sender, COUNTS_PART
     if counts is not None:
         ctx.counts[ROOM] = counts
     return ctx
@@ -98,19 +97,19 @@ def test_parse_send_and_sent_of():
 def test_fold_of_a_warm_echo_is_four_bytes_and_rebuilds_synapses_bytes():
     body = synapse_echo(token(10), token(11), ts=1796372820279, age=30)
     ctx = context(last_ts=1796372820279 - 900, sender=SENDER, counts=(0, 0))
-    data = fold(body, token(10), TEMPLATE, SENT, ctx, observe=5)
+    data = fold(body, token(10), SENT, ctx, observe=5)
     # flags: Observe 5 mod 8; ts + 900 ms; age 30; s10 → s11
     assert data == b"\x05" + b"\x84\x07" + b"\x1e" + b"\x02"
-    assert unfold(data, token(10), TEMPLATE, SENT, ctx, observe=5) == body
+    assert unfold(data, token(10), SENT, ctx, observe=5) == body
 
 
 def test_first_fold_of_an_observation_says_the_sender_counts_and_whole_timestamp():
     body = synapse_echo(token(10), token(11), counts=(2, 1))
-    data = fold(body, token(10), TEMPLATE, SENT, EchoContext(), observe=1)
+    data = fold(body, token(10), SENT, context(), observe=1)
     assert data is not None
     assert data[0] == 1 | F_COUNTS | F_SENDER
     assert data.endswith(b"\x02\x01" + bytes([len(SENDER)]) + SENDER.encode())
-    assert unfold(data, token(10), TEMPLATE, SENT, EchoContext(), observe=1) == body
+    assert unfold(data, token(10), SENT, context(), observe=1) == body
 
 
 def test_utf8_bodies_fold_with_their_flag():
@@ -119,9 +118,9 @@ def test_utf8_bodies_fold_with_their_flag():
     utf8_body = ascii_body.replace(json.dumps("Привет ⚡").encode(), json.dumps("Привет ⚡", ensure_ascii=False).encode())
     ctx = context(sender=SENDER, counts=(0, 0))
     for body in (ascii_body, utf8_body):
-        data = fold(body, token(3), TEMPLATE, sent, ctx, observe=2)
+        data = fold(body, token(3), sent, ctx, observe=2)
         assert data is not None
-        assert unfold(data, token(3), TEMPLATE, sent, ctx, observe=2) == body
+        assert unfold(data, token(3), sent, ctx, observe=2) == body
 
 
 @pytest.mark.parametrize("change", [
@@ -137,23 +136,23 @@ def test_utf8_bodies_fold_with_their_flag():
 ])
 def test_anything_but_the_exact_echo_is_not_folded(change):
     body = change(synapse_echo(token(10), token(11)))
-    assert fold(body, token(10), TEMPLATE, SENT, context(sender=SENDER, counts=(0, 0)), observe=1) is None
+    assert fold(body, token(10), SENT, context(sender=SENDER, counts=(0, 0)), observe=1) is None
 
 
 def test_not_folded_for_another_send_room_or_an_older_timestamp():
     body = synapse_echo(token(10), token(11))
     ctx = context(sender=SENDER, counts=(0, 0))
     other = Sent(ROOM, "m.room.message", "lbpbifujdt.2", SENT.content, EVENT_ID)
-    assert fold(body, token(10), TEMPLATE, other, ctx, 1) is None
-    assert fold(body, token(10), TEMPLATE, Sent("!other:x", *list(SENT.__dict__.values())[1:]), ctx, 1) is None
-    assert fold(body, token(10), TEMPLATE, SENT, context(last_ts=1796372820280), 1) is None
-    assert fold(body, token(9), TEMPLATE, SENT, ctx, 1) is None  # answers another since
+    assert fold(body, token(10), other, ctx, 1) is None
+    assert fold(body, token(10), Sent("!other:x", *list(SENT.__dict__.values())[1:]), ctx, 1) is None
+    assert fold(body, token(10), SENT, context(last_ts=1796372820280), 1) is None
+    assert fold(body, token(9), SENT, ctx, 1) is None  # answers another since
 
 
 def test_unfold_refuses_what_it_cannot_rebuild():
     body = synapse_echo(token(10), token(11))
     ctx = context(last_ts=1796372820000, sender=SENDER, counts=(0, 0))
-    data = fold(body, token(10), TEMPLATE, SENT, ctx, observe=3)
+    data = fold(body, token(10), SENT, ctx, observe=3)
     assert data is not None
     bad = [
         (b"", "empty"),
@@ -164,15 +163,15 @@ def test_unfold_refuses_what_it_cannot_rebuild():
     ]
     for fold_bytes, reason in bad:
         with pytest.raises(CodecError, match=reason):
-            unfold(fold_bytes, token(10), TEMPLATE, SENT, ctx, observe=3)
+            unfold(fold_bytes, token(10), SENT, ctx, observe=3)
     with pytest.raises(CodecError, match="another place"):
-        unfold(data, token(10), TEMPLATE, SENT, ctx, observe=4)
+        unfold(data, token(10), SENT, ctx, observe=4)
     with pytest.raises(CodecError, match="sender"):
-        unfold(data, token(10), TEMPLATE, SENT, context(sender=None, counts=(0, 0)), observe=3)
+        unfold(data, token(10), SENT, context(sender=None, counts=(0, 0)), observe=3)
     with pytest.raises(CodecError, match="unread counts"):
-        unfold(data, token(10), TEMPLATE, SENT, context(sender=SENDER), observe=3)
+        unfold(data, token(10), SENT, context(sender=SENDER), observe=3)
     with pytest.raises(CodecError, match="more numbers"):
-        unfold(b"\x03\x00\x00\x03\x20\x01\x01", token(10), TEMPLATE, SENT, ctx, observe=3)
+        unfold(b"\x03\x00\x00\x03\x20\x01\x01", token(10), SENT, ctx, observe=3)
 
 
 def test_context_learns_from_the_chain_and_stays_bounded():
@@ -190,9 +189,20 @@ def test_context_learns_from_the_chain_and_stays_bounded():
     assert ctx.last_ts == 1000
 
 
-def test_echo_body_needs_a_template():
-    with pytest.raises(CodecError):
-        echo_body(b'{"x":1}', token(1), token(2), SENT, SENDER, 1, 1, (0, 0), True)
+def test_the_key_counts_come_from_the_latest_answer_not_the_idle_template():
+    # js-sdk uploads its keys: the next answers say 50 one-time keys, while the
+    # template (renewed only by an idle answer) still says 0
+    ctx = EchoContext()
+    assert fold(synapse_echo(token(10), token(11)), token(10), SENT, ctx, 1) is None  # no answer yet
+    ctx.note(empty_body(9))
+    assert ctx.counts_part == COUNTS_PART
+    ctx.note(empty_body(10, keys=50))
+    body = synapse_echo(token(10), token(11)).replace(b'"signed_curve25519":0', b'"signed_curve25519":50')
+    data = fold(body, token(10), SENT, ctx, 1)
+    assert data is not None and unfold(data, token(10), SENT, ctx, 1) == body
+    assert fold(synapse_echo(token(10), token(11)), token(10), SENT, ctx, 1) is None  # 0 is no longer the count
+    with pytest.raises(CodecError, match="before any answer"):
+        unfold(data, token(10), SENT, EchoContext(), 1)
 
 
 # ------------------------------------------------- the answer that carries it
@@ -275,10 +285,10 @@ def test_a_fold_the_client_cannot_place_ends_the_observation():
     assert client.on_echo(stream, generation - 1, SENT, folded.fold, 0.0).value == "lost"
 
 
-def test_no_fold_without_a_template_or_for_an_error():
+def test_no_fold_before_the_first_answer_or_for_an_error():
     server = PushChain(token(9), TABLE, PRESET, 1024)
     echo = HttpResponse(200, synapse_echo(token(9), token(10)))
-    assert server.on_echo(echo, SENT) is None  # the client could not build it
+    assert server.on_echo(echo, SENT) is None  # the client could not build it yet
     server.on_response(HttpResponse(200, empty_body(9)))
     assert server.on_echo(HttpResponse(500, b"{}"), SENT) is None
     assert server.on_echo(echo, SENT) is not None
