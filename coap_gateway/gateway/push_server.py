@@ -134,7 +134,11 @@ class _Ended(Exception):
 
 def _close_quietly(pipe: Any) -> None:
     """End an observation we ended ourselves without sending anything:
-    no_response suppresses a 2.xx answer, and aiocoap forgets the token."""
+    no_response suppresses a 2.xx answer, and aiocoap forgets the token.
+    A pipe the peer already ended (RST, its CON timed out) needs nothing —
+    aiocoap would log a warning for every such observation."""
+    if getattr(pipe, "_event_callbacks", None) is False:  # aiocoap's mark of an ended pipe
+        return
     pipe.add_response(Message(code=Code.CONTENT, no_response=2), is_last=True)
 
 
