@@ -182,9 +182,11 @@ class LinkAddress(interfaces.EndpointAddress):
     def __init__(self, interface: "LinkMessageInterface", key: Hashable):
         self.interface = interface
         self.key = key
+        # aiocoap hashes a remote ~20 times per request (exchanges, tokens, dedup)
+        self._hash = hash((id(interface), key))
 
     def __hash__(self) -> int:
-        return hash((id(self.interface), self.key))
+        return self._hash
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, LinkAddress) and other.interface is self.interface and other.key == self.key
@@ -391,11 +393,16 @@ class LinkAwareMessageManager(MessageManager):
             self._dedup_sweep = self.loop.call_later(DEDUP_SWEEP_INTERVAL, self._sweep_duplicates)
 
     def _store_response_for_duplicates(self, message: Message) -> None:
-        # a copy: the response itself refers to its request (a whole block's
-        # payload, for block-wise uploads), which a repeat does not need
+        # a copy without the request the response refers to (a whole block's
+        # payload, for block-wise uploads), which a repeat does not need;
+        # shallow — aiocoap's Message.copy deep-copies the options, 40 µs a
+        # request, and a response sent is not changed any more
         key = (message.remote, message.mid)
         if key in self._recent_messages:
-            self._recent_messages[key] = message.copy()
+            stored = Message.__new__(Message)
+            stored.__dict__.update(message.__dict__)
+            stored.request = None
+            self._recent_messages[key] = stored
 
     def timer_for(self, remote: Hashable) -> RetransmissionTimer:
         timer = self.timers.get(remote)
