@@ -70,6 +70,7 @@ MAX_ROOMS = 64
 MAX_LEB128 = 10  # bytes: a 64-bit value
 MAX_TOKEN_NUMBERS = 32
 MAX_SENDER = 255
+MAX_SENDERS = 16
 
 #: top-level keys of a sync answer that even an idle one carries (Synapse)
 COUNT_KEYS = frozenset({
@@ -135,6 +136,9 @@ class EchoContext:
         self.sender: str | None = None
         #: the key counts of the latest answer, as JSON members (None: no answer yet)
         self.counts_part: bytes | None = None
+        #: rooms and senders the chain showed, most recent last (≤ MAX_ROOMS / MAX_SENDERS)
+        self.rooms: OrderedDict[str, None] = OrderedDict()
+        self.senders: OrderedDict[str, None] = OrderedDict()
 
     def note(self, body: bytes) -> None:
         """Take in one answer of the chain (after it was folded or pushed;
@@ -155,6 +159,7 @@ class EchoContext:
         for room_id, section in join.items():
             if not isinstance(section, dict):
                 continue
+            _recent(self.rooms, room_id, MAX_ROOMS)
             timeline = section.get("timeline")
             events = timeline.get("events") if isinstance(timeline, dict) else None
             for event in events if isinstance(events, list) else ():
@@ -165,6 +170,8 @@ class EchoContext:
                     self.last_ts = ts
                 unsigned = event.get("unsigned")
                 sender = event.get("sender")
+                if isinstance(sender, str) and len(sender.encode("utf-8")) <= MAX_SENDER:
+                    _recent(self.senders, sender, MAX_SENDERS)
                 if (isinstance(unsigned, dict) and isinstance(unsigned.get("transaction_id"), str)
                         and isinstance(sender, str) and len(sender.encode("utf-8")) <= MAX_SENDER):
                     self.sender = sender
@@ -178,6 +185,13 @@ class EchoContext:
                         self.counts.popitem(last=False)
 
 
+def _recent(seen: OrderedDict[str, None], value: str, limit: int) -> None:
+    seen[value] = None
+    seen.move_to_end(value)
+    while len(seen) > limit:
+        seen.popitem(last=False)
+
+
 def _uint(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
@@ -189,23 +203,29 @@ def _dump(value: Any, ascii_only: bool, sort_keys: bool = False) -> bytes:
     return json.dumps(value, ensure_ascii=ascii_only, separators=(",", ":"), sort_keys=sort_keys).encode("utf-8")
 
 
-def echo_body(counts_part: bytes, since: str, next_batch: str, sent: Sent, sender: str, ts: int, age: int,
+def sync_body(counts_part: bytes, since: str, next_batch: str, room_id: str, event: dict[str, Any],
               counts: tuple[int, int], ascii_only: bool) -> bytes:
-    """The sync answer that is nothing but the echo of ``sent``, as Synapse
-    writes it: ``next_batch``, the key counts every answer carries
-    (``counts_part``: as the chain's latest answer had them), and a
-    ``rooms`` section with the one joined room, whose timeline is the one
-    event (keys sorted, as Synapse keeps events), ``prev_batch`` the since."""
-    event = {"content": sent.content, "event_id": sent.event_id, "origin_server_ts": ts, "sender": sender,
-             "type": sent.event_type,
-             "unsigned": {"age": age, "membership": "join", "transaction_id": sent.txn_id}}
+    """A sync answer that is one event in one joined room, as Synapse writes
+    it: ``next_batch``, the key counts every answer carries (``counts_part``:
+    as the chain's latest answer had them), and a ``rooms`` section whose
+    timeline is the one event (keys sorted at every depth, as Synapse keeps
+    events), ``prev_batch`` the since."""
     section = (b'{"timeline":{"events":[' + _dump(event, ascii_only, sort_keys=True)
                + b'],"prev_batch":' + _dump(since, ascii_only) + b',"limited":false},'
                b'"state":{"events":[]},"account_data":{"events":[]},"ephemeral":{"events":[]},'
                b'"unread_notifications":{"notification_count":%d,"highlight_count":%d},"summary":{}}'
                % counts)
     return (b'{"next_batch":' + _dump(next_batch, ascii_only) + b"," + (counts_part + b"," if counts_part else b"")
-            + b'"rooms":{"join":{' + _dump(sent.room_id, ascii_only) + b":" + section + b"}}}")
+            + b'"rooms":{"join":{' + _dump(room_id, ascii_only) + b":" + section + b"}}}")
+
+
+def echo_body(counts_part: bytes, since: str, next_batch: str, sent: Sent, sender: str, ts: int, age: int,
+              counts: tuple[int, int], ascii_only: bool) -> bytes:
+    """The sync answer that is nothing but the echo of ``sent``."""
+    event = {"content": sent.content, "event_id": sent.event_id, "origin_server_ts": ts, "sender": sender,
+             "type": sent.event_type,
+             "unsigned": {"age": age, "membership": "join", "transaction_id": sent.txn_id}}
+    return sync_body(counts_part, since, next_batch, sent.room_id, event, counts, ascii_only)
 
 
 # ------------------------------------------------------------------ LEB128
@@ -383,5 +403,5 @@ def unfold(data: bytes, since: str, sent: Sent, ctx: EchoContext, observe: int) 
     return echo_body(ctx.counts_part, since, next_batch, sent, sender, ts, age, counts, not flags & F_UTF8)
 
 
-__all__ = ["COUNT_KEYS", "EchoContext", "Sent", "echo_body", "fold", "leb128", "parse_send", "sent_of", "token_change",
-           "unfold"]
+__all__ = ["COUNT_KEYS", "EchoContext", "Sent", "echo_body", "fold", "leb128", "parse_send", "sent_of", "sync_body",
+           "token_change", "unfold"]

@@ -47,6 +47,7 @@ from ..codec import (
     split_target,
 )
 from ..errors import CodecError, GatewayError
+from .compact import decode_event, encode_event
 from .echo import COUNT_KEYS, EchoContext
 
 JSON = "application/json"
@@ -117,6 +118,7 @@ H_RESERVED = 0b1100_0000
 ENC_CBOR_ASCII = 0  # CBOR in the homeserver's key order; JSON out with \\u escapes (Synapse)
 ENC_CBOR_UTF8 = 1  # the same, JSON out as raw UTF-8
 ENC_JSON = 2  # the JSON bytes themselves (when neither CBOR form is exact)
+ENC_EVENT = 3  # one event, as its fields (push.compact): not deflated as a whole
 
 _NEXT_BATCH = b'"next_batch":"'
 
@@ -344,9 +346,13 @@ def encode_notification(n: Notification, since: str, delta: DeltaState, table: C
     if n.template and (n.adopt or not is_template(n.body)):
         raise CodecError("a template answers nothing and has an empty next_batch")
     encoding, data = encode_body(n.body, table)
-    stream = compress(data, delta.dictionary(since))
+    dictionary = delta.dictionary(since)
+    stream = compress(data, dictionary)
+    event = None if n.template or n.adopt else encode_event(n.body, since, delta.echo, table, dictionary)
     delta.remember(data)
     delta.echo.note(n.body)
+    if event is not None and len(event) + 1 < len(stream) + (encoding != ENC_CBOR_ASCII):
+        return bytes([HEADER_MARK | (ENC_EVENT << H_ENCODING_SHIFT)]) + event
     if not n.template and not n.adopt and encoding == ENC_CBOR_ASCII:
         return stream
     header = HEADER_MARK | (encoding << H_ENCODING_SHIFT)
@@ -370,8 +376,14 @@ def decode_notification(payload: bytes, since: str, delta: DeltaState, table: Cb
     template, adopt = bool(header & H_TEMPLATE), bool(header & H_ADOPT)
     if template and adopt:
         raise CodecError("a template cannot also be adopted")
-    data = decompress(stream, delta.dictionary(since), max_size)
-    body = decode_body(encoding, data, table)
+    if encoding == ENC_EVENT:
+        if template or adopt:
+            raise CodecError("an event form is neither a template nor adopted")
+        body = decode_event(stream, since, delta.echo, table, delta.dictionary(since))
+        data = encode_body(body, table)[1]
+    else:
+        data = decompress(stream, delta.dictionary(since), max_size)
+        body = decode_body(encoding, data, table)
     if template and not is_template(body):
         raise CodecError("a template must have exactly one empty next_batch")
     delta.remember(data)
@@ -390,6 +402,7 @@ __all__ = [
     "parse_control",
     "ENC_CBOR_ASCII",
     "ENC_CBOR_UTF8",
+    "ENC_EVENT",
     "ENC_JSON",
     "END_CLOSED",
     "END_FETCH",

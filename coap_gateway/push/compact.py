@@ -1,0 +1,177 @@
+"""Sync push: a notification that is one event, as its fields (sans-I/O).
+
+Most pushes are one message from someone else in one room, in the layout
+``echo.sync_body`` writes.  Deflated against the previous bodies such an
+answer still costs ~72 B: the event ID (32 random bytes) and the text are
+most of it, and the rest — timestamp, ``age``, tokens, counts, sender, room —
+is a few bytes each that deflate spends ~25 B on.  Sent as fields instead,
+against what the chain showed (``echo.EchoContext``), the rest takes ~6 B.
+The server uses this form only when rebuilding the body from the fields
+gives the homeserver's exact bytes, and only when it is the smaller one.
+
+Event form (docs/protocol.md §9a, "Notification payload", encoding 3):
+
+* one byte of flags: bit 0 the body is raw UTF-8 (else ``\\u`` escapes);
+  bits 1–2 the room's unread counts: 0 as the room last showed, 1 its
+  notification count plus one, 2 given; bit 3 the sender is given (else an
+  index among the senders the chain showed, most recent 0); bit 4 the room
+  is given (else an index likewise); bit 5 the type is given (else
+  ``m.room.message``); bits 6–7 zero;
+* LEB128: ``origin_server_ts`` minus the chain's latest, ``age``; the new
+  ``next_batch`` as a change of the since (``echo.token_change``);
+* the counts (two LEB128) when given; the sender and the room: LEB128
+  length and UTF-8, or LEB128 index; the type: LEB128 length and UTF-8;
+* the event ID: 32 bytes (``$`` + URL-safe base64 of them);
+* the content: raw deflate of its CBOR (the profile's table), against the
+  observation's notification dictionary — the same dictionary a deflated
+  notification would use.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from typing import Any
+
+from ..codec import CborTable, compress, decompress, json_cbor
+from ..codec.route_option import binary_id
+from ..errors import CodecError, GatewayError
+from .echo import MAX_SENDER, EchoContext, _apply_change, _Reader, _uint, leb128, sync_body, token_change
+
+F_UTF8 = 0b0000_0001
+F_COUNTS = 0b0000_0110
+F_SENDER = 0b0000_1000
+F_ROOM = 0b0001_0000
+F_TYPE = 0b0010_0000
+F_RESERVED = 0b1100_0000
+COUNTS_SAME, COUNTS_PLUS_ONE, COUNTS_GIVEN = 0, 1, 2
+COUNTS_SHIFT = 1
+
+DEFAULT_TYPE = "m.room.message"
+EVENT_ID_BYTES = 32
+MAX_TEXT = 255
+#: the content expands to at most this (deflate bomb cap)
+MAX_CONTENT = 64 << 10
+
+
+def _index(seen: Any, value: str) -> int | None:
+    """``value``'s place among ``seen`` (an ordered map, most recent last), most recent 0."""
+    if value not in seen:
+        return None
+    keys = list(seen)
+    return len(keys) - 1 - keys.index(value)
+
+
+def _by_index(seen: Any, index: int) -> str:
+    keys = list(seen)
+    if index >= len(keys):
+        raise CodecError("the event form names a room or sender the chain never showed")
+    return keys[len(keys) - 1 - index]
+
+
+def _text(value: str) -> bytes:
+    raw = value.encode("utf-8")
+    if len(raw) > MAX_TEXT:
+        raise CodecError("text too long for the event form")
+    return leb128(len(raw)) + raw
+
+
+def encode_event(body: bytes, since: str, ctx: EchoContext, table: CborTable, dictionary: bytes) -> bytes | None:
+    """The event form of ``body`` (the answer to ``since``), or None when the
+    body is not one event of someone else's in the layout."""
+    try:
+        doc = json.loads(body)
+        (room_id, section), = doc["rooms"]["join"].items()
+        event, = section["timeline"]["events"]
+        unsigned = event["unsigned"]
+        ts, age, sender, kind = event["origin_server_ts"], unsigned["age"], event["sender"], event["type"]
+        content, event_id, next_batch = event["content"], event["event_id"], doc["next_batch"]
+        unread = section["unread_notifications"]
+        counts = (unread["notification_count"], unread["highlight_count"])
+    except (ValueError, UnicodeDecodeError, RecursionError, KeyError, TypeError, AttributeError):
+        return None
+    if (not all(_uint(v) for v in (ts, age, *counts)) or ts < ctx.last_ts or ctx.counts_part is None
+            or not all(isinstance(v, str) for v in (room_id, sender, kind, event_id, next_batch))
+            or not isinstance(content, dict) or not next_batch.isascii() or set(unsigned) != {"age", "membership"}):
+        return None
+    change = token_change(since, next_batch)
+    raw_id = binary_id(event_id, "$")
+    if change is None or raw_id is None:
+        return None
+    rebuilt = {"content": content, "event_id": event_id, "origin_server_ts": ts, "sender": sender, "type": kind,
+               "unsigned": {"age": age, "membership": "join"}}
+    for ascii_only in (True, False):
+        if sync_body(ctx.counts_part, since, next_batch, room_id, rebuilt, counts, ascii_only) == body:
+            break
+    else:
+        return None
+    try:
+        flags, tail = (0 if ascii_only else F_UTF8), b""
+        last = ctx.counts.get(room_id)
+        if last == counts:
+            pass
+        elif last is not None and counts == (last[0] + 1, last[1]):
+            flags |= COUNTS_PLUS_ONE << COUNTS_SHIFT
+        else:
+            flags |= COUNTS_GIVEN << COUNTS_SHIFT
+            tail += leb128(counts[0]) + leb128(counts[1])
+        for value, seen, flag in ((sender, ctx.senders, F_SENDER), (room_id, ctx.rooms, F_ROOM)):
+            index = _index(seen, value)
+            if index is None:
+                flags |= flag
+                tail += _text(value)
+            else:
+                tail += leb128(index)
+        if kind != DEFAULT_TYPE:
+            flags |= F_TYPE
+            tail += _text(kind)
+        content_cbor = json_cbor.encode(content, table, canonical=False)
+        back = json_cbor.decode(content_cbor, table, ordered=True)
+    except (CodecError, GatewayError, RecursionError):
+        return None
+    rebuilt["content"] = back  # what the client will read must give the same bytes
+    if sync_body(ctx.counts_part, since, next_batch, room_id, rebuilt, counts, ascii_only) != body:
+        return None
+    return (bytes([flags]) + leb128(ts - ctx.last_ts) + leb128(age) + change + tail + raw_id
+            + compress(content_cbor, dictionary))
+
+
+def decode_event(data: bytes, since: str, ctx: EchoContext, table: CborTable, dictionary: bytes) -> bytes:
+    """The body ``data`` stands for (inverse of ``encode_event``)."""
+    if not data:
+        raise CodecError("empty event form")
+    flags = data[0]
+    counts_mode = (flags & F_COUNTS) >> COUNTS_SHIFT
+    if flags & F_RESERVED or counts_mode > COUNTS_GIVEN:
+        raise CodecError(f"event form flags {flags:#04x} are not valid")
+    if ctx.counts_part is None:
+        raise CodecError("an event form before any answer of this observation")
+    reader = _Reader(data, 1)
+    ts = ctx.last_ts + reader.uint()
+    age = reader.uint()
+    next_batch = _apply_change(since, reader)
+    given = (reader.uint(), reader.uint()) if counts_mode == COUNTS_GIVEN else None
+    sender = reader.text(MAX_SENDER) if flags & F_SENDER else _by_index(ctx.senders, reader.uint())
+    room_id = reader.text(MAX_TEXT) if flags & F_ROOM else _by_index(ctx.rooms, reader.uint())
+    kind = reader.text(MAX_TEXT) if flags & F_TYPE else DEFAULT_TYPE
+    if given is not None:
+        counts = given
+    else:
+        last = ctx.counts.get(room_id)
+        if last is None:
+            raise CodecError("the event form leaves out counts the room never showed")
+        counts = last if counts_mode == COUNTS_SAME else (last[0] + 1, last[1])
+    if reader.at + EVENT_ID_BYTES > len(data):
+        raise CodecError("the event form ends inside the event ID")
+    raw_id = data[reader.at:reader.at + EVENT_ID_BYTES]
+    event_id = "$" + base64.urlsafe_b64encode(raw_id).decode("ascii").rstrip("=")
+    content = json_cbor.decode(decompress(data[reader.at + EVENT_ID_BYTES:], dictionary, MAX_CONTENT), table,
+                               ordered=True)
+    if not isinstance(content, dict):
+        raise CodecError("the event form's content is not an object")
+    event = {"content": content, "event_id": event_id, "origin_server_ts": ts, "sender": sender, "type": kind,
+             "unsigned": {"age": age, "membership": "join"}}
+    return sync_body(ctx.counts_part, since, next_batch, room_id, event, counts, not flags & F_UTF8)
+
+
+__all__ = ["decode_event", "encode_event"]
