@@ -21,13 +21,11 @@ import random
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from coap_gateway.app import start_client, start_server
-from coap_gateway.codec import DEFAULT_PROFILE, HttpRequest, load_profile
-from coap_gateway.secure import keys
+from coap_gateway.codec import HttpRequest
 from coap_gateway.transport import BULK_SLICE
-from meshsim import LinkProfile, emulated_link_pair
+from meshsim import LinkProfile
 
-from .losslatency import EPOCH, FAST, UPLOAD, Device, MemoryHomeserver, _reshape
+from .losslatency import UPLOAD, two_devices
 
 #: DESIGN's slow link, and the issue's numbers
 SLOW = LinkProfile(rate_bps=100, delay=1.0)
@@ -61,40 +59,17 @@ class BulkResult:
 async def message_during_upload(*, sliced: bool = True, upload_bytes: int = UPLOAD_BYTES,
                                 send_after: float = SEND_AFTER_S) -> BulkResult:
     loop = asyncio.get_running_loop()
-    profile = load_profile(DEFAULT_PROFILE)
-    homeserver = MemoryHomeserver({"syt_alice_token": "@alice:localhost", "syt_bob_token": "@bob:localhost"})
-    server_key = keys.generate_keypair()[0]
-
-    def clock() -> float:
-        return EPOCH + loop.time()
-
-    alice_link, alice_server_link = emulated_link_pair(FAST, seed=1, record=False)
-    bob_link, bob_server_link = emulated_link_pair(FAST, seed=2, record=False)
-    servers = [await start_server(link, homeserver="http://memory", profile=profile, static_private=server_key,
-                                  clock=clock, upstream=homeserver)
-               for link in (alice_server_link, bob_server_link)]
-    clients = [await start_client(link, "server", profile=profile, static_private=keys.generate_keypair()[0],
-                                  server_public=keys.public_from_private(server_key), clock=clock)
-               for link in (alice_link, bob_link)]
-    if not sliced:
-        clients[0].endpoint.bulk_slice = None
-    alice = Device("alice", clients[0].gateway.serve, "syt_alice_token")
-    bob = Device("bob", clients[1].gateway.serve, "syt_bob_token")
-    loops = [asyncio.create_task(d.sync_loop()) for d in (alice, bob)]
-    try:
-        # warm on the fast link: sync loops registered, token and room handle bound
-        sending = asyncio.create_task(alice.send("warming up"))
-        if await bob.wait_for("warming up", loop.time() + 60) is None or not await sending:
-            raise RuntimeError("the setup failed on a fast link")
-        _reshape(SLOW, (alice_link, alice_server_link), (clients[0].endpoint, servers[0].endpoint))
-        block = 16 << clients[0].endpoint.remote("server").maximum_block_size_exp
-        if sliced:
-            probe = clients[0].endpoint.remote("server")
-            clients[0].endpoint._slice(probe)
-            block = 16 << probe.maximum_block_size_exp
+    async with two_devices(1, warm_both_ways=False) as world:
+        alice, bob, endpoint = world.alice, world.bob, world.clients[0].endpoint
+        if not sliced:
+            endpoint.bulk_slice = None
+        world.reshape_alice(SLOW)
+        probe = endpoint.remote("server")
+        endpoint._slice(probe)
+        block = 16 << probe.maximum_block_size_exp
         t_upload = loop.time()
         blob = random.randbytes(upload_bytes)
-        upload = asyncio.create_task(clients[0].gateway.serve(HttpRequest(
+        upload = asyncio.create_task(world.clients[0].gateway.serve(HttpRequest(
             "POST", UPLOAD + "?filename=keys.bin", body=blob,
             content_type="application/octet-stream", access_token=alice.token)))
         await asyncio.sleep(send_after)
@@ -106,15 +81,8 @@ async def message_during_upload(*, sliced: bool = True, upload_bytes: int = UPLO
         upload_s = loop.time() - t_upload
         await sent
         return BulkResult(sliced, upload_bytes, block, None if arrived is None else arrived - t_send,
-                          upload_s if answer.status == 200 else None, answer.status, homeserver.uploads == [blob])
-    finally:
-        for task in loops:
-            task.cancel()
-        await asyncio.gather(*loops, return_exceptions=True)
-        for c in clients:
-            await c.stop()
-        for s in servers:
-            await s.stop()
+                          upload_s if answer.status == 200 else None, answer.status,
+                          world.homeserver.uploads == [blob])
 
 
 def run_in_virtual_time(**kw: Any) -> BulkResult:

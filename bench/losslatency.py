@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hashlib
 import json
 import random
@@ -254,40 +255,72 @@ def radio(loss: float) -> LinkProfile:
 FAST = LinkProfile(rate_bps=10_000_000, delay=0.001, overhead=42)
 
 
-async def conversation(loss: float, seed: int, *, messages: int = 3) -> RunResult:
-    """One run of the conversation; every gateway in this loop's (virtual) time."""
+@dataclass
+class World:
+    """alice and bob, each behind a client gateway on its own link to one
+    server gateway (one instance per link, as meshsim's fabric gives it an
+    address per link), the in-process homeserver, both sync loops running —
+    warmed on a fast link: loops registered, tokens and room handles bound."""
+
+    homeserver: MemoryHomeserver
+    alice: Device
+    bob: Device
+    #: [alice's, bob's]: (client end, server end) of each link, the gateways on them
+    links: list[tuple[Any, Any]]
+    clients: list[Any]
+    servers: list[Any]
+
+    def reshape_alice(self, profile: LinkProfile) -> None:
+        """alice's link becomes ``profile`` (as meshsim's runner changes a link)."""
+        _reshape(profile, self.links[0], (self.clients[0].endpoint, self.servers[0].endpoint))
+
+
+@contextlib.asynccontextmanager
+async def two_devices(seed: int, *, alice_retransmit: int = 4, warm_both_ways: bool = True) -> Any:
     loop = asyncio.get_running_loop()
     profile = load_profile(DEFAULT_PROFILE)
-    tokens = {"syt_alice_token": "@alice:localhost", "syt_bob_token": "@bob:localhost"}
-    homeserver = MemoryHomeserver(tokens)
+    homeserver = MemoryHomeserver({"syt_alice_token": "@alice:localhost", "syt_bob_token": "@bob:localhost"})
     server_key = keys.generate_keypair()[0]
 
     def clock() -> float:
         return EPOCH + loop.time()
 
-    # set up on a fast link (as the scenario does), then alice's becomes the radio
-    alice_link, alice_server_link = emulated_link_pair(FAST, seed=seed, max_retransmit=10, record=False)
-    bob_link, bob_server_link = emulated_link_pair(FAST, seed=seed + 1000, record=False)
-    # one server gateway on two links (its radio and its LAN side): the same
-    # gateway code, one instance per link as meshsim's fabric would give it one address
-    servers = [await start_server(link, homeserver="http://memory", profile=profile, static_private=server_key,
-                                  clock=clock, upstream=homeserver)
-               for link in (alice_server_link, bob_server_link)]
-    clients = [await start_client(link, "server", profile=profile, static_private=keys.generate_keypair()[0],
+    links = [emulated_link_pair(FAST, seed=seed, max_retransmit=alice_retransmit, record=False),
+             emulated_link_pair(FAST, seed=seed + 1000, record=False)]
+    servers = [await start_server(server_end, homeserver="http://memory", profile=profile,
+                                  static_private=server_key, clock=clock, upstream=homeserver)
+               for _, server_end in links]
+    clients = [await start_client(client_end, "server", profile=profile, static_private=keys.generate_keypair()[0],
                                   server_public=keys.public_from_private(server_key), clock=clock)
-               for link in (alice_link, bob_link)]
+               for client_end, _ in links]
     alice = Device("alice", clients[0].gateway.serve, "syt_alice_token")
     bob = Device("bob", clients[1].gateway.serve, "syt_bob_token")
     loops = [asyncio.create_task(d.sync_loop()) for d in (alice, bob)]
-    latencies: list[tuple[str, str, float | None]] = []
     try:
-        # warm: both sync loops registered, both devices' tokens and room handles bound
-        for sender, receiver in ((alice, bob), (bob, alice)):
+        for sender, receiver in ((alice, bob), (bob, alice))[:2 if warm_both_ways else 1]:
             text = f"setup from {sender.name}"
             sending = asyncio.create_task(sender.send(text))
             if await receiver.wait_for(text, loop.time() + 60) is None or not await sending:
-                raise RuntimeError("the conversation's setup failed on a fast link")
-        _reshape(radio(loss), (alice_link, alice_server_link), (clients[0].endpoint, servers[0].endpoint))
+                raise RuntimeError("the setup failed on a fast link")
+        yield World(homeserver, alice, bob, links, clients, servers)
+    finally:
+        for task in loops:
+            task.cancel()
+        await asyncio.gather(*loops, return_exceptions=True)
+        for c in clients:
+            await c.stop()
+        for server in servers:
+            await server.stop()
+
+
+async def conversation(loss: float, seed: int, *, messages: int = 3) -> RunResult:
+    """One run of the conversation; every gateway in this loop's (virtual) time."""
+    loop = asyncio.get_running_loop()
+    latencies: list[tuple[str, str, float | None]] = []
+    async with two_devices(seed, alice_retransmit=10) as world:
+        alice, bob, clients, servers = world.alice, world.bob, world.clients, world.servers
+        (alice_link, alice_server_link), _ = world.links
+        world.reshape_alice(radio(loss))
         counted = (alice_link.sent_frames + alice_server_link.sent_frames,
                    alice_link.sent_bytes + alice_server_link.sent_bytes,
                    clients[0].endpoint.counters.retransmissions + servers[0].endpoint.counters.retransmissions,
@@ -305,14 +338,6 @@ async def conversation(loss: float, seed: int, *, messages: int = 3) -> RunResul
         t_end = loop.time()
         # the senders' own echoes and anything late (a duplicate): two long-polls' worth
         await asyncio.sleep(2 * SYNC_TIMEOUT_MS / 1000)
-    finally:
-        for task in loops:
-            task.cancel()
-        await asyncio.gather(*loops, return_exceptions=True)
-        for c in clients:
-            await c.stop()
-        for s in servers:
-            await s.stop()
     duplicates = sum(max(0, len(times) - 1) for d in (alice, bob) for times in d.seen.values())
     undecodable = sum(c.gateway.sync_push.state.undecodable for c in clients if c.gateway.sync_push is not None)
     return RunResult(

@@ -135,6 +135,18 @@ class RouteTable:
                 return t
         return None
 
+    def match_path(self, path: str, names: frozenset[str]) -> tuple[Template, list[str]] | None:
+        """The template of a raw path (no query) among the routes ``names``,
+        and its parameters as raw segments; None for any other path."""
+        try:
+            segments, _ = split_target(path)
+        except RouteError:
+            return None
+        template = self.match(segments)
+        if template is None or template.name not in names:
+            return None
+        return template, [seg for seg, literal in zip(segments, template.segments) if literal is None]
+
 
 def parse_route_table(doc: Any, digest: str = "") -> RouteTable:
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:

@@ -52,8 +52,8 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote
 
-from ..codec import RouteTable, split_target
-from ..errors import CodecError, GatewayError
+from ..codec import RouteTable
+from ..errors import CodecError
 
 #: fold flag bits
 F_OBSERVE = 0b0000_0111
@@ -97,19 +97,11 @@ def parse_send(target: str, routes: RouteTable, send_routes: frozenset[str]) -> 
     """``(room ID, event type, raw txn segment)`` of a request target on one
     of ``send_routes`` (``…/rooms/{roomId}/send/{eventType}/{txnId}``)."""
     path, _, query = target.partition("?")
-    if query:
+    matched = None if query else routes.match_path(path, send_routes)
+    if matched is None or len(matched[1]) != 3:
         return None
-    try:
-        segments, _ = split_target(path)
-    except GatewayError:
-        return None
-    template = routes.match(segments)
-    if template is None or template.name not in send_routes:
-        return None
-    params = [seg for seg, literal in zip(segments, template.segments) if literal is None]
-    if len(params) != 3:
-        return None
-    return unquote(params[0]), unquote(params[1]), params[2]
+    room_id, event_type, txn = matched[1]
+    return unquote(room_id), unquote(event_type), txn
 
 
 def sent_of(room_id: str, event_type: str, txn_id: str, body: bytes, answer: bytes) -> Sent | None:

@@ -44,9 +44,8 @@ from ..codec import (
     decompress,
     json_cbor,
     options,
-    split_target,
 )
-from ..errors import CodecError, GatewayError
+from ..errors import CodecError
 from .compact import decode_event, encode_event
 from .echo import COUNT_KEYS, EchoContext
 
@@ -165,14 +164,7 @@ def parse_long_poll(method: str, target: str, routes: RouteTable) -> LongPoll | 
     if method != "GET":
         return None
     path, sep, query_text = target.partition("?")
-    if not sep:
-        return None
-    try:
-        segments, _ = split_target(path)
-    except GatewayError:
-        return None
-    template = routes.match(segments)
-    if template is None or template.name not in SYNC_ROUTES:
+    if not sep or routes.match_path(path, SYNC_ROUTES) is None:
         return None
     query = tuple(query_text.split("&"))
     names = [p.partition("=")[0] for p in query]
