@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 
@@ -159,17 +160,24 @@ async def test_w2_one_message_pushed(synapse, server_key):
             await bob.close()
 
 
-async def _warm_pair(synapse, dev_a, dev_b):
+@contextlib.asynccontextmanager
+async def warm_pair(synapse, dev_a, dev_b):
     """alice and bob in a room, both sync loops running on pushes, one message seen by both."""
     alice, bob, room_id = await chat_setup(synapse, dev_a, dev_b)
     ra, rb = Receiver(alice, room_id), Receiver(bob, room_id)
-    await until(dev_a.waiting_on_push)
-    await until(dev_b.waiting_on_push)
-    await alice.room_send(room_id, "m.room.message", {"msgtype": "m.text", "body": "first"})
-    await ra.wait_for(1)
-    await rb.wait_for(1)
-    await until(dev_a.waiting_on_push)
-    return alice, bob, room_id, ra, rb
+    try:
+        await until(dev_a.waiting_on_push)
+        await until(dev_b.waiting_on_push)
+        await alice.room_send(room_id, "m.room.message", {"msgtype": "m.text", "body": "first"})
+        await ra.wait_for(1)
+        await rb.wait_for(1)
+        await until(dev_a.waiting_on_push)
+        yield alice, room_id, ra
+    finally:
+        await ra.stop()
+        await rb.stop()
+        await alice.close()
+        await bob.close()
 
 
 @pytest.mark.synapse
@@ -179,16 +187,14 @@ async def test_sender_per_message_the_echo_rides_in_the_send_answer(synapse, ser
     folded the echo (4–6 B) — no notification, no ACK — and alice's client
     gets her own event from /sync exactly as Synapse wrote it."""
     async with PushDevice(synapse, server_key, 41) as dev_a, PushDevice(synapse, server_key, 42) as dev_b:
-        alice, bob, room_id, ra, rb = await _warm_pair(synapse, dev_a, dev_b)
-        answers: list[bytes] = []
-        dev_a.push_client.answer_observers.append(lambda _req, r: answers.append(r.body))
-        try:
+        async with warm_pair(synapse, dev_a, dev_b) as (alice, room_id, ra):
+            answers: list[bytes] = []
+            dev_a.push_client.answer_observers.append(lambda _req, r: answers.append(r.body))
             folded = dev_a.push_server.counters.folded
             b0, f0 = dev_a.link_bytes(), dev_a.link_frames()
             sent = await alice.room_send(room_id, "m.room.message",
                                          {"msgtype": "m.text", "body": "Hello, see you at 5pm"})
             await ra.wait_for(2)
-            await rb.wait_for(2)
             await until(dev_a.waiting_on_push)
             b1, f1 = dev_a.link_bytes(), dev_a.link_frames()
             link, frames = (b1[0] - b0[0]) + (b1[1] - b0[1]), f1 - f0
@@ -203,11 +209,6 @@ async def test_sender_per_message_the_echo_rides_in_the_send_answer(synapse, ser
             assert echo in dev_a.upstream  # byte for byte what Synapse answered the server gateway
             # the echo says it is hers (nio matches it to its send by this)
             assert "transaction_id" in json.loads(echo)["rooms"]["join"][room_id]["timeline"]["events"][0]["unsigned"]
-        finally:
-            await ra.stop()
-            await rb.stop()
-            await alice.close()
-            await bob.close()
 
 
 @pytest.mark.synapse
@@ -224,15 +225,13 @@ async def test_a_fold_the_client_cannot_read_is_replayed_whole(synapse, server_k
         return None if fold is None else bytes([fold[0] ^ 1]) + fold[1:]
 
     async with PushDevice(synapse, server_key, 43) as dev_a, PushDevice(synapse, server_key, 44) as dev_b:
-        alice, bob, room_id, ra, rb = await _warm_pair(synapse, dev_a, dev_b)
-        answers: list[bytes] = []
-        dev_a.push_client.answer_observers.append(lambda _req, r: answers.append(r.body))
-        try:
+        async with warm_pair(synapse, dev_a, dev_b) as (alice, room_id, ra):
+            answers: list[bytes] = []
+            dev_a.push_client.answer_observers.append(lambda _req, r: answers.append(r.body))
             registrations, replayed = dev_a.push_client.counters.registrations, dev_a.push_server.counters.replayed
             monkeypatch.setattr(client_module, "echo_fold", spoiled)
             sent = await alice.room_send(room_id, "m.room.message", {"msgtype": "m.text", "body": "spoiled fold"})
             await ra.wait_for(2)
-            await rb.wait_for(2)
             monkeypatch.setattr(client_module, "echo_fold", real)
             await alice.room_send(room_id, "m.room.message", {"msgtype": "m.text", "body": "after"})
             await ra.wait_for(3)
@@ -243,11 +242,6 @@ async def test_a_fold_the_client_cannot_read_is_replayed_whole(synapse, server_k
             assert dev_a.push_server.counters.replayed >= replayed + 1
             assert dev_a.push_client.state.undecodable >= 1
             exact_answers(dev_a, answers)
-        finally:
-            await ra.stop()
-            await rb.stop()
-            await alice.close()
-            await bob.close()
 
 
 @pytest.mark.synapse
