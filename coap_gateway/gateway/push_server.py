@@ -258,9 +258,16 @@ class SyncPushServer:
             except TimeoutError:
                 return wait.folded.result() if wait.folded.done() else None
         finally:
-            wait.closed = True
-            if wait.observation.echo is wait:
-                wait.observation.echo = None
+            self.release_echo(wait)
+
+    @staticmethod
+    def release_echo(wait: EchoWait) -> None:
+        """The send's answer leaves (or never will: its request failed): the
+        observation may fold the next send's echo."""
+        wait.closed = True
+        wait.answered.set()
+        if wait.observation.echo is wait:
+            wait.observation.echo = None
 
     async def _echo(self, obs: _Observation, response: HttpResponse) -> Folded | None:
         """``response`` as the fold of a send under way, if it is its echo."""

@@ -14,11 +14,11 @@ from __future__ import annotations
 import json
 import logging
 import tempfile
-from pathlib import Path
-from urllib.parse import unquote
 from collections.abc import Hashable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
+from urllib.parse import unquote
 
 import aiocoap.resource as resource
 from aiocoap import Message
@@ -259,7 +259,12 @@ class ServerGateway(resource.Resource):
             response = matrix_error(403, "M_FORBIDDEN", "admin APIs are not reachable through the low-bandwidth gateway")
         else:
             wait = self._expect_echo(request, http_request, resolved.token)
-            response = await self.forward(http_request, resolved.token)
+            try:
+                response = await self.forward(http_request, resolved.token)
+            except BaseException:  # cancelled: the observation must not wait for this send's echo
+                if wait is not None:
+                    SyncPushServer.release_echo(wait)
+                raise
             self.binding.after(request, resolved, response)
             if wait is not None:
                 echo = await self._fold_echo(wait, http_request, response)
