@@ -65,7 +65,7 @@ async def message_during_upload(*, sliced: bool = True, upload_bytes: int = UPLO
             endpoint.bulk_slice = None
         world.reshape_alice(SLOW)
         probe = endpoint.remote("server")
-        endpoint._slice(probe)
+        endpoint.slice_upload(probe)
         block = 16 << probe.maximum_block_size_exp
         t_upload = loop.time()
         blob = random.randbytes(upload_bytes)

@@ -36,7 +36,7 @@ from typing import Any
 from ..codec import CborTable, compress, decompress, json_cbor
 from ..codec.route_option import binary_id
 from ..errors import CodecError, GatewayError
-from .echo import MAX_SENDER, EchoContext, _apply_change, _Reader, _uint, leb128, sync_body, token_change
+from .echo import MAX_SENDER, EchoContext, apply_token_change, FoldReader, is_uint, leb128, sync_body, token_change
 
 F_UTF8 = 0b0000_0001
 F_COUNTS = 0b0000_0110
@@ -90,7 +90,7 @@ def encode_event(body: bytes, since: str, ctx: EchoContext, table: CborTable, di
         counts = (unread["notification_count"], unread["highlight_count"])
     except (ValueError, UnicodeDecodeError, RecursionError, KeyError, TypeError, AttributeError):
         return None
-    if (not all(_uint(v) for v in (ts, age, *counts)) or ts < ctx.last_ts or ctx.counts_part is None
+    if (not all(is_uint(v) for v in (ts, age, *counts)) or ts < ctx.last_ts or ctx.counts_part is None
             or not all(isinstance(v, str) for v in (room_id, sender, kind, event_id, next_batch))
             or not isinstance(content, dict) or not next_batch.isascii() or set(unsigned) != {"age", "membership"}):
         return None
@@ -146,10 +146,10 @@ def decode_event(data: bytes, since: str, ctx: EchoContext, table: CborTable, di
         raise CodecError(f"event form flags {flags:#04x} are not valid")
     if ctx.counts_part is None:
         raise CodecError("an event form before any answer of this observation")
-    reader = _Reader(data, 1)
+    reader = FoldReader(data, 1)
     ts = ctx.last_ts + reader.uint()
     age = reader.uint()
-    next_batch = _apply_change(since, reader)
+    next_batch = apply_token_change(since, reader)
     given = (reader.uint(), reader.uint()) if counts_mode == COUNTS_GIVEN else None
     sender = reader.text(MAX_SENDER) if flags & F_SENDER else _by_index(ctx.senders, reader.uint())
     room_id = reader.text(MAX_TEXT) if flags & F_ROOM else _by_index(ctx.rooms, reader.uint())

@@ -158,7 +158,7 @@ class EchoContext:
                 if not isinstance(event, dict):
                     continue
                 ts = event.get("origin_server_ts")
-                if _uint(ts) and ts > self.last_ts:
+                if is_uint(ts) and ts > self.last_ts:
                     self.last_ts = ts
                 unsigned = event.get("unsigned")
                 sender = event.get("sender")
@@ -170,7 +170,7 @@ class EchoContext:
             unread = section.get("unread_notifications")
             if isinstance(unread, dict):
                 counts = unread.get("notification_count"), unread.get("highlight_count")
-                if _uint(counts[0]) and _uint(counts[1]):
+                if is_uint(counts[0]) and is_uint(counts[1]):
                     self.counts[room_id] = counts  # type: ignore[assignment]
                     self.counts.move_to_end(room_id)
                     while len(self.counts) > MAX_ROOMS:
@@ -184,7 +184,7 @@ def _recent(seen: OrderedDict[str, None], value: str, limit: int) -> None:
         seen.popitem(last=False)
 
 
-def _uint(value: Any) -> bool:
+def is_uint(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
@@ -234,7 +234,9 @@ def leb128(value: int) -> bytes:
             return bytes(out)
 
 
-class _Reader:
+class FoldReader:
+    """Reads a fold's LEB128 numbers and texts, refusing what runs past its end."""
+
     def __init__(self, data: bytes, at: int = 0) -> None:
         self.data, self.at = data, at
 
@@ -299,7 +301,7 @@ def token_change(since: str, new: str) -> bytes | None:
     return out
 
 
-def _apply_change(since: str, reader: _Reader) -> str:
+def apply_token_change(since: str, reader: FoldReader) -> str:
     parts = _numbers(since)
     if parts is None or not parts[1]:
         raise CodecError("the since token has no numbers to change")
@@ -335,7 +337,7 @@ def fold(body: bytes, since: str, sent: Sent, ctx: EchoContext, observe: int) ->
         counts = (unread["notification_count"], unread["highlight_count"])
     except (ValueError, UnicodeDecodeError, RecursionError, KeyError, TypeError, AttributeError):
         return None
-    if (room_id != sent.room_id or not all(_uint(v) for v in (ts, age, *counts)) or ts < ctx.last_ts
+    if (room_id != sent.room_id or not all(is_uint(v) for v in (ts, age, *counts)) or ts < ctx.last_ts
             or not isinstance(sender, str) or len(sender.encode("utf-8")) > MAX_SENDER
             or not isinstance(next_batch, str) or not next_batch.isascii()):
         return None
@@ -371,10 +373,10 @@ def unfold(data: bytes, since: str, sent: Sent, ctx: EchoContext, observe: int) 
         raise CodecError(f"echo fold flags {flags:#04x} have reserved bits set")
     if flags & F_OBSERVE != observe % OBSERVE_BITS:
         raise CodecError("the echo fold belongs to another place in the chain")
-    reader = _Reader(data, 1)
+    reader = FoldReader(data, 1)
     ts = ctx.last_ts + reader.uint()
     age = reader.uint()
-    next_batch = _apply_change(since, reader)
+    next_batch = apply_token_change(since, reader)
     if flags & F_COUNTS:
         counts = (reader.uint(), reader.uint())
     else:
@@ -395,5 +397,5 @@ def unfold(data: bytes, since: str, sent: Sent, ctx: EchoContext, observe: int) 
     return echo_body(ctx.counts_part, since, next_batch, sent, sender, ts, age, counts, not flags & F_UTF8)
 
 
-__all__ = ["COUNT_KEYS", "EchoContext", "Sent", "echo_body", "fold", "leb128", "parse_send", "sent_of", "sync_body",
-           "token_change", "unfold"]
+__all__ = ["COUNT_KEYS", "EchoContext", "FoldReader", "Sent", "apply_token_change", "echo_body", "fold", "is_uint",
+           "leb128", "parse_send", "sent_of", "sync_body", "token_change", "unfold"]

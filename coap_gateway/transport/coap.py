@@ -792,7 +792,7 @@ class LinkEndpoint:
     def remote(self, key: Hashable) -> LinkAddress:
         return self.interface.remote(key)
 
-    def _slice(self, remote: LinkAddress) -> None:
+    def slice_upload(self, remote: LinkAddress) -> None:
         """Blocks of an upload that each occupy the link at most
         ``bulk_slice`` seconds: a request sent meanwhile waits for one block
         at most, not for a 1 KiB block's 82 s at 100 bit/s."""
@@ -811,7 +811,7 @@ class LinkEndpoint:
         message.remote = self.remote(key)
         blockwise = len(message.payload) > message.remote.maximum_payload_size
         if blockwise:
-            self._slice(message.remote)
+            self.slice_upload(message.remote)
         original = message.copy() if blockwise else message
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
@@ -836,7 +836,7 @@ class LinkEndpoint:
             self.counters.blockwise_restarts += 1
             message = original.copy()
             message.remote = self.remote(key)
-            self._slice(message.remote)
+            self.slice_upload(message.remote)
         raise AssertionError("unreachable")
 
     def _check_codec(self) -> None:
