@@ -105,6 +105,9 @@ class EchoWait:
     when it failed), and gives the fold through ``folded``."""
 
     observation: _Observation
+    #: the send's room, event type and (homeserver's) transaction ID
+    room_id: str
+    event_type: str
     txn_id: str
     answered: asyncio.Event
     folded: asyncio.Future[bytes | None]
@@ -232,7 +235,8 @@ class SyncPushServer:
 
     # -- the device's own sends (push.echo)
 
-    def expect_echo(self, remote: Hashable, access_token: str, txn_id: str) -> EchoWait | None:
+    def expect_echo(self, remote: Hashable, access_token: str, room_id: str, event_type: str,
+                    txn_id: str) -> EchoWait | None:
         """Before a device's send goes to the homeserver: the wait through
         which its echo may be folded into the send's answer, when the device
         has one observation with this token."""
@@ -241,7 +245,7 @@ class SyncPushServer:
         if len(mine) != 1 or mine[0].echo is not None:
             return None
         loop = asyncio.get_running_loop()
-        wait = mine[0].echo = EchoWait(mine[0], txn_id, asyncio.Event(), loop.create_future())
+        wait = mine[0].echo = EchoWait(mine[0], room_id, event_type, txn_id, asyncio.Event(), loop.create_future())
         return wait
 
     async def echo_answer(self, wait: EchoWait, sent: Sent | None) -> bytes | None:

@@ -287,15 +287,13 @@ class ServerGateway(resource.Resource):
         send = parse_send(http_request.target, self.config.profile.routes, schemas.message_routes)
         if send is None:
             return None
-        return self.sync_push.expect_echo(request.remote, token, unquote(send[2]))
+        room_id, event_type, txn = send
+        return self.sync_push.expect_echo(request.remote, token, room_id, event_type, unquote(txn))
 
     async def _fold_echo(self, wait: EchoWait, http_request: HttpRequest, response: HttpResponse) -> bytes | None:
-        sent = None
-        send = parse_send(http_request.target, self.config.profile.routes,
-                          self.config.profile.schemas.message_routes)  # type: ignore[union-attr]
         bare = bare_event_id(response) if response.status == 200 else None
-        if send is not None and bare is not None and len(bare) == ID_BYTES:
-            sent = sent_of(send[0], send[1], unquote(send[2]), http_request.body, response.body)
+        sent = (sent_of(wait.room_id, wait.event_type, wait.txn_id, http_request.body, response.body)
+                if bare is not None and len(bare) == ID_BYTES else None)
         assert self.sync_push is not None
         return await self.sync_push.echo_answer(wait, sent)
 
