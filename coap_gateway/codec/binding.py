@@ -85,6 +85,32 @@ def is_logout(target: str) -> bool:
             and segments[4:] in (["logout"], ["logout", "all"]))
 
 
+#: the client-server endpoints whose 2xx answer holds a new access token
+TOKEN_ISSUING = frozenset({"login", "register", "refresh"})
+
+
+def issues_token(method: str, target: str) -> bool:
+    """Whether a request is a login, a registration or a token refresh
+    (``POST /_matrix/client/<version>/login|register|refresh``): its answer
+    may give the device a new access token, which the server gateway binds
+    on the client's request (No-Token with a handle, docs/protocol.md §8a)."""
+    segments = target.partition("?")[0].split("/")
+    return (method == "POST" and len(segments) == 5 and segments[:3] == ["", "_matrix", "client"]
+            and segments[4] in TOKEN_ISSUING)
+
+
+def answer_token(body: bytes) -> str | None:
+    """The ``access_token`` of a JSON answer, if it is one a definition could carry."""
+    try:
+        doc = json.loads(body)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        return None
+    token = doc.get("access_token") if isinstance(doc, dict) else None
+    if not isinstance(token, str) or not 0 < len(token) <= MAX_TOKEN_LENGTH:
+        return None
+    return token if token.isascii() and token.isprintable() and " " not in token else None
+
+
 def encode_token_definition(handle: int, token: str) -> bytes:
     """The Access-Token option value: the handle as a CBOR uint, then the token."""
     return cbor2.dumps(handle) + token.encode("utf-8")
@@ -131,6 +157,8 @@ class Attempt:
     token_defined: bool = False
     #: route definitions (handles, scope) the last request carried
     carried: set[int | str] = field(default_factory=set)
+    #: the token handle reserved for the token a login's answer will hold
+    bind_handle: int | None = None
 
     @property
     def exhausted(self) -> bool:
@@ -216,7 +244,15 @@ class ClientBinding:
         token = http.access_token
         attempt.token_handle, attempt.token_defined = None, False
         if token is None:
-            message.opt.add_option(OpaqueOption(options.NO_TOKEN, b""))
+            if attempt.bind_handle is None and issues_token(http.method, http.target):
+                # reserved now, so that no other token is given this number
+                # while the login is under way (rule 1)
+                attempt.bind_handle = self.next_token_handle
+                self.next_token_handle += 1
+            if attempt.bind_handle is None:
+                message.opt.add_option(OpaqueOption(options.NO_TOKEN, b""))
+            else:
+                message.opt.add_option(UintOption(options.NO_TOKEN, attempt.bind_handle + 1))
             return message
         handle = attempt.token_handle = self.token_handle(token)
         if handle not in self.confirmed_tokens or attempt.token_resent:
@@ -257,6 +293,9 @@ class ClientBinding:
         to ``message``."""
         response = coap_to_response(reply, self.profile, compact_route_name(message, self.profile))
         response = self.restore(response)
+        bind = message.opt.get_option(options.NO_TOKEN)
+        if bind and bind[0].value:
+            self._learn_bound(_uint(bind[0].value) - 1, reply, response)
         token = http.access_token
         if token is not None:
             if response.status == 200 and is_logout(http.target):
@@ -277,6 +316,22 @@ class ClientBinding:
             return response
         return HttpResponse(response.status, self.wire.restore_txn_ids(response.body), response.content_type,
                             response.headers)
+
+    def _learn_bound(self, handle: int, reply: Message, response: HttpResponse) -> None:
+        """A login asked the server to bind its answer's token as ``handle``:
+        with Token-Bound the token is held (confirmed) under that handle."""
+        if handle in self.tokens.values():
+            return  # never two tokens on one handle, whatever a late reply says
+        token = answer_token(response.body) if reply.opt.get_option(options.TOKEN_BOUND) else None
+        if token is not None and token not in self.tokens:
+            self.tokens[token] = handle
+            self.confirmed_tokens.add(handle)
+        elif token is None and self.next_token_handle == handle + 1:
+            # the server bound nothing for the one request that carried the
+            # number: the next token may have it (were the server to hold it
+            # after all, e.g. it answered a retransmission again after a
+            # restart, that token's first use defines the handle anew)
+            self.next_token_handle = handle
 
     def _retire(self, token: str) -> None:
         handle = self.tokens.pop(token, None)
@@ -359,6 +414,8 @@ class Resolved:
     journal: Journal = field(default_factory=Journal)
     #: (handle, previous token) when this request defined a token handle
     token_defined: tuple[int, str | None] | None = None
+    #: the handle under which to bind the access token of the answer (a login's No-Token)
+    bind_as: int | None = None
 
     @property
     def redefined(self) -> bool:
@@ -439,6 +496,7 @@ class ServerBinding:
         device = self.device(request.remote)
         try:
             token, handle, defined = self._token(request, device)
+            bind_as = _bind_as(request)
         except CodecError as exc:
             return _malformed(exc)
         if handle is not None and token is None:
@@ -470,7 +528,8 @@ class ServerBinding:
             device.tokens.move_to_end(handle)
         if (defined and previous != token) or journal.previous:
             self._changed(self.device_key(request.remote), device)
-        return Resolved(http, token, handle, journal, (handle, previous) if defined else None)  # type: ignore[arg-type]
+        return Resolved(http, token, handle, journal, (handle, previous) if defined else None,  # type: ignore[arg-type]
+                        bind_as)
 
     def _token(self, request: Message, device: DeviceState) -> tuple[str | None, int | None, bool]:
         """(token, handle, defined here) of a request; (None, h, False) when
@@ -488,10 +547,14 @@ class ServerBinding:
         handle = _uint(bare[0].value) if bare else 0
         return device.tokens.get(handle), handle, False
 
-    def after(self, request: Message, resolved: Resolved, response: HttpResponse) -> None:
-        """Learn from the homeserver's answer to a forwarded request."""
+    def after(self, request: Message, resolved: Resolved, response: HttpResponse) -> bool:
+        """Learn from the homeserver's answer to a forwarded request.  True:
+        the answer's access token was bound as the login asked (the answer
+        then carries Token-Bound)."""
         device = self.device(request.remote)
         handle = resolved.handle
+        if resolved.bind_as is not None and 200 <= response.status < 300:
+            return self._bind_answer(request, device, resolved.bind_as, response)
         if response.status == 401 and resolved.token is not None and _errcode(response) in TOKEN_REFUSED:
             # not a valid account: keep nothing this request defined
             device.wire.undo(resolved.journal)
@@ -505,6 +568,22 @@ class ServerBinding:
             if device.tokens.get(handle) == resolved.token:
                 del device.tokens[handle]
                 self._changed(self.device_key(request.remote), device)
+        return False
+
+    def _bind_answer(self, request: Message, device: DeviceState, handle: int, response: HttpResponse) -> bool:
+        token = answer_token(response.body)
+        if token is None:
+            return False
+        held = device.tokens.get(handle)
+        if held is not None and held != token:
+            return False  # a handle never changes meaning (rule 1): the client defines it itself
+        device.tokens[handle] = token
+        device.tokens.move_to_end(handle)
+        while len(device.tokens) > MAX_TOKENS_PER_DEVICE:
+            device.tokens.popitem(last=False)
+        if held is None:
+            self._changed(self.device_key(request.remote), device)
+        return True
 
     def sizes(self) -> dict[str, int]:
         """What the table holds (tests assert it against the limits)."""
@@ -526,6 +605,15 @@ def _uint(value: bytes | int) -> int:
     return int.from_bytes(value, "big")
 
 
+def _bind_as(request: Message) -> int | None:
+    """The handle a login's No-Token asks the answer's token to be bound as."""
+    no_token = request.opt.get_option(options.NO_TOKEN)
+    value = _uint(no_token[0].value) if no_token else 0
+    if value > 1 << 32:
+        raise CodecError("No-Token names a handle beyond 2^32")
+    return value - 1 if value else None
+
+
 def _malformed(exc: Exception) -> Refused:
     # a diagnostic text says so (Content-Format 0): without the option a
     # payload means deflated CBOR (docs/protocol.md §5.1)
@@ -545,6 +633,8 @@ __all__ = [
     "Resolved",
     "ServerBinding",
     "decode_token_definition",
+    "answer_token",
     "encode_token_definition",
     "is_logout",
+    "issues_token",
 ]

@@ -30,13 +30,20 @@ HTTP_HEADER = 65004
 #: unauthenticated) and unsafe (a proxy must not forward a credential it
 #: does not understand).  Never inside the compressed payload (CRIME/BREACH).
 ACCESS_TOKEN = 65003
-#: Empty: this request carries no access token, although some are bound.
+#: This request carries no access token, although some may be bound.  Empty,
+#: or a uint b >= 1 on a login (``binding.issues_token``): "bind the
+#: access token of your 2xx answer as token handle b - 1", so that the token
+#: the homeserver gives the device never crosses the link back up.
 #: Critical and unsafe for the same reasons.
 NO_TOKEN = 65007
 #: Empty, on a 4.01 from the server gateway: the request named a token
 #: handle the server does not hold for this device (it restarted, evicted
 #: it); nothing was forwarded, send it again with Access-Token.  Elective, safe.
 TOKEN_UNBOUND = 65008
+#: Empty, on an answer to a request whose No-Token asked for a binding: the
+#: server bound the answer's access token as that handle.  Elective, safe;
+#: bits 2–4 = 0b111 (NoCacheKey).
+TOKEN_BOUND = 65020
 #: The request line in the compact form (profile lb3): route code and
 #: parameters as a CBOR sequence (``route_option``), instead of Uri-Path.
 #: Critical (a server that ignored it would see a request for "/") and

@@ -23,6 +23,7 @@ from urllib.parse import unquote
 import aiocoap.resource as resource
 from aiocoap import Message
 from aiocoap.numbers.codes import Code
+from aiocoap.optiontypes import OpaqueOption
 
 from ..codec import (
     DeviceState,
@@ -34,6 +35,7 @@ from ..codec import (
     bare_event_id,
     decoded_path_segments,
     matrix_error,
+    options,
     response_to_coap,
 )
 from ..errors import CodecError
@@ -265,10 +267,15 @@ class ServerGateway(resource.Resource):
                 if wait is not None:
                     SyncPushServer.release_echo(wait)
                 raise
-            self.binding.after(request, resolved, response)
+            bound = self.binding.after(request, resolved, response)
             if wait is not None:
                 echo = await self._fold_echo(wait, http_request, response)
                 return self._answer(response, http_request, echo)
+            if bound:
+                # the login's token is held: the client uses its handle at once
+                answer = self._answer(response, http_request)
+                answer.opt.add_option(OpaqueOption(options.TOKEN_BOUND, b""))
+                return answer
         return self._answer(response, http_request)
 
     def _answer(self, response: HttpResponse, http_request: HttpRequest, echo: bytes | None = None) -> Message:

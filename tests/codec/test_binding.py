@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import random
 
 import pytest
 from aiocoap import Message
 from aiocoap.numbers.codes import Code
-from aiocoap.numbers.types import CON
+from aiocoap.numbers.types import ACK, CON
 from aiocoap.optiontypes import OpaqueOption
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -27,7 +28,12 @@ from coap_gateway.codec import (
     options,
     response_to_coap,
 )
-from coap_gateway.codec.binding import MAX_TOKENS_PER_DEVICE, decode_token_definition, encode_token_definition
+from coap_gateway.codec.binding import (
+    MAX_TOKENS_PER_DEVICE,
+    decode_token_definition,
+    encode_token_definition,
+    issues_token,
+)
 from coap_gateway.codec.route_option import ServerWireState
 from coap_gateway.errors import CodecError
 
@@ -212,6 +218,108 @@ def test_a_client_that_lost_its_state_is_recognised():
     assert restarted.token == "tok-other" and ROOM2 in restarted.http.target
 
 
+LOGIN = "/_matrix/client/v3/login"
+LOGIN_BODY = b'{"type":"m.login.password","identifier":{"type":"m.id.user","user":"alice"},"password":"pw"}'
+
+
+def login() -> HttpRequest:
+    return HttpRequest("POST", LOGIN, LOGIN_BODY, "application/json", None)
+
+
+def logged_in(token: str) -> HttpResponse:
+    return HttpResponse(200, b'{"user_id":"@alice:hs","access_token":"%s","device_id":"D"}' % token.encode(),
+                        "application/json")
+
+
+def received(reply: Message) -> Message:
+    """A reply as the client gateway reads it off the link."""
+    reply.mtype, reply.mid, reply.token = ACK, 1, b""
+    return Message.decode(reply.encode(), "server")
+
+
+def log_in(client: ClientBinding, server: ServerBinding, answer: HttpResponse) -> tuple[Message, Message]:
+    """One login through both halves; the request and the server's reply."""
+    attempt, http = Attempt(), login()
+    message = client.request(http, attempt)
+    resolved = server.resolve(crossing(message))
+    assert isinstance(resolved, Resolved) and resolved.token is None
+    reply = response_to_coap(answer, LB3)
+    if server.after(crossing(message), resolved, answer):
+        reply.opt.add_option(OpaqueOption(options.TOKEN_BOUND, b""))
+    reply = received(reply)
+    assert client.resend(reply, attempt) is None
+    assert json.loads(client.response(http, message, reply).body) == json.loads(answer.body)
+    return message, reply
+
+
+def test_a_login_answer_token_is_bound_without_crossing_back():
+    """No-Token = handle + 1 on a login; the server binds the token its answer
+    holds and says Token-Bound; the token's first request carries no token option."""
+    client, server = ClientBinding(LB3), ServerBinding(LB3)
+    message, reply = log_in(client, server, logged_in("syt_fresh"))
+    assert message.opt.get_option(options.NO_TOKEN)[0].encode() == b"\x01"  # handle 0, as uint 1
+    assert reply.opt.get_option(options.TOKEN_BOUND)
+    assert token_options(client.request(whoami("syt_fresh"))) == (None, None, False)
+    resolved = server.resolve(crossing(client.request(whoami("syt_fresh"))))
+    assert isinstance(resolved, Resolved) and resolved.token == "syt_fresh" and resolved.handle == 0
+    assert client.counters.token_sent == 0
+    # a request that cannot issue a token asks for nothing
+    assert token_options(client.request(HttpRequest("GET", "/_matrix/client/v3/login")))[2]
+    assert client.request(HttpRequest("GET", "/_matrix/client/v3/login")).opt.get_option(options.NO_TOKEN)[0].value == b""
+
+
+def test_a_failed_login_gives_its_handle_back_and_a_bound_handle_never_changes_meaning():
+    client, server = ClientBinding(LB3), ServerBinding(LB3)
+    _, reply = log_in(client, server, HttpResponse(403, b'{"errcode":"M_FORBIDDEN"}', "application/json"))
+    assert not reply.opt.get_option(options.TOKEN_BOUND)
+    assert client.next_token_handle == 0 and client.tokens == {}
+    log_in(client, server, logged_in("syt_one"))
+    assert client.tokens == {"syt_one": 0}
+    # a server already holding the next handle for another token binds nothing over it
+    server.device("device-a").tokens[1] = "syt_someone_else"
+    _, reply = log_in(client, server, logged_in("syt_two"))
+    assert not reply.opt.get_option(options.TOKEN_BOUND) and "syt_two" not in client.tokens
+    assert server.device("device-a").tokens[1] == "syt_someone_else"
+    # the client then defines the token itself, under a number never used
+    assert token_options(client.request(whoami("syt_two")))[0] == b"\x01syt_two"
+    # an answer token that no definition could carry is not bound
+    _, reply = log_in(client, server, logged_in("syt with space"))
+    assert not reply.opt.get_option(options.TOKEN_BOUND)
+
+
+def test_a_login_reserves_its_handle_for_the_whole_exchange():
+    """Another token met while a login is under way gets another number (rule 1)."""
+    client, server = ClientBinding(LB3), ServerBinding(LB3)
+    attempt, http = Attempt(), login()
+    message = client.request(http, attempt)
+    other = client.request(whoami("tok-other"))
+    assert token_options(other)[0] == b"\x01tok-other"
+    assert server.resolve(crossing(other)).token == "tok-other"  # type: ignore[union-attr]
+    resolved = server.resolve(crossing(message))
+    answer = logged_in("syt_fresh")
+    assert server.after(crossing(message), resolved, answer)  # type: ignore[arg-type]
+    reply = response_to_coap(answer, LB3)
+    reply.opt.add_option(OpaqueOption(options.TOKEN_BOUND, b""))
+    client.response(http, message, received(reply))
+    assert client.tokens == {"tok-other": 1, "syt_fresh": 0}
+    for token, handle in (("tok-other", 1), ("syt_fresh", 0)):
+        resolved = server.resolve(crossing(client.request(whoami(token))))
+        assert isinstance(resolved, Resolved) and (resolved.token, resolved.handle) == (token, handle)
+
+
+@pytest.mark.parametrize("target, method, issues", [
+    ("/_matrix/client/v3/login", "POST", True),
+    ("/_matrix/client/r0/register?kind=user", "POST", True),
+    ("/_matrix/client/v3/refresh", "POST", True),
+    ("/_matrix/client/v3/login", "GET", False),
+    ("/_matrix/client/v3/register/available", "GET", False),
+    ("/_matrix/client/v3/register/email/requestToken", "POST", False),
+    ("/_matrix/media/v3/login", "POST", False),
+])
+def test_which_requests_may_issue_a_token(target, method, issues):
+    assert issues_token(method, target) is issues
+
+
 @pytest.mark.parametrize("target, logout", [
     ("/_matrix/client/v3/logout", True),
     ("/_matrix/client/r0/logout", True),
@@ -286,11 +394,16 @@ def test_no_request_ever_runs_under_another_token_or_room(seed, loss, restarts, 
     in_flight: list[tuple[int, int, Message]] = []  # (request index, client generation, message) on the link
     pending: dict[int, tuple[ClientBinding, HttpRequest, Attempt]] = {}
     forwarded = 0
+    issued: list[str] = []  # tokens the logins' answers gave (a new one each time one is forwarded)
+    login_replies: dict[int, tuple[ServerBinding, Message, Message]] = {}  # a login's copy -> (server that ran it, reply, copy)
+    logins_done: set[int] = set()
     for step in range(150):
         action = rng.random()
         if action < 0.35 or not in_flight:
-            token = rng.choice(tokens)
-            request = send(token, f"t{step}", rng.choice(rooms)) if rng.random() < 0.7 else whoami(token)
+            token = rng.choice(tokens + [t for t in issued if t in client.tokens])
+            kind = rng.random()
+            request = (send(token, f"t{step}", rng.choice(rooms)) if kind < 0.6 else
+                       whoami(token) if kind < 0.85 else login())
             attempt = Attempt()
             pending[step] = (client, request, attempt)
             in_flight.append((step, generation, client.request(request, attempt)))
@@ -321,6 +434,19 @@ def test_no_request_ever_runs_under_another_token_or_room(seed, loss, restarts, 
         if rng.random() < 0.1:
             in_flight.append((i, gen, message))  # duplicated
         owner, request, attempt = pending[i]
+        if request.access_token is None:
+            # a login is not idempotent (each run gives a new token), and the
+            # transport runs it at most once: a copy the server already ran is
+            # answered from CoAP's deduplication, and none is sent once the
+            # client has its answer (retransmission stops; the replay window
+            # and the 64 remembered message IDs cover copies on the way, §10)
+            if i in logins_done:
+                continue
+            cached = login_replies.get(id(message))
+            if cached is not None and cached[0] is server:
+                if not isinstance(owner.reply(request, message, cached[1], attempt), Resend):
+                    logins_done.add(i)
+                continue
         result = server.resolve(crossing(message))
         if isinstance(result, Resolved):
             forwarded += 1
@@ -328,10 +454,21 @@ def test_no_request_ever_runs_under_another_token_or_room(seed, loss, restarts, 
             if request.method == "PUT":
                 assert result.http.target.split("/")[5] == request.target.split("/")[5]
             assert not result.redefined  # a client never gives a handle another value
-            reply = answered(message)
+            if request.access_token is None:
+                issued.append(f"tok-issued-{len(issued)}")
+                answer = logged_in(issued[-1])
+                reply = response_to_coap(answer, LB3)
+                if server.after(crossing(message), result, answer):
+                    reply.opt.add_option(OpaqueOption(options.TOKEN_BOUND, b""))
+                reply = received(reply)
+                login_replies[id(message)] = (server, reply, message)  # the message kept: its id stays its own
+            else:
+                reply = answered(message)
         else:
             reply = result.reply
         outcome = owner.reply(request, message, reply, attempt)
+        if request.access_token is None and not isinstance(outcome, Resend):
+            logins_done.add(i)
         if isinstance(outcome, Resend) and owner is client:
             in_flight.append((i, gen, owner.request(request, attempt)))
     assert forwarded > 0
