@@ -105,10 +105,13 @@ def _compact_request(req: HttpRequest, line: routes.CoapRequestLine, profile: Pr
     segments, _ = routes.split_target(req.target)
     params = [s for s, lit in zip(segments, line.template.segments) if lit is None]
     message = _message_body(req, line.template.name, params, profile)
+    encrypted = _encrypted_body(req, line.template.name, params, profile, wire) if message is None else None
     value = route_option.encode_route(line.template, params, profile.schemas, profile.cbor_table, wire, message,
-                                      carried)
+                                      carried, encrypted)
     if message is not None:
         msg = Message(code=Code(line.method), uri_query=line.uri_query, payload=message.text)
+    elif encrypted is not None:
+        msg = Message(code=Code(line.method), uri_query=line.uri_query, payload=encrypted[1].ciphertext)
     else:
         pl = payload.body_to_payload(req.body, req.content_type, profile)
         msg = Message(code=Code(line.method), uri_query=line.uri_query, payload=pl.payload)
@@ -143,6 +146,22 @@ def _message_body(req: HttpRequest, route_name: str, params: list[str], profile:
     if len(deflated) < len(text):
         return MessageBody(code, deflated, True)
     return MessageBody(code, text, False)
+
+
+def _encrypted_body(req: HttpRequest, route_name: str, params: list[str], profile: Profile,
+                    wire: ClientWireState) -> tuple[int, route_option.EncryptedBody] | None:
+    """The encrypted schema of a send (``route_option``): its template's
+    handle and the body, when it applies exactly."""
+    schemas = profile.schemas
+    assert schemas is not None
+    if (route_name not in schemas.message_routes or route_option.ENCRYPTED_EVENT_TYPE not in params
+            or not payload.is_json_type(req.content_type) or len(req.body) > MAX_REQUEST_BODY):
+        return None
+    body = route_option.encrypted_body(req.body, profile.cbor_table)
+    if body is None:
+        return None
+    handle, _ = wire.handle_for(route_option.TEMPLATE, body.template.decode("utf-8"))
+    return None if handle is None else (handle, body)
 
 
 def coap_to_request(msg: Message, profile: Profile, wire: ServerWireState | None = None,
@@ -186,6 +205,11 @@ def _compact_to_request(msg: Message, compact: Sequence[OpaqueOption], profile: 
             raise CodecError("message text is not UTF-8") from exc
         msgtype = profile.cbor_table.value_names["msgtype"][code]
         body = json_cbor.dump_json({"msgtype": msgtype, "body": body_text})
+        return HttpRequest(method, target, body, payload.JSON_TYPE, compact_route=decoded.template.name)
+    if decoded.encrypted_template is not None:
+        if msg.opt.content_format is not None or not msg.payload or len(msg.payload) > MAX_REQUEST_BODY:
+            raise CodecError("an encrypted body's ciphertext is 1 byte or more, without Content-Format")
+        body = route_option.fill_template(decoded.encrypted_template, msg.payload)
         return HttpRequest(method, target, body, payload.JSON_TYPE, compact_route=decoded.template.name)
     header_type = next((v for n, v in _header_options(msg) if n.lower() == "content-type"), None)
     body, content_type = payload.payload_to_body(msg.payload, msg.opt.content_format, profile, header_type,

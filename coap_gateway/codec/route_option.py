@@ -22,6 +22,14 @@ txn            uint k: transaction k of the session's scope, i.e. the
                homeserver sees ``<scope>.<k>``; [k, scope]: set the scope
 =============  ==========================================================
 
+On a message route whose event type is ``m.room.encrypted``, one item may
+follow the parameters: the body's *template*, uint h (handle h) or [h,
+CBOR of the template] (define it).  The template is the body with its
+ciphertext emptied (``"ciphertext":""``), so everything but the ciphertext
+— algorithm, sender key, device, session: the same for every message of a
+Megolm session — crosses once, and the payload is the ciphertext's bytes.
+Templates are handles of their own kind in the same number space.
+
 Handles are the client gateway's: it numbers the values it meets from 0,
 never renumbers one, and defines a handle in the first request of a
 session that uses it.  A handle or scope the server's session does not
@@ -69,6 +77,11 @@ MAX_DEFINITION_BYTES = 16 << 10
 ID_BYTES = 32
 #: what ``carried`` holds for a transaction scope definition
 SCOPE = "scope"
+#: the encrypted schema: the event type it applies to, the handle kind of
+#: its templates, and the template's empty ciphertext
+ENCRYPTED_EVENT_TYPE = "m.room.encrypted"
+TEMPLATE = "template"
+CIPHERTEXT_SLOT = b'"ciphertext":""'
 
 
 class HandleUnknown(CodecError):
@@ -236,6 +249,61 @@ class MessageBody:
     deflated: bool
 
 
+@dataclass(frozen=True)
+class EncryptedBody:
+    """An ``m.room.encrypted`` body that travels as its template's handle
+    and its ciphertext's bytes (the encrypted schema)."""
+
+    template: bytes  # the body's JSON with "ciphertext":""
+    template_cbor: bytes  # the template as it is defined on the wire
+    ciphertext: bytes  # raw (the body has it as unpadded standard base64)
+
+
+def encrypted_body(body: bytes, cbor_table: CborTable) -> EncryptedBody | None:
+    """The encrypted schema of a request body, when rebuilding it from the
+    template and the ciphertext gives back exactly these bytes."""
+    try:
+        doc = json_cbor.parse_json(body)
+    except CodecError:
+        return None
+    if not isinstance(doc, dict) or not isinstance(doc.get("ciphertext"), str):
+        return None
+    binary = json_cbor.string_to_binary(doc["ciphertext"])
+    if binary is None or binary[0] != json_cbor.MARK_BASE64:
+        return None
+    doc["ciphertext"] = ""
+    try:
+        template = json_cbor.dump_json(doc)
+        template_cbor = json_cbor.encode(doc, cbor_table, canonical=False)
+        back = json_cbor.dump_json(json_cbor.decode(template_cbor, cbor_table, ordered=True))
+    except CodecError:
+        return None
+    ciphertext = binary[1:]
+    if back != template or fill_template(template, ciphertext) != body:
+        return None
+    return EncryptedBody(template, template_cbor, ciphertext)
+
+
+def fill_template(template: bytes, ciphertext: bytes) -> bytes:
+    """The body a template and a ciphertext stand for."""
+    text = base64.b64encode(ciphertext).rstrip(b"=")
+    return template.replace(CIPHERTEXT_SLOT, b'"ciphertext":"' + text + b'"', 1)
+
+
+def _template_text(data: Any, cbor_table: CborTable) -> str:
+    """A template definition's JSON, checked: an object whose ciphertext is empty."""
+    if not isinstance(data, bytes):
+        raise RouteError("a template definition is [handle, CBOR bytes]")
+    try:
+        doc = json_cbor.decode(data, cbor_table, ordered=True)
+        text = json_cbor.dump_json(doc)
+    except CodecError as exc:
+        raise RouteError(f"template: {exc}") from exc
+    if not isinstance(doc, dict) or doc.get("ciphertext") != "" or text.count(CIPHERTEXT_SLOT) != 1:
+        raise RouteError("a template is an object with an empty ciphertext")
+    return text.decode("utf-8")
+
+
 def binary_id(text: str, prefix: str) -> bytes | None:
     """32 bytes when ``text`` is prefix + exact unpadded URL-safe base64 of 32 bytes."""
     if len(text) != 44 or not text.startswith(prefix):
@@ -286,10 +354,11 @@ def message_param(body: MessageBody) -> int:
 
 def encode_route(template: Template, params: list[str], schemas: SchemaTable, cbor_table: CborTable,
                  state: ClientWireState, message: MessageBody | None = None,
-                 carried: set[int | str] | None = None) -> bytes:
+                 carried: set[int | str] | None = None, encrypted: tuple[int, EncryptedBody] | None = None) -> bytes:
     """The Route option value for ``template`` with raw ``params``; the
     definitions it carries are added to ``carried`` (confirm them with
-    ``ClientWireState.confirm`` once the server answered)."""
+    ``ClientWireState.confirm`` once the server answered).  ``encrypted``:
+    (the template's handle, the body) for the encrypted schema."""
     carried = set() if carried is None else carried
     items: list[Any] = [option_code(template, schemas)]
     names = _param_names(template)
@@ -299,6 +368,13 @@ def encode_route(template: Template, params: list[str], schemas: SchemaTable, cb
             items.append(message_param(message))
         else:
             items.append(_encode_param(kind, raw, state, cbor_table, carried))
+    if encrypted is not None:
+        handle, body = encrypted
+        if handle in state.confirmed:
+            items.append(handle)
+        else:
+            carried.add(handle)
+            items.append([handle, body.template_cbor])
     value = b"".join(cbor2.dumps(item) for item in items)
     if len(value) > MAX_VALUE:
         raise RouteError(f"Route option of {len(value)} bytes exceeds {MAX_VALUE}")
@@ -339,6 +415,8 @@ class DecodedRoute:
     params: list[str]
     #: (msgtype code, deflated) when the payload is a bare message text
     message: tuple[int, bool] | None = None
+    #: the template, when the payload is an encrypted body's ciphertext
+    encrypted_template: bytes | None = None
 
 
 def _items(value: bytes) -> list[Any]:
@@ -425,7 +503,8 @@ def decode_route(value: bytes, table: RouteTable, schemas: SchemaTable, cbor_tab
     if template is None:
         raise RouteError(f"unknown Route option code {code} (route table v{table.version})")
     names = _param_names(template)
-    if len(items) - 1 != len(names):
+    extra = len(items) - 1 - len(names)
+    if extra not in (0, 1) or (extra and not _encrypted_send(template, names, items, schemas, cbor_table)):
         raise RouteError(f"route {template.name} takes {len(names)} parameters, got {len(items) - 1}")
     params: list[str] = []
     message = None
@@ -441,4 +520,35 @@ def decode_route(value: bytes, table: RouteTable, schemas: SchemaTable, cbor_tab
             params.append(schemas.message_event_type)
             continue
         params.append(routes.check_segment(_decode_param(kind, item, state, cbor_table, journal)))
-    return DecodedRoute(template, params, message)
+    encrypted = _decode_template(items[-1], state, cbor_table, journal) if extra else None
+    return DecodedRoute(template, params, message, encrypted)
+
+
+def _encrypted_send(template: Template, names: list[str], items: list[Any], schemas: SchemaTable,
+                    cbor_table: CborTable) -> bool:
+    """Whether a Route option names a message route with the event type
+    m.room.encrypted (the one place a body template may follow)."""
+    kinds = [schemas.param_kinds.get(name) for name in names]
+    if template.name not in schemas.message_routes or EVENT_TYPE not in kinds:
+        return False
+    item = items[1 + kinds.index(EVENT_TYPE)]
+    code = cbor_table.value_codes.get("type", {}).get(ENCRYPTED_EVENT_TYPE)
+    return item == ENCRYPTED_EVENT_TYPE if isinstance(item, str) else (type(item) is int and item == code)
+
+
+def _decode_template(item: Any, state: ServerWireState, cbor_table: CborTable, journal: Journal | None) -> bytes:
+    if isinstance(item, list):
+        if len(item) != 2 or not _is_uint(item[0]) or item[0] >= MAX_HANDLES:
+            raise RouteError("a template definition is [handle < 1024, CBOR bytes]")
+        text = _template_text(item[1], cbor_table)
+        state.define(item[0], text, journal)
+        return text.encode("utf-8")
+    if not _is_uint(item):
+        raise RouteError(f"template handle {item} is not an unsigned integer")
+    value = state.lookup(item)
+    if value is None:
+        raise HandleUnknown(f"handle {item} is not defined for this device")
+    text = value.encode("utf-8")
+    if not text.startswith(b"{") or text.count(CIPHERTEXT_SLOT) != 1:
+        raise RouteError(f"handle {item} is not a body template")
+    return text

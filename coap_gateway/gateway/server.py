@@ -129,6 +129,8 @@ class ServerGateway(resource.Resource):
                                      loader=self._load_device if device_store is not None else None,
                                      on_change=self._save_device if device_store is not None else None)
         self.counters = ServerGatewayCounters()
+        #: the last /versions body and its advertised rewrite
+        self._advertised: tuple[bytes, bytes] | None = None
         #: holds devices' /sync loops and pushes (None: every poll is forwarded as it comes)
         self.sync_push = (SyncPushServer(self.upstream, self.binding, config.profile, sync_push,
                                          count_request=self._count_request)
@@ -321,7 +323,10 @@ class ServerGateway(resource.Resource):
             return exc.as_response()
         if (http_request.target.partition("?")[0] == VERSIONS_PATH and response.status == 200
                 and self.config.advertisement is not None):
-            response.body = _advertise(response.body, self.config.advertisement)
+            # the homeserver says the same bytes again and again: rewrite them once
+            if self._advertised is None or self._advertised[0] != response.body:
+                self._advertised = (response.body, _advertise(response.body, self.config.advertisement))
+            response.body = self._advertised[1]
         return response
 
 

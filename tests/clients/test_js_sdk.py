@@ -165,6 +165,10 @@ async def test_end_to_end_encryption_with_rust_crypto(synapse, server_key):
         # key upload changes them while the idle template still has the old ones
         folded = alice.server.gateway.sync_push.counters.folded + bob.server.gateway.sync_push.counters.folded
         assert folded >= 1, folded  # the warm one at least (the first ones come with key sharing)
+        # a warm encrypted send carries only its ciphertext: the session's keys,
+        # device and algorithm cross once, as a body template (docs/protocol.md
+        # §7a, "The encrypted schema"; 423 B → 325 B on alice's link)
+        assert phases["encrypted_send"][0] <= 340, phases["encrypted_send"]
         # Synapse holds only ciphertext
         async with aiohttp.ClientSession() as http:
             login = {"type": "m.login.password", "password": "pw-" + steps["register"]["alice"][1:].split(":")[0],

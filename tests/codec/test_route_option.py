@@ -242,3 +242,89 @@ def test_the_text_dictionary_is_checked_by_digest():
         wrong["text_dictionary"] = bad
         with pytest.raises(TableError):
             parse_schema_table(wrong)
+
+
+# ------------------------------------------------- the encrypted schema
+
+CIPHERTEXT = bytes(range(200))
+MEGOLM = {"algorithm": "m.megolm.v1.aes-sha2",
+          "ciphertext": base64.b64encode(CIPHERTEXT).decode().rstrip("="),
+          "device_id": "XXMIDOLLDZ",
+          "sender_key": "a9ObkZlnrbjTX5TEqjz7PZH6ml1L+itP2pdjWjAfNyA",
+          "session_id": "KRV4t04bg/E5Y7vPuxKeO6QIrFA1kA0uOsEmTkWEsQA"}
+ENCRYPTED = json.dumps(MEGOLM, separators=(",", ":")).encode()
+SEND_ENCRYPTED = f"/_matrix/client/v3/rooms/{ROOM}/send/m.room.encrypted/"
+
+
+def encrypted_send(txn: str, body: bytes = ENCRYPTED) -> HttpRequest:
+    return HttpRequest("PUT", SEND_ENCRYPTED + txn, body, "application/json")
+
+
+def test_an_encrypted_send_carries_its_session_once_then_only_the_ciphertext():
+    client, server = ClientWireState(scope="lbabcdefghij"), ServerWireState()
+    first = confirmed(client, encrypted_send("m1"))
+    items = list(_items(route_value(first)))
+    handle, template = items[-1]  # [handle, CBOR of the body with "ciphertext":""]
+    assert handle == 0 and handle in client.confirmed  # (the room is handle 1)
+    assert first.payload == CIPHERTEXT and first.opt.content_format is None
+    warm = request_to_coap(encrypted_send("m2"), PROFILE, client)
+    assert route_value(warm)[-1:] == b"\x00" and warm.payload == CIPHERTEXT
+    generic = request_to_coap(encrypted_send("m3"), PROFILE, ClientWireState(scope="lbabcdefghij"))
+    # what the session costs per message without the schema: its keys, device and algorithm
+    assert len(encode(generic)) - len(encode(warm)) > 80
+    for msg, txn in ((first, "lbabcdefghij.0"), (warm, "lbabcdefghij.1")):
+        back = coap_to_request(Message.decode(encode(msg)), PROFILE, server)
+        assert back.target == SEND_ENCRYPTED.replace("m.room.encrypted/", f"m.room.encrypted/{txn}")
+        assert back.body == ENCRYPTED and back.content_type == "application/json"  # byte for byte
+    # a new Megolm session is a new template, the same session in another room the same one
+    other = dict(MEGOLM, session_id="S" * 43)
+    rotated = request_to_coap(encrypted_send("m4", json.dumps(other, separators=(",", ":")).encode()),
+                              PROFILE, client)
+    assert list(_items(route_value(rotated)))[-1][0] == 2
+
+
+@pytest.mark.parametrize("body", [
+    json.dumps(MEGOLM).encode(),  # spaces: rebuilding would not give these bytes
+    json.dumps(dict(MEGOLM, ciphertext=MEGOLM["ciphertext"] + "==="), separators=(",", ":")).encode(),
+    json.dumps(dict(MEGOLM, ciphertext="not base64 at all, but long enough"), separators=(",", ":")).encode(),
+    json.dumps(dict(MEGOLM, ciphertext={"curve": {"type": 0, "body": "x"}}), separators=(",", ":")).encode(),
+    json.dumps({k: v for k, v in MEGOLM.items() if k != "ciphertext"}, separators=(",", ":")).encode(),
+    b"[1,2]", b"not json",
+])
+def test_the_encrypted_schema_only_where_it_rebuilds_the_exact_bytes(body):
+    client, server = ClientWireState(), ServerWireState()
+    msg = request_to_coap(encrypted_send("m1", body), PROFILE, client)
+    assert len(list(_items(route_value(msg)))) == 4  # code, room, type, txn: no template
+    back = coap_to_request(Message.decode(encode(msg)), PROFILE, server).body
+    assert back == body or json.loads(back) == json.loads(body)  # the generic form (keys in CBOR's order)
+
+
+def test_a_template_the_server_lacks_or_that_is_not_one_is_refused():
+    client = ClientWireState(scope="lbabcdefghij")
+    confirmed(client, encrypted_send("m1"))
+    warm = request_to_coap(encrypted_send("m2"), PROFILE, client)
+    with pytest.raises(HandleUnknown):  # a new session of the server: define it again
+        coap_to_request(Message.decode(encode(warm)), PROFILE, ServerWireState())
+    server = ServerWireState()
+    server.define(1, ROOM)
+    server.define_scope("lbabcdefghij")
+    server.define(0, ROOM)  # handle 0 names a room, not a template
+    with pytest.raises(RouteError, match="not a body template"):
+        coap_to_request(Message.decode(encode(warm)), PROFILE, server)
+    code, room, etype, txn = list(_items(route_value(warm)))[:4]
+    bad = [
+        [0, cbor2.dumps({"ciphertext": "x"})],  # the ciphertext is not empty
+        [0, b"\xff"],  # not CBOR
+        [0, "text"],  # not bytes
+        [5000, cbor2.dumps({"ciphertext": ""})],  # handle out of range
+    ]
+    for item in bad:
+        value = b"".join(cbor2.dumps(x) for x in (code, room, etype, txn, item))
+        with pytest.raises(RouteError):
+            decode_route(value, PROFILE.routes, PROFILE.schemas, PROFILE.cbor_table, server)
+    # a template on another event type, or on a route that is not a send, is refused
+    text = list(_items(route_value(request_to_coap(HttpRequest("PUT", SEND, BODY, "application/json"),
+                                                   PROFILE, client))))
+    with pytest.raises(RouteError):
+        decode_route(b"".join(cbor2.dumps(x) for x in (*text, 1)), PROFILE.routes, PROFILE.schemas,
+                     PROFILE.cbor_table, server)

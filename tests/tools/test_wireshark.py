@@ -38,6 +38,10 @@ def test_generated_route_tables_are_current():
 # ---------------------------------------------------------------- the real gateways
 
 
+MEGOLM_BODY = ('{"algorithm":"m.megolm.v1.aes-sha2","ciphertext":"' + "QUJD" * 50 + '","device_id":"DEV",'
+               '"sender_key":"' + "A" * 43 + '","session_id":"' + "B" * 43 + '"}').encode()
+
+
 async def stub_homeserver() -> tuple[web.AppRunner, str]:
     async def anything(request: web.Request) -> web.Response:
         if request.method == "PUT" and "/send/" in request.path:
@@ -96,6 +100,10 @@ async def record_gateways(tmp_path: Path) -> tuple[Path, Path, int]:
                         async with http.put(f"{base}/_matrix/client/v3/rooms/{ROOM}/send/m.room.message/{txn}",
                                             json={"msgtype": "m.text", "body": "hello " + txn}, headers=auth) as r:
                             assert r.status == 200 and (await r.json())["event_id"] == EVENT_ID
+                    for txn in ("e1", "e2"):  # the encrypted schema: the template once, then its handle
+                        async with http.put(f"{base}/_matrix/client/v3/rooms/{ROOM}/send/m.room.encrypted/{txn}",
+                                            data=MEGOLM_BODY, headers=auth | {"Content-Type": "application/json"}) as r:
+                            assert r.status == 200
                     async with http.get(f"{base}/_matrix/client/v3/rooms/{ROOM}/messages?dir=b&limit=5",
                                         headers=auth) as r:
                         assert r.status == 200
@@ -132,6 +140,9 @@ async def test_gateway_capture_decrypted_with_the_key_log(tmp_path: Path) -> Non
     assert sum(route.startswith(send) for route in routes) == 4, routes
     assert all("<room" not in route for route in routes), routes
     assert f"/_matrix/client/v3/rooms/{ROOM}/messages" in routes
+    encrypted = [r for r in routes if "/send/m.room.encrypted/" in r]
+    assert len(encrypted) == 4 and all("; payload: the ciphertext)" in r for r in encrypted), encrypted
+    assert [r.split("(body template #")[1].split(";")[0] for r in encrypted] == ["2 defined", "2 handle"] * 2
     assert "/_matrix/client/v3/profile/@a:hs/displayname" in routes
     assert "/_matrix/client/v3/createRoom" in routes
     assert {r["cgw.method"] for r in rows if r["cgw.route"]} == {"PUT", "POST", "GET"}

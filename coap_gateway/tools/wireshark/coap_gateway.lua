@@ -920,6 +920,13 @@ local function describe_route(options, profile_id, st)
                 local item = items[i + 1]
                 params[i] = item and param_text(schema.param_kinds[name] or "any", item, values, st) or "?"
             end
+            local extra = items[#names + 2]
+            if extra ~= nil then  -- the encrypted schema: the body's template, the payload its ciphertext
+                local h = extra.t == "array" and extra.v[1] and extra.v[1].v or extra.v
+                local how = extra.t == "array" and "defined" or "handle"
+                return route[1], expand(route[2], params) .. " (body template #" .. tostring(h) .. " " .. how
+                    .. "; payload: the ciphertext)"
+            end
             return route[1], expand(route[2], params)
         elseif opt[1] == OPT_URI_PATH then
             uri[#uri + 1] = opt[2]
