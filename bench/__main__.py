@@ -45,6 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--skip-slow", action="store_true", help="no slow-link timings")
     run.add_argument("--cpu-seconds", type=float, help="measured period of each CPU run (default 8)")
     run.add_argument("--cpu-concurrency", type=int, help="concurrent requests of the CPU load (default 64)")
+    run.add_argument("--cpu-rounds", type=int, metavar="N",
+                     help="measure each front end N times, alternating (default 3; --quick: 1)")
     run.add_argument("--skip-cpu", action="store_true", help="no CPU measurement")
     run.add_argument("--skip-federation", action="store_true",
                      help="no W6 (a federated message) and no federated joins")
@@ -79,7 +81,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
     }
     for arg, key, convert in (("idle_seconds", "idle_seconds", float), ("slow_rate", "slow_rate", float),
                               ("slow_delay", "slow_delay", float), ("loss_seeds", "loss_seeds", int), ("cpu_seconds", "cpu_seconds", float),
-                              ("cpu_concurrency", "cpu_concurrency", int)):
+                              ("cpu_concurrency", "cpu_concurrency", int), ("cpu_rounds", "cpu_rounds", int)):
         value = getattr(args, arg)
         if value is not None:
             overrides[key] = convert(value)
@@ -87,7 +89,8 @@ def settings_from(args: argparse.Namespace) -> Settings:
         overrides["sync_timeout_ms"] = int(args.sync_timeout * 1000)
     settings = Settings.quick_defaults(**overrides) if args.quick else Settings(**overrides)
     if settings.idle_seconds <= 0 or settings.sync_timeout_ms <= 0 or settings.slow_rate <= 0 \
-            or settings.slow_delay < 0 or settings.cpu_seconds <= 0 or settings.cpu_concurrency <= 0:
+            or settings.slow_delay < 0 or settings.cpu_seconds <= 0 or settings.cpu_concurrency <= 0 \
+            or settings.cpu_rounds <= 0:
         raise ValueError("durations, rates and concurrency must be positive")
     return settings
 

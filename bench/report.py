@@ -693,6 +693,12 @@ def render_markdown(results: dict[str, Any], *, json_path: Path | None, docs_pat
                   f"proxy), {cpu['seconds']:g} s measured after {cpu['warmup_requests']} warm-up requests, "
                   f"{cpu['cpus']} CPUs shared with Synapse and the load generator. *Requests/s per core* = "
                   "requests answered ÷ CPU seconds (user + system, all threads) the front end's process used.", ""]
+        if cpu.get("rounds"):
+            lines += [f"The table sums {len(cpu['rounds'])} rounds, each front end measured once per round, "
+                      "which goes first alternating (one run of either varies by ±15 % with what else the two "
+                      "cores are doing). Per round, gateway / pass-through requests/s per core and their ratio: "
+                      + "; ".join(f"{_fmt_int(r['gateway'])} / {_fmt_int(r['passthrough'])} = {r['cost_ratio']:g}×"
+                                  for r in cpu["rounds"]) + ".", ""]
         if "cpu" in charts:
             lines += [f"![CPU per request]({rel(charts['cpu'])})", ""]
     lines += loss_section(results, charts, rel)

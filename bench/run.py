@@ -67,6 +67,8 @@ class Settings:
     cpu_concurrency: int = 64
     cpu_sessions: int = 8
     cpu_warmup_requests: int = 500
+    #: each front end measured this many times, alternating (bench.cpu)
+    cpu_rounds: int = 3
     skip_cpu: bool = False
     #: W6 and the federated joins (two Synapse pairs, ~3 min)
     skip_federation: bool = False
@@ -83,7 +85,7 @@ class Settings:
     def quick_defaults(cls, **overrides: Any) -> Settings:
         values: dict[str, Any] = dict(quick=True, idle_seconds=20.0, sync_timeout_ms=10_000, slow_rate=4000.0,
                                       slow_delay=0.05, cpu_seconds=2.0, cpu_concurrency=32, cpu_sessions=4,
-                                      cpu_warmup_requests=100)
+                                      cpu_warmup_requests=100, cpu_rounds=1)
         values.update(overrides)
         return cls(**values)
 
@@ -385,7 +387,7 @@ async def run_bench(settings: Settings, *, homeserver: str | None = None, consol
                 results["cpu"] = await measure_cpu(
                     homeserver, ip=CPU_IP, seconds=settings.cpu_seconds, concurrency=settings.cpu_concurrency,
                     sessions=settings.cpu_sessions, warmup_requests=settings.cpu_warmup_requests,
-                    progress=lambda name, frac: progress.sub(f"CPU: {name}", frac))
+                    rounds=settings.cpu_rounds, progress=lambda name, frac: progress.sub(f"CPU: {name}", frac))
                 progress.done()
 
         # 10. report
