@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 from aiocoap import Message
 from aiocoap.numbers.codes import Code
+from aiocoap.optiontypes import OpaqueOption
 
-from coap_gateway.codec import json_cbor, payload, routes, status
+from coap_gateway.codec import json_cbor, options, payload, routes, status
 from coap_gateway.codec.profile import load_profile
 from coap_gateway.codec.tables import load_cbor_table
 
@@ -72,15 +73,23 @@ def test_binding_vectors_resolve_in_order():
     profile = load_profile("lb3")
     server, client = ServerBinding(profile), ClientBinding(profile)
     client.wire.scope = "lbvectors000"
+    login = b'{"type":"m.login.password","identifier":{"type":"m.id.user","user":"carol"},"password":"pw"}'
     for v in VECTORS["binding"]:
-        resolved = server.resolve(Message.decode(bytes.fromhex(v["coap_hex"]), "device"))
+        received = Message.decode(bytes.fromhex(v["coap_hex"]), "device")
+        resolved = server.resolve(received)
         assert isinstance(resolved, Resolved) and resolved.token == v["token"]
         assert resolved.http.method == v["method"]
         assert resolved.http.target == v["target"].replace("nio-1", "lbvectors000.0").replace("nio-2", "lbvectors000.1")
-        body = b'{"msgtype":"m.text","body":"Hello, see you at 5pm"}' if v["method"] == "PUT" else b""
+        answer = HttpResponse(200, v.get("answer", "{}").encode(), "application/json")
+        reply = response_to_coap(answer, profile)
+        if server.after(received, resolved, answer):  # the login's token, bound as it asked
+            reply.opt.add_option(OpaqueOption(options.TOKEN_BOUND, b""))
+        assert ("answer" in v) == bool(reply.opt.get_option(options.TOKEN_BOUND))
+        body = {"PUT": b'{"msgtype":"m.text","body":"Hello, see you at 5pm"}', "POST": login}.get(v["method"], b"")
+        assert resolved.http.body == body
         request = HttpRequest(v["method"], v["target"], body, "application/json" if body else None, v["token"])
         attempt = Attempt()
         message = client.request(request, attempt)
         message.mtype, message.mid, message.token = CON, 0x1234, b""
         assert message.encode().hex() == v["coap_hex"]
-        client.resend(response_to_coap(HttpResponse(200, b"{}", "application/json"), profile), attempt)
+        client.reply(request, message, reply, attempt)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from aiocoap import Message
 from aiocoap.numbers.codes import Code
-from aiocoap.optiontypes import UintOption
+from aiocoap.optiontypes import OpaqueOption, UintOption
 
 from coap_gateway.codec import json_cbor, options, payload, routes, status
 from coap_gateway.codec.profile import load_profile
@@ -113,16 +113,32 @@ def binding_vectors() -> list[dict]:
          HttpRequest("GET", "/_matrix/client/v3/account/whoami", b"", None, "syt_Ym9i_vector")),
         ("a request without a token: No-Token",
          HttpRequest("GET", "/_matrix/client/versions")),
+        ("a login: No-Token = 3, bind the answer's token as handle 2 (answered with Token-Bound)",
+         HttpRequest("POST", "/_matrix/client/v3/login", BINDING_LOGIN, "application/json")),
+        ("carol's first request: her token was bound at login, Token-Handle 2 bare",
+         HttpRequest("GET", "/_matrix/client/v3/account/whoami", b"", None, BINDING_LOGIN_TOKEN)),
     ]
     out = []
     for comment, request in steps:
         attempt = Attempt()
         message = client.request(request, attempt)
         message.mtype, message.mid, message.token = CON, 0x1234, b""
-        out.append({"comment": comment, "method": request.method, "target": request.target,
-                    "token": request.access_token, "coap_hex": message.encode().hex()})
-        client.resend(response_to_coap(HttpResponse(200, b"{}", "application/json"), profile), attempt)
+        vector = {"comment": comment, "method": request.method, "target": request.target,
+                  "token": request.access_token, "coap_hex": message.encode().hex()}
+        answer = response_to_coap(HttpResponse(200, b"{}", "application/json"), profile)
+        if request.target.endswith("/login"):
+            vector["answer"] = BINDING_LOGIN_ANSWER.decode()
+            answer = response_to_coap(HttpResponse(200, BINDING_LOGIN_ANSWER, "application/json"), profile)
+            answer.opt.add_option(OpaqueOption(options.TOKEN_BOUND, b""))
+        out.append(vector)
+        client.reply(request, message, answer, attempt)
     return out
+
+
+BINDING_LOGIN = b'{"type":"m.login.password","identifier":{"type":"m.id.user","user":"carol"},"password":"pw"}'
+BINDING_LOGIN_TOKEN = "syt_Y2Fyb2w_vector"
+BINDING_LOGIN_ANSWER = (b'{"user_id":"@carol:hs","access_token":"' + BINDING_LOGIN_TOKEN.encode()
+                        + b'","home_server":"hs","device_id":"CAROLDEV"}')
 
 
 def main() -> None:
