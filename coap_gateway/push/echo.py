@@ -52,7 +52,9 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote
 
-from ..codec import RouteTable
+import cbor2
+
+from ..codec import RouteTable, json_cbor
 from ..errors import CodecError
 
 #: fold flag bits
@@ -71,6 +73,11 @@ MAX_LEB128 = 10  # bytes: a 64-bit value
 MAX_TOKEN_NUMBERS = 32
 MAX_SENDER = 255
 MAX_SENDERS = 16
+#: Megolm sessions an observation remembers for its deflate dictionary
+#: (``EchoContext.sessions``), and the longest field of one that is kept
+MAX_SESSIONS = 4
+MAX_SESSION_FIELD = 128
+MAX_SESSION_BYTES = 160
 
 #: top-level keys of a sync answer that even an idle one carries (Synapse)
 COUNT_KEYS = frozenset({
@@ -131,6 +138,10 @@ class EchoContext:
         #: rooms and senders the chain showed, most recent last (≤ MAX_ROOMS / MAX_SENDERS)
         self.rooms: OrderedDict[str, None] = OrderedDict()
         self.senders: OrderedDict[str, None] = OrderedDict()
+        #: the encrypted events' sessions the chain showed, most recent last
+        #: (≤ MAX_SESSIONS): what of an m.room.encrypted content is not its
+        #: ciphertext (``session_bytes``), for the deflate dictionary
+        self.sessions: OrderedDict[bytes, None] = OrderedDict()
 
     def note(self, body: bytes) -> None:
         """Take in one answer of the chain (after it was folded or pushed;
@@ -167,6 +178,12 @@ class EchoContext:
                 if (isinstance(unsigned, dict) and isinstance(unsigned.get("transaction_id"), str)
                         and isinstance(sender, str) and len(sender.encode("utf-8")) <= MAX_SENDER):
                     self.sender = sender
+                session = session_bytes(event) if event.get("type") == "m.room.encrypted" else None
+                if session:
+                    self.sessions[session] = None
+                    self.sessions.move_to_end(session)
+                    while len(self.sessions) > MAX_SESSIONS:
+                        self.sessions.popitem(last=False)
             unread = section.get("unread_notifications")
             if isinstance(unread, dict):
                 counts = unread.get("notification_count"), unread.get("highlight_count")
@@ -175,6 +192,29 @@ class EchoContext:
                     self.counts.move_to_end(room_id)
                     while len(self.counts) > MAX_ROOMS:
                         self.counts.popitem(last=False)
+
+
+def session_bytes(event: dict[str, Any]) -> bytes:
+    """An encrypted event's session as the CBOR items its content's string
+    fields other than the ciphertext are written as (binary fields as their
+    bytes): the sender key, session ID and device ID recur in every message
+    of a Megolm session, the ciphertext never.  Empty when there is none."""
+    content = event.get("content")
+    if not isinstance(content, dict) or not isinstance(content.get("ciphertext"), str):
+        return b""
+    items, size = [], 0
+    for key, value in content.items():
+        if key == "ciphertext" or not isinstance(value, str) or len(value) > MAX_SESSION_FIELD:
+            continue
+        try:
+            item = cbor2.dumps(json_cbor.string_to_binary(value) or value)
+        except (cbor2.CBOREncodeError, UnicodeEncodeError, ValueError):
+            continue
+        size += len(item)
+        if size > MAX_SESSION_BYTES:  # not a Megolm message's few fields: remember nothing of it
+            return b""
+        items.append(item)
+    return b"".join(items)
 
 
 def _recent(seen: OrderedDict[str, None], value: str, limit: int) -> None:

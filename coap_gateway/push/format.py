@@ -293,7 +293,11 @@ def push_preset(profile: Any) -> bytes:
 class DeltaState:
     """The per-observation deflate dictionary, kept identically at both ends.
 
-    ``dictionary(since)`` = the preset dictionary, the since token being
+    ``dictionary(since)`` = the preset dictionary, the Megolm sessions the
+    chain showed (``EchoContext.sessions``: sender key, session ID, device
+    of each, which every message of a session repeats and a message from
+    another sender or a receipt in between would push out of the last
+    bodies), the since token being
     answered, then the encoded bodies of the last ``keep`` notifications of
     this observation — most similar last, as deflate's distance codes grow
     with distance (the last body holds the since too, as its next_batch) —
@@ -308,7 +312,8 @@ class DeltaState:
         self.echo = EchoContext()
 
     def dictionary(self, since: str) -> bytes:
-        return (self.preset + since.encode("ascii") + b"".join(self.recent))[-MAX_DICTIONARY_SIZE:]
+        sessions = b"".join(self.echo.sessions)
+        return (self.preset + sessions + since.encode("ascii") + b"".join(self.recent))[-MAX_DICTIONARY_SIZE:]
 
     def remember(self, encoded: bytes) -> None:
         self.recent.append(encoded[-MAX_DICTIONARY_SIZE:])

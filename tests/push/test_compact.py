@@ -131,3 +131,61 @@ def test_the_delta_dictionary_advances_the_same_on_both_ends():
         assert (a.echo.last_ts, a.echo.counts, a.echo.senders) == (b.echo.last_ts, b.echo.counts, b.echo.senders)
     assert payload[0] == HEADER_MARK | ENC_EVENT << H_ENCODING_SHIFT
     assert FIRST_OBSERVE == 0
+
+
+def encrypted_body(since: str, next_batch: str, n: int, session: str = "W6vQAD8S1WXSlENDC5VqCesWM/BS/T3Pf+MgkgMaeK8") -> bytes:
+    """Synapse's answer carrying one Megolm message of ``session`` (its ciphertext differs each time)."""
+    import base64
+    import hashlib
+    doc = json.loads(message_body(since, next_batch, n))
+    event = doc["rooms"]["join"][ROOM]["timeline"]["events"][0]
+    ciphertext = b"".join(hashlib.sha256(b"%d-%d" % (n, i)).digest() for i in range(6))  # 192 B, incompressible
+    event["type"] = "m.room.encrypted"
+    event["content"] = {"algorithm": "m.megolm.v1.aes-sha2",
+                        "ciphertext": base64.b64encode(ciphertext).decode().rstrip("="),
+                        "device_id": "BEGETAUIVV", "sender_key": "fdIwIIi56Iuz6T+f6eywCdsRQ9Zxk1KAERve2uaxLwA",
+                        "session_id": session}
+    return json.dumps(doc, separators=(",", ":")).encode()
+
+
+def test_a_megolm_session_is_remembered_past_the_last_two_bodies():
+    """A session's sender key, session ID and device stay in the chain's
+    dictionary (``EchoContext.sessions``) while other pushes come between two
+    of its messages: the second costs its ciphertext, not the session again."""
+    from coap_gateway.push.format import Notification, decode_notification, encode_notification
+
+    bodies = [encrypted_body(token(1), token(2), 1), message_body(token(2), token(3), 2, "a receipt-sized line"),
+              message_body(token(3), token(4), 3, "and another one"), encrypted_body(token(4), token(5), 4)]
+    server, client, forgetful = (DeltaState(PRESET) for _ in range(3))
+    for state in (server, client, forgetful):
+        state.echo.note(empty_body(1))
+    sizes = []
+    for i, body in enumerate(bodies):
+        since = token(i + 1)
+        if i == len(bodies) - 1:
+            forgetful.echo.sessions.clear()  # as before: the session only in the last two bodies
+            without = len(encode_notification(Notification(body), since, forgetful, TABLE))
+        else:
+            encode_notification(Notification(body), since, forgetful, TABLE)
+        payload = encode_notification(Notification(body), since, server, TABLE)
+        sizes.append(len(payload))
+        got = decode_notification(payload, since, client, TABLE)
+        assert got is not None and got.body == body
+    assert list(server.echo.sessions) == list(client.echo.sessions) and len(server.echo.sessions) == 1
+    assert sizes[-1] <= without - 50, (sizes, without)
+    print(f"\nMegolm message after two other pushes: {sizes[-1]} B (without the session memory: {without} B)")
+
+
+def test_the_session_memory_is_bounded():
+    from coap_gateway.push.echo import MAX_SESSIONS, session_bytes
+
+    ctx = EchoContext()
+    for n in range(MAX_SESSIONS + 3):
+        ctx.note(encrypted_body(token(n), token(n + 1), n + 1, session=f"{n:043d}"))
+    assert len(ctx.sessions) == MAX_SESSIONS
+    assert all(f"{n:043d}".encode() in b"".join(ctx.sessions) for n in range(3, MAX_SESSIONS + 3))
+    # a content that is not a Megolm message's few fields is not remembered
+    crafted = {"content": {"ciphertext": "x", **{f"k{i}": "v" * 100 for i in range(40)}}}
+    assert session_bytes(crafted) == b""
+    assert session_bytes({"content": {"ciphertext": 5, "sender_key": "k"}}) == b""
+    assert session_bytes({"content": {"ciphertext": "c", "device_id": "D", "long": "x" * 200}}) == b"\x61D"
