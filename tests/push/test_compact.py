@@ -179,11 +179,14 @@ def test_a_megolm_session_is_remembered_past_the_last_two_bodies():
 def test_the_session_memory_is_bounded():
     from coap_gateway.push.echo import MAX_SESSIONS, session_bytes
 
-    ctx = EchoContext()
+    ctx, seen = EchoContext(), []
     for n in range(MAX_SESSIONS + 3):
-        ctx.note(encrypted_body(token(n), token(n + 1), n + 1, session=f"{n:043d}"))
-    assert len(ctx.sessions) == MAX_SESSIONS
-    assert all(f"{n:043d}".encode() in b"".join(ctx.sessions) for n in range(3, MAX_SESSIONS + 3))
+        body = encrypted_body(token(n), token(n + 1), n + 1, session=f"{n:043d}")
+        ctx.note(body)
+        seen.append(session_bytes(json.loads(body)["rooms"]["join"][ROOM]["timeline"]["events"][0]))
+    assert list(ctx.sessions) == seen[-MAX_SESSIONS:]  # the most recent, least recent first
+    ctx.note(encrypted_body(token(20), token(21), 21, session=f"{3:043d}"))  # seen again: moves to the end
+    assert list(ctx.sessions) == seen[4:] + [seen[3]]
     # a content that is not a Megolm message's few fields is not remembered
     crafted = {"content": {"ciphertext": "x", **{f"k{i}": "v" * 100 for i in range(40)}}}
     assert session_bytes(crafted) == b""
