@@ -73,6 +73,9 @@ CF_XML = 41
 CF_OCTET_STREAM = 42
 CF_JSON = 50
 CF_CBOR = 60
+#: deflate(CBOR) in the timeline form (``timeline``): timestamps as differences,
+#: the text dictionary after the preset one; experimental range (RFC 7252 §12.3)
+CF_TIMELINE = 65001
 CF_IMAGE_GIF = 21
 CF_IMAGE_JPEG = 22
 CF_IMAGE_PNG = 23

@@ -9,6 +9,9 @@ Content-Format     payload
 =================  ===========================================
 (absent)           deflate(CBOR) — the common case costs 0 bytes
 60 (cbor)          CBOR, not compressed (2 bytes of option)
+65001 (timeline)  deflate(CBOR) in the timeline form (``timeline``):
+                  a body with many events, its timestamps as
+                  differences (3 bytes of option)
 50 (json)          the JSON body verbatim (it was not valid JSON,
                    or not representable in CBOR)
 other registered   the body verbatim (0 text/plain, 42 octets,
@@ -25,7 +28,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 
 from ..errors import CodecError
-from . import json_cbor, options
+from . import json_cbor, options, timeline
 from .compression import DEFAULT_MAX_SIZE, compress, decompress
 from .profile import Profile
 
@@ -45,8 +48,9 @@ CONTENT_FORMATS: dict[str, int] = {
 }
 _TYPE_OF_FORMAT = {cf: ct for ct, cf in CONTENT_FORMATS.items()}
 
-#: bytes the Content-Format option costs for a one-byte value
+#: bytes the Content-Format option costs for a one-byte value, and for the timeline form's two
 _CF_OPTION_COST = 2
+_TIMELINE_OPTION_COST = 3
 
 
 def is_json_type(content_type: str | None) -> bool:
@@ -108,6 +112,9 @@ def _json_payload(body: bytes, profile: Profile, allow_deflate: bool) -> CoapPay
         return CoapPayload(body, options.CF_JSON)
     if profile.flate is not None and allow_deflate:
         deflated = compress(cbor, profile.flate)
+        form = timeline.encode(cbor, profile) if body.count(b'"origin_server_ts"') >= timeline.MIN_TIMESTAMPS else None
+        if form is not None and len(form) + _TIMELINE_OPTION_COST < min(len(deflated), len(cbor) + _CF_OPTION_COST):
+            return CoapPayload(form, options.CF_TIMELINE)
         if len(deflated) < len(cbor) + _CF_OPTION_COST:
             return CoapPayload(deflated, None)
     return CoapPayload(cbor, options.CF_CBOR)
@@ -136,6 +143,8 @@ def payload_to_body(
         return json_cbor.cbor_to_json(cbor, profile.cbor_table), JSON_TYPE
     if content_format == options.CF_CBOR:
         return json_cbor.cbor_to_json(payload, profile.cbor_table), JSON_TYPE
+    if content_format == options.CF_TIMELINE:
+        return timeline.decode(payload, profile, max_size), JSON_TYPE
     limit = max_size if max_verbatim is None else max_verbatim
     if len(payload) > limit:
         raise CodecError(f"payload of {len(payload)} bytes exceeds {limit}")

@@ -1,0 +1,146 @@
+"""The timeline form of a JSON body: its timestamps as differences (sans-I/O).
+
+A first sync, a page of ``/messages`` or ``/context`` holds many events,
+each with an ``origin_server_ts`` (13 digits, 9 CBOR bytes) and, most, an
+``unsigned.age``.  Deflate finds only the shared high bytes of those: on a
+first sync with 17 events they cost ~8 B each.  Written as differences they
+cost one or two:
+
+* each ``origin_server_ts`` (an integer) becomes its difference from the
+  previous one in the walk (the first: from 0);
+* the ``age`` of that object's ``unsigned`` (an integer) is written as the
+  change of ``origin_server_ts + age`` — the moment the homeserver wrote the
+  answer, the same for every event of it — from the previous such sum (the
+  first: ``age`` itself).
+
+The walk visits objects depth first in the CBOR's own key order (an
+object's own timestamp before what it contains), on the canonical CBOR
+of §6, so both ends walk the same tree.  The result is CBOR in that order,
+deflated against the profile's preset dictionary followed by the text
+dictionary of the compact form (message texts are most of such a body).
+Content-Format ``CF_TIMELINE`` says so; the server uses it only when it is
+smaller, Content-Format included.  docs/protocol.md §5.1.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..errors import CodecError
+from . import json_cbor
+from .compression import MAX_DICTIONARY_SIZE, FlateDictionary, compress, decompress
+from .profile import Profile
+
+TS = "origin_server_ts"
+#: below this many timestamps the form cannot pay for its Content-Format
+MIN_TIMESTAMPS = 2
+
+#: (preset digest, text digest) -> the dictionary (its digest is computed once)
+_DICTIONARIES: dict[tuple[str, str], FlateDictionary] = {}
+
+
+def dictionary(profile: Profile) -> FlateDictionary | None:
+    """The preset dictionary of the timeline form, or None when the profile
+    has no compact form (no text dictionary)."""
+    if profile.flate is None or profile.schemas is None:
+        return None
+    text = profile.schemas.text_dictionary
+    key = (profile.flate.digest, text.digest)
+    found = _DICTIONARIES.get(key)
+    if found is None:
+        found = _DICTIONARIES[key] = FlateDictionary((profile.flate.data + text.data)[-MAX_DICTIONARY_SIZE:])
+    return found
+
+
+def _is_int(value: Any) -> bool:
+    return type(value) is int
+
+
+def _walk(doc: Any, encode: bool) -> None:
+    """Timestamps to differences (``encode``) or back, in place."""
+    last_ts, last_sum = 0, None
+    stack = [doc]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, list):
+            stack.extend(reversed(node))
+            continue
+        if not isinstance(node, dict):
+            continue
+        ts = node.get(TS)
+        if _is_int(ts):
+            if encode:
+                node[TS] = ts - last_ts
+            else:
+                ts = node[TS] = last_ts + ts
+            last_ts = ts
+            unsigned = node.get("unsigned")
+            age = unsigned.get("age") if isinstance(unsigned, dict) else None
+            if _is_int(age):
+                base = ts if last_sum is None else last_sum
+                if encode:
+                    last_sum = ts + age
+                    unsigned["age"] = last_sum - base
+                else:
+                    last_sum = base + age
+                    unsigned["age"] = last_sum - ts
+        stack.extend(reversed(list(node.values())))
+
+
+def _check(doc: Any) -> None:
+    """Every timestamp and age a decoder wrote back is a Matrix integer."""
+    stack = [doc]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, list):
+            stack.extend(node)
+        elif isinstance(node, dict):
+            for key, value in node.items():
+                if key in (TS, "age") and _is_int(value):
+                    json_cbor.check_number(value)
+                else:
+                    stack.append(value)
+
+
+def encode(canonical_cbor: bytes, profile: Profile) -> bytes | None:
+    """The timeline form of a body given as its canonical CBOR (§6), or None
+    when the body has fewer than two timestamps or the profile no text
+    dictionary."""
+    preset = dictionary(profile)
+    if preset is None:
+        return None
+    doc = json_cbor.decode(canonical_cbor, profile.cbor_table, ordered=True)
+    if sum(1 for _ in _timestamps(doc)) < MIN_TIMESTAMPS:
+        return None
+    _walk(doc, encode=True)
+    try:
+        data = json_cbor.encode(doc, profile.cbor_table, canonical=False)
+    except CodecError:  # a difference beyond ±(2**53 - 1)
+        return None
+    return compress(data, preset)
+
+
+def decode(payload: bytes, profile: Profile, max_size: int) -> bytes:
+    """The JSON body a timeline-form payload stands for."""
+    preset = dictionary(profile)
+    if preset is None:
+        raise CodecError("the timeline form needs a profile with the compact form")
+    doc = json_cbor.decode(decompress(payload, preset, max_size), profile.cbor_table, ordered=True)
+    _walk(doc, encode=False)
+    _check(doc)
+    return json_cbor.dump_json(doc)
+
+
+def _timestamps(doc: Any):
+    stack = [doc]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, list):
+            stack.extend(node)
+        elif isinstance(node, dict):
+            if _is_int(node.get(TS)):
+                yield node
+            stack.extend(node.values())
+
+
+__all__ = ["MIN_TIMESTAMPS", "decode", "dictionary", "encode"]
