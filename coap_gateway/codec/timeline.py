@@ -24,6 +24,7 @@ smaller, Content-Format included.  docs/protocol.md §5.1.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 from ..errors import CodecError
@@ -87,19 +88,24 @@ def _walk(doc: Any, encode: bool) -> None:
         stack.extend(reversed(list(node.values())))
 
 
-def _check(doc: Any) -> None:
-    """Every timestamp and age a decoder wrote back is a Matrix integer."""
+def _objects(doc: Any) -> Iterator[dict[str, Any]]:
+    """Every object in a JSON value (in no particular order)."""
     stack = [doc]
     while stack:
         node = stack.pop()
         if isinstance(node, list):
             stack.extend(node)
         elif isinstance(node, dict):
-            for key, value in node.items():
-                if key in (TS, "age") and _is_int(value):
-                    json_cbor.check_number(value)
-                else:
-                    stack.append(value)
+            yield node
+            stack.extend(node.values())
+
+
+def _check(doc: Any) -> None:
+    """Every timestamp and age a decoder wrote back is a Matrix integer."""
+    for node in _objects(doc):
+        for key in (TS, "age"):
+            if _is_int(node.get(key)):
+                json_cbor.check_number(node[key])
 
 
 def encode(canonical_cbor: bytes, profile: Profile) -> bytes | None:
@@ -110,7 +116,7 @@ def encode(canonical_cbor: bytes, profile: Profile) -> bytes | None:
     if preset is None:
         return None
     doc = json_cbor.decode(canonical_cbor, profile.cbor_table, ordered=True)
-    if sum(1 for _ in _timestamps(doc)) < MIN_TIMESTAMPS:
+    if sum(1 for node in _objects(doc) if _is_int(node.get(TS))) < MIN_TIMESTAMPS:
         return None
     _walk(doc, encode=True)
     try:
@@ -129,18 +135,6 @@ def decode(payload: bytes, profile: Profile, max_size: int) -> bytes:
     _walk(doc, encode=False)
     _check(doc)
     return json_cbor.dump_json(doc)
-
-
-def _timestamps(doc: Any):
-    stack = [doc]
-    while stack:
-        node = stack.pop()
-        if isinstance(node, list):
-            stack.extend(node)
-        elif isinstance(node, dict):
-            if _is_int(node.get(TS)):
-                yield node
-            stack.extend(node.values())
 
 
 __all__ = ["MIN_TIMESTAMPS", "decode", "dictionary", "encode"]
