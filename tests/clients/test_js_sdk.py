@@ -121,43 +121,51 @@ async def test_two_js_sdk_accounts_on_one_gateway_at_2400_bps(synapse, server_ke
         assert steps["media"] == steps["media"] | {"status": 200, "same": True, "size": 3000}
 
 
+async def run_e2ee(url_a: str, url_b: str, bytes_a, bytes_b) -> tuple[dict, dict[str, tuple[int, int]]]:
+    """tests/js/e2ee.mjs with its devices at ``url_a`` and ``url_b``: its
+    result, and the bytes each device's path carried in each phase
+    (``bytes_a()``/``bytes_b()`` read them at the driver's marks)."""
+    process = await asyncio.create_subprocess_exec(
+        node(), str(JS / "e2ee.mjs"), json.dumps({"a": url_a, "b": url_b, "suffix": uuid.uuid4().hex[:6]}),
+        cwd=JS, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    assert process.stdin is not None and process.stdout is not None
+    marks: list[tuple[str, int, int]] = []
+    result = None
+    try:
+        async with asyncio.timeout(900):
+            while result is None:
+                line = await process.stdout.readline()
+                assert line, (await process.stderr.read()).decode()[-3000:]
+                if not line.startswith(b"{"):
+                    continue
+                message = json.loads(line)
+                if "mark" in message:
+                    marks.append((message["mark"], bytes_a(), bytes_b()))
+                    process.stdin.write(b"\n")
+                    await process.stdin.drain()
+                else:
+                    result = message
+    finally:
+        if process.returncode is None:
+            process.kill()
+        await process.wait()
+    assert result["ok"], result
+    steps = result["steps"]
+    for name in ("first_encrypted_send", "encrypted_send", "encrypted_reply"):
+        assert steps[name]["received_id"] == steps[name]["event_id"]
+    assert steps["first_encrypted_send"]["body"] == "secret one"
+    assert steps["encrypted_send"]["body"] == "Hello, see you at 5pm"
+    assert steps["encrypted_reply"]["body"] == "secret reply"
+    return result, {name: (a1 - a0, b1 - b0) for (name, a0, b0), (_, a1, b1) in zip(marks, marks[1:])}
+
+
 async def test_end_to_end_encryption_with_rust_crypto(synapse, server_key):
     """Two js-sdk devices (initRustCrypto) in an encrypted room: a message each
     way, decrypted; the link bytes of each phase, per device."""
     async with Device(FAST, synapse, server_key, seed=8) as alice, Device(FAST, synapse, server_key, seed=9) as bob:
-        process = await asyncio.create_subprocess_exec(
-            node(), str(JS / "e2ee.mjs"),
-            json.dumps({"a": alice.client.base_url, "b": bob.client.base_url, "suffix": uuid.uuid4().hex[:6]}),
-            cwd=JS, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-        assert process.stdin is not None and process.stdout is not None
-        marks: list[tuple[str, int, int]] = []
-        result = None
-        try:
-            async with asyncio.timeout(900):
-                while result is None:
-                    line = await process.stdout.readline()
-                    assert line, (await process.stderr.read()).decode()[-3000:]
-                    if not line.startswith(b"{"):
-                        continue
-                    message = json.loads(line)
-                    if "mark" in message:
-                        marks.append((message["mark"], sum(alice.link_bytes()), sum(bob.link_bytes())))
-                        process.stdin.write(b"\n")
-                        await process.stdin.drain()
-                    else:
-                        result = message
-        finally:
-            if process.returncode is None:
-                process.kill()
-            await process.wait()
-        assert result["ok"], result
+        result, phases = await run_e2ee(alice.client.base_url, bob.client.base_url,
+                                        lambda: sum(alice.link_bytes()), lambda: sum(bob.link_bytes()))
         steps = result["steps"]
-        for name in ("first_encrypted_send", "encrypted_send", "encrypted_reply"):
-            assert steps[name]["received_id"] == steps[name]["event_id"]
-        assert steps["first_encrypted_send"]["body"] == "secret one"
-        assert steps["encrypted_send"]["body"] == "Hello, see you at 5pm"
-        assert steps["encrypted_reply"]["body"] == "secret reply"
-        phases = {name: (a1 - a0, b1 - b0) for (name, a0, b0), (_, a1, b1) in zip(marks, marks[1:])}
         print("\nE2EE link bytes (alice's link, bob's link): "
               + ", ".join(f"{k} {a} B + {b} B" for k, (a, b) in phases.items()))
         # the encrypted messages' echoes rode in their sends' answers (W1e: 763 B → 422 B
@@ -180,3 +188,58 @@ async def test_end_to_end_encryption_with_rust_crypto(synapse, server_key):
         stored = {e["event_id"]: e for e in events}
         event = stored[steps["encrypted_send"]["event_id"]]
         assert event["type"] == "m.room.encrypted" and "5pm" not in json.dumps(event)
+
+
+class CountingRelay:
+    """A TCP relay in front of Synapse that counts what crosses it both ways:
+    the HTTP bytes (requests, headers, JSON bodies) a client's connection
+    carries — the least HTTPS+JSON puts on a link (TLS records, TCP and IP
+    headers come on top)."""
+
+    def __init__(self, upstream: str) -> None:
+        self.host, self.port = upstream.split("//", 1)[1].rstrip("/").split(":")
+        self.bytes = 0
+        self.server: asyncio.Server | None = None
+
+    async def __aenter__(self) -> CountingRelay:
+        self.server = await asyncio.start_server(self._connection, "127.0.0.1", 0)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self.server is not None
+        self.server.close()
+        await self.server.wait_closed()
+
+    @property
+    def url(self) -> str:
+        assert self.server is not None
+        return f"http://127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
+
+    async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection(self.host, int(self.port))
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            try:
+                while data := await src.read(1 << 16):
+                    self.bytes += len(data)
+                    dst.write(data)
+                    await dst.drain()
+            except ConnectionError:
+                pass
+            finally:
+                dst.close()
+
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+
+
+async def test_end_to_end_encryption_over_plain_http_for_comparison(synapse):
+    """The same two js-sdk devices straight to Synapse, each through a relay
+    that counts its HTTP bytes: what issue 13 compares the gateways with."""
+    async with CountingRelay(synapse.base_url) as a, CountingRelay(synapse.base_url) as b:
+        _, phases = await run_e2ee(a.url, b.url, lambda: a.bytes, lambda: b.bytes)
+    print("\nE2EE HTTP bytes without TLS, TCP or IP (alice's path, bob's path): "
+          + ", ".join(f"{k} {x} B + {y} B" for k, (x, y) in phases.items()))
+    # what the gateways put on the link for the same phases (the test above:
+    # 325 B + 344 B for a warm encrypted message) is a fraction of it
+    alice, bob = phases["encrypted_send"]
+    assert alice > 3 * 340 and bob > 3 * 344, phases["encrypted_send"]
