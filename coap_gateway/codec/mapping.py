@@ -104,8 +104,9 @@ def _compact_request(req: HttpRequest, line: routes.CoapRequestLine, profile: Pr
     assert line.template is not None and profile.schemas is not None
     segments, _ = routes.split_target(req.target)
     params = [s for s, lit in zip(segments, line.template.segments) if lit is None]
-    message = _message_body(req, line.template.name, params, profile)
-    encrypted = _encrypted_body(req, line.template.name, params, profile, wire) if message is None else None
+    event_type = route_option.event_type_param(line.template, params, profile.schemas)
+    message = _message_body(req, line.template.name, event_type, profile)
+    encrypted = _encrypted_body(req, line.template.name, event_type, profile, wire) if message is None else None
     value = route_option.encode_route(line.template, params, profile.schemas, profile.cbor_table, wire, message,
                                       carried, encrypted)
     if message is not None:
@@ -120,13 +121,13 @@ def _compact_request(req: HttpRequest, line: routes.CoapRequestLine, profile: Pr
     return msg
 
 
-def _message_body(req: HttpRequest, route_name: str, params: list[str], profile: Profile) -> MessageBody | None:
+def _message_body(req: HttpRequest, route_name: str, event_type: str | None, profile: Profile) -> MessageBody | None:
     """The bare-text form of a message body, when the schema applies exactly:
     ``{"msgtype": M, "body": S}`` and nothing else, M in the msgtype table."""
     schemas = profile.schemas
     assert schemas is not None
-    if route_name not in schemas.message_routes or schemas.message_event_type not in params:
-        return None  # (the event type is the only parameter that can read m.room.message)
+    if route_name not in schemas.message_routes or event_type != schemas.message_event_type:
+        return None
     if not payload.is_json_type(req.content_type) or len(req.body) > MAX_REQUEST_BODY:
         return None
     try:
@@ -148,13 +149,13 @@ def _message_body(req: HttpRequest, route_name: str, params: list[str], profile:
     return MessageBody(code, text, False)
 
 
-def _encrypted_body(req: HttpRequest, route_name: str, params: list[str], profile: Profile,
+def _encrypted_body(req: HttpRequest, route_name: str, event_type: str | None, profile: Profile,
                     wire: ClientWireState) -> tuple[int, route_option.EncryptedBody] | None:
     """The encrypted schema of a send (``route_option``): its template's
     handle and the body, when it applies exactly."""
     schemas = profile.schemas
     assert schemas is not None
-    if (route_name not in schemas.message_routes or route_option.ENCRYPTED_EVENT_TYPE not in params
+    if (route_name not in schemas.message_routes or event_type != route_option.ENCRYPTED_EVENT_TYPE
             or not payload.is_json_type(req.content_type) or len(req.body) > MAX_REQUEST_BODY):
         return None
     body = route_option.encrypted_body(req.body, profile.cbor_table)

@@ -347,6 +347,14 @@ def _encode_param(kind: str | None, raw: str, state: ClientWireState, cbor_table
     return raw
 
 
+def event_type_param(template: Template, params: list[str], schemas: SchemaTable) -> str | None:
+    """The raw event-type parameter of a request line, if its route has one."""
+    for name, raw in zip(_param_names(template), params):
+        if schemas.param_kinds.get(name) == EVENT_TYPE:
+            return raw
+    return None
+
+
 def message_param(body: MessageBody) -> int:
     """The event-type item that says "message event, bare text payload"."""
     return -1 - (2 * body.msgtype_code + (0 if body.deflated else 1))

@@ -328,3 +328,17 @@ def test_a_template_the_server_lacks_or_that_is_not_one_is_refused():
     with pytest.raises(RouteError):
         decode_route(b"".join(cbor2.dumps(x) for x in (*text, 1)), PROFILE.routes, PROFILE.schemas,
                      PROFILE.cbor_table, server)
+
+
+@pytest.mark.parametrize("event_type, txn, body", [
+    ("m.custom", "m.room.message", BODY),  # a message-shaped body of another type
+    ("m.custom", "m.room.encrypted", ENCRYPTED),  # an encrypted-shaped one
+])
+def test_the_schemas_look_at_the_event_type_not_at_any_parameter(event_type, txn, body):
+    """Only the event-type parameter says m.room.message or m.room.encrypted:
+    a transaction ID that reads so leaves the event type alone."""
+    target = f"/_matrix/client/v3/rooms/{ROOM}/send/{event_type}/{txn}"
+    msg = request_to_coap(HttpRequest("PUT", target, body, "application/json"), PROFILE, ClientWireState())
+    back = coap_to_request(Message.decode(encode(msg)), PROFILE, ServerWireState())
+    assert back.target.split("/")[-2] == event_type
+    assert json.loads(back.body) == json.loads(body)
