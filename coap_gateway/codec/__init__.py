@@ -23,6 +23,7 @@ from .binding import (
     Resolved,
     ServerBinding,
     is_logout,
+    issues_token,
 )
 from .compression import (
     DEFAULT_MAX_SIZE,
@@ -88,6 +89,7 @@ __all__ = [
     "echo_fold",
     "decompress",
     "is_logout",
+    "issues_token",
     "json_cbor",
     "link_failure",
     "load_cbor_table",

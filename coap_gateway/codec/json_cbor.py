@@ -30,6 +30,7 @@ The rules (docs/protocol.md, "CBOR payloads", is the normative text):
 from __future__ import annotations
 
 import base64
+import io
 import json
 import math
 import re
@@ -312,25 +313,36 @@ def strict_decoder(stream: Any, max_depth: int) -> cbor2.CBORDecoder:
                              max_depth=max_depth)
 
 
-def decode(data: bytes, table: CborTable, *, ordered: bool = False) -> Any:
-    """The JSON value of CBOR ``data`` under ``table``; CodecError if invalid.
-
-    ``ordered``: maps keep their wire order (see ``encode(canonical=False)``).
-    """
+def decode_prefix(data: bytes, table: CborTable, *, ordered: bool = False) -> tuple[Any, int]:
+    """The JSON value of the CBOR item at the start of ``data`` and where it
+    ends; CodecError if invalid.  What follows is the caller's."""
+    stream = io.BytesIO(data)
     try:
-        model = cbor2.loads(
-            data,
+        model = cbor2.CBORDecoder(
+            stream,
             semantic_decoders=_REJECT_TAGS,
             tag_hook=_reject_unknown_tag,
             allow_duplicate_keys=False,
             max_depth=MAX_DEPTH + 2,
-        )
+        ).decode()
     except CodecError:
         raise
     except (cbor2.CBORDecodeError, ValueError, TypeError, OverflowError, RecursionError) as exc:
         cause = exc.__cause__ if isinstance(exc.__cause__, CodecError) else exc
         raise CodecError(f"invalid CBOR: {cause}") from exc
-    return _from_cbor(model, table, 0, ordered)
+    return _from_cbor(model, table, 0, ordered), stream.tell()
+
+
+def decode(data: bytes, table: CborTable, *, ordered: bool = False) -> Any:
+    """The JSON value of CBOR ``data`` under ``table``; CodecError if invalid.
+
+    ``ordered``: maps keep their wire order (see ``encode(canonical=False)``).
+    """
+    value, end = decode_prefix(data, table, ordered=ordered)
+    if end != len(data):
+        # cbor2.loads would ignore them (cbor2 6): a body is one item, nothing after it
+        raise CodecError(f"invalid CBOR: {len(data) - end} bytes after the item")
+    return value
 
 
 # ------------------------------------------------------- JSON text helpers

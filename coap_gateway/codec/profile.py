@@ -1,7 +1,8 @@
 """Profiles: the set of tables both ends must agree on.
 
-A profile names a CBOR key/value table version, a route table version and a
-preset Flate dictionary (by content hash).  ``dictionaries/profiles.json``
+A profile names a CBOR key/value table version, a route table version, a
+preset Flate dictionary (by content hash) and, for the compact form, the
+schema table and (lb4) the timeline form's table.  ``dictionaries/profiles.json``
 lists them; the handshake (and, for plaintext CoAP, configuration) selects
 one by number, and the digests let both ends check they hold the same data.
 """
@@ -17,6 +18,7 @@ from .compression import EMPTY_DICTIONARY, FlateDictionary, load_flate_dictionar
 from .routes import RouteTable, load_route_table
 from .schemas import SchemaTable, load_schema_table
 from .tables import CborTable, load_cbor_table
+from .timeline_table import TimelineTable, load_timeline_table
 
 FORMAT = "coap-gateway/profiles"
 
@@ -31,6 +33,8 @@ class Profile:
     flate: FlateDictionary | None
     #: the compact request form's table (Route option); None: Uri-Path form
     schemas: SchemaTable | None = None
+    #: the timeline form's table (version 2+); None: version 1 (lb3) or no form
+    timeline: TimelineTable | None = None
 
 
 def _entries() -> list[dict]:
@@ -59,6 +63,7 @@ def load_profile(key: int | str) -> Profile:
                 routes=load_route_table(entry["routes"]),
                 flate=flate,
                 schemas=load_schema_table(entry["schemas"]) if entry.get("schemas") is not None else None,
+                timeline=load_timeline_table(entry["timeline"]) if entry.get("timeline") is not None else None,
             )
     raise TableError(f"no profile {key!r} in profiles.json")
 
@@ -67,4 +72,4 @@ def profile_names() -> list[str]:
     return [e["name"] for e in _entries()]
 
 
-DEFAULT_PROFILE = "lb3"
+DEFAULT_PROFILE = "lb4"

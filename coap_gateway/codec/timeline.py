@@ -19,7 +19,13 @@ of §6, so both ends walk the same tree.  The result is CBOR in that order,
 deflated against the profile's preset dictionary followed by the text
 dictionary of the compact form (message texts are most of such a body).
 Content-Format ``CF_TIMELINE`` says so; the server uses it only when it is
-smaller, Content-Format included.  docs/protocol.md §5.1.
+smaller, Content-Format included.
+
+A profile with a timeline table (lb4, ``timeline_table``) adds two things:
+the dictionary ends with the table's template (the default push rules every
+first sync carries), and event IDs of room v4+ leave the body for a column
+of raw bytes after it, each replaced by ``"$"`` (a string of only ``$``
+signs gets one more, so nothing is ambiguous).  docs/protocol.md §5.1.
 """
 
 from __future__ import annotations
@@ -36,8 +42,14 @@ TS = "origin_server_ts"
 #: below this many timestamps the form cannot pay for its Content-Format
 MIN_TIMESTAMPS = 2
 
-#: (preset digest, text digest) -> the dictionary (its digest is computed once)
-_DICTIONARIES: dict[tuple[str, str], FlateDictionary] = {}
+#: what stands for an event ID of the column, in the body
+COLUMN_MARK = "$"
+#: the binary-field marker of the event IDs the column carries (§6.4: `$` +
+#: URL-safe base64, room v4+) and their raw length (a SHA-256)
+_COLUMN_FORM, EVENT_ID_BYTES = 0x01, 32
+
+#: (preset, text, timeline table digests) -> the dictionary (hashed once)
+_DICTIONARIES: dict[tuple[str, str, str], FlateDictionary] = {}
 
 
 def dictionary(profile: Profile) -> FlateDictionary | None:
@@ -46,11 +58,72 @@ def dictionary(profile: Profile) -> FlateDictionary | None:
     if profile.flate is None or profile.schemas is None:
         return None
     text = profile.schemas.text_dictionary
-    key = (profile.flate.digest, text.digest)
+    table = profile.timeline
+    key = (profile.flate.digest, text.digest, table.digest if table else "")
     found = _DICTIONARIES.get(key)
     if found is None:
-        found = _DICTIONARIES[key] = FlateDictionary((profile.flate.data + text.data)[-MAX_DICTIONARY_SIZE:])
+        template = json_cbor.encode(table.template, profile.cbor_table) if table else b""
+        found = _DICTIONARIES[key] = FlateDictionary((profile.flate.data + text.data + template)[-MAX_DICTIONARY_SIZE:])
     return found
+
+
+def _uses_column(profile: Profile) -> bool:
+    return profile.timeline is not None and profile.timeline.event_id_column
+
+
+def _string_slots(doc: Any) -> Iterator[tuple[Any, Any]]:
+    """(container, key or index) of every string value (not object keys),
+    depth first, members and elements in order: the column's order."""
+    stack = [doc]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            items = list(node.items())
+        elif isinstance(node, list):
+            items = list(enumerate(node))
+        else:
+            continue
+        for slot, value in items:
+            if isinstance(value, str):
+                yield node, slot
+        stack.extend(value for _, value in reversed(items) if isinstance(value, (dict, list)))
+
+
+def _only_marks(text: str) -> bool:
+    return bool(text) and text.count(COLUMN_MARK) == len(text)
+
+
+def _to_column(doc: Any) -> bytes:
+    """Event IDs out of ``doc`` (in place) into the column it returns."""
+    column = bytearray()
+    for node, slot in _string_slots(doc):
+        text = node[slot]
+        if _only_marks(text):
+            node[slot] = text + COLUMN_MARK  # escaped: one mark more
+            continue
+        raw = json_cbor.string_to_binary(text)
+        if raw is not None and raw[0] == _COLUMN_FORM and len(raw) == 1 + EVENT_ID_BYTES:
+            column += raw[1:]
+            node[slot] = COLUMN_MARK
+    return bytes(column)
+
+
+def _from_column(doc: Any, column: bytes) -> None:
+    """Undo :func:`_to_column`; every column entry must be used, once."""
+    used = 0
+    for node, slot in _string_slots(doc):
+        text = node[slot]
+        if not _only_marks(text):
+            continue
+        if len(text) > 1:
+            node[slot] = text[1:]
+            continue
+        if used + EVENT_ID_BYTES > len(column):
+            raise CodecError("the body names more event IDs than its column holds")
+        node[slot] = json_cbor.binary_to_string(bytes([_COLUMN_FORM]) + column[used:used + EVENT_ID_BYTES])
+        used += EVENT_ID_BYTES
+    if used != len(column):
+        raise CodecError(f"{len(column) - used} bytes after the body are not event IDs it names")
 
 
 def _is_int(value: Any) -> bool:
@@ -119,11 +192,12 @@ def encode(canonical_cbor: bytes, profile: Profile) -> bytes | None:
     if sum(1 for node in _objects(doc) if _is_int(node.get(TS))) < MIN_TIMESTAMPS:
         return None
     _walk(doc, encode=True)
+    column = _to_column(doc) if _uses_column(profile) else b""
     try:
         data = json_cbor.encode(doc, profile.cbor_table, canonical=False)
     except CodecError:  # a difference beyond ±(2**53 - 1)
         return None
-    return compress(data, preset)
+    return compress(data + column, preset)
 
 
 def decode(payload: bytes, profile: Profile, max_size: int) -> bytes:
@@ -131,10 +205,15 @@ def decode(payload: bytes, profile: Profile, max_size: int) -> bytes:
     preset = dictionary(profile)
     if preset is None:
         raise CodecError("the timeline form needs a profile with the compact form")
-    doc = json_cbor.decode(decompress(payload, preset, max_size), profile.cbor_table, ordered=True)
+    data = decompress(payload, preset, max_size)
+    if _uses_column(profile):
+        doc, end = json_cbor.decode_prefix(data, profile.cbor_table, ordered=True)
+        _from_column(doc, data[end:])  # the column: what follows the body
+    else:
+        doc = json_cbor.decode(data, profile.cbor_table, ordered=True)
     _walk(doc, encode=False)
     _check(doc)
     return json_cbor.dump_json(doc)
 
 
-__all__ = ["MIN_TIMESTAMPS", "decode", "dictionary", "encode"]
+__all__ = ["COLUMN_MARK", "EVENT_ID_BYTES", "MIN_TIMESTAMPS", "decode", "dictionary", "encode"]

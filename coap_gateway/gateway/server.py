@@ -34,6 +34,7 @@ from ..codec import (
     ServerBinding,
     bare_event_id,
     decoded_path_segments,
+    issues_token,
     matrix_error,
     options,
     response_to_coap,
@@ -327,6 +328,8 @@ class ServerGateway(resource.Resource):
             if self._advertised is None or self._advertised[0] != response.body:
                 self._advertised = (response.body, _advertise(response.body, self.config.advertisement))
             response.body = self._advertised[1]
+        elif response.status == 200 and issues_token(http_request.method, http_request.target):
+            response.body = _without_well_known(response.body)
         return response
 
 
@@ -359,6 +362,22 @@ class UploadSpool:
         with self._file:
             self._file.seek(0)
             return self._file.readall()
+
+
+def _without_well_known(body: bytes) -> bytes:
+    """A login's answer without ``well_known``: it names the homeserver's own
+    base URL, and a client that follows it (Element does: "clients SHOULD use
+    the provided object to reconfigure themselves") would leave its client
+    gateway for a server it cannot reach over its link.  The member is
+    optional; without it a client keeps the URL it logged in through."""
+    try:
+        doc = json.loads(body)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        return body
+    if not isinstance(doc, dict) or "well_known" not in doc:
+        return body
+    del doc["well_known"]
+    return json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode()
 
 
 def _advertise(body: bytes, advertisement: dict[str, Any]) -> bytes:

@@ -426,15 +426,19 @@ def session_id_from_hash(handshake_hash: bytes) -> bytes:
 
 
 def profile_digest(cbor_table_digest: str, route_table_digest: str, flate_digest: str | None,
-                   schemas_digest: str | None = None) -> bytes:
+                   schemas_digest: str | None = None, timeline_digest: str | None = None) -> bytes:
     """The 2-byte profile digest sent in IK1/XX1.
 
     SHA-256 over the content identifiers (``sha256:<hex>``, ``none`` for
     a profile without a Flate dictionary), each followed by a newline: the
-    CBOR table, the route table, the dictionary and — only for profiles of
-    the compact form — the schema table.
+    CBOR table, the route table, the dictionary, — only for profiles of
+    the compact form — the schema table and — only for profiles with one
+    (lb4) — the timeline form's table.
     """
-    ids = (cbor_table_digest, route_table_digest, flate_digest or "none") + ((schemas_digest,) if schemas_digest else ())
+    if timeline_digest and not schemas_digest:
+        raise ValueError("a timeline table belongs to a profile of the compact form")
+    extra = tuple(d for d in (schemas_digest, timeline_digest) if d)
+    ids = (cbor_table_digest, route_table_digest, flate_digest or "none") + extra
     text = "".join(f"{d}\n" for d in ids)
     return hashlib.sha256(text.encode("ascii")).digest()[:2]
 

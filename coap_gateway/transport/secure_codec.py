@@ -152,7 +152,8 @@ def profile_wire_digest(profile: Profile) -> bytes:
     """The 2-byte digest of a profile's tables that the handshake compares."""
     return sf.profile_digest(profile.cbor_table.digest, profile.routes.digest,
                              profile.flate.digest if profile.flate else None,
-                             profile.schemas.digest if profile.schemas else None)
+                             profile.schemas.digest if profile.schemas else None,
+                             profile.timeline.digest if profile.timeline else None)
 
 
 def _at_least_default(lifetime: Callable[[], float]) -> Callable[[], float]:

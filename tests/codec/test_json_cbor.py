@@ -252,11 +252,18 @@ def test_non_ascii_and_empty_containers():
         ("9bffffffffffffffff", "premature"),
         ("", "premature"),
         ("ff", "invalid"),
+        ("0102", "after the item"),  # trailing data: cbor2.loads (6.x) would ignore it
+        ("a0a0", "after the item"),
     ],
 )
 def test_hostile_cbor_is_a_clean_error(hexdata, reason):
-    with pytest.raises(CodecError):
+    with pytest.raises(CodecError, match=reason if reason == "after the item" else None):
         json_cbor.decode(bytes.fromhex(hexdata), V2)
+
+
+def test_decode_prefix_says_where_the_item_ends():
+    value, end = json_cbor.decode_prefix(bytes.fromhex("820102") + b"rest", V2)
+    assert (value, end) == ([1, 2], 3)
 
 
 def test_nesting_is_bounded_both_ways():

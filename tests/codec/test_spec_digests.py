@@ -23,12 +23,14 @@ def spec_id(row: str) -> str:
     return match.group(1)
 
 
-@pytest.mark.parametrize("profile,digest", [("msc3079", "d2dc"), ("lb2", "bab8"), ("lb3", "bfa0")])
+@pytest.mark.parametrize("profile,digest", [("msc3079", "d2dc"), ("lb2", "bab8"), ("lb3", "bfa0"), ("lb4", "478f")])
 def test_profile_digests_as_the_text_defines_them(profile, digest):
     p = load_profile(profile)
     lines = [p.cbor_table.digest, p.routes.digest, p.flate.digest if p.flate else "none"]
     if p.schemas is not None:
         lines.append(p.schemas.digest)
+    if p.timeline is not None:
+        lines.append(p.timeline.digest)
     text = "".join(line + "\n" for line in lines)
     assert hashlib.sha256(text.encode("ascii")).digest()[:2].hex() == digest == profile_wire_digest(p).hex()
     assert f"({p.id}) `{digest}`" in SPEC
@@ -39,9 +41,13 @@ def test_content_identifiers_in_the_text():
     assert spec_id("CBOR table v1") == msc.cbor_table.digest
     assert spec_id("CBOR table v2") == lb3.cbor_table.digest
     assert spec_id("route table (msc3079)") == msc.routes.digest
-    assert spec_id("route table (lb2, lb3)") == lb3.routes.digest
-    assert spec_id("Flate dictionary (lb2, lb3)") == lb3.flate.digest
-    assert spec_id("schema table (lb3)") == lb3.schemas.digest
+    assert spec_id("route table (lb2, lb3, lb4)") == lb3.routes.digest
+    assert spec_id("Flate dictionary (lb2, lb3, lb4)") == lb3.flate.digest
+    assert spec_id("schema table (lb3, lb4)") == lb3.schemas.digest
+    lb4 = load_profile("lb4")
+    assert (lb4.cbor_table, lb4.routes, lb4.flate, lb4.schemas) == (lb3.cbor_table, lb3.routes, lb3.flate, lb3.schemas)
+    assert spec_id("timeline table v2 (lb4)") == lb4.timeline.digest
+    assert lb4.timeline.digest == "sha256:" + hashlib.sha256((ROOT / "timeline-v2.json").read_bytes()).hexdigest()
 
 
 def test_cbor_table_identifier_is_the_resolved_form_of_the_text():

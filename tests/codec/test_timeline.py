@@ -9,11 +9,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from coap_gateway.codec import load_profile, options, payload, timeline
-from coap_gateway.codec.compression import compress
+from coap_gateway.codec.compression import compress, decompress
 from coap_gateway.errors import CodecError, GatewayError
 from tests.helpers.sync_bodies import ROOM
 
-LB3, LB2 = load_profile("lb3"), load_profile("lb2")
+LB4, LB3, LB2 = load_profile("lb4"), load_profile("lb3"), load_profile("lb2")
 
 
 def first_sync(events: int = 10) -> bytes:
@@ -84,8 +84,12 @@ def test_a_broken_timeline_payload_is_refused():
         payload.payload_to_body(bomb, options.CF_TIMELINE, LB3, max_size=10_000)
 
 
+EVENT_IDS = ["$" + "Ab" * 21 + "w", "$" + "c-" * 21 + "Q", "$" + "A" * 43]  # URL-safe base64 of 32 B
+
+
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers(-(2**53) + 1, 2**53 - 1) | st.text(max_size=8),
+    st.none() | st.booleans() | st.integers(-(2**53) + 1, 2**53 - 1) | st.text(max_size=8)
+    | st.sampled_from(EVENT_IDS + ["$", "$$", "$" * 30, "$" + "Ab" * 21 + "+"]),
     lambda children: st.lists(children, max_size=4) | st.dictionaries(
         st.sampled_from(["origin_server_ts", "age", "unsigned", "content", "x"]), children, max_size=4),
     max_leaves=20)
@@ -96,8 +100,59 @@ json_values = st.recursive(
 def test_any_body_round_trips(a, b):
     body = json.dumps({"events": [a, b, {"origin_server_ts": 5, "unsigned": {"age": 7}}], "origin_server_ts": 9},
                       separators=(",", ":")).encode()
-    for cbor in (payload.json_cbor.json_to_cbor(body, LB3.cbor_table),):
-        form = timeline.encode(cbor, LB3)
+    for profile in (LB3, LB4):
+        cbor = payload.json_cbor.json_to_cbor(body, profile.cbor_table)
+        form = timeline.encode(cbor, profile)
         if form is None:  # a difference beyond a Matrix integer: the generic path
             continue
-        assert json.loads(timeline.decode(form, LB3, 1 << 20)) == json.loads(body)
+        back = timeline.decode(form, profile, 1 << 20)
+        assert json.loads(back) == json.loads(body)
+        assert back == payload.json_cbor.cbor_to_json(cbor, profile.cbor_table)  # byte for byte
+
+
+# ------------------------------------------------------------- lb4: template and column
+
+
+def test_lb4_carries_event_ids_as_a_column_after_the_body():
+    """Values only, depth first; ``$``-only strings get one ``$`` more; keys
+    (receipts name events by key) stay in the body."""
+    first, second = EVENT_IDS[0], EVENT_IDS[1]
+    doc = {"a": [{"event_id": first, "origin_server_ts": 10}, {"origin_server_ts": 20, "redacts": second}],
+           "b": "$", "c": {first: "$$"}, "d": "$" + "Ab" * 21 + "+"}  # the last: not URL-safe, marker 0x00 stays inline
+    cbor = payload.json_cbor.encode(doc, LB4.cbor_table)
+    data = decompress(timeline.encode(cbor, LB4), timeline.dictionary(LB4))
+    body, end = payload.json_cbor.decode_prefix(data, LB4.cbor_table, ordered=True)
+    column = data[end:]
+    assert column == payload.json_cbor.string_to_binary(first)[1:] + payload.json_cbor.string_to_binary(second)[1:]
+    assert body == {"a": [{"event_id": "$", "origin_server_ts": 10}, {"origin_server_ts": 10, "redacts": "$"}],
+                    "b": "$$", "c": {first: "$$$"}, "d": doc["d"]}
+    assert json.loads(timeline.decode(timeline.encode(cbor, LB4), LB4, 1 << 20)) == doc
+
+
+def test_lb4_refuses_a_column_that_does_not_match_its_body():
+    cbor = payload.json_cbor.encode({"e": [{"event_id": EVENT_IDS[0], "origin_server_ts": 1},
+                                           {"event_id": EVENT_IDS[1], "origin_server_ts": 2}]}, LB4.cbor_table)
+    preset = timeline.dictionary(LB4)
+    data = decompress(timeline.encode(cbor, LB4), preset)
+    for broken in (data[:-32], data[:-1], data + b"\0", data + bytes(32)):
+        with pytest.raises(CodecError):
+            timeline.decode(compress(broken, preset), LB4, 1 << 20)
+    # lb3 has no column: the same bytes after its body are trailing data
+    with pytest.raises(CodecError):
+        timeline.decode(compress(data, timeline.dictionary(LB3)), LB3, 1 << 20)
+
+
+def test_lb4_template_holds_the_default_push_rules():
+    """A first sync's push rules as Synapse writes them (the template with
+    another user name) cost ~20 B instead of ~90."""
+    template = LB4.timeline.template
+    rules = json.loads(json.dumps(template).replace('"pattern": "user"', '"pattern": "erin"'))
+    sync = json.loads(first_sync())
+    with_rules = json.dumps({"account_data": rules, **sync}, separators=(",", ":")).encode()
+    costs = {}
+    for profile in (LB3, LB4):
+        sizes = [len(timeline.encode(payload.json_cbor.json_to_cbor(body, profile.cbor_table), profile))
+                 for body in (first_sync(), with_rules)]
+        costs[profile.name] = sizes[1] - sizes[0]
+    assert costs["lb4"] <= 25 and costs["lb3"] >= 80, costs  # measured: 20 vs 94
+    assert LB4.timeline.event_id_column and LB4.timeline.version == 2

@@ -78,6 +78,7 @@ async def test_a_chat_through_the_gateways(synapse, server_key):
 
             await _errors_reach_the_client_as_sent(synapse, dev_a, alice, room.room_id)
             await _admin_refused_and_versions_advertised(dev_a)
+            await _login_answers_without_well_known(synapse, dev_a, f"alice{suffix}")
             # the bad token of the 401 test crosses once, under a handle of its
             # own; alice's stays bound under hers (no "last token" to rebind)
             assert binding.counters.token_sent == 2
@@ -138,6 +139,22 @@ async def _admin_refused_and_versions_advertised(dev) -> None:
         advert = doc[ADVERTISEMENT_KEY]
         assert advert["profile"] == PROFILE.id and advert["noise_public_key"]
         assert "versions" in doc
+
+
+async def _login_answers_without_well_known(synapse, dev, user: str) -> None:
+    """Synapse's login answer names its own base URL in ``well_known``; a
+    client following it would leave its gateway, so the gateway drops it."""
+    login = {"type": "m.login.password", "identifier": {"type": "m.id.user", "user": user},
+             "password": "password-" + user}
+    answers = {}
+    async with aiohttp.ClientSession() as http:
+        for name, base in (("synapse", synapse.base_url), ("gateway", dev.client.base_url)):
+            async with http.post(base + "/_matrix/client/v3/login", json=login) as r:
+                assert r.status == 200
+                answers[name] = await r.json()
+    assert answers["synapse"]["well_known"]["m.homeserver"]["base_url"].startswith(synapse.base_url)
+    assert "well_known" not in answers["gateway"]
+    assert answers["gateway"]["user_id"] == answers["synapse"]["user_id"] and answers["gateway"]["access_token"]
 
 
 async def test_w1_w2_bytes_on_the_link(synapse, server_key):

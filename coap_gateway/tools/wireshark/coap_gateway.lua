@@ -191,6 +191,7 @@ local PROFILES = {
   [1] = {name = "msc3079", routes = 1, cbor = 1, schemas = nil},
   [2] = {name = "lb2", routes = 2, cbor = 2, schemas = nil},
   [3] = {name = "lb3", routes = 2, cbor = 2, schemas = 1},
+  [4] = {name = "lb4", routes = 2, cbor = 2, schemas = 1},
 }
 local ROUTES = {
   [1] = {

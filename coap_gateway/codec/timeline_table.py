@@ -1,0 +1,64 @@
+"""The timeline form's table (sans-I/O): ``dictionaries/timeline-v<N>.json``.
+
+Version 1 of the timeline form (profile lb3) has no table: its dictionary is
+the preset and the text dictionary.  From version 2 (profile lb4) a table
+says what else both ends put in:
+
+* ``template``: a JSON value whose canonical CBOR (§6) ends the form's
+  deflate dictionary — the account data of a new account's first sync
+  (Synapse's default push rules: 4.4 kB of JSON that the trained preset
+  holds only in fragments, ~88 B of every first sync);
+* ``event_id_column``: event IDs of room v4+ travel as one column of raw
+  bytes after the body instead of one byte string each (deflate codes
+  random bytes at more than 8 bits each between the structure's codes).
+
+Data, not code, because both ends must agree on it exactly: its digest is
+part of the profile digest the handshake compares.  docs/protocol.md §5.1.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cache
+from typing import Any
+
+from ..errors import TableError
+from . import datafiles
+
+FORMAT = "coap-gateway/timeline"
+
+
+@dataclass(frozen=True)
+class TimelineTable:
+    version: int
+    #: JSON value whose canonical CBOR ends the form's dictionary
+    template: Any
+    event_id_column: bool
+    digest: str
+
+
+def parse_timeline_table(doc: Any, digest: str = "") -> TimelineTable:
+    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+        raise TableError(f"not a {FORMAT} document")
+    version = doc.get("version")
+    if type(version) is not int or version < 2:
+        raise TableError("version must be an integer ≥ 2 (version 1 has no table)")
+    column = doc.get("event_id_column")
+    if type(column) is not bool:
+        raise TableError("event_id_column must be true or false")
+    if "template" not in doc:
+        raise TableError("template is missing")
+    return TimelineTable(version, doc["template"], column, digest)
+
+
+@cache
+def load_timeline_table(version: int) -> TimelineTable:
+    name = f"timeline-v{version}.json"
+    raw = datafiles.read_bytes(name)
+    table = parse_timeline_table(datafiles.parse_json_document(raw, name), datafiles.content_digest(raw))
+    if table.version != version:
+        raise TableError(f"{name} declares version {table.version}")
+    return table
+
+
+__all__ = ["TimelineTable", "load_timeline_table", "parse_timeline_table"]
