@@ -22,8 +22,9 @@ Content-Format ``CF_TIMELINE`` says so; the server uses it only when it is
 smaller, Content-Format included.
 
 A profile with a timeline table (lb4, ``timeline_table``) adds two things:
-the dictionary ends with the table's template (the default push rules every
-first sync carries), and event IDs of room v4+ leave the body for a column
+the dictionary ends with the table's template (a first sync with neutral
+values: the default push rules every first sync carries, a room's default
+state), and event IDs of room v4+ leave the body for a column
 of raw bytes after it, each replaced by ``"$"`` (a string of only ``$``
 signs gets one more, so nothing is ambiguous).  docs/protocol.md §5.1.
 """

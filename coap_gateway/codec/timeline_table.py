@@ -5,9 +5,10 @@ the preset and the text dictionary.  From version 2 (profile lb4) a table
 says what else both ends put in:
 
 * ``template``: a JSON value whose canonical CBOR (§6) ends the form's
-  deflate dictionary — the account data of a new account's first sync
+  deflate dictionary — a new account's first sync with neutral values
   (Synapse's default push rules: 4.4 kB of JSON that the trained preset
-  holds only in fragments, ~88 B of every first sync);
+  holds only in fragments, ~90 B of every first sync; a room's default
+  state; the sync's own structure);
 * ``event_id_column``: event IDs of room v4+ travel as one column of raw
   bytes after the body instead of one byte string each (deflate codes
   random bytes at more than 8 bits each between the structure's codes).

@@ -145,7 +145,7 @@ def test_lb4_refuses_a_column_that_does_not_match_its_body():
 def test_lb4_template_holds_the_default_push_rules():
     """A first sync's push rules as Synapse writes them (the template with
     another user name) cost ~20 B instead of ~90."""
-    template = LB4.timeline.template
+    template = LB4.timeline.template["account_data"]
     rules = json.loads(json.dumps(template).replace('"pattern": "user"', '"pattern": "erin"'))
     sync = json.loads(first_sync())
     with_rules = json.dumps({"account_data": rules, **sync}, separators=(",", ":")).encode()
