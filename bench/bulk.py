@@ -2,7 +2,7 @@
 
 alice's device is on DESIGN's slow link (100 bit/s, 1 s one way, no loss),
 bob's on a fast one, each behind its own client gateway with its sync loop
-running, one server gateway, the deployed defaults (secure, lb3, sync
+running, one server gateway, the deployed defaults (secure, lb4, sync
 push).  alice starts uploading a 6 kB file (what js-sdk's device setup
 sends as ``keys/upload``); while its blocks cross, she sends the reference
 message.  Measured: from that send until bob's sync loop has it, and how

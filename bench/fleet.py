@@ -33,7 +33,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from coap_gateway.codec import HttpRequest, load_profile
+from coap_gateway.codec import DEFAULT_PROFILE, HttpRequest, load_profile
 
 from .cpu import process_cpu_seconds
 from .hostile import HostileDevice, rss_bytes, stand_in_homeserver, start_server_process
@@ -90,7 +90,7 @@ async def _sender(device: HostileDevice, token: str, minutes: float, sent: list[
 async def run(devices: int, minutes: float, idle_seconds: float, ip: str, progress: Any,
               period: float = 60.0) -> dict[str, Any]:
     _raise_file_limit(devices)
-    profile = load_profile("lb3")
+    profile = load_profile(DEFAULT_PROFILE)
     homeserver = await stand_in_homeserver()
     with tempfile.TemporaryDirectory(prefix="bench-fleet-") as tmp:
         child, public, port = await start_server_process(homeserver.url, ip, tmp)

@@ -41,7 +41,7 @@ from aiocoap.numbers.codes import Code
 from aiohttp import web
 
 from coap_gateway.app import RunningClient, start_client
-from coap_gateway.codec import HttpRequest, Profile, load_profile
+from coap_gateway.codec import DEFAULT_PROFILE, HttpRequest, Profile, load_profile
 from coap_gateway.codec.mapping import request_to_coap
 from coap_gateway.secure import keys
 from coap_gateway.transport import SERVER_KEY
@@ -205,7 +205,7 @@ async def start_server_process(homeserver: str, ip: str, state_dir: str) -> tupl
 
 async def run(devices: int, steps: int, handles: int, upload: int, ip: str, progress: Any,
               sync_loops: int = SYNC_LOOPS) -> dict[str, Any]:
-    profile = load_profile("lb3")
+    profile = load_profile(DEFAULT_PROFILE)
     homeserver = await stand_in_homeserver()
     with tempfile.TemporaryDirectory(prefix="bench-hostile-") as tmp:
         child, public, port = await start_server_process(homeserver.url, ip, tmp)

@@ -4,7 +4,7 @@ The conversation of meshsim's ``100bps-lossy``: alice's phone on a 100 bit/s
 radio link (2 s ± 0.5 s one way, random loss each way, 42 B of UDP/IP per
 frame), bob on a fast link, each device behind its own client gateway with
 its sync loop running, one server gateway, the deployed defaults (secure
-mode, profile lb3, sync push).  Alice sends three messages, each once bob
+mode, profile lb4, sync push).  Alice sends three messages, each once bob
 has the one before; then bob answers three times the same way.  A message's
 latency runs from the send to the moment the other device's sync loop has it.
 
@@ -413,7 +413,7 @@ def summarise(runs: list[RunResult]) -> dict[str, Any]:
     return {"rows": rows, "runs": [r.as_dict() for r in runs],
             "setup": "alice: 100 bit/s, 2 s ± 0.5 s one way, loss each way, 42 B UDP/IP per frame; "
                      "bob: 10 Mbit/s; 3 messages alice→bob then 3 bob→alice, each after the previous arrived; "
-                     "secure, lb3, sync push; virtual time, in-process homeserver",
+                     f"secure, {DEFAULT_PROFILE}, sync push; virtual time, in-process homeserver",
             "targets": {"loss": 0.2, "median_s": TARGET_MEDIAN_S, "p95_s": TARGET_P95_S}}
 
 

@@ -283,8 +283,8 @@ def loss_section(results: dict[str, Any], charts: dict[str, Path], rel: Callable
               f"percentile {_limit('loss.p95')} {_mark(p95.get('met'))}.", "",
               "The conversation of meshsim's `100bps-lossy` (`bench/losslatency.py`): alice's phone on a "
               "100 bit/s radio (2 s ± 0.5 s one way, random loss each way, 42 B of UDP/IP per frame), bob on a "
-              "fast link, each behind its own client gateway with its sync loop running, secure mode, profile "
-              "lb3, sync push; set up on a fast link, then alice sends three messages (each once bob has the "
+              "fast link, each behind its own client gateway with its sync loop running, secure mode, the default "
+              "profile, sync push; set up on a fast link, then alice sends three messages (each once bob has the "
               "one before) and bob answers three. Latency: from the send to the other device's sync loop "
               "having it. The gateways, the links and their loss draws run in virtual time (looptime), so every "
               "loss rate is run over many seeds in seconds; the homeserver is an in-process stand-in that "

@@ -208,7 +208,7 @@ def _federation_parser(sub) -> None:
                      help="where the homeserver's https_proxy points (default 127.0.0.1:8449; keep it on loopback)")
     fed.add_argument("--ca-dir", metavar="DIR", help="the federation CA (made on first run; default: the key's directory)")
     fed.add_argument("--state-dir", metavar="DIR", help="replay protection across restarts (default: the key's directory)")
-    fed.add_argument("--profile", help="table profile (default lb3)")
+    fed.add_argument("--profile", help="table profile (default lb4)")
     fed.add_argument("--low-bandwidth", action="store_true", default=None,
                      help="answer transactions of nothing but typing, receipts and presence here (they never cross)")
     fed.add_argument("--plain", action="store_true", default=None,
@@ -297,7 +297,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="where state that must survive a restart is kept (replay protection); "
                              "default: the --key file's directory")
     server.add_argument("--plaintext", action="store_true", default=None, help="no encryption: only for links that are already trusted")
-    server.add_argument("--profile", help="table profile (default lb3; lb2 without the compact form; msc3079 for MSC3079 clients)")
+    server.add_argument("--profile", help="table profile (default lb4; lb3 without the timeline table; lb2 without the compact form; msc3079 for MSC3079 clients)")
     server.add_argument("--allow-admin", action="store_true", default=None, help="let /_synapse/admin through (off by default)")
     server.add_argument("--advertise", metavar="ADDR", help="address /versions advertises (default: --listen)")
     server.add_argument("--no-sync-push", action="store_true", default=None,
@@ -318,7 +318,7 @@ def build_parser() -> argparse.ArgumentParser:
     client.add_argument("--plaintext", action="store_true", default=None, help="no encryption: only for trusted links")
     client.add_argument("--listen", metavar="HOST:PORT", help="where Matrix clients connect (default 127.0.0.1:8008)")
     client.add_argument("--local", metavar="ADDR", help="local UDP address to send from (default any)")
-    client.add_argument("--profile", help="table profile (default lb3)")
+    client.add_argument("--profile", help="table profile (default lb4)")
     client.add_argument("--low-bandwidth", action="store_true", default=None,
                         help="answer typing, read receipts and presence updates locally instead of sending them")
     client.add_argument("--keepalive", metavar="SECONDS",
@@ -338,7 +338,7 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--rate", help="link rate, netem units (default 2400bit)")
     up.add_argument("--delay", help="one-way delay (default 100ms)")
     up.add_argument("--loss", type=float, help="loss probability 0..1 (default 0)")
-    up.add_argument("--profile", help="table profile (default lb3)")
+    up.add_argument("--profile", help="table profile (default lb4)")
     up.add_argument("--low-bandwidth", action="store_true", default=None,
                     help="answer typing, read receipts and presence updates locally")
     up.add_argument("--config", metavar="FILE", help="TOML file with any of these options")

@@ -12,7 +12,7 @@ token and handle binding (``binding``).  Nothing here opens a socket, reads
 a clock or needs an event loop.
 """
 
-from . import json_cbor, options, payload, route_option, routes, status
+from . import column, json_cbor, options, payload, route_option, routes, status, timeline
 from .binding import (
     Attempt,
     ClientBinding,

@@ -11,7 +11,8 @@ Content-Format     payload
 60 (cbor)          CBOR, not compressed (2 bytes of option)
 65001 (timeline)  deflate(CBOR) in the timeline form (``timeline``):
                   a body with many events, its timestamps as
-                  differences (3 bytes of option)
+                  differences; in lb4 also one with a token
+                  (3 bytes of option)
 50 (json)          the JSON body verbatim (it was not valid JSON,
                    or not representable in CBOR)
 other registered   the body verbatim (0 text/plain, 42 octets,
@@ -112,7 +113,7 @@ def _json_payload(body: bytes, profile: Profile, allow_deflate: bool) -> CoapPay
         return CoapPayload(body, options.CF_JSON)
     if profile.flate is not None and allow_deflate:
         deflated = compress(cbor, profile.flate)
-        form = timeline.encode(cbor, profile) if body.count(b'"origin_server_ts"') >= timeline.MIN_TIMESTAMPS else None
+        form = timeline.encode(cbor, profile) if timeline.worth_trying(body, profile) else None
         if form is not None and len(form) + _TIMELINE_OPTION_COST < min(len(deflated), len(cbor) + _CF_OPTION_COST):
             return CoapPayload(form, options.CF_TIMELINE)
         if len(deflated) < len(cbor) + _CF_OPTION_COST:

@@ -24,9 +24,9 @@ smaller, Content-Format included.
 A profile with a timeline table (lb4, ``timeline_table``) adds two things:
 the dictionary ends with the table's template (a first sync with neutral
 values: the default push rules every first sync carries, a room's default
-state), and event IDs of room v4+ leave the body for a column
-of raw bytes after it, each replaced by ``"$"`` (a string of only ``$``
-signs gets one more, so nothing is ambiguous).  docs/protocol.md §5.1.
+state), and event IDs and Synapse's tokens leave the body for a column of
+raw bytes after it (``column``).  Such a profile uses the form for a body
+with a token even without timestamps (a login's answer).  docs/protocol.md §5.1.
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from ..errors import CodecError
+from . import column as column_form
 from . import json_cbor
 from .compression import MAX_DICTIONARY_SIZE, FlateDictionary, compress, decompress
 from .profile import Profile
@@ -42,12 +43,6 @@ from .profile import Profile
 TS = "origin_server_ts"
 #: below this many timestamps the form cannot pay for its Content-Format
 MIN_TIMESTAMPS = 2
-
-#: what stands for an event ID of the column, in the body
-COLUMN_MARK = "$"
-#: the binary-field marker of the event IDs the column carries (§6.4: `$` +
-#: URL-safe base64, room v4+) and their raw length (a SHA-256)
-_COLUMN_FORM, EVENT_ID_BYTES = 0x01, 32
 
 #: (preset, text, timeline table digests) -> the dictionary (hashed once)
 _DICTIONARIES: dict[tuple[str, str, str], FlateDictionary] = {}
@@ -68,63 +63,16 @@ def dictionary(profile: Profile) -> FlateDictionary | None:
     return found
 
 
-def _uses_column(profile: Profile) -> bool:
-    return profile.timeline is not None and profile.timeline.event_id_column
+def _columns(profile: Profile) -> frozenset[str]:
+    return profile.timeline.columns if profile.timeline is not None else frozenset()
 
 
-def _string_slots(doc: Any) -> Iterator[tuple[Any, Any]]:
-    """(container, key or index) of every string value (not object keys),
-    depth first, members and elements in order: the column's order."""
-    stack = [doc]
-    while stack:
-        node = stack.pop()
-        if isinstance(node, dict):
-            items = list(node.items())
-        elif isinstance(node, list):
-            items = list(enumerate(node))
-        else:
-            continue
-        for slot, value in items:
-            if isinstance(value, str):
-                yield node, slot
-        stack.extend(value for _, value in reversed(items) if isinstance(value, (dict, list)))
-
-
-def _only_marks(text: str) -> bool:
-    return bool(text) and text.count(COLUMN_MARK) == len(text)
-
-
-def _to_column(doc: Any) -> bytes:
-    """Event IDs out of ``doc`` (in place) into the column it returns."""
-    column = bytearray()
-    for node, slot in _string_slots(doc):
-        text = node[slot]
-        if _only_marks(text):
-            node[slot] = text + COLUMN_MARK  # escaped: one mark more
-            continue
-        raw = json_cbor.string_to_binary(text)
-        if raw is not None and raw[0] == _COLUMN_FORM and len(raw) == 1 + EVENT_ID_BYTES:
-            column += raw[1:]
-            node[slot] = COLUMN_MARK
-    return bytes(column)
-
-
-def _from_column(doc: Any, column: bytes) -> None:
-    """Undo :func:`_to_column`; every column entry must be used, once."""
-    used = 0
-    for node, slot in _string_slots(doc):
-        text = node[slot]
-        if not _only_marks(text):
-            continue
-        if len(text) > 1:
-            node[slot] = text[1:]
-            continue
-        if used + EVENT_ID_BYTES > len(column):
-            raise CodecError("the body names more event IDs than its column holds")
-        node[slot] = json_cbor.binary_to_string(bytes([_COLUMN_FORM]) + column[used:used + EVENT_ID_BYTES])
-        used += EVENT_ID_BYTES
-    if used != len(column):
-        raise CodecError(f"{len(column) - used} bytes after the body are not event IDs it names")
+def worth_trying(body: bytes, profile: Profile) -> bool:
+    """Whether a JSON body may come out smaller in the timeline form: it has
+    timestamps to write as differences, or a token for the column."""
+    if body.count(b'"origin_server_ts"') >= MIN_TIMESTAMPS:
+        return True
+    return "token" in _columns(profile) and (b'"syt_' in body or b'"syr_' in body)
 
 
 def _is_int(value: Any) -> bool:
@@ -190,10 +138,14 @@ def encode(canonical_cbor: bytes, profile: Profile) -> bytes | None:
     if preset is None:
         return None
     doc = json_cbor.decode(canonical_cbor, profile.cbor_table, ordered=True)
-    if sum(1 for node in _objects(doc) if _is_int(node.get(TS))) < MIN_TIMESTAMPS:
+    few = sum(1 for node in _objects(doc) if _is_int(node.get(TS))) < MIN_TIMESTAMPS
+    columns = _columns(profile)
+    if few and "token" not in columns:
         return None
     _walk(doc, encode=True)
-    column = _to_column(doc) if _uses_column(profile) else b""
+    column = column_form.to_column(doc, tokens="token" in columns) if columns else b""
+    if few and not column:
+        return None
     try:
         data = json_cbor.encode(doc, profile.cbor_table, canonical=False)
     except CodecError:  # a difference beyond ±(2**53 - 1)
@@ -207,9 +159,10 @@ def decode(payload: bytes, profile: Profile, max_size: int) -> bytes:
     if preset is None:
         raise CodecError("the timeline form needs a profile with the compact form")
     data = decompress(payload, preset, max_size)
-    if _uses_column(profile):
+    columns = _columns(profile)
+    if columns:
         doc, end = json_cbor.decode_prefix(data, profile.cbor_table, ordered=True)
-        _from_column(doc, data[end:])  # the column: what follows the body
+        column_form.from_column(doc, data[end:], tokens="token" in columns)  # the column: what follows the body
     else:
         doc = json_cbor.decode(data, profile.cbor_table, ordered=True)
     _walk(doc, encode=False)
@@ -217,4 +170,4 @@ def decode(payload: bytes, profile: Profile, max_size: int) -> bytes:
     return json_cbor.dump_json(doc)
 
 
-__all__ = ["COLUMN_MARK", "EVENT_ID_BYTES", "MIN_TIMESTAMPS", "decode", "dictionary", "encode"]
+__all__ = ["MIN_TIMESTAMPS", "decode", "dictionary", "encode", "worth_trying"]

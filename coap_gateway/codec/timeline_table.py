@@ -9,9 +9,9 @@ says what else both ends put in:
   (Synapse's default push rules: 4.4 kB of JSON that the trained preset
   holds only in fragments, ~90 B of every first sync; a room's default
   state; the sync's own structure);
-* ``event_id_column``: event IDs of room v4+ travel as one column of raw
-  bytes after the body instead of one byte string each (deflate codes
-  random bytes at more than 8 bits each between the structure's codes).
+* ``columns``: which random strings travel as raw bytes in a column after
+  the body (``event_id``: event IDs of room v4+; ``token``: Synapse's
+  access and refresh tokens; ``column``).
 
 Data, not code, because both ends must agree on it exactly: its digest is
 part of the profile digest the handshake compares.  docs/protocol.md §5.1.
@@ -27,6 +27,7 @@ from ..errors import TableError
 from . import datafiles
 
 FORMAT = "coap-gateway/timeline"
+COLUMNS = frozenset({"event_id", "token"})
 
 
 @dataclass(frozen=True)
@@ -34,7 +35,8 @@ class TimelineTable:
     version: int
     #: JSON value whose canonical CBOR ends the form's dictionary
     template: Any
-    event_id_column: bool
+    #: what the column carries: a subset of COLUMNS
+    columns: frozenset[str]
     digest: str
 
 
@@ -44,12 +46,12 @@ def parse_timeline_table(doc: Any, digest: str = "") -> TimelineTable:
     version = doc.get("version")
     if type(version) is not int or version < 2:
         raise TableError("version must be an integer ≥ 2 (version 1 has no table)")
-    column = doc.get("event_id_column")
-    if type(column) is not bool:
-        raise TableError("event_id_column must be true or false")
+    columns = doc.get("columns")
+    if not isinstance(columns, list) or len(set(columns)) != len(columns) or not set(columns) <= COLUMNS:
+        raise TableError(f"columns must list distinct names of {sorted(COLUMNS)}")
     if "template" not in doc:
         raise TableError("template is missing")
-    return TimelineTable(version, doc["template"], column, digest)
+    return TimelineTable(version, doc["template"], frozenset(columns), digest)
 
 
 @cache
@@ -62,4 +64,4 @@ def load_timeline_table(version: int) -> TimelineTable:
     return table
 
 
-__all__ = ["TimelineTable", "load_timeline_table", "parse_timeline_table"]
+__all__ = ["COLUMNS", "TimelineTable", "load_timeline_table", "parse_timeline_table"]

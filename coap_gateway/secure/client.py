@@ -28,6 +28,12 @@ RECENT_HEADERS = 16  # frames a RESET may echo
 MAX_EARLY_MESSAGE = 512
 
 
+#: the handshake datagrams without a message (docs/protocol.md §10, measured
+#: sizes; tests/secure assert them)
+IK_SETUP_BYTES = 104 + 50
+XX_SETUP_BYTES = 36 + 97 + 66
+
+
 class ClientEndpoint:
     """The client side of the secure layer, talking to one server.
 
@@ -71,6 +77,14 @@ class ClientEndpoint:
         self.server_public = server_public
         self.handshake = self.channel = None
         self._unconfirmed_xx3 = None
+
+    def setup_bytes(self) -> int:
+        """Handshake bytes still to cross before a message can be sealed: 0
+        with a session, else a whole IK (a pinned key) or XX — the datagrams
+        without a message (IK1 104 + IK2 50; XX1 36 + XX2 97 + XX3 66)."""
+        if self.channel is not None:
+            return 0
+        return IK_SETUP_BYTES if self.server_public is not None else XX_SETUP_BYTES
 
     @property
     def session_id(self) -> bytes | None:

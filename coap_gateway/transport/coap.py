@@ -124,6 +124,8 @@ class _Backlogs(dict):
 class PlainCodec:
     """Plaintext mode: the datagram *is* the CoAP message (RFC 7252)."""
 
+    frame_overhead = 0
+
     def bind(self, host: CodecHost) -> None:
         pass
 
@@ -135,6 +137,9 @@ class PlainCodec:
 
     def failure(self) -> Exception | None:
         return None
+
+    def setup_bytes(self, key: Hashable) -> int:
+        return 0
 
 
 @dataclass
@@ -274,6 +279,9 @@ class _Exchange:
     answer: int | None = None
     kind: Hashable = None
     retransmitted: bool = False
+    #: its round trip says something about the link (Karn: not when
+    #: retransmitted; not when it waited for a handshake first)
+    sampled: bool = True
 
 
 #: an empty ACK: what a CON response (a notification, a separate response) is answered with
@@ -464,7 +472,10 @@ class LinkAwareMessageManager(MessageManager):
     def _add_exchange(self, message: Message, messageerror_monitor: Callable[[], None]) -> None:
         key = (message.remote, message.mid)
         self._backlogs.setdefault(message.remote, [])
-        size = len(message.encode())
+        # what the link carries: the secure layer's sequence number and tag
+        # too (2.6 s a round trip at 100 bit/s, which the measured round
+        # trip otherwise took for latency)
+        size = len(message.encode()) + message.remote.interface.codec.frame_overhead
         queued = self._queued(message)
         # our own CON: retransmit as often as this link needs
         tuning = message.transport_tuning = self.tuning_for(message.remote)
@@ -478,10 +489,11 @@ class LinkAwareMessageManager(MessageManager):
                 # a GET not seen before fetches a representation, which may fill
                 # a frame (a sync, a page of history); a 256-B guess would retransmit it
                 answer = self.budget.max_frame
-        base = self.timer_for(message.remote).ack_timeout(size, queued, answer)
+        setup = self._setup_time(message)
+        base = self.timer_for(message.remote).ack_timeout(size, queued, answer) + setup
         timeout = random.uniform(base, base * tuning.ACK_RANDOM_FACTOR)
         # recorded before the first retransmission is scheduled: it reads it
-        self._exchanges[key] = _Exchange(self.loop.time(), size, queued, answer, kind)
+        self._exchanges[key] = _Exchange(self.loop.time(), size, queued, answer, kind, sampled=not setup)
         handle = self._schedule_retransmit(message, timeout, 0)
         self._active_exchanges[key] = (messageerror_monitor, handle)
 
@@ -492,9 +504,21 @@ class LinkAwareMessageManager(MessageManager):
             # the retransmitted frame itself is already in the link's queue
             queued = max(0, self._queued(message) - exchange.size)
             base = self.timer_for(message.remote).retransmit_timeout(exchange.size, queued, exchange.answer,
-                                                                     retransmission_counter)
+                                                                     retransmission_counter) + self._setup_time(message)
             timeout = random.uniform(base, base * message.transport_tuning.ACK_RANDOM_FACTOR)
         return super()._schedule_retransmit(message, timeout, retransmission_counter)
+
+    def _setup_time(self, message: Message) -> float:
+        """What a handshake still to make adds before ``message`` can cross:
+        its datagrams and one round trip.  Without it the first request's
+        timer ran while IK1 and IK2 crossed (12 s at 100 bit/s) and fired
+        before its answer could arrive; and its round trip, taken as a
+        sample, made the next timeout 150 s."""
+        setup = message.remote.interface.codec.setup_bytes(message.remote.key)
+        if not setup:
+            return 0.0
+        timer = self.timer_for(message.remote)
+        return timer.budget.serialisation(setup) + timer.residual()
 
     def _retransmit(self, message: Message, timeout: float, retransmission_counter: int) -> None:
         key = (message.remote, message.mid)
@@ -513,7 +537,7 @@ class LinkAwareMessageManager(MessageManager):
         exchange = self._exchanges.pop(key, None)
         if exchange is not None and exchange.kind is not None and message.mtype == ACK and message.code != EMPTY:
             self.answer_sizes.record(exchange.kind, self.incoming_size)  # a piggybacked answer
-        if exchange is not None and not exchange.retransmitted and key in self._active_exchanges:
+        if exchange is not None and not exchange.retransmitted and exchange.sampled and key in self._active_exchanges:
             rtt = self.loop.time() - exchange.sent_at
             self.timer_for(message.remote).on_sample(rtt, exchange.size, self.incoming_size, exchange.queued)
             self.counters.rtt_samples += 1
@@ -723,7 +747,9 @@ class LinkMessageInterface(interfaces.MessageInterface):
                 self.counters.dropped_malformed += 1
                 continue
             message.transport_tuning = self.mman.tuning_for(remote)
-            self.mman.incoming_size = len(raw)
+            # the datagram's size when it carries this message alone (the
+            # timer counts what the link carried)
+            self.mman.incoming_size = len(datagram) if len(messages) == 1 else len(raw)
             try:
                 self.mman.dispatch_message(message)
             except Exception:

@@ -62,6 +62,10 @@ class FrameCodec(Protocol):
     address in plaintext mode, the session in secure mode.
     """
 
+    #: bytes a datagram adds to the CoAP message it carries, at most (the
+    #: retransmission timer counts what the link carries)
+    frame_overhead: int
+
     def bind(self, host: CodecHost) -> None: ...
 
     def outgoing(self, key: Hashable, message: bytes) -> list[tuple[Hashable, bytes]]: ...
@@ -71,6 +75,11 @@ class FrameCodec(Protocol):
     def failure(self) -> Exception | None:
         """What stops every exchange until someone acts (a changed server
         key), or None: requests fail at once with it instead of timing out."""
+        ...
+
+    def setup_bytes(self, key: Hashable) -> int:
+        """Bytes that must cross, one round trip, before a message to ``key``
+        can (a handshake still to make); 0 when it can go at once."""
         ...
 
 

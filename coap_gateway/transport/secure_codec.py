@@ -173,6 +173,8 @@ class SecureServerCodec:
     starts over: its CoAP exchanges are forgotten, its older sessions closed.
     """
 
+    frame_overhead = sf.SEQ_SIZE + sf.TAG_SIZE
+
     def __init__(self, endpoint: ServerEndpoint, *, clock: Clock = time.time,
                  on_device: Callable[[DeviceEvent], None] | None = None, key_log: KeyLog | None = None):
         self.endpoint = endpoint
@@ -208,6 +210,9 @@ class SecureServerCodec:
 
     def failure(self) -> None:
         return None  # a server's failures are per device, never the whole endpoint's
+
+    def setup_bytes(self, key: Hashable) -> int:
+        return 0  # a server never waits for a handshake of its own: the device makes them
 
     def outgoing(self, key: Hashable, message: bytes) -> list[tuple[Hashable, bytes]]:
         sessions = self._sessions_of.get(key.public) if isinstance(key, DeviceId) else None
@@ -308,6 +313,8 @@ class SecureServerCodec:
 class SecureClientCodec:
     """The client's codec: one server, at ``server_addr`` on the link."""
 
+    frame_overhead = sf.SEQ_SIZE + sf.TAG_SIZE
+
     def __init__(self, endpoint: ClientEndpoint, server_addr: Hashable, *, clock: Clock = time.time,
                  on_connected: Callable[[Connected], None] | None = None,
                  explain: Callable[[SecurityError], SecurityError] | None = None,
@@ -348,6 +355,9 @@ class SecureClientCodec:
         if failure is not None:
             raise failure
         return self._handle(self.endpoint.send(self.clock(), message), deliver=None)
+
+    def setup_bytes(self, key: Hashable) -> int:
+        return self.endpoint.setup_bytes()
 
     def incoming(self, peer: Hashable, datagram: bytes) -> list[tuple[Hashable, bytes]]:
         if peer != self.server_addr:

@@ -106,6 +106,41 @@ async def test_reference_send_frame_sizes():
     await client.shutdown(), await server.shutdown()
 
 
+@pytest.mark.looptime
+async def test_the_first_request_waits_for_its_handshake_without_retransmitting():
+    """A login (POST: never early data) from a cold client at 100 bit/s, 1 s
+    each way: IK1 and IK2 cross first (12 s of frames), then the request.
+    Its timer must include the handshake, and its round trip, handshake
+    included, must not be taken as a sample of the link (it made the next
+    timeout 150 s)."""
+    clock = virtual_wall_clock()
+    cl, sl = emulated_link_pair(LinkProfile(rate_bps=100, delay=1.0), seed=1)
+
+    class Login(resource.Resource):
+        async def render_post(self, request):
+            return Message(code=Code.CONTENT, payload=bytes(74))  # a login's answer: 90 B sealed
+
+    class Everything(resource.Site):
+        async def render_to_pipe(self, pipe):
+            return await Login().render_to_pipe(pipe)
+
+    server = await create_link_endpoint(sl, site=Everything(), codec=SecureServerCodec(
+        ServerEndpoint(SERVER_PRIV, {PROFILE.id: DIGEST}), clock=clock))
+    client, codec = await secure_client(cl, "server", clock)
+    assert codec.setup_bytes("server") == 104 + 50
+    timer = client.interface.mman.timer_for(client.remote(SERVER_KEY))
+    for _ in range(20):  # the timeout is drawn at random: draw it many times
+        msg = Message(code=Code.POST, uri_path=["login"], payload=bytes(43))
+        msg.remote = client.remote(SERVER_KEY)
+        await client.context.request(msg).response
+        if client.counters.rtt_samples == 0:
+            # the cold exchange: no sample; the handshake is done
+            assert codec.setup_bytes("server") == 0 and timer.srtt is None
+    assert client.counters.retransmissions == 0 and len(cl.sent) == 1 + 20
+    assert client.counters.rtt_samples == 19 and timer.srtt < 3.0, timer.srtt
+    await client.shutdown(), await server.shutdown()
+
+
 # ------------------------------------------------------------ real sockets
 
 
