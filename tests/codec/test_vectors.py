@@ -10,7 +10,8 @@ from aiocoap import Message
 from aiocoap.numbers.codes import Code
 from aiocoap.optiontypes import OpaqueOption
 
-from coap_gateway.codec import json_cbor, options, payload, routes, status
+from coap_gateway.codec import json_cbor, options, payload, routes, status, timeline
+from coap_gateway.codec.compression import decompress
 from coap_gateway.codec.profile import load_profile
 from coap_gateway.codec.tables import load_cbor_table
 
@@ -59,6 +60,10 @@ def test_payload_vectors_decode(v):
     # deflate output may differ between zlib-ng releases; its size may not grow
     encoded = payload.body_to_payload(v["json"].encode(), "application/json", profile)
     assert len(encoded.payload) <= len(bytes.fromhex(v["payload_hex"]))
+    assert encoded.content_format == v["content_format"]
+    if "inflated_hex" in v:  # the timeline form: what deflate carries is exact
+        assert decompress(bytes.fromhex(v["payload_hex"]), timeline.dictionary(profile)).hex() == v["inflated_hex"]
+        assert decompress(encoded.payload, timeline.dictionary(profile)).hex() == v["inflated_hex"]
 
 
 def test_binding_vectors_resolve_in_order():

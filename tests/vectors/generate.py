@@ -17,7 +17,8 @@ from aiocoap import Message
 from aiocoap.numbers.codes import Code
 from aiocoap.optiontypes import OpaqueOption, UintOption
 
-from coap_gateway.codec import json_cbor, options, payload, routes, status
+from coap_gateway.codec import json_cbor, options, payload, routes, status, timeline
+from coap_gateway.codec.compression import decompress
 from coap_gateway.codec.profile import load_profile
 from coap_gateway.codec.tables import load_cbor_table
 
@@ -80,9 +81,27 @@ def status_vector(http: int, retry_after: str | None) -> dict:
 def payload_vector(profile_name: str, body: bytes, comment: str) -> dict:
     profile = load_profile(profile_name)
     pl = payload.body_to_payload(body, "application/json", profile)
-    return {"profile": profile_name, "json": body.decode(), "content_format": pl.content_format,
-            "payload_hex": pl.payload.hex(), "dictionary": profile.flate.digest if profile.flate else None,
-            "comment": comment}
+    vector = {"profile": profile_name, "json": body.decode(), "content_format": pl.content_format,
+              "payload_hex": pl.payload.hex(), "dictionary": profile.flate.digest if profile.flate else None,
+              "comment": comment}
+    if pl.content_format == options.CF_TIMELINE:
+        # deflate's bytes are not unique (§5.2): what it must inflate to is
+        vector["inflated_hex"] = decompress(pl.payload, timeline.dictionary(profile)).hex()
+    return vector
+
+
+#: a login's answer as Synapse writes it (a real token: its format, its CRC)
+LOGIN_ANSWER = (b'{"user_id":"@erin-t1:localhost","access_token":"syt_ZXJpbi10MQ_zdXqPHRdLvnuKSoiqmAN_2JL63s",'
+                b'"home_server":"localhost","device_id":"WVWIYXURMJ"}')
+#: two messages of a page of events: timestamps 21 ms apart, ages written at one moment
+TIMELINE_PAGE = json.dumps({"chunk": [
+    {"content": {"body": "Morning! Are we still on for today?", "msgtype": "m.text"},
+     "event_id": "$bMGFAoCIeuRtezx2Y5RUYwrdiwpBytqKS2DkrnST6eU", "origin_server_ts": 1796383627465,
+     "sender": "@erin:localhost", "type": "m.room.message", "unsigned": {"age": 257}},
+    {"content": {"body": "Yes, see you at 5pm", "msgtype": "m.text"},
+     "event_id": "$6CWRrXHkZKJ8FV8yEzM5_SwOlGZxN5ky18Eqf0F8ePc", "origin_server_ts": 1796383627486,
+     "sender": "@erin:localhost", "type": "m.room.message", "unsigned": {"age": 236}}]},
+    separators=(",", ":")).encode()
 
 
 BINDING_ROOM = "!" + base64.urlsafe_b64encode(hashlib.sha256(b"vector room").digest()).decode().rstrip("=")
@@ -154,6 +173,9 @@ def main() -> None:
             payload_vector("lb2", b'{"msgtype":"m.text","body":"Hello, see you at 5pm"}', "deflated: Content-Format absent"),
             payload_vector("lb2", json.dumps({"event_id": EVENT_ID}, separators=(",", ":")).encode(), "whichever is smaller"),
             payload_vector("msc3079", b'{"msgtype":"m.text","body":"Hello, see you at 5pm"}', "MSC3079 never deflates: CF 60"),
+            payload_vector("lb3", TIMELINE_PAGE, "lb3 timeline form: timestamps and ages as differences"),
+            payload_vector("lb4", TIMELINE_PAGE, "lb4 timeline form: the event IDs in the column after the body"),
+            payload_vector("lb4", LOGIN_ANSWER, "lb4 timeline form without timestamps: the token in the column"),
         ],
     }
     OUT.write_text(json.dumps(doc, indent=1, ensure_ascii=False) + "\n")
@@ -244,6 +266,8 @@ def spec_vectors() -> dict:
         lines = [p.cbor_table.digest, p.routes.digest, p.flate.digest if p.flate else "none"]
         if p.schemas is not None:
             lines.append(p.schemas.digest)
+        if p.timeline is not None:
+            lines.append(p.timeline.digest)
         profiles[name] = {"id": p.id, "digest_lines": lines, "profile_digest": profile_wire_digest(p).hex(),
                           "ik_prologue": sf.handshake_prologue(sf.DatagramKind.IK1, p.id, profile_wire_digest(p)).hex(),
                           "xx_prologue": sf.handshake_prologue(sf.DatagramKind.XX1, p.id, profile_wire_digest(p)).hex()}
