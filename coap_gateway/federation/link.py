@@ -53,6 +53,8 @@ class _ClientHost:
 class PeerLinkCodec:
     """A FrameCodec for a gateway's peers: initiator to some, responder to the rest."""
 
+    frame_overhead = SecureServerCodec.frame_overhead
+
     def __init__(self, server: SecureServerCodec, clients: dict[bytes, SecureClientCodec],
                  known: Callable[[bytes], bool]):
         self.server = server
@@ -78,6 +80,11 @@ class PeerLinkCodec:
 
     def failure(self) -> Exception | None:
         return None  # failures are per peer (fail_remote)
+
+    def setup_bytes(self, key: Hashable) -> int:
+        # a handshake to make only where we initiate; as responder the peer makes it
+        codec = self.clients.get(key.public) if isinstance(key, PeerKey) else None
+        return codec.setup_bytes(SERVER_KEY) if codec is not None else 0
 
     # -- keys
 
