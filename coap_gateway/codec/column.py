@@ -1,6 +1,6 @@
 """The column of the timeline form (sans-I/O): random strings as raw bytes.
 
-Event IDs and access tokens are random.  Deflate codes random bytes at more
+Event IDs and access tokens are random; message texts are English.  Deflate codes random bytes at more
 than 8 bits each when they sit between the structure's codes, and base64 or
 letters carry 6 or 5.7 bits in 8.  So, in profiles whose timeline table asks
 for it (lb4), they leave the body for a column of raw bytes after it, each
@@ -15,6 +15,11 @@ replaced by a one-character mark:
   again.  (Synapse's format, synapse/handlers/auth.py; a token of any other
   shape stays in the body.)
 
+* ``&``: a message text — any string value of a member ``body`` → a CBOR
+  text string.  The texts form the column's first section, the random
+  strings its second, each deflated as blocks of their own (English and
+  random bytes want different Huffman codes than the body's structure).
+
 A string made only of one mark gets one mark more, so nothing is ambiguous.
 Strings are visited depth first, members and elements in order, object keys
 never.  docs/protocol.md §5.1.
@@ -24,17 +29,22 @@ from __future__ import annotations
 
 import base64
 import binascii
+import io
 import re
 import string
 import zlib
 from collections.abc import Iterator
 from typing import Any
 
+import cbor2
+
 from ..errors import CodecError
 from . import json_cbor
 
-EVENT_ID_MARK, TOKEN_MARK = "$", "%"
-MARKS = (EVENT_ID_MARK, TOKEN_MARK)
+EVENT_ID_MARK, TOKEN_MARK, TEXT_MARK = "$", "%", "&"
+MARKS = (EVENT_ID_MARK, TOKEN_MARK, TEXT_MARK)
+#: the member whose string values are message texts (``content.body``)
+TEXT_KEY = "body"
 #: the binary-field form (§6.4) of the event IDs the column carries, and their raw length
 _EVENT_ID_FORM, EVENT_ID_BYTES = json_cbor.MARK_EVENT_ID_URL, 32
 
@@ -125,34 +135,59 @@ def _only_marks(text: str) -> bool:
     return bool(text) and text[0] in MARKS and text.count(text[0]) == len(text)
 
 
-def to_column(doc: Any, tokens: bool) -> bytes:
-    """Event IDs (and, with ``tokens``, Synapse tokens) out of ``doc``, in
-    place, into the column it returns."""
-    column = bytearray()
+def to_column(doc: Any, tokens: bool, texts: bool = False) -> list[bytes]:
+    """Random strings (and, with ``texts``, message texts) out of ``doc``,
+    in place, into the column's sections it returns: the texts, then the
+    event IDs and tokens (with ``tokens``)."""
+    text_section, random_section = bytearray(), bytearray()
     for node, slot in _string_slots(doc):
         text = node[slot]
         if _only_marks(text):
             node[slot] = text + text[0]  # escaped: one mark more
             continue
+        if texts and slot == TEXT_KEY:
+            try:
+                text_section += cbor2.dumps(text)
+            except (UnicodeEncodeError, ValueError) as exc:  # a lone surrogate: no CBOR text
+                raise CodecError(f"not representable in CBOR: {exc}") from exc
+            node[slot] = TEXT_MARK
+            continue
         raw = json_cbor.string_to_binary(text) if text[:1] == "$" else None
         if raw is not None and raw[0] == _EVENT_ID_FORM and len(raw) == 1 + EVENT_ID_BYTES:
-            column += raw[1:]
+            random_section += raw[1:]
             node[slot] = EVENT_ID_MARK
             continue
         entry = token_entry(text) if tokens and text[:2] == "sy" else None
         if entry is not None:
-            column += entry
+            random_section += entry
             node[slot] = TOKEN_MARK
-    return bytes(column)
+    return [bytes(text_section), bytes(random_section)]
 
 
-def from_column(doc: Any, column: bytes, tokens: bool) -> None:
+def _read_text(column: bytes, at: int) -> tuple[str, int]:
+    stream = io.BytesIO(column)
+    stream.seek(at)
+    try:
+        text = json_cbor.strict_decoder(stream, 1).decode()
+    except (cbor2.CBORDecodeError, ValueError, TypeError, OverflowError) as exc:
+        raise CodecError(f"a malformed text in the column: {exc}") from exc
+    if not isinstance(text, str):
+        raise CodecError("a text entry of the column is not a CBOR text string")
+    return text, stream.tell()
+
+
+def from_column(doc: Any, column: bytes, tokens: bool, texts: bool = False) -> None:
     """Undo :func:`to_column`; every byte of the column must be used, once."""
+    # the marks as the body has them, before any is replaced: a text put
+    # back may itself read like a mark
+    marked = [(node, slot, node[slot]) for node, slot in _string_slots(doc) if _only_marks(node[slot])]
     at = 0
-    for node, slot in _string_slots(doc):
-        text = node[slot]
-        if not _only_marks(text):
-            continue
+    for node, slot, text in marked:  # the texts' section comes first
+        if text == TEXT_MARK:
+            if not texts:
+                raise CodecError("a text mark where the profile carries no texts in the column")
+            node[slot], at = _read_text(column, at)
+    for node, slot, text in marked:
         if len(text) > 1:
             node[slot] = text[1:]
         elif text == EVENT_ID_MARK:
@@ -160,13 +195,13 @@ def from_column(doc: Any, column: bytes, tokens: bool) -> None:
                 raise CodecError("the body names more event IDs than its column holds")
             node[slot] = json_cbor.binary_to_string(bytes([_EVENT_ID_FORM]) + column[at:at + EVENT_ID_BYTES])
             at += EVENT_ID_BYTES
-        elif tokens:
+        elif text == TOKEN_MARK:
+            if not tokens:
+                raise CodecError("a token mark where the profile carries no tokens in the column")
             node[slot], at = _read_token(column, at)
-        else:
-            raise CodecError("a token mark where the profile carries no tokens in the column")
     if at != len(column):
         raise CodecError(f"{len(column) - at} bytes after the body are not column entries it names")
 
 
-__all__ = ["EVENT_ID_BYTES", "EVENT_ID_MARK", "MARKS", "TOKEN_MARK", "TOKEN_PREFIXES", "TOKEN_RANDOM_BYTES",
+__all__ = ["EVENT_ID_BYTES", "EVENT_ID_MARK", "MARKS", "TEXT_KEY", "TEXT_MARK", "TOKEN_MARK", "TOKEN_PREFIXES", "TOKEN_RANDOM_BYTES",
            "from_column", "to_column", "token_entry"]

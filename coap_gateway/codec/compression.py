@@ -84,6 +84,22 @@ def compress(data: bytes, dictionary: FlateDictionary | bytes = EMPTY_DICTIONARY
     return c.compress(data) + c.flush()
 
 
+def compress_sections(sections: list[bytes], dictionary: FlateDictionary | bytes = EMPTY_DICTIONARY) -> bytes:
+    """One raw deflate stream of the sections one after the other, each
+    starting a block of its own (Z_BLOCK): a section of English and one of
+    random bytes each get Huffman codes of their own, where one block
+    would share them with the structure before.  Any inflater reads it as
+    one stream; only the encoder's choice of blocks differs."""
+    c = _compressor(dictionary)
+    out = []
+    for i, section in enumerate(sections):
+        out.append(c.compress(section))
+        if i < len(sections) - 1:
+            out.append(c.flush(zlib_ng.Z_BLOCK))
+    out.append(c.flush())
+    return b"".join(out)
+
+
 def decompress(
     data: bytes,
     dictionary: FlateDictionary | bytes = EMPTY_DICTIONARY,

@@ -37,7 +37,7 @@ from typing import Any
 from ..errors import CodecError
 from . import column as column_form
 from . import json_cbor
-from .compression import MAX_DICTIONARY_SIZE, FlateDictionary, compress, decompress
+from .compression import MAX_DICTIONARY_SIZE, FlateDictionary, compress_sections, decompress
 from .profile import Profile
 
 TS = "origin_server_ts"
@@ -143,14 +143,14 @@ def encode(canonical_cbor: bytes, profile: Profile) -> bytes | None:
     if few and "token" not in columns:
         return None
     _walk(doc, encode=True)
-    column = column_form.to_column(doc, tokens="token" in columns) if columns else b""
-    if few and not column:
-        return None
     try:
+        sections = column_form.to_column(doc, tokens="token" in columns, texts="text" in columns) if columns else []
+        if few and not any(sections):
+            return None
         data = json_cbor.encode(doc, profile.cbor_table, canonical=False)
-    except CodecError:  # a difference beyond ±(2**53 - 1)
+    except CodecError:  # a difference beyond ±(2**53 - 1), a text CBOR cannot hold
         return None
-    return compress(data + column, preset)
+    return compress_sections([data, *(s for s in sections if s)], preset)
 
 
 def decode(payload: bytes, profile: Profile, max_size: int) -> bytes:
@@ -162,7 +162,8 @@ def decode(payload: bytes, profile: Profile, max_size: int) -> bytes:
     columns = _columns(profile)
     if columns:
         doc, end = json_cbor.decode_prefix(data, profile.cbor_table, ordered=True)
-        column_form.from_column(doc, data[end:], tokens="token" in columns)  # the column: what follows the body
+        # the column: what follows the body
+        column_form.from_column(doc, data[end:], tokens="token" in columns, texts="text" in columns)
     else:
         doc = json_cbor.decode(data, profile.cbor_table, ordered=True)
     _walk(doc, encode=False)

@@ -11,7 +11,8 @@ says what else both ends put in:
   state; the sync's own structure);
 * ``columns``: which random strings travel as raw bytes in a column after
   the body (``event_id``: event IDs of room v4+; ``token``: Synapse's
-  access and refresh tokens; ``column``).
+  access and refresh tokens; ``text``: message texts, in a section of
+  their own; ``column``).
 
 Data, not code, because both ends must agree on it exactly: its digest is
 part of the profile digest the handshake compares.  docs/protocol.md §5.1.
@@ -27,7 +28,7 @@ from ..errors import TableError
 from . import datafiles
 
 FORMAT = "coap-gateway/timeline"
-COLUMNS = frozenset({"event_id", "token"})
+COLUMNS = frozenset({"event_id", "token", "text"})
 
 
 @dataclass(frozen=True)

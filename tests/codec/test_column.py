@@ -54,12 +54,18 @@ def test_only_tokens_that_come_back_exactly_go_to_the_column():
 
 
 def test_marks_in_the_body_and_the_column():
-    doc = {"access_token": TOKEN, "e": [EVENT_ID, "%", "$$", "%%x"], EVENT_ID: "keys stay"}
-    col = column.to_column(doc, tokens=True)
-    assert doc == {"access_token": "%", "e": ["$", "%%", "$$$", "%%x"], EVENT_ID: "keys stay"}
-    assert col == column.token_entry(TOKEN) + base64.urlsafe_b64decode(EVENT_ID[1:] + "=")
-    column.from_column(doc, col, tokens=True)
-    assert doc == {"access_token": TOKEN, "e": [EVENT_ID, "%", "$$", "%%x"], EVENT_ID: "keys stay"}
+    doc = {"access_token": TOKEN, "e": [EVENT_ID, "%", "$$", "%%x", "&"],
+           "c": {"body": "see you at 5pm", "x": {"body": "$"}}, EVENT_ID: "keys stay"}
+    original = json.loads(json.dumps(doc))
+    texts, randoms = column.to_column(doc, tokens=True, texts=True)
+    # a text made only of one mark is escaped like any string, not moved
+    assert doc == {"access_token": "%", "e": ["$", "%%", "$$$", "%%x", "&&"], "c": {"body": "&", "x": {"body": "$$"}},
+                   EVENT_ID: "keys stay"}
+    # texts as CBOR text strings, in walk order; then the random strings
+    assert texts.hex() == "6e" + b"see you at 5pm".hex()
+    assert randoms == column.token_entry(TOKEN) + base64.urlsafe_b64decode(EVENT_ID[1:] + "=")
+    column.from_column(doc, texts + randoms, tokens=True, texts=True)
+    assert doc == original
 
 
 @pytest.mark.parametrize("body,col,tokens", [
@@ -71,10 +77,13 @@ def test_marks_in_the_body_and_the_column():
     (["%"], column.token_entry(TOKEN), False),  # tokens not in this profile's column
     (["$"], bytes(31), True),
     ([], bytes(32), True),  # an entry nobody names
+    ({"body": "&"}, bytes.fromhex("6161"), True),  # texts not in this profile's column
+    ({"body": "&"}, bytes.fromhex("4161"), True),  # a byte string is no text
+    ({"body": "&"}, bytes.fromhex("62ff"), True),  # truncated
 ])
 def test_a_column_that_does_not_match_its_body_is_refused(body, col, tokens):
     with pytest.raises(CodecError):
-        column.from_column(body, col, tokens)
+        column.from_column(body, col, tokens, texts=col[:1] != b"\x61")
 
 
 def test_a_login_answer_travels_with_its_token_in_the_column():
@@ -90,15 +99,15 @@ def test_a_login_answer_travels_with_its_token_in_the_column():
 
 tokens = st.builds(synapse_token, st.sampled_from(["syt", "syr"]), st.text(min_size=1, max_size=12),
                    st.text(alphabet="abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ", min_size=20, max_size=20))
-strings = st.text(alphabet="$%ab", max_size=4) | tokens | st.sampled_from([EVENT_ID, TOKEN, "$" + "A" * 43])
-values = st.recursive(strings | st.integers(0, 9), lambda c: st.lists(c, max_size=4) | st.dictionaries(strings, c, max_size=3),
-                      max_leaves=12)
+strings = st.text(alphabet="$%&ab", max_size=4) | tokens | st.sampled_from([EVENT_ID, TOKEN, "$" + "A" * 43])
+values = st.recursive(strings | st.integers(0, 9), lambda c: st.lists(c, max_size=4) | st.dictionaries(
+    strings | st.just("body"), c, max_size=3), max_leaves=12)
 
 
 @settings(max_examples=300, deadline=None)
 @given(values)
 def test_the_column_round_trips(doc):
     original = json.loads(json.dumps(doc))
-    col = column.to_column(doc, tokens=True)
-    column.from_column(doc, col, tokens=True)
+    sections = column.to_column(doc, tokens=True, texts=True)
+    column.from_column(doc, b"".join(sections), tokens=True, texts=True)
     assert doc == original

@@ -155,4 +155,4 @@ def test_lb4_template_holds_the_default_push_rules():
                  for body in (first_sync(), with_rules)]
         costs[profile.name] = sizes[1] - sizes[0]
     assert costs["lb4"] <= 25 and costs["lb3"] >= 80, costs  # measured: 20 vs 94
-    assert LB4.timeline.columns == {"event_id", "token"} and LB4.timeline.version == 2
+    assert LB4.timeline.columns == {"event_id", "token", "text"} and LB4.timeline.version == 2

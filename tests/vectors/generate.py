@@ -174,7 +174,7 @@ def main() -> None:
             payload_vector("lb2", json.dumps({"event_id": EVENT_ID}, separators=(",", ":")).encode(), "whichever is smaller"),
             payload_vector("msc3079", b'{"msgtype":"m.text","body":"Hello, see you at 5pm"}', "MSC3079 never deflates: CF 60"),
             payload_vector("lb3", TIMELINE_PAGE, "lb3 timeline form: timestamps and ages as differences"),
-            payload_vector("lb4", TIMELINE_PAGE, "lb4 timeline form: the event IDs in the column after the body"),
+            payload_vector("lb4", TIMELINE_PAGE, "lb4 timeline form: the texts, then the event IDs in the column after the body"),
             payload_vector("lb4", LOGIN_ANSWER, "lb4 timeline form without timestamps: the token in the column"),
         ],
     }
