@@ -24,8 +24,8 @@ smaller, Content-Format included.
 A profile with a timeline table (lb4, ``timeline_table``) adds two things:
 the dictionary ends with the table's template (a first sync with neutral
 values: the default push rules every first sync carries, a room's default
-state), and event IDs and Synapse's tokens leave the body for a column of
-raw bytes after it (``column``).  Such a profile uses the form for a body
+state), and message texts, event IDs and Synapse's tokens leave the body
+for a column after it (``column``), deflated in blocks of their own.  Such a profile uses the form for a body
 with a token even without timestamps (a login's answer).  docs/protocol.md §5.1.
 """
 
