@@ -1,8 +1,8 @@
 """The column of the timeline form (sans-I/O): random strings as raw bytes.
 
-Event IDs and access tokens are random; message texts are English.  Deflate codes random bytes at more
-than 8 bits each when they sit between the structure's codes, and base64 or
-letters carry 6 or 5.7 bits in 8.  So, in profiles whose timeline table asks
+Event IDs and access tokens are random; message texts are English.
+Deflate codes random bytes at more than 8 bits each when they sit between
+the structure's codes, and base64 or letters carry 6 or 5.7 bits in 8.  So, in profiles whose timeline table asks
 for it (lb4), they leave the body for a column of raw bytes after it, each
 replaced by a one-character mark:
 
@@ -14,15 +14,14 @@ replaced by a one-character mark:
   the 20 letters as one base-52 number in 15 bytes; the CRC is computed
   again.  (Synapse's format, synapse/handlers/auth.py; a token of any other
   shape stays in the body.)
-
 * ``&``: a message text — any string value of a member ``body`` → a CBOR
   text string.  The texts form the column's first section, the random
   strings its second, each deflated as blocks of their own (English and
   random bytes want different Huffman codes than the body's structure).
 
 A string made only of one mark gets one mark more, so nothing is ambiguous.
-Strings are visited depth first, members and elements in order, object keys
-never.  docs/protocol.md §5.1.
+Strings are visited as ``_string_slots`` says (object keys never).
+docs/protocol.md §5.1.
 """
 
 from __future__ import annotations
@@ -114,8 +113,9 @@ def _read_token(column: bytes, at: int) -> tuple[str, int]:
 
 
 def _string_slots(doc: Any) -> Iterator[tuple[Any, Any]]:
-    """(container, key or index) of every string value (not object keys),
-    depth first, members and elements in order: the column's order."""
+    """(container, key or index) of every string value (not object keys) in
+    the column's order: at each object or array its own string values, in
+    order, then the objects and arrays it holds, in order, each the same way."""
     stack = [doc]
     while stack:
         node = stack.pop()

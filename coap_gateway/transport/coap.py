@@ -278,8 +278,7 @@ class _Exchange:
     #: the answer budgeted for (None: the link's max_response) and what kind of request it is
     answer: int | None = None
     kind: Hashable = None
-    retransmitted: bool = False
-    #: its round trip says something about the link (Karn: not when
+    #: its round trip says something about the link (Karn: not once
     #: retransmitted; not when it waited for a handshake first)
     sampled: bool = True
 
@@ -524,7 +523,7 @@ class LinkAwareMessageManager(MessageManager):
         key = (message.remote, message.mid)
         exchange = self._exchanges.get(key)
         if exchange is not None:
-            exchange.retransmitted = True
+            exchange.sampled = False
         if retransmission_counter < message.transport_tuning.MAX_RETRANSMIT:
             self.counters.retransmissions += 1
         else:
@@ -537,7 +536,7 @@ class LinkAwareMessageManager(MessageManager):
         exchange = self._exchanges.pop(key, None)
         if exchange is not None and exchange.kind is not None and message.mtype == ACK and message.code != EMPTY:
             self.answer_sizes.record(exchange.kind, self.incoming_size)  # a piggybacked answer
-        if exchange is not None and not exchange.retransmitted and exchange.sampled and key in self._active_exchanges:
+        if exchange is not None and exchange.sampled and key in self._active_exchanges:
             rtt = self.loop.time() - exchange.sent_at
             self.timer_for(message.remote).on_sample(rtt, exchange.size, self.incoming_size, exchange.queued)
             self.counters.rtt_samples += 1

@@ -111,3 +111,12 @@ def test_the_column_round_trips(doc):
     sections = column.to_column(doc, tokens=True, texts=True)
     column.from_column(doc, b"".join(sections), tokens=True, texts=True)
     assert doc == original
+
+
+def test_the_walk_order_is_the_one_the_spec_gives():
+    """§5.1: an object's own string values first, then what it holds:
+    ``{"a":{"x":s1},"b":s2}`` visits s2 before s1."""
+    first, second = EVENT_ID, "$" + "c-" * 21 + "Q"
+    doc = {"a": {"x": first}, "b": second}
+    _, randoms = column.to_column(doc, tokens=False)
+    assert randoms == base64.urlsafe_b64decode(second[1:] + "=") + base64.urlsafe_b64decode(first[1:] + "=")
