@@ -17,11 +17,11 @@ import aiohttp
 from aiohttp import web
 
 from coap_gateway.app.runner import start_client, start_server
-from coap_gateway.codec import load_profile
+from coap_gateway.codec import DEFAULT_PROFILE, load_profile
 from coap_gateway.secure import keys
 from coap_gateway.transport import UdpLink
 
-PROFILE = load_profile("lb3")
+PROFILE = load_profile(DEFAULT_PROFILE)
 
 
 class StubHomeserver:

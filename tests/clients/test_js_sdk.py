@@ -1,7 +1,7 @@
 """matrix-js-sdk (Element's SDK) through the gateways, with its real sync loop.
 
 Two js-sdk clients in Node (tests/js/driver.mjs), each behind its own client
-gateway (secure, profile lb3, sync push — the defaults) on its own emulated
+gateway (secure, the default profile, sync push — the defaults) on its own emulated
 link to a server gateway in front of one real Synapse: register, create a
 room, invite, join, send and receive through the sync loop, edit, react,
 redact, name and topic, typing, read receipt, upload and download, leave.

@@ -7,11 +7,11 @@ from collections.abc import Hashable
 from pathlib import Path
 
 from coap_gateway.app.federation import RunningFederation, start_federation
-from coap_gateway.codec import load_profile
+from coap_gateway.codec import DEFAULT_PROFILE, load_profile
 from coap_gateway.federation import Peer, PeersTable
 from coap_gateway.secure import keys
 
-PROFILE = load_profile("lb3")
+PROFILE = load_profile(DEFAULT_PROFILE)
 
 
 def table(*entries: tuple[bytes, Hashable, str]) -> PeersTable:

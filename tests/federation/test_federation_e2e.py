@@ -4,7 +4,7 @@ Synapse A and Synapse B (SQLite, unpatched, signatures checked) each send
 their outbound federation to their own gateway (``https_proxy``, trusting
 the gateway's CA through ``federation_custom_ca_list``); the gateways carry
 it as CoAP + CBOR + Flate in one Noise session over an emulated link
-(profile lb3) to the other gateway, which hands it to the other Synapse's
+(the default profile) to the other gateway, which hands it to the other Synapse's
 federation listener.  Everything is checked through each Synapse's own
 client API.
 """

@@ -19,7 +19,7 @@ from nio import (
 )
 
 from coap_gateway.app.runner import start_client, start_server
-from coap_gateway.codec.profile import load_profile
+from coap_gateway.codec.profile import DEFAULT_PROFILE, load_profile
 from coap_gateway.secure import keys
 from coap_gateway.secure.frame import DatagramKind, classify
 from coap_gateway.secure.server import ServerLimits
@@ -27,7 +27,7 @@ from coap_gateway.transport.links import UdpLink
 
 pytestmark = pytest.mark.synapse
 
-PROFILE = load_profile("lb3")
+PROFILE = load_profile(DEFAULT_PROFILE)
 MESSAGE = {"msgtype": "m.text", "body": "Hello, see you at 5pm"}
 
 

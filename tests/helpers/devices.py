@@ -10,13 +10,13 @@ import uuid
 from nio import AsyncClient, AsyncClientConfig, RegisterResponse, RoomMessageText
 
 from coap_gateway.app import advertisement_for, start_client, start_server
-from coap_gateway.codec import load_profile
+from coap_gateway.codec import DEFAULT_PROFILE, load_profile
 from coap_gateway.push import Status, SyncPushClientConfig
 from coap_gateway.push.format import is_empty_sync
 from coap_gateway.secure import keys
 from meshsim import LinkProfile, emulated_link_pair
 
-PROFILE = load_profile("lb3")
+PROFILE = load_profile(DEFAULT_PROFILE)
 FAST = LinkProfile(rate_bps=1_000_000, delay=0.002)
 
 
