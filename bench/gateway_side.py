@@ -19,7 +19,6 @@ from typing import Any
 
 from coap_gateway.app import (
     RunningServer,
-    advertisement_for,
     start_client,
     start_server,
 )
@@ -111,9 +110,7 @@ class GatewayTransport(Transport):
         # one the server refuses early data for its first ten minutes (replay protection)
         self._state = tempfile.TemporaryDirectory(prefix="bench-server-state-")
         self.running = await start_server(self.link, homeserver=self.homeserver, profile=self.profile,
-                                          static_private=self.server_key, state_dir=self._state.name,
-                                          advertisement=advertisement_for(f"udp://{self.listen[0]}:{self.server[1]}",
-                                                                          self.server_key, self.profile))
+                                          static_private=self.server_key, state_dir=self._state.name)
 
     async def stop(self) -> None:
         if self.running is not None:

@@ -341,7 +341,8 @@ def cpu_table(results: dict[str, Any]) -> list[str]:
     if top:
         lines += ["", "Where the server gateway's CPU goes: the 20 functions with the most own time (cProfile, a "
                   "separate run of the same load; profiling slows every call, so read the shares, not the "
-                  "absolute times). µs per request answered:", "",
+                  "absolute times; start-up work — functions called less than once per two requests — is "
+                  "left out, the share still counts it). µs per request answered:", "",
                   "| function | calls | own µs / request | cumulative µs / request | share of own time |",
                   "|---|---:|---:|---:|---:|"]
         for row in top:

@@ -25,7 +25,7 @@ from typing import Any
 
 from nio import LoginResponse, RoomSendResponse, SyncResponse
 
-from coap_gateway.app import advertisement_for, start_client, start_server
+from coap_gateway.app import start_client, start_server
 from coap_gateway.codec import DEFAULT_PROFILE, load_profile
 from coap_gateway.secure import keys
 from meshsim import LinkProfile, emulated_link_pair
@@ -89,7 +89,6 @@ async def _attempt(homeserver: str, account: Account, room_id: str, *, rate_bps:
     # a state directory, as a deployed server has (early data from the start)
     state = tempfile.TemporaryDirectory(prefix="bench-slow-state-")
     server = await start_server(server_link, homeserver=homeserver, profile=profile, static_private=server_key,
-                                advertisement=advertisement_for("emulated link", server_key, profile),
                                 state_dir=state.name)
     workaround = None
     if cache_lifetime is not None:

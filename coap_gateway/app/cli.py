@@ -131,6 +131,19 @@ def cmd_keygen(args: argparse.Namespace) -> None:
     print(f"{keys.fingerprint(public)}  private key written to {args.path} (mode 0600)", file=sys.stderr)
 
 
+def cmd_advertisement(args: argparse.Namespace) -> None:
+    from ..secure import keys
+    from .discovery import well_known_entry
+
+    if args.key and args.public_key:
+        raise SystemExit("give --key or --public-key, not both")
+    public = (keys.public_from_private(keys.read_private_key(args.key)) if args.key
+              else keys.decode_key(args.public_key) if args.public_key else None)
+    if public is None:
+        print("no --key or --public-key: a plaintext endpoint (nothing to pin)", file=sys.stderr)
+    print(json.dumps(well_known_entry(args.address, public, load_profile(args.profile)), indent=2))
+
+
 def cmd_pins(args: argparse.Namespace) -> None:
     from ..secure import keys
 
@@ -299,7 +312,7 @@ def build_parser() -> argparse.ArgumentParser:
     server.add_argument("--plaintext", action="store_true", default=None, help="no encryption: only for links that are already trusted")
     server.add_argument("--profile", help="table profile (default lb4; lb3 without the timeline table; lb2 without the compact form; msc3079 for MSC3079 clients)")
     server.add_argument("--allow-admin", action="store_true", default=None, help="let /_synapse/admin through (off by default)")
-    server.add_argument("--advertise", metavar="ADDR", help="address /versions advertises (default: --listen)")
+    server.add_argument("--advertise", metavar="ADDR", help=argparse.SUPPRESS)  # ignored since 2026-12: see `advertisement`
     server.add_argument("--no-sync-push", action="store_true", default=None,
                         help="do not hold devices' /sync loops (every long-poll then crosses the link)")
     server.add_argument("--config", metavar="FILE", help="TOML file with any of these options")
@@ -350,6 +363,14 @@ def build_parser() -> argparse.ArgumentParser:
     keygen.add_argument("path", help="private key file to create (mode 0600)")
     keygen.add_argument("--force", action="store_true", help="overwrite an existing key file")
     keygen.set_defaults(func=cmd_keygen)
+
+    advert = sub.add_parser("advertisement", help="print the /.well-known/matrix/client entry that announces a server gateway")
+    advert.add_argument("--address", required=True, metavar="ADDR",
+                        help="where devices reach the server gateway, e.g. udp://lb.example.org:5683")
+    advert.add_argument("--key", metavar="PATH", help="the server gateway's private key file (only its public key is printed)")
+    advert.add_argument("--public-key", metavar="KEY", help="or its public key (base64), as `keygen` printed it")
+    advert.add_argument("--profile", default=DEFAULT_PROFILE, help="the profile the server gateway serves")
+    advert.set_defaults(func=cmd_advertisement)
 
     pins = sub.add_parser("pins", help="server keys trusted on first use").add_subparsers(dest="pins_command", required=True)
     for name, helptext in (("list", "show pinned servers"), ("accept", "accept a server's new key"),

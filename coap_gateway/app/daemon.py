@@ -28,7 +28,7 @@ from ..secure import keys
 from ..transport import DatagramLink, KeyLog, LinkBudget, SerialLink, UdpLink
 from .metrics import Collector, client_collector, server_collector
 from .metrics_http import DEFAULT_HOST, metrics_url, serve_metrics
-from .runner import advertisement_for, start_client, start_server
+from .runner import start_client, start_server
 
 log = logging.getLogger(__name__)
 
@@ -290,12 +290,14 @@ async def serve_server(options: dict[str, Any], console: Console) -> None:
             raise ConfigError("--key PATH is required (or --plaintext for an already trusted link)")
         static = server_key(Path(options["key"]), bool(options.get("generate_key")), console)
     state_dir = server_state_dir(options)
+    if options.get("advertise"):
+        console.print("[yellow]advertise:[/] /versions no longer carries the endpoint (it reached only clients "
+                      "already on the link); `coap-gateway advertisement` prints the entry for "
+                      "/.well-known/matrix/client (docs/operator.md, \"Discovery\")")
     key_log = key_log_from(options, console)
     link = await open_link(address, budget_from(options, udp=address.kind == "udp"))
-    advertised = options.get("advertise") or str(address)
     server = await start_server(link, homeserver=options["homeserver"], profile=profile, static_private=static,
                                 allow_admin=bool(options.get("allow_admin")),
-                                advertisement=advertisement_for(advertised, static, profile),
                                 sync_push=not options.get("no_sync_push"), state_dir=state_dir, key_log=key_log)
     mode = f"Noise, key {keys.fingerprint(keys.public_from_private(static))}" if static else "PLAINTEXT"
     console.print(f"server gateway on {link.name} → {options['homeserver']}  ({mode}, profile {profile.name})")

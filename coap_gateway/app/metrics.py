@@ -321,6 +321,11 @@ def _sync_push_client(registry: Registry, gateway: str, push: Any) -> None:
     registry.counter("coap_gateway_keepalives", "NAT keepalive pings sent.", GATEWAY).set(c.pings, gateway=gateway)
 
 
+def _revalidated(registry: Registry, gateway: str, count: int) -> None:
+    registry.counter("coap_gateway_revalidated", "GETs answered 2.03 Valid: the device held the same answer.",
+                     GATEWAY).set(count, gateway=gateway)
+
+
 def server_collector(server: RunningServer, gateway: str = "server") -> Collector:
     def collector(registry: Registry) -> None:
         _link_metrics(registry, gateway, server.endpoint)
@@ -333,6 +338,7 @@ def server_collector(server: RunningServer, gateway: str = "server") -> Collecto
             by_status.set(count, gateway=gateway, status=status)
         registry.counter("coap_gateway_upstream_errors", "Homeserver unreachable or too slow (502/504).",
                          GATEWAY).set(counters.upstream_errors, gateway=gateway)
+        _revalidated(registry, gateway, counters.revalidated)
         registry.counter("coap_gateway_refused_admin", "Admin API requests refused (403).",
                          GATEWAY).set(counters.refused_admin, gateway=gateway)
         registry.counter("coap_gateway_token_unbound", "Requests answered 4.01 Token-Unbound (not forwarded).",
@@ -374,6 +380,7 @@ def client_collector(client: RunningClient, gateway: str = "client") -> Collecto
                          GATEWAY).set(binding.token_rebinds, gateway=gateway)
         registry.counter("coap_gateway_handle_resends", "Requests sent again with definitions after Handle-Unknown.",
                          GATEWAY).set(binding.handle_resends, gateway=gateway)
+        _revalidated(registry, gateway, counters.revalidated)
         _latency(registry, gateway, counters.latency)
         if client.gateway.sync_push is not None:
             _sync_push_client(registry, gateway, client.gateway.sync_push)

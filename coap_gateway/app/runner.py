@@ -125,7 +125,7 @@ def server_endpoint(static_private: bytes, profile: Profile, *, limits: ServerLi
 
 
 async def start_server(link: DatagramLink, *, homeserver: str, profile: Profile, static_private: bytes | None,
-                       allow_admin: bool = False, advertisement: dict[str, Any] | None = None,
+                       allow_admin: bool = False,
                        limits: ServerLimits | None = None, clock=time.time,
                        sync_push: SyncPushServerConfig | bool = True,
                        state_dir: str | os.PathLike[str] | None = None,
@@ -144,8 +144,7 @@ async def start_server(link: DatagramLink, *, homeserver: str, profile: Profile,
     spool_dir = Path(state_dir) / "uploads" if state_dir is not None else None
     if spool_dir is not None:
         spool_dir.mkdir(mode=0o700, exist_ok=True)
-    gateway = ServerGateway(ServerGatewayConfig(homeserver, profile, allow_admin=allow_admin,
-                                                advertisement=advertisement, spool_dir=spool_dir),
+    gateway = ServerGateway(ServerGatewayConfig(homeserver, profile, allow_admin=allow_admin, spool_dir=spool_dir),
                             sync_push=push, device_store=store, upstream=upstream)
     codec: SecureServerCodec | None = None
     if static_private is not None:
@@ -173,14 +172,16 @@ async def start_client(link: DatagramLink, server_addr: Hashable, *, profile: Pr
                        host: str = "127.0.0.1", port: int = 0, low_bandwidth: bool = False,
                        clock=time.time, sync_push: SyncPushClientConfig | bool = True,
                        keepalive: float | None = None, key_log: KeyLog | None = None,
-                       state_dir: str | Path | None = None) -> RunningClient:
+                       state_dir: str | Path | None = None, revalidate: bool = True) -> RunningClient:
     """Secure when ``static_private`` is given: with ``pins`` (trust on first
     use under ``server_name``) or a fixed ``server_public``.  ``sync_push``:
     answer /sync long-polls from pushes (True: defaults); ``keepalive``: a
     CoAP ping after that many seconds without a frame sent (NAT bindings);
     ``key_log``: append every session's keys to it (opt-in; the caller closes it);
     ``state_dir`` (secure mode): where the wire state is kept across restarts
-    (``CLIENT_STATE``, beside the key), so a restart costs a reconnect."""
+    (``CLIENT_STATE``, beside the key), so a restart costs a reconnect;
+    ``revalidate``: keep tagged answers to GETs and ask with their ETags
+    (``codec.revalidation``)."""
     state_path = Path(state_dir) / CLIENT_STATE if state_dir is not None and static_private is not None else None
     # a gateway that kept its state tells the server so: its bound state stays valid
     unbound = state_path is None or not state_path.exists()
@@ -199,6 +200,7 @@ async def start_client(link: DatagramLink, server_addr: Hashable, *, profile: Pr
     if keepalive is not None:
         push = dataclasses.replace(push, keepalive=keepalive)
     gateway = ClientGateway(endpoint, key, profile, host=host, port=port, low_bandwidth=low_bandwidth, sync_push=push,
+                            revalidate=revalidate,
                             state_path=state_path)
     if codec is not None:
         # a new secure session (the server restarted?) loses the observations
@@ -212,20 +214,3 @@ async def start_client(link: DatagramLink, server_addr: Hashable, *, profile: Pr
         codec.on_connected = on_connected
     await gateway.start()
     return RunningClient(endpoint, gateway, codec)
-
-
-def advertisement_for(address: str, static_private: bytes | None, profile: Profile) -> dict[str, Any]:
-    """What /versions says about the low-bandwidth endpoint."""
-    doc: dict[str, Any] = {
-        "address": address,
-        "profile": profile.id,
-        "profile_name": profile.name,
-        "cbor_table": profile.cbor_table.version,
-        "route_table": profile.routes.version,
-        "flate_dictionary": profile.flate.digest if profile.flate else None,
-    }
-    if static_private is not None:
-        public = keys.public_from_private(static_private)
-        doc["noise_public_key"] = keys.encode_key(public)
-        doc["noise_fingerprint"] = keys.fingerprint(public)
-    return doc

@@ -26,7 +26,7 @@ from ..transport import parse_netem_rate, parse_netem_time
 from .daemon import key_log_from, parse_host_port, start_metrics, until_signalled
 from .metrics import client_collector, server_collector
 from .metrics_http import DEFAULT_HOST
-from .runner import advertisement_for, start_client, start_server
+from .runner import start_client, start_server
 
 
 async def serve_up(options: dict[str, Any], console: Console) -> None:
@@ -52,7 +52,6 @@ async def serve_up(options: dict[str, Any], console: Console) -> None:
     client_link, server_link = emulated_link_pair(link_profile, seed=1, max_retransmit=8 if loss else 4,
                                                  record=False)
     server = await start_server(server_link, homeserver=synapse.base_url, profile=profile, static_private=static,
-                                advertisement=advertisement_for("emulated link", static, profile),
                                 state_dir=data_dir, key_log=key_log)
     client = await start_client(client_link, "server", profile=profile, static_private=keys.generate_keypair()[0],
                                 server_public=keys.public_from_private(static), host=host, port=port,

@@ -5,14 +5,15 @@ under versioned key/value tables (``json_cbor``, ``tables``), the route
 table and the compact Route option (``routes``, ``route_option``,
 ``schemas``), the HTTP⇄CoAP status map (``status``), raw deflate with
 preset dictionaries (``compression``), payloads and content formats
-(``payload``), the CoAP option numbers (``options``), the profiles that tie
+(``payload``), answers revalidated by ETag (``revalidation``), the CoAP
+option numbers (``options``), the profiles that tie
 a table set together (``profile``), HTTP request/response ⇄ CoAP message
 (``mapping``), and — the one owner of what a server holds for a device —
 token and handle binding (``binding``).  Nothing here opens a socket, reads
 a clock or needs an event loop.
 """
 
-from . import column, json_cbor, options, payload, route_option, routes, status, timeline
+from . import column, json_cbor, options, payload, revalidation, route_option, routes, status, timeline
 from .binding import (
     Attempt,
     ClientBinding,
@@ -99,6 +100,7 @@ __all__ = [
     "matrix_error",
     "options",
     "payload",
+    "revalidation",
     "profile_names",
     "request_to_coap",
     "response_to_coap",

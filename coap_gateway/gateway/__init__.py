@@ -14,7 +14,6 @@ from .push_client import PushHost, SyncPushClient, SyncPushClientCounters
 from .push_server import AckTracker, SyncPushServer, SyncPushServerCounters
 from .server import (
     ADMIN_PREFIXES,
-    ADVERTISEMENT_KEY,
     ServerGateway,
     ServerGatewayConfig,
     ServerGatewayCounters,
@@ -24,7 +23,6 @@ from .upstream import Upstream, UpstreamError
 
 __all__ = [
     "ADMIN_PREFIXES",
-    "ADVERTISEMENT_KEY",
     "CORS_HEADERS",
     "LATENCY_BUCKETS",
     "AckTracker",

@@ -28,6 +28,7 @@ request in milliseconds.  It is bounded accordingly (``HttpConnections``):
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 from collections.abc import Awaitable, Callable, Hashable
@@ -36,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from aiocoap import Message
+from aiocoap.numbers.codes import Code
 from aiohttp import web
 
 from ..codec import (
@@ -55,6 +57,7 @@ from ..codec import (
     payload,
     split_target,
 )
+from ..codec.revalidation import AnswerStore
 from ..errors import CodecError, GatewayError
 from ..push import Sent, SyncPushClientConfig, parse_send, sent_of
 from ..transport import LinkEndpoint, LinkFailure
@@ -98,6 +101,8 @@ class ClientGatewayCounters:
     requests: int = 0
     link_failures: int = 0
     answered_locally: int = 0
+    #: GETs the server answered 2.03 Valid: given from the answers held (codec.revalidation)
+    revalidated: int = 0
     #: HTTP connections closed at a deadline (header, body, idle)
     connections_timed_out: int = 0
     #: HTTP connections closed because MAX_CONNECTIONS were open
@@ -202,7 +207,7 @@ class ClientGateway:
     def __init__(self, endpoint: LinkEndpoint, server_key: Hashable, profile: Profile, *,
                  host: str = "127.0.0.1", port: int = 0, request_timeout: float | None = None,
                  low_bandwidth: bool = False, sync_push: SyncPushClientConfig | None = None,
-                 state_path: Path | None = None):
+                 state_path: Path | None = None, revalidate: bool = True):
         self.endpoint = endpoint
         self.server_key = server_key
         self.profile = profile
@@ -220,6 +225,8 @@ class ClientGateway:
         self.sync_push = (SyncPushClient(self, sync_push)
                           if sync_push is not None and (sync_push.enabled or sync_push.keepalive) else None)
         self.connections = HttpConnections(self.counters)
+        #: tagged answers to GETs, sent again as 2.03 Valid when unchanged (None: not kept)
+        self.answers = AnswerStore() if revalidate else None
         self._runner: web.ServerRunner | None = None
         #: handler tasks of the requests being served (stop() answers them)
         self._serving: set[asyncio.Task] = set()
@@ -336,11 +343,21 @@ class ClientGateway:
     async def exchange(self, http_request: HttpRequest) -> HttpResponse:
         """Carry one HTTP request over the link; the client's answer."""
         echo_target = self.sync_push.echo_target(http_request) if self.sync_push is not None else None
+        held = self.answers.get(http_request) if self.answers is not None else None
+        send = self._send if held is None else functools.partial(self._send_tagged, held[0])
         try:
-            message, reply = await self.round_trip(http_request, self._send)
+            message, reply = await self.round_trip(http_request, send)
         except LinkFailure as exc:
             return link_failure(exc)
+        if reply.code == Code.VALID:
+            if held is not None and reply.opt.etag == held[0]:
+                self.counters.revalidated += 1
+                return held[1]
+            log.warning("the server answered 2.03 Valid to a request without that ETag")
+            return matrix_error(502, "M_UNKNOWN", "the server gateway answered with an unknown ETag")
         response = self.binding.response(http_request, message, reply)
+        if self.answers is not None and http_request.method == "GET":
+            self.answers.put(http_request, reply.opt.etag if reply.code == Code.CONTENT else None, response)
         fold = echo_fold(reply, self.profile, compact_route_name(message, self.profile))
         if fold is not None and self.sync_push is not None:
             # the answer carries the send's echo (push.echo); a fold we did not
@@ -413,6 +430,11 @@ class ClientGateway:
 
     async def _send(self, message: Message) -> Message:
         return await self.endpoint.request(message, self.server_key, self.request_timeout)
+
+    async def _send_tagged(self, tag: bytes, message: Message) -> Message:
+        # "I hold the answer tagged so": RFC 7252 §5.10.6
+        message.opt.etags = (tag,)
+        return await self._send(message)
 
 
 def _not_matrix_json(http_request: HttpRequest) -> HttpResponse | None:

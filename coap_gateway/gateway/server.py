@@ -38,8 +38,10 @@ from ..codec import (
     matrix_error,
     options,
     response_to_coap,
+    revalidation,
+    split_target,
 )
-from ..errors import CodecError
+from ..errors import CodecError, GatewayError
 from ..codec.route_option import ID_BYTES
 from ..push import SyncPushServerConfig, parse_send, sent_of
 from ..transport import LinkEndpoint, assembly_bytes, drop_assemblies, release_assemblies
@@ -57,9 +59,6 @@ ADMIN_PREFIXES: tuple[tuple[str, ...], ...] = (
     ("_conduwuit", "admin"),
     ("_continuwuity", "admin"),
 )
-VERSIONS_PATH = "/_matrix/client/versions"
-#: unstable key under which /versions advertises the low-bandwidth endpoint
-ADVERTISEMENT_KEY = "net.coap-gateway.low_bandwidth"
 
 
 @dataclass
@@ -67,8 +66,6 @@ class ServerGatewayConfig:
     homeserver: str
     profile: Profile
     allow_admin: bool = False
-    #: what /versions advertises (address, public key, profile…); None: nothing
-    advertisement: dict[str, Any] | None = None
     request_timeout: float = 300.0
     #: devices whose bound token and handles are kept at most
     max_bound_tokens: int = 4096
@@ -100,6 +97,8 @@ class ServerGatewayCounters:
     #: blocks refused: an upload too large, or too much held for one device
     refused_uploads: int = 0
     upstream_errors: int = 0
+    #: GETs answered 2.03 Valid: the device held the same answer (codec.revalidation)
+    revalidated: int = 0
     by_status: dict[int, int] = field(default_factory=dict)
     latency: Histogram = field(default_factory=Histogram)
 
@@ -130,8 +129,6 @@ class ServerGateway(resource.Resource):
                                      loader=self._load_device if device_store is not None else None,
                                      on_change=self._save_device if device_store is not None else None)
         self.counters = ServerGatewayCounters()
-        #: the last /versions body and its advertised rewrite
-        self._advertised: tuple[bytes, bytes] | None = None
         #: holds devices' /sync loops and pushes (None: every poll is forwarded as it comes)
         self.sync_push = (SyncPushServer(self.upstream, self.binding, config.profile, sync_push,
                                          count_request=self._count_request)
@@ -279,7 +276,30 @@ class ServerGateway(resource.Resource):
                 answer = self._answer(response, http_request)
                 answer.opt.add_option(OpaqueOption(options.TOKEN_BOUND, b""))
                 return answer
-        return self._answer(response, http_request)
+        answer = self._answer(response, http_request)
+        if not revalidation.tagged(http_request.method, self._route_name(http_request), response.status):
+            return answer
+        tag = revalidation.etag(int(answer.code), answer.opt.encode(), answer.payload)
+        if tag in request.opt.etags:
+            # the device holds these very bytes (codec.revalidation)
+            self.counters.revalidated += 1
+            valid = Message(code=Code.VALID)
+            valid.opt.etag = tag
+            return valid
+        answer.opt.etag = tag
+        return answer
+
+    def _route_name(self, http_request: HttpRequest) -> str | None:
+        if http_request.method != "GET":
+            return None  # only GETs are revalidated: no need to look
+        if http_request.compact_route is not None:
+            return http_request.compact_route
+        try:
+            segments, _ = split_target(http_request.target)
+        except GatewayError:
+            return None
+        template = self.config.profile.routes.match(segments)
+        return template.name if template is not None else None
 
     def _answer(self, response: HttpResponse, http_request: HttpRequest, echo: bytes | None = None) -> Message:
         self.counters.by_status[response.status] = self.counters.by_status.get(response.status, 0) + 1
@@ -322,13 +342,7 @@ class ServerGateway(resource.Resource):
         except UpstreamError as exc:
             self.counters.upstream_errors += 1
             return exc.as_response()
-        if (http_request.target.partition("?")[0] == VERSIONS_PATH and response.status == 200
-                and self.config.advertisement is not None):
-            # the homeserver says the same bytes again and again: rewrite them once
-            if self._advertised is None or self._advertised[0] != response.body:
-                self._advertised = (response.body, _advertise(response.body, self.config.advertisement))
-            response.body = self._advertised[1]
-        elif response.status == 200 and issues_token(http_request.method, http_request.target):
+        if response.status == 200 and issues_token(http_request.method, http_request.target):
             response.body = _without_well_known(response.body)
         return response
 
@@ -380,16 +394,5 @@ def _without_well_known(body: bytes) -> bytes:
     return json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode()
 
 
-def _advertise(body: bytes, advertisement: dict[str, Any]) -> bytes:
-    try:
-        doc = json.loads(body)
-    except ValueError:
-        return body
-    if isinstance(doc, dict):
-        doc[ADVERTISEMENT_KEY] = advertisement
-        return json.dumps(doc, separators=(",", ":")).encode()
-    return body
-
-
-__all__ = ["ADMIN_PREFIXES", "ADVERTISEMENT_KEY", "ServerGateway", "ServerGatewayConfig", "ServerGatewayCounters",
+__all__ = ["ADMIN_PREFIXES", "ServerGateway", "ServerGatewayConfig", "ServerGatewayCounters",
            "UploadSpool"]

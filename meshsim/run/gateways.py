@@ -36,7 +36,6 @@ from coap_gateway.app import (
     RunningClient,
     RunningFederation,
     RunningServer,
-    advertisement_for,
     start_client,
     start_federation,
     start_server,
@@ -155,10 +154,8 @@ class Homeserver:
         profile = self.profile
         self._static_private = keys.generate_keypair()[0] if self.settings.secure else None
         self.link = await UdpLink.open(self.node.private_ip, self.coap_port, budget)
-        host, port = self.address
         self.gateway = await start_server(
             self.link, homeserver=self.base_url, profile=profile, static_private=self._static_private,
-            advertisement=advertisement_for(f"udp://{host}:{port}", self._static_private, profile),
             state_dir=state_dir if self._static_private is not None else None, key_log=key_log,
         )
         self.gateway.set_peer_budgets(budget_for_address)

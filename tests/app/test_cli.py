@@ -1,4 +1,4 @@
-"""``coap-gateway`` CLI: codec encode/decode/route, errors exit 2, demo."""
+"""``coap-gateway`` CLI: codec encode/decode/route, errors exit 2, demo, the discovery entry."""
 
 from __future__ import annotations
 
@@ -61,3 +61,23 @@ def test_demo_runs_in_process(capsys):
     assert main(["demo"]) == 0
     out = capsys.readouterr().out
     assert "msc3079" in out and "lb2" in out and "request bytes" in out
+
+
+def test_advertisement_prints_the_well_known_entry_with_the_public_key_only(tmp_path):
+    from coap_gateway.secure import keys
+
+    key = tmp_path / "server.key"
+    code, public_text, err = run(["keygen", str(key)])
+    assert code == 0, err
+    code, out, err = run(["advertisement", "--address", "udp://lb.example.org:5683", "--key", str(key)])
+    assert code == 0, err
+    entry = json.loads(out)["net.coap-gateway.low_bandwidth"]
+    public = keys.decode_key(public_text.strip())
+    assert entry["address"] == "udp://lb.example.org:5683" and entry["profile_name"] == "lb4"
+    assert entry["noise_public_key"] == public_text.strip()
+    assert entry["noise_fingerprint"] == keys.fingerprint(public)
+    private_text = keys.encode_key(keys.read_private_key(key))
+    assert private_text not in out  # never the private key
+    # the same from the public key alone
+    code, again, err = run(["advertisement", "--address", "udp://lb.example.org:5683", "--public-key", public_text.strip()])
+    assert code == 0 and json.loads(again) == json.loads(out), err

@@ -19,7 +19,7 @@ from nio import (
 )
 
 from coap_gateway.app.runner import start_client, start_server
-from coap_gateway.gateway.server import ADVERTISEMENT_KEY
+from coap_gateway.app import WELL_KNOWN_KEY
 from coap_gateway.secure import keys
 from meshsim import LinkProfile, emulated_link_pair
 from tests.helpers.devices import (
@@ -77,7 +77,7 @@ async def test_a_chat_through_the_gateways(synapse, server_key):
             assert binding.tokens[login.access_token] == 1 and binding.confirmed_tokens == {0, 1}
 
             await _errors_reach_the_client_as_sent(synapse, dev_a, alice, room.room_id)
-            await _admin_refused_and_versions_advertised(dev_a)
+            await _admin_refused_and_versions_as_synapse_says(synapse, dev_a)
             await _login_answers_without_well_known(synapse, dev_a, f"alice{suffix}")
             # the bad token of the 401 test crosses once, under a handle of its
             # own; alice's stays bound under hers (no "last token" to rebind)
@@ -129,16 +129,18 @@ async def _errors_reach_the_client_as_sent(synapse, dev, alice: AsyncClient, roo
         assert "retry_after_ms" in limited[0][2]
 
 
-async def _admin_refused_and_versions_advertised(dev) -> None:
+async def _admin_refused_and_versions_as_synapse_says(synapse, dev) -> None:
     async with aiohttp.ClientSession() as http:
         for path in ("/_synapse/admin/v1/server_version", "/_synapse/%61dmin/v1/server_version"):
             async with http.get(dev.client.base_url + path) as r:
                 assert r.status == 403 and (await r.json())["errcode"] == "M_FORBIDDEN"
         async with http.get(dev.client.base_url + "/_matrix/client/versions") as r:
             doc = await r.json()
-        advert = doc[ADVERTISEMENT_KEY]
-        assert advert["profile"] == PROFILE.id and advert["noise_public_key"]
-        assert "versions" in doc
+        async with http.get(synapse.base_url + "/_matrix/client/versions") as r:
+            direct = await r.json()
+    # the endpoint is announced in .well-known (app.discovery), not to clients
+    # already on the link: /versions is the homeserver's own
+    assert doc == direct and WELL_KNOWN_KEY not in doc
 
 
 async def _login_answers_without_well_known(synapse, dev, user: str) -> None:

@@ -9,7 +9,7 @@ import uuid
 
 from nio import AsyncClient, AsyncClientConfig, RegisterResponse, RoomMessageText
 
-from coap_gateway.app import advertisement_for, start_client, start_server
+from coap_gateway.app import start_client, start_server
 from coap_gateway.codec import DEFAULT_PROFILE, load_profile
 from coap_gateway.push import Status, SyncPushClientConfig
 from coap_gateway.push.format import is_empty_sync
@@ -41,7 +41,6 @@ class Device:
         self.state = tempfile.TemporaryDirectory(prefix="server-state-")
         self.server = await start_server(self.server_link, homeserver=self.synapse.base_url, profile=PROFILE,
                                          static_private=self.server_priv,
-                                         advertisement=advertisement_for("emulated", self.server_priv, PROFILE),
                                          state_dir=self.state.name)
         client_priv, _ = keys.generate_keypair()
         self.client = await start_client(self.client_link, "server", profile=PROFILE, static_private=client_priv,

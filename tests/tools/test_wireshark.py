@@ -15,7 +15,7 @@ import aiohttp
 from aiohttp import web
 
 from coap_gateway.app.runner import start_client, start_server
-from coap_gateway.codec import load_profile
+from coap_gateway.codec import DEFAULT_PROFILE, load_profile
 from coap_gateway.secure import SessionKeys, keys
 from coap_gateway.tools.wireshark import PLUGIN, current_plugin
 from coap_gateway.transport import KeyLog, UdpLink
@@ -64,7 +64,7 @@ async def stub_homeserver() -> tuple[web.AppRunner, str]:
 async def record_gateways(tmp_path: Path) -> tuple[Path, Path, int]:
     """Two client gateways (one IK with the server key, one XX on first
     contact) through a relay that writes the pcap; their key log."""
-    profile = load_profile("lb3")
+    profile = load_profile(DEFAULT_PROFILE)
     pcap, keylog = tmp_path / "capture.pcap", tmp_path / "capture.keylog"
     runner, homeserver = await stub_homeserver()
     key_log = KeyLog(keylog)

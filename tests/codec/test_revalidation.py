@@ -1,0 +1,67 @@
+"""codec.revalidation: the ETag of an answer, the server's choice of GETs, and
+the client's bounded store of tagged answers."""
+
+from __future__ import annotations
+
+from coap_gateway.codec import HttpRequest, HttpResponse, load_profile
+from coap_gateway.codec.revalidation import ETAG_BYTES, TAGGED_ROUTES, AnswerStore, etag, tagged
+
+VERSIONS = b'{"versions":["v1.11"]}'
+CONTENT, VALID = 0x45, 0x43  # 2.05, 2.03
+
+
+def test_the_etag_is_eight_bytes_and_changes_with_any_part_of_what_crosses():
+    tag = etag(CONTENT, b"", VERSIONS)
+    assert len(tag) == ETAG_BYTES == 8 and tag == etag(CONTENT, b"", bytes(VERSIONS))
+    others = [etag(CONTENT, b"", b'{"versions":["v1.12"]}'), etag(VALID, b"", VERSIONS),
+              etag(CONTENT, b"\xc1\x3c", VERSIONS)]  # Content-Format 60
+    assert len({tag, *others}) == 1 + len(others)
+    # the options are length-prefixed: moving a byte into the payload is a change
+    assert etag(CONTENT, b"\xc1\x3c", b"x") != etag(CONTENT, b"\xc1", b"\x3cx")
+
+
+def test_only_successful_gets_of_the_chosen_routes_are_tagged():
+    assert tagged("GET", "client.versions", 200)
+    assert not tagged("PUT", "client.versions", 200)
+    assert not tagged("GET", "client.sync", 200)  # sync has its push
+    assert not tagged("GET", None, 200)
+    assert not tagged("GET", "client.versions", 404)
+
+
+def test_every_tagged_route_is_a_route_of_the_table():
+    names = set(load_profile("lb4").routes.by_name)
+    assert TAGGED_ROUTES <= names, sorted(TAGGED_ROUTES - names)
+
+
+def test_the_store_keeps_answers_per_target_and_token():
+    store = AnswerStore()
+    alice = HttpRequest("GET", "/_matrix/client/v3/pushrules/", access_token="tok-alice")
+    bob = HttpRequest("GET", "/_matrix/client/v3/pushrules/", access_token="tok-bob")
+    store.put(alice, b"A" * 8, HttpResponse(200, b"alice's", "application/json"))
+    assert store.get(bob) is None  # one account never gets another's answer
+    assert store.get(alice) == (b"A" * 8, HttpResponse(200, b"alice's", "application/json"))
+    assert store.get(HttpRequest("PUT", alice.target, access_token="tok-alice")) is None
+    # an untagged (or failed) answer to the same request drops what was held
+    store.put(alice, None, HttpResponse(200, b"new", "application/json"))
+    assert store.get(alice) is None and len(store) == 0 and store.bytes == 0
+    store.put(alice, b"A" * 8, HttpResponse(500, b"{}", "application/json"))
+    assert store.get(alice) is None
+
+
+def test_the_store_is_bounded_in_entries_and_bytes_least_recently_used_first():
+    store = AnswerStore(max_entries=3, max_bytes=4000)
+    requests = [HttpRequest("GET", f"/r{i}") for i in range(5)]
+    for request in requests[:3]:
+        store.put(request, b"t" * 8, HttpResponse(200, b"x" * 500))
+    store.get(requests[0])  # used: the oldest is now r1
+    store.put(requests[3], b"t" * 8, HttpResponse(200, b"x" * 500))
+    assert [store.get(r) is not None for r in requests[:4]] == [True, False, True, True]
+    assert len(store) == 3 and store.bytes == 1500
+    # an answer over a quarter of the budget is not kept (nor does it evict)
+    store.put(requests[4], b"t" * 8, HttpResponse(200, b"x" * 1001))
+    assert store.get(requests[4]) is None and len(store) == 3
+    # bytes (body and headers): a fifth answer of 499 B would pass 2 000 B
+    small = AnswerStore(max_entries=10, max_bytes=2000)
+    for request in requests:
+        small.put(request, b"t" * 8, HttpResponse(200, b"x" * 450, headers=[("k", "v" * 48)]))
+    assert len(small) == 4 and small.bytes == 4 * 499 and small.get(requests[0]) is None
