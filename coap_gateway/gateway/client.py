@@ -356,7 +356,7 @@ class ClientGateway:
             log.warning("the server answered 2.03 Valid to a request without that ETag")
             return matrix_error(502, "M_UNKNOWN", "the server gateway answered with an unknown ETag")
         response = self.binding.response(http_request, message, reply)
-        if self.answers is not None and http_request.method == "GET":
+        if self.answers is not None:
             self.answers.put(http_request, reply.opt.etag if reply.code == Code.CONTENT else None, response)
         fold = echo_fold(reply, self.profile, compact_route_name(message, self.profile))
         if fold is not None and self.sync_push is not None:

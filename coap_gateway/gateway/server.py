@@ -290,8 +290,8 @@ class ServerGateway(resource.Resource):
         return answer
 
     def _route_name(self, http_request: HttpRequest) -> str | None:
-        if http_request.method != "GET":
-            return None  # only GETs are revalidated: no need to look
+        if http_request.method not in ("GET", "POST"):
+            return None  # only these are revalidated: no need to look
         if http_request.compact_route is not None:
             return http_request.compact_route
         try:

@@ -4,7 +4,15 @@ the client's bounded store of tagged answers."""
 from __future__ import annotations
 
 from coap_gateway.codec import HttpRequest, HttpResponse, load_profile
-from coap_gateway.codec.revalidation import ETAG_BYTES, TAGGED_ROUTES, AnswerStore, etag, tagged
+from coap_gateway.codec.revalidation import (
+    ETAG_BYTES,
+    MAX_KEYED_BODY,
+    TAGGED_READS,
+    TAGGED_ROUTES,
+    AnswerStore,
+    etag,
+    tagged,
+)
 
 VERSIONS = b'{"versions":["v1.11"]}'
 CONTENT, VALID = 0x45, 0x43  # 2.05, 2.03
@@ -26,11 +34,14 @@ def test_only_successful_gets_of_the_chosen_routes_are_tagged():
     assert not tagged("GET", "client.sync", 200)  # sync has its push
     assert not tagged("GET", None, 200)
     assert not tagged("GET", "client.versions", 404)
+    # a POST only where it only reads
+    assert tagged("POST", "client.keys_query", 200) and not tagged("GET", "client.keys_query", 200)
+    assert not tagged("POST", "client.create_room", 200)
 
 
 def test_every_tagged_route_is_a_route_of_the_table():
     names = set(load_profile("lb4").routes.by_name)
-    assert TAGGED_ROUTES <= names, sorted(TAGGED_ROUTES - names)
+    assert TAGGED_ROUTES | TAGGED_READS <= names, sorted((TAGGED_ROUTES | TAGGED_READS) - names)
 
 
 def test_the_store_keeps_answers_per_target_and_token():
@@ -65,3 +76,16 @@ def test_the_store_is_bounded_in_entries_and_bytes_least_recently_used_first():
     for request in requests:
         small.put(request, b"t" * 8, HttpResponse(200, b"x" * 450, headers=[("k", "v" * 48)]))
     assert len(small) == 4 and small.bytes == 4 * 499 and small.get(requests[0]) is None
+
+
+def test_a_read_by_post_is_kept_per_body():
+    store = AnswerStore()
+    alice = HttpRequest("POST", "/_matrix/client/v3/keys/query", b'{"device_keys":{"@a:x":[]}}', access_token="t")
+    other = HttpRequest("POST", alice.target, b'{"device_keys":{"@b:x":[]}}', access_token="t")
+    store.put(alice, b"K" * 8, HttpResponse(200, b"a's keys"))
+    assert store.get(other) is None and store.get(alice) == (b"K" * 8, HttpResponse(200, b"a's keys"))
+    assert store.bytes == len(alice.body) + len(b"a's keys")  # the body it is keyed by counts
+    # a body too long to be a key is not kept
+    long = HttpRequest("POST", alice.target, b"x" * (MAX_KEYED_BODY + 1), access_token="t")
+    store.put(long, b"K" * 8, HttpResponse(200, b"{}"))
+    assert store.get(long) is None and len(store) == 1
