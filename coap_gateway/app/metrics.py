@@ -322,7 +322,7 @@ def _sync_push_client(registry: Registry, gateway: str, push: Any) -> None:
 
 
 def _revalidated(registry: Registry, gateway: str, count: int) -> None:
-    registry.counter("coap_gateway_revalidated", "GETs answered 2.03 Valid: the device held the same answer.",
+    registry.counter("coap_gateway_revalidated", "Requests answered 2.03 Valid: the device held the same answer.",
                      GATEWAY).set(count, gateway=gateway)
 
 

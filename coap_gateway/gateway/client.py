@@ -101,7 +101,7 @@ class ClientGatewayCounters:
     requests: int = 0
     link_failures: int = 0
     answered_locally: int = 0
-    #: GETs the server answered 2.03 Valid: given from the answers held (codec.revalidation)
+    #: requests the server answered 2.03 Valid: given from the answers held (codec.revalidation)
     revalidated: int = 0
     #: HTTP connections closed at a deadline (header, body, idle)
     connections_timed_out: int = 0
@@ -225,7 +225,7 @@ class ClientGateway:
         self.sync_push = (SyncPushClient(self, sync_push)
                           if sync_push is not None and (sync_push.enabled or sync_push.keepalive) else None)
         self.connections = HttpConnections(self.counters)
-        #: tagged answers to GETs, sent again as 2.03 Valid when unchanged (None: not kept)
+        #: tagged answers to GETs (and POSTs that only read), sent again as 2.03 Valid when unchanged (None: not kept)
         self.answers = AnswerStore() if revalidate else None
         self._runner: web.ServerRunner | None = None
         #: handler tasks of the requests being served (stop() answers them)

@@ -97,7 +97,7 @@ class ServerGatewayCounters:
     #: blocks refused: an upload too large, or too much held for one device
     refused_uploads: int = 0
     upstream_errors: int = 0
-    #: GETs answered 2.03 Valid: the device held the same answer (codec.revalidation)
+    #: requests answered 2.03 Valid: the device held the same answer (codec.revalidation)
     revalidated: int = 0
     by_status: dict[int, int] = field(default_factory=dict)
     latency: Histogram = field(default_factory=Histogram)
