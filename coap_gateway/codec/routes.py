@@ -135,16 +135,23 @@ class RouteTable:
                 return t
         return None
 
-    def match_path(self, path: str, names: frozenset[str]) -> tuple[Template, list[str]] | None:
-        """The template of a raw path (no query) among the routes ``names``,
-        and its parameters as raw segments; None for any other path."""
+    def match_target(self, target: str) -> tuple[Template, list[str]] | None:
+        """The template of a raw request target (path, maybe a query) and its
+        raw path segments; None for a target that is not a route or not valid."""
         try:
-            segments, _ = split_target(path)
+            segments, _ = split_target(target)
         except RouteError:
             return None
         template = self.match(segments)
-        if template is None or template.name not in names:
+        return (template, segments) if template is not None else None
+
+    def match_path(self, path: str, names: frozenset[str]) -> tuple[Template, list[str]] | None:
+        """The template of a raw path (no query) among the routes ``names``,
+        and its parameters as raw segments; None for any other path."""
+        found = self.match_target(path)
+        if found is None or found[0].name not in names:
             return None
+        template, segments = found
         return template, [seg for seg, literal in zip(segments, template.segments) if literal is None]
 
 

@@ -55,7 +55,6 @@ from ..codec import (
     link_failure,
     matrix_error,
     payload,
-    split_target,
 )
 from ..codec.revalidation import AnswerStore
 from ..errors import CodecError, GatewayError
@@ -321,12 +320,8 @@ class ClientGateway:
             return matrix_error(400, "M_UNRECOGNIZED", f"the gateway cannot carry this request: {exc}")
 
     def _answered_locally(self, method: str, target: str) -> bool:
-        try:
-            segments, _ = split_target(target)
-        except GatewayError:
-            return False
-        template = self.profile.routes.match(segments)
-        return template is not None and (method, template.name) in LOCAL_IN_LOW_BANDWIDTH
+        found = self.profile.routes.match_target(target)
+        return found is not None and (method, found[0].name) in LOCAL_IN_LOW_BANDWIDTH
 
     @staticmethod
     def _http(response: HttpResponse) -> web.Response:

@@ -39,9 +39,8 @@ from ..codec import (
     options,
     response_to_coap,
     revalidation,
-    split_target,
 )
-from ..errors import CodecError, GatewayError
+from ..errors import CodecError
 from ..codec.route_option import ID_BYTES
 from ..push import SyncPushServerConfig, parse_send, sent_of
 from ..transport import LinkEndpoint, assembly_bytes, drop_assemblies, release_assemblies
@@ -294,12 +293,8 @@ class ServerGateway(resource.Resource):
             return None  # only these are revalidated: no need to look
         if http_request.compact_route is not None:
             return http_request.compact_route
-        try:
-            segments, _ = split_target(http_request.target)
-        except GatewayError:
-            return None
-        template = self.config.profile.routes.match(segments)
-        return template.name if template is not None else None
+        found = self.config.profile.routes.match_target(http_request.target)
+        return found[0].name if found is not None else None
 
     def _answer(self, response: HttpResponse, http_request: HttpRequest, echo: bytes | None = None) -> Message:
         self.counters.by_status[response.status] = self.counters.by_status.get(response.status, 0) + 1
