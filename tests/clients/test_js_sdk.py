@@ -23,6 +23,7 @@ import pytest
 
 from meshsim import LinkProfile
 from tests.helpers.devices import Device
+from tests.helpers.relay import CountingRelay
 
 pytestmark = pytest.mark.synapse
 
@@ -193,48 +194,6 @@ async def test_end_to_end_encryption_with_rust_crypto(synapse, server_key):
         stored = {e["event_id"]: e for e in events}
         event = stored[steps["encrypted_send"]["event_id"]]
         assert event["type"] == "m.room.encrypted" and "5pm" not in json.dumps(event)
-
-
-class CountingRelay:
-    """A TCP relay in front of Synapse that counts what crosses it both ways:
-    the HTTP bytes (requests, headers, JSON bodies) a client's connection
-    carries — the least HTTPS+JSON puts on a link (TLS records, TCP and IP
-    headers come on top)."""
-
-    def __init__(self, upstream: str) -> None:
-        self.host, self.port = upstream.split("//", 1)[1].rstrip("/").split(":")
-        self.bytes = 0
-        self.server: asyncio.Server | None = None
-
-    async def __aenter__(self) -> CountingRelay:
-        self.server = await asyncio.start_server(self._connection, "127.0.0.1", 0)
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        assert self.server is not None
-        self.server.close()
-        await self.server.wait_closed()
-
-    @property
-    def url(self) -> str:
-        assert self.server is not None
-        return f"http://127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
-
-    async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        up_reader, up_writer = await asyncio.open_connection(self.host, int(self.port))
-
-        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
-            try:
-                while data := await src.read(1 << 16):
-                    self.bytes += len(data)
-                    dst.write(data)
-                    await dst.drain()
-            except ConnectionError:
-                pass
-            finally:
-                dst.close()
-
-        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
 
 
 async def test_end_to_end_encryption_over_plain_http_for_comparison(synapse):
