@@ -298,6 +298,11 @@ def _sync_push_server(registry: Registry, gateway: str, push: Any) -> None:
                      GATEWAY).set(c.silent, gateway=gateway)
     registry.counter("coap_gateway_sync_push_replays", "Answers pushed again from the history to a new observation.",
                      GATEWAY).set(c.replayed, gateway=gateway)
+    large = registry.counter("coap_gateway_sync_push_large_answers",
+                             "Answers too large for one notification: pushed in parts, or fetched plainly.",
+                             ("gateway", "how"))
+    large.set(c.parted, gateway=gateway, how="parts")
+    large.set(c.fetches, gateway=gateway, how="fetched")
 
 
 def _sync_push_client(registry: Registry, gateway: str, push: Any) -> None:

@@ -58,6 +58,12 @@ HANDLE_UNKNOWN = 65012
 #: cancel it); on a response that ends an observation, why.  Critical (a
 #: server that ignored it would answer a request for "/") and unsafe.
 SYNC_PUSH = 65015
+#: Empty, on a sync push registration: "I reassemble a notification sent in
+#: parts" (``push.format.split_parts``), so an answer too large for one frame
+#: is pushed in several instead of ending the observation.  Elective (a
+#: server that does not know it fetches such answers plainly, as before) and
+#: unsafe (it changes what the answer's notifications carry).
+PUSH_PARTS = 65014
 #: The token handle a request runs under (a CoAP uint), when it is not 0;
 #: no token option at all means handle 0, the device's first token.  The
 #: server resolves the handle per request: never "the last token it saw".

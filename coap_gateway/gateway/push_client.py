@@ -41,6 +41,7 @@ from ..push import (
     SyncPushClientConfig,
     SyncPushState,
     control_request,
+    offer_parts,
 )
 from ..transport import LinkEndpoint, LinkFailure, Observation
 
@@ -232,6 +233,7 @@ class SyncPushClient:
             for earlier in sent:  # answered "send it again": that one is over
                 earlier.close()
             message.opt.observe = 0
+            offer_parts(message)  # an answer too large for one frame comes in several
             observation, first = await self.gateway.endpoint.observe(
                 message, self.gateway.server_key, lambda later: self._on_later(stream, generation, later),
                 self._answer_timeout)

@@ -41,6 +41,7 @@ from ..push import (
     Retry,
     Silent,
     SyncPushServerConfig,
+    accepts_parts,
     end_fetch,
     is_push_request,
     parse_control,
@@ -66,6 +67,8 @@ class SyncPushServerCounters:
     silent: int = 0
     replayed: int = 0
     fetches: int = 0
+    #: answers too large for one notification, pushed in parts
+    parted: int = 0
     finals: int = 0
     upstream_errors: int = 0
     checks: int = 0
@@ -213,7 +216,8 @@ class SyncPushServer:
             self._end(previous, "replaced")
         max_payload = max(16, request.remote.maximum_payload_size)
         chain = PushChain(poll.since, self.profile.cbor_table, push_preset(self.profile),
-                          max_payload, delta_keep=self.config.delta_keep, backoff_max=self.config.backoff_max)
+                          max_payload, delta_keep=self.config.delta_keep, backoff_max=self.config.backoff_max,
+                          parts=accepts_parts(request))
         obs = _Observation(request.remote, request.token, key, poll, access_token, chain, asyncio.current_task())
         self.observations[(obs.remote, obs.token)] = obs
         self._by_stream[key] = obs
@@ -369,14 +373,23 @@ class SyncPushServer:
                 first = False
                 continue
             if isinstance(step, Push):
-                message = Message(code=Code.CONTENT, payload=step.payload, observe=chain.next_observe())
                 if step.answered is not None and step.body is not None:
                     self.history.put(obs.key, step.answered, step.body)
-                self.counters.notifications += 1
-                self.counters.notification_bytes += len(step.payload)
-                pipe.add_response(message, is_last=False)
-                first = False
-                await self._delivered(message)
+                parts = step.parts or (step.payload,)
+                if len(parts) > 1:
+                    self.counters.parted += 1
+                    if first:
+                        # the registration's answer is a piggybacked ACK that nothing
+                        # acknowledges: it says "registered", the parts follow as CONs
+                        pipe.add_response(Message(code=Code.CONTENT, payload=b"", observe=chain.next_observe()),
+                                          is_last=False)
+                for part in parts:  # one at a time, each acknowledged before the next
+                    message = Message(code=Code.CONTENT, payload=part, observe=chain.next_observe())
+                    self.counters.notifications += 1
+                    self.counters.notification_bytes += len(part)
+                    pipe.add_response(message, is_last=False)
+                    first = False
+                    await self._delivered(message)
                 continue
             if isinstance(step, Fetch):
                 self.counters.fetches += 1

@@ -46,6 +46,7 @@ from .format import (
     OBSERVE_MODULUS,
     DeltaState,
     LongPoll,
+    PartBuffer,
     decode_notification,
     encode_body,
     expand_template,
@@ -119,6 +120,8 @@ class Stream:
     #: notifications that came while the registration's first answer was
     #: still on its way to us (observe, payload): applied right after it
     early: list[tuple[int, bytes]] = field(default_factory=list)
+    #: the pieces of a notification that comes in parts (format.split_parts)
+    parts: PartBuffer = field(default_factory=PartBuffer)
 
 
 @dataclass(frozen=True)
@@ -236,6 +239,7 @@ class SyncPushState:
         stream.generation += 1
         stream.status = Status.REGISTERING
         stream.early = []
+        stream.parts.clear()
         stream.head = since
         stream.delta = DeltaState(self.preset, self.config.delta_keep)
         stream.observe = None
@@ -282,7 +286,10 @@ class SyncPushState:
         assert stream.delta is not None and stream.head is not None
         stream.last_heard = now
         try:
-            n = decode_notification(payload, stream.head, stream.delta, self.profile.cbor_table)
+            whole = stream.parts.feed(payload)
+            if whole is None:
+                return Outcome.OK  # a part: the rest follows
+            n = decode_notification(whole, stream.head, stream.delta, self.profile.cbor_table)
         except GatewayError as exc:
             log.warning("sync push: undecodable notification: %s", exc)
             self.undecodable += 1
@@ -326,7 +333,7 @@ class SyncPushState:
         if stream.status is not Status.ACTIVE:
             return Outcome.OK  # it registers again anyway
         if (generation != stream.generation or sent is None or stream.observe is None or stream.delta is None
-                or stream.head is None):
+                or stream.head is None or stream.parts.pending):
             return self.on_lost(stream, stream.generation)
         observe = (stream.observe + 1) % OBSERVE_MODULUS
         try:
@@ -408,6 +415,7 @@ class SyncPushState:
     def on_lost(self, stream: Stream, generation: int) -> Outcome:
         if generation == stream.generation and stream.status in (Status.ACTIVE, Status.REGISTERING):
             stream.status = Status.IDLE
+            stream.parts.clear()
         return Outcome.LOST
 
     def on_cancelled(self, stream: Stream) -> None:

@@ -16,7 +16,9 @@ byte (docs/protocol.md, "Sync push"):
   dictionary, the last bodies pushed on this stream, and the ``since``
   token being answered (``DeltaState``, ``encode_notification``,
   ``decode_notification``).  Consecutive sync responses share room IDs,
-  user IDs, token prefixes and structure, so the dictionary carries them.
+  user IDs, token prefixes and structure, so the dictionary carries them;
+* a payload longer than a frame, in parts (``split_parts``, ``PartBuffer``)
+  for a client that registered with Push-Parts (``offer_parts``).
 
 The body travels as CBOR (the profile's table) *in the homeserver's key
 order*, and only when decoding it gives back the exact bytes the homeserver
@@ -66,6 +68,10 @@ TOKEN = re.compile(r"[A-Za-z0-9._~-]{1,255}\Z")
 
 #: a pushed body expands to at most this (deflate bomb cap)
 MAX_PUSH_BODY = 4 << 20
+#: the longest notification payload pushed in parts (to a client that
+#: registered with Push-Parts); a longer one is fetched plainly (END_FETCH).
+#: Also what a client buffers per stream at most while parts come in.
+MAX_PARTED = 64 << 10
 
 #: control operations (value byte 0 of the Sync-Push option on a request;
 #: the rest of the value is the observation's CoAP token)
@@ -97,6 +103,16 @@ def is_push_request(request: Message) -> bool:
     return bool(request.opt.get_option(options.SYNC_PUSH)) or (request.opt.observe == 0 and request.code == Code.GET)
 
 
+def offer_parts(registration: Message) -> None:
+    """Mark a registration: its client reassembles notifications sent in parts."""
+    registration.opt.add_option(OpaqueOption(options.PUSH_PARTS, b""))
+
+
+def accepts_parts(registration: Message) -> bool:
+    """Whether a registration's client reassembles notifications sent in parts."""
+    return bool(registration.opt.get_option(options.PUSH_PARTS))
+
+
 def end_fetch() -> Message:
     """The final answer "too large to push: poll it plainly"."""
     message = Message(code=Code.CONTENT)
@@ -112,6 +128,11 @@ H_ADOPT = 0b0000_0001  # the answer is empty-shaped: it is also the new template
 H_TEMPLATE = 0b0010_0000  # a template, answering nothing
 H_ENCODING_SHIFT = 3
 H_RESERVED = 0b1100_0000
+#: a notification that is a *part*: this byte, then a piece of the payload
+#: of the notification the parts make up (both reserved bits and the mark:
+#: no whole payload starts so); the next notification that is not a part
+#: is the last piece
+PART = 0b1100_0110
 
 #: how the body bytes inside the deflate stream read
 ENC_CBOR_ASCII = 0  # CBOR in the homeserver's key order; JSON out with \\u escapes (Synapse)
@@ -357,6 +378,60 @@ def encode_notification(n: Notification, since: str, delta: DeltaState, table: C
     return bytes([header]) + stream
 
 
+def split_parts(payload: bytes, max_payload: int) -> list[bytes]:
+    """The notifications that carry ``payload`` when each holds at most
+    ``max_payload`` bytes: ``[payload]`` when it fits, else parts — PART and
+    ``max_payload - 1`` bytes each — and the rest, 1 to ``max_payload``
+    bytes, as the last notification."""
+    if max_payload < 2:
+        raise ValueError("a part holds at least one byte")
+    if len(payload) <= max_payload:
+        return [payload]
+    if len(payload) > MAX_PARTED:
+        raise CodecError(f"a notification of {len(payload)} B is too long to push in parts")
+    piece = max_payload - 1
+    count = -(-(len(payload) - max_payload) // piece)  # parts, until the rest fits one notification
+    parts = [bytes([PART]) + payload[i * piece:(i + 1) * piece] for i in range(count)]
+    return parts + [payload[count * piece:]]
+
+
+class PartBuffer:
+    """The pieces of a notification sent in parts, on the client (sans-I/O).
+
+    ``feed`` takes each notification's payload in Observe order and gives
+    back the payload to decode: the notification's own, or — after parts —
+    the parts' pieces and this last one, joined.  A wrong shape (an empty
+    part, an empty last piece, more than ``limit`` bytes) raises CodecError;
+    the caller then drops the observation and clears the buffer."""
+
+    def __init__(self, limit: int = MAX_PARTED):
+        self.limit = limit
+        self.pieces = bytearray()
+        self.pending = False
+
+    def feed(self, payload: bytes) -> bytes | None:
+        """None while parts come in; else the whole payload."""
+        if payload[:1] == bytes([PART]):
+            if len(payload) < 2:
+                raise CodecError("an empty notification part")
+            if len(self.pieces) + len(payload) - 1 > self.limit:
+                raise CodecError(f"notification parts over {self.limit} B")
+            self.pieces += payload[1:]
+            self.pending = True
+            return None
+        if not self.pending:
+            return payload
+        if not payload or len(self.pieces) + len(payload) > self.limit:
+            raise CodecError("the last piece of a notification in parts is empty or too long")
+        whole = bytes(self.pieces) + payload
+        self.clear()
+        return whole
+
+    def clear(self) -> None:
+        self.pieces = bytearray()
+        self.pending = False
+
+
 def decode_notification(payload: bytes, since: str, delta: DeltaState, table: CborTable,
                         max_size: int = MAX_PUSH_BODY) -> Notification | None:
     """Inverse of ``encode_notification``; None for the empty payload (a
@@ -393,7 +468,9 @@ __all__ = [
     "JSON",
     "FIRST_OBSERVE",
     "OBSERVE_MODULUS",
+    "accepts_parts",
     "control_request",
+    "offer_parts",
     "end_fetch",
     "is_push_request",
     "parse_control",
@@ -403,13 +480,16 @@ __all__ = [
     "ENC_JSON",
     "END_CLOSED",
     "END_FETCH",
+    "MAX_PARTED",
     "MAX_PUSH_BODY",
+    "PART",
     "OP_CANCEL",
     "OP_CHECK",
     "SYNC_ROUTES",
     "DeltaState",
     "LongPoll",
     "Notification",
+    "PartBuffer",
     "decode_body",
     "decode_notification",
     "encode_body",
@@ -420,4 +500,5 @@ __all__ = [
     "next_batch_of",
     "parse_long_poll",
     "split_next_batch",
+    "split_parts",
 ]

@@ -11,6 +11,10 @@ notification only when the answer says something:
   client already holds — is not pushed at all: the loop just continues
   from its ``next_batch``.  The first empty answer of an observation is
   pushed once, as the template, so the client can answer idle polls itself.
+* an answer too large for one notification goes in several (parts,
+  ``format.split_parts``) to a client that registered with Push-Parts and
+  reassembles them; otherwise the observation ends and the client fetches
+  it plainly (``Fetch``).
 
 Nothing is lost and nothing arrives twice: the loop polls past a
 ``next_batch`` only after the notification carrying it was acknowledged
@@ -33,6 +37,7 @@ from ..codec import CborTable, HttpResponse, matrix_error
 from .echo import Sent, fold
 from .format import (
     FIRST_OBSERVE,
+    MAX_PARTED,
     OBSERVE_MODULUS,
     DeltaState,
     LongPoll,
@@ -42,6 +47,7 @@ from .format import (
     is_empty_sync,
     next_batch_of,
     split_next_batch,
+    split_parts,
 )
 
 
@@ -79,6 +85,8 @@ class Push:
     #: the since this answers (None for a template) and the body, for the history
     answered: str | None = None
     body: bytes | None = None
+    #: the notifications that carry ``payload``, in order: itself, or its parts
+    parts: tuple[bytes, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -94,8 +102,9 @@ class Folded:
 
 @dataclass(frozen=True)
 class Fetch:
-    """The answer is too large for one notification: end the observation;
-    the client sends this long-poll as a plain request (blockwise)."""
+    """The answer is too large for one notification (and the client takes
+    no parts, or too large for parts): end the observation; the client sends
+    this long-poll as a plain request (blockwise)."""
 
 
 @dataclass(frozen=True)
@@ -126,7 +135,7 @@ class PushChain:
     """
 
     def __init__(self, since: str, table: CborTable, preset: bytes, max_payload: int, *,
-                 delta_keep: int = 2, backoff_max: float = 60.0):
+                 delta_keep: int = 2, backoff_max: float = 60.0, parts: bool = False):
         self.head = since
         self.poll_from = since
         #: the empty-answer template the client holds (None: none yet)
@@ -134,6 +143,8 @@ class PushChain:
         self.delta = DeltaState(preset, delta_keep)
         self.table = table
         self.max_payload = max_payload
+        #: the client reassembles notifications sent in parts (Push-Parts)
+        self.parts = parts
         self.backoff_max = backoff_max
         self.failures = 0
         self._observe: int | None = None
@@ -165,11 +176,12 @@ class PushChain:
             return Silent()
         if empty and self.template is None:
             payload = encode_notification(Notification(template, template=True), self.head, self.delta, self.table)
-            if len(payload) > self.max_payload:
+            parts = self._carriers(payload)
+            if parts is None:
                 return Fetch()
             self.template = template
             self.poll_from = token
-            return Push(payload)
+            return Push(payload, parts=parts)
         return self._answer(response.body, template, token, adopt=empty)
 
     def on_echo(self, response: HttpResponse, sent: Sent) -> Folded | None:
@@ -206,13 +218,22 @@ class PushChain:
 
     def _answer(self, body: bytes, template: bytes, token: str, adopt: bool) -> Step:
         payload = encode_notification(Notification(body, adopt=adopt), self.head, self.delta, self.table)
-        if len(payload) > self.max_payload:
+        parts = self._carriers(payload)
+        if parts is None:
             return Fetch()
         answered = self.head
         self.head = self.poll_from = token
         if adopt:
             self.template = template
-        return Push(payload, answered, body)
+        return Push(payload, answered, body, parts)
+
+    def _carriers(self, payload: bytes) -> tuple[bytes, ...] | None:
+        """The notifications that carry ``payload``; None: fetch it plainly."""
+        if len(payload) <= self.max_payload:
+            return (payload,)
+        if not self.parts or len(payload) > MAX_PARTED:
+            return None
+        return tuple(split_parts(payload, self.max_payload))
 
     def _delay(self, response: HttpResponse | None) -> float:
         if response is not None:

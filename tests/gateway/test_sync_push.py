@@ -16,11 +16,13 @@ from coap_gateway.app.runner import start_client, start_server
 from coap_gateway.push.client import (
     Status,
 )
+from coap_gateway.push.format import is_empty_sync
 from meshsim import LinkProfile, emulated_link_pair
 from tests.helpers.devices import (
     FAST,
     IP_OVERHEAD,
     PROFILE,
+    Device,
     PushDevice,
     Receiver,
     chat_setup,
@@ -55,6 +57,49 @@ async def test_messages_are_pushed_exactly_once_in_order_and_byte_exact(synapse,
             assert dev_b.push_client.counters.registrations == 1  # one observation carried all of it
             assert dev_b.push_client.counters.answered_pushed >= 1
             exact_answers(dev_b, answers)
+        finally:
+            await receiver.stop()
+            await alice.close()
+            await bob.close()
+
+
+@pytest.mark.synapse
+async def test_long_answers_are_pushed_in_parts_exactly_once_under_loss(synapse, server_key):
+    """Messages whose sync answers do not fit a frame (random text, as
+    ciphertext is) reach bob in parts over a link losing 20 % each way:
+    each exactly once, in order, and every answer Synapse's own bytes."""
+    import random
+
+    lossy = LinkProfile(rate_bps=20_000, delay=0.05, loss=0.20)
+    rng = random.Random(5)
+    bodies = ["".join(rng.choice("abcdefghijklmnopqrstuvwxyz0123456789 ") for _ in range(1600)) + f" #{i}"
+              for i in range(4)]
+    async with Device(FAST, synapse, server_key, 61, max_retransmit=10) as dev_a, \
+            Device(FAST, synapse, server_key, 62, max_retransmit=10) as dev_b:
+        alice, bob, room_id = await chat_setup(synapse, dev_a, dev_b)
+        upstream: list[bytes] = []
+        push = dev_b.server.gateway.sync_push
+        push.upstream_observers.append(lambda _since, r: upstream.append(r.body))
+        answers: list[bytes] = []
+        dev_b.client.gateway.sync_push.answer_observers.append(lambda _req, r: answers.append(r.body))
+        receiver = Receiver(bob, room_id)
+        try:
+            await until(dev_b.waiting_on_push)
+            dev_b.reshape(lossy)
+            sent = []
+            for body in bodies:
+                resp = await alice.room_send(room_id, "m.room.message", {"msgtype": "m.text", "body": body})
+                sent.append(resp.event_id)
+            await receiver.wait_for(len(bodies))
+            assert receiver.bodies == bodies and receiver.event_ids == sent
+            # (an answer may carry two of them: the loop waits for each ACK)
+            assert push.counters.parted >= 2 and push.counters.fetches == 0
+            assert dev_b.client.gateway.sync_push.state.undecodable == 0
+            for body in answers:
+                if not is_empty_sync(body):
+                    assert body in upstream  # byte for byte
+            lost = sum(m.counters.dropped["loss"] for end in (dev_b.client_link, dev_b.server_link) for m in end.stages)
+            assert lost > 0
         finally:
             await receiver.stop()
             await alice.close()
@@ -384,10 +429,12 @@ class FakeSync:
         await self.runner.cleanup()
 
 
-async def test_too_large_to_push_goes_plain_and_errors_reach_the_client_exactly():
+async def test_large_answers_come_in_parts_or_plainly_and_errors_reach_the_client_exactly():
     import aiohttp
 
-    big = message_body(token(1), token(2), 1, " ".join(hashlib.sha256(b"%d" % i).hexdigest() for i in range(80)))
+    # random hex: deflate cannot make it fit one frame
+    large = message_body(token(1), token(2), 1, " ".join(hashlib.sha256(b"%d" % i).hexdigest() for i in range(80)))
+    huge = message_body(token(2), token(3), 2, " ".join(hashlib.sha256(b"%d" % i).hexdigest() for i in range(2400)))
     error = b'{"errcode":"M_UNKNOWN_TOKEN","error":"Invalid access token passed.","soft_logout":true}'
     async with FakeSync() as hs:
         client_link, server_link = emulated_link_pair(FAST, seed=40)
@@ -395,6 +442,7 @@ async def test_too_large_to_push_goes_plain_and_errors_reach_the_client_exactly(
         client = await start_client(client_link, "server", profile=PROFILE)
         headers = {"Authorization": "Bearer tok"}
         base = client.base_url + "/_matrix/client/v3/sync?since="
+        push = server.gateway.sync_push
         try:
             async with aiohttp.ClientSession() as http:
                 hs.script[token(1)] = [(200, empty_body(1))]
@@ -402,16 +450,27 @@ async def test_too_large_to_push_goes_plain_and_errors_reach_the_client_exactly(
                 await until(lambda: client.gateway.sync_push.state.streams
                             and next(iter(client.gateway.sync_push.state.streams.values())).template is not None)
                 await until(lambda: f"{token(1)}/30000" in hs.requests)  # the server's own long-poll waits
-                hs.script[token(1)] = [(200, big)]
+                hs.script[token(1)] = [(200, large)]
                 hs.release.set()
-                async with await polling as r:  # pushed? too large: fetched the plain way, blockwise
-                    # (the plain path's canonical CBOR keeps the JSON, not its key order)
-                    assert r.status == 200 and json.loads(await r.read()) == json.loads(big)
-                assert server.gateway.sync_push.counters.fetches == 1
-                assert len(big) > 3 * client_link.budget.max_frame
-                # the next since registers again; the homeserver's error comes back exactly
-                hs.script[token(2)] = [(401, error)]
+                frames = client_link.sent_frames, server_link.sent_frames
+                async with await polling as r:  # too large for a frame: pushed in parts, byte for byte
+                    assert r.status == 200 and await r.read() == large
+                assert len(large) > 3 * client_link.budget.max_frame
+                assert push.counters.parted == 1 and push.counters.fetches == 0
+                assert push.counters.registrations == 1  # the observation goes on
+                # each part a CON notification and its ACK, nothing else
+                parts = server_link.sent_frames - frames[1]
+                assert parts >= 2 and client_link.sent_frames - frames[0] == parts
+                # an answer longer than parts may carry (format.MAX_PARTED): fetched
+                # plainly, blockwise (the plain path's canonical CBOR keeps the JSON,
+                # not its key order), and the next since registers again
+                hs.script[token(2)] = [(200, huge)]
                 async with http.get(base + token(2) + "&timeout=20000", headers=headers) as r:
+                    assert r.status == 200 and json.loads(await r.read()) == json.loads(huge)
+                assert push.counters.fetches == 1
+                # the homeserver's error comes back exactly
+                hs.script[token(3)] = [(401, error)]
+                async with http.get(base + token(3) + "&timeout=20000", headers=headers) as r:
                     assert r.status == 401 and await r.read() == error
                 # 5xx on a running observation: retried, never pushed
                 hs.script[token(3)] = [(200, empty_body(3))]

@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import base64
 import json
+import os
 import uuid
 
 import pytest
@@ -25,8 +27,11 @@ from coap_gateway.push.format import (
     ENC_CBOR_UTF8,
     ENC_JSON,
     HEADER_MARK,
+    MAX_PARTED,
+    PART,
     DeltaState,
     Notification,
+    PartBuffer,
     decode_notification,
     encode_body,
     encode_notification,
@@ -35,6 +40,7 @@ from coap_gateway.push.format import (
     next_batch_of,
     parse_long_poll,
     split_next_batch,
+    split_parts,
 )
 from coap_gateway.push.server import (
     Fetch,
@@ -276,6 +282,77 @@ def test_chain_too_large_to_push_is_fetched():
     big = message_body(token(9), token(10), 1, "x" * 400 + str(uuid.uuid4()) * 10)
     assert isinstance(c.on_response(ok(big)), Fetch)
     assert c.head == token(9)  # not moved: the client polls it plainly
+
+
+def test_split_parts_byte_by_byte():
+    assert split_parts(b"abcd", 4) == [b"abcd"]  # fits: one notification, no marker
+    # PART + 3 bytes, PART + 3 bytes, then the rest (1 to 4 bytes) bare
+    assert split_parts(b"abcdefghij", 4) == [b"\xc6abc", b"\xc6def", b"ghij"]
+    assert split_parts(b"abcdefghijk", 4) == [b"\xc6abc", b"\xc6def", b"\xc6ghi", b"jk"]
+    assert PART == 0xC6 and PART & HEADER_MARK == HEADER_MARK
+    with pytest.raises(CodecError):
+        split_parts(b"x" * (MAX_PARTED + 1), 1000)
+    with pytest.raises(ValueError):
+        split_parts(b"abc", 1)
+
+
+def test_part_buffer_joins_in_order_and_refuses_bad_shapes():
+    parts = PartBuffer()
+    assert parts.feed(b"whole") == b"whole" and not parts.pending
+    assert [parts.feed(p) for p in split_parts(b"abcdefghijk", 4)] == [None, None, None, b"abcdefghijk"]
+    assert not parts.pending and not parts.pieces
+    for bad in ([b"\xc6"], [b"\xc6ab", b""]):  # an empty part; parts, then an empty last piece
+        parts = PartBuffer()
+        with pytest.raises(CodecError):
+            for p in bad:
+                parts.feed(p)
+    parts = PartBuffer(limit=5)  # bounded: a hostile server cannot make the client buffer more
+    parts.feed(b"\xc6abc")
+    with pytest.raises(CodecError):
+        parts.feed(b"\xc6def")
+    parts.clear()
+    assert parts.feed(b"ab") == b"ab"
+
+
+def test_chain_too_large_for_one_frame_goes_in_parts_to_a_client_that_takes_them():
+    c = PushChain(token(9), TABLE, PRESET, 40, parts=True)
+    c.template = b"x"
+    big = message_body(token(9), token(10), 1, "x" * 400 + str(uuid.uuid4()) * 10)
+    step = c.on_response(ok(big))
+    assert isinstance(step, Push) and len(step.parts) >= 3
+    assert b"".join(p[1:] for p in step.parts[:-1]) + step.parts[-1] == step.payload
+    assert all(len(p) <= 40 for p in step.parts) and c.head == token(10)
+    # the client joins them and reads the answer exactly
+    state = client()
+    p = poll(token(9))
+    stream, _ = state.stream(p, "tok")
+    gen = state.begin(stream, token(9), 0)
+    assert state.on_registered(stream, gen, 0, b"", 0) is Outcome.OK  # "registered", the parts follow
+    stream.template = b"x"
+    for n, part in enumerate(step.parts, start=1):
+        assert state.on_notification(stream, gen, n, part, 0) is Outcome.OK
+    assert stream.answers[token(9)].body == big and stream.head == token(10) and not stream.parts.pending
+    # longer than parts may carry: fetched plainly
+    huge = message_body(token(10), token(11), 2, base64.b64encode(os.urandom(MAX_PARTED)).decode())
+    assert isinstance(c.on_response(ok(huge)), Fetch)
+
+
+def test_client_drops_parts_it_cannot_finish():
+    state = client()
+    p = poll(token(9))
+    stream, _ = state.stream(p, "tok")
+    gen = state.begin(stream, token(9), 0)
+    state.on_registered(stream, gen, 0, b"", 0)
+    assert state.on_notification(stream, gen, 1, b"\xc6abc", 0) is Outcome.OK and stream.parts.pending
+    # a gap in the Observe numbers: the observation is lost, and the parts with it
+    assert state.on_notification(stream, gen, 3, b"def", 0) is Outcome.LOST
+    assert stream.status is Status.IDLE and not stream.parts.pending
+    # a new registration starts with an empty buffer; a bad last piece is undecodable, not a crash
+    gen = state.begin(stream, token(9), 0)
+    state.on_registered(stream, gen, 0, b"", 0)
+    state.on_notification(stream, gen, 1, b"\xc6abc", 0)
+    assert state.on_notification(stream, gen, 2, b"garbage", 0) is Outcome.LOST
+    assert state.undecodable == 1
 
 
 def test_history_is_bounded():
