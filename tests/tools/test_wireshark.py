@@ -35,6 +35,19 @@ def test_generated_route_tables_are_current():
     assert current_plugin() == PLUGIN.read_text(encoding="utf-8"), "run: python -m coap_gateway.tools.wireshark"
 
 
+def test_every_private_option_has_its_name_in_the_dissector():
+    import re
+
+    from coap_gateway.codec import options
+
+    names = dict(re.findall(r'\[(\d+)\] = "([A-Za-z-]+)"', PLUGIN.read_text(encoding="utf-8").split("OPTION_NAMES")[1]
+                            .split("}")[0]))
+    private = {name: number for name, number in vars(options).items()
+               if name.isupper() and isinstance(number, int) and number >= 65000 and not name.startswith("CF_")}
+    for name, number in private.items():
+        assert names.get(str(number), "").upper().replace("-", "_") == name, (name, number)
+
+
 # ---------------------------------------------------------------- the real gateways
 
 
