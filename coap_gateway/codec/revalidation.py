@@ -23,6 +23,9 @@ from __future__ import annotations
 import hashlib
 from collections import OrderedDict
 
+import cbor2
+
+from ..errors import CodecError
 from .mapping import HttpRequest, HttpResponse
 
 #: 8 bytes, the most CoAP allows: a changed answer has a 2^-64 chance of
@@ -49,6 +52,8 @@ TAGGED_READS = frozenset({"client.keys_query", "client.r0.keys_query"})
 
 #: a request body longer than this is not a key of the store
 MAX_KEYED_BODY = 4096
+#: the format of a kept store (``AnswerStore.to_cbor``)
+STORE_VERSION = 1
 
 
 def etag(code: int, options: bytes, payload: bytes) -> bytes:
@@ -71,13 +76,21 @@ def tagged(method: str, route: str | None, status: int) -> bool:
                               or (method == "POST" and route in TAGGED_READS))
 
 
-_Key = tuple[str, str, bytes, "str | None"]
+_Key = tuple[str, str, bytes, "bytes | None"]
+
+
+def token_digest(token: str | None) -> bytes | None:
+    """What names an account in the store: a digest, so that neither the
+    store nor its file holds access tokens."""
+    if token is None:
+        return None
+    return hashlib.blake2b(token.encode("utf-8"), digest_size=16, person=b"coap-gw-account").digest()
 
 
 def _key(request: HttpRequest) -> _Key | None:
     if request.method not in ("GET", "POST") or len(request.body) > MAX_KEYED_BODY:
         return None
-    return request.method, request.target, request.body, request.access_token
+    return request.method, request.target, request.body, token_digest(request.access_token)
 
 
 def _size(key: _Key, response: HttpResponse) -> int:
@@ -88,10 +101,13 @@ def _size(key: _Key, response: HttpResponse) -> int:
 
 class AnswerStore:
     """The client gateway's side: the last tagged answer to each request (by
-    method, target, body and token, so one account never gets another's),
+    method, target, body and token — a digest of it —, so one account never
+    gets another's),
     least recently
-    used dropped first, bounded in entries and bytes.  In memory only: a
-    restarted gateway asks once more."""
+    used dropped first, bounded in entries and bytes.  ``to_cbor`` and
+    ``from_cbor`` keep it across restarts (the client gateway writes it
+    beside its wire state): a device that reboots asks its client's start-up
+    requests again with their ETags, as before the reboot."""
 
     def __init__(self, max_entries: int = 32, max_bytes: int = 256 << 10) -> None:
         self.max_entries = max_entries
@@ -114,26 +130,74 @@ class AnswerStore:
         self._entries.move_to_end(key)
         return self._entries[key]
 
-    def put(self, request: HttpRequest, tag: bytes | None, response: HttpResponse) -> None:
+    def put(self, request: HttpRequest, tag: bytes | None, response: HttpResponse) -> bool:
         """Keep the answer to ``request`` when it came tagged; an untagged
-        answer replaces (drops) what was held."""
-        self.drop(request)
+        answer replaces (drops) what was held.  Whether what is held changed
+        (the same answer under the same tag again is no change)."""
         key = _key(request)
+        held = self._entries.get(key) if key is not None else None
+        if held is not None and tag is not None and held == (tag, response):
+            self._entries.move_to_end(key)  # type: ignore[arg-type]
+            return False
+        dropped = self.drop(request)
         if key is None or tag is None or response.status != 200:
-            return
+            return dropped
+        return self._insert(key, tag, response) or dropped
+
+    def _insert(self, key: _Key, tag: bytes, response: HttpResponse) -> bool:
         size = _size(key, response)
         if size > self.max_bytes // 4:
-            return  # a few large answers must not push out every small one
+            return False  # a few large answers must not push out every small one
         self._entries[key] = (tag, response)
         self._bytes += size
         while len(self._entries) > self.max_entries or self._bytes > self.max_bytes:
             old_key, (_, old) = self._entries.popitem(last=False)
             self._bytes -= _size(old_key, old)
+        return True
 
-    def drop(self, request: HttpRequest) -> None:
+    def drop(self, request: HttpRequest) -> bool:
         key = _key(request)
         if key is not None and key in self._entries:
             self._bytes -= _size(key, self._entries.pop(key)[1])
+            return True
+        return False
+
+    def to_cbor(self) -> bytes:
+        """The store as a file holds it: ``[1, [entry…]]``, least recently
+        used first, each entry ``[method, target, body, token digest or null, ETag,
+        status, answer body, content type or null, [[name, value]…]]``."""
+        entries = [[k[0], k[1], k[2], k[3], tag, r.status, r.body, r.content_type, [list(h) for h in r.headers]]
+                   for k, (tag, r) in self._entries.items()]
+        return cbor2.dumps([STORE_VERSION, entries])
+
+    @classmethod
+    def from_cbor(cls, data: bytes, max_entries: int = 32, max_bytes: int = 256 << 10) -> AnswerStore:
+        """A store from ``to_cbor``'s bytes, within this store's bounds (what
+        does not fit is dropped, oldest first); CodecError for anything else."""
+        store = cls(max_entries, max_bytes)
+        if len(data) > 2 * max_bytes:
+            raise CodecError(f"a kept answer store of {len(data)} B")
+        try:
+            version, entries = cbor2.loads(data)
+        except (cbor2.CBORDecodeError, ValueError, TypeError, OverflowError, RecursionError, EOFError) as exc:
+            raise CodecError(f"kept answer store: {exc}") from exc
+        if version != STORE_VERSION or not isinstance(entries, list):
+            raise CodecError("kept answer store: not version 1")
+        for entry in entries:
+            if not (isinstance(entry, list) and len(entry) == 9):
+                raise CodecError("kept answer store: an entry is not 9 items")
+            method, target, body, token, tag, status, answer, content_type, headers = entry
+            if not (method in ("GET", "POST") and isinstance(target, str) and isinstance(body, bytes)
+                    and len(body) <= MAX_KEYED_BODY and (token is None or (isinstance(token, bytes) and len(token) == 16))
+                    and isinstance(tag, bytes) and 1 <= len(tag) <= ETAG_BYTES and status == 200
+                    and isinstance(answer, bytes) and (content_type is None or isinstance(content_type, str))
+                    and isinstance(headers, list)
+                    and all(isinstance(h, list) and len(h) == 2 and all(isinstance(x, str) for x in h)
+                            for h in headers)):
+                raise CodecError("kept answer store: a malformed entry")
+            response = HttpResponse(200, answer, content_type, [(n, v) for n, v in headers])
+            store._insert((method, target, body, token), tag, response)
+        return store
 
 
 __all__ = ["ETAG_BYTES", "MAX_KEYED_BODY", "TAGGED_READS", "TAGGED_ROUTES", "AnswerStore", "etag", "tagged"]

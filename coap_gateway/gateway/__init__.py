@@ -9,7 +9,7 @@ and what is bound is decided by ``codec.binding``; sync push by
 ``push_server``.  ``stats`` holds the latency histograms the metrics read.
 """
 
-from .client import CLIENT_STATE, CORS_HEADERS, ClientGateway, ClientGatewayCounters
+from .client import CLIENT_ANSWERS, CLIENT_STATE, CORS_HEADERS, ClientGateway, ClientGatewayCounters
 from .push_client import PushHost, SyncPushClient, SyncPushClientCounters
 from .push_server import AckTracker, SyncPushServer, SyncPushServerCounters
 from .server import (
@@ -26,6 +26,7 @@ __all__ = [
     "CORS_HEADERS",
     "LATENCY_BUCKETS",
     "AckTracker",
+    "CLIENT_ANSWERS",
     "CLIENT_STATE",
     "ClientGateway",
     "ClientGatewayCounters",

@@ -200,6 +200,22 @@ class _HttpServer(web.Server):
 
 #: the client gateway's wire state across restarts, in its state directory (beside the key)
 CLIENT_STATE = "client-state.json"
+#: the tagged answers it holds (codec.revalidation), beside the wire state
+CLIENT_ANSWERS = "client-answers.cbor"
+
+
+def write_private(path: Path, data: bytes) -> bool:
+    """Replace ``path`` with ``data`` atomically, mode 0600 (it holds tokens)."""
+    temporary = path.with_suffix(".tmp")
+    try:
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as file:
+            file.write(data)
+        os.replace(temporary, path)
+    except OSError as exc:
+        log.warning("cannot keep %s: %s", path, exc)
+        return False
+    return True
 
 
 class ClientGateway:
@@ -224,8 +240,15 @@ class ClientGateway:
         self.sync_push = (SyncPushClient(self, sync_push)
                           if sync_push is not None and (sync_push.enabled or sync_push.keepalive) else None)
         self.connections = HttpConnections(self.counters)
-        #: tagged answers to GETs (and POSTs that only read), sent again as 2.03 Valid when unchanged (None: not kept)
+        #: tagged answers to GETs (and POSTs that only read), sent again as 2.03 Valid when unchanged (None: not kept);
+        #: kept beside the wire state, so a device that restarts asks its start-up requests with their ETags
         self.answers = AnswerStore() if revalidate else None
+        self.answers_path = state_path.with_name(CLIENT_ANSWERS) if state_path is not None and revalidate else None
+        if self.answers_path is not None and self.answers_path.exists():
+            try:
+                self.answers = AnswerStore.from_cbor(self.answers_path.read_bytes())
+            except (OSError, CodecError) as exc:
+                log.warning("%s is unreadable (%s): holding no answers", self.answers_path, exc)
         self._runner: web.ServerRunner | None = None
         #: handler tasks of the requests being served (stop() answers them)
         self._serving: set[asyncio.Task] = set()
@@ -352,7 +375,9 @@ class ClientGateway:
             return matrix_error(502, "M_UNKNOWN", "the server gateway answered with an unknown ETag")
         response = self.binding.response(http_request, message, reply)
         if self.answers is not None:
-            self.answers.put(http_request, reply.opt.etag if reply.code == Code.CONTENT else None, response)
+            changed = self.answers.put(http_request, reply.opt.etag if reply.code == Code.CONTENT else None, response)
+            if changed and self.answers_path is not None:
+                write_private(self.answers_path, self.answers.to_cbor())
         fold = echo_fold(reply, self.profile, compact_route_name(message, self.profile))
         if fold is not None and self.sync_push is not None:
             # the answer carries the send's echo (push.echo); a fold we did not
@@ -412,16 +437,8 @@ class ClientGateway:
         text = self.binding.to_json()
         if text == self._saved:
             return
-        temporary = self.state_path.with_suffix(".tmp")
-        try:
-            fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "w") as file:
-                file.write(text)
-            os.replace(temporary, self.state_path)
-        except OSError as exc:
-            log.warning("cannot keep the wire state in %s: %s", self.state_path, exc)
-            return
-        self._saved = text
+        if write_private(self.state_path, text.encode("utf-8")):
+            self._saved = text
 
     async def _send(self, message: Message) -> Message:
         return await self.endpoint.request(message, self.server_key, self.request_timeout)

@@ -89,3 +89,46 @@ def test_a_read_by_post_is_kept_per_body():
     long = HttpRequest("POST", alice.target, b"x" * (MAX_KEYED_BODY + 1), access_token="t")
     store.put(long, b"K" * 8, HttpResponse(200, b"{}"))
     assert store.get(long) is None and len(store) == 1
+
+
+def test_the_store_survives_a_restart_as_cbor_without_tokens():
+    store = AnswerStore()
+    alice = HttpRequest("GET", "/_matrix/client/v3/pushrules/", access_token="syt_secret_alice")
+    plain = HttpRequest("GET", "/_matrix/client/versions")
+    store.put(alice, b"A" * 8, HttpResponse(200, b"alice's", "application/json", [("X-Kept", "1")]))
+    store.put(plain, b"V" * 8, HttpResponse(200, VERSIONS, "application/json"))
+    data = store.to_cbor()
+    assert b"syt_secret_alice" not in data  # accounts by digest: the file holds no token
+    back = AnswerStore.from_cbor(data)
+    assert back.get(alice) == store.get(alice) and back.get(plain) == store.get(plain)
+    assert back.bytes == store.bytes and back.to_cbor() == store.to_cbor()  # the order (LRU) kept too
+    # loading keeps this store's bounds (oldest out first)
+    small = AnswerStore.from_cbor(data, max_entries=1)
+    assert len(small) == 1 and small.get(plain) is not None
+
+
+def test_put_says_whether_what_is_held_changed():
+    store = AnswerStore()
+    request = HttpRequest("GET", "/_matrix/client/versions")
+    assert store.put(request, b"V" * 8, HttpResponse(200, VERSIONS))
+    assert not store.put(request, b"V" * 8, HttpResponse(200, VERSIONS))  # the same again: nothing to write
+    assert store.put(request, b"W" * 8, HttpResponse(200, b"{}"))
+    assert store.put(request, None, HttpResponse(200, b"{}"))  # dropped
+    assert not store.put(request, None, HttpResponse(200, b"{}"))
+
+
+def test_a_kept_store_that_is_not_one_is_refused():
+    import cbor2
+    import pytest
+
+    from coap_gateway.errors import CodecError
+
+    good = [b"GET", "/x", b"", None, b"t" * 8, 200, b"{}", None, []]
+    for bad in (b"", b"\xff", cbor2.dumps([2, []]), cbor2.dumps([1, {}]), cbor2.dumps([1, [good]]),
+                cbor2.dumps([1, [["GET", "/x", b"", "a token in clear", b"t" * 8, 200, b"{}", None, []]]]),
+                cbor2.dumps([1, [["GET", "/x", b"", None, b"t" * 9, 200, b"{}", None, []]]]),
+                cbor2.dumps([1, [["GET", "/x", b"", None, b"t" * 8, 404, b"{}", None, []]]]),
+                cbor2.dumps([1, [["GET", "/x", b"", None, b"t" * 8, 200, b"{}", None, [["a"]]]]]),
+                b"\x00" * (1 << 20)):
+        with pytest.raises(CodecError):
+            AnswerStore.from_cbor(bad)

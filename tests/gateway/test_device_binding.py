@@ -169,7 +169,11 @@ async def test_a_restarted_client_gateway_costs_a_reconnect_and_never_reuses_a_t
     import os
     import stat as stat_module
 
-    from coap_gateway.gateway import CLIENT_STATE
+    import aiohttp
+
+    from coap_gateway.gateway import CLIENT_ANSWERS, CLIENT_STATE
+
+    VERSIONS = "/_matrix/client/versions"
 
     server_priv, _ = keys.generate_keypair()
     server_public = keys.public_from_private(server_priv)
@@ -193,6 +197,11 @@ async def test_a_restarted_client_gateway_costs_a_reconnect_and_never_reuses_a_t
         assert isinstance(first, RoomSendResponse)
         assert stat_module.S_IMODE(os.stat(state / CLIENT_STATE).st_mode) == 0o600
         assert not device.gateway.counters.state_restored
+        # a start-up request whose answer the gateway holds, tagged (codec.revalidation)
+        async with aiohttp.ClientSession() as http, http.get(device.base_url + VERSIONS) as r:
+            assert r.status == 200
+            versions = await r.read()
+        assert stat_module.S_IMODE(os.stat(state / CLIENT_ANSWERS).st_mode) == 0o600
 
         # the client gateway's process restarts: same key, same state directory, a new port
         await device.stop()
@@ -222,6 +231,10 @@ async def test_a_restarted_client_gateway_costs_a_reconnect_and_never_reuses_a_t
         # the same transaction ID as before the restart is the same message, as Synapse has it
         retried = await again.room_send(room.room_id, "m.room.message", MESSAGE, tx_id="before-restart")
         assert isinstance(retried, RoomSendResponse) and retried.event_id == first.event_id
+        # the answers it held came back with it: asked again, /versions crosses as its ETag
+        async with aiohttp.ClientSession() as http, http.get(device.base_url + VERSIONS) as r:
+            assert r.status == 200 and await r.read() == versions
+        assert device.gateway.counters.revalidated == 1
     finally:
         await alice.close()
         if again is not None:
