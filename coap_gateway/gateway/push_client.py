@@ -125,8 +125,16 @@ class SyncPushClient:
             self._maintenance.cancel()
         for stream in list(self._observations):
             await self._cancel(stream, timeout=1.0)
-        for task in [*self._registering.values(), *self._background]:
+        tasks = [*self._registering.values(), *self._background]
+        if self._maintenance is not None:
+            tasks.append(self._maintenance)
+        for task in tasks:
             task.cancel()
+        # wait until they are gone: a request they were waiting on is dropped by
+        # aiocoap a loop turn or two after its cancellation (a block-wise one in
+        # two steps); the endpoint shutting down before that failed the
+        # cancelled request again (InvalidStateError at shutdown, seen in CI)
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     # -- the client gateway hands every request here first
 
