@@ -468,18 +468,25 @@ async def test_large_answers_come_in_parts_or_plainly_and_errors_reach_the_clien
                 async with http.get(base + token(2) + "&timeout=20000", headers=headers) as r:
                     assert r.status == 200 and json.loads(await r.read()) == json.loads(huge)
                 assert push.counters.fetches == 1
-                # the homeserver's error comes back exactly
-                hs.script[token(3)] = [(401, error)]
+                # a registration whose first answer needs parts: answered "registered"
+                # (a piggybacked ACK nobody acknowledges), the parts follow as CONs
+                first_large = message_body(token(3), token(4), 3, large.decode("ascii")[-3000:])
+                hs.script[token(3)] = [(200, first_large)]
                 async with http.get(base + token(3) + "&timeout=20000", headers=headers) as r:
+                    assert r.status == 200 and await r.read() == first_large
+                assert push.counters.parted == 2 and push.counters.registrations == 2
+                # the homeserver's error comes back exactly
+                hs.script[token(4)] = [(401, error)]
+                async with http.get(base + token(4) + "&timeout=20000", headers=headers) as r:
                     assert r.status == 401 and await r.read() == error
                 # 5xx on a running observation: retried, never pushed
-                hs.script[token(3)] = [(200, empty_body(3))]
-                async with http.get(base + token(3) + "&timeout=100", headers=headers) as r:
-                    assert await r.read() == empty_body(3)  # the idle answer, from the template
-                hs.script[token(3)] = [(503, b'{"errcode":"M_UNKNOWN"}'), (200, message_body(token(3), token(4), 2))]
+                hs.script[token(5)] = [(200, empty_body(5))]
+                async with http.get(base + token(5) + "&timeout=100", headers=headers) as r:
+                    assert await r.read() == empty_body(5)  # the idle answer, from the template
+                hs.script[token(5)] = [(503, b'{"errcode":"M_UNKNOWN"}'), (200, message_body(token(5), token(6), 2))]
                 hs.release.set()
-                async with http.get(base + token(3) + "&timeout=20000", headers=headers) as r:
-                    assert await r.read() == message_body(token(3), token(4), 2)
+                async with http.get(base + token(5) + "&timeout=20000", headers=headers) as r:
+                    assert await r.read() == message_body(token(5), token(6), 2)
                 assert server.gateway.sync_push.counters.upstream_errors == 0
                 assert server.gateway.sync_push.counters.finals == 1  # the 401
         finally:
