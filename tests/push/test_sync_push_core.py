@@ -284,6 +284,16 @@ def test_chain_too_large_to_push_is_fetched():
     assert c.head == token(9)  # not moved: the client polls it plainly
 
 
+def registered(state: SyncPushState, since: str = token(9)):
+    """A stream registered from ``since`` whose registration was answered
+    "registered, nothing yet": (stream, its poll, the generation)."""
+    p = poll(since)
+    stream, _ = state.stream(p, "tok")
+    gen = state.begin(stream, since, 0)
+    state.on_registered(stream, gen, 0, b"", 0)
+    return stream, p, gen
+
+
 def test_split_parts_byte_by_byte():
     assert split_parts(b"abcd", 4) == [b"abcd"]  # fits: one notification, no marker
     # PART + 3 bytes, PART + 3 bytes, then the rest (1 to 4 bytes) bare
@@ -324,10 +334,7 @@ def test_chain_too_large_for_one_frame_goes_in_parts_to_a_client_that_takes_them
     assert all(len(p) <= 40 for p in step.parts) and c.head == token(10)
     # the client joins them and reads the answer exactly
     state = client()
-    p = poll(token(9))
-    stream, _ = state.stream(p, "tok")
-    gen = state.begin(stream, token(9), 0)
-    assert state.on_registered(stream, gen, 0, b"", 0) is Outcome.OK  # "registered", the parts follow
+    stream, _, gen = registered(state)  # "registered", the parts follow
     stream.template = b"x"
     for n, part in enumerate(step.parts, start=1):
         assert state.on_notification(stream, gen, n, part, 0) is Outcome.OK
@@ -339,10 +346,7 @@ def test_chain_too_large_for_one_frame_goes_in_parts_to_a_client_that_takes_them
 
 def test_client_drops_parts_it_cannot_finish():
     state = client()
-    p = poll(token(9))
-    stream, _ = state.stream(p, "tok")
-    gen = state.begin(stream, token(9), 0)
-    state.on_registered(stream, gen, 0, b"", 0)
+    stream, _, gen = registered(state)
     assert state.on_notification(stream, gen, 1, b"\xc6abc", 0) is Outcome.OK and stream.parts.pending
     # a gap in the Observe numbers: the observation is lost, and the parts with it
     assert state.on_notification(stream, gen, 3, b"def", 0) is Outcome.LOST
@@ -499,10 +503,7 @@ def test_client_plain_for_timeout_zero_and_after_a_decline():
 
 def test_client_errors_are_said_once_and_large_answers_fetched_plainly():
     state = client()
-    p = poll(token(9))
-    stream, _ = state.stream(p, "tok")
-    gen = state.begin(stream, token(9), 0)
-    state.on_registered(stream, gen, 0, b"", 0)
+    stream, p, gen = registered(state)
     state.on_final(stream, gen, ok(b'{"errcode":"M_UNKNOWN_TOKEN"}', 401))
     assert state.on_request(stream, p, 1).response.status == 401
     assert state.on_request(stream, p, 2) == Register(token(9))
