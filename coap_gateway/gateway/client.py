@@ -30,7 +30,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-import os
 from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,6 +58,7 @@ from ..codec import (
 from ..codec.revalidation import AnswerStore
 from ..errors import CodecError, GatewayError
 from ..push import Sent, SyncPushClientConfig, parse_send, sent_of
+from ..secure import keys
 from ..transport import LinkEndpoint, LinkFailure
 from .push_client import SyncPushClient
 from .stats import Histogram, timed
@@ -205,13 +205,10 @@ CLIENT_ANSWERS = "client-answers.cbor"
 
 
 def write_private(path: Path, data: bytes) -> bool:
-    """Replace ``path`` with ``data`` atomically, mode 0600 (it holds tokens)."""
-    temporary = path.with_suffix(".tmp")
+    """Replace ``path`` with ``data`` atomically, mode 0600 (it holds tokens);
+    False, with a warning, when the file system refuses."""
     try:
-        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "wb") as file:
-            file.write(data)
-        os.replace(temporary, path)
+        keys.replace_private_file(path, data)
     except OSError as exc:
         log.warning("cannot keep %s: %s", path, exc)
         return False

@@ -407,7 +407,11 @@ class PartBuffer:
     def __init__(self, limit: int = MAX_PARTED):
         self.limit = limit
         self.pieces = bytearray()
-        self.pending = False
+
+    @property
+    def pending(self) -> bool:
+        """Parts came in, the last piece has not (a part is never empty)."""
+        return bool(self.pieces)
 
     def feed(self, payload: bytes) -> bytes | None:
         """None while parts come in; else the whole payload."""
@@ -417,7 +421,6 @@ class PartBuffer:
             if len(self.pieces) + len(payload) - 1 > self.limit:
                 raise CodecError(f"notification parts over {self.limit} B")
             self.pieces += payload[1:]
-            self.pending = True
             return None
         if not self.pending:
             return payload
@@ -429,7 +432,6 @@ class PartBuffer:
 
     def clear(self) -> None:
         self.pieces = bytearray()
-        self.pending = False
 
 
 def decode_notification(payload: bytes, since: str, delta: DeltaState, table: CborTable,

@@ -68,7 +68,7 @@ def write_private_key(path: str | os.PathLike[str], private: bytes, *, force: bo
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         _write_all(fd, data)
         return
-    _replace_atomically(path, data)
+    replace_private_file(path, data)
 
 
 def read_private_key(path: str | os.PathLike[str]) -> bytes:
@@ -100,8 +100,9 @@ def _write_all(fd: int, data: bytes) -> None:
         os.close(fd)
 
 
-def _replace_atomically(path: Path, data: bytes) -> None:
-    """Write a 0600 temporary file next to ``path`` and rename it over ``path``."""
+def replace_private_file(path: Path, data: bytes) -> None:
+    """Write a 0600 temporary file next to ``path`` and rename it over ``path``
+    (key files, pins, and the client gateway's wire state and held answers)."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent or ".")  # mkstemp: 0600, O_EXCL
     try:
         _write_all(fd, data)
@@ -156,7 +157,7 @@ class PinStore:
         doc = {"format": PIN_FORMAT, "pins": dict(sorted(pins.items()))}
         try:
             self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-            _replace_atomically(self.path, (json.dumps(doc, indent=1) + "\n").encode("utf-8"))
+            replace_private_file(self.path, (json.dumps(doc, indent=1) + "\n").encode("utf-8"))
         except OSError as exc:
             raise KeyFileError(f"cannot store the pin in {self.path}: {exc}") from exc
 
