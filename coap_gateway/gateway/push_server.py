@@ -428,7 +428,7 @@ class SyncPushServer:
             if exc.kind == UpstreamError.TOO_LARGE:
                 return Fetch()  # an answer longer than any notification could carry
             self.counters.upstream_errors += 1
-            log.warning("sync push: homeserver unreachable: %s", exc.kind)
+            log.warning("sync push: no usable answer from the homeserver: %s", exc.kind)
             return obs.chain.on_unreachable()
         for observer in self.upstream_observers:
             observer(since, response)

@@ -4,8 +4,16 @@ Every request the server gateway forwards, and every long-poll sync push runs
 for a device, goes through ``Upstream.fetch``: one place that builds the URL
 (always the configured homeserver: the target is a path, never a host — not
 an open proxy), reads the answer to the end but never past a cap, and turns
-"unreachable", "too slow" and "too large" into one exception the callers
+"unreachable", "too slow", "too large" and "encoded" into one exception the callers
 answer with a Matrix error.
+
+It asks for the body as it is (``Accept-Encoding: identity``): the gateway
+transcodes JSON itself and cannot read a gzip stream.  aiohttp would offer
+gzip and deflate by default, and a Synapse listener with ``compress: true``
+then gzips every JSON answer, which the device would get as undecodable
+bytes labelled JSON.  An answer that comes encoded anyway (a proxy in
+between) is refused, never passed on.  It keeps no cookies: one jar shared by
+every account behind the gateway would hand one user's cookies to the next.
 
 Connections come from three pools, never shared.  A long-poll holds its
 connection for as long as the homeserver holds the request (30 s and more);
@@ -37,6 +45,7 @@ import aiohttp
 from multidict import CIMultiDict
 from yarl import URL
 
+from .. import __version__
 from ..codec import MAX_RESPONSE_BODY, HttpResponse, matrix_error
 from ..push import SyncPushServerConfig
 
@@ -51,6 +60,10 @@ PLAIN_LONG_POLL = "plain_long_poll"
 #: (/sync and /events: timeout; media downloads of pending uploads: timeout_ms)
 _HOLD_PARAMETERS = ("timeout", "timeout_ms")
 
+#: on every request upstream: the body as it is, and who asks (the homeserver
+#: shows it as each device's last user agent)
+UPSTREAM_HEADERS = {"Accept-Encoding": "identity", "User-Agent": f"coap-gateway/{__version__}"}
+
 
 class UpstreamError(Exception):
     """The homeserver gave no usable answer; ``kind`` says why."""
@@ -58,6 +71,7 @@ class UpstreamError(Exception):
     UNREACHABLE = "unreachable"
     TIMEOUT = "timeout"
     TOO_LARGE = "too_large"
+    ENCODED = "encoded"  # a content coding (gzip…) although identity was asked for
 
     def __init__(self, kind: str, detail: str = ""):
         super().__init__(f"{kind}: {detail}" if detail else kind)
@@ -69,6 +83,9 @@ class UpstreamError(Exception):
             return matrix_error(504, "M_UNKNOWN", "the homeserver did not answer in time")
         if self.kind == self.TOO_LARGE:
             return matrix_error(502, "M_UNKNOWN", "homeserver response too large for the gateway")
+        if self.kind == self.ENCODED:
+            return matrix_error(502, "M_UNKNOWN", "the homeserver's answer is content-encoded; the gateway "
+                                                  "asks for identity and does not decode it")
         return matrix_error(502, "M_UNKNOWN", "the homeserver is unreachable from the gateway")
 
 
@@ -127,7 +144,8 @@ class Upstream:
             # limit_per_host=0: the one host is the homeserver, the pool limit is the bound
             connector = aiohttp.TCPConnector(limit=self.limits[pool], limit_per_host=0)
             session = self._sessions[pool] = aiohttp.ClientSession(
-                connector=connector, timeout=aiohttp.ClientTimeout(total=self.timeout), auto_decompress=False)
+                connector=connector, timeout=aiohttp.ClientTimeout(total=self.timeout), auto_decompress=False,
+                headers=UPSTREAM_HEADERS, cookie_jar=aiohttp.DummyCookieJar())
         return session
 
     async def close(self) -> None:
@@ -165,6 +183,11 @@ class Upstream:
                     data += chunk
                     if len(data) > max_body:
                         raise UpstreamError(UpstreamError.TOO_LARGE, f"more than {max_body} bytes")
+                coding = answer.headers.get("Content-Encoding", "identity").strip().lower()
+                if data and coding != "identity":
+                    log.warning("the homeserver answered %s %s with Content-Encoding %r although identity was "
+                                "asked for: refused", method, target.partition("?")[0], coding)
+                    raise UpstreamError(UpstreamError.ENCODED, coding)
                 # Synapse says "application/json"; any other type is kept exactly as sent
                 return HttpResponse(answer.status, bytes(data), answer.headers.get("Content-Type"),
                                     [(k, v) for k, v in answer.headers.items()])

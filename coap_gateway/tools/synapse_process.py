@@ -110,8 +110,11 @@ class LocalSynapse:
         host: str = "127.0.0.1",
         port: int | None = None,
         extra_config: dict[str, Any] | None = None,
+        compress: bool = False,
     ) -> None:
         self.data_dir = Path(data_dir).resolve()
+        #: the listener's ``compress``: gzip every answer to a client that accepts it
+        self.compress = compress
         self.server_name = server_name
         self.host = host
         self.port = port
@@ -203,7 +206,7 @@ class LocalSynapse:
                         "tls": False,
                         "x_forwarded": False,
                         "resources": [
-                            {"names": ["client", "federation"], "compress": False}
+                            {"names": ["client", "federation"], "compress": self.compress}
                         ],
                     }
                 ],
