@@ -498,11 +498,17 @@ class ReplayWindow:
         """Record an authenticated fresh frame."""
         if counter > self.highest:
             shift = counter - self.highest
-            self._bitmap = (self._bitmap << shift | 1) & ((1 << self.SIZE) - 1) if shift < self.SIZE else 1
+            if shift < self.SIZE:
+                self._bitmap = (self._bitmap << shift | 1) & ((1 << self.SIZE) - 1)
+                # every counter held is >= the old floor: forget the ones the
+                # window slid past, not a scan of all 64 on every frame
+                old_floor = self.highest - self.SIZE + 1
+                for passed in range(max(0, old_floor), old_floor + shift):
+                    self._first_seen.pop(passed, None)
+            else:
+                self._bitmap = 1
+                self._first_seen.clear()
             self.highest = counter
-            floor = counter - self.SIZE + 1
-            for old in [c for c in self._first_seen if c < floor]:
-                del self._first_seen[old]
         else:
             offset = self.highest - counter
             if offset >= self.SIZE:
