@@ -163,6 +163,9 @@ async def start_server(link: DatagramLink, *, homeserver: str, profile: Profile,
                                   clock=clock, on_device=on_device, key_log=key_log)
     endpoint = await create_link_endpoint(link, site=gateway, codec=codec, loggername="coap.server")
     gateway.attach(endpoint)
+    if codec is not None:
+        secure = codec
+        gateway.address_of = lambda remote: secure.device_address(getattr(remote, "key", None))
     return RunningServer(endpoint, gateway, codec, store)
 
 

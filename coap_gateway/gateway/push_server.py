@@ -157,7 +157,8 @@ class SyncPushServer:
     gateway's own."""
 
     def __init__(self, upstream: Upstream, binding: ServerBinding, profile: Profile,
-                 config: SyncPushServerConfig | None = None, *, count_request: Callable[[], None] = lambda: None):
+                 config: SyncPushServerConfig | None = None, *, count_request: Callable[[], None] = lambda: None,
+                 forwarded_for: Callable[[Hashable], str | None] = lambda remote: None):
         self.upstream = upstream
         self.binding = binding
         self.profile = profile
@@ -165,6 +166,8 @@ class SyncPushServer:
         # one homeserver request per observation at most: that many connections, of their own
         upstream.reserve_long_polls(self.config.max_observations)
         self.count_request = count_request
+        #: a device's IP address, for the homeserver (X-Forwarded-For), asked at each poll: it may move
+        self.forwarded_for = forwarded_for
         self.history = ReplayHistory(self.config.history_per_stream, self.config.history_streams,
                                      self.config.history_bytes)
         self.acks = AckTracker()
@@ -423,7 +426,8 @@ class SyncPushServer:
             # every poll of the loop, timeout 0 too (an initial answer can take Synapse
             # seconds): the long-poll pool has a connection for each observation
             response = await self.upstream.fetch("GET", target, token=obs.access_token, max_body=MAX_PUSH_BODY,
-                                                 timeout=timeout_ms / 1000 + 60, long_poll=True)
+                                                 timeout=timeout_ms / 1000 + 60, long_poll=True,
+                                                 forwarded_for=self.forwarded_for(obs.remote))
         except UpstreamError as exc:
             if exc.kind == UpstreamError.TOO_LARGE:
                 return Fetch()  # an answer longer than any notification could carry

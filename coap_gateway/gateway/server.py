@@ -11,10 +11,11 @@ else; observations of ``/sync`` go to sync push (``push_server``).
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
 import tempfile
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -128,9 +129,12 @@ class ServerGateway(resource.Resource):
                                      loader=self._load_device if device_store is not None else None,
                                      on_change=self._save_device if device_store is not None else None)
         self.counters = ServerGatewayCounters()
+        #: a CoAP remote's network address; the runner sets it where the remote
+        #: is a secure session (the address is then the session's, which moves)
+        self.address_of: Callable[[Hashable], Hashable | None] = lambda remote: getattr(remote, "key", None)
         #: holds devices' /sync loops and pushes (None: every poll is forwarded as it comes)
         self.sync_push = (SyncPushServer(self.upstream, self.binding, config.profile, sync_push,
-                                         count_request=self._count_request)
+                                         count_request=self._count_request, forwarded_for=self.forwarded_for)
                           if sync_push is not None else None)
 
     def attach(self, endpoint: LinkEndpoint) -> None:
@@ -166,6 +170,17 @@ class ServerGateway(resource.Resource):
         if self.sync_push is not None:
             self.sync_push.forget_session(remote)
         self.binding.forget_session(remote)
+
+    def forwarded_for(self, remote: Hashable) -> str | None:
+        """The device's IP address, as the homeserver is told it
+        (X-Forwarded-For); None where it has none (a serial line, a simulated link)."""
+        address = self.address_of(remote)
+        if not (isinstance(address, tuple) and address and isinstance(address[0], str)):
+            return None
+        try:
+            return str(ipaddress.ip_address(address[0]))
+        except ValueError:
+            return None
 
     def _load_device(self, key: bytes) -> DeviceState | None:
         assert self.device_store is not None
@@ -261,7 +276,7 @@ class ServerGateway(resource.Resource):
         else:
             wait = self._expect_echo(request, http_request, resolved.token)
             try:
-                response = await self.forward(http_request, resolved.token)
+                response = await self.forward(http_request, resolved.token, self.forwarded_for(request.remote))
             except BaseException:  # cancelled: the observation must not wait for this send's echo
                 if wait is not None:
                     SyncPushServer.release_echo(wait)
@@ -329,11 +344,13 @@ class ServerGateway(resource.Resource):
         segments = tuple(decoded_path_segments(target))
         return any(segments[: len(p)] == p for p in ADMIN_PREFIXES)
 
-    async def forward(self, http_request: HttpRequest, token: str | None) -> HttpResponse:
+    async def forward(self, http_request: HttpRequest, token: str | None,
+                      forwarded_for: str | None = None) -> HttpResponse:
         """The homeserver's answer, or the Matrix error that stands for none."""
         try:
             response = await self.upstream.fetch(http_request.method, http_request.target, body=http_request.body,
-                                                 content_type=http_request.content_type, token=token)
+                                                 content_type=http_request.content_type, token=token,
+                                                 forwarded_for=forwarded_for)
         except UpstreamError as exc:
             self.counters.upstream_errors += 1
             return exc.as_response()

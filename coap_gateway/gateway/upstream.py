@@ -156,13 +156,16 @@ class Upstream:
     async def fetch(self, method: str, target: str, *, body: bytes = b"", content_type: str | None = None,
                     token: str | None = None, max_body: int = MAX_RESPONSE_BODY,
                     timeout: float | None = None, long_poll: bool = False,
-                    authorizations: Sequence[str] = ()) -> HttpResponse:
+                    authorizations: Sequence[str] = (), forwarded_for: str | None = None) -> HttpResponse:
         """The homeserver's answer to ``method target`` (a path and query,
         exactly as the client sent it); ``UpstreamError`` when there is none
         or it is longer than ``max_body``.  ``long_poll``: one of the
         requests ``reserve_long_polls`` counted (sync push's loops).
         ``authorizations``: Authorization headers sent verbatim, in order
-        (federation's X-Matrix), instead of a bearer ``token``."""
+        (federation's X-Matrix), instead of a bearer ``token``.
+        ``forwarded_for``: the device's IP address, as ``X-Forwarded-For``
+        (a homeserver whose listener has ``x_forwarded`` then limits and
+        records each device by its own address, not all by the gateway's)."""
         headers: CIMultiDict[str] = CIMultiDict()
         if content_type is not None:
             headers["Content-Type"] = content_type
@@ -170,6 +173,8 @@ class Upstream:
             headers["Authorization"] = f"Bearer {token}"
         for value in authorizations:
             headers.add("Authorization", value)
+        if forwarded_for is not None:
+            headers["X-Forwarded-For"] = forwarded_for
         # the target is a path (routes guarantees it): the host is always ours
         url = URL(self.base + target, encoded=True)
         request_timeout = aiohttp.ClientTimeout(total=timeout) if timeout is not None else None

@@ -111,10 +111,13 @@ class LocalSynapse:
         port: int | None = None,
         extra_config: dict[str, Any] | None = None,
         compress: bool = False,
+        x_forwarded: bool = False,
     ) -> None:
         self.data_dir = Path(data_dir).resolve()
         #: the listener's ``compress``: gzip every answer to a client that accepts it
         self.compress = compress
+        #: the listener's ``x_forwarded``: trust X-Forwarded-For (a listener behind a proxy)
+        self.x_forwarded = x_forwarded
         self.server_name = server_name
         self.host = host
         self.port = port
@@ -204,7 +207,7 @@ class LocalSynapse:
                         "bind_addresses": [self.host],
                         "type": "http",
                         "tls": False,
-                        "x_forwarded": False,
+                        "x_forwarded": self.x_forwarded,
                         "resources": [
                             {"names": ["client", "federation"], "compress": self.compress}
                         ],

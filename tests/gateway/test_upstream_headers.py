@@ -1,11 +1,13 @@
-"""What the server gateway asks the homeserver for, and what it refuses.
+"""What the server gateway tells the homeserver, asks it for, and refuses.
 
 Synapse gzips its answers when its listener says ``compress: true`` and the
 client accepts gzip — which aiohttp offers unless told otherwise.  The
 gateway transcodes JSON itself, so it asks for the body as it is; an answer
 encoded anyway is refused with a Matrix error, never passed on as JSON.
 And it keeps no cookies: one jar behind many accounts would hand one user's
-cookies to the next.
+cookies to the next.  It says whose request it is: the device's address in
+X-Forwarded-For, so that a homeserver behind it as behind any proxy
+(``x_forwarded: true``) limits and records each device by its own address.
 """
 
 from __future__ import annotations
@@ -105,11 +107,14 @@ async def test_no_cookie_crosses_from_one_request_to_the_next():
 
 
 @pytest.fixture(scope="module")
-def gzip_synapse(tmp_path_factory: pytest.TempPathFactory):
+def proxied_synapse(tmp_path_factory: pytest.TempPathFactory):
+    """Configured as operators run one behind a proxy: gzip on, X-Forwarded-For
+    trusted, logins limited per address (one, then one per 5 minutes)."""
     pytest.importorskip("synapse", reason="matrix-synapse is not installed")
     from coap_gateway.tools.synapse_process import LocalSynapse
 
-    server = LocalSynapse(tmp_path_factory.mktemp("synapse-gzip"), compress=True)
+    server = LocalSynapse(tmp_path_factory.mktemp("synapse-proxied"), compress=True, x_forwarded=True,
+                          extra_config={"rc_login": {"address": {"per_second": 0.003, "burst_count": 1}}})
     run_in_fresh_loop(server.start())
     try:
         yield server
@@ -118,17 +123,17 @@ def gzip_synapse(tmp_path_factory: pytest.TempPathFactory):
 
 
 @pytest.mark.synapse
-async def test_a_synapse_that_gzips_works_through_the_gateways(gzip_synapse, server_key):
+async def test_a_synapse_that_gzips_works_through_the_gateways(proxied_synapse, server_key):
     # the homeserver really does gzip for a client that offers it
     import aiohttp
 
     async with aiohttp.ClientSession() as http:
-        async with http.get(f"{gzip_synapse.base_url}/_matrix/client/versions",
+        async with http.get(f"{proxied_synapse.base_url}/_matrix/client/versions",
                             headers={"Accept-Encoding": "gzip"}, auto_decompress=False) as direct:
             assert direct.headers.get("Content-Encoding") == "gzip"
 
     name = f"gz{uuid.uuid4().hex[:6]}"
-    async with Device(FAST, gzip_synapse, server_key, 1) as dev:  # secure, sync push: the defaults
+    async with Device(FAST, proxied_synapse, server_key, 1) as dev:  # secure, sync push: the defaults
         client = nio(dev.client.base_url, name)
         try:
             await register(client, name)
@@ -150,3 +155,75 @@ async def test_a_synapse_that_gzips_works_through_the_gateways(gzip_synapse, ser
             assert dev.server.gateway.counters.upstream_errors == 0
         finally:
             await client.close()
+
+
+async def _login(base: str, name: str, headers: dict[str, str] | None = None) -> tuple[int, dict]:
+    import aiohttp
+
+    async with aiohttp.ClientSession() as http:
+        async with http.post(f"{base}/_matrix/client/v3/login", headers=headers or {}, json={
+                "type": "m.login.password", "identifier": {"type": "m.id.user", "user": name},
+                "password": "password-" + name}) as answer:
+            return answer.status, await answer.json()
+
+
+@pytest.mark.synapse
+async def test_each_device_is_known_to_the_homeserver_by_its_own_address(proxied_synapse, tmp_path):
+    """Two devices on their own addresses (127.0.0.5, 127.0.0.6) log in through one server gateway
+    under a homeserver limit of one login per address: both get in, and the homeserver records
+    each device's address — for its requests and its pushed sync loop alike — not the gateway's."""
+    from coap_gateway.app.runner import start_client, start_server
+    from coap_gateway.secure import keys
+    from coap_gateway.transport import UdpLink
+    from tests.helpers.devices import PROFILE
+
+    server_priv, _ = keys.generate_keypair()
+    server_link = await UdpLink.open("127.0.0.1", 0)
+    server = await start_server(server_link, homeserver=proxied_synapse.base_url, profile=PROFILE,
+                                static_private=server_priv, state_dir=tmp_path)
+    devices = []
+    try:
+        for host in ("127.0.0.5", "127.0.0.6"):
+            link = await UdpLink.open(host, 0)
+            devices.append(await start_client(link, server_link.local_address, profile=PROFILE,
+                                              static_private=keys.generate_keypair()[0],
+                                              server_public=keys.public_from_private(server_priv)))
+        names = [f"xff{uuid.uuid4().hex[:6]}" for _ in devices]
+        for device, name in zip(devices, names):
+            client = nio(device.base_url, name)
+            try:
+                await register(client, name)
+            finally:
+                await client.close()
+        # the second device asks to pass for the first, which has used its one login: its
+        # headers never cross the link, the server gateway names its real address
+        first = await _login(devices[0].base_url, names[0])
+        second = await _login(devices[1].base_url, names[1], headers={"X-Forwarded-For": "127.0.0.5"})
+        assert first[0] == second[0] == 200, (first, second)
+        # a third login from the first device's address is the homeserver's to refuse
+        again = await _login(devices[0].base_url, names[0])
+        assert again[0] == 429 and again[1]["errcode"] == "M_LIMIT_EXCEEDED"
+
+        # the first device's sync loop, pushed: the server gateway long-polls for it
+        client = nio(devices[0].base_url, names[0])
+        client.access_token, client.user_id = first[1]["access_token"], first[1]["user_id"]
+        try:
+            assert isinstance(await client.sync(timeout=0), SyncResponse)
+            assert isinstance(await client.sync(timeout=100), SyncResponse)
+            assert server.gateway.sync_push is not None and server.gateway.sync_push.counters.polls >= 1
+        finally:
+            await client.close()
+        import aiohttp
+
+        admin = await proxied_synapse.admin_token()
+        async with aiohttp.ClientSession() as http:
+            async with http.get(f"{proxied_synapse.base_url}/_synapse/admin/v1/whois/{first[1]['user_id']}",
+                                headers={"Authorization": f"Bearer {admin}"}) as answer:
+                whois = await answer.json()
+        seen = {(c["ip"], c["user_agent"]) for d in whois["devices"].values()
+                for s in d["sessions"] for c in s["connections"]}
+        assert seen == {("127.0.0.5", f"coap-gateway/{__version__}")}, seen
+    finally:
+        for device in devices:
+            await device.stop()
+        await server.stop()
