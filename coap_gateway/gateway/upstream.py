@@ -26,9 +26,10 @@ waited behind them for a minute while the homeserver idled:
   is checked before an observation starts — and says so
   (``reserve_long_polls``), so this pool is exactly that large: a loop never
   waits for a connection, and never takes one from anybody else;
-* **plain long-polls**: any other GET that asks the homeserver to hold it
-  (``timeout``/``timeout_ms`` > 0 in the query — a ``/sync`` forwarded as it
-  came, without sync push or over its limits): bounded; when it is full the
+* **plain long-polls**: any other request that asks the homeserver to hold
+  it (``timeout``/``timeout_ms`` > 0 in the query of a GET — a ``/sync``
+  forwarded as it came, without sync push or over its limits — or of a
+  sliding sync's POST, Element X's only sync): bounded; when it is full the
   next one waits, among long-polls only;
 * **ordinary requests**: everything else, bounded too.  Nothing held long
   gets in here, so a short request waits for a connection only when that
@@ -91,11 +92,15 @@ class UpstreamError(Exception):
 
 def may_be_held(method: str, target: str) -> bool:
     """Whether the homeserver may hold this request before answering: a GET
-    with a nonzero ``timeout`` (or ``timeout_ms``) in its query."""
-    if method != "GET":
-        return False
-    _, sep, query = target.partition("?")
+    with a nonzero ``timeout`` (or ``timeout_ms``) in its query, or a POST
+    to a client ``…/sync`` with one (sliding sync, MSC3575/MSC4186: the one
+    POST that long-polls; ``keys/query``'s timeout bounds a wait for other
+    servers, not for news)."""
+    path, sep, query = target.partition("?")
     if not sep:
+        return False
+    if method != "GET" and not (method == "POST" and path.startswith("/_matrix/client/")
+                                and path.endswith("/sync")):
         return False
     for parameter in query.split("&"):
         name, _, value = parameter.partition("=")

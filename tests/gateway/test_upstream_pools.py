@@ -22,6 +22,13 @@ def test_which_requests_may_be_held():
                    "/_matrix/client/v3/sync?timeout=\u0663", "/_matrix/client/v3/sync?xtimeout=5"):
         assert not may_be_held("GET", target), target
     assert not may_be_held("POST", "/_matrix/client/v3/keys/query?timeout=10000")
+    # sliding sync (Element X's sync) long-polls with a POST
+    for prefix in ("org.matrix.simplified_msc3575", "org.matrix.msc3575"):
+        path = f"/_matrix/client/unstable/{prefix}/sync"
+        assert may_be_held("POST", path + "?pos=5&timeout=30000")
+        assert not may_be_held("POST", path + "?pos=5&timeout=0") and not may_be_held("POST", path)
+    assert not may_be_held("POST", "/_matrix/federation/v1/sync?timeout=5")
+    assert not may_be_held("PUT", "/_matrix/client/unstable/org.matrix.simplified_msc3575/sync?timeout=5")
     assert may_be_held("GET", "/_matrix/client/v3/sync?timeout=" + "9" * 5000)  # no int() of it
 
 
