@@ -178,9 +178,12 @@ class ServerGateway(resource.Resource):
         if not (isinstance(address, tuple) and address and isinstance(address[0], str)):
             return None
         try:
-            return str(ipaddress.ip_address(address[0]))
+            ip = ipaddress.ip_address(address[0])
         except ValueError:
             return None
+        # a dual-stack socket ("::") sees IPv4 peers as ::ffff:a.b.c.d
+        mapped = ip.ipv4_mapped if isinstance(ip, ipaddress.IPv6Address) else None
+        return str(mapped or ip)
 
     def _load_device(self, key: bytes) -> DeviceState | None:
         assert self.device_store is not None

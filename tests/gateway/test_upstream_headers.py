@@ -227,3 +227,15 @@ async def test_each_device_is_known_to_the_homeserver_by_its_own_address(proxied
         for device in devices:
             await device.stop()
         await server.stop()
+
+
+def test_the_address_the_homeserver_is_told():
+    from coap_gateway.gateway.server import ServerGateway, ServerGatewayConfig
+    from tests.helpers.devices import PROFILE
+
+    gateway = ServerGateway(ServerGatewayConfig("http://hs", PROFILE), sync_push=None)
+    for address, told in [(("127.0.0.5", 40000), "127.0.0.5"), (("::ffff:192.0.2.7", 5683, 0, 0), "192.0.2.7"),
+                          (("2001:db8::1", 5683, 0, 0), "2001:db8::1"), ("line", None), (("node-3", 1), None),
+                          (None, None)]:
+        gateway.address_of = lambda remote, address=address: address
+        assert gateway.forwarded_for(object()) == told, address
