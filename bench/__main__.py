@@ -132,7 +132,8 @@ def summary(results: dict[str, Any], console: Any) -> None:
     if results.get("cpu"):
         c = results["cpu"]
         console.print(f"CPU: server gateway {c['gateway']['requests_per_cpu_second']:.0f} req/s per core, "
-                      f"aiohttp pass-through {c['passthrough']['requests_per_cpu_second']:.0f}")
+                      f"aiohttp pass-through {c['passthrough']['requests_per_cpu_second']:.0f} "
+                      f"({c['passthrough_paced']['requests_per_cpu_second']:.0f} at the gateway's rate)")
     for row in results.get("targets", []):
         if row["measured"] is not None:
             console.print(f"  target {row['key']:8} ≤ {row['limit']:g} {row['unit']:5} measured "

@@ -175,6 +175,10 @@ def test_timings_are_reported(results):
     assert slow["w5_seconds"] > 0 and slow["send_ack_seconds"] > 0
     cpu = results["cpu"]
     assert cpu["gateway"]["requests"] > 0 and cpu["passthrough"]["requests"] > 0
+    # the proxy's equal-load run is paced: never faster than the gateway served
+    paced, gateway = cpu["passthrough_paced"], cpu["gateway"]
+    assert paced["requests"] > 0 and paced["requests_per_second"] <= gateway["requests_per_second"] * 1.05 + 5
+    assert cpu["cost_ratio_equal_load"] > 0
 
 
 def test_w6_a_federated_message_from_the_capture(results):
