@@ -34,6 +34,7 @@ from coap_gateway.transport import (
     create_link_endpoint,
     profile_wire_digest,
 )
+from tests.helpers.scripted import ScriptedServer
 from tests.helpers.sync_bodies import PROFILE, empty_body, token
 
 DEVICES = 150
@@ -52,7 +53,7 @@ async def until(predicate, timeout: float = 60.0) -> None:
             await asyncio.sleep(0.01)
 
 
-class HoldingHomeserver:
+class HoldingHomeserver(ScriptedServer):
     """``/versions`` and sends at once; ``/sync`` with ``timeout=0`` at once
     (an idle answer from ``since``), a long-poll held for its timeout."""
 
@@ -83,17 +84,8 @@ class HoldingHomeserver:
                 self.held -= 1
         return web.Response(body=empty_body(1), content_type="application/json")
 
-    async def __aenter__(self) -> HoldingHomeserver:
-        self.runner = web.AppRunner(self.app)
-        await self.runner.setup()
-        site = web.TCPSite(self.runner, "127.0.0.1", 0)
-        await site.start()
-        self.url = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
+    def on_stop(self) -> None:
         self.closing.set()
-        await self.runner.cleanup()
 
 
 async def _timed(http: aiohttp.ClientSession, method: str, url: str, **kwargs) -> tuple[float, int]:

@@ -24,9 +24,10 @@ from coap_gateway import __version__
 from coap_gateway.gateway.upstream import Upstream, UpstreamError
 from tests.helpers.devices import FAST, Device, nio, register
 from tests.helpers.loops import run_in_fresh_loop
+from tests.helpers.scripted import ScriptedServer
 
 
-class Scripted:
+class Scripted(ScriptedServer):
     """Records each request's headers; answers as ``mode`` says."""
 
     def __init__(self) -> None:
@@ -49,16 +50,6 @@ class Scripted:
             return web.Response(status=204, headers={"Content-Encoding": "gzip"})
         return web.Response(body=body, content_type="application/json")
 
-    async def __aenter__(self) -> Scripted:
-        self.runner = web.AppRunner(self.app)
-        await self.runner.setup()
-        site = web.TCPSite(self.runner, "127.0.0.1", 0)
-        await site.start()
-        self.url = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.runner.cleanup()
 
 
 async def test_asks_for_identity_and_says_who_it_is():

@@ -10,6 +10,7 @@ import pytest
 from aiohttp import web
 
 from coap_gateway.gateway.upstream import LONG_POLL, ORDINARY, PLAIN_LONG_POLL, Upstream, may_be_held
+from tests.helpers.scripted import ScriptedServer
 
 
 def test_which_requests_may_be_held():
@@ -41,7 +42,7 @@ def test_pools_by_request():
         Upstream("http://hs", max_connections=0)
 
 
-class Holding:
+class Holding(ScriptedServer):
     """Answers /versions at once; holds GET /hold until released."""
 
     def __init__(self) -> None:
@@ -62,17 +63,8 @@ class Holding:
             self.held -= 1
         return web.json_response({})
 
-    async def __aenter__(self) -> Holding:
-        self.runner = web.AppRunner(self.app)
-        await self.runner.setup()
-        site = web.TCPSite(self.runner, "127.0.0.1", 0)
-        await site.start()
-        self.url = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
+    def on_stop(self) -> None:
         self.release.set()
-        await self.runner.cleanup()
 
 
 async def _until(predicate, timeout: float = 10.0) -> None:
