@@ -11,6 +11,7 @@ from aiocoap.numbers.codes import Code
 
 from coap_gateway.transport import SERVER_KEY, create_link_endpoint
 from meshsim import LinkProfile, emulated_link_pair
+from tests.helpers.scripted import ScriptedServer
 from tests.helpers.secure import PROFILE, SERVER_PRIV, SERVER_PUB, site_with  # noqa: F401
 
 FAST = LinkProfile(rate_bps=1_000_000, delay=0.002)
@@ -46,7 +47,7 @@ async def test_concurrent_block_wise_requests_on_one_session_each_arrive_whole()
         await server.shutdown()
 
 
-class EchoHomeserver:
+class EchoHomeserver(ScriptedServer):
     """A stand-in homeserver for this one layer: answers an upload with the
     SHA-256 of what it received."""
 
@@ -63,16 +64,6 @@ class EchoHomeserver:
         self.received.append(len(body))
         return self.web.json_response({"content_uri": "mxc://hs/" + hashlib.sha256(body).hexdigest()[:16]})
 
-    async def __aenter__(self):
-        self.runner = self.web.AppRunner(self.app)
-        await self.runner.setup()
-        site = self.web.TCPSite(self.runner, "127.0.0.1", 0)
-        await site.start()
-        self.url = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"
-        return self
-
-    async def __aexit__(self, *exc):
-        await self.runner.cleanup()
 
 
 async def test_uploads_are_capped_per_request_and_per_device():

@@ -20,28 +20,20 @@ from coap_gateway.app.runner import start_client, start_server
 from coap_gateway.codec import DEFAULT_PROFILE, load_profile
 from coap_gateway.secure import keys
 from coap_gateway.transport import UdpLink
+from tests.helpers.scripted import ScriptedServer
 
 PROFILE = load_profile(DEFAULT_PROFILE)
 
 
-class StubHomeserver:
+class StubHomeserver(ScriptedServer):
     """Answers /versions: enough for an honest request to cross both gateways."""
 
-    async def __aenter__(self):
-        app = web.Application()
-        app.router.add_get("/_matrix/client/versions", self.versions)
-        self.runner = web.AppRunner(app)
-        await self.runner.setup()
-        site = web.TCPSite(self.runner, "127.0.0.1", 0)
-        await site.start()
-        self.url = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"
-        return self
+    def __init__(self) -> None:
+        self.app = web.Application()
+        self.app.router.add_get("/_matrix/client/versions", self.versions)
 
     async def versions(self, request):
         return web.json_response({"versions": ["v1.11"]})
-
-    async def __aexit__(self, *exc):
-        await self.runner.cleanup()
 
 
 # ---------------------------------------------------------------- half-open

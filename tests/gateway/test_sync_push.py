@@ -29,6 +29,7 @@ from tests.helpers.devices import (
     exact_answers,
     until,
 )
+from tests.helpers.scripted import ScriptedServer
 from tests.helpers.sync_bodies import empty_body, message_body, token
 
 # ------------------------------------------------------------- end to end
@@ -386,7 +387,7 @@ def test_keepalive_flag():
 # paths Synapse rarely takes (an answer too large to push, errors, 5xx).
 
 
-class FakeSync:
+class FakeSync(ScriptedServer):
     """``GET /_matrix/client/v3/sync``: the answer for each since comes from
     ``script[since]`` (a list, first used first; the last one repeats); a
     long-poll (timeout > 0) with nothing scripted waits for ``release``."""
@@ -415,18 +416,9 @@ class FakeSync:
         status, body = answers[0] if len(answers) == 1 else answers.pop(0)
         return self.web.Response(status=status, body=body, content_type="application/json")
 
-    async def __aenter__(self):
-        self.runner = self.web.AppRunner(self.app)
-        await self.runner.setup()
-        site = self.web.TCPSite(self.runner, "127.0.0.1", 0)
-        await site.start()
-        self.url = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"
-        return self
-
-    async def __aexit__(self, *exc):
+    def on_stop(self) -> None:
         self.closing = True
         self.release.set()
-        await self.runner.cleanup()
 
 
 async def test_large_answers_come_in_parts_or_plainly_and_errors_reach_the_client_exactly():
