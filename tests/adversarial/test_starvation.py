@@ -232,13 +232,15 @@ async def test_a_device_gets_no_larger_share_from_more_sessions():
                 for s, client in enumerate(sessions):
                     for n in (2 * s, 2 * s + 1):
                         assert await poll(client, n) == 200
-                assert len(push.observations) == 4 and push.counters.declined == 2
+                # a poll's answer (its 50-ms timeout, at the client gateway) does not wait
+                # for the server to have taken the registration: wait for that
+                await until(lambda: len(push.observations) == 4 and push.counters.declined == 2, timeout=30)
                 # (the server's CoAP layer knows the device, not the session: one remote)
                 assert len({o.remote for o in push.observations.values()}) == 1
                 # another device has its own share
                 for n in range(4):
                     assert await poll(other, n, "other") == 200
-                assert len(push.observations) == 8 and push.counters.declined == 2
+                await until(lambda: len(push.observations) == 8 and push.counters.declined == 2, timeout=30)
                 await until(lambda: hs.held == 8)
         finally:
             for client in [*sessions, other]:
