@@ -63,11 +63,8 @@ class RunningServer:
         when its timer is made: one server link may serve paths of very
         different speeds, and a held long-poll must be answered with an empty
         ACK inside *that* device's first timeout."""
-        codec = self.codec
-
         def budget_for(remote: LinkAddress) -> LinkBudget | None:
-            address = codec.device_address(remote.key) if codec is not None else remote.key
-            return budget_for_address(address)
+            return budget_for_address(self.gateway.address_of(remote))
 
         self.endpoint.set_peer_budgets(budget_for)
 

@@ -16,13 +16,18 @@ import gzip
 import json
 import uuid
 
+import aiohttp
 import pytest
 from aiohttp import web
 from nio import RoomSendResponse, SyncResponse
 
 from coap_gateway import __version__
+from coap_gateway.app.runner import start_client, start_server
+from coap_gateway.gateway.server import ServerGateway, ServerGatewayConfig
 from coap_gateway.gateway.upstream import Upstream, UpstreamError
-from tests.helpers.devices import FAST, Device, nio, register
+from coap_gateway.secure import keys
+from coap_gateway.transport import UdpLink
+from tests.helpers.devices import FAST, PROFILE, Device, nio, register
 from tests.helpers.loops import run_in_fresh_loop
 from tests.helpers.scripted import ScriptedServer
 
@@ -116,8 +121,6 @@ def proxied_synapse(tmp_path_factory: pytest.TempPathFactory):
 @pytest.mark.synapse
 async def test_a_synapse_that_gzips_works_through_the_gateways(proxied_synapse, server_key):
     # the homeserver really does gzip for a client that offers it
-    import aiohttp
-
     async with aiohttp.ClientSession() as http:
         async with http.get(f"{proxied_synapse.base_url}/_matrix/client/versions",
                             headers={"Accept-Encoding": "gzip"}, auto_decompress=False) as direct:
@@ -149,8 +152,6 @@ async def test_a_synapse_that_gzips_works_through_the_gateways(proxied_synapse, 
 
 
 async def _login(base: str, name: str, headers: dict[str, str] | None = None) -> tuple[int, dict]:
-    import aiohttp
-
     async with aiohttp.ClientSession() as http:
         async with http.post(f"{base}/_matrix/client/v3/login", headers=headers or {}, json={
                 "type": "m.login.password", "identifier": {"type": "m.id.user", "user": name},
@@ -163,11 +164,6 @@ async def test_each_device_is_known_to_the_homeserver_by_its_own_address(proxied
     """Two devices on their own addresses (127.0.0.5, 127.0.0.6) log in through one server gateway
     under a homeserver limit of one login per address: both get in, and the homeserver records
     each device's address — for its requests and its pushed sync loop alike — not the gateway's."""
-    from coap_gateway.app.runner import start_client, start_server
-    from coap_gateway.secure import keys
-    from coap_gateway.transport import UdpLink
-    from tests.helpers.devices import PROFILE
-
     server_priv, _ = keys.generate_keypair()
     server_link = await UdpLink.open("127.0.0.1", 0)
     server = await start_server(server_link, homeserver=proxied_synapse.base_url, profile=PROFILE,
@@ -204,8 +200,6 @@ async def test_each_device_is_known_to_the_homeserver_by_its_own_address(proxied
             assert server.gateway.sync_push is not None and server.gateway.sync_push.counters.polls >= 1
         finally:
             await client.close()
-        import aiohttp
-
         admin = await proxied_synapse.admin_token()
         async with aiohttp.ClientSession() as http:
             async with http.get(f"{proxied_synapse.base_url}/_synapse/admin/v1/whois/{first[1]['user_id']}",
@@ -221,9 +215,6 @@ async def test_each_device_is_known_to_the_homeserver_by_its_own_address(proxied
 
 
 def test_the_address_the_homeserver_is_told():
-    from coap_gateway.gateway.server import ServerGateway, ServerGatewayConfig
-    from tests.helpers.devices import PROFILE
-
     gateway = ServerGateway(ServerGatewayConfig("http://hs", PROFILE), sync_push=None)
     for address, told in [(("127.0.0.5", 40000), "127.0.0.5"), (("::ffff:192.0.2.7", 5683, 0, 0), "192.0.2.7"),
                           (("2001:db8::1", 5683, 0, 0), "2001:db8::1"), ("line", None), (("node-3", 1), None),
