@@ -2,7 +2,7 @@
 
 The client gateway hands every request here first; a push-eligible
 long-poll is answered from pushed answers or the idle template, or starts a
-registration (an Observe GET) — all decided by ``SyncPushState``.  This
+registration (an Observe GET; FETCH for sliding sync) — all decided by ``SyncPushState``.  This
 module only carries the decisions out: it registers and cancels
 observations over the link endpoint, wakes waiting polls when a push
 arrives, and runs the maintenance loop (idle streams, checks of silent
@@ -29,9 +29,11 @@ from ..codec import (
     matrix_error,
 )
 from ..push import (
+    JSON,
     OP_CANCEL,
     OP_CHECK,
     Answer,
+    LongPoll,
     Outcome,
     Plain,
     Register,
@@ -142,7 +144,8 @@ class SyncPushClient:
         """The answer to a push-eligible long-poll; None: not one (the plain path)."""
         if not self.config.enabled or self._closing:
             return None
-        poll = self.state.classify(http_request.method, http_request.target, http_request.access_token)
+        poll = self.state.classify(http_request.method, http_request.target, http_request.access_token,
+                                   http_request.body)
         if poll is None:
             return None
         assert http_request.access_token is not None
@@ -180,8 +183,8 @@ class SyncPushClient:
                         return self._deliver(http_request, idle)
                     # no template yet: ask the homeserver now, the plain way
                     self.counters.plain += 1
-                    return await self.gateway.exchange(
-                        HttpRequest("GET", poll.target(timeout_ms=0), access_token=http_request.access_token))
+                    return await self.gateway.exchange(self._request(poll, poll.target(timeout_ms=0),
+                                                                     http_request.access_token))
                 try:
                     await asyncio.wait_for(changed.wait(), remaining)
                 except TimeoutError:
@@ -234,12 +237,14 @@ class SyncPushClient:
         self._drop_observation(stream)
         generation = self.state.begin(stream, since, self.loop_time)
         self.counters.registrations += 1
-        request = HttpRequest("GET", stream.poll.target(since=since), access_token=stream.access_token)
+        poll = stream.poll
+        request = self._request(poll, poll.target(since=since), stream.access_token)
         sent: list[Observation] = []
 
         async def register(message: Message) -> Message:
             for earlier in sent:  # answered "send it again": that one is over
                 earlier.close()
+            message.code = poll.kind.registration  # a sliding-sync POST observes as a FETCH
             message.opt.observe = 0
             offer_parts(message)  # an answer too large for one frame comes in several
             observation, first = await self.gateway.endpoint.observe(
@@ -370,6 +375,11 @@ class SyncPushClient:
         task = asyncio.create_task(coro)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+
+    @staticmethod
+    def _request(poll: LongPoll, target: str, access_token: str | None) -> HttpRequest:
+        """The long-poll ``poll`` as a request to ``target``."""
+        return HttpRequest(poll.kind.method, target, poll.body, JSON if poll.body else None, access_token)
 
     def _deliver(self, request: HttpRequest, response: HttpResponse) -> HttpResponse:
         """A pushed or idle answer, on its way to the client: with the client's

@@ -27,7 +27,9 @@ from aiocoap.numbers.types import CON
 
 from ..codec import HttpResponse, Profile, Resolved, ServerBinding, response_to_coap
 from ..push import (
+    JSON,
     MAX_PUSH_BODY,
+    SYNC,
     Folded,
     Sent,
     OP_CANCEL,
@@ -42,6 +44,7 @@ from ..push import (
     Silent,
     SyncPushServerConfig,
     accepts_parts,
+    connection_key,
     end_fetch,
     is_push_request,
     parse_control,
@@ -123,7 +126,8 @@ class EchoWait:
 class _Observation:
     remote: Hashable
     token: bytes  # CoAP token of the registration: names it in control requests
-    key: bytes
+    key: bytes  # the answers' (history) key
+    connection: bytes  # the stream's key: one observation each
     poll: LongPoll
     access_token: str
     chain: PushChain
@@ -204,12 +208,14 @@ class SyncPushServer:
         resolved = self.binding.resolve(request)
         if not isinstance(resolved, Resolved) or not isinstance(resolved.token, str):
             return False  # refused (Token-Unbound, Handle-Unknown…) or no token: the plain path says so
-        poll = parse_long_poll(resolved.http.method, resolved.http.target, self.profile.routes)
+        poll = parse_long_poll(resolved.http.method, resolved.http.target, self.profile.routes, resolved.http.body)
         if poll is None:
             return False
         access_token = resolved.token
-        key = stream_key(access_token, poll)
-        previous = self._by_stream.get(key)
+        key, connection = stream_key(access_token, poll), connection_key(access_token, poll)
+        # a sliding-sync connection has one state on the homeserver: two
+        # loops on it (an old request and a new) would move it past each other
+        previous = self._by_stream.get(connection)
         if not self._room_for(request.remote, previous):
             self.counters.declined += 1
             return False  # over limits: answered as the plain long-poll it also is
@@ -220,10 +226,11 @@ class SyncPushServer:
         max_payload = max(16, request.remote.maximum_payload_size)
         chain = PushChain(poll.since, self.profile.cbor_table, push_preset(self.profile),
                           max_payload, delta_keep=self.config.delta_keep, backoff_max=self.config.backoff_max,
-                          parts=accepts_parts(request))
-        obs = _Observation(request.remote, request.token, key, poll, access_token, chain, asyncio.current_task())
+                          parts=accepts_parts(request), kind=poll.kind)
+        obs = _Observation(request.remote, request.token, key, connection, poll, access_token, chain,
+                           asyncio.current_task())
         self.observations[(obs.remote, obs.token)] = obs
-        self._by_stream[key] = obs
+        self._by_stream[connection] = obs
         try:
             await self._run(pipe, obs)
         except _Ended:
@@ -236,8 +243,8 @@ class SyncPushServer:
         finally:
             if self.observations.get((obs.remote, obs.token)) is obs:
                 del self.observations[(obs.remote, obs.token)]
-            if self._by_stream.get(key) is obs:
-                del self._by_stream[key]
+            if self._by_stream.get(connection) is obs:
+                del self._by_stream[connection]
         return True
 
     # -- the device's own sends (push.echo)
@@ -248,7 +255,7 @@ class SyncPushServer:
         which its echo may be folded into the send's answer, when the device
         has one observation with this token."""
         mine = [o for o in self.observations.values()
-                if o.remote == remote and o.access_token == access_token and o.ended is None]
+                if o.remote == remote and o.access_token == access_token and o.ended is None and o.poll.kind is SYNC]
         if len(mine) != 1 or mine[0].echo is not None:
             return None
         loop = asyncio.get_running_loop()
@@ -329,8 +336,8 @@ class SyncPushServer:
             obs.ended = reason
             obs.task.cancel()
         self.observations.pop((obs.remote, obs.token), None)
-        if self._by_stream.get(obs.key) is obs:
-            del self._by_stream[obs.key]
+        if self._by_stream.get(obs.connection) is obs:
+            del self._by_stream[obs.connection]
 
     def _control(self, request: Message, op: int, token: bytes) -> Message:
         obs = self.observations.get((request.remote, token))
@@ -425,9 +432,11 @@ class SyncPushServer:
         try:
             # every poll of the loop, timeout 0 too (an initial answer can take Synapse
             # seconds): the long-poll pool has a connection for each observation
-            response = await self.upstream.fetch("GET", target, token=obs.access_token, max_body=MAX_PUSH_BODY,
-                                                 timeout=timeout_ms / 1000 + 60, long_poll=True,
-                                                 forwarded_for=self.forwarded_for(obs.remote))
+            poll = obs.poll
+            response = await self.upstream.fetch(poll.kind.method, target, body=poll.body,
+                                                 content_type=JSON if poll.body else None, token=obs.access_token,
+                                                 max_body=MAX_PUSH_BODY, timeout=timeout_ms / 1000 + 60,
+                                                 long_poll=True, forwarded_for=self.forwarded_for(obs.remote))
         except UpstreamError as exc:
             if exc.kind == UpstreamError.TOO_LARGE:
                 return Fetch()  # an answer longer than any notification could carry

@@ -16,7 +16,7 @@ import json
 import logging
 import tempfile
 from collections.abc import Callable, Hashable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import unquote
@@ -43,7 +43,7 @@ from ..codec import (
 )
 from ..errors import CodecError
 from ..codec.route_option import ID_BYTES
-from ..push import SyncPushServerConfig, parse_send, sent_of
+from ..push import SLIDING, SyncPushServerConfig, parse_send, sent_of
 from ..transport import LinkEndpoint, assembly_bytes, drop_assemblies, release_assemblies
 from .push_server import EchoWait, SyncPushServer
 from .stats import Histogram, timed
@@ -268,6 +268,10 @@ class ServerGateway(resource.Resource):
                 self.counters.handle_unknown += 1
             return resolved.reply
         http_request = resolved.http
+        if request.code == SLIDING.registration and request.opt.observe == 0:
+            # a sliding-sync registration that sync push declined (over its
+            # limits): the homeserver gets the plain long-poll it also is
+            http_request = replace(http_request, method=SLIDING.method)
         if resolved.redefined:
             # a client never gives a handle another value: one that lost its
             # state says so in its handshake (secure layer, RESTART/UNBOUND)

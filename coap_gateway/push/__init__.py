@@ -1,4 +1,4 @@
-"""Sync push (sans-I/O): /sync long-polls as one CoAP observation per stream.
+"""Sync push (sans-I/O): /sync and sliding-sync long-polls as one CoAP observation per stream.
 
 ``format`` is what both ends agree on byte for byte (which requests are
 pushed long-polls, the idle-response template, the notification payload and
@@ -24,10 +24,14 @@ from .client import (
 from .echo import Sent, parse_send, sent_of
 from .format import (
     END_FETCH,
+    JSON,
     MAX_PUSH_BODY,
     OP_CANCEL,
     OP_CHECK,
+    SLIDING,
+    SYNC,
     LongPoll,
+    PollKind,
     accepts_parts,
     control_request,
     end_fetch,
@@ -48,11 +52,13 @@ from .server import (
     Silent,
     Step,
     SyncPushServerConfig,
+    connection_key,
     stream_key,
 )
 
 __all__ = [
     "END_FETCH",
+    "JSON",
     "MAX_PUSH_BODY",
     "OP_CANCEL",
     "OP_CHECK",
@@ -64,11 +70,14 @@ __all__ = [
     "LongPoll",
     "Outcome",
     "Plain",
+    "PollKind",
     "Push",
     "PushChain",
     "Register",
     "ReplayHistory",
     "Retry",
+    "SLIDING",
+    "SYNC",
     "Sent",
     "Silent",
     "Status",
@@ -79,6 +88,7 @@ __all__ = [
     "SyncPushState",
     "Wait",
     "accepts_parts",
+    "connection_key",
     "control_request",
     "echo",
     "end_fetch",

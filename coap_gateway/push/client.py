@@ -14,6 +14,10 @@ each answer that says something (``push.server``).  A poll for ``since=S``:
 * else (a new stream, a since from elsewhere) registers the observation
   from S, replacing any other for the stream.
 
+Sliding sync (``POST …?pos=P&timeout=T`` with the request in the body) is
+the same with ``pos`` for since; its stream is the connection (``conn_id``),
+and a request with another body registers again (``format.SLIDING``).
+
 Initial syncs, ``timeout=0``, ``full_state`` and anything unusual go the
 plain way.  An observation that is lost — the server restarted, a
 notification never arrived, a new secure session, a check that finds it
@@ -44,6 +48,7 @@ from .format import (
     FIRST_OBSERVE,
     JSON,
     OBSERVE_MODULUS,
+    SYNC,
     DeltaState,
     LongPoll,
     PartBuffer,
@@ -103,6 +108,8 @@ class Stream:
     status: Status = Status.IDLE
     #: the since the next push answers
     head: str | None = None
+    #: the request body the observation answers (sliding sync; b"" for /sync)
+    body: bytes = b""
     #: pushed answers by the since they answer, in chain order
     answers: OrderedDict[str, HttpResponse] = field(default_factory=OrderedDict)
     template: bytes | None = None
@@ -189,10 +196,10 @@ class SyncPushState:
     def preset(self) -> bytes:
         return push_preset(self.profile)
 
-    def classify(self, method: str, target: str, access_token: str | None) -> LongPoll | None:
+    def classify(self, method: str, target: str, access_token: str | None, body: bytes = b"") -> LongPoll | None:
         if access_token is None:
             return None
-        return parse_long_poll(method, target, self.profile.routes)
+        return parse_long_poll(method, target, self.profile.routes, body)
 
     def stream(self, poll: LongPoll, access_token: str) -> tuple[Stream, list[Stream]]:
         """The stream a poll belongs to, and streams evicted to make room."""
@@ -213,6 +220,10 @@ class SyncPushState:
         stream.timeout_ms = poll.timeout_ms
         since = poll.since
         answers = stream.answers
+        if poll.body != stream.body and stream.status is not Status.DECLINED:
+            # another sliding-sync request on the connection: what was pushed
+            # answers the old one; the observation follows the new one
+            return Plain() if poll.timeout_ms == 0 else Register(since)
         if since in answers:
             while next(iter(answers)) != since:  # what comes before was taken
                 answers.popitem(last=False)
@@ -241,6 +252,7 @@ class SyncPushState:
         stream.early = []
         stream.parts.clear()
         stream.head = since
+        stream.body = stream.poll.body
         stream.delta = DeltaState(self.preset, self.config.delta_keep)
         stream.observe = None
         stream.last_heard = now
@@ -289,7 +301,7 @@ class SyncPushState:
             whole = stream.parts.feed(payload)
             if whole is None:
                 return Outcome.OK  # a part: the rest follows
-            n = decode_notification(whole, stream.head, stream.delta, self.profile.cbor_table)
+            n = decode_notification(whole, stream.head, stream.delta, self.profile.cbor_table, kind=stream.poll.kind)
         except GatewayError as exc:
             log.warning("sync push: undecodable notification: %s", exc)
             self.undecodable += 1
@@ -304,13 +316,14 @@ class SyncPushState:
     def _accept(self, stream: Stream, body: bytes, adopt: bool) -> Outcome:
         """A pushed (or folded) answer to the stream's head."""
         assert stream.head is not None
-        token = next_batch_of(body)
+        kind = stream.poll.kind
+        token = next_batch_of(body, kind)
         if token is None:
             return self.on_lost(stream, stream.generation)
         stream.answers[stream.head] = HttpResponse(200, body, JSON)
         stream.head = token
         if adopt:
-            split = split_next_batch(body)
+            split = split_next_batch(body, kind)
             if split is not None:
                 stream.template = split[0]
         if len(stream.answers) > self.config.max_answers:
@@ -322,7 +335,8 @@ class SyncPushState:
     def echo_target(self, access_token: str) -> tuple[Stream, int] | None:
         """Before a send with ``access_token`` leaves: the observation its
         echo may be folded into (the one running with that token)."""
-        mine = [s for s in self.streams.values() if s.access_token == access_token and s.status is Status.ACTIVE]
+        mine = [s for s in self.streams.values()
+                if s.access_token == access_token and s.status is Status.ACTIVE and s.poll.kind is SYNC]
         return (mine[0], mine[0].generation) if len(mine) == 1 else None
 
     def on_echo(self, stream: Stream, generation: int, sent: Sent | None, data: bytes, now: float) -> Outcome:
@@ -426,7 +440,7 @@ class SyncPushState:
     def on_timeout(self, stream: Stream, since: str) -> HttpResponse | None:
         """The client's timeout passed with no push: the idle answer, if we can."""
         if stream.status is Status.ACTIVE and stream.head == since and stream.template is not None:
-            return HttpResponse(200, expand_template(stream.template, since), JSON)
+            return HttpResponse(200, expand_template(stream.template, since, stream.poll.kind), JSON)
         return None
 
     def idle_window(self, stream: Stream) -> float:

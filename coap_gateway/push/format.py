@@ -6,7 +6,8 @@ then runs the long-poll loop against the homeserver itself and pushes only
 what changed.  This module holds what both ends must agree on, byte for
 byte (docs/protocol.md, "Sync push"):
 
-* which requests are push-eligible long-polls and what names a *stream*
+* which requests are push-eligible long-polls — ``/sync`` and sliding
+  sync's, each a ``PollKind`` — and what names a *stream*
   (``parse_long_poll``);
 * the empty-response *template*: Synapse's answer to an idle long-poll with
   its ``next_batch`` taken out, so the client gateway can answer idle polls
@@ -31,6 +32,7 @@ from __future__ import annotations
 import json
 import re
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -61,10 +63,18 @@ FIRST_OBSERVE = 0
 
 #: routes whose long-polls are pushed (client API v3 and r0)
 SYNC_ROUTES = frozenset({"client.sync", "client.r0.sync"})
+#: sliding sync (MSC4186, Element X's only sync): a POST that long-polls
+SLIDING_ROUTES = frozenset({"client.unstable.simplified_sliding_sync"})
 
 #: a since/next_batch token that needs no escaping in a URL or in JSON
 #: (Synapse's are ``s12_3_0_…``); anything else is left to plain polling
 TOKEN = re.compile(r"[A-Za-z0-9._~-]{1,255}\Z")
+#: a sliding-sync ``pos`` (Synapse's are ``1/s12_3_0_…``): the same, and
+#: ``/``, which a query writes as ``%2F`` (or, legally, as it is)
+POS_TOKEN = re.compile(r"[A-Za-z0-9._~/-]{1,255}\Z")
+#: the longest sliding-sync request body pushed (it names the stream and
+#: rides in the registration; a longer one is polled plainly)
+MAX_POLL_BODY = 16 << 10
 
 #: a pushed body expands to at most this (deflate bomb cap)
 MAX_PUSH_BODY = 4 << 20
@@ -99,8 +109,10 @@ def parse_control(message: Message) -> tuple[int, bytes] | None:
 
 
 def is_push_request(request: Message) -> bool:
-    """A request sync push serves: a control request, or a GET registering an observation."""
-    return bool(request.opt.get_option(options.SYNC_PUSH)) or (request.opt.observe == 0 and request.code == Code.GET)
+    """A request sync push serves: a control request, or a GET (sync) or
+    FETCH (sliding sync) registering an observation."""
+    return bool(request.opt.get_option(options.SYNC_PUSH)) or (
+        request.opt.observe == 0 and request.code in (Code.GET, Code.FETCH))
 
 
 def offer_parts(registration: Message) -> None:
@@ -140,19 +152,75 @@ ENC_CBOR_UTF8 = 1  # the same, JSON out as raw UTF-8
 ENC_JSON = 2  # the JSON bytes themselves (when neither CBOR form is exact)
 ENC_EVENT = 3  # one event, as its fields (push.compact): not deflated as a whole
 
-_NEXT_BATCH = b'"next_batch":"'
 
 
 # ------------------------------------------------------------- long-polls
 
 
 @dataclass(frozen=True)
-class LongPoll:
-    """A ``GET …/sync?…`` request, split into what names its stream and what not.
+class PollKind:
+    """What differs between the two long-polls sync push serves: ``/sync``
+    (v2: ``GET ?since=``, answered with ``next_batch``) and sliding sync
+    (MSC4186: ``POST ?pos=`` with the request in the body, answered with
+    ``pos``).  Everything else — the loop, templates, notifications, the
+    history — is the same for both."""
 
-    ``query`` holds the raw parameters in order; ``since`` and ``timeout``
-    are found at ``since_at`` and ``timeout_at``.  Parameters stay raw
-    (exactly as the client wrote them), like everywhere else on the link.
+    name: str
+    routes: frozenset[str]
+    #: the long-poll's HTTP method, and the CoAP code of its registration
+    #: (Observe is defined for GET and FETCH, RFC 7641, RFC 8132 §2.4)
+    method: str
+    registration: Code
+    #: the query parameter with the position asked from, and the answer's
+    #: key with the next position
+    param: str
+    key: str
+    token: re.Pattern[str]
+    #: an answer (parsed) that says "nothing happened"
+    says_nothing: Callable[[dict[str, Any]], bool]
+
+    @property
+    def field(self) -> bytes:
+        """The answer's position as it starts in the answer's JSON."""
+        return b'"' + self.key.encode("ascii") + b'":"'
+
+
+def _says_nothing_sync(doc: dict[str, Any]) -> bool:
+    # besides next_batch only the key counts an idle poll always carries
+    # and sections without a single event
+    return all(k == "next_batch" or k in COUNT_KEYS or _blank(v) for k, v in doc.items())
+
+
+#: what an idle sliding-sync answer always carries, news or not: the lists'
+#: counts (and Synapse's ops), the key counts, to_device's own position
+_SLIDING_ALWAYS = frozenset({"pos", "lists"})
+_SLIDING_EXTENSION_ALWAYS = COUNT_KEYS | {"next_batch"}
+
+
+def _says_nothing_sliding(doc: dict[str, Any]) -> bool:
+    extensions = doc.get("extensions", {})
+    return (isinstance(extensions, dict)
+            and all(k in _SLIDING_ALWAYS or k == "extensions" or _blank(v) for k, v in doc.items())
+            and all(isinstance(section, dict)
+                    and all(k in _SLIDING_EXTENSION_ALWAYS or _blank(v) for k, v in section.items())
+                    for section in extensions.values()))
+
+
+SYNC = PollKind("sync", SYNC_ROUTES, "GET", Code.GET, "since", "next_batch", TOKEN, _says_nothing_sync)
+SLIDING = PollKind("sliding", SLIDING_ROUTES, "POST", Code.FETCH, "pos", "pos", POS_TOKEN, _says_nothing_sliding)
+KINDS = (SYNC, SLIDING)
+
+
+@dataclass(frozen=True)
+class LongPoll:
+    """A long-poll request, split into what names its stream and what not.
+
+    ``query`` holds the raw parameters in order; the position (``since``
+    or ``pos``, the token as the answers write it: ``since``) and
+    ``timeout`` are found at ``since_at`` and ``timeout_at``.  Parameters
+    stay raw (exactly as the client wrote them), like everywhere else on the
+    link.  A sliding-sync poll also has its ``body`` (the request itself)
+    and ``connection`` (its ``conn_id``): one connection, one stream.
     """
 
     path: str
@@ -161,110 +229,137 @@ class LongPoll:
     timeout_at: int
     since: str
     timeout_ms: int
+    kind: PollKind = SYNC
+    body: bytes = b""
+    connection: str = ""
 
     @property
     def params(self) -> tuple[str, ...]:
-        """The parameters that name the stream: all but since and timeout."""
-        return tuple(p for i, p in enumerate(self.query) if i not in (self.since_at, self.timeout_at))
+        """What names the stream: the parameters but position and timeout
+        (and a sliding-sync connection's ID).  The body does not: a new
+        request on the same connection replaces the old one's stream, for
+        the homeserver keeps one state per connection."""
+        params = tuple(p for i, p in enumerate(self.query) if i not in (self.since_at, self.timeout_at))
+        return params + (("\0conn_id=" + self.connection,) if self.kind is SLIDING else ())
 
     def target(self, since: str | None = None, timeout_ms: int | None = None) -> str:
-        """The request target with ``since`` and/or ``timeout`` replaced."""
+        """The request target with the position and/or ``timeout`` replaced."""
         query = list(self.query)
         if since is not None:
-            query[self.since_at] = "since=" + since
+            # a pos's "/" goes as %2F (no other character of a token needs escaping)
+            query[self.since_at] = self.kind.param + "=" + since.replace("/", "%2F")
         if timeout_ms is not None:
             query[self.timeout_at] = f"timeout={timeout_ms}"
         return self.path + "?" + "&".join(query)
 
 
-def parse_long_poll(method: str, target: str, routes: RouteTable) -> LongPoll | None:
+def parse_long_poll(method: str, target: str, routes: RouteTable, body: bytes = b"") -> LongPoll | None:
     """The long-poll a request is, or None when it is not one we push:
-    not a GET of a sync route, no ``since`` (an initial sync), no numeric
-    ``timeout``, ``full_state`` other than false, the token in the query,
-    a parameter given twice, or a since token with characters to escape."""
-    if method != "GET":
-        return None
+    not a GET of a sync route or a POST (FETCH, registered) of a sliding-sync
+    route, no position (an initial sync), no numeric ``timeout``,
+    ``full_state`` other than false, the token in the query, a parameter
+    given twice, a position with characters to escape, or (sliding sync) a
+    body that is not a JSON object of at most MAX_POLL_BODY bytes."""
     path, sep, query_text = target.partition("?")
-    if not sep or routes.match_path(path, SYNC_ROUTES) is None:
+    if not sep:
+        return None
+    kind = next((k for k in KINDS if method in (k.method, k.registration.name)), None)
+    if kind is None or routes.match_path(path, kind.routes) is None:
         return None
     query = tuple(query_text.split("&"))
     names = [p.partition("=")[0] for p in query]
     if len(set(names)) != len(names) or "access_token" in names:
         return None
     found: dict[str, tuple[int, str]] = {n: (i, p.partition("=")[2]) for i, (n, p) in enumerate(zip(names, query))}
-    if "since" not in found or "timeout" not in found:
+    if kind.param not in found or "timeout" not in found:
         return None
     if found.get("full_state", (0, "false"))[1] != "false":
         return None
-    since_at, since = found["since"]
+    since_at, since = found[kind.param]
+    if kind is SLIDING:
+        since = re.sub("%2[Ff]", "/", since)
     timeout_at, timeout_text = found["timeout"]
-    if not TOKEN.match(since) or not timeout_text.isascii() or not timeout_text.isdigit() or len(timeout_text) > 9:
+    if not kind.token.match(since) or not timeout_text.isascii() or not timeout_text.isdigit() or len(timeout_text) > 9:
         return None
-    return LongPoll(path, query, since_at, timeout_at, since, int(timeout_text))
+    connection = ""
+    if kind is SLIDING:
+        if len(body) > MAX_POLL_BODY:
+            return None
+        try:
+            request = json.loads(body)
+        except (ValueError, UnicodeDecodeError, RecursionError):
+            return None
+        if not isinstance(request, dict) or not isinstance(request.get("conn_id", ""), str):
+            return None
+        connection = request.get("conn_id", "")
+    elif body:
+        return None
+    return LongPoll(path, query, since_at, timeout_at, since, int(timeout_text), kind, body, connection)
 
 
 # -------------------------------------------------------------- templates
 
 
-def split_next_batch(body: bytes) -> tuple[bytes, str] | None:
-    """``(template, token)``: the body with its ``next_batch`` value emptied,
-    and that value — when ``"next_batch":"…"`` occurs exactly once (a quote
-    inside a JSON string is escaped, so it cannot fake one) and holds a plain
-    token."""
-    start = body.find(_NEXT_BATCH)
-    if start < 0 or body.find(_NEXT_BATCH, start + 1) >= 0:
+def is_empty_sync(body: bytes, kind: PollKind = SYNC) -> bool:
+    """Whether a 200 answer says "nothing happened": besides its position
+    only what an idle poll always carries (``kind.says_nothing``).  Such a
+    body, with its position emptied, is a template."""
+    try:
+        doc = json.loads(body)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        return False
+    if not isinstance(doc, dict) or not isinstance(doc.get(kind.key), str):
+        return False
+    return kind.says_nothing(doc)
+
+
+def next_batch_of(body: bytes, kind: PollKind = SYNC) -> str | None:
+    """The top-level position of an answer (``next_batch``, ``pos``; None if
+    there is none)."""
+    try:
+        doc = json.loads(body)
+    except (ValueError, UnicodeDecodeError, RecursionError):
         return None
-    value_at = start + len(_NEXT_BATCH)
+    token = doc.get(kind.key) if isinstance(doc, dict) else None
+    return token if isinstance(token, str) else None
+
+
+def split_next_batch(body: bytes, kind: PollKind = SYNC) -> tuple[bytes, str] | None:
+    """``(template, token)``: the body with its position's value emptied,
+    and that value — when ``"next_batch":"…"`` (``"pos":"…"``) occurs
+    exactly once (a quote inside a JSON string is escaped, so it cannot fake
+    one) and holds a plain token."""
+    field = kind.field
+    start = body.find(field)
+    if start < 0 or body.find(field, start + 1) >= 0:
+        return None
+    value_at = start + len(field)
     end = body.find(b'"', value_at)
     if end < 0:
         return None
     token = body[value_at:end].decode("ascii", "replace")
-    if not TOKEN.match(token):
+    if not kind.token.match(token):
         return None
     return body[:value_at] + body[end:], token
 
 
-def expand_template(template: bytes, since: str) -> bytes:
-    """The idle answer: the template with ``next_batch`` = ``since``."""
-    at = template.index(_NEXT_BATCH + b'"') + len(_NEXT_BATCH)
+def expand_template(template: bytes, since: str, kind: PollKind = SYNC) -> bytes:
+    """The idle answer: the template with its position = ``since``."""
+    at = template.index(kind.field + b'"') + len(kind.field)
     return template[:at] + since.encode("ascii") + template[at:]
 
 
-def is_template(template: bytes) -> bool:
-    """A template has exactly one ``"next_batch":""``."""
-    probe = _NEXT_BATCH + b'"'
+def is_template(template: bytes, kind: PollKind = SYNC) -> bool:
+    """A template has exactly one empty position (``"next_batch":""``)."""
+    probe = kind.field + b'"'
     at = template.find(probe)
-    return at >= 0 and template.find(_NEXT_BATCH, at + 1) < 0
+    return at >= 0 and template.find(kind.field, at + 1) < 0
 
 
 def _blank(value: Any) -> bool:
     if isinstance(value, dict):
         return all(_blank(v) for v in value.values())
     return isinstance(value, list) and not value
-
-
-def is_empty_sync(body: bytes) -> bool:
-    """Whether a 200 sync body says "nothing happened": besides
-    ``next_batch`` only the key counts an idle poll always carries and
-    sections without a single event.  Such a body, with ``next_batch``
-    emptied, is a template."""
-    try:
-        doc = json.loads(body)
-    except (ValueError, UnicodeDecodeError, RecursionError):
-        return False
-    if not isinstance(doc, dict) or not isinstance(doc.get("next_batch"), str):
-        return False
-    return all(k == "next_batch" or k in COUNT_KEYS or _blank(v) for k, v in doc.items())
-
-
-def next_batch_of(body: bytes) -> str | None:
-    """The top-level ``next_batch`` of a sync body (None if there is none)."""
-    try:
-        doc = json.loads(body)
-    except (ValueError, UnicodeDecodeError, RecursionError):
-        return None
-    token = doc.get("next_batch") if isinstance(doc, dict) else None
-    return token if isinstance(token, str) else None
 
 
 # ------------------------------------------------------------ body coding
@@ -347,8 +442,8 @@ class DeltaState:
 class Notification:
     """What one notification says.
 
-    ``template``: the body is the new empty-response template (``"next_batch"``
-    empty) and answers nothing.  Otherwise it is the homeserver's answer to
+    ``template``: the body is the new empty-response template (its position,
+    ``"next_batch"`` or ``"pos"``, empty) and answers nothing.  Otherwise it is the homeserver's answer to
     the stream's current since, exactly as sent; ``adopt`` marks an answer
     that is itself empty-shaped, whose template the client takes over.
     """
@@ -358,10 +453,11 @@ class Notification:
     adopt: bool = False
 
 
-def encode_notification(n: Notification, since: str, delta: DeltaState, table: CborTable) -> bytes:
+def encode_notification(n: Notification, since: str, delta: DeltaState, table: CborTable,
+                        kind: PollKind = SYNC) -> bytes:
     """The payload for ``n``, answering (or, for a template, sent at) ``since``.
     Advances ``delta``: call it only for a notification that is sent."""
-    if n.template and (n.adopt or not is_template(n.body)):
+    if n.template and (n.adopt or not is_template(n.body, kind)):
         raise CodecError("a template answers nothing and has an empty next_batch")
     encoding, data = encode_body(n.body, table)
     dictionary = delta.dictionary(since)
@@ -435,7 +531,7 @@ class PartBuffer:
 
 
 def decode_notification(payload: bytes, since: str, delta: DeltaState, table: CborTable,
-                        max_size: int = MAX_PUSH_BODY) -> Notification | None:
+                        max_size: int = MAX_PUSH_BODY, kind: PollKind = SYNC) -> Notification | None:
     """Inverse of ``encode_notification``; None for the empty payload (a
     registration accepted with nothing to say yet).  Advances ``delta``
     only when the payload decodes."""
@@ -458,8 +554,8 @@ def decode_notification(payload: bytes, since: str, delta: DeltaState, table: Cb
     else:
         data = decompress(stream, delta.dictionary(since), max_size)
         body = decode_body(encoding, data, table)
-    if template and not is_template(body):
-        raise CodecError("a template must have exactly one empty next_batch")
+    if template and not is_template(body, kind):
+        raise CodecError(f"a template must have exactly one empty {kind.key}")
     delta.remember(data)
     delta.echo.note(body)
     return Notification(body, template, adopt)
@@ -468,6 +564,12 @@ def decode_notification(payload: bytes, since: str, delta: DeltaState, table: Cb
 __all__ = [
     "COUNT_KEYS",
     "JSON",
+    "KINDS",
+    "MAX_POLL_BODY",
+    "SLIDING",
+    "SLIDING_ROUTES",
+    "SYNC",
+    "PollKind",
     "FIRST_OBSERVE",
     "OBSERVE_MODULUS",
     "accepts_parts",

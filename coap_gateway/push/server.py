@@ -39,9 +39,11 @@ from .format import (
     FIRST_OBSERVE,
     MAX_PARTED,
     OBSERVE_MODULUS,
+    SYNC,
     DeltaState,
     LongPoll,
     Notification,
+    PollKind,
     encode_body,
     encode_notification,
     is_empty_sync,
@@ -135,7 +137,8 @@ class PushChain:
     """
 
     def __init__(self, since: str, table: CborTable, preset: bytes, max_payload: int, *,
-                 delta_keep: int = 2, backoff_max: float = 60.0, parts: bool = False):
+                 delta_keep: int = 2, backoff_max: float = 60.0, parts: bool = False, kind: PollKind = SYNC):
+        self.kind = kind
         self.head = since
         self.poll_from = since
         #: the empty-answer template the client holds (None: none yet)
@@ -165,17 +168,18 @@ class PushChain:
             return Retry(self._delay(response), response)
         if status != 200:
             return Finish(response)
-        split = split_next_batch(response.body)
+        split = split_next_batch(response.body, self.kind)
         if split is None:
-            return Finish(response)  # no next_batch to chain on: the client gets it as it is
+            return Finish(response)  # no position to chain on: the client gets it as it is
         self.failures = 0
         template, token = split
-        empty = is_empty_sync(response.body)
+        empty = is_empty_sync(response.body, self.kind)
         if empty and template == self.template:
             self.poll_from = token
             return Silent()
         if empty and self.template is None:
-            payload = encode_notification(Notification(template, template=True), self.head, self.delta, self.table)
+            payload = encode_notification(Notification(template, template=True), self.head, self.delta, self.table,
+                                          self.kind)
             parts = self._carriers(payload)
             if parts is None:
                 return Fetch()
@@ -188,7 +192,7 @@ class PushChain:
         """The answer as a fold into the answer to ``sent``, when it is
         exactly that send's echo as the client can build it; None: treat it
         as any answer (``on_response``)."""
-        if response.status != 200:
+        if response.status != 200 or self.kind is not SYNC:
             return None
         token = next_batch_of(response.body)
         observe = FIRST_OBSERVE if self._observe is None else (self._observe + 1) % OBSERVE_MODULUS
@@ -206,18 +210,18 @@ class PushChain:
 
     def on_replay(self, body: bytes) -> Step:
         """Push an answer kept from an earlier observation (it is one)."""
-        split = split_next_batch(body)
+        split = split_next_batch(body, self.kind)
         if split is None:
             return Fetch()
         template, token = split
-        return self._answer(body, template, token, adopt=is_empty_sync(body))
+        return self._answer(body, template, token, adopt=is_empty_sync(body, self.kind))
 
     def on_unreachable(self) -> Step:
         self.failures += 1
         return Retry(self._delay(None), matrix_error(502, "M_UNKNOWN", "the homeserver is unreachable from the gateway"))
 
     def _answer(self, body: bytes, template: bytes, token: str, adopt: bool) -> Step:
-        payload = encode_notification(Notification(body, adopt=adopt), self.head, self.delta, self.table)
+        payload = encode_notification(Notification(body, adopt=adopt), self.head, self.delta, self.table, self.kind)
         parts = self._carriers(payload)
         if parts is None:
             return Fetch()
@@ -246,7 +250,8 @@ class PushChain:
 class ReplayHistory:
     """The last answers pushed per stream, by the since they answer (sans-I/O).
 
-    A stream is named by a digest of (token, path, parameters), so a device
+    A stream is named by a digest of (token, path, parameters, and a
+    sliding-sync request's body: ``stream_key``), so a device
     that registers again — after a lost notification, from a new session or
     a restarted client gateway — gets the same bytes for a since it was
     already answered, and to-device messages the loop has moved past are
@@ -285,11 +290,22 @@ class ReplayHistory:
         return sum(len(a) for a in self._streams.values())
 
 
-def stream_key(token: str, poll: LongPoll) -> bytes:
-    """What names a stream: the token and every parameter but since and
-    timeout.  A digest, so the history keeps no tokens."""
+def connection_key(token: str, poll: LongPoll) -> bytes:
+    """What names a stream: the token and every parameter but position and
+    timeout (and a sliding-sync connection's ID).  One observation per
+    stream: a registration replaces the stream's observation.  A digest,
+    so nothing here keeps tokens."""
     text = "\0".join((token, poll.path, *poll.params))
     return hashlib.sha256(text.encode("utf-8")).digest()
+
+
+def stream_key(token: str, poll: LongPoll) -> bytes:
+    """What names the answers the history keeps: the stream, and (sliding
+    sync) the request body they answer — the same position answered for
+    another request is another answer."""
+    if not poll.body:
+        return connection_key(token, poll)
+    return hashlib.sha256(connection_key(token, poll) + poll.body).digest()
 
 
 __all__ = [
@@ -303,5 +319,6 @@ __all__ = [
     "Silent",
     "Step",
     "SyncPushServerConfig",
+    "connection_key",
     "stream_key",
 ]

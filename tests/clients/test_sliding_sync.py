@@ -10,12 +10,14 @@ requests, by raw HTTP, as MSC4186 defines them.
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 
 import aiohttp
 import pytest
 
-from tests.helpers.devices import FAST, Device
+from coap_gateway.push import Status
+from tests.helpers.devices import FAST, Device, PushDevice, until
 
 pytestmark = pytest.mark.synapse
 
@@ -67,3 +69,85 @@ async def test_sliding_sync_through_the_gateways_as_against_synapse(synapse, ser
     expected = {"listed": 1, "named": "sliding", "news": True, "body": "Hello, see you at 5pm", "moved": True}
     assert direct == expected
     assert through == expected
+
+
+# -- sliding sync pushed: an idle connection costs nothing on the link
+
+ELEMENT_X_LIKE = {"conn_id": "room-list", "lists": {"all": {
+    "ranges": [[0, 19]], "timeline_limit": 1, "required_state": [["m.room.name", ""]]}},
+    "extensions": {"e2ee": {"enabled": True}, "to_device": {"enabled": True}, "account_data": {"enabled": True},
+                   "receipts": {"enabled": True}, "typing": {"enabled": True}}}
+
+
+class Connection:
+    """One sliding-sync connection of a user, by raw HTTP to ``base``."""
+
+    def __init__(self, http: aiohttp.ClientSession, base: str, auth: dict[str, str], request: dict):
+        self.http, self.base, self.auth, self.request = http, base, auth, request
+        self.pos: str | None = None
+
+    async def poll(self, timeout_ms: int, pos: str | None = None, request: dict | None = None) -> bytes:
+        """One request (from ``pos``, or the connection's); its answer's bytes."""
+        pos = pos or self.pos
+        query = "" if pos is None else f"?pos={pos.replace('/', '%2F')}&timeout={timeout_ms}"
+        async with self.http.post(f"{self.base}{SLIDING_SYNC}{query}", json=request or self.request,
+                                  headers=self.auth) as answer:
+            assert answer.status == 200, await answer.text()
+            body = await answer.read()
+        self.pos = json.loads(body)["pos"]
+        return body
+
+
+async def _user(http: aiohttp.ClientSession, base: str) -> dict[str, str]:
+    name = f"sp{uuid.uuid4().hex[:6]}"
+    async with http.post(f"{base}/_matrix/client/v3/register", json={
+            "username": name, "password": "pw-" + name, "auth": {"type": "m.login.dummy"}}) as answer:
+        assert answer.status == 200, await answer.text()
+        return {"Authorization": f"Bearer {(await answer.json())['access_token']}"}
+
+
+async def test_sliding_sync_is_pushed_and_idle_polls_cross_nothing(synapse, server_key):
+    async with PushDevice(synapse, server_key, 7) as device, aiohttp.ClientSession() as http:
+        base = device.client.base_url
+        auth = await _user(http, base)
+        async with http.post(f"{base}/_matrix/client/v3/createRoom", json={"name": "pushed"},
+                             headers=auth) as answer:
+            room_id = (await answer.json())["room_id"]
+        conn = Connection(http, base, auth, ELEMENT_X_LIKE)
+        await conn.poll(0)  # the initial request: plain
+        caught_up = await conn.poll(1000)  # the first long-poll registers the connection's observation
+        push = device.push_client
+        assert push.counters.registrations == 1
+        stream, = push.state.streams.values()
+        assert stream.status is Status.ACTIVE and stream.template is not None
+
+        # idle: answered at the client gateway, exactly as Synapse answers it
+        before, idle_answers = device.link_bytes(), push.counters.answered_idle
+        idle = await conn.poll(1000)
+        assert device.link_bytes() == before
+        assert push.counters.answered_idle == idle_answers + 1
+        async with http.post(f"{synapse.base_url}{SLIDING_SYNC}?pos={conn.pos}&timeout=0", json=ELEMENT_X_LIKE,
+                             headers=auth) as answer:
+            assert await answer.read() == idle == caught_up
+
+        # news: pushed
+        pushed: list[bytes] = []
+        push.answer_observers.append(lambda _request, response: pushed.append(response.body))
+        waiting = asyncio.ensure_future(conn.poll(30000))
+        await until(device.waiting_on_push)
+        async with http.put(f"{base}/_matrix/client/v3/rooms/{room_id}/send/m.room.message/t1",
+                            json={"msgtype": "m.text", "body": "Hello, see you at 5pm"}, headers=auth) as answer:
+            event_id = (await answer.json())["event_id"]
+        news = await asyncio.wait_for(waiting, 60)
+        assert [e["event_id"] for e in json.loads(news)["rooms"][room_id]["timeline"]] == [event_id]
+        # the homeserver's own bytes, but for the client's transaction ID (the link carries a shorter one)
+        assert pushed[-1] in device.upstream
+        event, = json.loads(news)["rooms"][room_id]["timeline"]
+        assert event["unsigned"]["transaction_id"] == "t1"
+        assert push.counters.registrations == 1 and push.counters.echoes == 0
+
+        # another request on the connection: the observation follows it
+        narrower = {**ELEMENT_X_LIKE, "lists": {"all": {**ELEMENT_X_LIKE["lists"]["all"], "timeline_limit": 2}}}
+        await conn.poll(1000, request=narrower)
+        assert push.counters.registrations == 2
+        assert len(device.push_server.observations) == 1

@@ -1,0 +1,210 @@
+"""Sync push for sliding sync (MSC4186), sans-I/O: which requests are pushed,
+what names their stream, the ``pos`` template, and both cores on a chain.
+
+The bodies are Synapse 1.163's own answers to an Element X-like request
+(the end-to-end test, tests/clients/test_sliding_sync.py, runs the real one).
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from aiocoap import Message
+from aiocoap.numbers.codes import Code
+
+from coap_gateway.codec.mapping import HttpResponse
+from coap_gateway.errors import CodecError
+from coap_gateway.push.echo import Sent
+from coap_gateway.push.client import Answer, Outcome, Plain, Register, SyncPushClientConfig, SyncPushState, Wait
+from coap_gateway.push.format import (
+    MAX_POLL_BODY,
+    SLIDING,
+    DeltaState,
+    Notification,
+    decode_notification,
+    encode_notification,
+    expand_template,
+    is_empty_sync,
+    is_push_request,
+    next_batch_of,
+    parse_long_poll,
+    split_next_batch,
+)
+from coap_gateway.push.server import Push, PushChain, Silent, connection_key, stream_key
+from tests.helpers.devices import PROFILE
+from tests.helpers.sync_bodies import PRESET, TABLE
+
+PATH = "/_matrix/client/unstable/org.matrix.simplified_msc3575/sync"
+ROOM = "!V9LRwtTvV8Y6a-ERLLavNbj53031cR5R1YkKZavYRCo"
+REQUEST = json.dumps({"conn_id": "room-list", "lists": {"all": {"ranges": [[0, 19]], "timeline_limit": 1}},
+                      "extensions": {"e2ee": {"enabled": True}, "to_device": {"enabled": True}}}).encode()
+LISTS = '"lists":{"all":{"count":1,"ops":[{"op":"SYNC","range":[0,19],"room_ids":["' + ROOM + '"]}]}}'
+EXTENSIONS = ('"extensions":{"to_device":{"next_batch":"1","events":[]},"e2ee":{"device_one_time_keys_count":'
+              '{"signed_curve25519":%d},"device_unused_fallback_key_types":[],"device_lists":{"changed":[],'
+              '"left":[]}},"account_data":{"global":[],"rooms":{}},"receipts":{"rooms":{}},"typing":{"rooms":{}}}')
+
+
+def pos(n: int, connection: int = 1) -> str:
+    return f"{connection}/s{n}_1_0_1_1_1_1_3_0_1_1_1_1_1"
+
+
+def idle(n: int, keys: int = 0) -> bytes:
+    """Synapse's answer to an idle poll."""
+    return ('{"pos":"' + pos(n) + '",' + LISTS + ',"rooms":{},' + EXTENSIONS % keys + "}").encode()
+
+
+def news(n: int, text: str = "Hello, see you at 5pm") -> bytes:
+    """Synapse's answer with one new message."""
+    event = {"content": {"body": text, "msgtype": "m.text"}, "event_id": f"$e{n}", "origin_server_ts": 1796433817888 + n,
+             "sender": "@bob:localhost", "type": "m.room.message", "unsigned": {"age": 34, "membership": "join"}}
+    room = {"notification_count": 1, "highlight_count": 0, "bump_stamp": n, "timeline": [event], "limited": False,
+            "prev_batch": f"s{n - 1}_2_0", "num_live": 1}
+    rooms = json.dumps({ROOM: room}, separators=(",", ":"))
+    return ('{"pos":"' + pos(n, 2) + '",' + LISTS + ',"rooms":' + rooms + "," + EXTENSIONS % 0 + "}").encode()
+
+
+def sliding(since: str | None, timeout: int = 30000, body: bytes = REQUEST, method: str = "POST", extra: str = ""):
+    query = "" if since is None else f"?pos={since.replace('/', '%2F')}&timeout={timeout}{extra}"
+    return parse_long_poll(method, PATH + query, PROFILE.routes, body)
+
+
+# ------------------------------------------------------------ long-polls
+
+
+def test_a_sliding_sync_long_poll_is_pushed_as_a_fetch_with_its_body():
+    p = sliding(pos(8))
+    assert p is not None and p.kind is SLIDING
+    assert (p.since, p.timeout_ms, p.body, p.connection) == (pos(8), 30000, REQUEST, "room-list")
+    # the registration (FETCH) parses the same; the homeserver gets the POST back
+    assert sliding(pos(8), method="FETCH") == p and SLIDING.method == "POST"
+    # the pos goes into the query escaped, whatever the client wrote
+    assert p.target(since=pos(9)) == PATH + "?pos=" + pos(9).replace("/", "%2F") + "&timeout=30000"
+    assert parse_long_poll("POST", f"{PATH}?pos={pos(8)}&timeout=5", PROFILE.routes, REQUEST).since == pos(8)
+
+
+@pytest.mark.parametrize("since, timeout, body, extra", [
+    (None, 30000, REQUEST, ""),  # the initial request: no pos
+    (pos(8), 30000, b"[]", ""),  # not an object
+    (pos(8), 30000, b"{", ""),
+    (pos(8), 30000, b'{"conn_id":5}', ""),
+    (pos(8), 30000, b'{"x":"' + b"a" * MAX_POLL_BODY + b'"}', ""),  # too long to ride in a registration
+    (pos(8), 30000, REQUEST, "&pos=1"),  # twice
+    ("1/s8 x", 30000, REQUEST, ""),  # a token with characters to escape
+])
+def test_which_sliding_sync_requests_are_not_pushed(since, timeout, body, extra):
+    assert sliding(since, timeout, body, extra=extra) is None
+
+
+def test_get_and_fetch_do_not_cross_kinds():
+    assert parse_long_poll("GET", f"{PATH}?pos=1&timeout=5", PROFILE.routes) is None
+    assert parse_long_poll("FETCH", "/_matrix/client/v3/sync?since=s1&timeout=5", PROFILE.routes) is None
+    assert parse_long_poll("GET", "/_matrix/client/v3/sync?since=s1&timeout=5", PROFILE.routes, b"{}") is None
+
+
+def test_one_stream_per_connection_and_its_answers_per_request():
+    a, b = sliding(pos(8)), sliding(pos(9), 0)
+    other_request = sliding(pos(8), body=REQUEST.replace(b'"timeline_limit": 1', b'"timeline_limit": 2'))
+    other_connection = sliding(pos(8), body=REQUEST.replace(b"room-list", b"encryption"))
+    # the stream (one observation) is the connection: a new request replaces the old one's
+    assert connection_key("t", a) == connection_key("t", b) == connection_key("t", other_request)
+    assert connection_key("t", a) != connection_key("t", other_connection)
+    # the answers kept for a registration again are the request's
+    assert stream_key("t", a) == stream_key("t", b) != stream_key("t", other_request)
+
+
+def test_a_fetch_registration_is_a_push_request():
+    assert is_push_request(Message(code=Code.FETCH, observe=0))
+    assert not is_push_request(Message(code=Code.POST, observe=0))
+    assert not is_push_request(Message(code=Code.FETCH))
+
+
+# -------------------------------------------------------------- templates
+
+
+def test_the_idle_answer_is_the_template_with_the_pos_asked_for():
+    template, token = split_next_batch(idle(8), SLIDING)
+    assert token == pos(8) and template.startswith(b'{"pos":"","lists"')
+    assert expand_template(template, pos(8), SLIDING) == idle(8)  # byte for byte
+    assert is_empty_sync(idle(8), SLIDING) and not is_empty_sync(news(9), SLIDING)
+    assert next_batch_of(news(9), SLIDING) == pos(9, 2)
+    # to-device messages, device-list changes, typing: news
+    assert not is_empty_sync(idle(8).replace(b'"events":[]', b'"events":[{"type":"m.room_key"}]'), SLIDING)
+    assert not is_empty_sync(idle(8).replace(b'"changed":[]', b'"changed":["@a:hs"]'), SLIDING)
+    assert not is_empty_sync(idle(8).replace(b'"typing":{"rooms":{}}',
+                                    b'"typing":{"rooms":{"!r":{"type":"m.typing","content":{"user_ids":["@a:hs"]}}}}'),
+                             SLIDING)
+    # a /sync answer has no pos
+    assert split_next_batch(b'{"next_batch":"s1","rooms":{}}', SLIDING) is None
+    assert not is_empty_sync(b'{"next_batch":"s1","rooms":{}}', SLIDING)
+
+
+# ---------------------------------------------------------------- chains
+
+
+def chain(since: str = pos(8)) -> PushChain:
+    return PushChain(since, TABLE, PRESET, 1000, kind=SLIDING)
+
+
+def ok(body: bytes) -> HttpResponse:
+    return HttpResponse(200, body, "application/json")
+
+
+def test_chain_pushes_the_template_once_then_only_news():
+    c = chain()
+    first = c.on_response(ok(idle(8)))
+    assert isinstance(first, Push) and first.answered is None  # the template
+    assert isinstance(c.on_response(ok(idle(11))), Silent)  # the stream token moved, nothing else
+    assert (c.head, c.poll_from) == (pos(8), pos(11))
+    step = c.on_response(ok(news(12)))
+    assert isinstance(step, Push) and step.answered == pos(8) and step.body == news(12)
+    # new one-time keys counted: the client's template must change
+    step = c.on_response(ok(idle(13, keys=50)))
+    assert isinstance(step, Push) and step.answered == pos(12, 2)
+
+
+def test_sliding_answers_never_fold_as_a_send_echo():
+    sent = Sent(room_id=ROOM, event_type="m.room.message", txn_id="t1", content={}, event_id="$e9")
+    c = chain()
+    c.on_response(ok(idle(8)))
+    assert c.on_echo(ok(news(9)), sent) is None
+
+
+def test_client_and_server_cores_agree_on_a_sliding_chain():
+    """Server chain → payloads → client state: every answer the client gets
+    is byte for byte what Synapse said; idle polls come from the template
+    with the pos asked for; another request on the connection registers."""
+    state = SyncPushState(PROFILE, SyncPushClientConfig())
+    server = chain()
+    p = sliding(pos(8))
+    stream, _ = state.stream(p, "tok")
+    assert state.on_request(stream, p, 0) == Register(pos(8))
+    gen = state.begin(stream, pos(8), 0)
+    first = server.on_response(ok(idle(8)))
+    assert state.on_registered(stream, gen, 0, first.payload, 0) is Outcome.OK
+    assert state.on_request(stream, p, 1) == Wait()
+    assert state.on_timeout(stream, pos(8)).body == idle(8)
+    assert isinstance(server.on_response(ok(idle(10))), Silent)
+    step = server.on_response(ok(news(11)))
+    assert state.on_notification(stream, gen, 1, step.payload, 2) is Outcome.OK
+    action = state.on_request(stream, p, 3)
+    assert isinstance(action, Answer) and action.response.body == news(11)
+    after = sliding(pos(11, 2))
+    assert state.on_request(stream, after, 4) == Wait()
+    assert state.on_timeout(stream, pos(11, 2)).body == expand_template(split_next_batch(idle(8), SLIDING)[0],
+                                                                        pos(11, 2), SLIDING)
+    # the client changes its request (a longer list): the observation follows it
+    wider = sliding(pos(11, 2), body=REQUEST.replace(b"19]", b"39]"))
+    assert state.stream(wider, "tok")[0] is stream
+    assert state.on_request(stream, wider, 5) == Register(pos(11, 2))
+    # ... but a request that does not wait is sent as it is
+    assert state.on_request(stream, sliding(pos(11, 2), 0, body=b"{}"), 6) == Plain()
+
+
+def test_a_sliding_template_notification_round_trips():
+    delta_a, delta_b = DeltaState(PRESET), DeltaState(PRESET)
+    template = split_next_batch(idle(8), SLIDING)[0]
+    payload = encode_notification(Notification(template, template=True), pos(8), delta_a, TABLE, SLIDING)
+    assert decode_notification(payload, pos(8), delta_b, TABLE, kind=SLIDING).body == template
+    with pytest.raises(CodecError):  # not a /sync template
+        encode_notification(Notification(template, template=True), pos(8), DeltaState(PRESET), TABLE)
