@@ -84,6 +84,12 @@ class SyncPushClientCounters:
     pings: int = 0
     #: sends whose answer carried their echo's fold
     echoes: int = 0
+    #: registrations not sent: the request (a sliding-sync body) is longer than a frame
+    unregistrable: int = 0
+
+
+class _Unregistrable(Exception):
+    """The registration would not fit one frame."""
 
 
 # ------------------------------------------------------------ the shell
@@ -245,6 +251,10 @@ class SyncPushClient:
             for earlier in sent:  # answered "send it again": that one is over
                 earlier.close()
             message.code = poll.kind.registration  # a sliding-sync POST observes as a FETCH
+            if len(message.payload) > self.gateway.endpoint.remote(self.gateway.server_key).maximum_payload_size:
+                # a sliding-sync request longer than a frame: an observation's
+                # registration goes in one frame (no block-wise Observe here)
+                raise _Unregistrable
             message.opt.observe = 0
             offer_parts(message)  # an answer too large for one frame comes in several
             observation, first = await self.gateway.endpoint.observe(
@@ -255,6 +265,12 @@ class SyncPushClient:
 
         try:
             message, reply = await self.gateway.round_trip(request, register)
+        except _Unregistrable:
+            # nothing was sent: this stream is polled plainly (block-wise) for a while
+            self.counters.unregistrable += 1
+            self.state.on_declined(stream, generation, self.loop_time)
+            self._wake(stream)
+            return None
         except LinkFailure as exc:
             self.state.on_lost(stream, generation)
             self._wake(stream)

@@ -98,12 +98,18 @@ class Connection:
         return body
 
 
-async def _user(http: aiohttp.ClientSession, base: str) -> dict[str, str]:
+async def _account(http: aiohttp.ClientSession, base: str) -> tuple[dict[str, str], str, str]:
+    """A new user: its Authorization header, user ID and device ID."""
     name = f"sp{uuid.uuid4().hex[:6]}"
     async with http.post(f"{base}/_matrix/client/v3/register", json={
             "username": name, "password": "pw-" + name, "auth": {"type": "m.login.dummy"}}) as answer:
         assert answer.status == 200, await answer.text()
-        return {"Authorization": f"Bearer {(await answer.json())['access_token']}"}
+        login = await answer.json()
+    return {"Authorization": f"Bearer {login['access_token']}"}, login["user_id"], login["device_id"]
+
+
+async def _user(http: aiohttp.ClientSession, base: str) -> dict[str, str]:
+    return (await _account(http, base))[0]
 
 
 async def test_sliding_sync_is_pushed_and_idle_polls_cross_nothing(synapse, server_key):
@@ -151,3 +157,58 @@ async def test_sliding_sync_is_pushed_and_idle_polls_cross_nothing(synapse, serv
         await conn.poll(1000, request=narrower)
         assert push.counters.registrations == 2
         assert len(device.push_server.observations) == 1
+
+
+async def test_to_device_messages_come_once_as_the_request_moves_its_position(synapse, server_key):
+    """The to-device extension's position is in the request body: each batch
+    taken makes a new body, so the observation registers again — and the
+    batch must neither come again nor be lost (Synapse deletes it once the
+    later position is used)."""
+    async with PushDevice(synapse, server_key, 8) as device, aiohttp.ClientSession() as http:
+        auth, _, _ = await _account(http, device.client.base_url)
+        sender, _, _ = await _account(http, synapse.base_url)
+        async with http.get(f"{synapse.base_url}/_matrix/client/v3/account/whoami", headers=auth) as answer:
+            me = await answer.json()
+        request = json.loads(json.dumps(ELEMENT_X_LIKE))
+        conn = Connection(http, device.client.base_url, auth, request)
+        await conn.poll(0)
+        await conn.poll(1000)  # registered, idle
+        got: list[str] = []
+        for n in range(3):
+            waiting = asyncio.ensure_future(conn.poll(30000, request=request))
+            await until(device.waiting_on_push)
+            async with http.put(f"{synapse.base_url}/_matrix/client/v3/sendToDevice/m.test/tx{n}", headers=sender,
+                                json={"messages": {me["user_id"]: {me["device_id"]: {"n": n}}}}) as answer:
+                assert answer.status == 200
+            to_device = json.loads(await asyncio.wait_for(waiting, 60))["extensions"]["to_device"]
+            got += [e["content"]["n"] for e in to_device["events"]]
+            request["extensions"]["to_device"]["since"] = to_device["next_batch"]
+        # one more request from the last position: nothing comes again
+        after = json.loads(await conn.poll(1000, request=request))
+        assert got == [0, 1, 2] and after["extensions"]["to_device"]["events"] == []
+        assert device.push_client.counters.registrations == 4  # the first, then one per batch taken
+        assert device.push_client.counters.plain == 0
+
+
+async def test_a_request_longer_than_a_frame_is_polled_plainly(synapse, server_key):
+    """A registration goes in one frame: a sliding-sync request longer than
+    that (random state types: nothing shortens them) is not registered but
+    polled the plain way, block-wise, as every request too long for a frame."""
+    async with PushDevice(synapse, server_key, 9) as device, aiohttp.ClientSession() as http:
+        auth = await _user(http, device.client.base_url)
+        long = json.loads(json.dumps(ELEMENT_X_LIKE))
+        long["lists"]["all"]["required_state"] += [[f"m.x.{uuid.uuid4().hex}", uuid.uuid4().hex] for _ in range(80)]
+        conn = Connection(http, device.client.base_url, auth, long)
+        await conn.poll(0)
+        first = await conn.poll(1000)
+        push = device.push_client
+        assert push.counters.unregistrable == 1 and push.counters.registrations == 1
+        assert device.push_server.counters.registrations == 0
+        assert device.client.gateway.endpoint.counters.frames_out > 0
+        async with http.post(f"{synapse.base_url}{SLIDING_SYNC}?pos={conn.pos}&timeout=0", json=long,
+                             headers=auth) as answer:
+            assert json.loads(await answer.read()) == json.loads(first)  # the plain path's JSON: keys reordered
+        before = device.link_bytes()
+        await conn.poll(1000)  # plain: it crosses the link
+        assert device.link_bytes()[0] - before[0] > 1000
+        assert push.counters.unregistrable == 1  # not tried again for a while
