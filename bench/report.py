@@ -24,6 +24,7 @@ WORKLOAD_TITLES = {
     "W2": "W2 receive one message",
     "W3": "W3 cold start: handshake + first send",
     "W4": "W4 idle (sync loop running)",
+    "W4s": "W4s idle, sliding sync (Element X-like request)",
     "W5": "W5 login + first sync (1 room, 10 messages)",
     "W6": "W6 federated message: transaction + answer between two homeservers",
 }
@@ -116,6 +117,14 @@ def bytes_table(results: dict[str, Any]) -> list[str]:
             f"{_fmt_int(g['bytes_per_hour'])} B/h | {_ratio(b['bit_per_s'], g['bit_per_s'])} | "
             f"{_limit('W4.wire')} {_mark(row.get('met'))} | {_fmt(g['link_bit_per_s'], 1)} bit/s = "
             f"{_fmt_int(g['link_bytes_per_hour'])} B/h | — |")
+    b, g = _w(results, "W4s", "baseline"), _w(results, "W4s", "gateway")
+    if b and g:
+        row = _target_row(results, "W4s.wire")
+        lines.append(
+            f"| {WORKLOAD_TITLES['W4s']} | {_fmt(b['bit_per_s'], 1)} bit/s = {_fmt_int(b['bytes_per_hour'])} B/h | "
+            f"{_fmt(g['bit_per_s'], 1)} bit/s = {_fmt_int(g['bytes_per_hour'])} B/h | "
+            f"{_ratio(b['bit_per_s'], g['bit_per_s'])} | {_limit('W4s.wire')} {_mark(row.get('met'))} | "
+            f"{_fmt(g['link_bit_per_s'], 1)} bit/s = {_fmt_int(g['link_bytes_per_hour'])} B/h | — |")
     return lines
 
 
@@ -436,10 +445,18 @@ def write_charts(results: dict[str, Any], img_dir: Path) -> dict[str, Path]:
     # idle
     b, g = _w(results, "W4", "baseline"), _w(results, "W4", "gateway")
     if b and g:
-        fig, ax = plt.subplots(figsize=(6, 3.4), dpi=110)
-        labels = ["HTTPS+JSON\nwire", "gateway\nwire", "gateway\nlink level"]
-        values = [b["bit_per_s"], g["bit_per_s"], g["link_bit_per_s"]]
-        bars = ax.bar(labels, values, color=[colours["baseline"], colours["gateway"], colours["link"]])
+        fig, ax = plt.subplots(figsize=(7.5, 3.6), dpi=110)
+        labels, values, colors = [], [], []
+        # nio's /sync (W4) and, when measured, Element X's sliding sync (W4s)
+        for key, sync in (("W4", "/sync"), ("W4s", "sliding sync")):
+            bi, gi = _w(results, key, "baseline"), _w(results, key, "gateway")
+            if not (bi and gi):
+                continue
+            labels += [f"HTTPS+JSON\nwire\n{sync}", f"gateway\nwire\n{sync}", f"gateway\nlink level\n{sync}"]
+            values += [bi["bit_per_s"], gi["bit_per_s"], gi["link_bit_per_s"]]
+            colors += [colours["baseline"], colours["gateway"], colours["link"]]
+        bars = ax.bar(labels, values, color=colors)
+        ax.tick_params(axis="x", labelsize=7)
         ax.bar_label(bars, labels=[f"{v:.1f}" for v in values], fontsize=8)
         ax.axhline(_target("W4.wire").limit, color=colours["target"], linestyle="--", linewidth=1.2,
                    label=f"DESIGN target ≤ {_target('W4.wire').limit:g} bit/s")
@@ -447,8 +464,8 @@ def write_charts(results: dict[str, Any], img_dir: Path) -> dict[str, Path]:
         ax.set_yscale("symlog", linthresh=0.1)
         ax.set_ylim(0, max([*values, _target("W4.wire").limit]) * 5)
         ax.set_ylabel("bit/s (log scale above 0.1)")
-        ax.set_title(f"W4 idle: average over {b['cycles']} long-poll cycle(s) of {b['sync_timeout_ms'] / 1000:g} s",
-                     fontsize=10)
+        ax.set_title(f"Idle (W4, W4s): average over {b['cycles']} long-poll cycle(s) of "
+                     f"{b['sync_timeout_ms'] / 1000:g} s", fontsize=10)
         ax.legend(fontsize=7)
         ax.grid(axis="y", which="both", alpha=0.25)
         fig.tight_layout()
@@ -557,7 +574,10 @@ def _discussion(results: dict[str, Any]) -> list[str]:
         f"Noise IK handshake that carries the request in its first flight), "
         f"{_ratio(b5['wire_bytes'], g5['wire_bytes'])} for a login and first sync (W5)"
         + (f" and {_ratio(b4['bit_per_s'], g4['bit_per_s'])} while idle (W4)." if g4["wire_bytes"] else
-           f"; while idle (W4) it used {_fmt(b4['bit_per_s'], 0)} bit/s where the gateway sent nothing at all."))
+           f"; while idle (W4) it used {_fmt(b4['bit_per_s'], 0)} bit/s where the gateway sent nothing at all.")
+        + ("" if "W4s" not in w else
+           f" Idling with sliding sync (W4s, Element X's sync) HTTPS+JSON used {_fmt(w['W4s']['baseline']['bit_per_s'], 0)}"
+           f" bit/s, the gateway {_fmt(w['W4s']['gateway']['bit_per_s'], 1)} bit/s."))
     out.append("")
     met_keys = ", ".join(row["key"] for row in met)
     if unmet:
@@ -805,6 +825,10 @@ def render_markdown(results: dict[str, Any], *, json_path: Path | None, docs_pat
         f"{s.get('sync_timeout_ms', 30000) / 1000:g} s). The window runs from one parked long-poll to the "
         f"parked long-poll whole cycles later ({s.get('idle_seconds', 0):g} s of idling), and is scaled to bytes "
         "per hour and bit/s. No NAT keepalive is sent (none is configured).",
+        "- **W4s** (idle, sliding sync): the same user's device long-polls simplified sliding sync (MSC4186, "
+        "Element X's only sync) by raw HTTP with an Element X-like request (one list of rooms with their names; "
+        "the e2ee, to-device, account-data, receipts and typing extensions), the same timeout, from one parked "
+        "long-poll to another whole cycles later.",
         "- **W5**: a new device logs in (password) and runs nio's first sync of an account with one room and "
         "ten short messages (Synapse's default timeline limit is 10: all ten arrive), handshakes included.",
         "- **Slow link** and **CPU**: see their tables above.",

@@ -7,7 +7,7 @@ Order of a run:
 2. the loopback capture, filtered to nginx's and the server gateway's ports;
 3. accounts and rooms, straight on Synapse (not counted);
 4. per transport: warm-up, W1 + W2, W3, W5 — each in its own capture window;
-5. W4 for both transports at once (separate devices, separate windows);
+5. W4, then W4s (sliding sync), for both transports at once (separate devices, separate windows);
 6. the capture stops (its kernel drop count must be 0);
 7. the slow link: W5 and send → acknowledgement at 100 bit/s, 1 s latency;
 8. CPU: server gateway vs an aiohttp pass-through, requests per CPU second;
@@ -228,7 +228,7 @@ async def run_bench(settings: Settings, *, homeserver: str | None = None, consol
     _quiet_shutdown_noise(asyncio.get_running_loop())
     started = datetime.datetime.now(datetime.UTC)
     t_start = time.monotonic()
-    steps = 10 - settings.skip_slow - settings.skip_cpu - settings.skip_federation - settings.skip_loss
+    steps = 11 - settings.skip_slow - settings.skip_cpu - settings.skip_federation - settings.skip_loss
     results: dict[str, Any] = {
         "schema": 1,
         "date": started.date().isoformat(),
@@ -323,6 +323,18 @@ async def run_bench(settings: Settings, *, homeserver: str | None = None, consol
                 ticker.cancel()
                 progress.sub("idle", 1.0)
             results["workloads"]["W4"] = {"baseline": _idle_entry(rb, xb), "gateway": _idle_entry(rg, xg)}
+            progress.done()
+
+            # 5b. W4s: the same with sliding sync (Element X), both transports at once
+            progress.step(f"W4s idle, sliding sync: {cycles} long-poll cycle(s), both transports at once")
+            ticker = asyncio.create_task(_ticker(progress, f"idle ({period:g} s)", period))
+            try:
+                (rb, xb), (rg, xg) = await asyncio.gather(runs["baseline"].w4_sliding(cycles),
+                                                          runs["gateway"].w4_sliding(cycles))
+            finally:
+                ticker.cancel()
+                progress.sub("idle", 1.0)
+            results["workloads"]["W4s"] = {"baseline": _idle_entry(rb, xb), "gateway": _idle_entry(rg, xg)}
             progress.done()
 
             # 6. capture done

@@ -71,6 +71,9 @@ TARGETS: list[Target] = [
     Target("W3.wire", "W3", "W3 handshake + first send, with Ethernet+IPv4+UDP", 340, "B", _gw("W3", "wire_bytes")),
     Target("W4.wire", "W4", "W4 idle, average with Ethernet+IPv4+UDP (no NAT keepalive)", 0.4, "bit/s",
            _gw("W4", "bit_per_s")),
+    # W4's limit for the other sync clients use (Element X: sliding sync only)
+    Target("W4s.wire", "W4s", "W4s idle with sliding sync (Element X-like request), with Ethernet+IPv4+UDP", 0.4,
+           "bit/s", _gw("W4s", "bit_per_s")),
     Target("W5.link", "W5", "W5 login + first sync: link-level bytes a 100 bit/s link carries in 120 s",
            SLOW_RATE_BPS * 120 / 8, "B", _gw("W5", "payload_bytes")),
     Target("W5.time", "W5", "W5 login + first sync at 100 bit/s (1 s latency), wall clock", 120, "s",

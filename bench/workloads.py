@@ -22,6 +22,8 @@ window (bench/capture.py) that holds only that device's frames:
 - **W4** idle: a user in a room where nothing happens runs nio's
   ``sync_forever``; the window runs from one parked long-poll to the parked
   long-poll whole cycles later, and is scaled to bytes per hour.
+- **W4s** idle with sliding sync (Element X's only sync): the same, with
+  raw sliding-sync long-polls of an Element X-like request.
 - **W5** login + first sync of an account with one room and ten messages, on
   a new device.
 """
@@ -33,6 +35,9 @@ import contextlib
 import secrets
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote
+
+import aiohttp
 
 from nio import (
     AsyncClient,
@@ -46,6 +51,16 @@ from nio import (
 
 from .capture import LiveCapture, SyncWatch, WindowResult
 from .devices import Device, Transport, new_nio
+
+#: W4s: simplified sliding sync (MSC4186) and a request as Element X's room
+#: list makes it (a list of rooms with their name, the extensions it enables)
+SLIDING_SYNC = "/_matrix/client/unstable/org.matrix.simplified_msc3575/sync"
+SLIDING_REQUEST = {
+    "conn_id": "room-list",
+    "lists": {"all": {"ranges": [[0, 19]], "timeline_limit": 1, "required_state": [["m.room.name", ""]]}},
+    "extensions": {"e2ee": {"enabled": True}, "to_device": {"enabled": True}, "account_data": {"enabled": True},
+                   "receipts": {"enabled": True}, "typing": {"enabled": True}},
+}
 
 REFERENCE_BODY = "Hello, see you at 5pm"
 REFERENCE = {"msgtype": "m.text", "body": REFERENCE_BODY}
@@ -423,6 +438,52 @@ class Workloads:
             await self._stop_loop(client, loop_task, callback)
         return result, {"cycles": cycles, "sync_timeout_ms": self._sync_timeout_ms,
                         "cycles_with_news": state["with_news"], "parked": parked_before and parked_after}
+
+    # ------------------------------------------------------------ W4s
+
+    async def w4_sliding(self, cycles: int) -> tuple[WindowResult, dict[str, Any]]:
+        """W4 for sliding sync (Element X's only sync): dave's device
+        long-polls with an Element X-like request, ``cycles`` whole cycles
+        from one parked long-poll to another, as W4 (module docstring)."""
+        client = self.dave
+        assert client is not None and client.access_token
+        cap, ip = self.capture, self.ips.dave
+        device = self.devices["dave"]
+        # the device's own HTTP session (bound to its address, TLS for HTTPS+JSON)
+        session = client.client_session or aiohttp.ClientSession()
+        headers = {"Authorization": f"Bearer {client.access_token}"}
+        url = client.homeserver + SLIDING_SYNC
+        pos: str | None = None
+
+        async def poll(timeout_ms: int | None) -> None:
+            nonlocal pos
+            query = "" if pos is None else f"?pos={quote(pos, safe='')}&timeout={timeout_ms}"
+            async with session.post(url + query, json=SLIDING_REQUEST, headers=headers, ssl=client.ssl) as answer:
+                if answer.status != 200:
+                    raise WorkloadError(f"sliding sync: {answer.status} {await answer.text()}")
+                pos = (await answer.json())["pos"]
+
+        try:
+            await poll(None)  # the first request lists the rooms
+            await poll(1000)  # the first long-poll (the gateway registers the connection)
+            parked = asyncio.create_task(poll(self._sync_timeout_ms))
+            parked_before = await self.parked(self.cast.dave, ip)
+            before = self._link_snapshot(device)
+            window = await cap.open(f"{self.transport.name}:W4s", [ip], keep_frames=False)
+            for _ in range(cycles):
+                await parked
+                parked = asyncio.create_task(poll(self._sync_timeout_ms))
+            parked_after = await self.parked(self.cast.dave, ip)
+            result = await cap.close(window)
+            self._note_link("W4s", before, self._link_snapshot(device), result)
+            parked.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await parked
+        finally:
+            if session is not client.client_session:
+                await session.close()
+        return result, {"cycles": cycles, "sync_timeout_ms": self._sync_timeout_ms,
+                        "parked": parked_before and parked_after}
 
     # ------------------------------------------------------------ W5
 
