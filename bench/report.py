@@ -108,22 +108,16 @@ def bytes_table(results: dict[str, Any]) -> list[str]:
             f"| {WORKLOAD_TITLES[workload]} | {_fmt_int(b['wire_bytes'])} B in {b['frames']} frames{reference} | "
             f"{_fmt_int(g['wire_bytes'])} B in {g['frames']} frames | {_ratio(b['wire_bytes'], g['wire_bytes'])} | "
             f"{wire_target} | {_fmt_int(g['payload_bytes'])} B | {link_target} |")
-    b, g = _w(results, "W4", "baseline"), _w(results, "W4", "gateway")
-    if b and g:
-        row = _target_row(results, "W4.wire")
+    for idle in ("W4", "W4s"):  # nio's /sync; Element X's sliding sync
+        b, g = _w(results, idle, "baseline"), _w(results, idle, "gateway")
+        if not (b and g):
+            continue
+        row = _target_row(results, f"{idle}.wire")
+        reference = f" (DESIGN: ≈ {design['W4_bps']} bit/s)" if idle == "W4" else ""
         lines.append(
-            f"| {WORKLOAD_TITLES['W4']} | {_fmt(b['bit_per_s'], 1)} bit/s = {_fmt_int(b['bytes_per_hour'])} B/h "
-            f"(DESIGN: ≈ {design['W4_bps']} bit/s) | {_fmt(g['bit_per_s'], 1)} bit/s = "
-            f"{_fmt_int(g['bytes_per_hour'])} B/h | {_ratio(b['bit_per_s'], g['bit_per_s'])} | "
-            f"{_limit('W4.wire')} {_mark(row.get('met'))} | {_fmt(g['link_bit_per_s'], 1)} bit/s = "
-            f"{_fmt_int(g['link_bytes_per_hour'])} B/h | — |")
-    b, g = _w(results, "W4s", "baseline"), _w(results, "W4s", "gateway")
-    if b and g:
-        row = _target_row(results, "W4s.wire")
-        lines.append(
-            f"| {WORKLOAD_TITLES['W4s']} | {_fmt(b['bit_per_s'], 1)} bit/s = {_fmt_int(b['bytes_per_hour'])} B/h | "
-            f"{_fmt(g['bit_per_s'], 1)} bit/s = {_fmt_int(g['bytes_per_hour'])} B/h | "
-            f"{_ratio(b['bit_per_s'], g['bit_per_s'])} | {_limit('W4s.wire')} {_mark(row.get('met'))} | "
+            f"| {WORKLOAD_TITLES[idle]} | {_fmt(b['bit_per_s'], 1)} bit/s = {_fmt_int(b['bytes_per_hour'])} B/h"
+            f"{reference} | {_fmt(g['bit_per_s'], 1)} bit/s = {_fmt_int(g['bytes_per_hour'])} B/h | "
+            f"{_ratio(b['bit_per_s'], g['bit_per_s'])} | {_limit(f'{idle}.wire')} {_mark(row.get('met'))} | "
             f"{_fmt(g['link_bit_per_s'], 1)} bit/s = {_fmt_int(g['link_bytes_per_hour'])} B/h | — |")
     return lines
 
