@@ -252,6 +252,8 @@ class SyncPushState:
         stream.early = []
         stream.parts.clear()
         stream.head = since
+        if stream.body != stream.poll.body:
+            stream.template = None  # another request's idle answer (sliding sync): the server sends the new one
         stream.body = stream.poll.body
         stream.delta = DeltaState(self.preset, self.config.delta_keep)
         stream.observe = None

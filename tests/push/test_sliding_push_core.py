@@ -197,6 +197,8 @@ def test_client_and_server_cores_agree_on_a_sliding_chain():
     wider = sliding(pos(11, 2), body=REQUEST.replace(b"19]", b"39]"))
     assert state.stream(wider, "tok")[0] is stream
     assert state.on_request(stream, wider, 5) == Register(pos(11, 2))
+    state.begin(stream, pos(11, 2), 5)
+    assert stream.template is None  # the old request's idle answer is not the new one's
     # ... but a request that does not wait is sent as it is
     assert state.on_request(stream, sliding(pos(11, 2), 0, body=b"{}"), 6) == Plain()
 
