@@ -445,10 +445,16 @@ class Workloads:
         """W4 for sliding sync (Element X's only sync): dave's device
         long-polls with an Element X-like request, ``cycles`` whole cycles
         from one parked long-poll to another, as W4 (module docstring)."""
-        client = self.dave
-        assert client is not None and client.access_token
         cap, ip = self.capture, self.ips.dave
-        device = self.devices["dave"]
+        # a fresh device on dave's address: W4's device still holds nio's /sync
+        # observation, whose cancellation (3 timeouts after the loop stopped)
+        # would fall into this window; closing it sends the cancel now
+        await self.devices["dave"].close()
+        device = await self._device("dave", ip)
+        client = _logged_in(device, self.cast.dave)
+        assert client.access_token
+        # both transports log dave in with one device ID: one connection each
+        request = {**SLIDING_REQUEST, "conn_id": f"room-list-{self.transport.name}"}
         # the device's own HTTP session (bound to its address, TLS for HTTPS+JSON)
         session = client.client_session or aiohttp.ClientSession()
         headers = {"Authorization": f"Bearer {client.access_token}"}
@@ -458,7 +464,7 @@ class Workloads:
         async def poll(timeout_ms: int | None) -> None:
             nonlocal pos
             query = "" if pos is None else f"?pos={quote(pos, safe='')}&timeout={timeout_ms}"
-            async with session.post(url + query, json=SLIDING_REQUEST, headers=headers, ssl=client.ssl) as answer:
+            async with session.post(url + query, json=request, headers=headers, ssl=client.ssl) as answer:
                 if answer.status != 200:
                     raise WorkloadError(f"sliding sync: {answer.status} {await answer.text()}")
                 pos = (await answer.json())["pos"]
