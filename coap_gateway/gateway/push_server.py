@@ -255,7 +255,7 @@ class SyncPushServer:
         which its echo may be folded into the send's answer, when the device
         has one observation with this token."""
         mine = [o for o in self.observations.values()
-                if o.remote == remote and o.access_token == access_token and o.ended is None and o.poll.kind is SYNC]
+                if o.remote == remote and o.access_token == access_token and o.ended is None]
         if len(mine) != 1 or mine[0].echo is not None:
             return None
         loop = asyncio.get_running_loop()

@@ -255,7 +255,7 @@ class SyncPushState:
         if stream.body != stream.poll.body:
             stream.template = None  # another request's idle answer (sliding sync): the server sends the new one
         stream.body = stream.poll.body
-        stream.delta = DeltaState(self.preset, self.config.delta_keep)
+        stream.delta = DeltaState(self.preset, self.config.delta_keep, stream.poll.kind)
         stream.observe = None
         stream.last_heard = now
         # the client asks for a since we hold no answer to: what we hold was
@@ -338,7 +338,7 @@ class SyncPushState:
         """Before a send with ``access_token`` leaves: the observation its
         echo may be folded into (the one running with that token)."""
         mine = [s for s in self.streams.values()
-                if s.access_token == access_token and s.status is Status.ACTIVE and s.poll.kind is SYNC]
+                if s.access_token == access_token and s.status is Status.ACTIVE]
         return (mine[0], mine[0].generation) if len(mine) == 1 else None
 
     def on_echo(self, stream: Stream, generation: int, sent: Sent | None, data: bytes, now: float) -> Outcome:

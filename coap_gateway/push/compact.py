@@ -1,7 +1,7 @@
 """Sync push: a notification that is one event, as its fields (sans-I/O).
 
-Most pushes are one message from someone else in one room, in the layout
-``echo.sync_body`` writes.  Deflated against the previous bodies such an
+Most pushes are one message from someone else in one room, in a layout of
+``layout`` (``/sync``'s or sliding sync's).  Deflated against the previous bodies such an
 answer still costs ~72 B: the event ID (32 random bytes) and the text are
 most of it, and the rest — timestamp, ``age``, tokens, counts, sender, room —
 is a few bytes each that deflate spends ~25 B on.  Sent as fields instead,
@@ -16,9 +16,12 @@ Event form (docs/protocol.md §9a, "Notification payload", encoding 3):
   notification count plus one, 2 given; bit 3 the sender is given (else an
   index among the senders the chain showed, most recent 0); bit 4 the room
   is given (else an index likewise); bit 5 the type is given (else
-  ``m.room.message``); bits 6–7 zero;
+  ``m.room.message``); in sliding sync, bit 6 the body is written on the
+  rest before the latest and bit 7 the room's place is implied
+  (``echo.place``), else bits 6–7 zero;
 * LEB128: ``origin_server_ts`` minus the chain's latest, ``age``; the new
-  ``next_batch`` as a change of the since (``echo.token_change``);
+  ``next_batch`` or ``pos`` as a change of the since (``echo.token_change``);
+  for sliding sync then the room's bump_stamp and prev_batch (``echo.place``);
 * the counts (two LEB128) when given; the sender and the room: LEB128
   length and UTF-8, or LEB128 index; the type: LEB128 length and UTF-8;
 * the event ID: 32 bytes (``$`` + URL-safe base64 of them);
@@ -30,20 +33,32 @@ Event form (docs/protocol.md §9a, "Notification payload", encoding 3):
 from __future__ import annotations
 
 import base64
-import json
+from dataclasses import replace
 from typing import Any
 
 from ..codec import CborTable, compress, decompress, json_cbor
 from ..codec.route_option import binary_id
 from ..errors import CodecError, GatewayError
-from .echo import MAX_SENDER, EchoContext, apply_token_change, FoldReader, is_uint, leb128, sync_body, token_change
+from .echo import (
+    F_BASE,
+    MAX_SENDER,
+    EchoContext,
+    FoldReader,
+    apply_token_change,
+    lead_number,
+    leb128,
+    place,
+    read_place,
+    reserved_bits,
+    token_change,
+)
+from .layout import OneEvent, layout_body, match, one_event
 
 F_UTF8 = 0b0000_0001
 F_COUNTS = 0b0000_0110
 F_SENDER = 0b0000_1000
 F_ROOM = 0b0001_0000
 F_TYPE = 0b0010_0000
-F_RESERVED = 0b1100_0000
 COUNTS_SAME, COUNTS_PLUS_ONE, COUNTS_GIVEN = 0, 1, 2
 COUNTS_SHIFT = 1
 
@@ -79,60 +94,47 @@ def _text(value: str) -> bytes:
 def encode_event(body: bytes, since: str, ctx: EchoContext, table: CborTable, dictionary: bytes) -> bytes | None:
     """The event form of ``body`` (the answer to ``since``), or None when the
     body is not one event of someone else's in the layout."""
+    one = one_event(body, ctx.sliding)
+    if one is None or one.ts < ctx.last_ts or not ctx.answered or set(one.event["unsigned"]) != {"age", "membership"}:
+        return None
+    event = one.event
+    one = replace(one, event={"content": event["content"], "event_id": event["event_id"], "origin_server_ts": one.ts,
+                              "sender": one.sender, "type": event["type"],
+                              "unsigned": {"age": one.age, "membership": "join"}})
+    change, where = token_change(since, one.token, lead_number(since, ctx)), place(one, since, ctx)
+    raw_id = binary_id(event["event_id"], "$")
+    matched = match(one, since, ctx, body)
+    if change is None or where is None or raw_id is None or matched is None:
+        return None
+    (ascii_only, base), (place_flag, where) = matched, where
     try:
-        doc = json.loads(body)
-        (room_id, section), = doc["rooms"]["join"].items()
-        event, = section["timeline"]["events"]
-        unsigned = event["unsigned"]
-        ts, age, sender, kind = event["origin_server_ts"], unsigned["age"], event["sender"], event["type"]
-        content, event_id, next_batch = event["content"], event["event_id"], doc["next_batch"]
-        unread = section["unread_notifications"]
-        counts = (unread["notification_count"], unread["highlight_count"])
-    except (ValueError, UnicodeDecodeError, RecursionError, KeyError, TypeError, AttributeError):
-        return None
-    if (not all(is_uint(v) for v in (ts, age, *counts)) or ts < ctx.last_ts or ctx.counts_part is None
-            or not all(isinstance(v, str) for v in (room_id, sender, kind, event_id, next_batch))
-            or not isinstance(content, dict) or not next_batch.isascii() or set(unsigned) != {"age", "membership"}):
-        return None
-    change = token_change(since, next_batch)
-    raw_id = binary_id(event_id, "$")
-    if change is None or raw_id is None:
-        return None
-    rebuilt = {"content": content, "event_id": event_id, "origin_server_ts": ts, "sender": sender, "type": kind,
-               "unsigned": {"age": age, "membership": "join"}}
-    for ascii_only in (True, False):
-        if sync_body(ctx.counts_part, since, next_batch, room_id, rebuilt, counts, ascii_only) == body:
-            break
-    else:
-        return None
-    try:
-        flags, tail = (0 if ascii_only else F_UTF8), b""
-        last = ctx.counts.get(room_id)
-        if last == counts:
+        flags, tail = (0 if ascii_only else F_UTF8) | (F_BASE if base else 0) | place_flag, b""
+        last = ctx.counts.get(one.room_id)
+        if last == one.counts:
             pass
-        elif last is not None and counts == (last[0] + 1, last[1]):
+        elif last is not None and one.counts == (last[0] + 1, last[1]):
             flags |= COUNTS_PLUS_ONE << COUNTS_SHIFT
         else:
             flags |= COUNTS_GIVEN << COUNTS_SHIFT
-            tail += leb128(counts[0]) + leb128(counts[1])
-        for value, seen, flag in ((sender, ctx.senders, F_SENDER), (room_id, ctx.rooms, F_ROOM)):
+            tail += leb128(one.counts[0]) + leb128(one.counts[1])
+        for value, seen, flag in ((one.sender, ctx.senders, F_SENDER), (one.room_id, ctx.rooms, F_ROOM)):
             index = _index(seen, value)
             if index is None:
                 flags |= flag
                 tail += _text(value)
             else:
                 tail += leb128(index)
-        if kind != DEFAULT_TYPE:
+        if event["type"] != DEFAULT_TYPE:
             flags |= F_TYPE
-            tail += _text(kind)
-        content_cbor = json_cbor.encode(content, table, canonical=False)
+            tail += _text(event["type"])
+        content_cbor = json_cbor.encode(event["content"], table, canonical=False)
         back = json_cbor.decode(content_cbor, table, ordered=True)
     except (CodecError, GatewayError, RecursionError):
         return None
-    rebuilt["content"] = back  # what the client will read must give the same bytes
-    if sync_body(ctx.counts_part, since, next_batch, room_id, rebuilt, counts, ascii_only) != body:
+    # what the client will read must give the same bytes
+    if layout_body(replace(one, event={**one.event, "content": back}), since, ctx, ascii_only, base) != body:
         return None
-    return (bytes([flags]) + leb128(ts - ctx.last_ts) + leb128(age) + change + tail + raw_id
+    return (bytes([flags]) + leb128(one.ts - ctx.last_ts) + leb128(one.age) + change + where + tail + raw_id
             + compress(content_cbor, dictionary))
 
 
@@ -142,14 +144,15 @@ def decode_event(data: bytes, since: str, ctx: EchoContext, table: CborTable, di
         raise CodecError("empty event form")
     flags = data[0]
     counts_mode = (flags & F_COUNTS) >> COUNTS_SHIFT
-    if flags & F_RESERVED or counts_mode > COUNTS_GIVEN:
+    if flags & reserved_bits(ctx) or counts_mode > COUNTS_GIVEN:
         raise CodecError(f"event form flags {flags:#04x} are not valid")
-    if ctx.counts_part is None:
+    if not ctx.answered:
         raise CodecError("an event form before any answer of this observation")
     reader = FoldReader(data, 1)
     ts = ctx.last_ts + reader.uint()
     age = reader.uint()
-    next_batch = apply_token_change(since, reader)
+    token = apply_token_change(since, reader, lead_number(since, ctx))
+    bump, prev_batch = read_place(flags, reader, since, token, ctx)
     given = (reader.uint(), reader.uint()) if counts_mode == COUNTS_GIVEN else None
     sender = reader.text(MAX_SENDER) if flags & F_SENDER else _by_index(ctx.senders, reader.uint())
     room_id = reader.text(MAX_TEXT) if flags & F_ROOM else _by_index(ctx.rooms, reader.uint())
@@ -171,7 +174,11 @@ def decode_event(data: bytes, since: str, ctx: EchoContext, table: CborTable, di
         raise CodecError("the event form's content is not an object")
     event = {"content": content, "event_id": event_id, "origin_server_ts": ts, "sender": sender, "type": kind,
              "unsigned": {"age": age, "membership": "join"}}
-    return sync_body(ctx.counts_part, since, next_batch, room_id, event, counts, not flags & F_UTF8)
+    body = layout_body(OneEvent(token, room_id, event, counts, bump, prev_batch), since, ctx, not flags & F_UTF8,
+                       1 if flags & F_BASE else 0)
+    if body is None:
+        raise CodecError("the event form names a rest the chain never showed")
+    return body
 
 
 __all__ = ["decode_event", "encode_event"]

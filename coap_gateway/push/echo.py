@@ -11,29 +11,29 @@ answered.  What it cannot know: the event's ``origin_server_ts`` and
 (the first time) the user's ID.
 
 So when the homeserver's next answer on the device's observation is exactly
-that event in the layout ``echo_body`` writes, the server gateway does not
-push it: it appends those few bytes (the *fold*) to the send's answer, and
-the client gateway rebuilds the body, byte for byte.  The server folds only
-after rebuilding the body itself from what the client knows and finding the
-homeserver's exact bytes, so anything else — another event in the same
-answer, another layout, another homeserver — is pushed as before.
+that event in its sync's layout (``layout``: ``/sync`` or sliding sync),
+the server gateway does not push it: it appends those few bytes (the
+*fold*) to the send's answer, and the client gateway rebuilds the body, byte
+for byte.  The server folds only after rebuilding the body itself from what
+the client knows and finding the homeserver's exact bytes, so anything else
+— another event in the same answer, another layout, another homeserver — is
+pushed as before.
 
 Fold (docs/protocol.md §9a, "The sender's echo"), after the 32-byte event ID:
-
-The body is rebuilt from the key counts of the chain's latest answer (not
-the idle template: a device's key upload changes them, and the template
-learns so only at the next idle answer).
 
 * one byte: bits 0–2 the Observe number (mod 8) the answer takes in the
   chain; bit 3 the body is written as UTF-8 (else with ``\\u`` escapes, as
   Synapse writes it); bit 4 the unread counts follow (else the room's last
   counts in this observation); bit 5 the sender follows (else the one this
-  observation last showed as the device's own); bits 6–7 zero;
+  observation last showed as the device's own); bit 6 (sliding sync only)
+  the body is written on the rest before the latest; bit 7 zero;
 * LEB128: ``origin_server_ts`` minus the latest ``origin_server_ts`` of this
   observation's answers so far (0 before any); ``age``;
-* the new ``next_batch`` as a change of the since it answers: LEB128
-  ``2·d₀ + more`` for the first number in the token, then, if ``more``, a
-  count and (index, increase) pairs for the others (``token_change``);
+* the new ``next_batch`` (or ``pos``) as a change of the since it answers:
+  LEB128 ``2·d₀ + more`` for the first number in the token, then, if
+  ``more``, a count and (index, increase) pairs for the others
+  (``token_change``);
+* sliding sync: the room's bump_stamp and prev_batch (``place``);
 * when flagged: notification count, highlight count (LEB128); the sender's
   length (LEB128) and UTF-8 bytes.
 
@@ -48,7 +48,7 @@ from __future__ import annotations
 import json
 import re
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 from urllib.parse import unquote
 
@@ -56,12 +56,17 @@ import cbor2
 
 from ..codec import RouteTable, json_cbor
 from ..errors import CodecError
+from .layout import OneEvent, compact_json, is_uint, layout_body, match, one_event
 
 #: fold flag bits
 F_OBSERVE = 0b0000_0111
 F_UTF8 = 0b0000_1000
 F_COUNTS = 0b0001_0000
 F_SENDER = 0b0010_0000
+#: sliding sync: the body is written on the rest before the latest (``layout``)
+F_BASE = 0b0100_0000
+#: sliding sync: bump_stamp and prev_batch follow from the positions (``place``)
+F_PLACE = 0b1000_0000
 F_RESERVED = 0b1100_0000
 
 #: the low bits of the Observe number a fold carries
@@ -78,6 +83,9 @@ MAX_SENDERS = 16
 MAX_SESSIONS = 4
 MAX_SESSION_FIELD = 128
 MAX_SESSION_BYTES = 160
+#: sliding sync: rests an observation remembers, and the longest one kept
+MAX_RESTS = 2
+MAX_REST = 8 << 10
 
 #: top-level keys of a sync answer that even an idle one carries (Synapse)
 COUNT_KEYS = frozenset({
@@ -127,13 +135,16 @@ class EchoContext:
     """What an observation's answers have shown so far, kept identically at
     both ends (it is part of the chain's state, like ``DeltaState``):
     the latest ``origin_server_ts``, each room's last unread counts, and the
-    device's own user (the sender of an event carrying a transaction ID)."""
+    device's own user (the sender of an event carrying a transaction ID);
+    for sliding sync (``sliding``) also the greatest ``bump_stamp`` and the
+    last two *rests* (``layout``)."""
 
-    def __init__(self) -> None:
+    def __init__(self, sliding: bool = False) -> None:
+        self.sliding = sliding
         self.last_ts = 0
         self.counts: OrderedDict[str, tuple[int, int]] = OrderedDict()
         self.sender: str | None = None
-        #: the key counts of the latest answer, as JSON members (None: no answer yet)
+        #: /sync: the key counts of the latest answer, as JSON members (None: no answer yet)
         self.counts_part: bytes | None = None
         #: rooms and senders the chain showed, most recent last (≤ MAX_ROOMS / MAX_SENDERS)
         self.rooms: OrderedDict[str, None] = OrderedDict()
@@ -142,6 +153,21 @@ class EchoContext:
         #: (≤ MAX_SESSIONS): what of an m.room.encrypted content is not its
         #: ciphertext (``session_bytes``), for the deflate dictionary
         self.sessions: OrderedDict[bytes, None] = OrderedDict()
+        #: sliding sync: the greatest bump_stamp the chain showed
+        self.bump = 0
+        #: sliding sync: the last MAX_RESTS distinct rests (an answer but its
+        #: pos and rooms, compact ASCII JSON ≤ MAX_REST bytes), most recent last
+        self.rests: OrderedDict[bytes, None] = OrderedDict()
+
+    @property
+    def answered(self) -> bool:
+        """The chain showed an answer a layout can be written from."""
+        return bool(self.rests) if self.sliding else self.counts_part is not None
+
+    def rest(self, base: int) -> dict[str, Any] | None:
+        """The rest ``base`` answers back (0: the most recent), or None."""
+        rests = list(self.rests)
+        return json.loads(rests[-1 - base]) if base < len(rests) else None
 
     def note(self, body: bytes) -> None:
         """Take in one answer of the chain (after it was folded or pushed;
@@ -152,39 +178,30 @@ class EchoContext:
             return
         if not isinstance(doc, dict):
             return
-        # key counts change when the device uploads keys; an answer with
-        # events says so before any idle answer renews the template
-        self.counts_part = b",".join(_dump({k: v}, True)[1:-1] for k, v in doc.items() if k in COUNT_KEYS)
         rooms = doc.get("rooms")
-        join = rooms.get("join") if isinstance(rooms, dict) else None
-        if not isinstance(join, dict):
+        if self.sliding:
+            if isinstance(doc.get("pos"), str) and isinstance(rooms, dict):
+                rest = compact_json({**doc, "pos": "", "rooms": {}}, True)
+                if len(rest) <= MAX_REST:
+                    _recent(self.rests, rest, MAX_RESTS)
+            sections = rooms
+        else:
+            # key counts change when the device uploads keys; an answer with
+            # events says so before any idle answer renews the template
+            self.counts_part = b",".join(compact_json({k: v}, True)[1:-1] for k, v in doc.items() if k in COUNT_KEYS)
+            sections = rooms.get("join") if isinstance(rooms, dict) else None
+        if not isinstance(sections, dict):
             return
-        for room_id, section in join.items():
+        for room_id, section in sections.items():
             if not isinstance(section, dict):
                 continue
             _recent(self.rooms, room_id, MAX_ROOMS)
             timeline = section.get("timeline")
-            events = timeline.get("events") if isinstance(timeline, dict) else None
+            events = timeline if self.sliding else timeline.get("events") if isinstance(timeline, dict) else None
             for event in events if isinstance(events, list) else ():
-                if not isinstance(event, dict):
-                    continue
-                ts = event.get("origin_server_ts")
-                if is_uint(ts) and ts > self.last_ts:
-                    self.last_ts = ts
-                unsigned = event.get("unsigned")
-                sender = event.get("sender")
-                if isinstance(sender, str) and len(sender.encode("utf-8")) <= MAX_SENDER:
-                    _recent(self.senders, sender, MAX_SENDERS)
-                if (isinstance(unsigned, dict) and isinstance(unsigned.get("transaction_id"), str)
-                        and isinstance(sender, str) and len(sender.encode("utf-8")) <= MAX_SENDER):
-                    self.sender = sender
-                session = session_bytes(event) if event.get("type") == "m.room.encrypted" else None
-                if session:
-                    self.sessions[session] = None
-                    self.sessions.move_to_end(session)
-                    while len(self.sessions) > MAX_SESSIONS:
-                        self.sessions.popitem(last=False)
-            unread = section.get("unread_notifications")
+                if isinstance(event, dict):
+                    self._note_event(event)
+            unread = section if self.sliding else section.get("unread_notifications")
             if isinstance(unread, dict):
                 counts = unread.get("notification_count"), unread.get("highlight_count")
                 if is_uint(counts[0]) and is_uint(counts[1]):
@@ -192,6 +209,26 @@ class EchoContext:
                     self.counts.move_to_end(room_id)
                     while len(self.counts) > MAX_ROOMS:
                         self.counts.popitem(last=False)
+            bump = section.get("bump_stamp") if self.sliding else None
+            if is_uint(bump) and bump > self.bump:
+                self.bump = bump
+
+    def _note_event(self, event: dict[str, Any]) -> None:
+        ts = event.get("origin_server_ts")
+        if is_uint(ts) and ts > self.last_ts:
+            self.last_ts = ts
+        unsigned = event.get("unsigned")
+        sender = event.get("sender")
+        if isinstance(sender, str) and len(sender.encode("utf-8")) <= MAX_SENDER:
+            _recent(self.senders, sender, MAX_SENDERS)
+            if isinstance(unsigned, dict) and isinstance(unsigned.get("transaction_id"), str):
+                self.sender = sender
+        session = session_bytes(event) if event.get("type") == "m.room.encrypted" else None
+        if session:
+            self.sessions[session] = None
+            self.sessions.move_to_end(session)
+            while len(self.sessions) > MAX_SESSIONS:
+                self.sessions.popitem(last=False)
 
 
 def session_bytes(event: dict[str, Any]) -> bytes:
@@ -224,40 +261,60 @@ def _recent(seen: OrderedDict[str, None], value: str, limit: int) -> None:
         seen.popitem(last=False)
 
 
-def is_uint(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
-
 
 # ----------------------------------------------------------------- layout
 
 
-def _dump(value: Any, ascii_only: bool, sort_keys: bool = False) -> bytes:
-    return json.dumps(value, ensure_ascii=ascii_only, separators=(",", ":"), sort_keys=sort_keys).encode("utf-8")
+def echo_event(sent: Sent, sender: str, ts: int, age: int) -> dict[str, Any]:
+    """The event the homeserver gives the device back for ``sent``."""
+    return {"content": sent.content, "event_id": sent.event_id, "origin_server_ts": ts, "sender": sender,
+            "type": sent.event_type, "unsigned": {"age": age, "membership": "join", "transaction_id": sent.txn_id}}
 
 
-def sync_body(counts_part: bytes, since: str, next_batch: str, room_id: str, event: dict[str, Any],
-              counts: tuple[int, int], ascii_only: bool) -> bytes:
-    """A sync answer that is one event in one joined room, as Synapse writes
-    it: ``next_batch``, the key counts every answer carries (``counts_part``:
-    as the chain's latest answer had them), and a ``rooms`` section whose
-    timeline is the one event (keys sorted at every depth, as Synapse keeps
-    events), ``prev_batch`` the since."""
-    section = (b'{"timeline":{"events":[' + _dump(event, ascii_only, sort_keys=True)
-               + b'],"prev_batch":' + _dump(since, ascii_only) + b',"limited":false},'
-               b'"state":{"events":[]},"account_data":{"events":[]},"ephemeral":{"events":[]},'
-               b'"unread_notifications":{"notification_count":%d,"highlight_count":%d},"summary":{}}'
-               % counts)
-    return (b'{"next_batch":' + _dump(next_batch, ascii_only) + b"," + (counts_part + b"," if counts_part else b"")
-            + b'"rooms":{"join":{' + _dump(room_id, ascii_only) + b":" + section + b"}}}")
+def _stream_part(since: str) -> str:
+    """A sliding-sync pos's stream token (``<connection>/<stream token>``)."""
+    return since.rpartition("/")[2]
 
 
-def echo_body(counts_part: bytes, since: str, next_batch: str, sent: Sent, sender: str, ts: int, age: int,
-              counts: tuple[int, int], ascii_only: bool) -> bytes:
-    """The sync answer that is nothing but the echo of ``sent``."""
-    event = {"content": sent.content, "event_id": sent.event_id, "origin_server_ts": ts, "sender": sender,
-             "type": sent.event_type,
-             "unsigned": {"age": age, "membership": "join", "transaction_id": sent.txn_id}}
-    return sync_body(counts_part, since, next_batch, sent.room_id, event, counts, ascii_only)
+def place(one: OneEvent, since: str, ctx: EchoContext) -> tuple[int, bytes] | None:
+    """What of ``one``'s room a sliding-sync answer adds, as flag bits and
+    bytes: nothing but ``F_PLACE`` when bump_stamp is the new pos's lead
+    number and prev_batch the since's stream token (the event came straight
+    after the since); else LEB128 bump_stamp minus the greatest the chain
+    showed, then prev_batch as a change of the since's stream token
+    (``token_change``).  Nothing for /sync (its prev_batch is the since).
+    None: not writable so."""
+    if not ctx.sliding:
+        return 0, b""
+    stream = _stream_part(since)
+    parts = _numbers(one.token)
+    lead = lead_number(since, ctx)
+    if one.prev_batch == stream and parts is not None and lead < len(parts[1]) and parts[1][lead] == one.bump:
+        return F_PLACE, b""
+    prev = token_change(stream, one.prev_batch)
+    return None if prev is None or one.bump < ctx.bump else (0, leb128(one.bump - ctx.bump) + prev)
+
+
+def read_place(flags: int, reader: FoldReader, since: str, token: str, ctx: EchoContext) -> tuple[int, str]:
+    """``(bump_stamp, prev_batch)`` (inverse of ``place``) of the answer
+    whose new position is ``token``."""
+    if not ctx.sliding:
+        return 0, ""
+    if flags & F_PLACE:
+        parts = _numbers(token)
+        lead = lead_number(since, ctx)
+        if parts is None or lead >= len(parts[1]):
+            raise CodecError("the pos has no number to take the bump_stamp from")
+        return parts[1][lead], _stream_part(since)
+    bump = ctx.bump + reader.uint()
+    return bump, apply_token_change(_stream_part(since), reader)
+
+
+def reserved_bits(ctx: EchoContext) -> int:
+    """Flag bits a fold or an event form must leave zero: in sliding sync,
+    bit 6 names the rest (``F_BASE``) and bit 7 says the place is implied
+    (``F_PLACE``)."""
+    return 0 if ctx.sliding else F_RESERVED
 
 
 # ------------------------------------------------------------------ LEB128
@@ -324,40 +381,50 @@ def _join(text: list[str], numbers: list[int]) -> str:
                    enumerate(zip(text, [*numbers, 0])))
 
 
-def token_change(since: str, new: str) -> bytes | None:
+def token_change(since: str, new: str, lead: int = 0) -> bytes | None:
     """``new`` as increases of the numbers in ``since`` (Synapse's tokens are
-    ``s<room stream>_<account data>_…``: a send moves the first); None when
-    the text between the numbers differs or a number went down."""
+    ``s<room stream>_<account data>_…``: a send moves the first; in a
+    sliding-sync pos ``<connection>/s<room stream>_…`` the number after the
+    connection's: ``lead``, the number given the short form); None when the
+    text between the numbers differs or a number went down."""
     old_parts, new_parts = _numbers(since), _numbers(new)
     if old_parts is None or new_parts is None or old_parts[0] != new_parts[0]:
         return None
     increases = [n - o for o, n in zip(old_parts[1], new_parts[1])]
     if any(d < 0 for d in increases) or not increases:
         return None
-    others = [(i, d) for i, d in enumerate(increases) if i and d]
-    out = leb128(2 * increases[0] + bool(others))
+    lead = lead if lead < len(increases) else 0
+    others = [(i, d) for i, d in enumerate(increases) if i != lead and d]
+    out = leb128(2 * increases[lead] + bool(others))
     if others:
         out += leb128(len(others)) + b"".join(leb128(i) + leb128(d) for i, d in others)
     return out
 
 
-def apply_token_change(since: str, reader: FoldReader) -> str:
+def apply_token_change(since: str, reader: FoldReader, lead: int = 0) -> str:
     parts = _numbers(since)
     if parts is None or not parts[1]:
         raise CodecError("the since token has no numbers to change")
     text, numbers = parts
+    lead = lead if lead < len(numbers) else 0
     first = reader.uint()
-    numbers[0] += first >> 1
+    numbers[lead] += first >> 1
     if first & 1:
         count = reader.uint()
         if not 0 < count < len(numbers):
             raise CodecError("echo fold changes more numbers than the token has")
         for _ in range(count):
             index = reader.uint()
-            if not 0 < index < len(numbers):
+            if index == lead or index >= len(numbers):
                 raise CodecError("echo fold changes a number the token does not have")
             numbers[index] += reader.uint()
     return _join(text, numbers)
+
+
+def lead_number(since: str, ctx: EchoContext) -> int:
+    """Which number of the since a send moves (``token_change``): the first
+    of a sliding-sync pos's stream token, the first of a /sync token."""
+    return len(_DIGITS.findall(since.rpartition("/")[0])) if ctx.sliding else 0
 
 
 # -------------------------------------------------------------- fold/unfold
@@ -367,38 +434,26 @@ def fold(body: bytes, since: str, sent: Sent, ctx: EchoContext, observe: int) ->
     """The fold standing for ``body`` — the homeserver's answer to ``since``
     that is to take Observe number ``observe`` — or None when ``body`` is
     not exactly the echo of ``sent`` in the layout (then it is pushed)."""
-    try:
-        doc = json.loads(body)
-        (room_id, section), = doc["rooms"]["join"].items()
-        event, = section["timeline"]["events"]
-        ts, age = event["origin_server_ts"], event["unsigned"]["age"]
-        sender, next_batch = event["sender"], doc["next_batch"]
-        unread = section["unread_notifications"]
-        counts = (unread["notification_count"], unread["highlight_count"])
-    except (ValueError, UnicodeDecodeError, RecursionError, KeyError, TypeError, AttributeError):
+    one = one_event(body, ctx.sliding)
+    if (one is None or one.room_id != sent.room_id or one.ts < ctx.last_ts
+            or len(one.sender.encode("utf-8")) > MAX_SENDER):
         return None
-    if (room_id != sent.room_id or not all(is_uint(v) for v in (ts, age, *counts)) or ts < ctx.last_ts
-            or not isinstance(sender, str) or len(sender.encode("utf-8")) > MAX_SENDER
-            or not isinstance(next_batch, str) or not next_batch.isascii()):
+    one = replace(one, event=echo_event(sent, one.sender, one.ts, one.age))
+    matched, where = match(one, since, ctx, body), place(one, since, ctx)
+    change = token_change(since, one.token, lead_number(since, ctx))
+    if matched is None or change is None or where is None:
         return None
-    change = token_change(since, next_batch)
-    if change is None or ctx.counts_part is None:
-        return None
-    for ascii_only in (True, False):
-        if echo_body(ctx.counts_part, since, next_batch, sent, sender, ts, age, counts, ascii_only) == body:
-            break
-    else:
-        return None
-    flags = observe % OBSERVE_BITS | (0 if ascii_only else F_UTF8)
+    (ascii_only, base), (place_flag, where) = matched, where
+    flags = observe % OBSERVE_BITS | (0 if ascii_only else F_UTF8) | (F_BASE if base else 0) | place_flag
     tail = b""
-    if ctx.counts.get(room_id) != counts:
+    if ctx.counts.get(one.room_id) != one.counts:
         flags |= F_COUNTS
-        tail += leb128(counts[0]) + leb128(counts[1])
-    if ctx.sender != sender:
+        tail += leb128(one.counts[0]) + leb128(one.counts[1])
+    if ctx.sender != one.sender:
         flags |= F_SENDER
-        raw = sender.encode("utf-8")
+        raw = one.sender.encode("utf-8")
         tail += leb128(len(raw)) + raw
-    return bytes([flags]) + leb128(ts - ctx.last_ts) + leb128(age) + change + tail
+    return bytes([flags]) + leb128(one.ts - ctx.last_ts) + leb128(one.age) + change + where + tail
 
 
 def unfold(data: bytes, since: str, sent: Sent, ctx: EchoContext, observe: int) -> bytes:
@@ -409,14 +464,15 @@ def unfold(data: bytes, since: str, sent: Sent, ctx: EchoContext, observe: int) 
     if not data:
         raise CodecError("empty echo fold")
     flags = data[0]
-    if flags & F_RESERVED:
+    if flags & reserved_bits(ctx):
         raise CodecError(f"echo fold flags {flags:#04x} have reserved bits set")
     if flags & F_OBSERVE != observe % OBSERVE_BITS:
         raise CodecError("the echo fold belongs to another place in the chain")
     reader = FoldReader(data, 1)
     ts = ctx.last_ts + reader.uint()
     age = reader.uint()
-    next_batch = apply_token_change(since, reader)
+    token = apply_token_change(since, reader, lead_number(since, ctx))
+    bump, prev_batch = read_place(flags, reader, since, token, ctx)
     if flags & F_COUNTS:
         counts = (reader.uint(), reader.uint())
     else:
@@ -432,10 +488,13 @@ def unfold(data: bytes, since: str, sent: Sent, ctx: EchoContext, observe: int) 
         raise CodecError("the echo fold leaves out a sender this observation never showed")
     if reader.at != len(data):
         raise CodecError("trailing bytes after the echo fold")
-    if ctx.counts_part is None:
-        raise CodecError("the echo fold came before any answer of this observation")
-    return echo_body(ctx.counts_part, since, next_batch, sent, sender, ts, age, counts, not flags & F_UTF8)
+    one = OneEvent(token, sent.room_id, echo_event(sent, sender, ts, age), counts, bump, prev_batch)
+    body = layout_body(one, since, ctx, not flags & F_UTF8, 1 if flags & F_BASE else 0)
+    if body is None:
+        raise CodecError("the echo fold came before any answer it can be written on")
+    return body
 
 
-__all__ = ["COUNT_KEYS", "EchoContext", "FoldReader", "Sent", "apply_token_change", "echo_body", "fold", "is_uint",
-           "leb128", "parse_send", "sent_of", "sync_body", "token_change", "unfold"]
+__all__ = ["COUNT_KEYS", "F_BASE", "F_PLACE", "EchoContext", "FoldReader", "Sent", "apply_token_change", "echo_event",
+           "fold", "is_uint", "lead_number", "leb128", "parse_send", "place", "read_place", "reserved_bits", "sent_of",
+           "token_change", "unfold"]

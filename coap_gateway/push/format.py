@@ -421,11 +421,11 @@ class DeltaState:
     (CON, one at a time) or the observation ends, so both ends always agree.
     """
 
-    def __init__(self, preset: bytes, keep: int = 2):
+    def __init__(self, preset: bytes, keep: int = 2, kind: PollKind | None = None):
         self.preset = preset
         self.recent: deque[bytes] = deque(maxlen=keep)
-        #: what the chain's answers showed, for folding the device's own events
-        self.echo = EchoContext()
+        #: what the chain's answers showed, for the echo fold and the event form
+        self.echo = EchoContext(sliding=kind is SLIDING)
 
     def dictionary(self, since: str) -> bytes:
         sessions = b"".join(self.echo.sessions)

@@ -143,7 +143,7 @@ class PushChain:
         self.poll_from = since
         #: the empty-answer template the client holds (None: none yet)
         self.template: bytes | None = None
-        self.delta = DeltaState(preset, delta_keep)
+        self.delta = DeltaState(preset, delta_keep, kind)
         self.table = table
         self.max_payload = max_payload
         #: the client reassembles notifications sent in parts (Push-Parts)
@@ -192,9 +192,9 @@ class PushChain:
         """The answer as a fold into the answer to ``sent``, when it is
         exactly that send's echo as the client can build it; None: treat it
         as any answer (``on_response``)."""
-        if response.status != 200 or self.kind is not SYNC:
+        if response.status != 200:
             return None
-        token = next_batch_of(response.body)
+        token = next_batch_of(response.body, self.kind)
         observe = FIRST_OBSERVE if self._observe is None else (self._observe + 1) % OBSERVE_MODULUS
         data = None if token is None else fold(response.body, self.head, sent, self.delta.echo, observe)
         if data is None or token is None:

@@ -146,17 +146,81 @@ async def test_sliding_sync_is_pushed_and_idle_polls_cross_nothing(synapse, serv
             event_id = (await answer.json())["event_id"]
         news = await asyncio.wait_for(waiting, 60)
         assert [e["event_id"] for e in json.loads(news)["rooms"][room_id]["timeline"]] == [event_id]
+        # the device's own message: its echo rode in the send's answer, and is
         # the homeserver's own bytes, but for the client's transaction ID (the link carries a shorter one)
+        assert push.counters.echoes == 1
         assert pushed[-1] in device.upstream
         event, = json.loads(news)["rooms"][room_id]["timeline"]
         assert event["unsigned"]["transaction_id"] == "t1"
-        assert push.counters.registrations == 1 and push.counters.echoes == 0
+        assert push.counters.registrations == 1
 
         # another request on the connection: the observation follows it
         narrower = {**ELEMENT_X_LIKE, "lists": {"all": {**ELEMENT_X_LIKE["lists"]["all"], "timeline_limit": 2}}}
         await conn.poll(1000, request=narrower)
         assert push.counters.registrations == 2
         assert len(device.push_server.observations) == 1
+
+
+async def test_a_conversation_costs_each_side_one_exchange(synapse, server_key):
+    """Element X in a conversation, behind its client gateway: its own
+    message's echo rides in the send's answer (the fold, in sliding sync's
+    layout), and a message from someone else comes as one event form — each
+    2 frames, each rebuilt to the homeserver's exact bytes.  An answer with
+    other extension data between (a read receipt) does not stop the next
+    fold: it is written on the rest before."""
+    async with PushDevice(synapse, server_key, 17) as device, aiohttp.ClientSession() as http:
+        base = device.client.base_url
+        auth, _, _ = await _account(http, base)
+        other, them, _ = await _account(http, synapse.base_url)
+        async with http.post(f"{base}/_matrix/client/v3/createRoom", json={"name": "talk", "invite": [them]},
+                             headers=auth) as answer:
+            room_id = (await answer.json())["room_id"]
+        async with http.post(f"{synapse.base_url}/_matrix/client/v3/join/{room_id}", json={}, headers=other) as answer:
+            assert answer.status == 200
+        conn = Connection(http, base, auth, ELEMENT_X_LIKE)
+        await conn.poll(0)
+        await conn.poll(1000)
+        push = device.push_client
+        pushed: list[bytes] = []
+        push.answer_observers.append(lambda _request, response: pushed.append(response.body))
+
+        async def message(n: int, mine: bool) -> tuple[int, int, str]:
+            """One message (mine: through the gateway); the link bytes and
+            frames it cost, and the event ID."""
+            waiting = asyncio.ensure_future(conn.poll(30000))
+            await until(device.waiting_on_push)
+            before, frames = device.link_bytes(), device.link_frames()
+            async with http.put(f"{base if mine else synapse.base_url}/_matrix/client/v3/rooms/{room_id}/send/"
+                                f"m.room.message/t{n}", json={"msgtype": "m.text", "body": "Hello, see you at 5pm"},
+                                headers=auth if mine else other) as answer:
+                event_id = (await answer.json())["event_id"]
+            news = json.loads(await asyncio.wait_for(waiting, 60))
+            assert [e["event_id"] for e in news["rooms"][room_id]["timeline"]] == [event_id]
+            assert pushed[-1] in device.upstream  # the homeserver's bytes (before the client's txn ID goes back in)
+            after = device.link_bytes()
+            return sum(after) - sum(before), device.link_frames() - frames, event_id
+
+        for n in range(2):  # the first of each kind in an observation names the sender, room and counts
+            await message(2 * n, mine=False)
+            await message(2 * n + 1, mine=True)
+        echoes = push.counters.echoes
+        for n in range(2, 4):
+            link, frames, _ = await message(2 * n, mine=False)
+            assert frames == 2 and link <= 74, link  # event form 68 B + ACK 4 B (was 90 B: deflated)
+            link, frames, mine = await message(2 * n + 1, mine=True)
+            assert frames == 2 and link <= 100, link  # send 41 B + answer with the fold 57 B (was 187 B in 4)
+        assert push.counters.echoes == echoes + 2
+
+        # someone reads it: the receipt comes as an answer with other extensions
+        waiting = asyncio.ensure_future(conn.poll(30000))
+        await until(device.waiting_on_push)
+        async with http.post(f"{synapse.base_url}/_matrix/client/v3/rooms/{room_id}/receipt/m.read/{mine}",
+                             json={}, headers=other) as answer:
+            assert answer.status == 200
+        receipt = json.loads(await asyncio.wait_for(waiting, 60))
+        assert receipt["extensions"]["receipts"]["rooms"], receipt
+        link, frames, _ = await message(20, mine=True)
+        assert frames == 2 and link <= 100 and push.counters.echoes == echoes + 3
 
 
 async def test_to_device_messages_come_once_as_the_request_moves_its_position(synapse, server_key):

@@ -15,7 +15,17 @@ from aiocoap.numbers.codes import Code
 
 from coap_gateway.codec.mapping import HttpResponse
 from coap_gateway.errors import CodecError
-from coap_gateway.push.echo import Sent
+from coap_gateway.push.echo import (
+    F_BASE,
+    F_PLACE,
+    EchoContext,
+    FoldReader,
+    Sent,
+    apply_token_change,
+    fold,
+    token_change,
+    unfold,
+)
 from coap_gateway.push.client import Answer, Outcome, Plain, Register, SyncPushClientConfig, SyncPushState, Wait
 from coap_gateway.push.format import (
     MAX_POLL_BODY,
@@ -163,11 +173,121 @@ def test_chain_pushes_the_template_once_then_only_news():
     assert isinstance(step, Push) and step.answered == pos(12, 2)
 
 
-def test_sliding_answers_never_fold_as_a_send_echo():
-    sent = Sent(room_id=ROOM, event_type="m.room.message", txn_id="t1", content={}, event_id="$e9")
-    c = chain()
-    c.on_response(ok(idle(8)))
-    assert c.on_echo(ok(news(9)), sent) is None
+# -- one event: the sender's echo folded, someone else's event as its fields
+
+ME, BOB = "@alice:localhost", "@bob:localhost"
+RECEIPTS = '"receipts":{"rooms":{}}'
+
+
+def stream_token(n: int, account: int = 3) -> str:
+    return f"s{n}_{account}_0_1_1_1_1_3_0_1_1_1_1_1"
+
+
+def one(n: int, sender: str = BOB, txn: str | None = None, text: str = "Hello, see you at 5pm",
+        receipts: str = RECEIPTS, lists: str = LISTS) -> bytes:
+    """Synapse 1.163's answer with one new event in a room the connection
+    knows (its exact layout, as tests/clients/test_sliding_sync.py sees it)."""
+    unsigned = {"age": 43, "membership": "join"} | ({"transaction_id": txn} if txn else {})
+    event = {"content": {"body": text, "msgtype": "m.text"}, "event_id": f"$EVENT{n:022d}ABCDEFGHIJKLMNOQ",
+             "origin_server_ts": 1796450061397 + 400 * n, "sender": sender, "type": "m.room.message",
+             "unsigned": unsigned}
+    room = {"notification_count": 0, "highlight_count": 0, "bump_stamp": n, "timeline": [event], "limited": False,
+            "prev_batch": stream_token(n - 1), "num_live": 1}
+    rooms = json.dumps({ROOM: room}, separators=(",", ":"))
+    return ('{"pos":"1/' + stream_token(n) + '",' + lists + ',"rooms":' + rooms + ","
+            + (EXTENSIONS % 0).replace(RECEIPTS, receipts) + "}").encode()
+
+
+def quiet(n: int, receipts: str = RECEIPTS) -> bytes:
+    """An answer without room events (idle, or only a receipt)."""
+    return ('{"pos":"1/' + stream_token(n) + '",' + LISTS + ',"rooms":{},'
+            + (EXTENSIONS % 0).replace(RECEIPTS, receipts) + "}").encode()
+
+
+def sent(n: int) -> Sent:
+    return Sent(room_id=ROOM, event_type="m.room.message", txn_id=f"t{n}",
+                content={"msgtype": "m.text", "body": "Hello, see you at 5pm"},
+                event_id=f"$EVENT{n:022d}ABCDEFGHIJKLMNOQ")
+
+
+def sliding_context(*bodies: bytes) -> EchoContext:
+    ctx = EchoContext(sliding=True)
+    for body in bodies:
+        ctx.note(body)
+    return ctx
+
+
+def test_the_pos_moves_by_its_stream_number_in_one_byte():
+    since, new = "1/" + stream_token(11), "1/" + stream_token(12)
+    assert token_change(since, new) == bytes([1, 1, 1, 1])  # the connection's number first: 4 B
+    assert token_change(since, new, lead=1) == bytes([2])
+    assert apply_token_change(since, FoldReader(bytes([2])), lead=1) == new
+    with pytest.raises(CodecError):  # the lead number is not among "the others"
+        apply_token_change(since, FoldReader(bytes([1, 1, 1, 1])), lead=1)
+
+
+def test_the_echo_folds_in_the_sliding_layout_byte_for_byte():
+    ctx = sliding_context(quiet(10), one(11))
+    body = one(12, ME, "t12")
+    data = fold(body, "1/" + stream_token(11), sent(12), ctx, 3)
+    assert data is not None and len(data) == 6 + len(ME)  # the first names the device's user
+    assert unfold(data, "1/" + stream_token(11), sent(12), ctx, 3) == body
+    ctx.note(body)
+    warm = one(13, ME, "t13")
+    data = fold(warm, "1/" + stream_token(12), sent(13), ctx, 4)
+    # flags, +0.4 s (2), age, pos (1); bump_stamp and prev_batch follow from the positions
+    assert data is not None and len(data) == 5 and data[0] & F_PLACE, data.hex()
+    assert unfold(data, "1/" + stream_token(12), sent(13), ctx, 4) == warm
+    with pytest.raises(CodecError):
+        unfold(data, "1/" + stream_token(12), sent(13), ctx, 5)  # another place in the chain
+    # something else moved the stream between the since and the event: the place is given
+    since = "1/" + stream_token(12, account=2)
+    data = fold(one(14, ME, "t14"), since, sent(14), ctx, 5)
+    assert data is not None and not data[0] & F_PLACE and len(data) > 5
+    assert unfold(data, since, sent(14), ctx, 5) == one(14, ME, "t14")
+
+
+def test_after_an_answer_with_other_extensions_the_echo_is_written_on_the_rest_before():
+    receipt = '"receipts":{"rooms":{"' + ROOM + '":{"type":"m.receipt","content":{}}}}'
+    ctx = sliding_context(quiet(10), one(11), quiet(12, receipts=receipt))
+    body = one(13, ME, "t13")
+    data = fold(body, "1/" + stream_token(12), sent(13), ctx, 1)
+    assert data is not None and data[0] & F_BASE
+    assert unfold(data, "1/" + stream_token(12), sent(13), ctx, 1) == body
+    # /sync has one layout: the bit is refused there
+    with pytest.raises(CodecError, match="reserved"):
+        unfold(data, "1/" + stream_token(12), sent(13), EchoContext(), 1)
+
+
+def test_what_is_not_the_layout_is_not_folded():
+    ctx = sliding_context(quiet(10), one(11))
+    since = "1/" + stream_token(11)
+    other_room = '"lists":{"all":{"count":2,"ops":[{"op":"SYNC","range":[0,19],"room_ids":["' + ROOM + '","!b:x"]}]}}'
+    assert fold(one(12, ME, "t12", lists=other_room), since, sent(12), ctx, 1) is None  # the list moved
+    assert fold(one(12, ME, "t12", text="something else"), since, sent(12), ctx, 1) is None
+    assert fold(one(12, ME, "t12"), since, sent(12), EchoContext(sliding=True), 1) is None  # no answer yet
+    assert fold(one(12, ME, "t12"), since, sent(12), EchoContext(), 1) is None  # not /sync's layout
+
+
+def test_someone_elses_event_comes_as_its_fields():
+    delta_a, delta_b = DeltaState(PRESET, kind=SLIDING), DeltaState(PRESET, kind=SLIDING)
+    since = "1/" + stream_token(11)
+    for delta in (delta_a, delta_b):
+        for body in (quiet(10), one(11)):
+            delta.echo.note(body)
+    payload = encode_notification(Notification(one(12)), since, delta_a, TABLE, SLIDING)
+    assert payload[0] == 0x06 | 3 << 3  # the event form
+    assert len(payload) <= 62, len(payload)  # 32 of it the event ID; deflated whole it was ~80 B
+    assert decode_notification(payload, since, delta_b, TABLE, kind=SLIDING).body == one(12)
+
+
+def test_the_chain_folds_the_echo_and_moves_on():
+    c = chain(pos(8))
+    c.on_response(ok(quiet(10)))
+    c.on_response(ok(one(11)))
+    step = c.on_echo(ok(one(12, ME, "t12")), sent(12))
+    assert step is not None and step.answered == "1/" + stream_token(11)
+    assert c.head == c.poll_from == "1/" + stream_token(12)
 
 
 def test_client_and_server_cores_agree_on_a_sliding_chain():
