@@ -101,7 +101,7 @@ def summary(results: dict[str, Any], console: Any) -> None:
     table = Table(title="bench: bytes on the wire (link level for the gateway)")
     for col in ("workload", "HTTPS+JSON", "gateway", "gateway link", "ratio"):
         table.add_column(col, justify="left" if col == "workload" else "right")
-    for key in ("W1", "W2", "W3", "W5", "W6"):
+    for key in ("W1", "W2", "W1x", "W2x", "W3", "W5", "W6"):
         if key not in results["workloads"]:
             continue  # W6: --skip-federation, or its part failed
         b, g = results["workloads"][key]["baseline"], results["workloads"][key]["gateway"]

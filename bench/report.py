@@ -22,6 +22,8 @@ WORKLOAD_TITLES = {
     "W1": "W1 warm send + response",
     "W1s": "W1s sender per message: W1 + her own echo (her sync loop running)",
     "W2": "W2 receive one message",
+    "W1x": "W1x sender per message with sliding sync (Element X): send, answer, her own echo",
+    "W2x": "W2x receive one message with sliding sync (Element X)",
     "W3": "W3 cold start: handshake + first send",
     "W4": "W4 idle (sync loop running)",
     "W4s": "W4s idle, sliding sync (Element X-like request)",
@@ -91,6 +93,7 @@ def bytes_table(results: dict[str, Any]) -> list[str]:
     design = targets.DESIGN_BASELINE
     for workload, wire_key, link_key in (("W1", None, None), ("W1s", "W1s.wire", "W1s.link"),
                                          ("W2", "W2.wire", "W2.link"),
+                                         ("W1x", "W1x.wire", "W1x.link"), ("W2x", "W2x.wire", "W2x.link"),
                                          ("W3", "W3.wire", None), ("W5", None, "W5.link"),
                                          ("W6", "W6.wire", "W6.link")):
         b, g = _w(results, workload, "baseline"), _w(results, workload, "gateway")
@@ -396,7 +399,7 @@ def write_charts(results: dict[str, Any], img_dir: Path) -> dict[str, Path]:
     colours = {"baseline": "#b04a3a", "gateway": "#2f6f9f", "link": "#7fb3d5", "target": "#222222"}
 
     # bytes per workload, log scale
-    names = [w for w in ("W1", "W1s", "W2", "W3", "W5", "W6")
+    names = [w for w in ("W1", "W1s", "W2", "W1x", "W2x", "W3", "W5", "W6")
              if _w(results, w, "baseline") and _w(results, w, "gateway")]
     if names:
         fig, ax = plt.subplots(figsize=(8, 4.2), dpi=110)
@@ -410,6 +413,7 @@ def write_charts(results: dict[str, Any], img_dir: Path) -> dict[str, Path]:
             bars = ax.bar(pos, values, width, label=label, color=colour)
             ax.bar_label(bars, labels=[_fmt_int(v) for v in values], fontsize=7, padding=1)
         target_keys = {"W1": (None, None), "W1s": ("W1s.wire", "W1s.link"), "W2": ("W2.wire", "W2.link"),
+                       "W1x": ("W1x.wire", "W1x.link"), "W2x": ("W2x.wire", "W2x.link"),
                        "W3": ("W3.wire", None),
                        "W5": (None, "W5.link"), "W6": ("W6.wire", "W6.link")}
         first = True
@@ -424,6 +428,7 @@ def write_charts(results: dict[str, Any], img_dir: Path) -> dict[str, Path]:
                 first = False
         ax.set_yscale("log")
         short = {"W1": "W1\nwarm send", "W1s": "W1s\nsend + echo", "W2": "W2\nreceive", "W3": "W3\ncold send",
+                 "W1x": "W1x\nsliding:\nsend + echo", "W2x": "W2x\nsliding:\nreceive",
                  "W5": "W5\nlogin + sync",
                  "W6": "W6\nfederated msg"}
         ax.set_xticks(list(xs), [short[n] for n in names], fontsize=8)
@@ -571,7 +576,12 @@ def _discussion(results: dict[str, Any]) -> list[str]:
            f"; while idle (W4) it used {_fmt(b4['bit_per_s'], 0)} bit/s where the gateway sent nothing at all.")
         + ("" if "W4s" not in w else
            f" Idling with sliding sync (W4s, Element X's sync) HTTPS+JSON used {_fmt(w['W4s']['baseline']['bit_per_s'], 0)}"
-           f" bit/s, the gateway {_fmt(w['W4s']['gateway']['bit_per_s'], 1)} bit/s."))
+           f" bit/s, the gateway {_fmt(w['W4s']['gateway']['bit_per_s'], 1)} bit/s.")
+        + ("" if "W1x" not in w or "W2x" not in w else
+           f" A message with sliding sync cost its sender {_fmt_int(w['W1x']['gateway']['wire_bytes'])} B "
+           f"(HTTPS+JSON {_fmt_int(w['W1x']['baseline']['wire_bytes'])} B, W1x) and its receiver "
+           f"{_fmt_int(w['W2x']['gateway']['wire_bytes'])} B (HTTPS+JSON "
+           f"{_fmt_int(w['W2x']['baseline']['wire_bytes'])} B, W2x)."))
     out.append("")
     met_keys = ", ".join(row["key"] for row in met)
     if unmet:
@@ -744,7 +754,7 @@ def render_markdown(results: dict[str, Any], *, json_path: Path | None, docs_pat
     lines += federation_section(results, charts, rel)
     lines += ["### Targets", "", *targets_table(results), "",
               "### Frame by frame", ""]
-    for workload in ("W1", "W1s", "W2", "W3"):
+    for workload in ("W1", "W1s", "W2", "W3", "W1x", "W2x"):
         if _w(results, workload, "gateway"):
             lines += [f"**{WORKLOAD_TITLES[workload]}**", "", *frames_table(results, workload), ""]
     checks = results.get("link_checks", [])
@@ -825,6 +835,11 @@ def render_markdown(results: dict[str, Any], *, json_path: Path | None, docs_pat
         "long-poll to another whole cycles later.",
         "- **W5**: a new device logs in (password) and runs nio's first sync of an account with one room and "
         "ten short messages (Synapse's default timeline limit is 10: all ten arrive), handshakes included.",
+        "- **W1x / W2x** (a message with sliding sync, Element X): alice and bob each run a sliding-sync loop "
+        "(the W4s request, by raw HTTP) on fresh devices, warmed by two of alice's messages. W1x is alice's "
+        "link from nio's send of the reference message until her loop has her own event back and her next "
+        "long-poll is parked (W1s for Element X); W2x is bob's from before the send until his loop has it and "
+        "is parked again (W2 for Element X).",
         "- **Slow link** and **CPU**: see their tables above.",
         "- **W6** (a federated message) and the **federated join**: two more Synapses per transport, on "
         "127.0.0.61–64, in a capture of their own (`tcp port 8448` between the nginx fronts, `udp port 5684` "

@@ -6,7 +6,7 @@ Order of a run:
    nginx (TLS 1.3) and the server gateway (UDP) in front of it;
 2. the loopback capture, filtered to nginx's and the server gateway's ports;
 3. accounts and rooms, straight on Synapse (not counted);
-4. per transport: warm-up, W1 + W2, W3, W5 — each in its own capture window;
+4. per transport: warm-up, W1 + W2, W1s, W3, W5, W1x + W2x (sliding sync) — each in its own capture window;
 5. W4, then W4s (sliding sync), for both transports at once (separate devices, separate windows);
 6. the capture stops (its kernel drop count must be 0);
 7. the slow link: W5 and send → acknowledgement at 100 bit/s, 1 s latency;
@@ -293,7 +293,7 @@ async def run_bench(settings: Settings, *, homeserver: str | None = None, consol
             # 4. W1, W2, W3, W5 per transport
             runs = {}
             for transport, cast, ips in ((baseline, cast_b, BASELINE_DEVICES), (gateway, cast_g, GATEWAY_DEVICES)):
-                progress.step(f"{transport.label}: W1 + W2, W1s, W3, W5")
+                progress.step(f"{transport.label}: W1 + W2, W1s, W3, W5, W1x + W2x")
                 w = Workloads(capture, watch, transport, cast, ips, sync_timeout_ms=settings.sync_timeout_ms)
                 stack.push_async_callback(w.close)
                 runs[transport.name] = w
@@ -302,13 +302,15 @@ async def run_bench(settings: Settings, *, homeserver: str | None = None, consol
                 r1s = await w.w1_sender()
                 r3 = await w.w3()
                 r5, info5 = await w.w5()
-                for key, result in (("W1", r1), ("W1s", r1s), ("W2", r2), ("W3", r3)):
+                r1x, r2x, infox = await w.sliding_conversation()
+                for key, result in (("W1", r1), ("W1s", r1s), ("W2", r2), ("W3", r3), ("W1x", r1x), ("W2x", r2x)):
                     results["workloads"].setdefault(key, {})[transport.name] = _workload_entry(result)
                 entry5 = _workload_entry(result=r5, frames=False)
                 entry5.update(info5)
                 results["workloads"].setdefault("W5", {})[transport.name] = entry5
                 results["workloads"]["W2"][transport.name].update(
                     parked=info["parked"], sync_responses=info["sync_responses"])
+                results["workloads"]["W2x"][transport.name].update(parked=infox["parked"])
                 progress.done()
 
             # 5. W4, both transports at once

@@ -26,6 +26,11 @@ window (bench/capture.py) that holds only that device's frames:
   raw sliding-sync long-polls of an Element X-like request.
 - **W5** login + first sync of an account with one room and ten messages, on
   a new device.
+- **W1x / W2x** a message with sliding sync (Element X): alice and bob each
+  run a sliding-sync loop (an Element X-like request) behind fresh devices;
+  W1x is alice's link from her send until her loop has her own event back
+  and her long-poll is parked again (W1s for Element X), W2x bob's from
+  before the send until his loop has it and is parked again (W2 for Element X).
 """
 
 from __future__ import annotations
@@ -175,6 +180,52 @@ def _logged_in(device: Device, account: Account) -> AsyncClient:
     client = device.nio(account.localpart)
     client.restore_login(account.user_id, account.device_id, account.access_token)
     return client
+
+
+class SlidingLoop:
+    """A device's simplified sliding-sync loop, by raw HTTP as Element X
+    makes its requests: the first request, then long-polls one after the
+    other.  ``events`` holds every timeline event of the answers, in order."""
+
+    def __init__(self, client: AsyncClient, request: dict[str, Any], timeout_ms: int) -> None:
+        self.client, self.request, self.timeout_ms = client, request, timeout_ms
+        self.pos: str | None = None
+        self.events: list[dict[str, Any]] = []
+        self.answered = asyncio.Event()  # set at each answer (the waiter clears it)
+        self._session: aiohttp.ClientSession | None = None
+
+    async def poll(self, timeout_ms: int | None) -> None:
+        """One request, from the loop's pos (``timeout_ms`` None: the first)."""
+        client = self.client
+        # the device's own HTTP session (bound to its address, TLS for HTTPS+JSON)
+        if self._session is None:
+            self._session = client.client_session or aiohttp.ClientSession()
+        query = "" if self.pos is None else f"?pos={quote(self.pos, safe='')}&timeout={timeout_ms}"
+        async with self._session.post(client.homeserver + SLIDING_SYNC + query, json=self.request, ssl=client.ssl,
+                                      headers={"Authorization": f"Bearer {client.access_token}"}) as answer:
+            if answer.status != 200:
+                raise WorkloadError(f"sliding sync: {answer.status} {await answer.text()}")
+            doc = await answer.json()
+        self.pos = doc["pos"]
+        for room in doc.get("rooms", {}).values():
+            self.events += room.get("timeline", [])
+        self.answered.set()
+
+    async def run(self) -> None:
+        """The first request, then long-polls for ever."""
+        await self.poll(None)
+        while True:
+            await self.poll(self.timeout_ms)
+
+    def has(self, event_id: str) -> bool:
+        return any(e.get("event_id") == event_id for e in self.events)
+
+    def has_body(self, body: str) -> bool:
+        return any(e.get("content", {}).get("body") == body for e in self.events)
+
+    async def close(self) -> None:
+        if self._session is not None and self._session is not self.client.client_session:
+            await self._session.close()
 
 
 class Workloads:
@@ -454,31 +505,18 @@ class Workloads:
         client = _logged_in(device, self.cast.dave)
         assert client.access_token
         # both transports log dave in with one device ID: one connection each
-        request = {**SLIDING_REQUEST, "conn_id": f"room-list-{self.transport.name}"}
-        # the device's own HTTP session (bound to its address, TLS for HTTPS+JSON)
-        session = client.client_session or aiohttp.ClientSession()
-        headers = {"Authorization": f"Bearer {client.access_token}"}
-        url = client.homeserver + SLIDING_SYNC
-        pos: str | None = None
-
-        async def poll(timeout_ms: int | None) -> None:
-            nonlocal pos
-            query = "" if pos is None else f"?pos={quote(pos, safe='')}&timeout={timeout_ms}"
-            async with session.post(url + query, json=request, headers=headers, ssl=client.ssl) as answer:
-                if answer.status != 200:
-                    raise WorkloadError(f"sliding sync: {answer.status} {await answer.text()}")
-                pos = (await answer.json())["pos"]
-
+        loop = SlidingLoop(client, {**SLIDING_REQUEST, "conn_id": f"room-list-{self.transport.name}"},
+                           self._sync_timeout_ms)
         try:
-            await poll(None)  # the first request lists the rooms
-            await poll(1000)  # the first long-poll (the gateway registers the connection)
-            parked = asyncio.create_task(poll(self._sync_timeout_ms))
+            await loop.poll(None)  # the first request lists the rooms
+            await loop.poll(1000)  # the first long-poll (the gateway registers the connection)
+            parked = asyncio.create_task(loop.poll(self._sync_timeout_ms))
             parked_before = await self.parked(self.cast.dave, ip)
             before = self._link_snapshot(device)
             window = await cap.open(f"{self.transport.name}:W4s", [ip], keep_frames=False)
             for _ in range(cycles):
                 await parked
-                parked = asyncio.create_task(poll(self._sync_timeout_ms))
+                parked = asyncio.create_task(loop.poll(self._sync_timeout_ms))
             parked_after = await self.parked(self.cast.dave, ip)
             result = await cap.close(window)
             self._note_link("W4s", before, self._link_snapshot(device), result)
@@ -486,10 +524,66 @@ class Workloads:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await parked
         finally:
-            if session is not client.client_session:
-                await session.close()
+            await loop.close()
         return result, {"cycles": cycles, "sync_timeout_ms": self._sync_timeout_ms,
                         "parked": parked_before and parked_after}
+
+    # ------------------------------------------------------------ W1x + W2x
+
+    async def sliding_conversation(self) -> tuple[WindowResult, WindowResult, dict[str, Any]]:
+        """W1x and W2x (module docstring): the reference message from alice
+        to bob, both syncing as Element X does."""
+        cap, ips, c = self.capture, self.ips, self.cast
+        loops: dict[str, SlidingLoop] = {}
+        tasks: dict[str, asyncio.Task[None]] = {}
+        for role, account, ip in (("alice", c.alice, ips.alice), ("bob", c.bob, ips.bob)):
+            # fresh devices: the earlier ones still hold nio's /sync
+            # observations, whose cancellation would fall into the windows
+            await self.devices[role].close()
+            client = _logged_in(await self._device(role, ip), account)
+            loops[role] = SlidingLoop(client, {**SLIDING_REQUEST, "conn_id": f"bench-{self.transport.name}"},
+                                      self._sync_timeout_ms)
+            tasks[role] = asyncio.create_task(loops[role].run())
+        alice, bob = loops["alice"], loops["bob"]
+        sender = alice.client
+
+        async def until(role: str, seen: Any, what: str) -> None:
+            loop = loops[role]
+            while not seen(loop):
+                loop.answered.clear()
+                await self._until(loop.answered, tasks[role], self._sync_timeout_ms / 1000 + 60, what)
+
+        try:
+            # warm, as for W1s and W2: her own events back twice, his loop has had one of hers
+            for n in range(2):
+                body = f"{WARM_UP_BODY} {n}"
+                _check(await sender.room_send(c.room_id, "m.room.message", {"msgtype": "m.text", "body": body}),
+                       RoomSendResponse, "alice's warm-up send")
+                await until("alice", lambda loop, body=body: loop.has_body(body), "alice's own warm-up")
+                await until("bob", lambda loop, body=body: loop.has_body(body), "bob to receive the warm-up")
+            parked_before = (await self.parked(c.alice, ips.alice)) and (await self.parked(c.bob, ips.bob))
+            bob_before, alice_before = self._link_snapshot(self.devices["bob"]), self._link_snapshot(
+                self.devices["alice"])
+            w2 = await cap.open(f"{self.transport.name}:W2x", [ips.bob])
+            w1 = await cap.open(f"{self.transport.name}:W1x", [ips.alice])
+            sent = _check(await sender.room_send(c.room_id, "m.room.message", dict(REFERENCE)),
+                          RoomSendResponse, "alice's send")
+            await until("alice", lambda loop: loop.has(sent.event_id), "alice's own echo")
+            parked_alice = await self.parked(c.alice, ips.alice)
+            r1 = await cap.close(w1)
+            self._note_link("W1x", alice_before, self._link_snapshot(self.devices["alice"]), r1)
+            await until("bob", lambda loop: loop.has(sent.event_id), "bob to receive the message")
+            parked_bob = await self.parked(c.bob, ips.bob)
+            r2 = await cap.close(w2)
+            self._note_link("W2x", bob_before, self._link_snapshot(self.devices["bob"]), r2)
+        finally:
+            for task in tasks.values():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+            for loop in loops.values():
+                await loop.close()
+        return r1, r2, {"parked": parked_before and parked_alice and parked_bob}
 
     # ------------------------------------------------------------ W5
 

@@ -181,8 +181,11 @@ class EchoContext:
         rooms = doc.get("rooms")
         if self.sliding:
             if isinstance(doc.get("pos"), str) and isinstance(rooms, dict):
-                rest = compact_json({**doc, "pos": "", "rooms": {}}, True)
-                if len(rest) <= MAX_REST:
+                try:
+                    rest = compact_json({**doc, "pos": "", "rooms": {}}, True)
+                except (ValueError, RecursionError):
+                    rest = b""
+                if 0 < len(rest) <= MAX_REST:
                     _recent(self.rests, rest, MAX_RESTS)
             sections = rooms
         else:
