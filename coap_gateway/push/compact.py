@@ -16,7 +16,8 @@ Event form (docs/protocol.md §9a, "Notification payload", encoding 3):
   notification count plus one, 2 given; bit 3 the sender is given (else an
   index among the senders the chain showed, most recent 0); bit 4 the room
   is given (else an index likewise); bit 5 the type is given (else
-  ``m.room.message``); in sliding sync, bit 6 the body is written on the
+  ``m.room.message``; given as an empty text and an index among the types
+  the chain showed when it is one of them); in sliding sync, bit 6 the body is written on the
   rest before the latest and bit 7 the room's place is implied
   (``echo.place``), else bits 6–7 zero;
 * LEB128: ``origin_server_ts`` minus the chain's latest, ``age``; the new
@@ -80,7 +81,7 @@ def _index(seen: Any, value: str) -> int | None:
 def _by_index(seen: Any, index: int) -> str:
     keys = list(seen)
     if index >= len(keys):
-        raise CodecError("the event form names a room or sender the chain never showed")
+        raise CodecError("the event form names a room, sender or type the chain never showed")
     return keys[len(keys) - 1 - index]
 
 
@@ -95,7 +96,8 @@ def encode_event(body: bytes, since: str, ctx: EchoContext, table: CborTable, di
     """The event form of ``body`` (the answer to ``since``), or None when the
     body is not one event of someone else's in the layout."""
     one = one_event(body, ctx.sliding)
-    if one is None or one.ts < ctx.last_ts or not ctx.answered or set(one.event["unsigned"]) != {"age", "membership"}:
+    if (one is None or one.ts < ctx.last_ts or not ctx.answered or set(one.event["unsigned"]) != {"age", "membership"}
+            or not one.event["type"]):  # an empty text stands for a type's index
         return None
     event = one.event
     one = replace(one, event={"content": event["content"], "event_id": event["event_id"], "origin_server_ts": one.ts,
@@ -126,7 +128,9 @@ def encode_event(body: bytes, since: str, ctx: EchoContext, table: CborTable, di
                 tail += leb128(index)
         if event["type"] != DEFAULT_TYPE:
             flags |= F_TYPE
-            tail += _text(event["type"])
+            index = _index(ctx.types, event["type"])
+            # a type the chain showed: an empty text, then its index (m.room.encrypted is 17 B)
+            tail += _text(event["type"]) if index is None else b"\x00" + leb128(index)
         content_cbor = json_cbor.encode(event["content"], table, canonical=False)
         back = json_cbor.decode(content_cbor, table, ordered=True)
     except (CodecError, GatewayError, RecursionError):
@@ -156,7 +160,7 @@ def decode_event(data: bytes, since: str, ctx: EchoContext, table: CborTable, di
     given = (reader.uint(), reader.uint()) if counts_mode == COUNTS_GIVEN else None
     sender = reader.text(MAX_SENDER) if flags & F_SENDER else _by_index(ctx.senders, reader.uint())
     room_id = reader.text(MAX_TEXT) if flags & F_ROOM else _by_index(ctx.rooms, reader.uint())
-    kind = reader.text(MAX_TEXT) if flags & F_TYPE else DEFAULT_TYPE
+    kind = (reader.text(MAX_TEXT) or _by_index(ctx.types, reader.uint())) if flags & F_TYPE else DEFAULT_TYPE
     if given is not None:
         counts = given
     else:

@@ -78,6 +78,8 @@ MAX_LEB128 = 10  # bytes: a 64-bit value
 MAX_TOKEN_NUMBERS = 32
 MAX_SENDER = 255
 MAX_SENDERS = 16
+MAX_TYPES = 8
+MAX_TYPE = 255
 #: Megolm sessions an observation remembers for its deflate dictionary
 #: (``EchoContext.sessions``), and the longest field of one that is kept
 MAX_SESSIONS = 4
@@ -149,6 +151,8 @@ class EchoContext:
         #: rooms and senders the chain showed, most recent last (≤ MAX_ROOMS / MAX_SENDERS)
         self.rooms: OrderedDict[str, None] = OrderedDict()
         self.senders: OrderedDict[str, None] = OrderedDict()
+        #: event types the chain showed, most recent last (≤ MAX_TYPES)
+        self.types: OrderedDict[str, None] = OrderedDict()
         #: the encrypted events' sessions the chain showed, most recent last
         #: (≤ MAX_SESSIONS): what of an m.room.encrypted content is not its
         #: ciphertext (``session_bytes``), for the deflate dictionary
@@ -222,6 +226,9 @@ class EchoContext:
             self.last_ts = ts
         unsigned = event.get("unsigned")
         sender = event.get("sender")
+        kind = event.get("type")
+        if isinstance(kind, str) and 0 < len(kind.encode("utf-8")) <= MAX_TYPE:
+            _recent(self.types, kind, MAX_TYPES)
         if isinstance(sender, str) and len(sender.encode("utf-8")) <= MAX_SENDER:
             _recent(self.senders, sender, MAX_SENDERS)
             if isinstance(unsigned, dict) and isinstance(unsigned.get("transaction_id"), str):

@@ -192,3 +192,22 @@ def test_the_session_memory_is_bounded():
     assert session_bytes(crafted) == b""
     assert session_bytes({"content": {"ciphertext": 5, "sender_key": "k"}}) == b""
     assert session_bytes({"content": {"ciphertext": "c", "device_id": "D", "long": "x" * 200}}) == b"\x61D"
+
+
+def test_a_type_the_chain_showed_is_named_by_its_index():
+    """m.room.encrypted (nearly every private room) is 17 B as text; once the
+    chain showed it, an empty text and its index stand for it."""
+    ctx = warm_context()
+    first = encrypted_body(token(2), token(3), 2)
+    cold = encode_event(first, token(2), ctx, TABLE, DICTIONARY)
+    assert cold is not None and b"m.room.encrypted" in cold
+    ctx.note(first)
+    body = encrypted_body(token(3), token(4), 3)
+    data = encode_event(body, token(3), ctx, TABLE, DICTIONARY)
+    assert data is not None and data[0] & F_TYPE and b"m.room.encrypted" not in data
+    assert len(data) <= len(cold) - 14
+    assert decode_event(data, token(3), ctx, TABLE, DICTIONARY) == body
+    forgot = warm_context()
+    forgot.types.clear()
+    with pytest.raises(CodecError, match="never showed"):  # an index the chain does not have
+        decode_event(data, token(3), forgot, TABLE, DICTIONARY)
