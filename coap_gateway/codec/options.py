@@ -64,6 +64,14 @@ SYNC_PUSH = 65015
 #: server that does not know it fetches such answers plainly, as before) and
 #: unsafe (it changes what the answer's notifications carry).
 PUSH_PARTS = 65014
+#: On a sync push registration that replaces an observation of the same
+#: stream (a sliding-sync connection's new request body): the Observe number
+#: of the last notification the client took (3 bytes) and that observation's
+#: CoAP token; empty on the registration's answer when the server continues
+#: the old observation's state (``push.format.DeltaState.continued``).
+#: Elective (a server that does not know it starts afresh, and says nothing)
+#: and unsafe (it changes what the notifications are encoded against).
+PUSH_CONTINUE = 65018
 #: The token handle a request runs under (a CoAP uint), when it is not 0;
 #: no token option at all means handle 0, the device's first token.  The
 #: server resolves the handle per request: never "the last token it saw".

@@ -43,6 +43,7 @@ from ..push import (
     SyncPushClientConfig,
     SyncPushState,
     control_request,
+    offer_continue,
     offer_parts,
 )
 from ..transport import LinkEndpoint, LinkFailure, Observation
@@ -240,8 +241,10 @@ class SyncPushClient:
     async def _registration(self, stream: Stream, since: str) -> HttpResponse | None:
         """Register from ``since``; an HttpResponse to give the client when the
         server answered it as a plain poll (or with an error)."""
+        replaced = self._observations.get(stream)
         self._drop_observation(stream)
         generation = self.state.begin(stream, since, self.loop_time)
+        taken = self.state.continuation(stream)
         self.counters.registrations += 1
         poll = stream.poll
         request = self._request(poll, poll.target(since=since), stream.access_token)
@@ -257,6 +260,8 @@ class SyncPushClient:
                 raise _Unregistrable
             message.opt.observe = 0
             offer_parts(message)  # an answer too large for one frame comes in several
+            if taken is not None and replaced is not None:
+                offer_continue(message, taken, replaced.token)  # go on from the old observation's state
             observation, first = await self.gateway.endpoint.observe(
                 message, self.gateway.server_key, lambda later: self._on_later(stream, generation, later),
                 self._answer_timeout)

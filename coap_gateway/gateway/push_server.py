@@ -45,8 +45,10 @@ from ..push import (
     SyncPushServerConfig,
     accepts_parts,
     connection_key,
+    continue_offer,
     end_fetch,
     is_push_request,
+    mark_continued,
     parse_control,
     parse_long_poll,
     push_preset,
@@ -78,6 +80,8 @@ class SyncPushServerCounters:
     cancels: int = 0
     #: echoes of a device's own sends folded into the send's answer
     folded: int = 0
+    #: registrations that went on from the state of the observation they replaced
+    continued: int = 0
 
 
 class AckTracker:
@@ -134,6 +138,9 @@ class _Observation:
     task: asyncio.Task | None = None
     #: a send by this device that is on its way to the homeserver
     echo: EchoWait | None = None
+    #: it goes on from the state of the observation it replaced (Push-Continue):
+    #: its first answer says so
+    continued: bool = False
     #: why we ended it ourselves (None: the peer did, or it runs)
     ended: str | None = None
 
@@ -221,14 +228,22 @@ class SyncPushServer:
             return False  # over limits: answered as the plain long-poll it also is
         self.counters.registrations += 1
         self.count_request()
+        carried = None
         if previous is not None:
+            offer = continue_offer(request)
+            # a new request on the same stream from the same device, which took
+            # every notification the old observation sent: go on from its state
+            if offer is not None and previous.remote == request.remote and previous.token == offer[1]:
+                carried = previous.chain.continued(offer[0])
             self._end(previous, "replaced")
         max_payload = max(16, request.remote.maximum_payload_size)
         chain = PushChain(poll.since, self.profile.cbor_table, push_preset(self.profile),
                           max_payload, delta_keep=self.config.delta_keep, backoff_max=self.config.backoff_max,
-                          parts=accepts_parts(request), kind=poll.kind)
+                          parts=accepts_parts(request), kind=poll.kind, delta=carried)
         obs = _Observation(request.remote, request.token, key, connection, poll, access_token, chain,
-                           asyncio.current_task())
+                           asyncio.current_task(), continued=carried is not None)
+        if carried is not None:
+            self.counters.continued += 1
         self.observations[(obs.remote, obs.token)] = obs
         self._by_stream[connection] = obs
         try:
@@ -391,10 +406,15 @@ class SyncPushServer:
                     if first:
                         # the registration's answer is a piggybacked ACK that nothing
                         # acknowledges: it says "registered", the parts follow as CONs
-                        pipe.add_response(Message(code=Code.CONTENT, payload=b"", observe=chain.next_observe()),
-                                          is_last=False)
+                        registered = Message(code=Code.CONTENT, payload=b"", observe=chain.next_observe())
+                        if obs.continued:
+                            mark_continued(registered)
+                        pipe.add_response(registered, is_last=False)
+                        first = False
                 for part in parts:  # one at a time, each acknowledged before the next
                     message = Message(code=Code.CONTENT, payload=part, observe=chain.next_observe())
+                    if first and obs.continued:
+                        mark_continued(message)
                     self.counters.notifications += 1
                     self.counters.notification_bytes += len(part)
                     pipe.add_response(message, is_last=False)

@@ -55,6 +55,7 @@ from .format import (
     decode_notification,
     encode_body,
     expand_template,
+    is_continued,
     next_batch_of,
     parse_control,
     parse_long_poll,
@@ -115,6 +116,10 @@ class Stream:
     template: bytes | None = None
     delta: DeltaState | None = None
     observe: int | None = None
+    #: a registration for a new request body under way offers to go on from
+    #: the old observation (Push-Continue): the number of the last
+    #: notification taken, and the state to go on with if the server agrees
+    carry: tuple[int, DeltaState] | None = None
     #: bumped by every registration: events of an older observation are ignored
     generation: int = 0
     #: a since whose answer was too large to push: poll it plainly once
@@ -247,6 +252,12 @@ class SyncPushState:
 
     def begin(self, stream: Stream, since: str, now: float) -> int:
         """A registration from ``since`` starts; returns its generation."""
+        stream.carry = None
+        if (stream.body != stream.poll.body and stream.status is Status.ACTIVE and stream.observe is not None
+                and stream.delta is not None and not stream.parts.pending):
+            # another request on a running observation whose every notification
+            # we took: the new one may go on from its state (DeltaState.continued)
+            stream.carry = (stream.observe, stream.delta.continued(stream.template, self.profile.cbor_table))
         stream.generation += 1
         stream.status = Status.REGISTERING
         stream.early = []
@@ -263,6 +274,11 @@ class SyncPushState:
         # answers to a registration from a since it already answered)
         stream.answers.clear()
         return stream.generation
+
+    def continuation(self, stream: Stream) -> int | None:
+        """The Observe number a registration under way offers to go on from
+        (Push-Continue), or None."""
+        return None if stream.carry is None else stream.carry[0]
 
     def on_registered(self, stream: Stream, generation: int, observe: int, payload: bytes, now: float) -> Outcome:
         if generation != stream.generation:
@@ -376,6 +392,12 @@ class SyncPushState:
                 # garbage.  Register again at once; the history replays.
                 self.on_lost(stream, generation)
                 return FirstAnswer(observing=False, outcome=Outcome.LOST)
+            carry, stream.carry = stream.carry, None
+            if is_continued(reply):
+                if carry is None or generation != stream.generation:
+                    self.on_lost(stream, generation)  # a state we did not offer: start afresh
+                    return FirstAnswer(observing=False, outcome=Outcome.LOST)
+                stream.delta = carry[1]
             outcome = self.on_registered(stream, generation, reply.opt.observe, reply.payload, now)
             if outcome is Outcome.LOST:
                 # a first answer we cannot read will not read better next time

@@ -29,6 +29,7 @@ JSON the homeserver produced.
 
 from __future__ import annotations
 
+import copy
 import json
 import re
 from collections import deque
@@ -123,6 +124,34 @@ def offer_parts(registration: Message) -> None:
 def accepts_parts(registration: Message) -> bool:
     """Whether a registration's client reassembles notifications sent in parts."""
     return bool(registration.opt.get_option(options.PUSH_PARTS))
+
+
+def offer_continue(registration: Message, observe: int, token: bytes) -> None:
+    """Mark a registration that replaces the observation registered with
+    CoAP ``token``, whose notifications the client took up to Observe number
+    ``observe``: the server may go on from that observation's state."""
+    registration.opt.add_option(OpaqueOption(options.PUSH_CONTINUE, (observe % OBSERVE_MODULUS).to_bytes(3, "big")
+                                             + token))
+
+
+def continue_offer(registration: Message) -> tuple[int, bytes] | None:
+    """``(observe, token)`` of a registration's Push-Continue; None without
+    one, or a malformed one (then the server starts afresh)."""
+    option = registration.opt.get_option(options.PUSH_CONTINUE)
+    value = bytes(option[0].value) if option else b""
+    if not 3 <= len(value) <= 3 + 8:
+        return None
+    return int.from_bytes(value[:3], "big"), value[3:]
+
+
+def mark_continued(answer: Message) -> None:
+    """Mark a registration's first answer: its observation goes on from the
+    state of the one it replaced."""
+    answer.opt.add_option(OpaqueOption(options.PUSH_CONTINUE, b""))
+
+
+def is_continued(answer: Message) -> bool:
+    return bool(answer.opt.get_option(options.PUSH_CONTINUE))
 
 
 def end_fetch() -> Message:
@@ -434,6 +463,17 @@ class DeltaState:
     def remember(self, encoded: bytes) -> None:
         self.recent.append(encoded[-MAX_DICTIONARY_SIZE:])
 
+    def continued(self, template: bytes | None, table: CborTable) -> DeltaState:
+        """The state an observation starts with when it continues this one
+        (Push-Continue: the same stream, a new request body): all of it, and
+        the idle template the client held as the most recent body — the new
+        request's template is mostly the old one.  Both ends build it from
+        the same notifications, so they agree."""
+        state = copy.deepcopy(self)
+        if template is not None:
+            state.remember(encode_body(template, table)[1])
+        return state
+
 
 # ----------------------------------------------------------- notifications
 
@@ -575,6 +615,10 @@ __all__ = [
     "accepts_parts",
     "control_request",
     "offer_parts",
+    "offer_continue",
+    "continue_offer",
+    "mark_continued",
+    "is_continued",
     "end_fetch",
     "is_push_request",
     "parse_control",

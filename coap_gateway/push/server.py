@@ -137,13 +137,15 @@ class PushChain:
     """
 
     def __init__(self, since: str, table: CborTable, preset: bytes, max_payload: int, *,
-                 delta_keep: int = 2, backoff_max: float = 60.0, parts: bool = False, kind: PollKind = SYNC):
+                 delta_keep: int = 2, backoff_max: float = 60.0, parts: bool = False, kind: PollKind = SYNC,
+                 delta: DeltaState | None = None):
         self.kind = kind
         self.head = since
         self.poll_from = since
         #: the empty-answer template the client holds (None: none yet)
         self.template: bytes | None = None
-        self.delta = DeltaState(preset, delta_keep, kind)
+        #: a fresh state, or the one of the observation this one continues (Push-Continue)
+        self.delta = delta or DeltaState(preset, delta_keep, kind)
         self.table = table
         self.max_payload = max_payload
         #: the client reassembles notifications sent in parts (Push-Parts)
@@ -151,6 +153,14 @@ class PushChain:
         self.backoff_max = backoff_max
         self.failures = 0
         self._observe: int | None = None
+
+    def continued(self, observe: int) -> DeltaState | None:
+        """The state a registration that replaces this chain goes on from,
+        when the client took its notifications up to ``observe`` — exactly
+        the ones this chain sent, so both ends hold the same state; else None."""
+        if self._observe is None or self._observe != observe:
+            return None
+        return self.delta.continued(self.template, self.table)
 
     def next_observe(self) -> int:
         """FIRST_OBSERVE for the registration's answer, then consecutive numbers."""

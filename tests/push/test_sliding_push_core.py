@@ -12,6 +12,7 @@ import json
 import pytest
 from aiocoap import Message
 from aiocoap.numbers.codes import Code
+from aiocoap.optiontypes import OpaqueOption
 
 from coap_gateway.codec.mapping import HttpResponse
 from coap_gateway.errors import CodecError
@@ -27,17 +28,21 @@ from coap_gateway.push.echo import (
     unfold,
 )
 from coap_gateway.push.client import Answer, Outcome, Plain, Register, SyncPushClientConfig, SyncPushState, Wait
+from coap_gateway.codec import options
 from coap_gateway.push.format import (
     MAX_POLL_BODY,
     SLIDING,
     DeltaState,
     Notification,
+    continue_offer,
     decode_notification,
     encode_notification,
     expand_template,
     is_empty_sync,
     is_push_request,
+    mark_continued,
     next_batch_of,
+    offer_continue,
     parse_long_poll,
     split_next_batch,
 )
@@ -330,3 +335,69 @@ def test_a_sliding_template_notification_round_trips():
     assert decode_notification(payload, pos(8), delta_b, TABLE, kind=SLIDING).body == template
     with pytest.raises(CodecError):  # not a /sync template
         encode_notification(Notification(template, template=True), pos(8), DeltaState(PRESET), TABLE)
+
+
+# -- a new request on the connection goes on from the old observation's state
+
+
+def _registered(state: SyncPushState, server: PushChain, since: str, body: bytes = REQUEST):
+    """A stream registered from ``since`` with ``body``, its first answer taken."""
+    p = sliding(since, body=body)
+    stream, _ = state.stream(p, "tok")
+    assert state.on_request(stream, p, 0) == Register(since)
+    gen = state.begin(stream, since, 0)
+    first = server.on_response(ok(quiet(10)))
+    reply = Message(code=Code.CONTENT, payload=first.payload, observe=server.next_observe())
+    assert state.on_first_answer(stream, gen, reply, 0).observing
+    return stream
+
+
+def test_a_new_request_body_goes_on_from_the_old_state_when_both_ends_hold_it():
+    state = SyncPushState(PROFILE, SyncPushClientConfig())
+    old = chain("1/" + stream_token(9))
+    stream = _registered(state, old, "1/" + stream_token(9))
+    step = old.on_response(ok(one(11)))
+    assert state.on_notification(stream, stream.generation, old.next_observe(), step.payload, 1) is Outcome.OK
+    since = "1/" + stream_token(11)
+    # the client asks with another body (a to-device position taken, a room opened)
+    wider = sliding(since, body=REQUEST.replace(b"19]", b"39]"))
+    assert state.on_request(state.stream(wider, "tok")[0], wider, 2) == Register(since)
+    gen = state.begin(stream, since, 2)
+    taken = state.continuation(stream)
+    assert taken == 1 and old.continued(taken - 1) is None  # a number the server did not end on: afresh
+    new = PushChain(since, TABLE, PRESET, 1000, kind=SLIDING, delta=old.continued(taken))
+    template = quiet(11).replace(b"19]", b"39]")  # the new request's idle answer
+    first = new.on_response(ok(template))
+    fresh = PushChain(since, TABLE, PRESET, 1000, kind=SLIDING).on_response(ok(template))
+    assert len(first.payload) <= len(fresh.payload) // 3, (len(first.payload), len(fresh.payload))
+    reply = Message(code=Code.CONTENT, payload=first.payload, observe=new.next_observe())
+    mark_continued(reply)
+    assert state.on_first_answer(stream, gen, reply, 3).observing
+    assert state.on_timeout(stream, since).body == template
+    # and the event form still knows the room and the sender
+    step = new.on_response(ok(one(12).replace(b"19]", b"39]")))
+    assert step.payload[0] == 0x06 | 3 << 3
+    assert state.on_notification(stream, gen, new.next_observe(), step.payload, 4) is Outcome.OK
+
+
+def test_a_continued_answer_the_client_did_not_offer_is_a_lost_observation():
+    state = SyncPushState(PROFILE, SyncPushClientConfig())
+    server = chain("1/" + stream_token(9))
+    p = sliding("1/" + stream_token(9))
+    stream, _ = state.stream(p, "tok")
+    gen = state.begin(stream, "1/" + stream_token(9), 0)
+    assert state.continuation(stream) is None  # a first registration offers nothing
+    reply = Message(code=Code.CONTENT, payload=server.on_response(ok(quiet(10))).payload,
+                    observe=server.next_observe())
+    mark_continued(reply)
+    answer = state.on_first_answer(stream, gen, reply, 0)
+    assert not answer.observing and answer.outcome is Outcome.LOST
+
+
+def test_push_continue_round_trips_and_refuses_what_it_cannot_read():
+    registration = Message(code=Code.FETCH)
+    offer_continue(registration, (1 << 24) + 5, b"\x01\x02")
+    assert continue_offer(registration) == (5, b"\x01\x02")
+    bad = Message(code=Code.FETCH)
+    bad.opt.add_option(OpaqueOption(options.PUSH_CONTINUE, b"\x00"))  # too short: start afresh
+    assert continue_offer(bad) is None and continue_offer(Message(code=Code.FETCH)) is None
