@@ -43,6 +43,7 @@ from ..push import (
     SyncPushClientConfig,
     SyncPushState,
     control_request,
+    delta_payload,
     offer_continue,
     offer_parts,
 )
@@ -261,7 +262,13 @@ class SyncPushClient:
             message.opt.observe = 0
             offer_parts(message)  # an answer too large for one frame comes in several
             if taken is not None and replaced is not None:
-                offer_continue(message, taken, replaced.token)  # go on from the old observation's state
+                # go on from the old observation's state, and write the new
+                # request against the old one when that is shorter
+                delta = (delta_payload(message.payload, taken[1], self.gateway.profile)
+                         if message.opt.content_format is None else None)
+                offer_continue(message, taken[0], replaced.token, None if delta is None else delta[1])
+                if delta is not None:
+                    message.payload = delta[0]
             observation, first = await self.gateway.endpoint.observe(
                 message, self.gateway.server_key, lambda later: self._on_later(stream, generation, later),
                 self._answer_timeout)

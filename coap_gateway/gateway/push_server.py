@@ -25,7 +25,8 @@ from aiocoap import Message
 from aiocoap.numbers.codes import Code
 from aiocoap.numbers.types import CON
 
-from ..codec import HttpResponse, Profile, Resolved, ServerBinding, response_to_coap
+from ..codec import HttpResponse, Profile, Resolved, ServerBinding, options, response_to_coap
+from ..errors import CodecError
 from ..push import (
     JSON,
     MAX_PUSH_BODY,
@@ -47,11 +48,13 @@ from ..push import (
     connection_key,
     continue_offer,
     end_fetch,
+    end_resend,
     is_push_request,
     mark_continued,
     parse_control,
     parse_long_poll,
     push_preset,
+    read_delta_payload,
     stream_key,
 )
 from ..transport import LinkEndpoint
@@ -82,6 +85,8 @@ class SyncPushServerCounters:
     folded: int = 0
     #: registrations that went on from the state of the observation they replaced
     continued: int = 0
+    #: of those, registrations whose request body came as a delta against the old one
+    delta_bodies: int = 0
 
 
 class AckTracker:
@@ -212,6 +217,12 @@ class SyncPushServer:
             self.count_request()
             pipe.add_response(self._control(request, *control), is_last=True)
             return True
+        if not self._read_delta_body(request):
+            # a new request written against an old one we do not hold (any
+            # more): nothing was forwarded; the client registers again whole
+            self.count_request()
+            pipe.add_response(end_resend(), is_last=True)
+            return True
         resolved = self.binding.resolve(request)
         if not isinstance(resolved, Resolved) or not isinstance(resolved.token, str):
             return False  # refused (Token-Unbound, Handle-Unknown…) or no token: the plain path says so
@@ -233,8 +244,8 @@ class SyncPushServer:
             offer = continue_offer(request)
             # a new request on the same stream from the same device, which took
             # every notification the old observation sent: go on from its state
-            if offer is not None and previous.remote == request.remote and previous.token == offer[1]:
-                carried = previous.chain.continued(offer[0])
+            if offer is not None and previous.remote == request.remote and previous.token == offer.token:
+                carried = previous.chain.continued(offer.observe)
             self._end(previous, "replaced")
         max_payload = max(16, request.remote.maximum_payload_size)
         chain = PushChain(poll.since, self.profile.cbor_table, push_preset(self.profile),
@@ -260,6 +271,26 @@ class SyncPushServer:
                 del self.observations[(obs.remote, obs.token)]
             if self._by_stream.get(connection) is obs:
                 del self._by_stream[connection]
+        return True
+
+    def _read_delta_body(self, request: Message) -> bool:
+        """A registration whose payload is deflated against the request body
+        of the observation it replaces (Push-Continue with a CRC-32) gets its
+        payload back as plain CBOR; False when that observation is not this
+        device's here or the body does not read back to its CRC-32."""
+        offer = continue_offer(request)
+        if offer is None or offer.crc is None:
+            return True
+        previous = self.observations.get((request.remote, offer.token))
+        if previous is None or request.opt.content_format is not None:
+            return False
+        try:
+            request.payload = read_delta_payload(request.payload, previous.poll.body, offer.crc, self.profile)
+        except CodecError as exc:
+            log.info("sync push: a delta registration body not read: %s", exc)
+            return False
+        request.opt.content_format = options.CF_CBOR
+        self.counters.delta_bodies += 1
         return True
 
     # -- the device's own sends (push.echo)

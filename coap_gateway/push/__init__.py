@@ -35,7 +35,9 @@ from .format import (
     accepts_parts,
     continue_offer,
     control_request,
+    delta_payload,
     end_fetch,
+    end_resend,
     is_continued,
     is_push_request,
     mark_continued,
@@ -44,6 +46,7 @@ from .format import (
     parse_control,
     parse_long_poll,
     push_preset,
+    read_delta_payload,
 )
 from .server import (
     Fetch,
@@ -95,8 +98,10 @@ __all__ = [
     "connection_key",
     "continue_offer",
     "control_request",
+    "delta_payload",
     "echo",
     "end_fetch",
+    "end_resend",
     "format",
     "is_continued",
     "is_push_request",
@@ -107,6 +112,7 @@ __all__ = [
     "parse_long_poll",
     "parse_send",
     "push_preset",
+    "read_delta_payload",
     "sent_of",
     "stream_key",
 ]

@@ -45,6 +45,7 @@ from ..errors import GatewayError
 from .echo import Sent, unfold
 from .format import (
     END_FETCH,
+    END_RESEND,
     FIRST_OBSERVE,
     JSON,
     OBSERVE_MODULUS,
@@ -118,8 +119,9 @@ class Stream:
     observe: int | None = None
     #: a registration for a new request body under way offers to go on from
     #: the old observation (Push-Continue): the number of the last
-    #: notification taken, and the state to go on with if the server agrees
-    carry: tuple[int, DeltaState] | None = None
+    #: notification taken, the state to go on with if the server agrees, and
+    #: the old request body (the new one is written against it)
+    carry: tuple[int, DeltaState, bytes] | None = None
     #: bumped by every registration: events of an older observation are ignored
     generation: int = 0
     #: a since whose answer was too large to push: poll it plainly once
@@ -257,7 +259,8 @@ class SyncPushState:
                 and stream.delta is not None and not stream.parts.pending):
             # another request on a running observation whose every notification
             # we took: the new one may go on from its state (DeltaState.continued)
-            stream.carry = (stream.observe, stream.delta.continued(stream.template, self.profile.cbor_table))
+            stream.carry = (stream.observe, stream.delta.continued(stream.template, self.profile.cbor_table),
+                            stream.body)
         stream.generation += 1
         stream.status = Status.REGISTERING
         stream.early = []
@@ -275,10 +278,11 @@ class SyncPushState:
         stream.answers.clear()
         return stream.generation
 
-    def continuation(self, stream: Stream) -> int | None:
-        """The Observe number a registration under way offers to go on from
-        (Push-Continue), or None."""
-        return None if stream.carry is None else stream.carry[0]
+    def continuation(self, stream: Stream) -> tuple[int, bytes] | None:
+        """What a registration under way offers to go on from (Push-Continue):
+        the Observe number of the last notification taken and the old request
+        body (``format.delta_payload``), or None."""
+        return None if stream.carry is None else (stream.carry[0], stream.carry[2])
 
     def on_registered(self, stream: Stream, generation: int, observe: int, payload: bytes, now: float) -> Outcome:
         if generation != stream.generation:
@@ -408,6 +412,8 @@ class SyncPushState:
         if control is not None:
             if control[0] == END_FETCH:
                 self.on_final(stream, generation, None)  # too large to push: poll it plainly
+            elif control[0] == END_RESEND:
+                self.on_lost(stream, generation)  # our delta body was not read: register again, whole
             else:
                 self.on_declined(stream, generation, now)  # a reason we do not know
             return FirstAnswer(observing=False, outcome=Outcome.OK)

@@ -32,6 +32,7 @@ from __future__ import annotations
 import copy
 import json
 import re
+import zlib
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -44,6 +45,7 @@ from aiocoap.optiontypes import OpaqueOption
 from ..codec import (
     MAX_DICTIONARY_SIZE,
     CborTable,
+    Profile,
     RouteTable,
     compress,
     decompress,
@@ -91,6 +93,7 @@ OP_CANCEL = 2  # end this observation (the server stops its loop); 2.02 Deleted
 #: controls on a final response (no Observe) that ends an observation
 END_FETCH = 1  # the answer is too large to push: send the long-poll as a plain request
 END_CLOSED = 2  # the server ended the observation (limits, shutdown): register again if needed
+END_RESEND = 3  # a delta body the server cannot read: register again without Push-Continue
 
 
 def control_request(op: int, token: bytes) -> Message:
@@ -126,22 +129,79 @@ def accepts_parts(registration: Message) -> bool:
     return bool(registration.opt.get_option(options.PUSH_PARTS))
 
 
-def offer_continue(registration: Message, observe: int, token: bytes) -> None:
+#: Push-Continue flag: the payload is deflated against the replaced
+#: observation's request body, and the CRC-32 of its CBOR follows the number
+CONTINUE_DELTA = 0x01
+
+
+@dataclass(frozen=True)
+class ContinueOffer:
+    """A registration's Push-Continue: the Observe number of the last
+    notification the client took of the observation registered with CoAP
+    ``token``; ``crc``: the payload is a delta body (``delta_payload``)."""
+
+    observe: int
+    token: bytes
+    crc: int | None = None
+
+
+def offer_continue(registration: Message, observe: int, token: bytes, crc: int | None = None) -> None:
     """Mark a registration that replaces the observation registered with
     CoAP ``token``, whose notifications the client took up to Observe number
-    ``observe``: the server may go on from that observation's state."""
-    registration.opt.add_option(OpaqueOption(options.PUSH_CONTINUE, (observe % OBSERVE_MODULUS).to_bytes(3, "big")
-                                             + token))
+    ``observe``: the server may go on from that observation's state.  With
+    ``crc`` the payload is a delta body."""
+    value = (bytes([0 if crc is None else CONTINUE_DELTA]) + (observe % OBSERVE_MODULUS).to_bytes(3, "big")
+             + (b"" if crc is None else crc.to_bytes(4, "big")) + token)
+    registration.opt.add_option(OpaqueOption(options.PUSH_CONTINUE, value))
 
 
-def continue_offer(registration: Message) -> tuple[int, bytes] | None:
-    """``(observe, token)`` of a registration's Push-Continue; None without
-    one, or a malformed one (then the server starts afresh)."""
+def continue_offer(registration: Message) -> ContinueOffer | None:
+    """A registration's Push-Continue; None without one, or a malformed one
+    (then the server starts afresh; a delta body it cannot read, ``delta_payload``)."""
     option = registration.opt.get_option(options.PUSH_CONTINUE)
     value = bytes(option[0].value) if option else b""
-    if not 3 <= len(value) <= 3 + 8:
+    if len(value) < 4 or value[0] & ~CONTINUE_DELTA:
         return None
-    return int.from_bytes(value[:3], "big"), value[3:]
+    observe, rest = int.from_bytes(value[1:4], "big"), value[4:]
+    crc = None
+    if value[0] & CONTINUE_DELTA:
+        if len(rest) < 4:
+            return None
+        crc, rest = int.from_bytes(rest[:4], "big"), rest[4:]
+    return ContinueOffer(observe, rest, crc) if len(rest) <= 8 else None
+
+
+def _body_dictionary(old_body: bytes, profile: Profile) -> bytes:
+    """The preset dictionary, then the CBOR of the replaced observation's
+    request body (canonical: the same at both ends from equal JSON values)."""
+    assert profile.flate is not None
+    return profile.flate.data + json_cbor.json_to_cbor(old_body, profile.cbor_table)
+
+
+def delta_payload(payload: bytes, old_body: bytes, profile: Profile) -> tuple[bytes, int] | None:
+    """A registration's payload (deflated CBOR, no Content-Format) deflated
+    instead against the replaced observation's request body, and the CRC-32
+    of the CBOR; None when that is not smaller (or the payload is not that
+    form).  A sliding-sync client's new request is mostly its old one."""
+    if profile.flate is None or not payload:
+        return None
+    try:
+        cbor = decompress(payload, profile.flate, MAX_POLL_BODY)
+        delta = compress(cbor, _body_dictionary(old_body, profile))
+    except CodecError:
+        return None
+    return (delta, zlib.crc32(cbor)) if len(delta) + 5 < len(payload) else None
+
+
+def read_delta_payload(payload: bytes, old_body: bytes, crc: int, profile: Profile) -> bytes:
+    """The CBOR a delta body stands for (inverse of ``delta_payload``);
+    CodecError when it does not read back to the CRC-32 it names."""
+    if profile.flate is None:
+        raise CodecError("a delta body, but the profile has no compression")
+    cbor = decompress(payload, _body_dictionary(old_body, profile), MAX_POLL_BODY)
+    if zlib.crc32(cbor) != crc:
+        raise CodecError("the delta body does not read back to its CRC-32: another old body")
+    return cbor
 
 
 def mark_continued(answer: Message) -> None:
@@ -152,6 +212,13 @@ def mark_continued(answer: Message) -> None:
 
 def is_continued(answer: Message) -> bool:
     return bool(answer.opt.get_option(options.PUSH_CONTINUE))
+
+
+def end_resend() -> Message:
+    """The final answer "register again, whole": a delta body this server cannot read."""
+    message = Message(code=Code.CONTENT)
+    message.opt.add_option(OpaqueOption(options.SYNC_PUSH, bytes([END_RESEND])))
+    return message
 
 
 def end_fetch() -> Message:
@@ -617,6 +684,12 @@ __all__ = [
     "offer_parts",
     "offer_continue",
     "continue_offer",
+    "delta_payload",
+    "read_delta_payload",
+    "CONTINUE_DELTA",
+    "ContinueOffer",
+    "END_RESEND",
+    "end_resend",
     "mark_continued",
     "is_continued",
     "end_fetch",

@@ -162,9 +162,12 @@ async def test_sliding_sync_is_pushed_and_idle_polls_cross_nothing(synapse, serv
         assert len(device.push_server.observations) == 1
         # it went on from the old observation's state (Push-Continue): its first
         # answer (the room again, with two events) deflated against what the
-        # chain showed — 377 B down without, 137 B with, measured
-        assert device.push_server.counters.continued == 1
-        assert device.link_bytes()[1] - before[1] <= 200, device.link_bytes()[1] - before[1]
+        # chain showed — 377 B down without, 137 B with, measured — and the
+        # new request went as a delta against the old one (183 B up without)
+        assert device.push_server.counters.continued == 1 and device.push_server.counters.delta_bodies == 1
+        up, down = (after - b for after, b in zip(device.link_bytes(), before))
+        print(f"a new request body: {up} B up, {down} B down")
+        assert up <= 110 and down <= 200, (up, down)
 
 
 async def test_a_conversation_costs_each_side_one_exchange(synapse, server_key):
@@ -258,6 +261,7 @@ async def test_to_device_messages_come_once_as_the_request_moves_its_position(sy
         assert got == [0, 1, 2] and after["extensions"]["to_device"]["events"] == []
         assert device.push_client.counters.registrations == 4  # the first, then one per batch taken
         assert device.push_server.counters.continued == 3  # each going on from the one before
+        assert device.push_server.counters.delta_bodies == 3  # each request written against the one before
         assert device.push_client.counters.plain == 0
 
 
@@ -348,3 +352,34 @@ async def test_a_conversation_over_lossy_links_delivers_every_message_once(synap
             for task in loops:
                 task.cancel()
             await asyncio.gather(*loops, return_exceptions=True)
+
+
+async def test_a_delta_body_the_server_cannot_read_registers_again_whole(synapse, server_key, monkeypatch):
+    """A new request written against an old body the server does not hold
+    as the client thinks (here: a wrong CRC-32) is not forwarded: the server
+    says *resend*, and the client registers again whole, at once — the long
+    poll gets its answer all the same."""
+    import coap_gateway.gateway.push_client as push_client_module
+
+    real = push_client_module.delta_payload
+
+    def spoiled(*args):
+        delta = real(*args)
+        return None if delta is None else (delta[0], delta[1] ^ 1)
+
+    async with PushDevice(synapse, server_key, 19) as device, aiohttp.ClientSession() as http:
+        auth = await _user(http, device.client.base_url)
+        conn = Connection(http, device.client.base_url, auth, ELEMENT_X_LIKE)
+        await conn.poll(0)
+        await conn.poll(1000)  # registered
+        monkeypatch.setattr(push_client_module, "delta_payload", spoiled)
+        wider = {**ELEMENT_X_LIKE, "lists": {"all": {**ELEMENT_X_LIKE["lists"]["all"], "ranges": [[0, 39]]}}}
+        answer = json.loads(await conn.poll(1000, request=wider))
+        assert answer["lists"]["all"]["count"] == 0
+        async with http.post(f"{synapse.base_url}{SLIDING_SYNC}?pos={conn.pos}&timeout=0", json=wider,
+                             headers=auth) as direct:
+            assert json.loads(await direct.read())["lists"] == answer["lists"]
+        server = device.push_server.counters
+        assert server.delta_bodies == 0 and server.registrations == 2  # the first, then the whole one
+        assert device.push_client.counters.registrations == 3  # the first, the refused delta, the whole one
+        assert len(device.push_server.observations) == 1

@@ -29,12 +29,16 @@ from coap_gateway.push.echo import (
 )
 from coap_gateway.push.client import Answer, Outcome, Plain, Register, SyncPushClientConfig, SyncPushState, Wait
 from coap_gateway.codec import options
+from coap_gateway.codec.payload import body_to_payload, payload_to_body
 from coap_gateway.push.format import (
     MAX_POLL_BODY,
     SLIDING,
     DeltaState,
+    ContinueOffer,
     Notification,
     continue_offer,
+    delta_payload,
+    read_delta_payload,
     decode_notification,
     encode_notification,
     expand_template,
@@ -364,8 +368,9 @@ def test_a_new_request_body_goes_on_from_the_old_state_when_both_ends_hold_it():
     assert state.on_request(state.stream(wider, "tok")[0], wider, 2) == Register(since)
     gen = state.begin(stream, since, 2)
     taken = state.continuation(stream)
-    assert taken == 1 and old.continued(taken - 1) is None  # a number the server did not end on: afresh
-    new = PushChain(since, TABLE, PRESET, 1000, kind=SLIDING, delta=old.continued(taken))
+    assert taken is not None and taken[0] == 1
+    assert old.continued(taken[0] - 1) is None  # a number the server did not end on: afresh
+    new = PushChain(since, TABLE, PRESET, 1000, kind=SLIDING, delta=old.continued(taken[0]))
     template = quiet(11).replace(b"19]", b"39]")  # the new request's idle answer
     first = new.on_response(ok(template))
     fresh = PushChain(since, TABLE, PRESET, 1000, kind=SLIDING).on_response(ok(template))
@@ -397,7 +402,27 @@ def test_a_continued_answer_the_client_did_not_offer_is_a_lost_observation():
 def test_push_continue_round_trips_and_refuses_what_it_cannot_read():
     registration = Message(code=Code.FETCH)
     offer_continue(registration, (1 << 24) + 5, b"\x01\x02")
-    assert continue_offer(registration) == (5, b"\x01\x02")
-    bad = Message(code=Code.FETCH)
-    bad.opt.add_option(OpaqueOption(options.PUSH_CONTINUE, b"\x00"))  # too short: start afresh
-    assert continue_offer(bad) is None and continue_offer(Message(code=Code.FETCH)) is None
+    assert continue_offer(registration) == ContinueOffer(5, b"\x01\x02")
+    registration = Message(code=Code.FETCH)
+    offer_continue(registration, 7, b"\x09", crc=0xDEADBEEF)
+    assert continue_offer(registration) == ContinueOffer(7, b"\x09", 0xDEADBEEF)
+    for value in (b"\x00", b"\x02\x00\x00\x05", b"\x01\x00\x00\x05\x00", b"\x00\x00\x00\x05" + bytes(9)):
+        bad = Message(code=Code.FETCH)  # too short, unknown flags, no CRC, a token too long: start afresh
+        bad.opt.add_option(OpaqueOption(options.PUSH_CONTINUE, value))
+        assert continue_offer(bad) is None, value
+    assert continue_offer(Message(code=Code.FETCH)) is None
+
+
+def test_a_new_request_body_goes_as_a_delta_against_the_old_one():
+    old = json.dumps({"conn_id": "room-list", "lists": {"all": {"ranges": [[0, 19]], "timeline_limit": 1}},
+                      "extensions": {"to_device": {"enabled": True, "since": "5"}}}).encode()
+    new = old.replace(b'"since": "5"', b'"since": "6"')
+    payload = body_to_payload(new, "application/json", PROFILE).payload
+    delta, crc = delta_payload(payload, old, PROFILE)
+    assert len(delta) <= len(payload) // 3, (len(delta), len(payload))
+    # the old body as the server holds it: decoded from what it was sent (key order, spacing)
+    held = payload_to_body(body_to_payload(old, "application/json", PROFILE).payload, None, PROFILE)[0]
+    cbor = read_delta_payload(delta, held, crc, PROFILE)
+    assert json.loads(payload_to_body(cbor, options.CF_CBOR, PROFILE)[0]) == json.loads(new)
+    with pytest.raises(CodecError, match="CRC"):  # written against another old body
+        read_delta_payload(delta, old.replace(b"19", b"29"), crc, PROFILE)
