@@ -303,6 +303,14 @@ def _sync_push_server(registry: Registry, gateway: str, push: Any) -> None:
                              ("gateway", "how"))
     large.set(c.parted, gateway=gateway, how="parts")
     large.set(c.fetches, gateway=gateway, how="fetched")
+    registry.counter("coap_gateway_sync_push_echoes_folded",
+                     "Devices' own events folded into their sends' answers instead of pushed.",
+                     GATEWAY).set(c.folded, gateway=gateway)
+    continued = registry.counter("coap_gateway_sync_push_continued",
+                                 "Registrations for a new request body that went on from the replaced observation: "
+                                 "its state, and the body as a delta against the old one.", ("gateway", "what"))
+    continued.set(c.continued, gateway=gateway, what="state")
+    continued.set(c.delta_bodies, gateway=gateway, what="delta_body")
 
 
 def _sync_push_client(registry: Registry, gateway: str, push: Any) -> None:
