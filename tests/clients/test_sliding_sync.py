@@ -10,6 +10,7 @@ requests, by raw HTTP, as MSC4186 defines them.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import uuid
 
@@ -293,7 +294,9 @@ async def test_a_conversation_over_lossy_links_delivers_every_message_once(synap
     """Two Element X-like users, each behind its own gateways on a link
     losing 30 % of frames each way: every message reaches both loops (the
     sender's as its echo, folded or pushed) exactly once and in order, and
-    every answer is the homeserver's own bytes."""
+    every answer is the homeserver's own bytes.  One of them changes its
+    request body at every poll (its list's range), so each of its polls
+    registers again, going on from the observation before (Push-Continue)."""
     from meshsim import LinkProfile
 
     lossy = LinkProfile(rate_bps=20_000, delay=0.05, loss=0.30)
@@ -316,8 +319,11 @@ async def test_a_conversation_over_lossy_links_delivers_every_message_once(synap
 
         async def run(name: str, conn: Connection) -> None:
             await conn.poll(0)
-            while True:
-                doc = json.loads(await conn.poll(30000))
+            for n in itertools.count():
+                request = conn.request
+                if name == "a":  # another body each time: a range one room longer, then back
+                    request = {**request, "lists": {"all": {**request["lists"]["all"], "ranges": [[0, 19 + n % 2]]}}}
+                doc = json.loads(await conn.poll(30000, request=request))
                 seen[name] += [e["event_id"] for e in doc.get("rooms", {}).get(room_id, {}).get("timeline", [])]
 
         loops = [asyncio.create_task(run(n, Connection(http, d.client.base_url, auth, ELEMENT_X_LIKE)))
@@ -348,6 +354,7 @@ async def test_a_conversation_over_lossy_links_delivers_every_message_once(synap
                        for end in (dev.client_link, dev.server_link) for m in end.stages)
             assert lost > 0
             assert dev_a.client.gateway.sync_push.counters.echoes + dev_b.client.gateway.sync_push.counters.echoes > 0
+            assert dev_a.server.gateway.sync_push.counters.continued > 0
         finally:
             for task in loops:
                 task.cancel()
