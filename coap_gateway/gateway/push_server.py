@@ -26,7 +26,7 @@ from aiocoap.numbers.codes import Code
 from aiocoap.numbers.types import CON
 
 from ..codec import HttpResponse, Profile, Resolved, ServerBinding, options, response_to_coap
-from ..errors import CodecError
+from ..errors import GatewayError
 from ..push import (
     JSON,
     MAX_PUSH_BODY,
@@ -286,7 +286,7 @@ class SyncPushServer:
             return False
         try:
             request.payload = read_delta_payload(request.payload, previous.poll.body, offer.crc, self.profile)
-        except CodecError as exc:
+        except GatewayError as exc:  # CodecError, CompressionError (corrupt, a bomb)
             log.info("sync push: a delta registration body not read: %s", exc)
             return False
         request.opt.content_format = options.CF_CBOR

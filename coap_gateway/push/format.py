@@ -52,7 +52,7 @@ from ..codec import (
     json_cbor,
     options,
 )
-from ..errors import CodecError
+from ..errors import CodecError, GatewayError
 from .compact import decode_event, encode_event
 from .echo import COUNT_KEYS, EchoContext
 
@@ -188,14 +188,15 @@ def delta_payload(payload: bytes, old_body: bytes, profile: Profile) -> tuple[by
     try:
         cbor = decompress(payload, profile.flate, MAX_POLL_BODY)
         delta = compress(cbor, _body_dictionary(old_body, profile))
-    except CodecError:
+    except GatewayError:  # not deflated CBOR, or an old body that is not JSON
         return None
     return (delta, zlib.crc32(cbor)) if len(delta) + 5 < len(payload) else None
 
 
 def read_delta_payload(payload: bytes, old_body: bytes, crc: int, profile: Profile) -> bytes:
     """The CBOR a delta body stands for (inverse of ``delta_payload``);
-    CodecError when it does not read back to the CRC-32 it names."""
+    CodecError when it does not read back to the CRC-32 it names,
+    CompressionError when it is not deflate or expands past the cap."""
     if profile.flate is None:
         raise CodecError("a delta body, but the profile has no compression")
     cbor = decompress(payload, _body_dictionary(old_body, profile), MAX_POLL_BODY)
