@@ -79,6 +79,8 @@ MAX_TOKEN_NUMBERS = 32
 MAX_SENDER = 255
 MAX_SENDERS = 16
 MAX_TYPES = 8
+#: the longest room ID the event form names by index (it is given as text up to 255 B)
+MAX_ROOM_ID = 255
 MAX_TYPE = 255
 #: Megolm sessions an observation remembers for its deflate dictionary
 #: (``EchoContext.sessions``), and the longest field of one that is kept
@@ -191,6 +193,7 @@ class EchoContext:
                     rest = b""
                 if 0 < len(rest) <= MAX_REST:
                     _recent(self.rests, rest, MAX_RESTS)
+            self._note_lists(doc.get("lists"))
             sections = rooms
         else:
             # key counts change when the device uploads keys; an answer with
@@ -219,6 +222,19 @@ class EchoContext:
             bump = section.get("bump_stamp") if self.sliding else None
             if is_uint(bump) and bump > self.bump:
                 self.bump = bump
+
+    def _note_lists(self, lists: Any) -> None:
+        """Sliding sync: the rooms the lists show (their first MAX_ROOMS each,
+        the top one most recent), so that an event form names a room the
+        client has listed but not yet had an event of by its index."""
+        for listed in lists.values() if isinstance(lists, dict) else ():
+            ops = listed.get("ops") if isinstance(listed, dict) else None
+            for op in ops if isinstance(ops, list) else ():
+                room_ids = op.get("room_ids") if isinstance(op, dict) else None
+                if isinstance(room_ids, list):
+                    for room_id in reversed(room_ids[:MAX_ROOMS]):
+                        if isinstance(room_id, str) and len(room_id.encode("utf-8")) <= MAX_ROOM_ID:
+                            _recent(self.rooms, room_id, MAX_ROOMS)
 
     def _note_event(self, event: dict[str, Any]) -> None:
         ts = event.get("origin_server_ts")

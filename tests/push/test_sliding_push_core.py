@@ -426,3 +426,15 @@ def test_a_new_request_body_goes_as_a_delta_against_the_old_one():
     assert json.loads(payload_to_body(cbor, options.CF_CBOR, PROFILE)[0]) == json.loads(new)
     with pytest.raises(CodecError, match="CRC"):  # written against another old body
         read_delta_payload(delta, old.replace(b"19", b"29"), crc, PROFILE)
+
+
+def test_a_room_the_lists_show_is_named_by_its_index_from_the_first_event():
+    """A fresh observation's first answers are the lists and the template:
+    the rooms they list are known to both ends, so the first event form
+    names its room in one byte instead of its 44-B ID."""
+    from coap_gateway.push.compact import F_ROOM, encode_event
+
+    ctx = sliding_context(quiet(10))
+    assert list(ctx.rooms) == [ROOM]
+    data = encode_event(one(11), "1/" + stream_token(10), ctx, TABLE, PRESET)
+    assert data is not None and not data[0] & F_ROOM and ROOM.encode() not in data
