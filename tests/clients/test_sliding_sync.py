@@ -283,7 +283,10 @@ async def test_a_request_longer_than_a_frame_is_polled_plainly(synapse, server_k
         assert device.client.gateway.endpoint.counters.frames_out > 0
         async with http.post(f"{synapse.base_url}{SLIDING_SYNC}?pos={conn.pos}&timeout=0", json=long,
                              headers=auth) as answer:
-            assert json.loads(await answer.read()) == json.loads(first)  # the plain path's JSON: keys reordered
+            direct = json.loads(await answer.read())
+        # the plain path's JSON: keys reordered (the pos may have moved meanwhile: other tests share Synapse)
+        assert {k: v for k, v in direct.items() if k != "pos"} == {k: v for k, v in json.loads(first).items()
+                                                                  if k != "pos"}
         before = device.link_bytes()
         await conn.poll(1000)  # plain: it crosses the link
         assert device.link_bytes()[0] - before[0] > 1000

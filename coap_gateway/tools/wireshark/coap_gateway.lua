@@ -565,6 +565,7 @@ local OPTION_NAMES = {
     [65000] = "HTTP-Status", [65003] = "Access-Token", [65004] = "HTTP-Header", [65007] = "No-Token",
     [65008] = "Token-Unbound", [65011] = "Route", [65012] = "Handle-Unknown", [65014] = "Push-Parts",
     [65015] = "Sync-Push",
+    [65018] = "Push-Continue",
     [65019] = "Token-Handle", [65020] = "Token-Bound",
 }
 local OPT_URI_PATH, OPT_ROUTE = 11, 65011
