@@ -153,12 +153,15 @@ class PushChain:
         self.backoff_max = backoff_max
         self.failures = 0
         self._observe: int | None = None
+        #: an answer was encoded (its body remembered) but not pushed: the
+        #: client's state no longer matches this chain's at any Observe number
+        self._diverged = False
 
     def continued(self, observe: int) -> DeltaState | None:
         """The state a registration that replaces this chain goes on from,
         when the client took its notifications up to ``observe`` — exactly
         the ones this chain sent, so both ends hold the same state; else None."""
-        if self._observe is None or self._observe != observe:
+        if self._observe is None or self._observe != observe or self._diverged:
             return None
         return self.delta.continued(self.template, self.table)
 
@@ -192,6 +195,7 @@ class PushChain:
                                           self.kind)
             parts = self._carriers(payload)
             if parts is None:
+                self._diverged = True
                 return Fetch()
             self.template = template
             self.poll_from = token
@@ -234,6 +238,7 @@ class PushChain:
         payload = encode_notification(Notification(body, adopt=adopt), self.head, self.delta, self.table, self.kind)
         parts = self._carriers(payload)
         if parts is None:
+            self._diverged = True
             return Fetch()
         answered = self.head
         self.head = self.poll_from = token

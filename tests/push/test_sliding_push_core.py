@@ -8,6 +8,7 @@ The bodies are Synapse 1.163's own answers to an Element X-like request
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 from aiocoap import Message
@@ -50,7 +51,7 @@ from coap_gateway.push.format import (
     parse_long_poll,
     split_next_batch,
 )
-from coap_gateway.push.server import Push, PushChain, Silent, connection_key, stream_key
+from coap_gateway.push.server import Fetch, Push, PushChain, Silent, connection_key, stream_key
 from tests.helpers.devices import PROFILE
 from tests.helpers.sync_bodies import PRESET, TABLE
 
@@ -383,6 +384,18 @@ def test_a_new_request_body_goes_on_from_the_old_state_when_both_ends_hold_it():
     step = new.on_response(ok(one(12).replace(b"19]", b"39]")))
     assert step.payload[0] == 0x06 | 3 << 3
     assert state.on_notification(stream, gen, new.next_observe(), step.payload, 4) is Outcome.OK
+
+
+def test_a_chain_that_fetched_an_answer_it_encoded_is_not_continued():
+    """Too large to push, the answer was fetched plainly; its body is in the
+    chain's dictionary but not in the client's: nothing may go on from it."""
+    old = PushChain("1/" + stream_token(9), TABLE, PRESET, 300, kind=SLIDING)
+    assert isinstance(old.on_response(ok(quiet(10))), Push)
+    observe = old.next_observe()
+    assert old.continued(observe) is not None
+    big = one(11, text=os.urandom(600).hex())  # incompressible: over 300 B however it is encoded
+    assert isinstance(old.on_response(ok(big)), Fetch)
+    assert old.continued(observe) is None
 
 
 def test_a_continued_answer_the_client_did_not_offer_is_a_lost_observation():
