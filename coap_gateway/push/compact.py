@@ -40,20 +40,8 @@ from typing import Any
 from ..codec import CborTable, compress, decompress, json_cbor
 from ..codec.route_option import binary_id
 from ..errors import CodecError, GatewayError
-from .echo import (
-    F_BASE,
-    MAX_SENDER,
-    EchoContext,
-    FoldReader,
-    apply_token_change,
-    lead_number,
-    leb128,
-    place,
-    read_place,
-    reserved_bits,
-    token_change,
-)
-from .layout import OneEvent, layout_body, match, one_event
+from .echo import F_BASE, MAX_SENDER, EchoContext, FoldReader, leb128, read_head, reserved_bits, write_head
+from .layout import OneEvent, layout_body, one_event
 
 F_UTF8 = 0b0000_0001
 F_COUNTS = 0b0000_0110
@@ -103,14 +91,11 @@ def encode_event(body: bytes, since: str, ctx: EchoContext, table: CborTable, di
     one = replace(one, event={"content": event["content"], "event_id": event["event_id"], "origin_server_ts": one.ts,
                               "sender": one.sender, "type": event["type"],
                               "unsigned": {"age": one.age, "membership": "join"}})
-    change, where = token_change(since, one.token, lead_number(since, ctx)), place(one, since, ctx)
-    raw_id = binary_id(event["event_id"], "$")
-    matched = match(one, since, ctx, body)
-    if change is None or where is None or raw_id is None or matched is None:
+    raw_id, head = binary_id(event["event_id"], "$"), write_head(one, since, ctx, body, F_UTF8)
+    if raw_id is None or head is None:
         return None
-    (ascii_only, base), (place_flag, where) = matched, where
+    flags, tail = head
     try:
-        flags, tail = (0 if ascii_only else F_UTF8) | (F_BASE if base else 0) | place_flag, b""
         last = ctx.counts.get(one.room_id)
         if last == one.counts:
             pass
@@ -136,10 +121,10 @@ def encode_event(body: bytes, since: str, ctx: EchoContext, table: CborTable, di
     except (CodecError, GatewayError, RecursionError):
         return None
     # what the client will read must give the same bytes
-    if layout_body(replace(one, event={**one.event, "content": back}), since, ctx, ascii_only, base) != body:
+    if layout_body(replace(one, event={**one.event, "content": back}), since, ctx, not flags & F_UTF8,
+                   1 if flags & F_BASE else 0) != body:
         return None
-    return (bytes([flags]) + leb128(one.ts - ctx.last_ts) + leb128(one.age) + change + where + tail + raw_id
-            + compress(content_cbor, dictionary))
+    return bytes([flags]) + tail + raw_id + compress(content_cbor, dictionary)
 
 
 def decode_event(data: bytes, since: str, ctx: EchoContext, table: CborTable, dictionary: bytes) -> bytes:
@@ -153,10 +138,7 @@ def decode_event(data: bytes, since: str, ctx: EchoContext, table: CborTable, di
     if not ctx.answered:
         raise CodecError("an event form before any answer of this observation")
     reader = FoldReader(data, 1)
-    ts = ctx.last_ts + reader.uint()
-    age = reader.uint()
-    token = apply_token_change(since, reader, lead_number(since, ctx))
-    bump, prev_batch = read_place(flags, reader, since, token, ctx)
+    head = read_head(flags, reader, since, ctx)
     given = (reader.uint(), reader.uint()) if counts_mode == COUNTS_GIVEN else None
     sender = reader.text(MAX_SENDER) if flags & F_SENDER else _by_index(ctx.senders, reader.uint())
     room_id = reader.text(MAX_TEXT) if flags & F_ROOM else _by_index(ctx.rooms, reader.uint())
@@ -176,10 +158,10 @@ def decode_event(data: bytes, since: str, ctx: EchoContext, table: CborTable, di
                                ordered=True)
     if not isinstance(content, dict):
         raise CodecError("the event form's content is not an object")
-    event = {"content": content, "event_id": event_id, "origin_server_ts": ts, "sender": sender, "type": kind,
-             "unsigned": {"age": age, "membership": "join"}}
-    body = layout_body(OneEvent(token, room_id, event, counts, bump, prev_batch), since, ctx, not flags & F_UTF8,
-                       1 if flags & F_BASE else 0)
+    event = {"content": content, "event_id": event_id, "origin_server_ts": head.ts, "sender": sender, "type": kind,
+             "unsigned": {"age": head.age, "membership": "join"}}
+    body = layout_body(OneEvent(head.token, room_id, event, counts, head.bump, head.prev_batch), since, ctx,
+                       not flags & F_UTF8, 1 if flags & F_BASE else 0)
     if body is None:
         raise CodecError("the event form names a rest the chain never showed")
     return body

@@ -336,6 +336,41 @@ def read_place(flags: int, reader: FoldReader, since: str, token: str, ctx: Echo
     return bump, apply_token_change(_stream_part(since), reader)
 
 
+@dataclass(frozen=True)
+class Head:
+    """What a fold and an event form both begin with, after their flags."""
+
+    ts: int
+    age: int
+    #: the answer's new next_batch or pos
+    token: str
+    bump: int
+    prev_batch: str
+
+
+def write_head(one: OneEvent, since: str, ctx: EchoContext, body: bytes, utf8: int) -> tuple[int, bytes] | None:
+    """The flag bits (``utf8`` when ``body`` is written as UTF-8, ``F_BASE``,
+    ``F_PLACE``) and the bytes that start a fold or an event form of
+    ``one``: LEB128 ts minus the chain's latest and age, the position's
+    change, the room's place.  None: ``body`` is not ``one`` written on what
+    the chain showed."""
+    matched, where = match(one, since, ctx, body), place(one, since, ctx)
+    change = token_change(since, one.token, lead_number(since, ctx))
+    if matched is None or change is None or where is None:
+        return None
+    (ascii_only, base), (place_flag, where) = matched, where
+    flags = (0 if ascii_only else utf8) | (F_BASE if base else 0) | place_flag
+    return flags, leb128(one.ts - ctx.last_ts) + leb128(one.age) + change + where
+
+
+def read_head(flags: int, reader: FoldReader, since: str, ctx: EchoContext) -> Head:
+    """The inverse of ``write_head``'s bytes."""
+    ts = ctx.last_ts + reader.uint()
+    age = reader.uint()
+    token = apply_token_change(since, reader, lead_number(since, ctx))
+    return Head(ts, age, token, *read_place(flags, reader, since, token, ctx))
+
+
 def reserved_bits(ctx: EchoContext) -> int:
     """Flag bits a fold or an event form must leave zero: in sliding sync,
     bit 6 names the rest (``F_BASE``) and bit 7 says the place is implied
@@ -465,13 +500,11 @@ def fold(body: bytes, since: str, sent: Sent, ctx: EchoContext, observe: int) ->
             or len(one.sender.encode("utf-8")) > MAX_SENDER):
         return None
     one = replace(one, event=echo_event(sent, one.sender, one.ts, one.age))
-    matched, where = match(one, since, ctx, body), place(one, since, ctx)
-    change = token_change(since, one.token, lead_number(since, ctx))
-    if matched is None or change is None or where is None:
+    head = write_head(one, since, ctx, body, F_UTF8)
+    if head is None:
         return None
-    (ascii_only, base), (place_flag, where) = matched, where
-    flags = observe % OBSERVE_BITS | (0 if ascii_only else F_UTF8) | (F_BASE if base else 0) | place_flag
-    tail = b""
+    flags, tail = head
+    flags |= observe % OBSERVE_BITS
     if ctx.counts.get(one.room_id) != one.counts:
         flags |= F_COUNTS
         tail += leb128(one.counts[0]) + leb128(one.counts[1])
@@ -479,7 +512,7 @@ def fold(body: bytes, since: str, sent: Sent, ctx: EchoContext, observe: int) ->
         flags |= F_SENDER
         raw = one.sender.encode("utf-8")
         tail += leb128(len(raw)) + raw
-    return bytes([flags]) + leb128(one.ts - ctx.last_ts) + leb128(one.age) + change + where + tail
+    return bytes([flags]) + tail
 
 
 def unfold(data: bytes, since: str, sent: Sent, ctx: EchoContext, observe: int) -> bytes:
@@ -495,10 +528,7 @@ def unfold(data: bytes, since: str, sent: Sent, ctx: EchoContext, observe: int) 
     if flags & F_OBSERVE != observe % OBSERVE_BITS:
         raise CodecError("the echo fold belongs to another place in the chain")
     reader = FoldReader(data, 1)
-    ts = ctx.last_ts + reader.uint()
-    age = reader.uint()
-    token = apply_token_change(since, reader, lead_number(since, ctx))
-    bump, prev_batch = read_place(flags, reader, since, token, ctx)
+    head = read_head(flags, reader, since, ctx)
     if flags & F_COUNTS:
         counts = (reader.uint(), reader.uint())
     else:
@@ -514,13 +544,14 @@ def unfold(data: bytes, since: str, sent: Sent, ctx: EchoContext, observe: int) 
         raise CodecError("the echo fold leaves out a sender this observation never showed")
     if reader.at != len(data):
         raise CodecError("trailing bytes after the echo fold")
-    one = OneEvent(token, sent.room_id, echo_event(sent, sender, ts, age), counts, bump, prev_batch)
+    one = OneEvent(head.token, sent.room_id, echo_event(sent, sender, head.ts, head.age), counts, head.bump,
+                   head.prev_batch)
     body = layout_body(one, since, ctx, not flags & F_UTF8, 1 if flags & F_BASE else 0)
     if body is None:
         raise CodecError("the echo fold came before any answer it can be written on")
     return body
 
 
-__all__ = ["COUNT_KEYS", "F_BASE", "F_PLACE", "EchoContext", "FoldReader", "Sent", "apply_token_change", "echo_event",
-           "fold", "is_uint", "lead_number", "leb128", "parse_send", "place", "read_place", "reserved_bits", "sent_of",
-           "token_change", "unfold"]
+__all__ = ["COUNT_KEYS", "F_BASE", "F_PLACE", "EchoContext", "FoldReader", "Head", "Sent", "apply_token_change",
+           "echo_event", "fold", "is_uint", "lead_number", "leb128", "parse_send", "place", "read_head", "read_place",
+           "reserved_bits", "sent_of", "token_change", "unfold", "write_head"]
