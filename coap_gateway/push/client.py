@@ -229,8 +229,11 @@ class SyncPushState:
         answers = stream.answers
         if poll.body != stream.body and stream.status is not Status.DECLINED:
             # another sliding-sync request on the connection: what was pushed
-            # answers the old one; the observation follows the new one
-            return Plain() if poll.timeout_ms == 0 else Register(since)
+            # answers the old one; the observation follows the new one — unless
+            # a later request took the connection over (the client gave this
+            # one up, or asks twice at once): this one goes on as it is, never
+            # registering over the later one (the two would take turns forever)
+            return Plain() if poll.timeout_ms == 0 or poll is not stream.poll else Register(since)
         if since in answers:
             while next(iter(answers)) != since:  # what comes before was taken
                 answers.popitem(last=False)

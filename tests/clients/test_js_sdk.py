@@ -23,6 +23,7 @@ import pytest
 
 from meshsim import LinkProfile
 from tests.helpers.devices import Device
+from tests.helpers.js import run_marked
 from tests.helpers.relay import CountingRelay
 
 pytestmark = pytest.mark.synapse
@@ -126,30 +127,8 @@ async def run_e2ee(url_a: str, url_b: str, bytes_a, bytes_b) -> tuple[dict, dict
     """tests/js/e2ee.mjs with its devices at ``url_a`` and ``url_b``: its
     result, and the bytes each device's path carried in each phase
     (``bytes_a()``/``bytes_b()`` read them at the driver's marks)."""
-    process = await asyncio.create_subprocess_exec(
-        node(), str(JS / "e2ee.mjs"), json.dumps({"a": url_a, "b": url_b, "suffix": uuid.uuid4().hex[:6]}),
-        cwd=JS, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    assert process.stdin is not None and process.stdout is not None
-    marks: list[tuple[str, int, int]] = []
-    result = None
-    try:
-        async with asyncio.timeout(900):
-            while result is None:
-                line = await process.stdout.readline()
-                assert line, (await process.stderr.read()).decode()[-3000:]
-                if not line.startswith(b"{"):
-                    continue
-                message = json.loads(line)
-                if "mark" in message:
-                    marks.append((message["mark"], bytes_a(), bytes_b()))
-                    process.stdin.write(b"\n")
-                    await process.stdin.drain()
-                else:
-                    result = message
-    finally:
-        if process.returncode is None:
-            process.kill()
-        await process.wait()
+    result, phases = await run_marked(node(), JS / "e2ee.mjs", {"a": url_a, "b": url_b, "suffix": uuid.uuid4().hex[:6]},
+                                      bytes_a, bytes_b)
     assert result["ok"], result
     steps = result["steps"]
     for name in ("first_encrypted_send", "encrypted_send", "encrypted_reply"):
@@ -157,7 +136,7 @@ async def run_e2ee(url_a: str, url_b: str, bytes_a, bytes_b) -> tuple[dict, dict
     assert steps["first_encrypted_send"]["body"] == "secret one"
     assert steps["encrypted_send"]["body"] == "Hello, see you at 5pm"
     assert steps["encrypted_reply"]["body"] == "secret reply"
-    return result, {name: (a1 - a0, b1 - b0) for (name, a0, b0), (_, a1, b1) in zip(marks, marks[1:])}
+    return result, phases
 
 
 async def test_end_to_end_encryption_with_rust_crypto(synapse, server_key):

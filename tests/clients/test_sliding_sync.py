@@ -10,6 +10,7 @@ requests, by raw HTTP, as MSC4186 defines them.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import json
 import uuid
@@ -169,6 +170,33 @@ async def test_sliding_sync_is_pushed_and_idle_polls_cross_nothing(synapse, serv
         up, down = (after - b for after, b in zip(device.link_bytes(), before))
         print(f"a new request body: {up} B up, {down} B down")
         assert up <= 110 and down <= 200, (up, down)
+
+
+async def test_a_long_poll_the_client_gave_up_stops_at_the_gateway(synapse, server_key):
+    """js-sdk aborts its long-poll when its room list grows and asks again at
+    once with the new list.  The aborted request's handler must stop: left
+    running it registered its own body over the new one's, and the two took
+    turns for good (thousands of registrations a minute; a read receipt never
+    reached the client)."""
+    async with PushDevice(synapse, server_key, 23) as device, aiohttp.ClientSession() as http:
+        base = device.client.base_url
+        conn = Connection(http, base, await _user(http, base), ELEMENT_X_LIKE)
+        await conn.poll(0)
+        await conn.poll(1000)
+        push = device.push_client
+        assert push.counters.registrations == 1
+        given_up = asyncio.ensure_future(conn.poll(30000))
+        await until(device.waiting_on_push)
+        given_up.cancel()  # the client closes its connection
+        with contextlib.suppress(asyncio.CancelledError):
+            await given_up
+        stream, = push.state.streams.values()
+        await until(lambda: stream.waiting == 0, timeout=5)  # not when its 30 s are up
+        wider = {**ELEMENT_X_LIKE, "lists": {"all": {**ELEMENT_X_LIKE["lists"]["all"], "timeline_limit": 2}}}
+        await conn.poll(1000, request=wider)
+        await conn.poll(1000, request=wider)  # idle: answered at the client gateway
+        assert push.counters.registrations == 2, push.counters
+        assert push.counters.answered_idle >= 1
 
 
 async def test_a_conversation_costs_each_side_one_exchange(synapse, server_key):

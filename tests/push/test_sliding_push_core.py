@@ -398,6 +398,24 @@ def test_a_chain_that_fetched_an_answer_it_encoded_is_not_continued():
     assert old.continued(observe) is None
 
 
+def test_a_request_a_later_one_took_over_never_registers_over_it():
+    """Two requests with different bodies waiting on one connection (the
+    client gave the first up, or asks twice at once): the later one's
+    observation stands; the earlier one goes on as a plain request."""
+    state = SyncPushState(PROFILE, SyncPushClientConfig())
+    since = "1/" + stream_token(9)
+    first = sliding(since)
+    stream, _ = state.stream(first, "tok")
+    assert state.on_request(stream, first, 0) == Register(since)
+    state.begin(stream, since, 0)
+    later = sliding(since, body=REQUEST.replace(b"19]", b"39]"))
+    assert state.stream(later, "tok")[0] is stream
+    assert state.on_request(stream, later, 1) == Register(since)
+    state.begin(stream, since, 1)
+    assert isinstance(state.on_request(stream, first, 2), Plain)
+    assert isinstance(state.on_request(stream, later, 2), Wait)
+
+
 def test_a_continued_answer_the_client_did_not_offer_is_a_lost_observation():
     state = SyncPushState(PROFILE, SyncPushClientConfig())
     server = chain("1/" + stream_token(9))
