@@ -26,7 +26,8 @@ Fold (docs/protocol.md §9a, "The sender's echo"), after the 32-byte event ID:
   Synapse writes it); bit 4 the unread counts follow (else the room's last
   counts in this observation); bit 5 the sender follows (else the one this
   observation last showed as the device's own); bit 6 (sliding sync only)
-  the body is written on the rest before the latest; bit 7 zero;
+  the body is written on the rest before the latest; bit 7 (sliding sync
+  only) the room's place is implied (``place``);
 * LEB128: ``origin_server_ts`` minus the latest ``origin_server_ts`` of this
   observation's answers so far (0 before any); ``age``;
 * the new ``next_batch`` (or ``pos``) as a change of the since it answers:
@@ -302,22 +303,35 @@ def _stream_part(since: str) -> str:
     return since.rpartition("/")[2]
 
 
+def _before(pos: str, lead: int) -> str | None:
+    """The stream token of ``pos`` with its ``lead`` number one less: the
+    prev_batch Synapse gives a room whose one new event is the pos's latest
+    (its room position, every other stream as the pos has it)."""
+    parts = _numbers(pos)
+    if parts is None or lead >= len(parts[1]) or parts[1][lead] < 1:
+        return None
+    text, numbers = parts
+    numbers[lead] -= 1
+    return _stream_part(_join(text, numbers))
+
+
 def place(one: OneEvent, since: str, ctx: EchoContext) -> tuple[int, bytes] | None:
     """What of ``one``'s room a sliding-sync answer adds, as flag bits and
     bytes: nothing but ``F_PLACE`` when bump_stamp is the new pos's lead
-    number and prev_batch the since's stream token (the event came straight
-    after the since); else LEB128 bump_stamp minus the greatest the chain
-    showed, then prev_batch as a change of the since's stream token
-    (``token_change``).  Nothing for /sync (its prev_batch is the since).
-    None: not writable so."""
+    number and prev_batch the new pos's stream token with that number one
+    less (the event is the newest in the room stream, however far presence,
+    receipts or typing moved meanwhile); else LEB128 bump_stamp minus the
+    greatest the chain showed, then prev_batch as a change of the since's
+    stream token (``token_change``).  Nothing for /sync (its prev_batch is
+    the since).  None: not writable so."""
     if not ctx.sliding:
         return 0, b""
-    stream = _stream_part(since)
     parts = _numbers(one.token)
     lead = lead_number(since, ctx)
-    if one.prev_batch == stream and parts is not None and lead < len(parts[1]) and parts[1][lead] == one.bump:
+    if parts is not None and lead < len(parts[1]) and parts[1][lead] == one.bump \
+            and one.prev_batch == _before(one.token, lead):
         return F_PLACE, b""
-    prev = token_change(stream, one.prev_batch)
+    prev = token_change(_stream_part(since), one.prev_batch)
     return None if prev is None or one.bump < ctx.bump else (0, leb128(one.bump - ctx.bump) + prev)
 
 
@@ -327,11 +341,11 @@ def read_place(flags: int, reader: FoldReader, since: str, token: str, ctx: Echo
     if not ctx.sliding:
         return 0, ""
     if flags & F_PLACE:
-        parts = _numbers(token)
         lead = lead_number(since, ctx)
-        if parts is None or lead >= len(parts[1]):
+        parts, prev = _numbers(token), _before(token, lead)
+        if parts is None or prev is None:
             raise CodecError("the pos has no number to take the bump_stamp from")
-        return parts[1][lead], _stream_part(since)
+        return parts[1][lead], prev
     bump = ctx.bump + reader.uint()
     return bump, apply_token_change(_stream_part(since), reader)
 
