@@ -152,6 +152,19 @@ TARGETS += [
     Target("loss.p95", "loss", "the same: 95th percentile", 120, "s", _loss("p95_s")),
 ]
 
+
+def _cpu(results: dict[str, Any]) -> float | None:
+    """The server gateway's CPU per request over the aiohttp pass-through's,
+    the pass-through paced to the rate the gateway served (``bench.cpu``)."""
+    return (results.get("cpu") or {}).get("cost_ratio_equal_load")
+
+
+TARGETS += [
+    # issue 15: at least half the pass-through's requests per core; a timing, reported and never asserted
+    Target("cpu.ratio", "cpu", "server gateway CPU per request over an aiohttp pass-through's at the same load "
+           "(≤ 2: at least half its requests per core)", 2.0, "×", _cpu, asserted=False),
+]
+
 BY_KEY = {t.key: t for t in TARGETS}
 
 
