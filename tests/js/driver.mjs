@@ -4,26 +4,10 @@
 // Prints one JSON line: every step's result (what the test checks against
 // Synapse) and how long it took.
 import * as sdk from "matrix-js-sdk";
+import { phases, register as registerWith, until } from "../js-common/phases.mjs";
 
 const config = JSON.parse(process.argv[2]);
-const STEP_TIMEOUT = config.timeout_ms ?? 120000;
-const steps = {};
-const quiet = { debug() {}, info() {}, log() {}, warn() {}, error() {}, trace() {}, getChild() { return quiet; } };
-
-function within(promise, what) {
-  let timer;
-  const timeout = new Promise((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`${what}: no result within ${STEP_TIMEOUT} ms`)), STEP_TIMEOUT);
-  });
-  return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
-}
-
-async function step(name, fn) {
-  const started = Date.now();
-  const result = await within(fn(), name);
-  steps[name] = { ms: Date.now() - started, ...(result ?? {}) };
-  return result;
-}
+const { steps, step } = phases(config.timeout_ms ?? 120000);
 
 // resolves with the first event the client's sync loop delivers that matches
 function nextEvent(client, match) {
@@ -38,26 +22,8 @@ function nextEvent(client, match) {
   });
 }
 
-function until(client, emitterEvent, match) {
-  return new Promise((resolve) => {
-    const seen = (...args) => {
-      if (match(...args)) {
-        client.off(emitterEvent, seen);
-        resolve(args);
-      }
-    };
-    client.on(emitterEvent, seen);
-  });
-}
-
-async function register(baseUrl, username) {
-  const anon = sdk.createClient({ baseUrl, logger: quiet });
-  const answer = await anon.registerRequest({
-    username, password: "pw-" + username, auth: { type: "m.login.dummy" }, initial_device_display_name: "js",
-  });
-  return sdk.createClient({
-    baseUrl, userId: answer.user_id, accessToken: answer.access_token, deviceId: answer.device_id, logger: quiet,
-  });
+function register(baseUrl, username) {
+  return registerWith(sdk, baseUrl, username, "js");
 }
 
 async function started(client) {

@@ -6,57 +6,10 @@
 // Prints JSON lines: {"mark": name} when a phase starts (the test reads the
 // link counters there) and finally the results.
 import * as sdk from "matrix-js-sdk";
+import { phases, register as registerWith, until } from "../js-common/phases.mjs";
 
 const config = JSON.parse(process.argv[2]);
-const TIMEOUT = config.timeout_ms ?? 240000;
-const quiet = { debug() {}, info() {}, log() {}, warn() {}, error() {}, trace() {}, getChild() { return quiet; } };
-const steps = {};
-
-function within(promise, what) {
-  let timer;
-  const timeout = new Promise((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`${what}: no result within ${TIMEOUT} ms`)), TIMEOUT);
-  });
-  return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
-}
-
-// the test reads the link's byte counters when it sees a mark, and answers on stdin
-const stdin = process.stdin;
-stdin.setEncoding("utf8");
-let pending = "";
-const waiters = [];
-stdin.on("data", (chunk) => {
-  pending += chunk;
-  let i;
-  while ((i = pending.indexOf("\n")) >= 0) {
-    pending = pending.slice(i + 1);
-    waiters.shift()?.();
-  }
-});
-function mark(name) {
-  console.log(JSON.stringify({ mark: name }));
-  return new Promise((resolve) => waiters.push(resolve));
-}
-
-async function step(name, fn) {
-  await mark(name);
-  const started = Date.now();
-  const result = await within(fn(), name);
-  steps[name] = { ms: Date.now() - started, ...(result ?? {}) };
-  return result;
-}
-
-function until(client, emitterEvent, match) {
-  return new Promise((resolve) => {
-    const seen = (...args) => {
-      if (match(...args)) {
-        client.off(emitterEvent, seen);
-        resolve(args);
-      }
-    };
-    client.on(emitterEvent, seen);
-  });
-}
+const { steps, step, mark } = phases(config.timeout_ms ?? 240000, true);
 
 // the first m.room.encrypted event from `sender` that decrypts, as its clear content
 function decrypted(client, roomId, sender) {
@@ -72,14 +25,8 @@ function decrypted(client, roomId, sender) {
   });
 }
 
-async function register(baseUrl, username) {
-  const anon = sdk.createClient({ baseUrl, logger: quiet });
-  const answer = await anon.registerRequest({
-    username, password: "pw-" + username, auth: { type: "m.login.dummy" }, initial_device_display_name: "js-e2ee",
-  });
-  return sdk.createClient({
-    baseUrl, userId: answer.user_id, accessToken: answer.access_token, deviceId: answer.device_id, logger: quiet,
-  });
+function register(baseUrl, username) {
+  return registerWith(sdk, baseUrl, username, "js-e2ee");
 }
 
 async function started(client) {
