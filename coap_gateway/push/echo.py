@@ -303,16 +303,17 @@ def _stream_part(since: str) -> str:
     return since.rpartition("/")[2]
 
 
-def _before(pos: str, lead: int) -> str | None:
-    """The stream token of ``pos`` with its ``lead`` number one less: the
-    prev_batch Synapse gives a room whose one new event is the pos's latest
-    (its room position, every other stream as the pos has it)."""
+def _implied_place(pos: str, lead: int) -> tuple[int, str] | None:
+    """``(bump_stamp, prev_batch)`` Synapse gives a room whose one new event
+    is the newest of ``pos``: the pos's ``lead`` number, and the pos's stream
+    token with that number one less (every other stream as the pos has it)."""
     parts = _numbers(pos)
     if parts is None or lead >= len(parts[1]) or parts[1][lead] < 1:
         return None
     text, numbers = parts
+    bump = numbers[lead]
     numbers[lead] -= 1
-    return _stream_part(_join(text, numbers))
+    return bump, _stream_part(_join(text, numbers))
 
 
 def place(one: OneEvent, since: str, ctx: EchoContext) -> tuple[int, bytes] | None:
@@ -326,10 +327,7 @@ def place(one: OneEvent, since: str, ctx: EchoContext) -> tuple[int, bytes] | No
     the since).  None: not writable so."""
     if not ctx.sliding:
         return 0, b""
-    parts = _numbers(one.token)
-    lead = lead_number(since, ctx)
-    if parts is not None and lead < len(parts[1]) and parts[1][lead] == one.bump \
-            and one.prev_batch == _before(one.token, lead):
+    if _implied_place(one.token, lead_number(since, ctx)) == (one.bump, one.prev_batch):
         return F_PLACE, b""
     prev = token_change(_stream_part(since), one.prev_batch)
     return None if prev is None or one.bump < ctx.bump else (0, leb128(one.bump - ctx.bump) + prev)
@@ -341,11 +339,10 @@ def read_place(flags: int, reader: FoldReader, since: str, token: str, ctx: Echo
     if not ctx.sliding:
         return 0, ""
     if flags & F_PLACE:
-        lead = lead_number(since, ctx)
-        parts, prev = _numbers(token), _before(token, lead)
-        if parts is None or prev is None:
+        implied = _implied_place(token, lead_number(since, ctx))
+        if implied is None:
             raise CodecError("the pos has no number to take the bump_stamp from")
-        return parts[1][lead], prev
+        return implied
     bump = ctx.bump + reader.uint()
     return bump, apply_token_change(_stream_part(since), reader)
 
