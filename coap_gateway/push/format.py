@@ -585,18 +585,29 @@ def encode_notification(n: Notification, since: str, delta: DeltaState, table: C
 def split_parts(payload: bytes, max_payload: int) -> list[bytes]:
     """The notifications that carry ``payload`` when each holds at most
     ``max_payload`` bytes: ``[payload]`` when it fits, else parts — PART and
-    ``max_payload - 1`` bytes each — and the rest, 1 to ``max_payload``
-    bytes, as the last notification."""
+    at most ``max_payload - 1`` bytes each — and the rest, 1 to
+    ``max_payload`` bytes, as the last notification.
+
+    The client takes the first notification that is not a part as the last
+    piece, so the rest must not begin with the PART byte (deflate output
+    does, once in 256 parted payloads): the C6 bytes it would begin with go
+    as one more part."""
     if max_payload < 2:
         raise ValueError("a part holds at least one byte")
+    if payload[:1] == bytes([PART]):
+        raise CodecError("a whole notification payload never begins with the PART byte")
     if len(payload) <= max_payload:
         return [payload]
     if len(payload) > MAX_PARTED:
         raise CodecError(f"a notification of {len(payload)} B is too long to push in parts")
     piece = max_payload - 1
-    count = -(-(len(payload) - max_payload) // piece)  # parts, until the rest fits one notification
-    parts = [bytes([PART]) + payload[i * piece:(i + 1) * piece] for i in range(count)]
-    return parts + [payload[count * piece:]]
+    cut = -(-(len(payload) - max_payload) // piece) * piece  # full pieces, until the rest fits
+    while cut < len(payload) and payload[cut] == PART:
+        cut += 1
+    if cut == len(payload):
+        raise CodecError("a payload ending in PART bytes cannot be pushed in parts")
+    parts = [bytes([PART]) + payload[i:min(i + piece, cut)] for i in range(0, cut, piece)]
+    return parts + [payload[cut:]]
 
 
 class PartBuffer:

@@ -34,6 +34,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 
 from ..codec import CborTable, HttpResponse, matrix_error
+from ..errors import CodecError
 from .echo import Sent, fold
 from .format import (
     FIRST_OBSERVE,
@@ -252,7 +253,10 @@ class PushChain:
             return (payload,)
         if not self.parts or len(payload) > MAX_PARTED:
             return None
-        return tuple(split_parts(payload, self.max_payload))
+        try:
+            return tuple(split_parts(payload, self.max_payload))
+        except CodecError:  # no last piece can be told from a part: fetched plainly
+            return None
 
     def _delay(self, response: HttpResponse | None) -> float:
         if response is not None:

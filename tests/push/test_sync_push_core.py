@@ -6,9 +6,12 @@ from __future__ import annotations
 import base64
 import json
 import os
+import random
 import uuid
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from coap_gateway.codec.mapping import HttpResponse
 from coap_gateway.errors import CodecError, CompressionError, DecompressionBombError
@@ -306,6 +309,41 @@ def test_split_parts_byte_by_byte():
         split_parts(b"abc", 1)
 
 
+def test_the_last_piece_never_begins_like_a_part():
+    """The client takes the first notification that is not a part as the last
+    piece: a rest that began with C6 (deflate output does, once in 256) was
+    read as one more part, and the next notification joined to it."""
+    # the rest would be C6 65 66: its C6 goes as one more part
+    assert split_parts(b"abc\xc6ef", 4) == [b"\xc6abc", b"\xc6\xc6", b"ef"]
+    assert split_parts(b"abc\xc6\xc6\xc6\xc6f", 4) == [b"\xc6abc", b"\xc6\xc6\xc6\xc6", b"\xc6\xc6", b"f"]
+    buffer = PartBuffer()
+    assert [buffer.feed(p) for p in split_parts(b"abc\xc6ef", 4)] == [None, None, b"abc\xc6ef"]
+    assert buffer.feed(b"next") == b"next"  # nothing left over for the next notification
+    with pytest.raises(CodecError):  # every byte after the parts is C6: no last piece can be told apart
+        split_parts(b"abc\xc6\xc6", 4)
+    with pytest.raises(CodecError):  # a whole payload never begins so (header mark and reserved bits)
+        split_parts(b"\xc6abc", 10)
+
+
+#: payload bytes, C6 about every other one (uniform bytes seldom hit the boundary)
+C6_RICH = st.lists(st.one_of(st.just(PART), st.integers(0, 255)), min_size=1, max_size=300).map(bytes)
+
+
+@settings(max_examples=400, deadline=None)
+@given(C6_RICH.filter(lambda b: b[0] != PART), st.integers(2, 40),
+       st.binary(min_size=1, max_size=20).filter(lambda b: b[0] != PART))
+def test_parts_always_join_back_to_the_payload_and_nothing_else(payload, frame, after):
+    try:
+        parts = split_parts(payload, frame)
+    except CodecError:
+        assert payload.rstrip(bytes([PART])) != payload  # only a payload ending in C6 bytes
+        return
+    assert all(1 <= len(p) <= frame for p in parts)
+    buffer = PartBuffer()
+    assert [buffer.feed(p) for p in parts] == [None] * (len(parts) - 1) + [payload]
+    assert buffer.feed(after) == after and not buffer.pending
+
+
 def test_part_buffer_joins_in_order_and_refuses_bad_shapes():
     parts = PartBuffer()
     assert parts.feed(b"whole") == b"whole" and not parts.pending
@@ -342,6 +380,40 @@ def test_chain_too_large_for_one_frame_goes_in_parts_to_a_client_that_takes_them
     # longer than parts may carry: fetched plainly
     huge = message_body(token(10), token(11), 2, base64.b64encode(os.urandom(MAX_PARTED)).decode())
     assert isinstance(c.on_response(ok(huge)), Fetch)
+
+
+def test_an_answer_whose_rest_began_with_c6_reaches_the_client_exactly():
+    """A real answer and a frame size where the rest after full pieces
+    begins with C6: the client joins the answer byte-exact and reads the
+    next notification on its own (before the fix, it joined the two and the
+    push was undecodable)."""
+    found = None
+    for seed in range(400):
+        rnd = random.Random(seed)
+        text = "".join(rnd.choice("abcdefghijklmnopqrstuvwxyz0123456789+/") for _ in range(300))
+        big = message_body(token(9), token(10), 1, text)
+        payload = encode_notification(Notification(big), token(9), DeltaState(PRESET, 2), TABLE)
+        for frame in range(40, 200):
+            cut = -(-(len(payload) - frame) // (frame - 1)) * (frame - 1)
+            if len(payload) > frame and payload[cut] == PART:
+                found = big, frame
+                break
+        if found:
+            break
+    assert found is not None
+    big, frame = found
+    server = PushChain(token(9), TABLE, PRESET, frame, parts=True)
+    server.template = b"x"
+    step = server.on_response(ok(big))
+    assert isinstance(step, Push) and step.parts[-1][:1] != bytes([PART])
+    state = client()
+    stream, _, gen = registered(state)
+    stream.template = b"x"
+    for n, part in enumerate(step.parts, start=1):
+        assert state.on_notification(stream, gen, n, part, 0) is Outcome.OK
+    after = message_body(token(10), token(11), 2)
+    assert state.on_notification(stream, gen, len(step.parts) + 1, pushed(server, ok(after)), 0) is Outcome.OK
+    assert [a.body for a in stream.answers.values()] == [big, after] and state.undecodable == 0
 
 
 def test_client_drops_parts_it_cannot_finish():
