@@ -42,7 +42,7 @@ from aiocoap import Message
 
 from ..codec import HttpResponse, Profile, coap_to_response
 from ..errors import GatewayError
-from .echo import Sent, unfold
+from .echo import Sent, takes_place, unfold
 from .format import (
     END_FETCH,
     END_RESEND,
@@ -375,6 +375,11 @@ class SyncPushState:
                 or stream.head is None or stream.parts.pending):
             return self.on_lost(stream, stream.generation)
         observe = (stream.observe + 1) % OBSERVE_MODULUS
+        if not takes_place(data, observe):
+            # another send's answer came first (or this one is late): a gap, as
+            # a missing notification is; the server's history replays the answers
+            log.info("sync push: an echo fold out of order: registering again")
+            return self.on_lost(stream, stream.generation)
         try:
             body = unfold(data, stream.head, sent, stream.delta.echo, observe)
         except GatewayError as exc:

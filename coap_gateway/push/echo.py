@@ -526,6 +526,14 @@ def fold(body: bytes, since: str, sent: Sent, ctx: EchoContext, observe: int) ->
     return bytes([flags]) + tail
 
 
+def takes_place(data: bytes, observe: int) -> bool:
+    """Whether the fold ``data`` takes the Observe number ``observe``, as far
+    as its 3 bits tell: with NSTART 4, at most 3 other sends' answers can
+    overtake it, so a mismatch is such an overtaking (a gap), never a fold
+    read at the wrong place."""
+    return bool(data) and data[0] & F_OBSERVE == observe % OBSERVE_BITS
+
+
 def unfold(data: bytes, since: str, sent: Sent, ctx: EchoContext, observe: int) -> bytes:
     """The body ``data`` stands for (inverse of ``fold``), answering ``since``
     as the notification numbered ``observe``; CodecError when it cannot be
@@ -565,4 +573,4 @@ def unfold(data: bytes, since: str, sent: Sent, ctx: EchoContext, observe: int) 
 
 __all__ = ["COUNT_KEYS", "F_BASE", "F_PLACE", "EchoContext", "FoldReader", "Head", "Sent", "apply_token_change",
            "echo_event", "fold", "is_uint", "lead_number", "leb128", "parse_send", "place", "read_head", "read_place",
-           "reserved_bits", "sent_of", "token_change", "unfold", "write_head"]
+           "reserved_bits", "sent_of", "takes_place", "token_change", "unfold", "write_head"]

@@ -25,9 +25,14 @@ def message_body(since: str, next_batch: str, n: int, text: str = "Hello, see yo
              "event_id": "$" + base64.urlsafe_b64encode(hashlib.sha256(b"%d" % n).digest()).decode().rstrip("="),
              "origin_server_ts": 1795364412749 + 1000 * n, "sender": "@alice:localhost", "type": "m.room.message",
              "unsigned": {"age": 32 + n, "membership": "join"}}
+    return event_body(since, next_batch, event, (n, 0))
+
+
+def event_body(since: str, next_batch: str, event: dict, counts: tuple[int, int]) -> bytes:
+    """A sync answer with ``event`` in the room's timeline, as Synapse writes it."""
     room = {"timeline": {"events": [event], "prev_batch": since, "limited": False}, "state": {"events": []},
             "account_data": {"events": []}, "ephemeral": {"events": []},
-            "unread_notifications": {"notification_count": n, "highlight_count": 0}, "summary": {}}
+            "unread_notifications": {"notification_count": counts[0], "highlight_count": counts[1]}, "summary": {}}
     doc = {"next_batch": next_batch, "device_one_time_keys_count": {"signed_curve25519": 0},
            "device_unused_fallback_key_types": [], "rooms": {"join": {ROOM: room}}}
     return json.dumps(doc, separators=(",", ":")).encode()

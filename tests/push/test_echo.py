@@ -10,13 +10,14 @@ import pytest
 
 from coap_gateway.codec import HttpResponse, bare_event_id, coap_to_response, echo_fold, response_to_coap
 from coap_gateway.errors import CodecError
-from coap_gateway.push import PushChain, Status, SyncPushState
+from coap_gateway.push import Outcome, PushChain, Status, SyncPushState
 from coap_gateway.push.echo import (
     F_COUNTS,
     F_SENDER,
     MAX_ROOMS,
     EchoContext,
     Sent,
+    echo_event,
     fold,
     leb128,
     parse_send,
@@ -25,7 +26,7 @@ from coap_gateway.push.echo import (
     unfold,
 )
 from coap_gateway.push.format import FIRST_OBSERVE
-from tests.helpers.sync_bodies import PRESET, PROFILE, ROOM, TABLE, empty_body, message_body, token
+from tests.helpers.sync_bodies import PRESET, PROFILE, ROOM, TABLE, empty_body, event_body, message_body, token
 
 COUNTS_PART = b'"device_one_time_keys_count":{"signed_curve25519":0},"device_unused_fallback_key_types":[]'
 EVENT_ID = "$RVKzMtW8w8NA4h-gByrW6TdsLjGf0K2H8SKa4YRHs4w"
@@ -292,3 +293,29 @@ def test_no_fold_before_the_first_answer_or_for_an_error():
     server.on_response(HttpResponse(200, empty_body(9)))
     assert server.on_echo(HttpResponse(500, b"{}"), SENT) is None
     assert server.on_echo(echo, SENT) is not None
+
+
+def test_a_fold_another_sends_answer_overtook_is_a_gap_not_damage():
+    """Two sends in flight (NSTART 4 allows it); the second's answer comes
+    first: its Observe bits say so, and the client registers again (the
+    history replays both) instead of reading it at the wrong place."""
+    server = PushChain(token(9), TABLE, PRESET, 1024)
+    client = SyncPushState(PROFILE)
+    poll = client.classify("GET", f"/_matrix/client/v3/sync?since={token(9)}&timeout=30000", "tok")
+    stream, _ = client.stream(poll, "tok")
+    generation = client.begin(stream, token(9), 0.0)
+    client.on_registered(stream, generation, server.next_observe(),
+                         server.on_response(HttpResponse(200, empty_body(9))).payload, 0.0)
+    pushed = server.on_response(HttpResponse(200, message_body(token(9), token(10), 1)))
+    client.on_notification(stream, generation, server.next_observe(), pushed.payload, 0.0)
+    content = {"body": "Hello, see you at 5pm", "msgtype": "m.text"}  # Synapse's key order
+    one = Sent(ROOM, "m.room.message", TXN, content, EVENT_ID)
+    two = Sent(ROOM, "m.room.message", "lbpbifujdt.2", content, "$" + "B" * 43)
+
+    def echo(sent: Sent, since: int, ts: int) -> HttpResponse:
+        return HttpResponse(200, event_body(token(since), token(since + 1), echo_event(sent, SENDER, ts, 30), (1, 0)))
+
+    first, later = server.on_echo(echo(one, 10, 1795364420000), one), server.on_echo(echo(two, 11, 1795364421000), two)
+    assert first is not None and later is not None and later.observe == first.observe + 1
+    assert client.on_echo(stream, generation, two, later.fold, 0.0) is Outcome.LOST
+    assert client.undecodable == 0 and stream.status is Status.IDLE and token(10) not in stream.answers

@@ -1,8 +1,9 @@
 """Sync push, both sans-I/O cores together over a bad link: the server's
 chain and history on one side, the client's state on the other, with
 notifications and their ACKs lost, duplicated, overtaking the registration's
-answer, arriving before it is read, and old observations' notifications
-arriving late — the cases `gateway.push_server` and `gateway.push_client` meet
+answer, arriving before it is read, old observations' notifications
+arriving late, and the device's own sends whose echoes are folded into the
+send's answer (lost, or overtaken by the next notification) — the cases `gateway.push_server` and `gateway.push_client` meet
 on a lossy radio link, played out from a seed.
 
 Whatever happens, the client application must get every homeserver answer
@@ -21,10 +22,11 @@ from aiocoap.numbers.codes import Code
 
 from coap_gateway.codec.mapping import HttpResponse
 from coap_gateway.push.client import Answer, Outcome, Plain, Register, SyncPushClientConfig, SyncPushState, Wait
+from coap_gateway.push.echo import Sent, echo_event
 from coap_gateway.push.format import FIRST_OBSERVE, next_batch_of, parse_long_poll
 from coap_gateway.push.server import Push, PushChain, ReplayHistory, Silent
 from tests.helpers.devices import PROFILE
-from tests.helpers.sync_bodies import PRESET, TABLE, empty_body, message_body, token
+from tests.helpers.sync_bodies import PRESET, ROOM, TABLE, empty_body, event_body, message_body, token
 
 ANSWERS = 24  # homeserver answers with a message, then idle ones
 TRIES = 5  # a CON's transmissions (the first and 4 retransmissions)
@@ -45,6 +47,10 @@ class World:
         # texts from short to longer than several frames (random, so deflate keeps them long)
         self.texts = ["".join(self.rnd.choice(ALPHABET) for _ in range(self.rnd.choice((5, 20, 80, 300, 900))))
                       for _ in range(ANSWERS)]
+        # the device's own sends: their echoes may fold into the send's answer
+        self.sends = {i: Sent(ROOM, "m.room.message", f"scope.{i}", {"body": self.texts[i][:40], "msgtype": "m.text"},
+                              f"$event{i:040d}") for i in range(1, ANSWERS) if self.rnd.random() < 0.3}
+        self.folded: set[int] = set()  # sends whose answer the server gave (once: a retry is Synapse's cached one)
         self.state = SyncPushState(PROFILE, SyncPushClientConfig(max_answers=4))
         self.history = ReplayHistory()
         self.since = 0  # the application's place
@@ -53,6 +59,9 @@ class World:
         self.stale: list[tuple[int, Message]] = []  # notifications that may still be on their way
 
     def homeserver(self, i: int) -> bytes:
+        if i in self.sends:
+            return event_body(token(i), token(i + 1),
+                              echo_event(self.sends[i], "@alice:localhost", 1795364412749 + 1000 * i, 30), (i, 0))
         return message_body(token(i), token(i + 1), i, self.texts[i]) if i < ANSWERS else empty_body(i)
 
     def arrives(self) -> bool:
@@ -60,10 +69,11 @@ class World:
 
     # -- the server gateway's loop (gateway.push_server._run), one observation
 
-    def serve(self, since: str) -> Iterator[Message]:
+    def serve(self, since: str) -> Iterator[Message | tuple[bytes, Sent]]:
         """The observation's messages in order: its first answer (Observe 0), then
-        its notifications; each of these is sent only once the one before was
-        acknowledged (the caller resumes the generator then)."""
+        its notifications, each sent once the one before was acknowledged (the
+        caller resumes the generator then) — or a send's answer with its echo's
+        fold, (fold, sent), which nothing acknowledges."""
         chain = PushChain(since, TABLE, PRESET, self.frame, parts=True)
         first, replaying = True, True
         while True:
@@ -75,7 +85,15 @@ class World:
                 i = index_of(chain.poll_from)
                 if i >= ANSWERS and chain.template is not None:
                     return  # idle: the loop long-polls on, nothing to push
-                step = chain.on_response(HttpResponse(200, self.homeserver(i), "application/json"))
+                response = HttpResponse(200, self.homeserver(i), "application/json")
+                if i in self.sends and i not in self.folded:  # the device's send is under way
+                    self.folded.add(i)
+                    folded = chain.on_echo(response, self.sends[i])
+                    if folded is not None:
+                        self.history.put(b"stream", folded.answered, folded.body)
+                        yield folded.fold, self.sends[i]
+                        continue
+                step = chain.on_response(response)
             if isinstance(step, Silent):
                 continue
             assert isinstance(step, Push), step
@@ -115,6 +133,7 @@ class World:
         # the first answer is piggybacked: the registration is sent again until
         # it comes; a notification the server pushed meanwhile may overtake it
         reply = next(messages)
+        assert isinstance(reply, Message)  # nothing folds before the first answer
         missed = 0
         while missed < TRIES and not self.arrives():
             missed += 1
@@ -124,11 +143,11 @@ class World:
         pending = None
         if missed and self.rnd.random() < 0.5:
             pending = next(messages, None)
-            if pending is not None:
+            if isinstance(pending, Message):
                 reply, pending = pending, reply  # it overtook the first answer
         if pending is None and self.rnd.random() < 0.3:
             pending = next(messages, None)  # it comes before the first answer is read
-            if pending is not None:
+            if isinstance(pending, Message):
                 self.state.on_later(stream, generation, pending, 0)
                 self.stale.append((generation, pending))
                 pending = None
@@ -137,8 +156,21 @@ class World:
             if first.outcome is Outcome.PAUSE:
                 self.state.on_cancelled(stream)
             return
+        late: list[tuple[tuple, Sent, bytes]] = []  # send answers the next notification overtook
+        if isinstance(pending, tuple):
+            late.append((self.state.echo_target("tok"), pending[1], pending[0]))
         for message in messages:
-            outcome = self.deliver(stream, generation, message)
+            if isinstance(message, tuple):  # a send's answer with its echo folded in
+                fold, sent = message
+                target = self.state.echo_target("tok")
+                if self.rnd.random() < 0.3:
+                    late.append((target, sent, fold))
+                    continue
+                outcome = self.answer_send(target, sent, fold)
+            else:
+                outcome = self.deliver(stream, generation, message)
+                while late and outcome is Outcome.OK:
+                    outcome = self.answer_send(*late.pop(0))
             if outcome is None:
                 self.state.on_lost(stream, generation)  # never acknowledged: a check finds it gone
                 return
@@ -149,11 +181,18 @@ class World:
             if self.stale and self.rnd.random() < 0.2:  # an old observation's copy, late
                 old_generation, old = self.rnd.choice(self.stale)
                 self.state.on_later(stream, old_generation, old, 0)
-            self.stale.append((generation, message))
+            if isinstance(message, Message):
+                self.stale.append((generation, message))
             if self.rnd.random() < 0.5:
                 action = self.take()
                 if isinstance(action, Register):
                     return  # the client gateway drops this observation and registers again
+
+    def answer_send(self, target: tuple | None, sent: Sent, fold: bytes) -> Outcome:
+        """The send's answer (piggybacked: the send goes again until it comes)."""
+        if target is None or not any(self.arrives() for _ in range(TRIES)):
+            return Outcome.OK  # no fold to take, or the send failed: the next notification shows the gap
+        return self.state.on_echo(target[0], target[1], sent, fold, 0)
 
     def deliver(self, stream, generation: int, message: Message) -> Outcome | None:
         """One CON notification and its retransmissions (each copy after the
