@@ -311,6 +311,9 @@ def _sync_push_server(registry: Registry, gateway: str, push: Any) -> None:
                                  "its state, and the body as a delta against the old one.", ("gateway", "what"))
     continued.set(c.continued, gateway=gateway, what="state")
     continued.set(c.delta_bodies, gateway=gateway, what="delta_body")
+    registry.counter("coap_gateway_sync_push_to_device_holds",
+                     "Sliding-sync loops that waited for the client's next request after pushing to-device events.",
+                     GATEWAY).set(c.holds, gateway=gateway)
 
 
 def _sync_push_client(registry: Registry, gateway: str, push: Any) -> None:

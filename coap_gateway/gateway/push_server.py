@@ -87,6 +87,9 @@ class SyncPushServerCounters:
     continued: int = 0
     #: of those, registrations whose request body came as a delta against the old one
     delta_bodies: int = 0
+    #: sliding sync: loops that waited for the client's next request after
+    #: pushing to-device events, instead of polling them again
+    holds: int = 0
 
 
 class AckTracker:
@@ -451,6 +454,11 @@ class SyncPushServer:
                     pipe.add_response(message, is_last=False)
                     first = False
                     await self._delivered(message)
+                if step.hold:
+                    # the client's next request takes the to-device events; it
+                    # replaces this observation (which cancels this wait)
+                    self.counters.holds += 1
+                    await asyncio.sleep(self.config.hold_wait)
                 continue
             if isinstance(step, Fetch):
                 self.counters.fetches += 1

@@ -410,6 +410,21 @@ def is_empty_sync(body: bytes, kind: PollKind = SYNC) -> bool:
     return kind.says_nothing(doc)
 
 
+def moves_to_device(body: bytes, kind: PollKind = SYNC) -> bool:
+    """Whether a sliding-sync answer carries to-device events: the client's
+    next request then names their ``next_batch`` (its body changes), and
+    the same request polled again would get the same events back."""
+    if kind is not SLIDING:
+        return False  # /sync: the since itself moves past them
+    try:
+        doc = json.loads(body)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        return False
+    extensions = doc.get("extensions") if isinstance(doc, dict) else None
+    to_device = extensions.get("to_device") if isinstance(extensions, dict) else None
+    return isinstance(to_device, dict) and bool(to_device.get("events"))
+
+
 def next_batch_of(body: bytes, kind: PollKind = SYNC) -> str | None:
     """The top-level position of an answer (``next_batch``, ``pos``; None if
     there is none)."""
@@ -730,6 +745,7 @@ __all__ = [
     "expand_template",
     "is_empty_sync",
     "is_template",
+    "moves_to_device",
     "next_batch_of",
     "parse_long_poll",
     "split_next_batch",

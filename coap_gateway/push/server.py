@@ -48,6 +48,7 @@ from .format import (
     encode_body,
     encode_notification,
     is_empty_sync,
+    moves_to_device,
     next_batch_of,
     split_next_batch,
     split_parts,
@@ -75,6 +76,10 @@ class SyncPushServerConfig:
     #: longest a send's answer waits for its echo to fold (the homeserver
     #: wakes the loop within milliseconds; a loop waiting for an ACK misses it)
     echo_wait: float = 1.0
+    #: sliding sync: after pushing to-device events, how long the loop waits
+    #: for the client's next request (which names their next_batch) before
+    #: polling on with the old one, which Synapse answers with the same events
+    hold_wait: float = 60.0
 
 
 @dataclass(frozen=True)
@@ -90,6 +95,9 @@ class Push:
     body: bytes | None = None
     #: the notifications that carry ``payload``, in order: itself, or its parts
     parts: tuple[bytes, ...] = ()
+    #: the client's next request differs (``format.moves_to_device``): wait
+    #: for it (it replaces this observation) rather than poll with this one
+    hold: bool = False
 
 
 @dataclass(frozen=True)
@@ -245,7 +253,7 @@ class PushChain:
         self.head = self.poll_from = token
         if adopt:
             self.template = template
-        return Push(payload, answered, body, parts)
+        return Push(payload, answered, body, parts, hold=moves_to_device(body, self.kind))
 
     def _carriers(self, payload: bytes) -> tuple[bytes, ...] | None:
         """The notifications that carry ``payload``; None: fetch it plainly."""

@@ -34,6 +34,7 @@ from coap_gateway.codec.payload import body_to_payload, payload_to_body
 from coap_gateway.push.format import (
     MAX_POLL_BODY,
     SLIDING,
+    SYNC,
     DeltaState,
     ContinueOffer,
     Notification,
@@ -46,6 +47,7 @@ from coap_gateway.push.format import (
     is_empty_sync,
     is_push_request,
     mark_continued,
+    moves_to_device,
     next_batch_of,
     offer_continue,
     parse_long_poll,
@@ -477,3 +479,19 @@ def test_a_room_the_lists_show_is_named_by_its_index_from_the_first_event():
     assert list(ctx.rooms) == [ROOM]
     data = encode_event(one(11), "1/" + stream_token(10), ctx, TABLE, PRESET)
     assert data is not None and not data[0] & F_ROOM and ROOM.encode() not in data
+
+
+def test_to_device_events_hold_the_loop_until_the_next_request():
+    """Polled again with the same body, Synapse would answer with the same
+    to-device events (the body names their old position): the chain says
+    to wait for the client's next request instead."""
+    c = chain("1/" + stream_token(9))
+    assert not c.on_response(ok(quiet(10))).hold  # the template
+    batch = quiet(11).replace(b'"to_device":{"next_batch":"1","events":[]}',
+                              b'"to_device":{"next_batch":"2","events":[{"type":"m.test","sender":"' + BOB.encode()
+                              + b'","content":{"n":0}}]}')
+    assert batch != quiet(11)
+    step = c.on_response(ok(batch))
+    assert isinstance(step, Push) and step.hold
+    assert not c.on_response(ok(one(12))).hold  # a room event: the same request goes on
+    assert not moves_to_device(batch, SYNC) and not moves_to_device(b"{", SLIDING)
