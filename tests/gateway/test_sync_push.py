@@ -286,7 +286,8 @@ async def test_a_fold_the_client_cannot_read_is_replayed_whole(synapse, server_k
             assert ra.event_ids.count(sent.event_id) == 1
             assert dev_a.push_client.counters.registrations == registrations + 1
             assert dev_a.push_server.counters.replayed >= replayed + 1
-            assert dev_a.push_client.state.undecodable >= 1
+            # wrong Observe bits read as a gap (another send's answer first), not as damage
+            assert dev_a.push_client.state.undecodable == 0
             exact_answers(dev_a, answers)
 
 
