@@ -151,7 +151,8 @@ async def _run_link(args: argparse.Namespace, profile: LinkProfile, listen: Any,
                 with Live(_live_line(relay), console=err, refresh_per_second=4, transient=True) as live:
                     while not stopping.is_set():
                         with contextlib.suppress(TimeoutError):
-                            await asyncio.wait_for(stopping.wait(), timeout=0.25)
+                            async with asyncio.timeout(0.25):
+                                await stopping.wait()
                         live.update(_live_line(relay))
         finally:
             for signum in (signal.SIGINT, signal.SIGTERM):

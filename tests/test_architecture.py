@@ -8,6 +8,9 @@
 * No module uses another module's ``_private`` name.
 * The gateway runs without the simulator: every module but ``app.up`` (the
   one command that composes the two) imports with meshsim absent.
+* No ``asyncio.wait_for``: on Python 3.11 it returns the result when the
+  result and a cancellation arrive in one loop turn, and the cancelled task
+  carries on (``asyncio.timeout`` does not).
 """
 
 from __future__ import annotations
@@ -161,6 +164,16 @@ def test_no_private_names_cross_modules():
                     and not node.attr.startswith("__")):
                 wrong.append(f"{name}:{node.lineno}: {node.value.id}.{node.attr}")
     assert wrong == []
+
+
+def test_no_wait_for_it_can_lose_a_cancellation():
+    users = []
+    for path in [*PACKAGE.rglob("*.py"), *(ROOT / "meshsim").rglob("*.py")]:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if (isinstance(node, ast.Attribute) and node.attr == "wait_for"
+                    and getattr(node.value, "id", "") == "asyncio"):
+                users.append(f"{path.relative_to(ROOT)}:{node.lineno}")
+    assert users == []
 
 
 def test_only_up_imports_the_simulator():

@@ -224,7 +224,8 @@ async def stop_within(console: Console, name: str, *stops: Callable[[], Awaitabl
             await stop()
 
     try:
-        await asyncio.wait_for(all_of(), STOP_TIMEOUT)
+        async with asyncio.timeout(STOP_TIMEOUT):
+            await all_of()
     except TimeoutError:
         console.print(f"{name} did not stop within {STOP_TIMEOUT:.0f} s; exiting anyway")
     else:

@@ -105,7 +105,8 @@ class PeerLinkCodec:
             return key
         event = self._sessions.setdefault(public, asyncio.Event())
         try:
-            await asyncio.wait_for(event.wait(), timeout)
+            async with asyncio.timeout(timeout):
+                await event.wait()
         except TimeoutError:
             return None
         return self.key_for(public)

@@ -183,7 +183,8 @@ async def _next_event(conn: h11.Connection, reader: asyncio.StreamReader, wanted
     while True:
         event = conn.next_event()
         if event is h11.NEED_DATA:
-            data = await asyncio.wait_for(reader.read(CHUNK), IDLE_TIMEOUT)
+            async with asyncio.timeout(IDLE_TIMEOUT):
+                data = await reader.read(CHUNK)
             conn.receive_data(data)
             continue
         if isinstance(event, h11.ConnectionClosed) or event is h11.PAUSED:

@@ -12,6 +12,7 @@ observations, the NAT keepalive).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass
@@ -53,6 +54,8 @@ log = logging.getLogger(__name__)
 
 #: a wait this close to its deadline has reached it (seconds)
 DEADLINE_SLACK = 1e-3
+#: at close, the longest wait for a registration under way and for each cancel's answer (seconds)
+CLOSE_WAIT = 1.0
 
 
 class PushHost(Protocol):
@@ -133,8 +136,13 @@ class SyncPushClient:
             self._wake(stream)  # waiting polls end now
         if self._maintenance is not None:
             self._maintenance.cancel()
+        if self._registering:
+            # a registration under way is one the server holds (or soon will):
+            # let it finish so its observation is cancelled with the others,
+            # not left to push to an address nobody answers
+            await asyncio.wait(list(self._registering.values()), timeout=CLOSE_WAIT)
         for stream in list(self._observations):
-            await self._cancel(stream, timeout=1.0)
+            await self._cancel(stream, timeout=CLOSE_WAIT)
         tasks = [*self._registering.values(), *self._background]
         if self._maintenance is not None:
             tasks.append(self._maintenance)
@@ -193,10 +201,9 @@ class SyncPushClient:
                     self.counters.plain += 1
                     return await self.gateway.exchange(self._request(poll, poll.target(timeout_ms=0),
                                                                      http_request.access_token))
-                try:
-                    await asyncio.wait_for(changed.wait(), remaining)
-                except TimeoutError:
-                    pass
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(remaining):
+                        await changed.wait()
         finally:
             stream.waiting -= 1
 

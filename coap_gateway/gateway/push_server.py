@@ -321,7 +321,8 @@ class SyncPushServer:
             if sent is None:
                 return None
             try:
-                return await asyncio.wait_for(asyncio.shield(wait.folded), self.config.echo_wait)
+                async with asyncio.timeout(self.config.echo_wait):
+                    return await asyncio.shield(wait.folded)
             except TimeoutError:
                 return wait.folded.result() if wait.folded.done() else None
         finally:
@@ -344,7 +345,8 @@ class SyncPushServer:
             return None
         if not wait.answered.is_set():  # the homeserver woke the poll before it answered the send
             try:
-                await asyncio.wait_for(wait.answered.wait(), self.config.echo_wait)
+                async with asyncio.timeout(self.config.echo_wait):
+                    await wait.answered.wait()
             except TimeoutError:
                 return None
         if wait.closed or obs.echo is not wait:
@@ -406,6 +408,8 @@ class SyncPushServer:
         # answers kept from earlier observations go first, then the homeserver
         replaying = True
         while True:
+            if obs.ended is not None:  # a cancellation lost in some await still ends the loop here
+                raise _Ended(obs.ended)
             replay = self.history.get(obs.key, chain.head) if replaying else None
             if replay is not None:
                 self.counters.replayed += 1
@@ -478,7 +482,12 @@ class SyncPushServer:
         remote, mid = message.remote, message.mid
         future = self.acks.expect(remote, mid)
         try:
-            await asyncio.wait_for(future, self.config.ack_wait)
+            # asyncio.timeout, not wait_for: Python 3.11's wait_for returns the
+            # result when the ACK and a cancellation (the device's cancel, a
+            # replacing registration) come in one loop turn — the loop then
+            # carried on as an orphan, pushing to a device that had left
+            async with asyncio.timeout(self.config.ack_wait):
+                await future
         except TimeoutError:
             raise _Ended("notification never acknowledged") from None
         finally:

@@ -850,7 +850,8 @@ class LinkEndpoint:
             self._check_codec()
             left = None if deadline is None else max(0.0, deadline - loop.time())
             try:
-                response = await asyncio.wait_for(self.context.request(message).response, left)
+                async with asyncio.timeout(left):
+                    response = await self.context.request(message).response
             except (error.Error, TimeoutError, GatewayError) as exc:
                 raise LinkFailure(type(exc).__name__) from (self.interface.codec.failure() or exc)
             if not (blockwise and response.code == Code.REQUEST_ENTITY_INCOMPLETE) or attempt == BLOCKWISE_RESTARTS:
@@ -881,7 +882,8 @@ class LinkEndpoint:
         try:
             interface = await self.context.find_remote_and_interface(message)
             interface.request(observation.pipe)
-            return observation, await asyncio.wait_for(asyncio.shield(observation.first), timeout)
+            async with asyncio.timeout(timeout):
+                return observation, await asyncio.shield(observation.first)
         except (error.Error, TimeoutError, GatewayError) as exc:
             observation.close()
             raise LinkFailure(type(exc).__name__) from (self.interface.codec.failure() or exc)

@@ -519,3 +519,74 @@ async def test_limits_decline_to_plain_polling_and_a_stream_registers_again_in_p
             await client.stop()
             await server.stop()
         assert not push.observations  # every loop ended with the gateway
+
+
+async def test_a_cancel_in_the_same_turn_as_the_ack_ends_the_loop():
+    """The ACK of a notification and the device leaving (its cancel, its
+    session closing) can reach the server in one loop turn.  Python 3.11's
+    ``asyncio.wait_for`` then returns the ACK and drops the cancellation: the
+    loop carried on unlisted, polling the homeserver and pushing to an
+    address nobody answers (a `make bench` W4s window caught one CON and four
+    retransmissions).  The loop must end."""
+    import aiohttp
+
+    async with FakeSync() as hs:
+        client_link, server_link = emulated_link_pair(FAST, seed=42)
+        server = await start_server(server_link, homeserver=hs.url, profile=PROFILE, static_private=None)
+        client = await start_client(client_link, "server", profile=PROFILE)
+        headers = {"Authorization": "Bearer tok"}
+        base = client.base_url + "/_matrix/client/v3/sync?timeout=20000&since="
+        push = server.gateway.sync_push
+        try:
+            async with aiohttp.ClientSession() as http:
+                hs.script[token(1)] = [(200, empty_body(1))]
+                polling = asyncio.create_task(http.get(base + token(1), headers=headers))
+                await until(lambda: f"{token(1)}/30000" in hs.requests)  # registered; the loop long-polls
+                (obs,) = push.observations.values()
+                # the listener after the tracker's: the device leaves in the very call that acknowledges
+                server.endpoint.on_acknowledged(lambda remote, mid: push.forget_session(remote))
+                hs.script[token(1)] = [(200, message_body(token(1), token(2), 1))]
+                hs.script[token(2)] = [(200, message_body(token(2), token(3), 2))]  # what an orphan would push
+                hs.release.set()
+                async with await polling as r:
+                    assert await r.read() == message_body(token(1), token(2), 1)
+                await until(lambda: obs.task.done(), timeout=10)
+                assert not push.observations
+                assert not any(r.startswith(token(2)) for r in hs.requests)  # no poll after the device left
+        finally:
+            await client.stop()
+            await server.stop()
+
+
+async def test_a_client_gateway_closing_mid_registration_cancels_that_observation_too():
+    """A client gateway stopped while a registration is on its way: the
+    server holds that observation; the client waits for its answer and
+    cancels it with the others (it used to drop it, and the server pushed
+    the next answer to a closed port until the CON timed out)."""
+    import aiohttp
+
+    slow = LinkProfile(rate_bps=1_000_000, delay=0.3)
+    async with FakeSync() as hs:
+        client_link, server_link = emulated_link_pair(slow, seed=43)
+        server = await start_server(server_link, homeserver=hs.url, profile=PROFILE, static_private=None)
+        client = await start_client(client_link, "server", profile=PROFILE)
+        headers = {"Authorization": "Bearer tok"}
+        push = server.gateway.sync_push
+        stopped = False
+        try:
+            async with aiohttp.ClientSession() as http:
+                hs.script[token(1)] = [(200, empty_body(1))]
+                polling = asyncio.create_task(http.get(client.base_url + "/_matrix/client/v3/sync?timeout=20000"
+                                                       f"&since={token(1)}", headers=headers))
+                await until(lambda: push.observations)  # registered there; its answer is 0.3 s away
+                assert client.gateway.sync_push.counters.registrations == 1
+                assert not client.gateway.sync_push.state.streams or all(
+                    s.template is None for s in client.gateway.sync_push.state.streams.values())
+                polling.add_done_callback(lambda t: t.cancelled() or t.exception())
+                stopped = True  # once, even if it fails
+                await client.stop()
+                assert push.counters.cancels == 1 and not push.observations
+        finally:
+            if not stopped:
+                await client.stop()
+            await server.stop()
