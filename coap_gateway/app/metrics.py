@@ -288,6 +288,8 @@ def _sync_push_server(registry: Registry, gateway: str, push: Any) -> None:
     c = push.counters
     registry.gauge("coap_gateway_sync_push_observations", "Sync observations held now (one /sync loop each).",
                    GATEWAY).set(len(push.observations), gateway=gateway)
+    registry.gauge("coap_gateway_sync_push_loops", "Homeserver loops running now (equal to the observations "
+                   "but for a moment while one ends).", GATEWAY).set(len(push.loops), gateway=gateway)
     registry.counter("coap_gateway_sync_push_notifications", "Sync push notifications sent or received.",
                      GATEWAY).set(c.notifications, gateway=gateway)
     registry.counter("coap_gateway_sync_push_notification_bytes", "Payload bytes of the sync notifications pushed.",

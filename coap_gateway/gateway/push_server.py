@@ -194,6 +194,9 @@ class SyncPushServer:
         #: delivery; ServerGateway.attach always provides them
         self.ack_tracking = False
         self.observations: dict[tuple[Hashable, bytes], _Observation] = {}
+        #: the homeserver loops running: one per observation, and a loop whose
+        #: observation ended only until it stops (an operator's check for orphans)
+        self.loops: set[asyncio.Task[Any]] = set()
         self._by_stream: dict[bytes, _Observation] = {}
         self.counters = SyncPushServerCounters()
         #: test and debug observers: (polled since, homeserver response)
@@ -260,6 +263,7 @@ class SyncPushServer:
             self.counters.continued += 1
         self.observations[(obs.remote, obs.token)] = obs
         self._by_stream[connection] = obs
+        self.loops.add(obs.task)
         try:
             await self._run(pipe, obs)
         except _Ended:
@@ -270,6 +274,7 @@ class SyncPushServer:
             asyncio.current_task().uncancel()  # type: ignore[union-attr]
             _close_quietly(pipe)
         finally:
+            self.loops.discard(obs.task)
             if self.observations.get((obs.remote, obs.token)) is obs:
                 del self.observations[(obs.remote, obs.token)]
             if self._by_stream.get(connection) is obs:

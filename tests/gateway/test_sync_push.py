@@ -132,6 +132,7 @@ async def test_idle_long_polls_put_nothing_on_the_link(synapse, server_key):
             assert f'coap_gateway_sync_push_answered_total{{gateway="client",how="idle"}} {periods + 1}' in text
             assert 'coap_gateway_sync_push_streams{gateway="client"} 1' in text
             assert 'coap_gateway_sync_push_observations{gateway="server"} 1' in text
+            assert 'coap_gateway_sync_push_loops{gateway="server"} 1' in text
             assert registration <= 140
         finally:
             await alice.close()
@@ -551,7 +552,7 @@ async def test_a_cancel_in_the_same_turn_as_the_ack_ends_the_loop():
                 async with await polling as r:
                     assert await r.read() == message_body(token(1), token(2), 1)
                 await until(lambda: obs.task.done(), timeout=10)
-                assert not push.observations
+                assert not push.observations and not push.loops
                 assert not any(r.startswith(token(2)) for r in hs.requests)  # no poll after the device left
         finally:
             await client.stop()
@@ -586,6 +587,7 @@ async def test_a_client_gateway_closing_mid_registration_cancels_that_observatio
                 stopped = True  # once, even if it fails
                 await client.stop()
                 assert push.counters.cancels == 1 and not push.observations
+                await until(lambda: not push.loops, timeout=10)  # the loop stops at its next turn
         finally:
             if not stopped:
                 await client.stop()
