@@ -33,9 +33,9 @@ from coap_gateway.push.format import (
 from coap_gateway.codec.payload import body_to_payload
 from tests.helpers.devices import PROFILE
 from tests.helpers.sync_bodies import PRESET, TABLE, empty_body, message_body, token
-from tests.push.test_echo import SENDER, SENT, synapse_echo
-from tests.push.test_echo import context as echo_context
-from tests.push.test_sliding_push_core import ME, one, quiet, sent, stream_token
+from tests.helpers.echo_bodies import SENDER, SENT, synapse_echo
+from tests.helpers.echo_bodies import context as echo_context
+from tests.helpers.sliding_bodies import ME, one, quiet, sent, stream_token
 
 ROUNDS = 1500
 

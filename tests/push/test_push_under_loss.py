@@ -31,9 +31,9 @@ from coap_gateway.push.format import SLIDING, SYNC, mark_continued, next_batch_o
 from coap_gateway.push.server import Push, PushChain, ReplayHistory, Silent
 from tests.helpers.devices import PROFILE
 from tests.helpers.sync_bodies import PRESET, ROOM, TABLE, empty_body, event_body, message_body, token
-from tests.push.test_sliding_push_core import ME, one, quiet, stream_token
-from tests.push.test_sliding_push_core import PATH as SLIDING_PATH
-from tests.push.test_sliding_push_core import ROOM as SLIDING_ROOM
+from tests.helpers.sliding_bodies import ME, one, quiet, stream_token
+from tests.helpers.sliding_bodies import PATH as SLIDING_PATH
+from tests.helpers.sliding_bodies import ROOM as SLIDING_ROOM
 
 ANSWERS = 24  # homeserver answers with an event, then idle ones
 TRIES = 5  # a CON's transmissions (the first and 4 retransmissions)
