@@ -423,6 +423,43 @@ class FakeSync(ScriptedServer):
         self.release.set()
 
 
+class ScriptedPair:
+    """A gateway pair in front of a FakeSync (``async with``): ``hs``,
+    ``client``, ``server``; everything stops at the end."""
+
+    def __init__(self, seed: int, link: LinkProfile = FAST, **server_options):
+        self.seed, self.link, self.server_options = seed, link, server_options
+        self._client_stopped = False
+
+    async def __aenter__(self) -> ScriptedPair:
+        self.hs = await FakeSync().__aenter__()
+        self.client_link, self.server_link = emulated_link_pair(self.link, seed=self.seed)
+        try:
+            self.server = await start_server(self.server_link, homeserver=self.hs.url, profile=PROFILE,
+                                             static_private=None, **self.server_options)
+            try:
+                self.client = await start_client(self.client_link, "server", profile=PROFILE)
+            except BaseException:
+                await self.server.stop()
+                raise
+        except BaseException:
+            await self.hs.__aexit__(None, None, None)
+            raise
+        return self
+
+    async def stop_client(self) -> None:
+        if not self._client_stopped:
+            self._client_stopped = True  # once, even if it fails
+            await self.client.stop()
+
+    async def __aexit__(self, *exc: object) -> None:
+        try:
+            await self.stop_client()
+            await self.server.stop()
+        finally:
+            await self.hs.__aexit__(*exc)
+
+
 async def test_large_answers_come_in_parts_or_plainly_and_errors_reach_the_client_exactly():
     import aiohttp
 
@@ -430,62 +467,56 @@ async def test_large_answers_come_in_parts_or_plainly_and_errors_reach_the_clien
     large = message_body(token(1), token(2), 1, " ".join(hashlib.sha256(b"%d" % i).hexdigest() for i in range(80)))
     huge = message_body(token(2), token(3), 2, " ".join(hashlib.sha256(b"%d" % i).hexdigest() for i in range(2400)))
     error = b'{"errcode":"M_UNKNOWN_TOKEN","error":"Invalid access token passed.","soft_logout":true}'
-    async with FakeSync() as hs:
-        client_link, server_link = emulated_link_pair(FAST, seed=40)
-        server = await start_server(server_link, homeserver=hs.url, profile=PROFILE, static_private=None)
-        client = await start_client(client_link, "server", profile=PROFILE)
+    async with ScriptedPair(seed=40) as pair, aiohttp.ClientSession() as http:
+        hs, client, server = pair.hs, pair.client, pair.server
+        client_link, server_link = pair.client_link, pair.server_link
         headers = {"Authorization": "Bearer tok"}
         base = client.base_url + "/_matrix/client/v3/sync?since="
         push = server.gateway.sync_push
-        try:
-            async with aiohttp.ClientSession() as http:
-                hs.script[token(1)] = [(200, empty_body(1))]
-                polling = asyncio.create_task(http.get(base + token(1) + "&timeout=20000", headers=headers))
-                await until(lambda: client.gateway.sync_push.state.streams
-                            and next(iter(client.gateway.sync_push.state.streams.values())).template is not None)
-                await until(lambda: f"{token(1)}/30000" in hs.requests)  # the server's own long-poll waits
-                hs.script[token(1)] = [(200, large)]
-                hs.release.set()
-                frames = client_link.sent_frames, server_link.sent_frames
-                async with await polling as r:  # too large for a frame: pushed in parts, byte for byte
-                    assert r.status == 200 and await r.read() == large
-                assert len(large) > 3 * client_link.budget.max_frame
-                assert push.counters.parted == 1 and push.counters.fetches == 0
-                assert push.counters.registrations == 1  # the observation goes on
-                # each part a CON notification and its ACK, nothing else
-                parts = server_link.sent_frames - frames[1]
-                assert parts >= 2 and client_link.sent_frames - frames[0] == parts
-                # an answer longer than parts may carry (format.MAX_PARTED): fetched
-                # plainly, blockwise (the plain path's canonical CBOR keeps the JSON,
-                # not its key order), and the next since registers again
-                hs.script[token(2)] = [(200, huge)]
-                async with http.get(base + token(2) + "&timeout=20000", headers=headers) as r:
-                    assert r.status == 200 and json.loads(await r.read()) == json.loads(huge)
-                assert push.counters.fetches == 1
-                # a registration whose first answer needs parts: answered "registered"
-                # (a piggybacked ACK nobody acknowledges), the parts follow as CONs
-                first_large = message_body(token(3), token(4), 3, large.decode("ascii")[-3000:])
-                hs.script[token(3)] = [(200, first_large)]
-                async with http.get(base + token(3) + "&timeout=20000", headers=headers) as r:
-                    assert r.status == 200 and await r.read() == first_large
-                assert push.counters.parted == 2 and push.counters.registrations == 2
-                # the homeserver's error comes back exactly
-                hs.script[token(4)] = [(401, error)]
-                async with http.get(base + token(4) + "&timeout=20000", headers=headers) as r:
-                    assert r.status == 401 and await r.read() == error
-                # 5xx on a running observation: retried, never pushed
-                hs.script[token(5)] = [(200, empty_body(5))]
-                async with http.get(base + token(5) + "&timeout=100", headers=headers) as r:
-                    assert await r.read() == empty_body(5)  # the idle answer, from the template
-                hs.script[token(5)] = [(503, b'{"errcode":"M_UNKNOWN"}'), (200, message_body(token(5), token(6), 2))]
-                hs.release.set()
-                async with http.get(base + token(5) + "&timeout=20000", headers=headers) as r:
-                    assert await r.read() == message_body(token(5), token(6), 2)
-                assert server.gateway.sync_push.counters.upstream_errors == 0
-                assert server.gateway.sync_push.counters.finals == 1  # the 401
-        finally:
-            await client.stop()
-            await server.stop()
+        hs.script[token(1)] = [(200, empty_body(1))]
+        polling = asyncio.create_task(http.get(base + token(1) + "&timeout=20000", headers=headers))
+        await until(lambda: client.gateway.sync_push.state.streams
+                    and next(iter(client.gateway.sync_push.state.streams.values())).template is not None)
+        await until(lambda: f"{token(1)}/30000" in hs.requests)  # the server's own long-poll waits
+        hs.script[token(1)] = [(200, large)]
+        hs.release.set()
+        frames = client_link.sent_frames, server_link.sent_frames
+        async with await polling as r:  # too large for a frame: pushed in parts, byte for byte
+            assert r.status == 200 and await r.read() == large
+        assert len(large) > 3 * client_link.budget.max_frame
+        assert push.counters.parted == 1 and push.counters.fetches == 0
+        assert push.counters.registrations == 1  # the observation goes on
+        # each part a CON notification and its ACK, nothing else
+        parts = server_link.sent_frames - frames[1]
+        assert parts >= 2 and client_link.sent_frames - frames[0] == parts
+        # an answer longer than parts may carry (format.MAX_PARTED): fetched
+        # plainly, blockwise (the plain path's canonical CBOR keeps the JSON,
+        # not its key order), and the next since registers again
+        hs.script[token(2)] = [(200, huge)]
+        async with http.get(base + token(2) + "&timeout=20000", headers=headers) as r:
+            assert r.status == 200 and json.loads(await r.read()) == json.loads(huge)
+        assert push.counters.fetches == 1
+        # a registration whose first answer needs parts: answered "registered"
+        # (a piggybacked ACK nobody acknowledges), the parts follow as CONs
+        first_large = message_body(token(3), token(4), 3, large.decode("ascii")[-3000:])
+        hs.script[token(3)] = [(200, first_large)]
+        async with http.get(base + token(3) + "&timeout=20000", headers=headers) as r:
+            assert r.status == 200 and await r.read() == first_large
+        assert push.counters.parted == 2 and push.counters.registrations == 2
+        # the homeserver's error comes back exactly
+        hs.script[token(4)] = [(401, error)]
+        async with http.get(base + token(4) + "&timeout=20000", headers=headers) as r:
+            assert r.status == 401 and await r.read() == error
+        # 5xx on a running observation: retried, never pushed
+        hs.script[token(5)] = [(200, empty_body(5))]
+        async with http.get(base + token(5) + "&timeout=100", headers=headers) as r:
+            assert await r.read() == empty_body(5)  # the idle answer, from the template
+        hs.script[token(5)] = [(503, b'{"errcode":"M_UNKNOWN"}'), (200, message_body(token(5), token(6), 2))]
+        hs.release.set()
+        async with http.get(base + token(5) + "&timeout=20000", headers=headers) as r:
+            assert await r.read() == message_body(token(5), token(6), 2)
+        assert server.gateway.sync_push.counters.upstream_errors == 0
+        assert server.gateway.sync_push.counters.finals == 1  # the 401
 
 
 async def test_limits_decline_to_plain_polling_and_a_stream_registers_again_in_place():
@@ -493,33 +524,26 @@ async def test_limits_decline_to_plain_polling_and_a_stream_registers_again_in_p
 
     from coap_gateway.gateway.push_server import SyncPushServerConfig
 
-    async with FakeSync() as hs:
-        client_link, server_link = emulated_link_pair(FAST, seed=41)
-        server = await start_server(server_link, homeserver=hs.url, profile=PROFILE, static_private=None,
-                                    sync_push=SyncPushServerConfig(max_per_session=1))
-        client = await start_client(client_link, "server", profile=PROFILE)
+    pair = ScriptedPair(seed=41, sync_push=SyncPushServerConfig(max_per_session=1))
+    async with pair, aiohttp.ClientSession() as http:
+        hs, client, server = pair.hs, pair.client, pair.server
         headers = {"Authorization": "Bearer tok"}
         base = client.base_url + "/_matrix/client/v3/sync?timeout=50&since="
         push = server.gateway.sync_push
-        try:
-            async with aiohttp.ClientSession() as http:
-                for n in (1, 2, 3):
-                    hs.script[token(n)] = [(200, empty_body(n))]
-                async with http.get(base + token(1), headers=headers) as r:
-                    assert await r.read() == empty_body(1)
-                assert push.counters.registrations == 1 and len(push.observations) == 1
-                # a second stream (another filter) of the same session: over the limit, polled plainly
-                async with http.get(base + token(1) + "&filter=2", headers=headers) as r:
-                    assert r.status == 200 and json.loads(await r.read()) == json.loads(empty_body(1))
-                assert push.counters.declined == 1
-                # the first stream from another since: registered again, in place
-                async with http.get(base + token(3), headers=headers) as r:
-                    assert await r.read() == empty_body(3)
-                assert push.counters.registrations == 2 and len(push.observations) == 1
-        finally:
-            await client.stop()
-            await server.stop()
-        assert not push.observations  # every loop ended with the gateway
+        for n in (1, 2, 3):
+            hs.script[token(n)] = [(200, empty_body(n))]
+        async with http.get(base + token(1), headers=headers) as r:
+            assert await r.read() == empty_body(1)
+        assert push.counters.registrations == 1 and len(push.observations) == 1
+        # a second stream (another filter) of the same session: over the limit, polled plainly
+        async with http.get(base + token(1) + "&filter=2", headers=headers) as r:
+            assert r.status == 200 and json.loads(await r.read()) == json.loads(empty_body(1))
+        assert push.counters.declined == 1
+        # the first stream from another since: registered again, in place
+        async with http.get(base + token(3), headers=headers) as r:
+            assert await r.read() == empty_body(3)
+        assert push.counters.registrations == 2 and len(push.observations) == 1
+    assert not push.observations  # every loop ended with the gateway
 
 
 async def test_a_cancel_in_the_same_turn_as_the_ack_ends_the_loop():
@@ -531,32 +555,25 @@ async def test_a_cancel_in_the_same_turn_as_the_ack_ends_the_loop():
     retransmissions).  The loop must end."""
     import aiohttp
 
-    async with FakeSync() as hs:
-        client_link, server_link = emulated_link_pair(FAST, seed=42)
-        server = await start_server(server_link, homeserver=hs.url, profile=PROFILE, static_private=None)
-        client = await start_client(client_link, "server", profile=PROFILE)
+    async with ScriptedPair(seed=42) as pair, aiohttp.ClientSession() as http:
+        hs, client, server = pair.hs, pair.client, pair.server
         headers = {"Authorization": "Bearer tok"}
         base = client.base_url + "/_matrix/client/v3/sync?timeout=20000&since="
         push = server.gateway.sync_push
-        try:
-            async with aiohttp.ClientSession() as http:
-                hs.script[token(1)] = [(200, empty_body(1))]
-                polling = asyncio.create_task(http.get(base + token(1), headers=headers))
-                await until(lambda: f"{token(1)}/30000" in hs.requests)  # registered; the loop long-polls
-                (obs,) = push.observations.values()
-                # the listener after the tracker's: the device leaves in the very call that acknowledges
-                server.endpoint.on_acknowledged(lambda remote, mid: push.forget_session(remote))
-                hs.script[token(1)] = [(200, message_body(token(1), token(2), 1))]
-                hs.script[token(2)] = [(200, message_body(token(2), token(3), 2))]  # what an orphan would push
-                hs.release.set()
-                async with await polling as r:
-                    assert await r.read() == message_body(token(1), token(2), 1)
-                await until(lambda: obs.task.done(), timeout=10)
-                assert not push.observations and not push.loops
-                assert not any(r.startswith(token(2)) for r in hs.requests)  # no poll after the device left
-        finally:
-            await client.stop()
-            await server.stop()
+        hs.script[token(1)] = [(200, empty_body(1))]
+        polling = asyncio.create_task(http.get(base + token(1), headers=headers))
+        await until(lambda: f"{token(1)}/30000" in hs.requests)  # registered; the loop long-polls
+        (obs,) = push.observations.values()
+        # the listener after the tracker's: the device leaves in the very call that acknowledges
+        server.endpoint.on_acknowledged(lambda remote, mid: push.forget_session(remote))
+        hs.script[token(1)] = [(200, message_body(token(1), token(2), 1))]
+        hs.script[token(2)] = [(200, message_body(token(2), token(3), 2))]  # what an orphan would push
+        hs.release.set()
+        async with await polling as r:
+            assert await r.read() == message_body(token(1), token(2), 1)
+        await until(lambda: obs.task.done(), timeout=10)
+        assert not push.observations and not push.loops
+        assert not any(r.startswith(token(2)) for r in hs.requests)  # no poll after the device left
 
 
 async def test_a_client_gateway_closing_mid_registration_cancels_that_observation_too():
@@ -566,29 +583,19 @@ async def test_a_client_gateway_closing_mid_registration_cancels_that_observatio
     the next answer to a closed port until the CON timed out)."""
     import aiohttp
 
-    slow = LinkProfile(rate_bps=1_000_000, delay=0.3)
-    async with FakeSync() as hs:
-        client_link, server_link = emulated_link_pair(slow, seed=43)
-        server = await start_server(server_link, homeserver=hs.url, profile=PROFILE, static_private=None)
-        client = await start_client(client_link, "server", profile=PROFILE)
+    pair = ScriptedPair(seed=43, link=LinkProfile(rate_bps=1_000_000, delay=0.3))
+    async with pair, aiohttp.ClientSession() as http:
+        hs, client, server = pair.hs, pair.client, pair.server
         headers = {"Authorization": "Bearer tok"}
         push = server.gateway.sync_push
-        stopped = False
-        try:
-            async with aiohttp.ClientSession() as http:
-                hs.script[token(1)] = [(200, empty_body(1))]
-                polling = asyncio.create_task(http.get(client.base_url + "/_matrix/client/v3/sync?timeout=20000"
-                                                       f"&since={token(1)}", headers=headers))
-                await until(lambda: push.observations)  # registered there; its answer is 0.3 s away
-                assert client.gateway.sync_push.counters.registrations == 1
-                assert not client.gateway.sync_push.state.streams or all(
-                    s.template is None for s in client.gateway.sync_push.state.streams.values())
-                polling.add_done_callback(lambda t: t.cancelled() or t.exception())
-                stopped = True  # once, even if it fails
-                await client.stop()
-                assert push.counters.cancels == 1 and not push.observations
-                await until(lambda: not push.loops, timeout=10)  # the loop stops at its next turn
-        finally:
-            if not stopped:
-                await client.stop()
-            await server.stop()
+        hs.script[token(1)] = [(200, empty_body(1))]
+        polling = asyncio.create_task(http.get(client.base_url + "/_matrix/client/v3/sync?timeout=20000"
+                                               f"&since={token(1)}", headers=headers))
+        await until(lambda: push.observations)  # registered there; its answer is 0.3 s away
+        assert client.gateway.sync_push.counters.registrations == 1
+        assert not client.gateway.sync_push.state.streams or all(
+            s.template is None for s in client.gateway.sync_push.state.streams.values())
+        polling.add_done_callback(lambda t: t.cancelled() or t.exception())
+        await pair.stop_client()
+        assert push.counters.cancels == 1 and not push.observations
+        await until(lambda: not push.loops, timeout=10)  # the loop stops at its next turn
