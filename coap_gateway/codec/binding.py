@@ -51,7 +51,7 @@ from aiocoap.numbers.codes import Code
 from aiocoap.optiontypes import OpaqueOption, UintOption
 
 from ..errors import CodecError, GatewayError
-from . import options
+from . import column, options
 from .mapping import (
     HttpRequest,
     HttpResponse,
@@ -111,9 +111,12 @@ def answer_token(body: bytes) -> str | None:
     return token if token.isascii() and token.isprintable() and " " not in token else None
 
 
-def encode_token_definition(handle: int, token: str) -> bytes:
-    """The Access-Token option value: the handle as a CBOR uint, then the token."""
-    return cbor2.dumps(handle) + token.encode("utf-8")
+def encode_token_definition(handle: int, token: str, packed: bool = False) -> bytes:
+    """The Access-Token option value: the handle as a CBOR uint, then the
+    token — with ``packed`` (a profile with the token column), a Synapse
+    token as its column entry: 22 bytes instead of 39 for ``@alice``."""
+    entry = column.token_entry(token) if packed else None
+    return cbor2.dumps(handle) + (entry if entry is not None else token.encode("utf-8"))
 
 
 def decode_token_definition(value: bytes) -> tuple[int, str]:
@@ -125,6 +128,8 @@ def decode_token_definition(value: bytes) -> tuple[int, str]:
     token = value[size:]
     if not isinstance(handle, int) or handle >= 1 << 32 or not token or len(token) > MAX_TOKEN_LENGTH:
         raise CodecError("Access-Token is a handle < 2^32 and a token of 1-1024 bytes")
+    if token[0] < len(column.TOKEN_PREFIXES):  # a control character: no token's first, a packed one's kind
+        return handle, column.read_token_entry(token)
     try:
         text = token.decode("ascii")
     except UnicodeDecodeError as exc:
@@ -187,6 +192,8 @@ class ClientBinding:
         self.confirmed_tokens: set[int] = set()
         #: handles and transaction IDs of the compact form (profile lb3)
         self.wire: ClientWireState | None = ClientWireState() if profile.schemas is not None else None
+        #: a profile with the token column (lb4) defines Synapse tokens packed
+        self.packs_tokens = profile.timeline is not None and "token" in profile.timeline.columns
         self.counters = ClientBindingCounters()
 
     def to_json(self) -> str:
@@ -256,7 +263,8 @@ class ClientBinding:
             return message
         handle = attempt.token_handle = self.token_handle(token)
         if handle not in self.confirmed_tokens or attempt.token_resent:
-            message.opt.add_option(OpaqueOption(options.ACCESS_TOKEN, encode_token_definition(handle, token)))
+            message.opt.add_option(OpaqueOption(options.ACCESS_TOKEN,
+                                                encode_token_definition(handle, token, self.packs_tokens)))
             self.counters.token_sent += 1
             attempt.token_defined = True
         elif handle != 0:

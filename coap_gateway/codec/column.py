@@ -112,6 +112,15 @@ def _read_token(column: bytes, at: int) -> tuple[str, int]:
     return f"{base}_{_crc(base)}", end
 
 
+def read_token_entry(entry: bytes) -> str:
+    """The token of a whole column entry (``token_entry``'s inverse);
+    CodecError when malformed or followed by anything."""
+    token, end = _read_token(entry, 0)
+    if end != len(entry):
+        raise CodecError("bytes after a token's entry")
+    return token
+
+
 def _string_slots(doc: Any) -> Iterator[tuple[Any, Any]]:
     """(container, key or index) of every string value (not object keys) in
     the column's order: at each object or array its own string values, in

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import random
+import zlib
 
 import pytest
 from aiocoap import Message
@@ -34,6 +36,7 @@ from coap_gateway.codec.binding import (
     encode_token_definition,
     issues_token,
 )
+from coap_gateway.codec import column
 from coap_gateway.codec.route_option import ServerWireState
 from coap_gateway.errors import CodecError
 
@@ -82,6 +85,52 @@ def test_token_definition_bytes():
     for bad in (b"", b"\x00", b"\x20tok", b"\x18", b"\x00to k", b"\x00t\x00k", b"\x00" + b"x" * 1025, b"\x00\xc3\xa9"):
         with pytest.raises(CodecError):
             decode_token_definition(bad)
+
+
+BASE62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+
+
+def synapse_token(localpart: str, letters: str, prefix: str = "syt") -> str:
+    """A token as Synapse makes them (synapse/handlers/auth.py): the rest's
+    CRC-32 in base62 at the end."""
+    base = f"{prefix}_{base64.b64encode(localpart.encode()).decode().rstrip('=')}_{letters}"
+    num, crc = zlib.crc32(base.encode()), ""
+    while num:
+        num, digit = divmod(num, 62)
+        crc = BASE62[digit] + crc
+    return f"{base}_{crc.rjust(6, '0')}"
+
+
+def test_a_synapse_token_is_defined_packed():
+    token = synapse_token("alice", "MmnDKbQWmwFcIPgPXJoP")
+    value = encode_token_definition(0, token, packed=True)
+    # handle 0, kind 0 (syt), the localpart's 5 bytes, the 20 letters as 15 bytes: 23 B, not 40
+    assert value[:8] == b"\x00\x00\x05alice" and len(value) == 23 and len(token) == 39
+    assert decode_token_definition(value) == (0, token)
+    refresh = synapse_token("bob", "QWERTYuiopASDFGhjklz", "syr")
+    assert decode_token_definition(encode_token_definition(7, refresh, packed=True)) == (7, refresh)
+    # anything else stays text: another shape, a wrong CRC, a profile without the column
+    wrong_crc = token[:-1] + ("A" if token[-1] != "A" else "B")
+    assert encode_token_definition(0, wrong_crc, packed=True) == b"\x00" + wrong_crc.encode()
+    assert encode_token_definition(0, "tok-alice", packed=True) == b"\x00tok-alice"
+    assert encode_token_definition(0, token) == b"\x00" + token.encode()
+    # packed values the reader refuses: cut, followed by more, an unknown kind, no
+    # localpart, a random part out of range
+    for bad in (value[:-1], value + b"x", b"\x00\x02" + value[2:], b"\x00\x00\x00" + value[8:],
+                value[:8] + b"\xff" * 15):
+        with pytest.raises(CodecError):
+            decode_token_definition(bad)
+
+
+def test_an_lb4_client_defines_a_synapse_token_packed_and_the_server_reads_it():
+    lb4 = load_profile("lb4")
+    token = synapse_token("alice", "MmnDKbQWmwFcIPgPXJoP")
+    client, server = ClientBinding(lb4), ServerBinding(lb4)
+    message = client.request(whoami(token), Attempt())
+    assert token_options(message) == (b"\x00" + column.token_entry(token), None, False)
+    resolved = server.resolve(crossing(message))
+    assert isinstance(resolved, Resolved) and resolved.token == token
+    assert token_options(ClientBinding(LB3).request(whoami(token), Attempt()))[0] == b"\x00" + token.encode()
 
 
 def test_a_token_is_defined_until_confirmed_then_its_handle_stands_for_it():

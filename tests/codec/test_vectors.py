@@ -66,6 +66,20 @@ def test_payload_vectors_decode(v):
         assert decompress(encoded.payload, timeline.dictionary(profile)).hex() == v["inflated_hex"]
 
 
+def test_token_definition_vectors():
+    """Access-Token values: each reads back to its token in any profile; the
+    client writes them packed exactly where its profile has the token column."""
+    from coap_gateway.codec import ClientBinding
+    from coap_gateway.codec.binding import decode_token_definition, encode_token_definition
+
+    assert {v["profile"] for v in VECTORS["token_definitions"]} == {"lb3", "lb4"}
+    for v in VECTORS["token_definitions"]:
+        value = bytes.fromhex(v["value_hex"])
+        assert decode_token_definition(value) == (v["handle"], v["token"])
+        packs = ClientBinding(load_profile(v["profile"])).packs_tokens
+        assert encode_token_definition(v["handle"], v["token"], packs) == value
+
+
 def test_binding_vectors_resolve_in_order():
     """The server side reads the binding vectors (decoded from their bytes
     only) into the client's requests and tokens; the client side rebuilds

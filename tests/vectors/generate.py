@@ -107,6 +107,25 @@ TIMELINE_PAGE = json.dumps({"chunk": [
 BINDING_ROOM = "!" + base64.urlsafe_b64encode(hashlib.sha256(b"vector room").digest()).decode().rstrip("=")
 
 
+#: Synapse tokens of the shape synapse/handlers/auth.py makes (the CRC is right)
+SYNAPSE_TOKENS = ("syt_YWxpY2U_MmnDKbQWmwFcIPgPXJoP_1S2WKO", "syr_Ym9i_QWERTYuiopASDFGhjklz_0Nikh6")
+
+
+def token_definition_vectors() -> list[dict]:
+    """Access-Token values (§8a): a Synapse token packed as its column entry
+    in a profile with the token column (lb4), as text otherwise."""
+    from coap_gateway.codec.binding import encode_token_definition
+
+    out = []
+    for profile_name, handle, token in (("lb4", 0, SYNAPSE_TOKENS[0]), ("lb4", 1, SYNAPSE_TOKENS[1]),
+                                        ("lb4", 2, "tok-not-synapse"), ("lb3", 0, SYNAPSE_TOKENS[0])):
+        profile = load_profile(profile_name)
+        packed = profile.timeline is not None and "token" in profile.timeline.columns
+        out.append({"profile": profile_name, "handle": handle, "token": token,
+                    "value_hex": encode_token_definition(handle, token, packed).hex()})
+    return out
+
+
 def binding_vectors() -> list[dict]:
     """Whole CoAP requests (plaintext bytes, MID 0x1234, empty token) as the
     client binding builds them, in order, each answered before the next: the
@@ -169,6 +188,7 @@ def main() -> None:
         "routes": [route_vector(*case) for case in ROUTE_CASES],
         "status": [status_vector(*case) for case in STATUS_CASES],
         "binding": binding_vectors(),
+        "token_definitions": token_definition_vectors(),
         "payload": [
             payload_vector("lb2", b'{"msgtype":"m.text","body":"Hello, see you at 5pm"}', "deflated: Content-Format absent"),
             payload_vector("lb2", json.dumps({"event_id": EVENT_ID}, separators=(",", ":")).encode(), "whichever is smaller"),
