@@ -51,7 +51,7 @@ from aiocoap.numbers.codes import Code
 from aiocoap.optiontypes import OpaqueOption, UintOption
 
 from ..errors import CodecError, GatewayError
-from . import column, options
+from . import column, options, timeline
 from .mapping import (
     HttpRequest,
     HttpResponse,
@@ -193,7 +193,7 @@ class ClientBinding:
         #: handles and transaction IDs of the compact form (profile lb3)
         self.wire: ClientWireState | None = ClientWireState() if profile.schemas is not None else None
         #: a profile with the token column (lb4) defines Synapse tokens packed
-        self.packs_tokens = profile.timeline is not None and "token" in profile.timeline.columns
+        self.packs_tokens = "token" in timeline.column_kinds(profile)
         self.counters = ClientBindingCounters()
 
     def to_json(self) -> str:

@@ -63,7 +63,8 @@ def dictionary(profile: Profile) -> FlateDictionary | None:
     return found
 
 
-def _columns(profile: Profile) -> frozenset[str]:
+def column_kinds(profile: Profile) -> frozenset[str]:
+    """The kinds of the profile's column (§5.1; empty without a timeline table)."""
     return profile.timeline.columns if profile.timeline is not None else frozenset()
 
 
@@ -72,7 +73,7 @@ def worth_trying(body: bytes, profile: Profile) -> bool:
     timestamps to write as differences, or a token for the column."""
     if body.count(b'"origin_server_ts"') >= MIN_TIMESTAMPS:
         return True
-    return "token" in _columns(profile) and (b'"syt_' in body or b'"syr_' in body)
+    return "token" in column_kinds(profile) and (b'"syt_' in body or b'"syr_' in body)
 
 
 def _is_int(value: Any) -> bool:
@@ -139,7 +140,7 @@ def encode(canonical_cbor: bytes, profile: Profile) -> bytes | None:
         return None
     doc = json_cbor.decode(canonical_cbor, profile.cbor_table, ordered=True)
     few = sum(1 for node in _objects(doc) if _is_int(node.get(TS))) < MIN_TIMESTAMPS
-    columns = _columns(profile)
+    columns = column_kinds(profile)
     if few and "token" not in columns:
         return None
     _walk(doc, encode=True)
@@ -159,7 +160,7 @@ def decode(payload: bytes, profile: Profile, max_size: int) -> bytes:
     if preset is None:
         raise CodecError("the timeline form needs a profile with the compact form")
     data = decompress(payload, preset, max_size)
-    columns = _columns(profile)
+    columns = column_kinds(profile)
     if columns:
         doc, end = json_cbor.decode_prefix(data, profile.cbor_table, ordered=True)
         # the column: what follows the body
@@ -171,4 +172,4 @@ def decode(payload: bytes, profile: Profile, max_size: int) -> bytes:
     return json_cbor.dump_json(doc)
 
 
-__all__ = ["MIN_TIMESTAMPS", "decode", "dictionary", "encode", "worth_trying"]
+__all__ = ["MIN_TIMESTAMPS", "column_kinds", "decode", "dictionary", "encode", "worth_trying"]

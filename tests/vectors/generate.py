@@ -114,13 +114,13 @@ SYNAPSE_TOKENS = ("syt_YWxpY2U_MmnDKbQWmwFcIPgPXJoP_1S2WKO", "syr_Ym9i_QWERTYuio
 def token_definition_vectors() -> list[dict]:
     """Access-Token values (§8a): a Synapse token packed as its column entry
     in a profile with the token column (lb4), as text otherwise."""
+    from coap_gateway.codec import ClientBinding
     from coap_gateway.codec.binding import encode_token_definition
 
     out = []
     for profile_name, handle, token in (("lb4", 0, SYNAPSE_TOKENS[0]), ("lb4", 1, SYNAPSE_TOKENS[1]),
                                         ("lb4", 2, "tok-not-synapse"), ("lb3", 0, SYNAPSE_TOKENS[0])):
-        profile = load_profile(profile_name)
-        packed = profile.timeline is not None and "token" in profile.timeline.columns
+        packed = ClientBinding(load_profile(profile_name)).packs_tokens
         out.append({"profile": profile_name, "handle": handle, "token": token,
                     "value_hex": encode_token_definition(handle, token, packed).hex()})
     return out
