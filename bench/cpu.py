@@ -258,7 +258,7 @@ async def measure_gateway(homeserver: str, ip: str, *, seconds: float, concurren
                 # no revalidation: every request carries its whole answer, as a
                 # first ask does (a 2.03 Valid would measure a shorter path)
                 clients.append(await start_client(link, (ip, port), profile=prof,
-                                                  static_private=keys.generate_keypair()[0],
+                                                  static_private=keys.generate_keypair()[0], fresh_key=True,
                                                   server_public=keys.public_from_private(server_key),
                                                   revalidate=False))
             request = HttpRequest("GET", PATH)

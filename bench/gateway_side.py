@@ -65,7 +65,7 @@ class GatewayDevice(Device):
         t = self.transport
         self.link = await CountingUdpLink.open(self.ip, 0)
         self.client = await start_client(self.link, t.server, profile=t.profile,
-                                         static_private=keys.generate_keypair()[0],
+                                         static_private=keys.generate_keypair()[0], fresh_key=True,
                                          server_public=keys.public_from_private(t.server_key))
 
     def nio(self, user: str = ""):

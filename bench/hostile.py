@@ -116,6 +116,7 @@ class HostileDevice:
                       host: str) -> HostileDevice:
         link = await CountingUdpLink.open(host, 0)
         client = await start_client(link, address, profile=profile, static_private=keys.generate_keypair()[0],
+                                    fresh_key=True,
                                     server_public=server_public, host=host, port=0)
         return cls(client, link, profile)
 

@@ -291,6 +291,7 @@ async def two_devices(seed: int, *, alice_retransmit: int = 4, warm_both_ways: b
                                   static_private=server_key, clock=clock, upstream=homeserver)
                for _, server_end in links]
     clients = [await start_client(client_end, "server", profile=profile, static_private=keys.generate_keypair()[0],
+                                  fresh_key=True,
                                   server_public=keys.public_from_private(server_key), clock=clock)
                for client_end, _ in links]
     alice = Device("alice", clients[0].gateway.serve, "syt_alice_token")

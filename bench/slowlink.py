@@ -98,6 +98,7 @@ async def _attempt(homeserver: str, account: Account, room_id: str, *, rate_bps:
         workaround = (f"the server gateway's aiocoap blockwise caches (Block2Cache, Block1Spool) kept "
                       f"{cache_lifetime:.0f} s instead of aiocoap's fixed {AIOCOAP_BLOCK_CACHE_LIFETIME:.0f} s")
     client = await start_client(client_link, "server", profile=profile, static_private=keys.generate_keypair()[0],
+                                fresh_key=True,
                                 server_public=keys.public_from_private(server_key))
     nio = new_nio(client.base_url, account.localpart)
 

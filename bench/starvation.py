@@ -303,7 +303,7 @@ async def run(settings: Settings, *, homeserver: str | None, console: Any) -> di
             for n in range(settings.devices + 1):
                 link = await UdpLink.open(device_ip(n) if n < settings.devices else HONEST_IP, 0)
                 clients.append(await start_client(link, (SERVER_IP, server.port), profile=profile,
-                                                  static_private=keys.generate_keypair()[0],
+                                                  static_private=keys.generate_keypair()[0], fresh_key=True,
                                                   server_public=keys.public_from_private(server_key)))
                 progress.advance(step)
             honest = clients.pop()

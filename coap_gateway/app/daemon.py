@@ -362,7 +362,9 @@ async def serve_client(options: dict[str, Any], console: Console) -> None:
                                 sync_push=not options.get("no_sync_push"), keepalive=keepalive, key_log=key_log,
                                 # a device with a key file keeps its wire state beside it: a restart is a reconnect
                                 state_dir=Path(options["key"]).parent if static is not None and options.get("key")
-                                else None)
+                                else None,
+                                # a key made just now has no transactions yet: the scope it names is new
+                                fresh_key=static is not None and not options.get("key"))
     console.print(f"client gateway: point your Matrix client at {client.base_url}  (server {server}, "
                   f"{'PLAINTEXT' if static is None else 'Noise'})")
     metrics = None

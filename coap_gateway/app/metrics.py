@@ -363,6 +363,8 @@ def server_collector(server: RunningServer, gateway: str = "server") -> Collecto
                          GATEWAY).set(counters.token_unbound, gateway=gateway)
         registry.counter("coap_gateway_handle_unknown", "Requests answered 4.00 Handle-Unknown (not forwarded).",
                          GATEWAY).set(counters.handle_unknown, gateway=gateway)
+        registry.counter("coap_gateway_room_lookups", "Joined-room lists asked to match a room digest.",
+                         GATEWAY).set(counters.room_lookups, gateway=gateway)
         registry.gauge("coap_gateway_devices", "Devices whose bound token and handles are held now.",
                        GATEWAY).set(len(server.gateway.binding.devices), gateway=gateway)
         _latency(registry, gateway, counters.latency)

@@ -172,7 +172,8 @@ async def start_client(link: DatagramLink, server_addr: Hashable, *, profile: Pr
                        host: str = "127.0.0.1", port: int = 0, low_bandwidth: bool = False,
                        clock=time.time, sync_push: SyncPushClientConfig | bool = True,
                        keepalive: float | None = None, key_log: KeyLog | None = None,
-                       state_dir: str | Path | None = None, revalidate: bool = True) -> RunningClient:
+                       state_dir: str | Path | None = None, revalidate: bool = True,
+                       fresh_key: bool = False) -> RunningClient:
     """Secure when ``static_private`` is given: with ``pins`` (trust on first
     use under ``server_name``) or a fixed ``server_public``.  ``sync_push``:
     answer /sync long-polls from pushes (True: defaults); ``keepalive``: a
@@ -181,7 +182,9 @@ async def start_client(link: DatagramLink, server_addr: Hashable, *, profile: Pr
     ``state_dir`` (secure mode): where the wire state is kept across restarts
     (``CLIENT_STATE``, beside the key), so a restart costs a reconnect;
     ``revalidate``: keep tagged answers to GETs and ask with their ETags
-    (``codec.revalidation``)."""
+    (``codec.revalidation``); ``fresh_key``: ``static_private`` was made for
+    this gateway just now (no transaction was ever made under it), so the
+    transaction scope it names is used (docs/protocol.md §7a)."""
     state_path = Path(state_dir) / CLIENT_STATE if state_dir is not None and static_private is not None else None
     # a gateway that kept its state tells the server so: its bound state stays valid
     unbound = state_path is None or not state_path.exists()
@@ -200,8 +203,9 @@ async def start_client(link: DatagramLink, server_addr: Hashable, *, profile: Pr
     if keepalive is not None:
         push = dataclasses.replace(push, keepalive=keepalive)
     gateway = ClientGateway(endpoint, key, profile, host=host, port=port, low_bandwidth=low_bandwidth, sync_push=push,
-                            revalidate=revalidate,
-                            state_path=state_path)
+                            revalidate=revalidate, state_path=state_path,
+                            device_key=keys.public_from_private(static_private) if static_private is not None else None,
+                            fresh_key=fresh_key)
     if codec is not None:
         # a new secure session (the server restarted?) loses the observations
         chained = codec.on_connected

@@ -54,6 +54,7 @@ async def serve_up(options: dict[str, Any], console: Console) -> None:
     server = await start_server(server_link, homeserver=synapse.base_url, profile=profile, static_private=static,
                                 state_dir=data_dir, key_log=key_log)
     client = await start_client(client_link, "server", profile=profile, static_private=keys.generate_keypair()[0],
+                                fresh_key=True,
                                 server_public=keys.public_from_private(static), host=host, port=port,
                                 low_bandwidth=bool(options.get("low_bandwidth")), key_log=key_log)
     console.print(f"[bold]Matrix homeserver through a {rate:g} bit/s link:[/] {client.base_url}\n"

@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import json
 from collections import OrderedDict
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 from urllib.parse import unquote
 
@@ -61,10 +61,11 @@ from .mapping import (
     request_to_coap,
 )
 from .profile import Profile
-from .route_option import ClientWireState, HandleUnknown, Journal, ServerWireState
+from .route_option import ClientWireState, HandleUnknown, Journal, RoomsNeeded, ServerWireState, key_scope
 
-#: resends one request may need: once with the token, once with definitions
-MAX_ATTEMPTS = 3
+#: attempts one request may need: once with the token, once with
+#: definitions, once more with a room in full when its digest did not match
+MAX_ATTEMPTS = 4
 #: token handles a server keeps per device (least recently used evicted)
 MAX_TOKENS_PER_DEVICE = 16
 #: longest access token accepted (Synapse's are ~40 characters)
@@ -183,15 +184,24 @@ class ClientBindingCounters:
 class ClientBinding:
     """The client gateway's half: its handles and what the server confirmed."""
 
-    def __init__(self, profile: Profile):
+    def __init__(self, profile: Profile, device_key: bytes | None = None, fresh_key: bool = False):
+        """``device_key``: the device's static public key (secure mode): rooms
+        may then be defined by digest; ``fresh_key``: the key was made for
+        this state (no transaction was ever made under it), so the scope
+        the key names is new and is used."""
         self.profile = profile
+        self.device_key = device_key
         #: access token -> its handle (never renumbered; retired at logout)
         self.tokens: dict[str, int] = {}
         self.next_token_handle = 0
         #: token handles the server has confirmed
         self.confirmed_tokens: set[int] = set()
         #: handles and transaction IDs of the compact form (profile lb3)
-        self.wire: ClientWireState | None = ClientWireState() if profile.schemas is not None else None
+        self.wire: ClientWireState | None = None
+        if profile.schemas is not None:
+            self.wire = ClientWireState(digest_key=device_key)
+            if device_key is not None and fresh_key:
+                self.wire.scope, self.wire.scope_from_key = key_scope(device_key), True
         #: a profile with the token column (lb4) defines Synapse tokens packed
         self.packs_tokens = "token" in timeline.column_kinds(profile)
         self.counters = ClientBindingCounters()
@@ -205,6 +215,7 @@ class ClientBinding:
         wire = self.wire
         if wire is not None:
             doc["wire"] = {"scope": wire.scope, "scope_confirmed": wire.scope_confirmed,
+                           "scope_from_key": wire.scope_from_key, "full_rooms": sorted(wire.full_rooms),
                            "handles": [[k, v, h] for (k, v), h in wire.handles.items()],
                            "confirmed": sorted(wire.confirmed), "txns": list(wire.txns.items()),
                            "next_txn": wire.next_txn}
@@ -225,7 +236,11 @@ class ClientBinding:
                 w = doc["wire"]
                 wire = ClientWireState(scope=str(w["scope"]), scope_confirmed=bool(w["scope_confirmed"]),
                                        handles={(str(k), str(v)): int(h) for k, v, h in w["handles"]},
-                                       confirmed={int(h) for h in w["confirmed"]}, next_txn=int(w["next_txn"]))
+                                       confirmed={int(h) for h in w["confirmed"]}, next_txn=int(w["next_txn"]),
+                                       digest_key=self.device_key, full_rooms={int(h) for h in w.get("full_rooms", ())})
+                # the key's scope only while it is this key's (a state moved to another key defines it)
+                wire.scope_from_key = (bool(w.get("scope_from_key")) and self.device_key is not None
+                                       and wire.scope == key_scope(self.device_key))
                 for raw, k in w["txns"]:
                     wire.txns[str(raw)] = int(k)
                     wire.originals[int(k)] = unquote(str(raw))
@@ -286,7 +301,7 @@ class ClientBinding:
             if reply.code == Code.BAD_REQUEST and reply.opt.get_option(options.HANDLE_UNKNOWN) and self.wire is not None:
                 # the server lacks a handle definition: nothing was forwarded
                 self.counters.handle_resends += 1
-                self.wire.server_forgot()
+                self.wire.server_forgot(attempt.carried)
                 return Resend(with_token=False)
         if not _refused(reply):
             # the server processed the request: what it defined is held
@@ -434,6 +449,14 @@ class Resolved:
 
 
 @dataclass
+class RoomsWanted:
+    """The request defines a room by digest: resolve it again with the
+    joined rooms of ``token``'s account (``GET …/joined_rooms``)."""
+
+    token: str
+
+
+@dataclass
 class Refused:
     """A request answered without forwarding anything; ``reason`` for counters."""
 
@@ -491,16 +514,21 @@ class ServerBinding:
         if state is None:
             loaded = self.loader(key) if self.loader is not None and isinstance(key, bytes) else None
             state = self.devices[key] = loaded if loaded is not None else DeviceState()
+            # a secure device is its static public key: what key scopes and room digests are made from
+            state.wire.device_key = key if isinstance(key, bytes) else None
             while len(self.devices) > self.max_devices:
                 self.devices.popitem(last=False)
         else:
             self.devices.move_to_end(key)
         return state
 
-    def resolve(self, request: Message) -> Resolved | Refused:
+    def resolve(self, request: Message, rooms: Sequence[str] | None = None) -> Resolved | Refused | RoomsWanted:
         """The HTTP request ``request`` stands for and its token, or the reply
         that refuses it.  Definitions it carries are bound on the way (and
-        taken back by ``after`` if the homeserver refuses the token)."""
+        taken back by ``after`` if the homeserver refuses the token).
+        ``RoomsWanted``: nothing was bound; call again with ``rooms``, the
+        account's joined rooms (a room defined by digest is matched
+        against them; none if the homeserver gave none)."""
         device = self.device(request.remote)
         try:
             token, handle, defined = self._token(request, device)
@@ -515,7 +543,11 @@ class ServerBinding:
             return Refused(reply, "token_unbound")
         journal = Journal()
         try:
-            http = coap_to_request(request, self.profile, device.wire, journal)
+            http = coap_to_request(request, self.profile, device.wire, journal, () if token is None else rooms)
+        except RoomsNeeded:
+            device.wire.undo(journal)
+            assert token is not None
+            return RoomsWanted(token)
         except HandleUnknown:
             device.wire.undo(journal)
             reply = Message(code=Code.BAD_REQUEST)
@@ -639,6 +671,7 @@ __all__ = [
     "Refused",
     "Resend",
     "Resolved",
+    "RoomsWanted",
     "ServerBinding",
     "decode_token_definition",
     "answer_token",

@@ -166,14 +166,16 @@ def _encrypted_body(req: HttpRequest, route_name: str, event_type: str | None, p
 
 
 def coap_to_request(msg: Message, profile: Profile, wire: ServerWireState | None = None,
-                    journal: Journal | None = None) -> HttpRequest:
+                    journal: Journal | None = None, rooms: Sequence[str] | None = None) -> HttpRequest:
     """The HTTP request a CoAP request stands for (token handling aside).
 
     A request in the compact form needs the session's ``wire`` state; it
-    raises ``route_option.HandleUnknown`` when that lacks a definition."""
+    raises ``route_option.HandleUnknown`` when that lacks a definition, and
+    ``route_option.RoomsNeeded`` when it defines a room by digest and
+    ``rooms`` (the account's joined rooms) is None."""
     compact = msg.opt.get_option(options.ROUTE)
     if compact:
-        return _compact_to_request(msg, compact, profile, wire, journal)
+        return _compact_to_request(msg, compact, profile, wire, journal, rooms)
     method, target = routes.coap_to_http(int(msg.code), msg.opt.uri_path, msg.opt.uri_query, profile.routes)
     header_type = next((v for n, v in _header_options(msg) if n.lower() == "content-type"), None)
     body, content_type = payload.payload_to_body(msg.payload, msg.opt.content_format, profile, header_type,
@@ -182,7 +184,8 @@ def coap_to_request(msg: Message, profile: Profile, wire: ServerWireState | None
 
 
 def _compact_to_request(msg: Message, compact: Sequence[OpaqueOption], profile: Profile,
-                        wire: ServerWireState | None, journal: Journal | None) -> HttpRequest:
+                        wire: ServerWireState | None, journal: Journal | None,
+                        rooms: Sequence[str] | None) -> HttpRequest:
     if profile.schemas is None or wire is None:
         raise RouteError("the Route option is not part of this profile")
     if len(compact) != 1 or msg.opt.uri_path:
@@ -191,7 +194,7 @@ def _compact_to_request(msg: Message, compact: Sequence[OpaqueOption], profile: 
     if method is None:
         raise RouteError(f"CoAP code {int(msg.code)} is not a request method")
     decoded = route_option.decode_route(compact[0].value, profile.routes, profile.schemas, profile.cbor_table, wire,
-                                        journal)
+                                        journal, rooms)
     target = decoded.template.expand(decoded.params)
     if msg.opt.uri_query:
         target += "?" + "&".join(routes.check_query_param(p) for p in routes.join_chunks(msg.opt.uri_query))

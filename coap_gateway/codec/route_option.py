@@ -11,7 +11,9 @@ its kind (``dictionaries/schemas-v1.json``):
 any kind       text: the raw path segment, exactly as the client sent it
 room, user     uint h: handle h of this session; [h, value]: define h
                (value as text, or for a room ID of room version 12 the
-               32 bytes of "!" + URL-safe base64) and use it
+               32 bytes of "!" + URL-safe base64) and use it; for a room,
+               [h, bytes(4)]: define h as the one room the account has
+               joined whose keyed digest (``room_digest``) these are
 room           bytes(32): "!" + URL-safe base64 of them, no handle
 event_id       bytes(32): "$" + URL-safe base64 of them (room v4+)
 event_type     uint c: the event type of code c in the CBOR table's "type"
@@ -19,7 +21,8 @@ event_type     uint c: the event type of code c in the CBOR table's "type"
                message event type, and the payload is the bare body text
                of msgtype code m, deflated (r = 0) or raw (r = 1)
 txn            uint k: transaction k of the session's scope, i.e. the
-               homeserver sees ``<scope>.<k>``; [k, scope]: set the scope
+               homeserver sees ``<scope>.<k>``; [k, scope]: set the scope;
+               [k]: set the scope the device's static key names (``key_scope``)
 =============  ==========================================================
 
 On a message route whose event type is ``m.room.encrypted``, one item may
@@ -43,19 +46,31 @@ client gateway and stable across sessions, so a client retrying the same
 transaction after a session change still reaches the same Synapse
 transaction (exactly once).  The client gateway maps ``<scope>.<k>`` back
 to the client's own ID in responses (``restore_txn_ids``).
+
+A new device's first request defines everything at once, so two of its
+definitions have short forms that both sides compute from the device's
+static public key instead of carrying the value (secure mode only):
+the scope of a device whose key is new (no transaction was ever made under
+it) is ``key_scope(key)``, and a room the account has joined is named by
+4 bytes of a digest keyed with the device's key, which the server matches
+against the account's joined rooms (a homeserver request, ``RoomsNeeded``).
+The key makes the digest unpredictable to anyone who would make a room
+collide with another on purpose; a digest that matches no room or two is
+Handle-Unknown, and the client then defines the room in full.
 """
 
 from __future__ import annotations
 
 import base64
+import hashlib
 import io
 import json
 import re
 import secrets
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Any
-from urllib.parse import unquote
+from typing import Any, Sequence
+from urllib.parse import quote, unquote
 
 import cbor2
 
@@ -82,18 +97,42 @@ SCOPE = "scope"
 ENCRYPTED_EVENT_TYPE = "m.room.encrypted"
 TEMPLATE = "template"
 CIPHERTEXT_SLOT = b'"ciphertext":""'
+#: bytes of a room digest on the wire; digests of 4 to 16 bytes are read
+ROOM_DIGEST_BYTES = 4
+MIN_ROOM_DIGEST, MAX_ROOM_DIGEST = 4, 16
+#: BLAKE2s personalisations of the two key-derived values
+_SCOPE_PERSON, _ROOM_PERSON = b"lb-scope", b"lb-room"
 
 
 class HandleUnknown(CodecError):
     """The request uses a handle or txn scope this session was never given."""
 
 
+class RoomsNeeded(CodecError):
+    """A room digest is defined: decode again with the account's joined rooms."""
+
+
 # ------------------------------------------------------------ session state
 
 
 def new_scope() -> str:
-    """A transaction scope: 'lb' + 10 base32 characters (50 random bits)."""
+    """A transaction scope: 'lb' + 8 base32 characters (40 random bits)."""
     return "lb" + base64.b32encode(secrets.token_bytes(5)).decode("ascii").lower()
+
+
+def key_scope(device_key: bytes) -> str:
+    """The transaction scope a device's static public key names: 'lb' + 8
+    base32 characters of its BLAKE2s digest (personalised ``lb-scope``).
+    Only a device whose key is new may use it: its transactions are then
+    the first ever made under the scope."""
+    digest = hashlib.blake2s(device_key, digest_size=5, person=_SCOPE_PERSON).digest()
+    return "lb" + base64.b32encode(digest).decode("ascii").lower()
+
+
+def room_digest(device_key: bytes, room_id: str, size: int = ROOM_DIGEST_BYTES) -> bytes:
+    """``size`` bytes of BLAKE2s over the room ID's UTF-8, keyed with the
+    device's static public key (personalised ``lb-room``)."""
+    return hashlib.blake2s(room_id.encode("utf-8"), digest_size=size, key=device_key, person=_ROOM_PERSON).digest()
 
 
 @dataclass
@@ -112,9 +151,19 @@ class ClientWireState:
     #: k -> the client's own transaction ID (decoded), to restore responses
     originals: dict[int, str] = field(default_factory=dict)
     next_txn: int = 0
+    #: the scope is ``key_scope`` of the device's key: defined as [k]
+    scope_from_key: bool = False
+    #: the device's static public key (secure mode): rooms may be defined by digest
+    digest_key: bytes | None = None
+    #: room handles whose last definition went as a digest, and those whose
+    #: digest the server could not match: they are defined in full from then on
+    digested: set[int] = field(default_factory=set)
+    full_rooms: set[int] = field(default_factory=set)
 
-    def server_forgot(self) -> None:
-        """The server lost our definitions: send them again."""
+    def server_forgot(self, carried: set[int | str] = frozenset()) -> None:  # type: ignore[assignment]
+        """The server lost our definitions (or could not match a digest that
+        ``carried`` held): send them again, rooms of a failed digest in full."""
+        self.full_rooms.update(h for h in carried if isinstance(h, int) and h in self.digested)
         self.confirmed.clear()
         self.scope_confirmed = False
 
@@ -186,6 +235,9 @@ class ServerWireState:
     def __init__(self, max_handles: int = MAX_HANDLES, max_bytes: int = MAX_DEFINITION_BYTES):
         self.handles: OrderedDict[int, str] = OrderedDict()
         self.scope: str | None = None
+        #: the device's static public key (secure mode): what its key scope
+        #: and room digests are computed from
+        self.device_key: bytes | None = None
         self.max_handles = max_handles
         self.max_bytes = max_bytes
         self.bytes = 0
@@ -324,13 +376,17 @@ def _literal(kind: str, raw: str) -> str | bytes:
 
 
 def _encode_param(kind: str | None, raw: str, state: ClientWireState, cbor_table: CborTable,
-                  carried: set[int | str]) -> Any:
+                  carried: set[int | str], joined: bool = False) -> Any:
     if kind in HANDLE_KINDS:
         handle, define = state.handle_for(kind, raw)
         if handle is None:
             return _literal(kind, raw)
         if define:
             carried.add(handle)
+            if kind == ROOM and joined and state.digest_key is not None and handle not in state.full_rooms:
+                state.digested.add(handle)
+                return [handle, room_digest(state.digest_key, unquote(raw))]
+            state.digested.discard(handle)
             return [handle, _literal(kind, raw)]
         return handle
     if kind == EVENT_TYPE:
@@ -340,7 +396,7 @@ def _encode_param(kind: str | None, raw: str, state: ClientWireState, cbor_table
         k = state.txn_for(raw)
         if not state.scope_confirmed:
             carried.add(SCOPE)
-            return [k, state.scope]
+            return [k] if state.scope_from_key else [k, state.scope]
         return k
     if kind is not None:
         return _literal(kind, raw)
@@ -366,16 +422,21 @@ def encode_route(template: Template, params: list[str], schemas: SchemaTable, cb
     """The Route option value for ``template`` with raw ``params``; the
     definitions it carries are added to ``carried`` (confirm them with
     ``ClientWireState.confirm`` once the server answered).  ``encrypted``:
-    (the template's handle, the body) for the encrypted schema."""
+    (the template's handle, the body) for the encrypted schema.
+
+    A room is defined by digest only on message routes: a client sends
+    only to rooms it has joined, so the digest matches (elsewhere — a join,
+    an invite the account accepts — it may well not)."""
     carried = set() if carried is None else carried
     items: list[Any] = [option_code(template, schemas)]
     names = _param_names(template)
+    joined = template.name in schemas.message_routes
     for name, raw in zip(names, params):
         kind = schemas.param_kinds.get(name)
         if message is not None and kind == EVENT_TYPE:
             items.append(message_param(message))
         else:
-            items.append(_encode_param(kind, raw, state, cbor_table, carried))
+            items.append(_encode_param(kind, raw, state, cbor_table, carried, joined))
     if encrypted is not None:
         handle, body = encrypted
         if handle in state.confirmed:
@@ -466,13 +527,29 @@ def _is_uint(item: Any) -> bool:
     return type(item) is int and 0 <= item < 1 << 32
 
 
+def _match_digest(digest: bytes, state: ServerWireState, rooms: Sequence[str] | None) -> str:
+    """The one joined room whose digest under the device's key is ``digest``."""
+    if state.device_key is None:
+        raise RouteError("a room digest needs a secure session (the device's static key)")
+    if rooms is None:
+        raise RoomsNeeded("a room digest: the account's joined rooms are needed")
+    found = [room for room in rooms if room_digest(state.device_key, room, len(digest)) == digest]
+    if len(found) != 1:
+        raise HandleUnknown(f"a room digest matches {len(found)} joined rooms")
+    # a path segment, as a client writes the ID (RFC 3986 pchar kept)
+    return quote(found[0], safe="!$&'()*+,;=:@")
+
+
 def _decode_param(kind: str | None, item: Any, state: ServerWireState, cbor_table: CborTable,
-                  journal: Journal | None) -> str:
+                  journal: Journal | None, rooms: Sequence[str] | None = None) -> str:
     if kind in HANDLE_KINDS and type(item) in (int, list):
         if isinstance(item, list):
             if len(item) != 2 or not _is_uint(item[0]) or item[0] >= MAX_HANDLES:
                 raise RouteError("a handle definition is [handle < 1024, value]")
-            value = _text_form(kind, item[1])
+            if kind == ROOM and isinstance(item[1], bytes) and MIN_ROOM_DIGEST <= len(item[1]) <= MAX_ROOM_DIGEST:
+                value = _match_digest(item[1], state, rooms)
+            else:
+                value = _text_form(kind, item[1])
             state.define(item[0], value, journal)
             return value
         if not _is_uint(item):
@@ -487,9 +564,14 @@ def _decode_param(kind: str | None, item: Any, state: ServerWireState, cbor_tabl
             raise RouteError(f"event type code {item} is not in table v{cbor_table.version}")
         return name
     if kind == TXN and type(item) in (int, list):
-        if isinstance(item, list):
+        if isinstance(item, list) and len(item) == 1:
+            if state.device_key is None:
+                raise RouteError("a key's scope [k] needs a secure session (the device's static key)")
+            state.define_scope(key_scope(state.device_key), journal)
+            item = item[0]
+        elif isinstance(item, list):
             if len(item) != 2 or not isinstance(item[1], str) or not re.fullmatch(r"[a-z0-9]{1,32}", item[1]):
-                raise RouteError("a txn scope definition is [k, scope of 1-32 a-z0-9]")
+                raise RouteError("a txn scope definition is [k, scope of 1-32 a-z0-9] or [k]")
             state.define_scope(item[1], journal)
             item = item[0]
         if not _is_uint(item):
@@ -501,8 +583,11 @@ def _decode_param(kind: str | None, item: Any, state: ServerWireState, cbor_tabl
 
 
 def decode_route(value: bytes, table: RouteTable, schemas: SchemaTable, cbor_table: CborTable,
-                 state: ServerWireState, journal: Journal | None = None) -> DecodedRoute:
-    """Template and raw parameters of a Route option; HandleUnknown or RouteError."""
+                 state: ServerWireState, journal: Journal | None = None,
+                 rooms: Sequence[str] | None = None) -> DecodedRoute:
+    """Template and raw parameters of a Route option; HandleUnknown or
+    RouteError.  ``rooms``: the account's joined rooms, to match a room
+    digest against (None: RoomsNeeded when one is met)."""
     items = _items(value)
     code = items[0]
     if not _is_uint(code):
@@ -527,7 +612,7 @@ def decode_route(value: bytes, table: RouteTable, schemas: SchemaTable, cbor_tab
             message = (m, raw == 0)
             params.append(schemas.message_event_type)
             continue
-        params.append(routes.check_segment(_decode_param(kind, item, state, cbor_table, journal)))
+        params.append(routes.check_segment(_decode_param(kind, item, state, cbor_table, journal, rooms)))
     encrypted = _decode_template(items[-1], state, cbor_table, journal) if extra else None
     return DecodedRoute(template, params, message, encrypted)
 

@@ -219,14 +219,17 @@ class ClientGateway:
     def __init__(self, endpoint: LinkEndpoint, server_key: Hashable, profile: Profile, *,
                  host: str = "127.0.0.1", port: int = 0, request_timeout: float | None = None,
                  low_bandwidth: bool = False, sync_push: SyncPushClientConfig | None = None,
-                 state_path: Path | None = None, revalidate: bool = True):
+                 state_path: Path | None = None, revalidate: bool = True,
+                 device_key: bytes | None = None, fresh_key: bool = False):
+        """``device_key``: the device's static public key (secure mode);
+        ``fresh_key``: it was made for this gateway's state (codec.binding)."""
         self.endpoint = endpoint
         self.server_key = server_key
         self.profile = profile
         self.host, self.port = host, port
         self.request_timeout = request_timeout
         self.low_bandwidth = low_bandwidth
-        self.binding = ClientBinding(profile)
+        self.binding = ClientBinding(profile, device_key, fresh_key)
         self.counters = ClientGatewayCounters()
         #: where the binding's state is kept across restarts (None: not kept)
         self.state_path = state_path

@@ -32,6 +32,7 @@ from ..codec import (
     HttpResponse,
     Profile,
     Refused,
+    RoomsWanted,
     ServerBinding,
     bare_event_id,
     decoded_path_segments,
@@ -84,6 +85,10 @@ class ServerGatewayConfig:
     spool_dir: Path | None = None
 
 
+#: where the homeserver lists the rooms an account has joined
+JOINED_ROOMS = "/_matrix/client/v3/joined_rooms"
+
+
 @dataclass
 class ServerGatewayCounters:
     requests: int = 0
@@ -99,6 +104,8 @@ class ServerGatewayCounters:
     upstream_errors: int = 0
     #: requests answered 2.03 Valid: the device held the same answer (codec.revalidation)
     revalidated: int = 0
+    #: joined-room lists asked of the homeserver, to match a room digest
+    room_lookups: int = 0
     by_status: dict[int, int] = field(default_factory=dict)
     latency: Histogram = field(default_factory=Histogram)
 
@@ -261,6 +268,9 @@ class ServerGateway(resource.Resource):
         if isinstance(request.payload, UploadSpool):  # assembled from blocks (render_to_pipe)
             request.payload = request.payload.take()
         resolved = self.binding.resolve(request)
+        if isinstance(resolved, RoomsWanted):
+            resolved = self.binding.resolve(request, await self.joined_rooms(resolved.token, request.remote))
+        assert not isinstance(resolved, RoomsWanted)
         if isinstance(resolved, Refused):
             if resolved.reason == "token_unbound":
                 self.counters.token_unbound += 1
@@ -350,6 +360,18 @@ class ServerGateway(resource.Resource):
     def _is_admin(target: str) -> bool:
         segments = tuple(decoded_path_segments(target))
         return any(segments[: len(p)] == p for p in ADMIN_PREFIXES)
+
+    async def joined_rooms(self, token: str, remote: Hashable) -> list[str]:
+        """The rooms ``token``'s account has joined, to match a room digest
+        against (docs/protocol.md §7a); none when the homeserver gives no list
+        (the device then defines the room in full)."""
+        self.counters.room_lookups += 1
+        response = await self.forward(HttpRequest("GET", JOINED_ROOMS), token, self.forwarded_for(remote))
+        try:
+            rooms = json.loads(response.body)["joined_rooms"] if response.status == 200 else []
+        except (ValueError, KeyError, TypeError):
+            rooms = []
+        return [room for room in rooms if isinstance(room, str)] if isinstance(rooms, list) else []
 
     async def forward(self, http_request: HttpRequest, token: str | None,
                       forwarded_for: str | None = None) -> HttpResponse:

@@ -252,6 +252,7 @@ class DeviceGateway:
             self.link, homeserver.address, profile=homeserver.profile,
             static_private=keys.generate_keypair()[0] if secure else None,
             server_public=homeserver.public_key, host=self.node.private_ip, port=0, key_log=key_log,
+            fresh_key=secure,
         )
 
     @property

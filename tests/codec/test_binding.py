@@ -24,6 +24,7 @@ from coap_gateway.codec import (
     Refused,
     Resend,
     Resolved,
+    RoomsWanted,
     ServerBinding,
     is_logout,
     load_profile,
@@ -207,7 +208,8 @@ def test_handle_unknown_then_resent_with_definitions():
     assert resolved.http.target == SEND.replace("nio-1", f"{client.wire.scope}.1")
 
 
-def test_resends_end_after_three_attempts():
+def test_resends_end_after_four_attempts():
+    # token, definitions, and a room in full after its digest matched nothing
     client = ClientBinding(LB3)
     attempt = Attempt()
     reply = Message(code=Code.BAD_REQUEST)
@@ -219,7 +221,7 @@ def test_resends_end_after_three_attempts():
         outcomes.append(type(outcome).__name__)
         if isinstance(outcome, HttpResponse):
             break
-    assert outcomes == ["Resend", "Resend", "HttpResponse"]
+    assert outcomes == ["Resend", "Resend", "Resend", "HttpResponse"]
     assert client.wire.confirmed == set()  # a refusal confirms nothing
 
 
@@ -428,18 +430,24 @@ def test_device_table_and_tokens_are_bounded():
 
 @settings(max_examples=300, deadline=None)
 @given(seed=st.integers(0, 2**32 - 1), loss=st.sampled_from([0.0, 0.2, 0.5]),
-       restarts=st.booleans(), evict=st.booleans(), client_restarts=st.booleans())
-def test_no_request_ever_runs_under_another_token_or_room(seed, loss, restarts, evict, client_restarts):
+       restarts=st.booleans(), evict=st.booleans(), client_restarts=st.booleans(), secure=st.booleans())
+def test_no_request_ever_runs_under_another_token_or_room(seed, loss, restarts, evict, client_restarts, secure):
     """Four accounts on one device, requests interleaved at random, lost,
     reordered and duplicated; the server restarting and evicting; the client
     gateway restarting without its state while its old requests are still
     on the way: every request the server forwards runs under its own token,
-    in its own room."""
+    in its own room.  ``secure``: the device has a static key (new at first),
+    so it defines rooms by digest and its scope by its key; each account has
+    joined three of the four rooms, and sends go to the fourth too."""
     rng = random.Random(seed)
-    client, server = ClientBinding(LB3), ServerBinding(LB3)
+    key = bytes(rng.randrange(256) for _ in range(32)) if secure else None
+    client, server = ClientBinding(LB3, key, fresh_key=True), ServerBinding(LB3)
+    if key is not None:
+        server.session_started("device-a", key)
     generation, closed_below = 0, 0
     tokens = ["tok-a", "tok-b", "tok-c", "tok-d"]
     rooms = [ROOM, ROOM2, "!bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb", "!c:example.org"]
+    joined = {token: [room for room in rooms if room != rooms[i]] for i, token in enumerate(tokens)}
     in_flight: list[tuple[int, int, Message]] = []  # (request index, client generation, message) on the link
     pending: dict[int, tuple[ClientBinding, HttpRequest, Attempt]] = {}
     forwarded = 0
@@ -461,14 +469,16 @@ def test_no_request_ever_runs_under_another_token_or_room(seed, loss, restarts, 
             # a new instance, every handle numbered anew; its first handshake
             # says UNBOUND, and once it is validated the server closes the
             # device's older sessions (their frames stop) and resets its binding
-            client, generation = ClientBinding(LB3), generation + 1
+            client, generation = ClientBinding(LB3, key), generation + 1  # the key is not new any more
             closed_below = generation
-            server.reset_device("device-a")
+            server.reset_device(key or "device-a")
             rng.shuffle(tokens)
             rng.shuffle(rooms)
             continue
         if restarts and action > 0.96:
             server = ServerBinding(LB3)  # every definition lost
+            if key is not None:
+                server.session_started("device-a", key)
             continue
         if evict and action > 0.93:
             device = server.device("device-a")
@@ -497,6 +507,8 @@ def test_no_request_ever_runs_under_another_token_or_room(seed, loss, restarts, 
                     logins_done.add(i)
                 continue
         result = server.resolve(crossing(message))
+        if isinstance(result, RoomsWanted):
+            result = server.resolve(crossing(message), joined.get(result.token, []))
         if isinstance(result, Resolved):
             forwarded += 1
             assert result.token == request.access_token, (i, result.token, request.access_token)
@@ -584,3 +596,39 @@ def test_a_client_binding_round_trips_and_refuses_what_it_did_not_write() -> Non
         with pytest.raises(CodecError):
             other.load_json(bad)
         assert other.to_json() == before  # nothing changed
+
+
+# ---------------------------------------------------------------- a new device's short definitions
+
+KEY = bytes(range(1, 33))
+
+
+def test_a_new_key_names_the_scope_and_a_restored_state_keeps_it() -> None:
+    from coap_gateway.codec.route_option import key_scope
+
+    fresh = ClientBinding(LB3, KEY, fresh_key=True)
+    assert fresh.wire is not None and fresh.wire.scope == key_scope(KEY) and fresh.wire.scope_from_key
+    used = ClientBinding(LB3, KEY)  # a key that may have made transactions before: a random scope
+    assert used.wire is not None and used.wire.scope != key_scope(KEY) and not used.wire.scope_from_key
+    used.load_json(fresh.to_json())
+    assert used.wire is not None and used.wire.scope_from_key and used.wire.digest_key == KEY
+    moved = ClientBinding(LB3, bytes(32))  # the state file beside another key: its scope is defined in full
+    moved.load_json(fresh.to_json())
+    assert moved.wire is not None and moved.wire.scope == key_scope(KEY) and not moved.wire.scope_from_key
+
+
+def test_a_room_digest_binds_nothing_until_the_joined_rooms_are_in() -> None:
+    client, server = ClientBinding(LB3, KEY, fresh_key=True), ServerBinding(LB3)
+    server.session_started("device-a", KEY)
+    message = client.request(send("tok-alice"), Attempt())
+    wanted = server.resolve(crossing(message))
+    assert wanted == RoomsWanted("tok-alice")
+    assert server.device("device-a").tokens == {} and server.device("device-a").wire.handles == {}
+    resolved = server.resolve(crossing(message), [ROOM2, ROOM])
+    assert isinstance(resolved, Resolved) and resolved.http.target.startswith(f"/_matrix/client/v3/rooms/{ROOM}/")
+    assert resolved.token == "tok-alice" and server.device("device-a").wire.lookup(0) == ROOM
+    # a request without a token has no account to ask: the digest is unknown, the room goes in full
+    anonymous = client.request(send(None, "nio-2"), Attempt())
+    refused = ServerBinding(LB3)
+    refused.session_started("device-b", KEY)
+    assert isinstance(refused.resolve(crossing(anonymous, "device-b")), Refused)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 
 import cbor2
 import pytest
@@ -342,3 +343,86 @@ def test_the_schemas_look_at_the_event_type_not_at_any_parameter(event_type, txn
     back = coap_to_request(Message.decode(encode(msg)), PROFILE, ServerWireState())
     assert back.target.split("/")[-2] == event_type
     assert json.loads(back.body) == json.loads(body)
+
+
+# ------------------------------------------------ key scope and room digests
+
+DEVICE_KEY = bytes(range(32))  # a device's static public key
+OTHER_ROOM = "!" + "C" * 42 + "w"
+
+
+def new_device() -> tuple[ClientWireState, ServerWireState]:
+    """A device whose key is new, as binding sets it up on both sides."""
+    client = ClientWireState(scope=route_option.key_scope(DEVICE_KEY), scope_from_key=True, digest_key=DEVICE_KEY)
+    server = ServerWireState()
+    server.device_key = DEVICE_KEY
+    return client, server
+
+
+def test_a_new_device_defines_room_and_scope_in_8_bytes_instead_of_49():
+    client, server = new_device()
+    message = request_to_coap(HttpRequest("PUT", SEND, BODY, "application/json"), PROFILE, client, set())
+    digest = route_option.room_digest(DEVICE_KEY, ROOM)
+    # code 0, [handle 0, 4-byte digest], -1 (m.text, deflated), [txn 0]: the key's scope
+    assert route_value(message) == bytes.fromhex("00 82 00 44") + digest + bytes.fromhex("20 81 00")
+    full = request_to_coap(HttpRequest("PUT", SEND, BODY, "application/json"), PROFILE,
+                           ClientWireState(scope="lb" + "a" * 8), set())
+    # the room: [0, bytes(32)] 36 B -> [0, bytes(4)] 7 B; the scope: [0, text(10)] 13 B -> [0] 2 B
+    assert len(route_value(full)) - len(route_value(message)) == (36 - 7) + (13 - 2)
+    with pytest.raises(route_option.RoomsNeeded):
+        coap_to_request(Message.decode(encode(message)), PROFILE, server)
+    back = coap_to_request(Message.decode(encode(message)), PROFILE, server, rooms=[OTHER_ROOM, ROOM])
+    assert back.target == f"/_matrix/client/v3/rooms/{ROOM}/send/m.room.message/{route_option.key_scope(DEVICE_KEY)}.0"
+    assert server.lookup(0) == ROOM and server.scope == client.scope
+
+
+def test_key_scope_and_digests_are_the_keys_own():
+    assert route_option.key_scope(DEVICE_KEY) != route_option.key_scope(bytes(32))
+    assert re.fullmatch(r"lb[a-z2-7]{8}", route_option.key_scope(DEVICE_KEY))
+    # keyed: another device's digest of the same room differs (nobody can make two rooms collide for a device
+    # whose key they do not know)
+    assert route_option.room_digest(DEVICE_KEY, ROOM) != route_option.room_digest(bytes(32), ROOM)
+    assert len(route_option.room_digest(DEVICE_KEY, ROOM)) == route_option.ROOM_DIGEST_BYTES == 4
+
+
+@pytest.mark.parametrize("rooms", [[], [OTHER_ROOM], "twice"])
+def test_a_digest_that_matches_no_room_or_two_is_handle_unknown_and_then_sent_in_full(rooms, monkeypatch):
+    client, server = new_device()
+    if rooms == "twice":
+        # two joined rooms with the same digest: never guessed between
+        monkeypatch.setattr(route_option, "room_digest", lambda key, room, size=4: b"same")
+        rooms = [OTHER_ROOM, ROOM]
+    carried: set = set()
+    message = request_to_coap(HttpRequest("PUT", SEND, BODY, "application/json"), PROFILE, client, carried)
+    with pytest.raises(HandleUnknown):
+        coap_to_request(Message.decode(encode(message)), PROFILE, server, rooms=rooms)
+    client.server_forgot(carried)
+    again = request_to_coap(HttpRequest("PUT", SEND, BODY, "application/json"), PROFILE, client, set())
+    assert list(_items(route_value(again)))[1] == [0, ROOM_BYTES]  # in full from now on
+    assert coap_to_request(Message.decode(encode(again)), PROFILE, server).target.startswith(
+        f"/_matrix/client/v3/rooms/{ROOM}/")
+
+
+def test_digests_only_on_message_routes():
+    """A join or an invite names a room the account may not have joined."""
+    client, _ = new_device()
+    state = f"/_matrix/client/v3/rooms/{ROOM}/join"
+    message = request_to_coap(HttpRequest("POST", state, b"{}", "application/json"), PROFILE, client, set())
+    assert list(_items(route_value(message)))[1] == [0, ROOM_BYTES]
+
+
+def test_a_text_room_id_is_matched_as_the_client_wrote_it():
+    client, server = new_device()
+    text_room = "!abc:example.org"
+    send = f"/_matrix/client/v3/rooms/%21abc%3Aexample.org/send/m.room.message/{TXN}"
+    message = request_to_coap(HttpRequest("PUT", send, BODY, "application/json"), PROFILE, client, set())
+    back = coap_to_request(Message.decode(encode(message)), PROFILE, server, rooms=[text_room])
+    assert back.target.startswith("/_matrix/client/v3/rooms/!abc:example.org/send/")
+
+
+@pytest.mark.parametrize("room, txn", [([0, b"abcd"], [0, "lbscope"]), (ROOM, [0])])
+def test_short_forms_need_a_device_key(room, txn):
+    """A plaintext device (no static key) has neither a key scope nor digests: 4.00."""
+    value = b"".join(cbor2.dumps(item) for item in (0, room, -1, txn))
+    with pytest.raises(RouteError, match="secure session"):
+        decode_route(value, PROFILE.routes, PROFILE.schemas, PROFILE.cbor_table, ServerWireState(), rooms=[ROOM])

@@ -112,3 +112,29 @@ def test_binding_vectors_resolve_in_order():
         message.mtype, message.mid, message.token = CON, 0x1234, b""
         assert message.encode().hex() == v["coap_hex"]
         client.reply(request, message, reply, attempt)
+
+
+def test_short_definition_vector_resolves_and_is_rebuilt():
+    """A new device's first send (§7a, "Short definitions"): the server
+    matches the room digest against the joined rooms the vector lists, the
+    scope is the key's; the client rebuilds the bytes from its key."""
+    from aiocoap.numbers.types import CON
+
+    from coap_gateway.codec import Attempt, ClientBinding, HttpRequest, Resolved, RoomsWanted, ServerBinding
+    from coap_gateway.codec.route_option import key_scope, room_digest
+
+    v = VECTORS["short_definitions"]
+    profile, key = load_profile(v["profile"]), bytes.fromhex(v["device_key_hex"])
+    assert key_scope(key) == v["key_scope"] and room_digest(key, v["room"]).hex() == v["room_digest_hex"]
+    server = ServerBinding(profile)
+    server.session_started("device", key)
+    received = Message.decode(bytes.fromhex(v["coap_hex"]), "device")
+    assert server.resolve(received) == RoomsWanted(v["token"])
+    resolved = server.resolve(received, v["joined_rooms"])
+    assert isinstance(resolved, Resolved) and resolved.token == v["token"]
+    assert resolved.http.target == v["target"].replace("nio-1", v["key_scope"] + ".0")
+    body = b'{"msgtype":"m.text","body":"Hello, see you at 5pm"}'
+    message = ClientBinding(profile, key, fresh_key=True).request(
+        HttpRequest(v["method"], v["target"], body, "application/json", v["token"]), Attempt())
+    message.mtype, message.mid, message.token = CON, 0x1234, b""
+    assert message.encode().hex() == v["coap_hex"]

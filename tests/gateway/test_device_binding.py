@@ -241,3 +241,66 @@ async def test_a_restarted_client_gateway_costs_a_reconnect_and_never_reuses_a_t
             await again.close()
         await device.stop()
         await server.stop()
+
+
+async def test_a_new_device_defines_its_room_by_digest_and_its_scope_by_its_key(synapse, tmp_path):
+    """W3 (a new device's handshake + first send) with its short definitions
+    (docs/protocol.md §7a): the room as 4 bytes of a digest keyed with the
+    device's key, matched by the server against the account's joined rooms;
+    the transaction scope named by the new key.  A room the account has not
+    joined falls back to its full ID, and the homeserver's answer comes through."""
+    from nio import LoginResponse, RoomSendError
+
+    from coap_gateway.codec.route_option import key_scope
+
+    name = "a" + uuid.uuid4().hex[:4]  # 5 characters, as the benchmark's "alice"
+    direct = AsyncClient(synapse.base_url, name, config=AsyncClientConfig(request_timeout=60, max_timeouts=0))
+    stranger = AsyncClient(synapse.base_url, "s" + name, config=AsyncClientConfig(request_timeout=60, max_timeouts=0))
+    server_priv = keys.generate_keypair()[0]
+    server_link = await UdpLink.open("127.0.0.1", 0)
+    server = await start_server(server_link, homeserver=synapse.base_url, profile=PROFILE,
+                                static_private=server_priv, state_dir=tmp_path / "state")
+    link = await UdpLink.open("127.0.0.1", 0)
+    sent, answers = recorded(link), recorded(server_link)
+    device_priv = keys.generate_keypair()[0]
+    device = await start_client(link, server_link.local_address, profile=PROFILE, static_private=device_priv,
+                                server_public=keys.public_from_private(server_priv), fresh_key=True)
+    alice = AsyncClient(device.base_url, name, config=AsyncClientConfig(request_timeout=60, max_timeouts=0))
+    try:
+        assert isinstance(await direct.register(name, "pw-" + name), RegisterResponse)
+        assert isinstance(await stranger.register("s" + name, "pw-s" + name), RegisterResponse)
+        first, second = [(await direct.room_create(name=n)).room_id for n in ("one", "two")]
+        elsewhere = (await stranger.room_create(name="not alice's")).room_id
+        # the same account and device as `direct` (its token), through a new client gateway
+        alice.restore_login(direct.user_id, direct.device_id, direct.access_token)
+
+        answer = await alice.room_send(second, "m.room.message", MESSAGE)
+        assert isinstance(answer, RoomSendResponse)
+        binding, counters = device.gateway.binding, server.gateway.counters
+        assert binding.wire is not None and binding.wire.scope == key_scope(keys.public_from_private(device_priv))
+        assert binding.wire.scope_confirmed and binding.counters.handle_resends == 0
+        assert counters.room_lookups == 1 and counters.handle_unknown == 0
+        ik1 = [d for d in sent if classify(d) is DatagramKind.IK1]
+        ik2 = [d for d in answers if classify(d) is DatagramKind.IK2]
+        assert len(ik1) == len(ik2) == 1 and len(sent) == len(answers) == 1  # the send rode in the handshake
+        print(f"\nnew device + send (W3): IK1 {len(ik1[0])} B + IK2 {len(ik2[0])} B, "
+              f"{len(ik1[0]) + len(ik2[0]) + 84} B with Ethernet+IPv4+UDP")
+        assert len(ik1[0]) + len(ik2[0]) + 84 <= 340  # DESIGN's W3
+        # the homeserver saw the key's scope (its own /sync shows the device its transaction ID)
+        sync = await direct.sync(timeout=0)
+        timeline = sync.rooms.join[second].timeline.events
+        ours = [e for e in timeline if getattr(e, "event_id", None) == answer.event_id]
+        assert ours and ours[0].source["unsigned"]["transaction_id"] == binding.wire.scope + ".0"
+
+        refused = await alice.room_send(elsewhere, "m.room.message", MESSAGE)
+        # not joined: the digest matched nothing, the room went again in full, Synapse said no
+        assert isinstance(refused, RoomSendError) and refused.status_code == "M_FORBIDDEN"
+        assert binding.counters.handle_resends == 1 and counters.handle_unknown == 1
+        assert counters.room_lookups == 2
+        again = await alice.room_send(first, "m.room.message", MESSAGE)
+        assert isinstance(again, RoomSendResponse) and counters.room_lookups == 3
+    finally:
+        for client in (alice, direct, stranger):
+            await client.close()
+        await device.stop()
+        await server.stop()

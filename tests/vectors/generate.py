@@ -173,6 +173,34 @@ def binding_vectors() -> list[dict]:
     return out
 
 
+#: a new device's static public key (X25519 public keys are any 32 bytes)
+SHORT_DEVICE_KEY = bytes(range(0x20, 0x40))
+SHORT_OTHER_ROOM = "!aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
+
+
+def short_definition_vectors() -> dict:
+    """A new device's first send (§7a, "Short definitions"): its key names
+    the scope, and the room goes as 4 bytes of a digest keyed with the key,
+    matched against the account's joined rooms."""
+    from aiocoap.numbers.types import CON
+
+    from coap_gateway.codec import Attempt, ClientBinding, HttpRequest
+    from coap_gateway.codec.route_option import key_scope, room_digest
+
+    profile = load_profile("lb4")
+    client = ClientBinding(profile, SHORT_DEVICE_KEY, fresh_key=True)
+    body = b'{"msgtype":"m.text","body":"Hello, see you at 5pm"}'
+    target = f"/_matrix/client/v3/rooms/{BINDING_ROOM}/send/m.room.message/nio-1"
+    message = client.request(HttpRequest("PUT", target, body, "application/json", SYNAPSE_TOKENS[0]), Attempt())
+    message.mtype, message.mid, message.token = CON, 0x1234, b""
+    return {"profile": "lb4", "device_key_hex": SHORT_DEVICE_KEY.hex(), "key_scope": key_scope(SHORT_DEVICE_KEY),
+            "room": BINDING_ROOM, "room_digest_hex": room_digest(SHORT_DEVICE_KEY, BINDING_ROOM).hex(),
+            "joined_rooms": [SHORT_OTHER_ROOM, BINDING_ROOM], "method": "PUT", "target": target,
+            "token": SYNAPSE_TOKENS[0], "coap_hex": message.encode().hex(),
+            "comment": "a new device's first send: packed token, room by digest [0, h'digest'], txn [0] (the key's "
+                       "scope); the server asks the homeserver for joined_rooms and matches the digest"}
+
+
 BINDING_LOGIN = b'{"type":"m.login.password","identifier":{"type":"m.id.user","user":"carol"},"password":"pw"}'
 BINDING_LOGIN_TOKEN = "syt_Y2Fyb2w_vector"
 BINDING_LOGIN_ANSWER = (b'{"user_id":"@carol:hs","access_token":"' + BINDING_LOGIN_TOKEN.encode()
@@ -189,6 +217,7 @@ def main() -> None:
         "status": [status_vector(*case) for case in STATUS_CASES],
         "binding": binding_vectors(),
         "token_definitions": token_definition_vectors(),
+        "short_definitions": short_definition_vectors(),
         "payload": [
             payload_vector("lb2", b'{"msgtype":"m.text","body":"Hello, see you at 5pm"}', "deflated: Content-Format absent"),
             payload_vector("lb2", json.dumps({"event_id": EVENT_ID}, separators=(",", ":")).encode(), "whichever is smaller"),
