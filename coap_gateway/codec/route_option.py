@@ -68,8 +68,9 @@ import json
 import re
 import secrets
 from collections import OrderedDict
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 from urllib.parse import quote, unquote
 
 import cbor2
@@ -160,7 +161,7 @@ class ClientWireState:
     digested: set[int] = field(default_factory=set)
     full_rooms: set[int] = field(default_factory=set)
 
-    def server_forgot(self, carried: set[int | str] = frozenset()) -> None:  # type: ignore[assignment]
+    def server_forgot(self, carried: Iterable[int | str] = ()) -> None:
         """The server lost our definitions (or could not match a digest that
         ``carried`` held): send them again, rooms of a failed digest in full."""
         self.full_rooms.update(h for h in carried if isinstance(h, int) and h in self.digested)
