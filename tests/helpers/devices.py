@@ -43,9 +43,10 @@ class Device:
                                          static_private=self.server_priv,
                                          state_dir=self.state.name)
         client_priv, _ = keys.generate_keypair()
+        # a key made for this device: its scope is the key's (docs/protocol.md §7a), as `coap-gateway client` does
         self.client = await start_client(self.client_link, "server", profile=PROFILE, static_private=client_priv,
                                          server_public=keys.public_from_private(self.server_priv),
-                                         sync_push=self.sync_push)
+                                         sync_push=self.sync_push, fresh_key=True)
         return self
 
     async def __aexit__(self, *exc):
