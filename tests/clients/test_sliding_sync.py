@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import itertools
 import json
+import re
 import uuid
 
 import aiohttp
@@ -100,6 +101,13 @@ class Connection:
         return body
 
 
+def _stream_token_aside(body: bytes) -> bytes:
+    """A sliding-sync answer with its pos's stream token (after the connection position) left out."""
+    aside, count = re.subn(rb'"pos":"(\d+)/[^"]*"', rb'"pos":"\1/"', body)
+    assert count == 1, body
+    return aside
+
+
 async def _account(http: aiohttp.ClientSession, base: str) -> tuple[dict[str, str], str, str]:
     """A new user: its Authorization header, user ID and device ID."""
     name = f"sp{uuid.uuid4().hex[:6]}"
@@ -136,7 +144,11 @@ async def test_sliding_sync_is_pushed_and_idle_polls_cross_nothing(synapse, serv
         assert push.counters.answered_idle == idle_answers + 1
         async with http.post(f"{synapse.base_url}{SLIDING_SYNC}?pos={conn.pos}&timeout=0", json=ELEMENT_X_LIKE,
                              headers=auth) as answer:
-            assert await answer.read() == idle == caught_up
+            direct = await answer.read()
+        assert idle == caught_up
+        # byte-exact but for the stream token in pos: on this shared homeserver other tests' leftovers
+        # (presence going offline…) may move Synapse's streams on, while its connection position stays
+        assert _stream_token_aside(direct) == _stream_token_aside(idle)
 
         # news: pushed
         pushed: list[bytes] = []
