@@ -201,7 +201,7 @@ class ClientBinding:
         if profile.schemas is not None:
             self.wire = ClientWireState(digest_key=device_key)
             if device_key is not None and fresh_key:
-                self.wire.scope, self.wire.scope_from_key = key_scope(device_key), True
+                self.wire.scope = key_scope(device_key)
         #: a profile with the token column (lb4) defines Synapse tokens packed
         self.packs_tokens = "token" in timeline.column_kinds(profile)
         self.counters = ClientBindingCounters()
@@ -215,7 +215,7 @@ class ClientBinding:
         wire = self.wire
         if wire is not None:
             doc["wire"] = {"scope": wire.scope, "scope_confirmed": wire.scope_confirmed,
-                           "scope_from_key": wire.scope_from_key, "full_rooms": sorted(wire.full_rooms),
+                           "full_rooms": sorted(wire.full_rooms),
                            "handles": [[k, v, h] for (k, v), h in wire.handles.items()],
                            "confirmed": sorted(wire.confirmed), "txns": list(wire.txns.items()),
                            "next_txn": wire.next_txn}
@@ -238,9 +238,6 @@ class ClientBinding:
                                        handles={(str(k), str(v)): int(h) for k, v, h in w["handles"]},
                                        confirmed={int(h) for h in w["confirmed"]}, next_txn=int(w["next_txn"]),
                                        digest_key=self.device_key, full_rooms={int(h) for h in w.get("full_rooms", ())})
-                # the key's scope only while it is this key's (a state moved to another key defines it)
-                wire.scope_from_key = (bool(w.get("scope_from_key")) and self.device_key is not None
-                                       and wire.scope == key_scope(self.device_key))
                 for raw, k in w["txns"]:
                     wire.txns[str(raw)] = int(k)
                     wire.originals[int(k)] = unquote(str(raw))

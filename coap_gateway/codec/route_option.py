@@ -152,14 +152,18 @@ class ClientWireState:
     #: k -> the client's own transaction ID (decoded), to restore responses
     originals: dict[int, str] = field(default_factory=dict)
     next_txn: int = 0
-    #: the scope is ``key_scope`` of the device's key: defined as [k]
-    scope_from_key: bool = False
-    #: the device's static public key (secure mode): rooms may be defined by digest
+    #: the device's static public key (secure mode): rooms may be defined by
+    #: digest, and the scope, when it is the key's, as [k]
     digest_key: bytes | None = None
     #: room handles whose last definition went as a digest, and those whose
     #: digest the server could not match: they are defined in full from then on
     digested: set[int] = field(default_factory=set)
     full_rooms: set[int] = field(default_factory=set)
+
+    @property
+    def scope_from_key(self) -> bool:
+        """The scope is the one the device's key names (``key_scope``)."""
+        return self.digest_key is not None and self.scope == key_scope(self.digest_key)
 
     def server_forgot(self, carried: Iterable[int | str] = ()) -> None:
         """The server lost our definitions (or could not match a digest that

@@ -353,7 +353,7 @@ OTHER_ROOM = "!" + "C" * 42 + "w"
 
 def new_device() -> tuple[ClientWireState, ServerWireState]:
     """A device whose key is new, as binding sets it up on both sides."""
-    client = ClientWireState(scope=route_option.key_scope(DEVICE_KEY), scope_from_key=True, digest_key=DEVICE_KEY)
+    client = ClientWireState(scope=route_option.key_scope(DEVICE_KEY), digest_key=DEVICE_KEY)
     server = ServerWireState()
     server.device_key = DEVICE_KEY
     return client, server
