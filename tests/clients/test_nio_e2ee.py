@@ -75,9 +75,18 @@ class E2eeUser:
         return [event.body for event in self.decrypted]
 
 
-async def converse(alice: E2eeUser, bob: E2eeUser, alice_bytes, suffix: str) -> dict:
+def alice_idle(user: E2eeUser) -> bool:
+    """Nothing of this device's crypto bookkeeping is waiting to be sent or answered."""
+    client = user.client
+    return not (client.should_upload_keys or client.should_query_keys or client.should_claim_keys
+                or client.outgoing_to_device_messages)
+
+
+async def converse(alice: E2eeUser, bob: E2eeUser, alice_bytes, suffix: str, alice_parked=lambda: True) -> dict:
     """Register, start both sync loops, an encrypted room, a message each way
-    and a warm one; returns the event IDs and the bytes on alice's path."""
+    and a warm one; returns the event IDs and the bytes on alice's path.
+    ``alice_parked()`` says her sync loop's next long-poll is waiting (so the
+    previous answer's bookkeeping has run)."""
     await alice.register(f"alice{suffix}")
     await bob.register(f"bob{suffix}")
     alice.start()
@@ -107,7 +116,12 @@ async def converse(alice: E2eeUser, bob: E2eeUser, alice_bytes, suffix: str) -> 
                                        ignore_unverified_devices=True)
     await until(lambda: "Fine, at the station" in alice.bodies(), timeout=300)
 
-    # a warm encrypted send: the session is shared, only the message crosses
+    # a warm encrypted send: the session is shared, only the message crosses.
+    # Bob's reply claimed one of alice's one-time keys, so her sync loop
+    # uploads a new one (keys/upload) beside its next sync; wait until that
+    # is answered and nothing else of hers is pending, or its bytes would
+    # land in the warm send's count.
+    await until(lambda: alice_parked() and alice_idle(alice), timeout=300)
     before = alice_bytes()
     await alice.client.room_send(room_id, "m.room.message", {"msgtype": "m.text", "body": "Bring the map"},
                                  ignore_unverified_devices=True)
@@ -134,7 +148,8 @@ async def test_matrix_nio_end_to_end_encryption_through_the_gateways(synapse, se
         alice = E2eeUser(dev_a.client.base_url, tmp_path / "alice")
         bob = E2eeUser(dev_b.client.base_url, tmp_path / "bob")
         try:
-            result = await converse(alice, bob, lambda: sum(dev_a.link_bytes()), uuid.uuid4().hex[:6])
+            result = await converse(alice, bob, lambda: sum(dev_a.link_bytes()), uuid.uuid4().hex[:6],
+                                    alice_parked=dev_a.waiting_on_push)
         finally:
             await alice.stop()
             await bob.stop()
