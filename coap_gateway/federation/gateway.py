@@ -70,8 +70,10 @@ class FederationConfig:
     #: this homeserver's federation listener (scheme, host, port)
     homeserver: str
     profile: Profile
-    #: how long one federation request may take end to end (Synapse's own
-    #: client gives up after 60 s by default: ``federation.client_timeout``)
+    #: how long one federation request may take: the homeserver's answer, and
+    #: over the link the longest silence from the peer gateway while its answer
+    #: is awaited (at most four times this in all: a busy link is waited for).
+    #: Synapse's own client gives up after 60 s by default (``federation.client_timeout``)
     request_timeout: float = 120.0
     #: a responder waits this long for its peer to open their session
     session_wait: float = 30.0

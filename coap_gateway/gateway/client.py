@@ -413,7 +413,9 @@ class ClientGateway:
                 reply = await send(message)
             except LinkFailure as exc:
                 self.counters.link_failures += 1
-                log.warning("request over the link failed: %s", exc)
+                # the path only: a query may hold an access token
+                log.warning("%s %s over the link failed: %s", http_request.method,
+                            http_request.target.partition("?")[0], exc)
                 raise
             if self.binding.resend(reply, attempt) is None:
                 self._persist()

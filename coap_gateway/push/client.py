@@ -90,8 +90,10 @@ class SyncPushClientConfig:
     tick: float = 1.0
     #: longest local wait, whatever timeout the client asks for
     max_wait: float = 3600.0
-    #: longest wait for the answer to a registration or control request
-    #: (its homeserver poll has timeout 0: it is quick unless the link is not)
+    #: longest silence from the server gateway while the answer to a
+    #: registration or control request is awaited (its homeserver poll has
+    #: timeout 0: it is quick unless the link is not; a link busy with other
+    #: answers is waited for, up to four times this in all)
     answer_timeout: float = 300.0
 
 

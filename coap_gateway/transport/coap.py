@@ -70,6 +70,12 @@ BLOCK_FRAME_OVERHEAD = 40
 #: a block-wise request answered 4.08 (the server lost its assembly) is sent
 #: again from its first block at most this often
 BLOCKWISE_RESTARTS = 2
+#: a request waits for its answer while the peer is heard from, but at most
+#: this many times its silence timeout in all (a peer busy with others' traffic
+#: that lost this request's answer)
+SILENCE_CAP = 4
+#: a timer may fire this much before its time (the loop's clock resolution)
+CLOCK_SLACK = 0.001
 #: CON exchanges in flight per peer.  aiocoap has NSTART = 1 (RFC 7252
 #: §4.7's default): a second request waits for the first's answer, so one
 #: lost answer on a slow lossy link held a message behind a sync
@@ -175,6 +181,8 @@ class PeerCounters:
     bytes_out: int = 0
     frames_in: int = 0
     bytes_in: int = 0
+    #: loop time of the last datagram from this peer (a request waits while it is heard)
+    heard_at: float = 0.0
 
 
 class LinkAddress(interfaces.EndpointAddress):
@@ -737,6 +745,7 @@ class LinkMessageInterface(interfaces.MessageInterface):
         counts = self.peer_counters(messages[0][0] if messages else peer)
         counts.frames_in += 1
         counts.bytes_in += len(datagram)
+        counts.heard_at = self.mman.loop.time()
         for key, raw in messages:
             remote = self.remote(key)
             try:
@@ -829,17 +838,52 @@ class LinkEndpoint:
             exp -= 1
         remote.maximum_block_size_exp = exp
 
+    async def _heard_until(self, answer: asyncio.Future, key: Hashable, silence: float | None) -> Message:
+        """``answer``'s result, waited for while peer ``key`` is heard from:
+        TimeoutError once ``silence`` seconds pass without a frame from it
+        (or SILENCE_CAP times that in all), ``answer`` then cancelled.
+        A fixed deadline gave up on answers that were on their way: at
+        100 bit/s four accounts' first syncs keep the link busy for minutes,
+        each registration's answer queued behind the others' timed out after
+        300 s, and every retry put the same answer on the link again."""
+        if silence is None:
+            return await answer
+        loop = asyncio.get_running_loop()
+        counts = self.interface.peer_counters(key)
+        start = loop.time()
+        gave_up = False
+
+        def check() -> None:
+            nonlocal timer, gave_up
+            deadline = min(max(start, counts.heard_at) + silence, start + SILENCE_CAP * silence)
+            if loop.time() + CLOCK_SLACK >= deadline:
+                # cancelled as a timeout cancels: aiocoap's request sees it
+                # (and stops) before this task resumes
+                gave_up = True
+                answer.cancel()
+            else:
+                timer = loop.call_at(deadline, check)
+
+        timer = loop.call_at(start + silence, check)
+        try:
+            return await answer
+        except asyncio.CancelledError:
+            if gave_up:
+                raise TimeoutError from None
+            raise
+        finally:
+            timer.cancel()
+
     async def request(self, message: Message, key: Hashable, timeout: float | None = None) -> Message:
         """Send a request to peer ``key``; its final response.  ``LinkFailure``
         when the link did not deliver it (retransmissions exhausted, the
-        secure layer failed, ``timeout`` passed)."""
+        secure layer failed, nothing heard from the peer for ``timeout``
+        seconds)."""
         message.remote = self.remote(key)
         blockwise = len(message.payload) > message.remote.maximum_payload_size
         if blockwise:
             self.slice_upload(message.remote)
         original = message.copy() if blockwise else message
-        loop = asyncio.get_running_loop()
-        deadline = None if timeout is None else loop.time() + timeout
         for attempt in range(1 + BLOCKWISE_RESTARTS):
             if blockwise:
                 # it goes block by block (RFC 7959), and a server assembles blocks
@@ -848,10 +892,8 @@ class LinkEndpoint:
                 self._request_tag = (self._request_tag + 1) % 0x10000
                 message.opt.request_tag = [self._request_tag.to_bytes(2, "big")]
             self._check_codec()
-            left = None if deadline is None else max(0.0, deadline - loop.time())
             try:
-                async with asyncio.timeout(left):
-                    response = await self.context.request(message).response
+                response = await self._heard_until(self.context.request(message).response, key, timeout)
             except (error.Error, TimeoutError, GatewayError) as exc:
                 raise LinkFailure(type(exc).__name__) from (self.interface.codec.failure() or exc)
             if not (blockwise and response.code == Code.REQUEST_ENTITY_INCOMPLETE) or attempt == BLOCKWISE_RESTARTS:
@@ -882,8 +924,8 @@ class LinkEndpoint:
         try:
             interface = await self.context.find_remote_and_interface(message)
             interface.request(observation.pipe)
-            async with asyncio.timeout(timeout):
-                return observation, await asyncio.shield(observation.first)
+            # shielded: a registration given up on by its caller stays the observation's to close
+            return observation, await self._heard_until(asyncio.shield(observation.first), key, timeout)
         except (error.Error, TimeoutError, GatewayError) as exc:
             observation.close()
             raise LinkFailure(type(exc).__name__) from (self.interface.codec.failure() or exc)

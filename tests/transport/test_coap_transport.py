@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import random
 import socket
@@ -13,7 +14,7 @@ from aiocoap import Message
 from aiocoap.numbers.codes import Code
 from aiocoap.numbers.types import Type
 
-from coap_gateway.transport.coap import create_link_endpoint
+from coap_gateway.transport.coap import LinkFailure, create_link_endpoint
 from coap_gateway.transport.kiss import FEND, KissDecoder, encode_frame
 from coap_gateway.transport.links import SerialLink, UdpLink
 from coap_gateway.transport.timing import LinkBudget, RetransmissionTimer
@@ -450,3 +451,49 @@ def test_the_timer_counts_our_own_frames_still_serialising():
     assert t.queued_bytes(10.0) == 100 and t.queued_bytes(14.0) == 50 and t.queued_bytes(18.5) == 0
     t.on_sent(12.0, 50)  # queued behind the first: done at 22 s
     assert t.busy_until == pytest.approx(22.0) and t.queued_bytes(20.0) == 25
+
+
+async def _chatter(client, every: float) -> None:
+    """Quick exchanges with the same peer: frames from it keep arriving."""
+    n = 0
+    while True:
+        msg = Message(code=Code.POST, uri_path=["quick"], payload=f"chat{n}".encode())
+        msg.remote = client.remote("server")
+        await client.context.request(msg).response
+        n += 1
+        await asyncio.sleep(every)
+
+
+@pytest.mark.looptime
+@pytest.mark.parametrize("answer_after, chatter, answered", [
+    (100.0, True, True),  # a busy peer's late answer is waited for (was: given up at 30 s)
+    (100.0, False, False),  # a silent peer: given up 30 s after the last frame from it (its empty ACK)
+    (200.0, True, False),  # heard, but no answer within 4 × 30 s: given up all the same
+])
+async def test_a_request_waits_while_its_peer_is_heard(answer_after, chatter, answered):
+    client_link, server_link = emulated_link_pair(LinkProfile(rate_bps=1000, delay=0.1, overhead=0), seed=1)
+    site = resource.Site()
+    site.add_resource(["slow"], Counting(delay=answer_after))
+    site.add_resource(["quick"], Counting())
+    server = await create_link_endpoint(server_link, site=site)
+    client = await create_link_endpoint(client_link)
+    loop = asyncio.get_running_loop()
+    talk = asyncio.create_task(_chatter(client, 5.0)) if chatter else None
+    msg = Message(code=Code.POST, uri_path=["slow"], payload=b"slow")
+    t0 = loop.time()
+    try:
+        if answered:
+            response = await client.request(msg, "server", timeout=30.0)
+            assert response.payload == b"ok:slow"
+            assert loop.time() - t0 >= answer_after
+        else:
+            with pytest.raises(LinkFailure):
+                await client.request(msg, "server", timeout=30.0)
+            waited = loop.time() - t0
+            assert (30.0 <= waited < 35.0) if not chatter else (120.0 <= waited < 121.0), waited
+    finally:
+        if talk is not None:
+            talk.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await talk
+        await client.shutdown(), await server.shutdown()
