@@ -537,7 +537,34 @@ class LinkAwareMessageManager(MessageManager):
         else:
             self.counters.timeouts += 1
             self._exchanges.pop(key, None)
+            if message.code.is_response():
+                self._response_timed_out(message)
+                return
+            # a request: aiocoap takes the peer for unreachable and fails every
+            # request to it, queued ones too; answers queued for it still go
+            answers = [entry for entry in dict.get(self._backlogs, message.remote) or []
+                       if entry[0].code.is_response()]
+            super()._retransmit(message, timeout, retransmission_counter)
+            if answers:
+                self._backlogs[message.remote] = answers
+                self._continue_backlog(message.remote)
+            return
         super()._retransmit(message, timeout, retransmission_counter)
+
+    def _response_timed_out(self, message: Message) -> None:
+        """A CON response (a separate response, a notification) was never
+        acknowledged: that one exchange ends, its request's interest with it,
+        and what waits behind it goes on.  aiocoap (NSTART = 1: the exchange
+        was all there was with the peer) drops the peer's whole backlog here
+        without a word; with NSTART = 4 that silently lost the answers queued
+        behind it, and their requests, acknowledged long before, waited for
+        them for ever (a stall at 100 bit/s: the device's ACKs waited behind
+        its own uploads while the server's retransmissions ran out)."""
+        monitor, handle = self._active_exchanges.pop((message.remote, message.mid))
+        handle.cancel()
+        log.info("no ACK for %s to %r after the last retransmission", message.code, message.remote)
+        monitor()
+        self._continue_backlog(message.remote)
 
     def _remove_exchange(self, message: Message) -> None:
         key = (message.remote, message.mid)

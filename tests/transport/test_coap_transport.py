@@ -497,3 +497,45 @@ async def test_a_request_waits_while_its_peer_is_heard(answer_after, chatter, an
             with contextlib.suppress(asyncio.CancelledError):
                 await talk
         await client.shutdown(), await server.shutdown()
+
+
+@pytest.mark.looptime
+async def test_answers_queued_behind_one_that_timed_out_still_go():
+    """Six slow requests at once: the server answers each separately, four
+    exchanges in flight (NSTART) and two queued.  The first four answers
+    are lost, every transmission of them, until the server gives up on
+    them; the two queued must go out then — aiocoap dropped the peer's
+    whole backlog, and their requests, acknowledged long before, waited for
+    ever."""
+    client, server, res, cl, sl = await pair(LinkProfile(rate_bps=10_000, delay=0.1, overhead=0), max_retransmit=1,
+                                             server_res=Counting(delay=5.0))
+    first_four: list[int] = []
+    real_send = sl.send
+
+    def server_send(peer, datagram):
+        m = Message.decode(datagram)
+        if m.mtype == Type.CON and m.code.is_response():
+            if len(first_four) < 4 and m.mid not in first_four:
+                first_four.append(m.mid)
+            if m.mid in first_four:
+                return  # lost, and every retransmission of it
+        real_send(peer, datagram)
+
+    sl.send = server_send
+    bodies = [f"r{i}".encode() for i in range(6)]
+
+    async def ask(body: bytes):
+        msg = Message(code=Code.POST, uri_path=["x"], payload=body)
+        try:
+            return (await client.request(msg, "server", timeout=60.0)).payload
+        except LinkFailure:
+            return None
+
+    answers = await asyncio.gather(*(ask(b) for b in bodies))
+    assert res.executions == {b: 1 for b in bodies} and len(first_four) == 4
+    assert server.counters.timeouts == 4
+    # the four lost answers: their requests give up (60 s without a word from
+    # the server); the two queued behind them arrive
+    answered = [a for a in answers if a is not None]
+    assert len(answered) == 2 and all(a.startswith(b"ok:r") for a in answered), answers
+    await client.shutdown(), await server.shutdown()
