@@ -93,6 +93,12 @@ MAX_CONNECTIONS = 256
 #: at stop, what answers still being written may take (every pending request
 #: is answered 503 first; aiohttp's default waits 60 s for handlers)
 STOP_GRACE = 1.0
+#: a request over the link fails after this long without a frame from the
+#: server gateway (at most four times this in all; LinkEndpoint.request): an
+#: answer acknowledged but never sent (the server gateway restarted) no longer
+#: holds the device's HTTP request until its own timeout.  Longer than the
+#: server gateway's homeserver timeout (300 s) and its answer's retransmissions.
+REQUEST_SILENCE = 900.0
 
 
 @dataclass
@@ -217,7 +223,7 @@ def write_private(path: Path, data: bytes) -> bool:
 
 class ClientGateway:
     def __init__(self, endpoint: LinkEndpoint, server_key: Hashable, profile: Profile, *,
-                 host: str = "127.0.0.1", port: int = 0, request_timeout: float | None = None,
+                 host: str = "127.0.0.1", port: int = 0, request_timeout: float | None = REQUEST_SILENCE,
                  low_bandwidth: bool = False, sync_push: SyncPushClientConfig | None = None,
                  state_path: Path | None = None, revalidate: bool = True,
                  device_key: bytes | None = None, fresh_key: bool = False):
