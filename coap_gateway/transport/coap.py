@@ -534,22 +534,20 @@ class LinkAwareMessageManager(MessageManager):
             exchange.sampled = False
         if retransmission_counter < message.transport_tuning.MAX_RETRANSMIT:
             self.counters.retransmissions += 1
-        else:
-            self.counters.timeouts += 1
-            self._exchanges.pop(key, None)
-            if message.code.is_response():
-                self._response_timed_out(message)
-                return
-            # a request: aiocoap takes the peer for unreachable and fails every
-            # request to it, queued ones too; answers queued for it still go
-            answers = [entry for entry in dict.get(self._backlogs, message.remote) or []
-                       if entry[0].code.is_response()]
             super()._retransmit(message, timeout, retransmission_counter)
-            if answers:
-                self._backlogs[message.remote] = answers
-                self._continue_backlog(message.remote)
             return
+        self.counters.timeouts += 1
+        self._exchanges.pop(key, None)
+        if message.code.is_response():
+            self._response_timed_out(message)
+            return
+        # a request: aiocoap takes the peer for unreachable and fails every
+        # request to it, queued ones too; answers queued for it still go
+        answers = [entry for entry in dict.get(self._backlogs, message.remote) or [] if entry[0].code.is_response()]
         super()._retransmit(message, timeout, retransmission_counter)
+        if answers:
+            self._backlogs[message.remote] = answers
+            self._continue_backlog(message.remote)
 
     def _response_timed_out(self, message: Message) -> None:
         """A CON response (a separate response, a notification) was never
