@@ -68,9 +68,12 @@ class SyncPushServerConfig:
     history_bytes: int = 16 << 20
     #: bodies (encoded) the per-stream deflate dictionary holds
     delta_keep: int = 2
-    #: longest wait for the ACK of a notification (the CON's own
-    #: retransmissions end the observation well before, on any real link)
-    ack_wait: float = 600.0
+    #: longest wait for the ACK of a notification; None: as long as the
+    #: message layer retransmits it (an ACK, an RST or its last
+    #: retransmission ends the wait).  A clock of its own came first at
+    #: 100 bit/s, where 8 retransmissions run 10-15 minutes, and ended an
+    #: observation whose notification was then acknowledged, in silence
+    ack_wait: float | None = None
     #: back-off when the homeserver is down or busy (5xx, 429)
     backoff_max: float = 60.0
     #: longest a send's answer waits for its echo to fold (the homeserver

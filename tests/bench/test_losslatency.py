@@ -94,3 +94,52 @@ def test_a_lost_or_doubled_message_fails_the_targets_whatever_the_times():
     ([1.0, 2.0, 3.0, 4.0], 0.5, 2.5), ([5.0], 0.95, 5.0), (list(range(101)), 0.95, 95.0)])
 def test_percentile_is_numpys_linear(values, q, expected):
     assert percentile(values, q) == pytest.approx(expected)
+
+
+def test_a_notification_acknowledged_after_ten_minutes_keeps_its_observation():
+    """At 100 bit/s with 2 s of delay a notification's retransmissions run
+    for many minutes (here 14 of them: 15 minutes; a queue ahead of it
+    stretches every wait further).  alice's ACKs are lost for 10.5 minutes,
+    then the 11th retransmission is acknowledged.  The server's push loop
+    must wait for the message layer — an ACK, an RST or the last
+    retransmission — not end the observation on a clock of its own: it gave
+    up after 600 s and ended the observation in silence, so alice's
+    gateway, which had the notification and acknowledged it, never knew,
+    and bob's next message waited for its hourly check."""
+    import looptime
+
+    from bench.losslatency import radio, two_devices
+
+    async def scenario():
+        loop = asyncio.get_running_loop()
+        async with two_devices(7, alice_retransmit=14) as world:
+            world.reshape_alice(radio(0.0))
+            alice_end, _ = world.links[0]
+            push = world.servers[0].gateway.sync_push
+            alice_push = world.clients[0].gateway.sync_push
+            (observation,) = push.observations.values()
+            registrations, timeouts = alice_push.counters.registrations, world.servers[0].endpoint.counters.timeouts
+            alice_end.stages[0].set_profile(radio(1.0), loop.time())  # alice → server: everything lost
+            t0 = loop.time()
+            assert await world.bob.send("while alice's ACKs are lost")
+            assert await world.alice.wait_for("while alice's ACKs are lost", t0 + 120) is not None
+            await asyncio.sleep(t0 + 630 - loop.time())  # retransmission 11 comes at ~650 s
+            alice_end.stages[0].set_profile(radio(0.0), loop.time())
+            retransmitted = world.servers[0].endpoint.counters.retransmissions
+            await asyncio.sleep(300)  # the next retransmission is acknowledged
+            assert push.observations and next(iter(push.observations.values())) is observation
+            assert world.servers[0].endpoint.counters.timeouts == timeouts
+            t1 = loop.time()
+            assert await world.bob.send("and after")
+            arrived = await world.alice.wait_for("and after", t1 + 120)
+            assert arrived is not None, "the observation ended unseen: pushed nothing more"
+            assert alice_push.counters.registrations == registrations
+            assert world.alice.seen["while alice's ACKs are lost"] and len(world.alice.seen["and after"]) == 1
+            return retransmitted
+
+    loop = looptime.new_event_loop(start=0.0)
+    try:
+        retransmitted = loop.run_until_complete(scenario())
+    finally:
+        loop.close()
+    assert retransmitted >= 10  # the notification really was retransmitted for 10 minutes
