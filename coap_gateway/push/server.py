@@ -70,8 +70,8 @@ class SyncPushServerConfig:
     delta_keep: int = 2
     #: longest wait for the ACK of a notification; None: as long as the
     #: message layer retransmits it (an ACK, an RST or its last
-    #: retransmission ends the wait).  A clock of its own came first at
-    #: 100 bit/s, where 8 retransmissions run 10-15 minutes, and ended an
+    #: retransmission ends the wait).  A clock of its own (600 s) came first
+    #: at 100 bit/s, where 10 retransmissions run 11 minutes, and ended an
     #: observation whose notification was then acknowledged, in silence
     ack_wait: float | None = None
     #: back-off when the homeserver is down or busy (5xx, 429)
