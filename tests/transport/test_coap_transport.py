@@ -539,3 +539,52 @@ async def test_answers_queued_behind_one_that_timed_out_still_go():
     answered = [a for a in answers if a is not None]
     assert len(answered) == 2 and all(a.startswith(b"ok:r") for a in answered), answers
     await client.shutdown(), await server.shutdown()
+
+
+@pytest.mark.looptime
+async def test_answers_queued_when_a_request_to_the_same_peer_times_out_still_go():
+    """An endpoint that both asks and answers (a federation gateway): its
+    own request to the peer runs out of retransmissions while answers to
+    that peer wait in its queue.  aiocoap takes the peer for unreachable,
+    fails the request and drops the queue; the queued answers must still go
+    (their requests were acknowledged long before and wait for them)."""
+    random.seed(3)  # the timers' jitter
+    client, server, res, cl, sl = await pair(LinkProfile(rate_bps=10_000, delay=0.1, overhead=0), max_retransmit=1,
+                                             server_res=Counting(delay=4.0))
+    lost_answers: list[int] = []
+    real_send = sl.send
+
+    def server_send(peer, datagram):
+        m = Message.decode(datagram)
+        if m.mtype == Type.CON and m.code.is_request():
+            return  # the server's own request: every transmission lost
+        if m.mtype == Type.CON and m.code.is_response():
+            if len(lost_answers) < 3 and m.mid not in lost_answers:
+                lost_answers.append(m.mid)
+            if m.mid in lost_answers:
+                return  # the answers in flight beside it: lost too, until the server gives up on them
+        real_send(peer, datagram)
+
+    sl.send = server_send
+
+    async def ask(body: bytes):
+        msg = Message(code=Code.POST, uri_path=["x"], payload=body)
+        try:
+            return (await client.request(msg, "server", timeout=60.0)).payload
+        except LinkFailure:
+            return None
+
+    # the server's request takes one of four slots (NSTART) from the start;
+    # when the six answers are ready (4 s), three go and three wait in the
+    # queue; the request runs out at about 6 s, the answers at about 7.5 s
+    own = asyncio.create_task(server.request(Message(code=Code.GET, uri_path=["y"]), "client", timeout=60.0))
+    await asyncio.sleep(0)
+    bodies = [f"r{i}".encode() for i in range(6)]
+    answers = await asyncio.gather(*(ask(b) for b in bodies))
+    with pytest.raises(LinkFailure):
+        await own
+    assert res.executions == {b: 1 for b in bodies} and len(lost_answers) == 3
+    assert server.counters.timeouts == 4  # the request, then the three answers in flight
+    answered = [a for a in answers if a is not None]
+    assert len(answered) == 3 and all(a.startswith(b"ok:r") for a in answered), answers
+    await client.shutdown(), await server.shutdown()
