@@ -265,9 +265,9 @@ async def test_observe_notifications_cross_the_slow_link():
     await client.shutdown(), await server.shutdown()
 
 
-@pytest.mark.looptime
 # aiocoap: a random request that another with its token replaces in the same
 # loop turn is cancelled before its render coroutine starts (run_driving_pipe)
+@pytest.mark.looptime
 @pytest.mark.filterwarnings("ignore:coroutine 'Context._render_to_pipe' was never awaited:RuntimeWarning")
 async def test_malformed_datagrams_are_dropped_and_counted():
     client, server, res, cl, sl = await pair(LinkProfile(rate_bps=100_000))
