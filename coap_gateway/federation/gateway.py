@@ -57,7 +57,7 @@ from .compact import (
     is_compact_send,
     server_keys,
 )
-from .link import PeerKey, PeerLinkCodec
+from .link import PeerKey, PeerLinkCodec, session_setup_time
 from .mapping import FederationRequest, answer_to_coap, coap_to_answer, coap_to_federation, federation_to_coap
 from .peers import PeersTable
 from .policy import ConnectDecision, ephemeral_only, peer_request_decision
@@ -75,7 +75,8 @@ class FederationConfig:
     #: is awaited (at most four times this in all: a busy link is waited for).
     #: Synapse's own client gives up after 60 s by default (``federation.client_timeout``)
     request_timeout: float = 120.0
-    #: a responder waits this long for its peer to open their session
+    #: a responder waits this long for its peer to open their session (it
+    #: asks with WAKE), and twice what the link takes to open one on top
     session_wait: float = 30.0
     #: PUT /send in the compact form (False: the plain mapping for everything)
     compact: bool = True
@@ -149,6 +150,7 @@ class FederationGateway(resource.Resource):
 
     def attach(self, endpoint: LinkEndpoint, codec: PeerLinkCodec) -> None:
         self.endpoint, self.codec = endpoint, codec
+        codec.on_wake(endpoint.ping)  # a responder with a request and no session asks for one
 
     def connect_peers(self) -> None:
         """Open the session with every peer this gateway initiates to (a CoAP
@@ -206,7 +208,10 @@ class FederationGateway(resource.Resource):
                 self.counters.transactions_dropped += 1
                 return HttpResponse(200, b'{"pdus":{}}', "application/json")
         assert self.endpoint is not None and self.codec is not None and decision.peer is not None
-        key = await self.codec.wait_for_session(decision.peer.public, self.config.session_wait)
+        # on a slow link the WAKE, the peer's ping and a new handshake take
+        # a while: wait for that twice over (a datagram may be lost)
+        wait = self.config.session_wait + 2 * session_setup_time(self.endpoint.interface.link.budget)
+        key = await self.codec.wait_for_session(decision.peer.public, wait, decision.peer.address)
         if key is None:
             self.counters.no_session += 1
             return matrix_error(502, "M_UNKNOWN", f"no secure session with the gateway of {decision.server_name}")

@@ -7,6 +7,12 @@ the others (``policy.initiates``: the lower static key opens the session).
 ``SecureServerCodec`` for the peers that initiate to it.  Either end sends
 requests in the session, so both directions of a pair share it.
 
+A responder that has a request and no session cannot open one: it sends
+WAKE (one byte, ``frame.WAKE_DATAGRAM``) to the initiator's address, again
+every quarter of its wait, and the initiator pings in its session — which
+opens one when there is none, and meets RESET when the responder lost it
+(it restarted), so the initiator opens a new one.
+
 CoAP remote keys: ``PeerKey(public)`` for a peer we initiate to; the
 server codec's ``DeviceId`` for a peer that initiated.  ``key_for(public)``
 gives the current one.  Frames from a Noise key outside the peers table
@@ -16,11 +22,28 @@ are counted and dropped: nothing of theirs reaches CoAP.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections import Counter
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 
+from ..secure import frame as sf
+from ..secure.client import IK_DATAGRAMS
 from ..transport import SERVER_KEY, CodecHost, DeviceEvent, DeviceId, SecureClientCodec, SecureServerCodec
+from ..transport.timing import LinkBudget
+
+#: WAKEs a responder sends while it waits for a session (spread over the wait)
+WAKES_PER_WAIT = 4
+#: the datagrams between a responder's WAKE and a session, in bytes: WAKE,
+#: the initiator's ping, RESET (when the responder had lost the session),
+#: IK1 and IK2 without a message
+SESSION_SETUP_DATAGRAMS = (len(sf.WAKE_DATAGRAM), 4 + sf.SEQ_SIZE + sf.TAG_SIZE, 5, *IK_DATAGRAMS)
+
+
+def session_setup_time(budget: LinkBudget) -> float:
+    """How long the link takes to carry a WAKE to a session, lost nothing:
+    at 100 bit/s with UDP/IP headers and 1 s of latency, 36 s."""
+    return sum(budget.serialisation(size) + budget.latency for size in SESSION_SETUP_DATAGRAMS)
 
 
 @dataclass(frozen=True)
@@ -62,6 +85,8 @@ class PeerLinkCodec:
         self.known = known
         self._by_address = {codec.server_addr: public for public, codec in clients.items()}
         self.refused: Counter[str] = Counter()
+        self.wakes_sent = 0
+        self._host: CodecHost | None = None
         #: peers (public keys) that have a session with us as responder
         self._sessions: dict[bytes, asyncio.Event] = {}
         chained = server.on_device
@@ -74,6 +99,7 @@ class PeerLinkCodec:
         server.on_device = on_device
 
     def bind(self, host: CodecHost) -> None:
+        self._host = host
         self.server.bind(host)
         for public, codec in self.clients.items():
             codec.bind(_ClientHost(host, PeerKey(public)))
@@ -97,16 +123,29 @@ class PeerLinkCodec:
             return None
         return self.server.device_key(public)
 
-    async def wait_for_session(self, public: bytes, timeout: float) -> Hashable | None:
+    def on_wake(self, ping: Callable[[PeerKey], None]) -> None:
+        """``ping(PeerKey(public))`` when a peer we initiate to sends WAKE."""
+        for public, codec in self.clients.items():
+            codec.on_wake = lambda key=PeerKey(public): ping(key)
+
+    async def wait_for_session(self, public: bytes, timeout: float, address: Hashable | None = None
+                               ) -> Hashable | None:
         """``key_for(public)``, waiting up to ``timeout`` for the peer to open
-        its session (a responder cannot open it)."""
+        its session (a responder cannot open it); with the peer's ``address``,
+        WAKE asks it to, ``WAKES_PER_WAIT`` times over the wait (one may be lost)."""
         key = self.key_for(public)
         if key is not None:
             return key
         event = self._sessions.setdefault(public, asyncio.Event())
         try:
             async with asyncio.timeout(timeout):
-                await event.wait()
+                while not event.is_set():
+                    if address is not None and self._host is not None:
+                        self.wakes_sent += 1
+                        self._host.send_datagram(address, sf.WAKE_DATAGRAM)
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(timeout / WAKES_PER_WAIT):
+                            await event.wait()
         except TimeoutError:
             return None
         return self.key_for(public)

@@ -26,6 +26,7 @@ from .events import (
     SessionEstablished,
     SessionKeys,
     Transmit,
+    Woken,
     reason_label,
 )
 from .frame import DatagramKind, classify
@@ -49,6 +50,7 @@ __all__ = [
     "SessionEstablished",
     "SessionKeys",
     "Transmit",
+    "Woken",
     "classify",
     "events",
     "frame",

@@ -2,7 +2,9 @@
 
 It chooses IK (server key pinned) or XX (first contact), puts the first
 request into the handshake, resends an early request the server did not
-answer, and re-handshakes on a RESET that echoes a frame it sent.
+answer, re-handshakes on a RESET that echoes a frame it sent, and asks its
+shell for a ping on a WAKE (a federation responder with a request and no
+session).
 """
 
 from __future__ import annotations
@@ -20,17 +22,22 @@ from ..errors import (
     ServerKeyMismatchError,
 )
 from . import frame as sf
-from .events import ClientOutput, Connected, Deliver, Dropped, Rehandshake, Transmit
+from .events import ClientOutput, Connected, Deliver, Dropped, Rehandshake, Transmit, Woken
 from .frame import DatagramKind, FrameShape
 from .noise import ClientSession, Rng, SecureChannel
 
 RECENT_HEADERS = 16  # frames a RESET may echo
+#: at most one ping per this many seconds for WAKEs: WAKE is not
+#: authenticated, and a forged one must not buy more than a small share of a
+#: 100-bit/s link (a ping and its RST in the session: 42 B)
+WAKE_INTERVAL = 30.0
 MAX_EARLY_MESSAGE = 512
 
 
 #: the handshake datagrams without a message (docs/protocol.md §10, measured
 #: sizes; tests/secure assert them)
-IK_SETUP_BYTES = 104 + 50
+IK_DATAGRAMS = (104, 50)
+IK_SETUP_BYTES = sum(IK_DATAGRAMS)
 XX_SETUP_BYTES = 36 + 97 + 66
 
 
@@ -70,6 +77,8 @@ class ClientEndpoint:
         self._announced_in: bytes | None = None
         #: emit ``SessionKeys`` for each completed handshake (an opt-in key log); off by default
         self.export_keys = False
+        self.wake_interval = WAKE_INTERVAL
+        self._woken_at: float | None = None
 
     def trust(self, server_public: bytes) -> None:
         """Use ``server_public`` from now on (the user accepted the server's
@@ -130,6 +139,8 @@ class ClientEndpoint:
                 self._receive_handshake(now, datagram, out)
             elif kind is DatagramKind.RESET:
                 self._receive_reset(now, sf.parse_reset(datagram), out)
+            elif kind is DatagramKind.WAKE:
+                self._receive_wake(now, datagram, out)
             else:
                 out.append(Dropped(f"{kind.name} is not for a client"))
         except (ProfileMismatchError, ServerKeyChanged):
@@ -176,7 +187,7 @@ class ClientEndpoint:
         assert self.channel is not None
         frame = self.channel.seal(message)
         header = sf.parse_coap_header(message)
-        if sf.message_shape(header) is FrameShape.SEQUENCED and header.is_request:
+        if sf.message_shape(header) is FrameShape.SEQUENCED and (header.is_request or _is_ping(header)):
             self._recent[frame[:4]] = message
             self._recent.move_to_end(frame[:4])
             while len(self._recent) > RECENT_HEADERS:
@@ -235,7 +246,13 @@ class ClientEndpoint:
 
     def _answered(self, header: sf.CoapHeader) -> None:
         """An authenticated response: the request it answers is no longer
-        pending, so no RESET can make us send it again."""
+        pending, so no RESET can make us send it again; a ping's is its RST."""
+        if header.type == sf.RST and header.code == sf.EMPTY_CODE:
+            for frame_header, message in list(self._recent.items()):
+                ping = sf.parse_coap_header(message)
+                if _is_ping(ping) and ping.message_id == header.message_id:
+                    del self._recent[frame_header]
+            return
         if not header.is_response:
             return
         for frame_header, message in list(self._recent.items()):
@@ -243,6 +260,20 @@ class ClientEndpoint:
             if (request.message_id == header.message_id if header.type == sf.ACK
                     else request.token == header.token):
                 del self._recent[frame_header]
+
+    def _receive_wake(self, now: float, datagram: bytes, out: list[ClientOutput]) -> None:
+        # WAKE is not authenticated either: all it buys is a ping in the
+        # session (answered in it, or met by RESET when the server lost it),
+        # at most one per wake_interval
+        if datagram != sf.WAKE_DATAGRAM:
+            raise FrameError("malformed WAKE")
+        if self.server_public is None:
+            raise HandshakeError("WAKE but no pinned server key to open a session with")
+        if self._woken_at is not None and now - self._woken_at < self.wake_interval:
+            out.append(Dropped("WAKE within its interval"))
+            return
+        self._woken_at = now
+        out.append(Woken())
 
     def _receive_reset(self, now: float, echoed: bytes, out: list[ClientOutput]) -> None:
         # RESET is not authenticated (anyone who saw a frame's clear header can
@@ -258,3 +289,9 @@ class ClientEndpoint:
         self._recent.clear()
         out.append(Rehandshake("server has no session (RESET)"))
         self._start(now, message, out)
+
+
+def _is_ping(header: sf.CoapHeader) -> bool:
+    """A CoAP ping (RFC 7252 §4.3): an empty CON.  A RESET may echo it too:
+    it runs nothing when sent again, and it is how a ping finds a lost session."""
+    return header.type == sf.CON and header.code == sf.EMPTY_CODE

@@ -134,5 +134,12 @@ class Rehandshake:
     reason: str
 
 
+@dataclass(frozen=True)
+class Woken:
+    """Client: the server asked for the session (WAKE): the shell pings it
+    (a CoAP ping, which opens a session when there is none and meets RESET
+    when the server lost it)."""
+
+
 ServerOutput = Transmit | Deliver | SessionEstablished | SessionClosed | DeviceRestarted | Dropped | SessionKeys
-ClientOutput = Transmit | Deliver | Connected | Rehandshake | Dropped | SessionKeys
+ClientOutput = Transmit | Deliver | Connected | Rehandshake | Dropped | SessionKeys | Woken

@@ -36,6 +36,7 @@ class DatagramKind(enum.IntEnum):
     XX3 = 5
     RESET = 6
     REFUSE = 7
+    WAKE = 8
     DATA = 0x40  # Ver = 1: not a byte value that occurs; a marker
 
 
@@ -49,7 +50,7 @@ def classify(datagram: bytes) -> DatagramKind:
     first = datagram[0]
     if first >> 6 == 1:
         return DatagramKind.DATA
-    if 1 <= first <= 7:
+    if 1 <= first <= 8:
         return DatagramKind(first)
     return DatagramKind.INVALID
 
@@ -338,6 +339,11 @@ def parse_reset(datagram: bytes) -> bytes:
     if len(datagram) != 5 or datagram[0] != DatagramKind.RESET:
         raise FrameError("malformed RESET")
     return bytes(datagram[1:5])
+
+
+#: WAKE, the whole datagram: a responder that has a request for its
+#: initiator and no session asks it to open or check the session
+WAKE_DATAGRAM = bytes([DatagramKind.WAKE])
 
 
 def build_refuse(reason: RefuseReason, echo: bytes, server_digest: bytes | None = None) -> bytes:

@@ -43,6 +43,7 @@ from ..secure import (
     SessionEstablished,
     SessionKeys,
     Transmit,
+    Woken,
     reason_label,
 )
 from ..secure import frame as sf
@@ -331,6 +332,10 @@ class SecureClientCodec:
         self.dropped: Counter[str] = Counter()
         self.handshakes = 0
         self.rehandshakes = 0
+        #: the server asked for the session (WAKE): ``on_wake()`` pings it
+        #: (set by a shell that can; a federation initiator's)
+        self.on_wake: Callable[[], None] | None = None
+        self.wakes = 0
         #: a handshake that cannot succeed (wrong profile, changed server key)
         self.error: SecurityError | None = None
         self._host: CodecHost | None = None
@@ -404,6 +409,13 @@ class SecureClientCodec:
             elif isinstance(out, SessionKeys):
                 if self.key_log is not None:
                     self.key_log.write(out)
+            elif isinstance(out, Woken):
+                if self.on_wake is None:
+                    count_drop(self.dropped, "WAKE: nothing here pings")
+                else:
+                    self.wakes += 1
+                    # after this datagram's turn: the ping goes down through this codec
+                    asyncio.get_running_loop().call_soon(self.on_wake)
         return transmits
 
 

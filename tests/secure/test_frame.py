@@ -28,7 +28,7 @@ def test_classify_every_first_byte():
         kind = sf.classify(bytes([first]))
         if 0x40 <= first <= 0x7F:
             assert kind is DatagramKind.DATA
-        elif 1 <= first <= 7:
+        elif 1 <= first <= 8:
             assert kind == first
         else:
             assert kind is DatagramKind.INVALID

@@ -15,6 +15,7 @@ from coap_gateway.secure.events import (
     Rehandshake,
     SessionClosed,
     Transmit,
+    Woken,
 )
 from coap_gateway.secure.noise import ClientSession
 from tests.helpers.secure_world import (
@@ -23,6 +24,7 @@ from tests.helpers.secure_world import (
     PROFILE,
     SERVER_PUBLIC,
     World,
+    coap,
     get,
     new_client,
     new_server,
@@ -167,3 +169,52 @@ def test_early_data_waits_for_a_restored_register_or_the_window():
     lost = new_server()
     lost.early_data_from = NOW + lost.limits.early_window
     assert not [d for d in of(lost.receive(NOW + 60, "B", ik1.datagram), Deliver) if d.early]
+
+
+# --- pings and WAKE: how a session lost on the other side is found
+
+
+def ping(mid: int) -> bytes:
+    return coap(sf.CON, 0x00, mid)
+
+
+def test_a_ping_finds_a_server_that_lost_the_session():
+    """The server restarted: a ping sealed in the old session meets RESET,
+    which echoes it, and the client opens a new session and pings in it (a
+    ping runs nothing, so sending it again is always safe)."""
+    world = World(new_server())
+    client = world.add("A", new_client())
+    world.client_send("A", get(0x400))
+    old = client.session_id
+    world.server = new_server()  # restarted: no session
+    world.client_send("A", ping(0x401))
+    assert len(of(world.client_events["A"], Rehandshake)) == 1
+    assert client.session_id not in (None, old)
+    assert [d.message for d in of(world.server_events, Deliver)][-1] == ping(0x401)
+
+
+def test_a_forged_reset_of_an_answered_ping_changes_nothing():
+    world = World(new_server())
+    client = world.add("A", new_client())
+    world.client_send("A", get(0x410))
+    world.client_send("A", ping(0x411))
+    sealed = frames_up(world, "A")[-1]
+    world._server_outputs(world.server.send(world.now, client.session_id, coap(sf.RST, 0x00, 0x411)))  # its answer
+    outs = client.receive(NOW, sf.build_reset(sealed[:4]))
+    assert of(outs, Dropped) and not of(outs, Rehandshake) and not of(outs, Transmit)
+
+
+def test_a_wake_asks_for_one_ping_per_interval():
+    """WAKE (a responder with a request and no session) is not authenticated:
+    it buys at most one ping per interval, and only from a client that can
+    open a session (a pinned server key)."""
+    client = new_client()
+    assert of(client.receive(NOW, sf.WAKE_DATAGRAM), Woken)
+    too_soon = client.receive(NOW + client.wake_interval - 1, sf.WAKE_DATAGRAM)
+    assert of(too_soon, Dropped) and not of(too_soon, Woken)
+    malformed = client.receive(NOW + 100, sf.WAKE_DATAGRAM + b"\0")
+    assert of(malformed, Dropped) and not of(malformed, Woken)
+    assert of(client.receive(NOW + 100, sf.WAKE_DATAGRAM), Woken)  # a malformed one did not use the interval
+    assert not of(new_client(server_public=None).receive(NOW, sf.WAKE_DATAGRAM), Woken)
+    assert of(new_server().receive(NOW, "A", sf.WAKE_DATAGRAM), Dropped)  # for clients only
+    assert sf.classify(sf.WAKE_DATAGRAM) is sf.DatagramKind.WAKE and sf.classify(b"\x09") is sf.DatagramKind.INVALID

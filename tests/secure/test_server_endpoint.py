@@ -22,6 +22,7 @@ from coap_gateway.secure.events import (
     SessionClosed,
     SessionEstablished,
     Transmit,
+    Woken,
 )
 from coap_gateway.secure.keys import public_from_private as public_key
 from coap_gateway.secure.noise import ClientSession
@@ -508,4 +509,4 @@ def test_random_datagrams_never_raise_in_the_client(datagrams, established):
         client.send(NOW, get(1))
     for data in datagrams:
         for out in client.receive(NOW, data):
-            assert isinstance(out, (Transmit, Dropped, Deliver, Connected, Rehandshake))
+            assert isinstance(out, (Transmit, Dropped, Deliver, Connected, Rehandshake, Woken))

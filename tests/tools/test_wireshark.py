@@ -252,3 +252,20 @@ def test_in_memory_capture_without_key_log(tmp_path: Path) -> None:
     assert wireshark.malformed(pcap, keylog=other) == []
     assert not any(yes(r["cgw.decrypted"]) for r in wireshark.frames(pcap, keylog=other))
     assert hashlib.sha256(pcap.read_bytes()).hexdigest()  # the capture is untouched
+
+
+def test_reset_and_wake_are_named(tmp_path: Path) -> None:
+    """The two datagrams that find a lost session: RESET (a server with no
+    session for a frame) and WAKE (a federation responder asking its
+    initiator for the session), on the federation port."""
+    from coap_gateway.secure import frame as sf
+
+    wireshark.tshark()
+    pcap = tmp_path / "kinds.pcap"
+    responder, initiator = ("10.0.0.1", 5684), ("10.0.0.2", 5684)
+    with PcapWriter(pcap) as capture:
+        capture.write_udp(1_700_000_000 * 10**9, responder, initiator, sf.WAKE_DATAGRAM)
+        capture.write_udp(1_700_000_001 * 10**9, responder, initiator, sf.build_reset(b"\x40\x00\x12\x34"))
+    assert wireshark.malformed(pcap) == []
+    infos = [r["_ws.col.Info"] for r in wireshark.frames(pcap)]
+    assert infos == ["WAKE: open or check the session", "RESET: no session for the frame 40001234"]

@@ -8,7 +8,7 @@
 -- It recognises the project's UDP datagrams (the CoAP port 5683 and the
 -- federation gateways' 5684 by default, and a heuristic for handshakes on
 -- other ports), names the handshake frames
--- (IK1, IK2, XX1-3, RESET, REFUSE) with their fields, and, given the key log a
+-- (IK1, IK2, XX1-3, RESET, REFUSE, WAKE) with their fields, and, given the key log a
 -- gateway writes with --keylog (COAP_GATEWAY_KEYLOG), decrypts the sealed
 -- frames and hands the CoAP message inside to Wireshark's own CoAP dissector.
 -- Requests get their route (the Route option or the route code of Uri-Path)
@@ -572,11 +572,12 @@ local OPT_URI_PATH, OPT_ROUTE = 11, 65011
 
 -- ---------------------------------------------------------------- fields
 
-local KINDS = {[1] = "IK1", [2] = "IK2", [3] = "XX1", [4] = "XX2", [5] = "XX3", [6] = "RESET", [7] = "REFUSE"}
+local KINDS = {[1] = "IK1", [2] = "IK2", [3] = "XX1", [4] = "XX2", [5] = "XX3", [6] = "RESET", [7] = "REFUSE",
+               [8] = "WAKE"}
 local KIND_NAMES = {
     [0] = "Data frame", [1] = "IK1 (handshake, client to server)", [2] = "IK2 (handshake, server to client)",
     [3] = "XX1 (handshake)", [4] = "XX2 (handshake)", [5] = "XX3 (handshake)", [6] = "RESET (no session)",
-    [7] = "REFUSE (handshake refused)",
+    [7] = "REFUSE (handshake refused)", [8] = "WAKE (open or check the session, responder to initiator)",
 }
 local REFUSE_REASONS = {[1] = "profile digest differs", [2] = "unknown profile", [3] = "IK1 did not decrypt"}
 local TYPES = {[0] = "CON", [1] = "NON", [2] = "ACK", [3] = "RST"}
@@ -1005,7 +1006,7 @@ local function dissect_handshake(tvb, pinfo, tree, kind)
     local r = results[pinfo.number]
     local first_pass = not pinfo.visited and r == nil
     if first_pass then r = {}; results[pinfo.number] = r end
-    local minimum = ({[1] = 104, [2] = 50, [3] = 36, [4] = 97, [5] = 66, [6] = 5, [7] = 6})[kind]
+    local minimum = ({[1] = 104, [2] = 50, [3] = 36, [4] = 97, [5] = 66, [6] = 5, [7] = 6, [8] = 1})[kind]
     if len < minimum then
         sub:add_proto_expert_info(e_short)
         return len
@@ -1043,6 +1044,10 @@ local function dissect_handshake(tvb, pinfo, tree, kind)
     elseif kind == 6 then
         sub:add(f.echo, tvb(1, 4))
         pinfo.cols.info = "RESET: no session for the frame " .. tohex(tvb(1, 4):raw())
+        return len
+    elseif kind == 8 then
+        if len ~= 1 then sub:add_proto_expert_info(e_short) end
+        pinfo.cols.info = "WAKE: open or check the session"
         return len
     else
         sub:add(f.reason, tvb(1, 1))
