@@ -27,10 +27,17 @@ from collections import Counter
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 
+from ..secure import IK_DATAGRAMS
 from ..secure import frame as sf
-from ..secure.client import IK_DATAGRAMS
-from ..transport import SERVER_KEY, CodecHost, DeviceEvent, DeviceId, SecureClientCodec, SecureServerCodec
-from ..transport.timing import LinkBudget
+from ..transport import (
+    SERVER_KEY,
+    CodecHost,
+    DeviceEvent,
+    DeviceId,
+    LinkBudget,
+    SecureClientCodec,
+    SecureServerCodec,
+)
 
 #: WAKEs a responder sends while it waits for a session (spread over the wait)
 WAKES_PER_WAIT = 4

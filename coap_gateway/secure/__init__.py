@@ -13,7 +13,7 @@ the trust-on-first-use pins.  The asyncio side is
 """
 
 from . import events, frame, keys
-from .client import ClientEndpoint
+from .client import IK_DATAGRAMS, ClientEndpoint
 from .events import (
     ClientOutput,
     Connected,
@@ -34,6 +34,7 @@ from .keys import PinStore
 from .server import ServerEndpoint, ServerLimits
 
 __all__ = [
+    "IK_DATAGRAMS",
     "ClientEndpoint",
     "ClientOutput",
     "Connected",

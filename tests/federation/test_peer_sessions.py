@@ -16,8 +16,7 @@ from coap_gateway.federation import FederationRequest, connect_decision
 from coap_gateway.federation.link import session_setup_time
 from coap_gateway.secure import frame as sf
 from coap_gateway.secure import keys
-from coap_gateway.transport import UdpLink
-from coap_gateway.transport.timing import LinkBudget
+from coap_gateway.transport import LinkBudget, UdpLink
 from tests.federation.helpers import PROFILE, sessions_up, start_pair, table
 from tests.helpers.devices import until
 from tests.federation.test_adversarial import FakeHomeserver
