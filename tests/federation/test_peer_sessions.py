@@ -18,8 +18,8 @@ from coap_gateway.secure import frame as sf
 from coap_gateway.secure import keys
 from coap_gateway.transport import LinkBudget, UdpLink
 from tests.federation.helpers import PROFILE, sessions_up, start_pair, table
-from tests.helpers.devices import until
 from tests.federation.test_adversarial import FakeHomeserver
+from tests.helpers.devices import until
 
 
 @pytest.fixture
