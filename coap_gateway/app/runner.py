@@ -25,6 +25,7 @@ from ..secure import (
     PinStore,
     ServerEndpoint,
     ServerLimits,
+    frame,
     keys,
 )
 from ..transport import (
@@ -163,7 +164,32 @@ async def start_server(link: DatagramLink, *, homeserver: str, profile: Profile,
     if codec is not None:
         secure = codec
         gateway.address_of = lambda remote: secure.device_address(getattr(remote, "key", None))
+    if store is not None and gateway.sync_push is not None:
+        wake_watchers(link, store, gateway)
     return RunningServer(endpoint, gateway, codec, store)
+
+
+def wake_watchers(link: DatagramLink, store: ServerStore, gateway: ServerGateway) -> None:
+    """After a restart: WAKE every device that held a sync observation (its
+    client gateway pings, meets RESET, opens a new session and registers
+    again — at once, instead of at its next request or hourly check); and
+    from now on keep who holds one, and where."""
+    for _key, address in store.take_watchers():
+        link.send(address, frame.WAKE_DATAGRAM)
+    assert gateway.sync_push is not None
+
+    def watching(remote: Hashable, yes: bool) -> None:
+        public = getattr(getattr(remote, "key", None), "public", None)
+        if public is None:
+            return
+        if not yes:
+            store.remove_watcher(public)
+            return
+        address = gateway.address_of(remote)
+        if address is not None:
+            store.add_watcher(public, address)
+
+    gateway.sync_push.on_watching = watching
 
 
 async def start_client(link: DatagramLink, server_addr: Hashable, *, profile: Profile,
@@ -216,5 +242,8 @@ async def start_client(link: DatagramLink, server_addr: Hashable, *, profile: Pr
             gateway.session_changed(event.session_id)
 
         codec.on_connected = on_connected
+        # the server asks for the session (it restarted, and this device held
+        # an observation): a ping finds out, as a keepalive would
+        codec.on_wake = lambda: endpoint.ping(SERVER_KEY)
     await gateway.start()
     return RunningClient(endpoint, gateway, codec)

@@ -8,13 +8,18 @@ transaction scope: ``codec.DeviceState.to_json``), so that a restart costs a
 device a reconnect, not its definitions again; written when it changes (a
 device's first requests), at most ``max_devices`` rows, least recently
 written dropped.  Access tokens are stored in the clear: the file sits in
-the server's state directory, next to its key, mode 0600.
+the server's state directory, next to its key, mode 0600.  And the devices
+that hold sync observations, with the address of their session: after a
+restart the gateway sends each of them WAKE, so that it comes back at once
+instead of at its next request (``watchers``, at most ``max_devices``).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
+from collections.abc import Hashable
 from pathlib import Path
 
 FILENAME = "server-state.sqlite3"
@@ -32,8 +37,10 @@ class ServerStore:
         self._db.execute("CREATE TABLE IF NOT EXISTS strikes (key BLOB PRIMARY KEY, expires REAL NOT NULL)")
         self._db.execute("CREATE TABLE IF NOT EXISTS devices (key BLOB PRIMARY KEY, state TEXT NOT NULL, "
                          "written INTEGER NOT NULL)")
+        self._db.execute("CREATE TABLE IF NOT EXISTS watchers (key BLOB PRIMARY KEY, address TEXT NOT NULL)")
         self.max_devices = max_devices
         self._written = self._db.execute("SELECT COALESCE(MAX(written), 0) FROM devices").fetchone()[0]
+        self._watching: dict[bytes, str] = {}
 
     def strikes(self, now: float) -> list[tuple[bytes, float]]:
         """The strikes still in force at ``now`` (expired ones are deleted)."""
@@ -58,8 +65,45 @@ class ServerStore:
     def devices(self) -> int:
         return self._db.execute("SELECT COUNT(*) FROM devices").fetchone()[0]
 
+    def add_watcher(self, key: bytes, address: Hashable) -> None:
+        """Device ``key`` holds a sync observation from ``address`` (a link
+        address that is a string or a tuple of strings and numbers — UDP's
+        (host, port), meshsim's names; others are not kept)."""
+        text = _address_text(address)
+        if text is None or self._watching.get(key) == text:
+            return
+        self._watching[key] = text
+        self._db.execute("INSERT OR REPLACE INTO watchers VALUES (?, ?)", (key, text))
+        self._db.execute("DELETE FROM watchers WHERE rowid NOT IN (SELECT rowid FROM watchers "
+                         "ORDER BY rowid DESC LIMIT ?)", (self.max_devices,))
+
+    def remove_watcher(self, key: bytes) -> None:
+        """Device ``key`` cancelled its observations (its gateway stopped)."""
+        self._watching.pop(key, None)
+        self._db.execute("DELETE FROM watchers WHERE key = ?", (key,))
+
+    def take_watchers(self) -> list[tuple[bytes, Hashable]]:
+        """The devices that held observations when the gateway stopped, and
+        their addresses; forgotten here (they are kept again as they register)."""
+        rows = [(bytes(k), _address_of(a)) for k, a in self._db.execute("SELECT key, address FROM watchers")]
+        self._db.execute("DELETE FROM watchers")
+        self._watching.clear()
+        return rows
+
     def close(self) -> None:
         self._db.close()
+
+
+def _address_text(address: Hashable) -> str | None:
+    if isinstance(address, str) or (isinstance(address, tuple) and address
+                                    and all(isinstance(part, (str, int)) for part in address)):
+        return json.dumps(address)
+    return None
+
+
+def _address_of(text: str) -> Hashable:
+    value = json.loads(text)
+    return tuple(value) if isinstance(value, list) else value
 
 
 __all__ = ["FILENAME", "ServerStore"]

@@ -201,6 +201,10 @@ class SyncPushServer:
         self.counters = SyncPushServerCounters()
         #: test and debug observers: (polled since, homeserver response)
         self.upstream_observers: list[Callable[[str, HttpResponse], None]] = []
+        #: ``on_watching(remote, True)`` when a device registers an
+        #: observation, ``(remote, False)`` when it cancelled its last one:
+        #: who to wake after a restart (the server gateway's store)
+        self.on_watching: Callable[[Hashable, bool], None] | None = None
         self._closing = False
 
     def attach(self, endpoint: LinkEndpoint) -> None:
@@ -245,6 +249,8 @@ class SyncPushServer:
             return False  # over limits: answered as the plain long-poll it also is
         self.counters.registrations += 1
         self.count_request()
+        if self.on_watching is not None:
+            self.on_watching(request.remote, True)
         carried = None
         if previous is not None:
             offer = continue_offer(request)
@@ -404,6 +410,8 @@ class SyncPushServer:
             self.counters.cancels += 1
             if obs is not None:
                 self._end(obs, "cancelled")
+                if self.on_watching is not None and not any(o.remote == obs.remote for o in self.observations.values()):
+                    self.on_watching(obs.remote, False)
             return Message(code=Code.DELETED)
         return Message(code=Code.BAD_OPTION)
 

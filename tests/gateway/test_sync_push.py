@@ -319,6 +319,34 @@ async def test_server_gateway_restart_loses_nothing(synapse, server_key):
 
 
 @pytest.mark.synapse
+async def test_a_restarted_server_gateway_wakes_the_devices_it_pushed_to(synapse, server_key):
+    """No keepalive: an idle device sends nothing for an hour.  The server
+    gateway kept, in its state directory, which devices held observations and
+    where; restarted, it sends each WAKE (1 B), the device pings, meets RESET,
+    opens a new session and registers again — so a message sent right after
+    the restart is pushed, not held until the device's hourly check."""
+    async with PushDevice(synapse, server_key, 35) as dev_a, PushDevice(synapse, server_key, 36) as dev_b:
+        alice, bob, room_id = await chat_setup(synapse, dev_a, dev_b)
+        receiver = Receiver(bob, room_id)
+        try:
+            await until(dev_b.waiting_on_push)
+            await alice.room_send(room_id, "m.room.message", {"msgtype": "m.text", "body": "before"})
+            await receiver.wait_for(1)
+            registrations = dev_b.push_client.counters.registrations
+            await dev_b.restart_server()
+            await until(lambda: dev_b.client.codec.wakes == 1 and dev_b.client.codec.rehandshakes == 1)
+            await until(lambda: dev_b.push_client.counters.registrations > registrations and dev_b.push_server.observations)
+            await alice.room_send(room_id, "m.room.message", {"msgtype": "m.text", "body": "after the restart"})
+            await receiver.wait_for(2)
+            assert receiver.bodies == ["before", "after the restart"]
+            assert dev_b.push_client.config.check_interval == 3600 and dev_b.push_client.counters.pings == 0
+        finally:
+            await receiver.stop()
+            await alice.close()
+            await bob.close()
+
+
+@pytest.mark.synapse
 async def test_an_observation_the_server_dropped_is_found_by_the_check(synapse, server_key):
     async with PushDevice(synapse, server_key, 31) as dev_a, PushDevice(synapse, server_key, 32) as dev_b:
         alice, bob, room_id = await chat_setup(synapse, dev_a, dev_b)
