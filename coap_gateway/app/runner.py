@@ -174,9 +174,9 @@ def wake_watchers(link: DatagramLink, store: ServerStore, gateway: ServerGateway
     client gateway pings, meets RESET, opens a new session and registers
     again — at once, instead of at its next request or hourly check); and
     from now on keep who holds one, and where."""
+    assert gateway.sync_push is not None
     for _key, address in store.take_watchers():
         link.send(address, frame.WAKE_DATAGRAM)
-    assert gateway.sync_push is not None
 
     def watching(remote: Hashable, yes: bool) -> None:
         public = getattr(getattr(remote, "key", None), "public", None)

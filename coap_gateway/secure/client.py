@@ -4,7 +4,7 @@ It chooses IK (server key pinned) or XX (first contact), puts the first
 request into the handshake, resends an early request the server did not
 answer, re-handshakes on a RESET that echoes a frame it sent, and asks its
 shell for a ping on a WAKE (a federation responder with a request and no
-session).
+session, a server gateway that restarted).
 """
 
 from __future__ import annotations

@@ -335,7 +335,8 @@ async def test_a_restarted_server_gateway_wakes_the_devices_it_pushed_to(synapse
             registrations = dev_b.push_client.counters.registrations
             await dev_b.restart_server()
             await until(lambda: dev_b.client.codec.wakes == 1 and dev_b.client.codec.rehandshakes == 1)
-            await until(lambda: dev_b.push_client.counters.registrations > registrations and dev_b.push_server.observations)
+            await until(lambda: dev_b.push_client.counters.registrations > registrations
+                        and dev_b.push_server.observations)
             await alice.room_send(room_id, "m.room.message", {"msgtype": "m.text", "body": "after the restart"})
             await receiver.wait_for(2)
             assert receiver.bodies == ["before", "after the restart"]
