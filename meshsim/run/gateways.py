@@ -83,6 +83,9 @@ class Homeserver:
         self._federation_private = keys.generate_keypair()[0] if federation_port is not None else None
         self._proxy_port: int | None = None
         self._ca_dir: Path | None = None
+        #: how each gateway was started (``restart_gateways`` starts them so again)
+        self._gateway_args: tuple[Any, ...] | None = None
+        self._federation_args: tuple[Any, ...] | None = None
 
     @property
     def federated(self) -> bool:
@@ -152,7 +155,9 @@ class Homeserver:
         by its own path's; what it keeps across restarts in `state_dir`; the
         keys of its sessions appended to `key_log` (for Wireshark)."""
         profile = self.profile
-        self._static_private = keys.generate_keypair()[0] if self.settings.secure else None
+        if self._static_private is None and self.settings.secure:
+            self._static_private = keys.generate_keypair()[0]  # kept across restarts: devices pin it
+        self._gateway_args = (budget, budget_for_address, state_dir, key_log)
         self.link = await UdpLink.open(self.node.private_ip, self.coap_port, budget)
         self.gateway = await start_server(
             self.link, homeserver=self.base_url, profile=profile, static_private=self._static_private,
@@ -166,6 +171,7 @@ class Homeserver:
         a peer), each peer's timers by its own path's (`budget_for_peer`)."""
         assert self._federation_private is not None and self._ca_dir is not None and self._proxy_port is not None
         settings = self.federation_settings or FederationSettings()
+        self._federation_args = (table, budget, budget_for_peer, state_dir, key_log)
         self.federation_link = await UdpLink.open(self.node.private_ip, self.federation_port or 0, budget)
         self.federation = await start_federation(
             self.federation_link, homeserver=self.base_url, profile=self.profile,
@@ -218,6 +224,22 @@ class Homeserver:
                 http.get(url, params=params, headers={"Authorization": f"Bearer {token}"}) as response:
             rooms = (await response.json()).get("rooms", {}).get("join", {})
             return rooms.get(room_id, {}).get("timeline", {}).get("events", [])
+
+    async def restart_gateways(self, server_budget: LinkBudget | None, federation_budget: LinkBudget | None) -> None:
+        """Stop this node's gateways and start them again as an operator's
+        restart does: the same keys, ports and state directories, everything
+        they held in memory lost; the links timed by the paths as they are
+        now.  Their counters start again from zero."""
+        gateway_args, federation_args = self._gateway_args, self._federation_args
+        await self.stop_gateway()
+        self.gateway = self.federation = None
+        self.link = self.federation_link = None
+        if gateway_args is not None:
+            budget, budget_for_address, state_dir, key_log = gateway_args
+            await self.start_gateway(server_budget or budget, budget_for_address, state_dir, key_log)
+        if federation_args is not None:
+            table, budget, budget_for_peer, state_dir, key_log = federation_args
+            await self.start_federation(table, federation_budget or budget, budget_for_peer, state_dir, key_log)
 
     async def stop_gateway(self) -> None:
         for step in (self.federation.stop if self.federation else None,

@@ -324,10 +324,26 @@ class ScenarioRun:
     async def _action(self, action: Action, phase_start: float) -> None:
         network = self._network()
         await asyncio.sleep(max(0.0, phase_start + action.at - self.record.now()))
+        if action.do == "restart":
+            await self._restart(action)
+            return
         flushed = act(network, self.scenario, action)
         self.record.emit("action", do=action.do, between=list(action.between) if action.between else None,
                          groups=[list(g) for g in action.groups], flushed=flushed)
         self.progress.log(f"{self.record.now():8.1f} s  {action.do} {action.between or action.groups or 'every link'}")
+        self._refresh_budgets()
+
+    async def _restart(self, action: Action) -> None:
+        """A homeserver's gateways stop and start again (Synapse runs on)."""
+        assert action.homeserver is not None
+        homeserver = self.homeservers[action.homeserver]
+        budgets, federation = self.budgets.get(homeserver.name), self.federation_budgets
+        await homeserver.restart_gateways(
+            budgets.server if budgets is not None else None,
+            federation.slowest(homeserver.federation_public) if federation is not None and homeserver.federated
+            else None)
+        self.record.emit("action", do="restart", between=None, groups=[], homeserver=homeserver.name, flushed=0)
+        self.progress.log(f"{self.record.now():8.1f} s  restart {homeserver.name}'s gateways")
         self._refresh_budgets()
 
     def _refresh_budgets(self) -> None:

@@ -44,7 +44,7 @@ DEFAULT_FEDERATION_PORT = 5684
 
 AssertionCheck = Literal["delivered", "exactly_once", "latency"]
 ASSERTION_CHECKS: tuple[str, ...] = get_args(AssertionCheck)
-ActionKind = Literal["partition", "heal", "fail", "set_link"]
+ActionKind = Literal["partition", "heal", "fail", "set_link", "restart"]
 ACTION_KINDS: tuple[str, ...] = get_args(ActionKind)
 
 _USER_RE = re.compile(r"^[a-z0-9._=\-/]+$")
@@ -131,6 +131,9 @@ class Action:
     groups: tuple[tuple[str, ...], ...] = ()
     #: set_link
     change: LinkChange | None = None
+    #: restart: the homeserver whose gateways stop and start again (keys and
+    #: state directories kept, as an operator's restart keeps them)
+    homeserver: str | None = None
 
 
 @dataclass(frozen=True)
@@ -325,7 +328,8 @@ def scenario_from_dict(doc: Mapping[str, Any], *, source: str | None = None) -> 
     homeservers = _homeservers(top.array("homeserver", required=True), node_names)
     clients = _clients(top.array("client", required=True), node_names, homeservers)
     rooms = _rooms(top.array("room"), clients)
-    phases = _phases(top.array("phase"), node_names, profiles, clients, rooms, links)
+    phases = _phases(top.array("phase"), node_names, profiles, clients, rooms, links,
+                     [h.name for h in homeservers])
     all_ids = [s.id for p in phases for s in p.sends] + [s.group for p in phases for s in p.sends if s.group]
     assertions = _assertions(top.array("assert"), set(all_ids))
     gateway = _gateway(top.table("gateway"))
@@ -579,7 +583,8 @@ def _link_change(entry: _Table, nodes: list[str], profiles: Mapping[str, LinkPro
 
 
 def _phases(entries: list[_Table], nodes: list[str], profiles: Mapping[str, LinkProfile],
-            clients: tuple[ClientSpec, ...], rooms: tuple[RoomSpec, ...], links: tuple[LinkSpec, ...]) -> tuple[Phase, ...]:
+            clients: tuple[ClientSpec, ...], rooms: tuple[RoomSpec, ...], links: tuple[LinkSpec, ...],
+            homeservers: list[str]) -> tuple[Phase, ...]:
     phases: list[Phase] = []
     if not entries or not entries[0].boolean("setup", default=False):
         # an implicit setup first, on the links as [[link]] defines them
@@ -596,7 +601,7 @@ def _phases(entries: list[_Table], nodes: list[str], profiles: Mapping[str, Link
         if setup and number != 0:
             raise ScenarioError(entry.path("setup"), "the setup phase must be the first phase")
         changes = tuple(_link_change(e, nodes, profiles, links, allow_all=True) for e in entry.array("link"))
-        actions = tuple(_action(e, nodes, profiles, links) for e in entry.array("action"))
+        actions = tuple(_action(e, nodes, profiles, links, homeservers) for e in entry.array("action"))
         sends: list[Send] = []
         for send_entry in entry.array("send"):
             if setup:
@@ -624,15 +629,16 @@ def _phases(entries: list[_Table], nodes: list[str], profiles: Mapping[str, Link
     return tuple(phases)
 
 
-def _action(entry: _Table, nodes: list[str], profiles: Mapping[str, LinkProfile], links: tuple[LinkSpec, ...]) -> Action:
-    entry.only("at", "do", "between", "groups", "profile", "reverse", "weight")
+def _action(entry: _Table, nodes: list[str], profiles: Mapping[str, LinkProfile], links: tuple[LinkSpec, ...],
+            homeservers: list[str]) -> Action:
+    entry.only("at", "do", "between", "groups", "profile", "reverse", "weight", "homeserver")
     at = entry.duration("at", default=0.0)
     do = entry.string("do")
     if do not in ACTION_KINDS:
         raise ScenarioError(entry.path("do"), f"unknown action {do!r}{_suggest(do, ACTION_KINDS)}; one of {', '.join(ACTION_KINDS)}")
     extra = {"partition": {"groups"}, "heal": {"between"}, "fail": {"between"},
-             "set_link": {"between", "profile", "reverse", "weight"}}[do]
-    for key in ("between", "groups", "profile", "reverse", "weight"):
+             "set_link": {"between", "profile", "reverse", "weight"}, "restart": {"homeserver"}}[do]
+    for key in ("between", "groups", "profile", "reverse", "weight", "homeserver"):
         if entry.has(key) and key not in extra:
             raise ScenarioError(entry.path(key), f"not used by do = {do!r}")
     if do == "partition":
@@ -651,6 +657,10 @@ def _action(entry: _Table, nodes: list[str], profiles: Mapping[str, LinkProfile]
         return Action(at=at, do="heal", between=_existing_pair(entry, nodes, links, required=False))
     if do == "fail":
         return Action(at=at, do="fail", between=_existing_pair(entry, nodes, links, required=True))
+    if do == "restart":
+        homeserver = entry.string("homeserver")
+        _known(entry.path("homeserver"), homeserver, homeservers, "homeserver")
+        return Action(at=at, do="restart", homeserver=homeserver)
     change = _link_change(entry, nodes, profiles, links, allow_all=False)
     if change.between is None:
         raise ScenarioError(entry.path("between"), "missing: set_link changes one link")

@@ -165,6 +165,18 @@ body = "are you there?"
 at = "3s"
 do = "heal"
 
+[[phase]]
+name = "restart"
+timeout = "60s"
+[[phase.action]]
+do = "restart"
+homeserver = "hs"
+[[phase.send]]
+at = "500ms"
+id = "after-restart"
+from = "bob"
+body = "back again"
+
 [[assert]]
 check = "delivered"
 [[assert]]
@@ -177,7 +189,8 @@ messages = ["around"]
 
 
 def test_actions_reroute_and_a_failed_assertion_exits_3(tmp_path: Path, bases: tuple[str, str]) -> None:
-    """fail / set_link / heal / partition on fast links, through `meshsim run`; an impossible latency fails the run."""
+    """fail / set_link / heal / partition / restart on fast links, through `meshsim run`; an impossible
+    latency fails the run."""
     pytest.importorskip("synapse", reason="matrix-synapse is not installed")
     from meshsim.cli import EXIT_ASSERTION_FAILED, main
 
@@ -197,8 +210,8 @@ def test_actions_reroute_and_a_failed_assertion_exits_3(tmp_path: Path, bases: t
     events = read_events(out / "events.jsonl")
     actions = [(e["do"], e["between"], e["groups"]) for e in events if e["kind"] == "action"]
     assert actions == [("fail", ["near", "hs"], []), ("set_link", ["phone", "far"], []), ("heal", None, []),
-                       ("partition", None, [["phone"]]), ("heal", None, [])]
-    healed_at = [e["t"] for e in events if e["kind"] == "action"][-1]
+                       ("partition", None, [["phone"]]), ("heal", None, []), ("restart", None, [])]
+    healed_at = [e["t"] for e in events if e["kind"] == "action"][-2]
     # the detour carried alice's traffic while near-hs was down, at the profile set mid-phase
     links = report["links"]
     assert links["phone->far"]["phases"]["detour"]["packets"] > 0 and links["phone->far"]["rate_bps"] == 1e6
@@ -208,3 +221,8 @@ def test_actions_reroute_and_a_failed_assertion_exits_3(tmp_path: Path, bases: t
     # bob's message sent while alice was cut off reached her only after the heal
     while_cut = next(m for m in report["messages"] if m["id"] == "while-cut")
     assert while_cut["send_at"] < healed_at <= while_cut["deliveries"]["alice"]["received_at"]
+    # the server gateway restarted under idle alice (no keepalive): it woke her
+    # client gateway (WAKE), which came back and had bob's next message pushed
+    # within the phase, not at its hourly check
+    assert phases["restart"]["ended_by"] != "timeout"
+    assert "alice" in next(m for m in report["messages"] if m["id"] == "after-restart")["deliveries"]
