@@ -94,6 +94,8 @@ class PeerLinkCodec:
         self.refused: Counter[str] = Counter()
         self.wakes_sent = 0
         self._host: CodecHost | None = None
+        #: when each peer was last sent WAKE (requests waiting together send one)
+        self._woken: dict[bytes, float] = {}
         #: peers (public keys) that have a session with us as responder
         self._sessions: dict[bytes, asyncio.Event] = {}
         chained = server.on_device
@@ -144,14 +146,19 @@ class PeerLinkCodec:
         if key is not None:
             return key
         event = self._sessions.setdefault(public, asyncio.Event())
+        loop = asyncio.get_running_loop()
+        interval = timeout / WAKES_PER_WAIT
         try:
             async with asyncio.timeout(timeout):
                 while not event.is_set():
-                    if address is not None and self._host is not None:
+                    # several requests waiting for one peer: one WAKE per interval between them
+                    if address is not None and self._host is not None and \
+                            loop.time() - self._woken.get(public, -interval) >= interval:
+                        self._woken[public] = loop.time()
                         self.wakes_sent += 1
                         self._host.send_datagram(address, sf.WAKE_DATAGRAM)
                     with contextlib.suppress(TimeoutError):
-                        async with asyncio.timeout(timeout / WAKES_PER_WAIT):
+                        async with asyncio.timeout(interval):
                             await event.wait()
         except TimeoutError:
             return None

@@ -9,6 +9,8 @@ still cross: the responder asks the initiator to open the session.
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from coap_gateway.app.federation import start_federation
@@ -56,9 +58,11 @@ async def test_a_restarted_responder_reaches_its_peer_first(world):
     responder = await restart_responder()
     assert responder.codec.key_for(initiator.public) is None  # no session: the initiator does not know yet
     to_a = connect_decision(responder.gateway.table, "a.example:8448")
-    answer = await responder.gateway.forward(to_a, FederationRequest("GET", "/_matrix/key/v2/server", b"", None, []))
-    assert answer.status == 200, answer
-    assert [p for _, p, _, _ in fake_a.seen] == ["/_matrix/key/v2/server"]
+    # two requests waiting together: one WAKE between them
+    answers = await asyncio.gather(*(responder.gateway.forward(to_a, FederationRequest("GET", path, b"", None, []))
+                                     for path in ("/_matrix/key/v2/server", "/_matrix/federation/v1/version")))
+    assert [a.status for a in answers] == [200, 200], answers
+    assert sorted(p for _, p, _, _ in fake_a.seen) == ["/_matrix/federation/v1/version", "/_matrix/key/v2/server"]
     assert responder.gateway.counters.no_session == 0
     # one WAKE, one ping in the stale session, RESET, a new handshake
     client = initiator.codec.clients[responder.public]
