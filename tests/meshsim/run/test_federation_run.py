@@ -196,3 +196,94 @@ def _drops(out: Path) -> dict[str, list[float]]:
         if event["kind"] == "drop" and event.get("link") and event.get("reason") == "loss":
             drops.setdefault(event["link"], []).append(event["t"])
     return drops
+
+
+PAIR = """
+[scenario]
+name = "federation-restarts"
+seed = 2
+
+[profiles]
+fast = "rate 10mbit delay 1ms"
+
+[[node]]
+name = "hs1"
+[[node]]
+name = "hs2"
+
+[[link]]
+between = ["hs1", "hs2"]
+profile = "fast"
+
+[[homeserver]]
+name = "hs1.mesh"
+node = "hs1"
+[[homeserver]]
+name = "hs2.mesh"
+node = "hs2"
+
+[[client]]
+user = "alice"
+node = "hs1"
+homeserver = "hs1.mesh"
+[[client]]
+user = "bob"
+node = "hs2"
+homeserver = "hs2.mesh"
+
+[[room]]
+name = "pair"
+members = ["alice", "bob"]
+
+[[phase]]
+name = "hs1 restarts"
+timeout = "90s"
+[[phase.action]]
+do = "restart"
+homeserver = "hs1.mesh"
+[[phase.send]]
+at = "1s"
+id = "a"
+from = "alice"
+body = "alice, after hs1's gateways restarted"
+
+[[phase]]
+name = "hs2 restarts"
+timeout = "90s"
+[[phase.action]]
+do = "restart"
+homeserver = "hs2.mesh"
+[[phase.send]]
+at = "1s"
+id = "b"
+from = "bob"
+body = "bob, after hs2's gateways restarted"
+
+[[assert]]
+check = "delivered"
+[[assert]]
+check = "exactly_once"
+"""
+
+
+async def test_either_federation_gateway_restarts_and_its_homeserver_sends_first(tmp_path: Path,
+                                                                                  bases: tuple[str, str]) -> None:
+    """Each homeserver's gateways restart in turn, then its user sends first.
+    One of the two is the pair's Noise responder, which cannot open the
+    session: its gateway asks with WAKE, the initiator pings its stale
+    session, meets RESET and opens a new one.  Without WAKE that send got
+    502 "no secure session" until the initiator happened to send, and
+    Synapse backed off (its message missed the phase's 90 s)."""
+    pytest.importorskip("synapse", reason="matrix-synapse is not installed")
+    from meshsim.run import run_scenario
+
+    result = await run_scenario(parse_scenario(PAIR), tmp_path, public_base=bases[0], private_base=bases[1])
+    report = result.report
+    assert result.passed, report["failures"]
+    assert all(p["ended_by"] != "timeout" for p in report["phases"]), report["phases"]
+    for message in report["messages"]:
+        assert message["send_ok"] and len(message["deliveries"]) == 1, message
+        assert message["history"] == {"hs1.mesh": 1, "hs2.mesh": 1}, message
+    restarts = [e["homeserver"] for e in read_events(tmp_path / "events.jsonl")
+                if e["kind"] == "action" and e["do"] == "restart"]
+    assert restarts == ["hs1.mesh", "hs2.mesh"]
