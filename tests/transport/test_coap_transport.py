@@ -502,6 +502,37 @@ async def test_a_request_waits_while_its_peer_is_heard(answer_after, chatter, an
         await client.shutdown(), await server.shutdown()
 
 
+def lose_first_answers(link, count: int, *, requests_too: bool = False) -> list[int]:
+    """Make ``link`` lose every transmission of the first ``count`` CON
+    answers it sends (and, with ``requests_too``, of its own CON requests);
+    the message IDs of the answers lost."""
+    lost: list[int] = []
+    real_send = link.send
+
+    def send(peer, datagram):
+        m = Message.decode(datagram)
+        if requests_too and m.mtype == Type.CON and m.code.is_request():
+            return
+        if m.mtype == Type.CON and m.code.is_response():
+            if len(lost) < count and m.mid not in lost:
+                lost.append(m.mid)
+            if m.mid in lost:
+                return  # lost, and every retransmission of it
+        real_send(peer, datagram)
+
+    link.send = send
+    return lost
+
+
+async def ask_or_none(client, body: bytes) -> bytes | None:
+    """A POST's answer, or None when the link failed it."""
+    msg = Message(code=Code.POST, uri_path=["x"], payload=body)
+    try:
+        return (await client.request(msg, "server", timeout=60.0)).payload
+    except LinkFailure:
+        return None
+
+
 @pytest.mark.looptime
 async def test_answers_queued_behind_one_that_timed_out_still_go():
     """Six slow requests at once: the server answers each separately, four
@@ -512,29 +543,9 @@ async def test_answers_queued_behind_one_that_timed_out_still_go():
     ever."""
     client, server, res, cl, sl = await pair(LinkProfile(rate_bps=10_000, delay=0.1, overhead=0), max_retransmit=1,
                                              server_res=Counting(delay=5.0))
-    first_four: list[int] = []
-    real_send = sl.send
-
-    def server_send(peer, datagram):
-        m = Message.decode(datagram)
-        if m.mtype == Type.CON and m.code.is_response():
-            if len(first_four) < 4 and m.mid not in first_four:
-                first_four.append(m.mid)
-            if m.mid in first_four:
-                return  # lost, and every retransmission of it
-        real_send(peer, datagram)
-
-    sl.send = server_send
+    first_four = lose_first_answers(sl, 4)
     bodies = [f"r{i}".encode() for i in range(6)]
-
-    async def ask(body: bytes):
-        msg = Message(code=Code.POST, uri_path=["x"], payload=body)
-        try:
-            return (await client.request(msg, "server", timeout=60.0)).payload
-        except LinkFailure:
-            return None
-
-    answers = await asyncio.gather(*(ask(b) for b in bodies))
+    answers = await asyncio.gather(*(ask_or_none(client, b) for b in bodies))
     assert res.executions == {b: 1 for b in bodies} and len(first_four) == 4
     assert server.counters.timeouts == 4
     # the four lost answers: their requests give up (60 s without a word from
@@ -554,36 +565,15 @@ async def test_answers_queued_when_a_request_to_the_same_peer_times_out_still_go
     random.seed(3)  # the timers' jitter
     client, server, res, cl, sl = await pair(LinkProfile(rate_bps=10_000, delay=0.1, overhead=0), max_retransmit=1,
                                              server_res=Counting(delay=4.0))
-    lost_answers: list[int] = []
-    real_send = sl.send
-
-    def server_send(peer, datagram):
-        m = Message.decode(datagram)
-        if m.mtype == Type.CON and m.code.is_request():
-            return  # the server's own request: every transmission lost
-        if m.mtype == Type.CON and m.code.is_response():
-            if len(lost_answers) < 3 and m.mid not in lost_answers:
-                lost_answers.append(m.mid)
-            if m.mid in lost_answers:
-                return  # the answers in flight beside it: lost too, until the server gives up on them
-        real_send(peer, datagram)
-
-    sl.send = server_send
-
-    async def ask(body: bytes):
-        msg = Message(code=Code.POST, uri_path=["x"], payload=body)
-        try:
-            return (await client.request(msg, "server", timeout=60.0)).payload
-        except LinkFailure:
-            return None
-
+    # the server's own request and the three answers in flight beside it: every transmission lost
+    lost_answers = lose_first_answers(sl, 3, requests_too=True)
     # the server's request takes one of four slots (NSTART) from the start;
     # when the six answers are ready (4 s), three go and three wait in the
     # queue; the request runs out at about 6 s, the answers at about 7.5 s
     own = asyncio.create_task(server.request(Message(code=Code.GET, uri_path=["y"]), "client", timeout=60.0))
     await asyncio.sleep(0)
     bodies = [f"r{i}".encode() for i in range(6)]
-    answers = await asyncio.gather(*(ask(b) for b in bodies))
+    answers = await asyncio.gather(*(ask_or_none(client, b) for b in bodies))
     with pytest.raises(LinkFailure):
         await own
     assert res.executions == {b: 1 for b in bodies} and len(lost_answers) == 3
