@@ -72,6 +72,8 @@ class ServerStore:
         text = _address_text(address)
         if text is None or self._watching.get(key) == text:
             return
+        if len(self._watching) >= self.max_devices:
+            self._watching.clear()  # only spares repeated writes: bounded as the table is
         self._watching[key] = text
         self._db.execute("INSERT OR REPLACE INTO watchers VALUES (?, ?)", (key, text))
         self._db.execute("DELETE FROM watchers WHERE rowid NOT IN (SELECT rowid FROM watchers "
