@@ -322,12 +322,11 @@ class ScenarioRun:
             await asyncio.sleep(PROGRESS_REFRESH)
 
     async def _action(self, action: Action, phase_start: float) -> None:
-        network = self._network()
         await asyncio.sleep(max(0.0, phase_start + action.at - self.record.now()))
         if action.do == "restart":
             await self._restart(action)
             return
-        flushed = act(network, self.scenario, action)
+        flushed = act(self._network(), self.scenario, action)
         self.record.emit("action", do=action.do, between=list(action.between) if action.between else None,
                          groups=[list(g) for g in action.groups], flushed=flushed)
         self.progress.log(f"{self.record.now():8.1f} s  {action.do} {action.between or action.groups or 'every link'}")
