@@ -360,7 +360,7 @@ def _reshape(profile: LinkProfile, ends: tuple[Any, Any], endpoints: tuple[Any, 
                                       latency=profile.delay + profile.jitter, max_frame=end.budget.max_frame,
                                       max_retransmit=end.budget.max_retransmit)
     for endpoint in endpoints:
-        endpoint.set_budget(endpoint.interface.link.budget)
+        endpoint.set_budget(endpoint.budget)
 
 
 def run_in_virtual_time(loss: float, seed: int, **kw: Any) -> RunResult:

@@ -210,7 +210,7 @@ class FederationGateway(resource.Resource):
         assert self.endpoint is not None and self.codec is not None and decision.peer is not None
         # on a slow link the WAKE, the peer's ping and a new handshake take
         # a while: wait for that twice over (a datagram may be lost)
-        wait = self.config.session_wait + 2 * session_setup_time(self.endpoint.interface.link.budget)
+        wait = self.config.session_wait + 2 * session_setup_time(self.endpoint.budget)
         key = await self.codec.wait_for_session(decision.peer.public, wait, decision.peer.address)
         if key is None:
             self.counters.no_session += 1

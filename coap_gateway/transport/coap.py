@@ -848,6 +848,11 @@ class LinkEndpoint:
     #: as large as a frame allows); set on client endpoints (BULK_SLICE)
     bulk_slice: float | None = None
 
+    @property
+    def budget(self) -> LinkBudget:
+        """The link's timing as this endpoint uses it now (``set_budget`` changes it)."""
+        return self.interface.link.budget
+
     def remote(self, key: Hashable) -> LinkAddress:
         return self.interface.remote(key)
 
@@ -857,7 +862,7 @@ class LinkEndpoint:
         at most, not for a 1 KiB block's 82 s at 100 bit/s."""
         if self.bulk_slice is None:
             return
-        budget = self.interface.link.budget
+        budget = self.budget
         exp = remote.maximum_block_size_exp
         while exp > 0 and budget.serialisation((16 << exp) + BLOCK_FRAME_OVERHEAD) > self.bulk_slice:
             exp -= 1
