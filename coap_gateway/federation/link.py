@@ -79,6 +79,9 @@ class _ClientHost:
     def forget_remote(self, key: Hashable) -> None:
         self.host.forget_remote(self.key if key == SERVER_KEY else key)
 
+    def remembers(self, key: Hashable, message_id: int) -> bool:
+        return self.host.remembers(self.key if key == SERVER_KEY else key, message_id)
+
 
 class PeerLinkCodec:
     """A FrameCodec for a gateway's peers: initiator to some, responder to the rest."""

@@ -449,6 +449,10 @@ class LinkAwareMessageManager(MessageManager):
         frame on as a duplicate that long (CoAP answers it from its caches)."""
         return max(self._longest_peer_lifetime, LinkTuning(RetransmissionTimer(self.budget)).EXCHANGE_LIFETIME)
 
+    def remembers(self, remote: Hashable, message_id: int) -> bool:
+        """Whether a CON or NON ``message_id`` from ``remote`` is still deduplicated."""
+        return (remote, message_id) in self._recent_messages
+
     def forget_remote(self, remote: Hashable) -> None:
         self.timers.pop(remote, None)
         self._tunings.pop(remote, None)
@@ -734,6 +738,9 @@ class LinkMessageInterface(interfaces.MessageInterface):
 
     def forget_remote(self, key: Hashable) -> None:
         self.mman.forget_remote(self.remote(key))
+
+    def remembers(self, key: Hashable, message_id: int) -> bool:
+        return self.mman.remembers(self.remote(key), message_id)
 
     def send_datagram(self, peer: Hashable, datagram: bytes) -> None:
         self._send(peer, datagram, peer)

@@ -54,6 +54,11 @@ class CodecHost(Protocol):
         """``key`` is gone for good (a closed session): drop its CoAP state."""
         ...
 
+    def remembers(self, key: Hashable, message_id: int) -> bool:
+        """Whether CoAP still deduplicates message ``message_id`` from ``key``:
+        a copy of it passed up now is answered from the cache, never run again."""
+        ...
+
 
 class FrameCodec(Protocol):
     """Turns CoAP message bytes into datagrams for a peer, and back.

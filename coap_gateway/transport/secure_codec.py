@@ -161,6 +161,20 @@ def _at_least_default(lifetime: Callable[[], float]) -> Callable[[], float]:
     return lambda: max(sf.DEFAULT_DUPLICATE_LIFETIME, lifetime())
 
 
+def _forgotten(host: CodecHost | None, key: Hashable, message: bytes) -> bool:
+    """A byte-identical copy of a request whose exchange CoAP no longer
+    deduplicates (its lifetime over for that peer, or pushed out by the
+    per-peer bound) would run again: the secure layer's duplicate lifetime
+    and CoAP's are not one clock, so CoAP's memory decides.  Responses are
+    not deduplicated by message ID (aiocoap: RFC 7252 §4.5; Observe numbers
+    and the push layer's sequence do it): a repeated notification still
+    goes up, to be acknowledged."""
+    header = sf.parse_coap_header(message)
+    if not header.is_request or host is None:
+        return False
+    return not host.remembers(key, header.message_id)
+
+
 class SecureServerCodec:
     """The server's codec: sessions below, one CoAP remote per *device* above.
 
@@ -242,6 +256,9 @@ class SecureServerCodec:
                     continue
                 if not out.duplicate and out.counter is not None:
                     self._make_current(device, out.session_id)
+                elif out.duplicate and _forgotten(self._host, self.device_key(device), out.message):
+                    count_drop(self.dropped, "duplicate of an exchange CoAP has forgotten")
+                    continue
                 if deliver is not None:
                     deliver.append((self.device_key(device), out.message))
             elif isinstance(out, Dropped):
@@ -393,6 +410,9 @@ class SecureClientCodec:
             if isinstance(out, Transmit):
                 transmits.append((self.server_addr, out.data))
             elif isinstance(out, Deliver):
+                if out.duplicate and _forgotten(self._host, SERVER_KEY, out.message):
+                    count_drop(self.dropped, "duplicate of an exchange CoAP has forgotten")
+                    continue
                 if deliver is not None:
                     deliver.append((SERVER_KEY, out.message))
             elif isinstance(out, Dropped):

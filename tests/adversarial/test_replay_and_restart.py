@@ -24,6 +24,7 @@ from coap_gateway.transport import (
     UdpLink,
     create_link_endpoint,
 )
+from tests.helpers.devices import until
 from tests.helpers.secure import DIGEST, PROFILE, SERVER_PRIV, SERVER_PUB, Counting, put, site_with
 
 
@@ -56,19 +57,19 @@ class Tap:
         link.send = send
 
 
-async def server(static=SERVER_PRIV, app=None):
+async def server(static=SERVER_PRIV, app=None, clock=time.time):
     link = await UdpLink.open("127.0.0.1", 0)
-    codec = SecureServerCodec(ServerEndpoint(static, {PROFILE.id: DIGEST}), clock=time.time)
+    codec = SecureServerCodec(ServerEndpoint(static, {PROFILE.id: DIGEST}), clock=clock)
     app = app or Gate()
     endpoint = await create_link_endpoint(link, site=site_with(app), codec=codec)
     return link, endpoint, codec, app
 
 
-async def client(server_addr, static=None, *, restart=False, unbound=False):
+async def client(server_addr, static=None, *, restart=False, unbound=False, pinned=True):
     link = await UdpLink.open("127.0.0.1", 0)
     tap = Tap(link)
     static = static or keys.generate_keypair()[0]
-    codec = SecureClientCodec(ClientEndpoint(static, PROFILE.id, DIGEST, server_public=SERVER_PUB,
+    codec = SecureClientCodec(ClientEndpoint(static, PROFILE.id, DIGEST, server_public=SERVER_PUB if pinned else None,
                                              restart=restart, unbound=unbound), server_addr, clock=time.time)
     endpoint = await create_link_endpoint(link, codec=codec)
     return link, endpoint, codec, tap
@@ -130,6 +131,46 @@ async def test_forged_reset_while_pending_runs_the_request_once():
         app.open.set()
         await c_end.shutdown()
         await s_end.shutdown()
+
+
+class _LaterLoop:
+    """The event loop as CoAP's deduplication sees it, ``offset`` seconds on."""
+
+    def __init__(self, loop) -> None:
+        self._loop, self.offset = loop, 0.0
+
+    def time(self) -> float:
+        return self._loop.time() + self.offset
+
+    def __getattr__(self, name):
+        return getattr(self._loop, name)
+
+
+async def test_a_copy_replayed_after_coap_forgot_its_exchange_runs_nothing():
+    """Two clocks: the secure layer passes a byte-identical frame on as a
+    duplicate for at least 247 s (its duplicate lifetime), CoAP deduplicates
+    a fast peer's message for its exchange lifetime, 223.5 s.  A data frame
+    replayed in between, and an XX3 (its first request inside) a day later,
+    must be dropped, not run again (found by an audit: both ran twice)."""
+    for pinned, later in ((True, 230.0), (False, 86400.0)):
+        offset = [0.0]
+        s_link, s_end, s_codec, app = await server(clock=lambda: time.time() + offset[0])
+        mman = s_end.interface.mman
+        shifted = mman.loop = _LaterLoop(mman.loop)
+        c_link, c_end, _, tap = await client(s_link.local_address, pinned=pinned)
+        try:
+            await asyncio.wait_for(post(c_end, b"create-room"), 10)
+            await asyncio.wait_for(post(c_end, b"second"), 10)
+            xx3 = [d for d in tap.sent if sf.classify(d) is sf.DatagramKind.XX3]
+            captured = data_frames(tap)[-1] if pinned else xx3[0]
+            offset[0] = shifted.offset = later
+            mman._sweep_duplicates()  # CoAP's periodic sweep has run by then
+            s_link._protocol.datagram_received(captured, c_link.local_address)  # from the client's address
+            await until(lambda: s_codec.dropped["duplicate of an exchange CoAP has forgotten"] == 1, timeout=5)
+            assert app.executions == {b"create-room": 1, b"second": 1}
+        finally:
+            await c_end.shutdown()
+            await s_end.shutdown()
 
 
 async def test_replayed_frames_after_a_server_restart_run_nothing():
