@@ -112,12 +112,14 @@ def server_endpoint(static_private: bytes, profile: Profile, *, limits: ServerLi
                     store: ServerStore | None = None) -> ServerEndpoint:
     """The secure layer of a server gateway, its replay protection restored
     from ``store``.  Without a store the strike register of an earlier run is
-    lost, and an IK1 it accepted could run again: early data then waits out
-    the early window."""
+    lost, and an IK1 it accepted could run again: early data then waits until
+    every such IK1 is stale — twice the early window and a minute
+    (``ServerLimits.early_data_safe_from``: a strike lasts until the IK1's
+    minutes + the window + 1, and its minutes may be the window ahead)."""
     limits = limits or ServerLimits()
     return ServerEndpoint(
         static_private, {profile.id: profile_wire_digest(profile)}, limits=limits,
-        early_data_from=None if store is not None else now + limits.early_window,
+        early_data_from=None if store is not None else limits.early_data_safe_from(now),
         strikes=store.strikes(now) if store is not None else (), now=now,
         on_strike=store.add_strike if store is not None else None)
 
@@ -130,7 +132,7 @@ async def start_server(link: DatagramLink, *, homeserver: str, profile: Profile,
                        key_log: KeyLog | None = None, upstream: Upstream | None = None) -> RunningServer:
     """``sync_push``: hold devices' /sync loops and push (True: defaults).
     ``state_dir``: where what must outlive a restart is kept (``ServerStore``);
-    without one, early data is refused for the early window after start.
+    without one, early data is refused for twice the early window and a minute after start.
     ``key_log``: append every session's keys to it (opt-in; the caller closes it).
     ``upstream``: the homeserver client (default: HTTP to ``homeserver``)."""
     push = None if sync_push is False else (sync_push if isinstance(sync_push, SyncPushServerConfig)

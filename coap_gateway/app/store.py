@@ -1,8 +1,10 @@
 """What a server gateway keeps on disk across restarts (SQLite, stdlib).
 
-The strike register of IK1 early data, so that a restart does not reopen the
-replay window (a captured IK1 with a PUT inside would run again); each
-strike is committed before the early request it admits is delivered.  And
+The strike register of IK1s, so that a restart does not reopen the replay
+window (a captured IK1 with a PUT inside would run again); each strike is
+committed before anything of its handshake is acted on, and expired ones
+are deleted as new ones come (at most the server's ``max_strikes`` are in
+force, plus ``PURGE_EVERY`` expired).  And
 each device's bound state (its access tokens by handle, its handles and
 transaction scope: ``codec.DeviceState.to_json``), so that a restart costs a
 device a reconnect, not its definitions again; written when it changes (a
@@ -23,6 +25,8 @@ from collections.abc import Hashable
 from pathlib import Path
 
 FILENAME = "server-state.sqlite3"
+#: strikes added between deletions of the expired ones (an indexed delete: cheap, not per insert)
+PURGE_EVERY = 256
 
 
 class ServerStore:
@@ -35,6 +39,8 @@ class ServerStore:
         self._db = sqlite3.connect(self.path, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("CREATE TABLE IF NOT EXISTS strikes (key BLOB PRIMARY KEY, expires REAL NOT NULL)")
+        self._db.execute("CREATE INDEX IF NOT EXISTS strikes_by_expiry ON strikes (expires)")
+        self._strikes_added = 0
         self._db.execute("CREATE TABLE IF NOT EXISTS devices (key BLOB PRIMARY KEY, state TEXT NOT NULL, "
                          "written INTEGER NOT NULL)")
         self._db.execute("CREATE TABLE IF NOT EXISTS watchers (key BLOB PRIMARY KEY, address TEXT NOT NULL)")
@@ -47,8 +53,14 @@ class ServerStore:
         self._db.execute("DELETE FROM strikes WHERE expires <= ?", (now,))
         return [(bytes(k), e) for k, e in self._db.execute("SELECT key, expires FROM strikes")]
 
-    def add_strike(self, key: bytes, expires: float) -> None:
+    def add_strike(self, key: bytes, expires: float, now: float) -> None:
+        """Keep ``key`` struck until ``expires``; every ``PURGE_EVERY`` strikes,
+        those expired at ``now`` go (the server holds no more than its
+        register's capacity in force, so neither does the table)."""
         self._db.execute("INSERT OR REPLACE INTO strikes VALUES (?, ?)", (key, expires))
+        self._strikes_added += 1
+        if self._strikes_added % PURGE_EVERY == 0:
+            self._db.execute("DELETE FROM strikes WHERE expires <= ?", (now,))
 
     def load_device(self, key: bytes) -> str | None:
         row = self._db.execute("SELECT state FROM devices WHERE key = ?", (key,)).fetchone()

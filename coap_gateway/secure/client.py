@@ -31,7 +31,6 @@ RECENT_HEADERS = 16  # frames a RESET may echo
 #: authenticated, and a forged one must not buy more than a small share of a
 #: 100-bit/s link (a ping and its RST in the session: 42 B)
 WAKE_INTERVAL = 30.0
-MAX_EARLY_MESSAGE = 512
 
 
 #: the handshake datagrams without a message (docs/protocol.md §10, measured
@@ -161,7 +160,7 @@ class ClientEndpoint:
         carried = message
         if use_ik and message is not None:
             header = sf.parse_coap_header(message)
-            if not header.is_idempotent_request or len(message) > MAX_EARLY_MESSAGE:
+            if not header.is_idempotent_request or len(message) > sf.MAX_EARLY_MESSAGE:
                 # the server would refuse it: send it after IK2 instead.  (Announcing
                 # RESTART/UNBOUND is no reason: a server that accepts the early data acts
                 # on the announcement first, and one that does not takes it after IK2.)

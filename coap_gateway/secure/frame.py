@@ -200,7 +200,8 @@ MIN_NOISE_MESSAGE = {
 
 
 def parse_handshake(datagram: bytes) -> HandshakeFrame:
-    """Split a handshake datagram; HandshakeError when it is too short for its kind."""
+    """Split a handshake datagram; HandshakeError when it is too short for its
+    kind (or, XX1, longer than its fixed size: it carries no payload)."""
     kind = classify(datagram)
     if kind not in HANDSHAKE_KINDS:
         raise HandshakeError(f"not a handshake message (first byte {datagram[:1].hex() or 'none'})")
@@ -211,6 +212,8 @@ def parse_handshake(datagram: bytes) -> HandshakeFrame:
         clear, frame = 1, HandshakeFrame(kind, bytes(datagram[1:]))
     if len(datagram) < clear + MIN_NOISE_MESSAGE[kind]:
         raise HandshakeError(f"{kind.name} of {len(datagram)} bytes is too short")
+    if kind is DatagramKind.XX1 and len(datagram) != clear + MIN_NOISE_MESSAGE[kind]:
+        raise HandshakeError(f"XX1 of {len(datagram)} bytes: it is {clear + MIN_NOISE_MESSAGE[kind]}, no payload")
     return frame
 
 
@@ -227,6 +230,9 @@ FLAG_RESTART = 0x04
 FLAG_UNBOUND = 0x08
 HELLO_FLAGS = FLAG_MESSAGE | FLAG_RESTART | FLAG_UNBOUND
 MINUTES_MODULUS = 1 << 24  # 31.9 years: an IK1 never becomes acceptable again
+#: the largest early message (IK1's CoAP message) a server accepts; a client
+#: sends a longer request after IK2 instead (docs/protocol.md, early data)
+MAX_EARLY_MESSAGE = 512
 
 
 @dataclass(frozen=True)
@@ -462,6 +468,10 @@ class Verdict(enum.Enum):
 #: CoAP EXCHANGE_LIFETIME (RFC 7252 §4.8.2): how long the peer's CoAP layer
 #: still answers a duplicate from its cache; later a duplicate is a replay
 DEFAULT_DUPLICATE_LIFETIME = 247.0
+#: duplicates of one frame passed on: CoAP's MAX_RETRANSMIT (RFC 7252 §4.8),
+#: all a genuine peer sends; more are a replayer's, each of which would make
+#: the receiver's CoAP resend its cached answer to the (spoofed) sender
+MAX_DUPLICATES = 4
 
 
 class ReplayWindow:
@@ -471,7 +481,8 @@ class ReplayWindow:
     digest and arrival time of the first frame accepted with each counter in
     the window, so that a byte-identical retransmission can be told apart
     from a replay: it is passed on as a duplicate (CoAP answers it from its
-    cache) for ``duplicate_lifetime`` seconds, then refused.  The lifetime
+    cache) for ``duplicate_lifetime`` seconds and at most ``MAX_DUPLICATES``
+    times, then refused.  The lifetime
     may be a function: the link's, which follows its timers (a peer on a
     100 bit/s link retransmits for many minutes; a retransmission refused as
     a replay is never acknowledged, and the peer's exchange fails).
@@ -482,7 +493,8 @@ class ReplayWindow:
     def __init__(self, duplicate_lifetime: float | Callable[[], float] = DEFAULT_DUPLICATE_LIFETIME) -> None:
         self.highest = -1
         self._bitmap = 0
-        self._first_seen: dict[int, tuple[bytes, float]] = {}
+        #: counter -> (digest, arrival time, duplicates passed on)
+        self._first_seen: dict[int, tuple[bytes, float, int]] = {}
         self.duplicate_lifetime = duplicate_lifetime
 
     def check(self, counter: int, digest: bytes, now: float) -> Verdict:
@@ -496,7 +508,7 @@ class ReplayWindow:
             return Verdict.FRESH
         first = self._first_seen.get(counter)
         lifetime = self.duplicate_lifetime() if callable(self.duplicate_lifetime) else self.duplicate_lifetime
-        if first is not None and first[0] == digest and now - first[1] <= lifetime:
+        if first is not None and first[0] == digest and now - first[1] <= lifetime and first[2] < MAX_DUPLICATES:
             return Verdict.DUPLICATE
         return Verdict.REPLAY
 
@@ -520,7 +532,13 @@ class ReplayWindow:
             if offset >= self.SIZE:
                 return
             self._bitmap |= 1 << offset
-        self._first_seen.setdefault(counter, (digest, now))
+        self._first_seen.setdefault(counter, (digest, now, 0))
+
+    def mark_duplicate(self, counter: int) -> None:
+        """A duplicate of ``counter`` (verdict DUPLICATE) was passed on."""
+        first = self._first_seen.get(counter)
+        if first is not None:
+            self._first_seen[counter] = (first[0], first[1], first[2] + 1)
 
     def __len__(self) -> int:
         return len(self._first_seen)

@@ -28,6 +28,7 @@ from noise.state import CipherState
 
 from ..errors import (
     AuthenticationError,
+    FrameError,
     HandshakeError,
     NonceError,
     ProfileMismatchError,
@@ -382,12 +383,51 @@ class SecureChannel:
         ad = bytes(datagram[: len(clear) + 1])
         plaintext = _decrypt(cs, sf.sequenced_nonce(n), ad, bytes(datagram[len(clear) + 1:]))
         duplicate = verdict is sf.Verdict.DUPLICATE
-        if not duplicate:
+        if duplicate:
+            self.window.mark_duplicate(n)
+        else:
             self.window.mark(n, digest, now)
             self._recv_seq.forget_before(sf.rekey_epoch(self.window.floor, self.rekey_interval))
             if header.type == sf.CON and header.is_request:
                 self._remember_received(header, n)
         return Opened(clear + plaintext, n, duplicate, shape)
+
+    def authenticates(self, datagram: bytes) -> bool:
+        """Whether a sealed data frame was sealed in this session, whatever the
+        replay window says of it; changes nothing.
+
+        ``open`` refuses a replay before decrypting (cheap, and the window's
+        verdict is all the receiver needs); this tells a replay of this
+        session's frame from a frame of another session that only happens to
+        look old here."""
+        try:
+            header = sf.parse_coap_header(datagram)
+            shape = sf.frame_shape(header, len(datagram))
+        except FrameError:
+            return False
+        clear = header.raw
+        if shape is FrameShape.UNSEALED:
+            return False
+        if shape is FrameShape.PIGGYBACKED:
+            request = self._sent.get(header.message_id)
+            keys = [(self._recv_piggy.get(sf.rekey_epoch(n, self.rekey_interval)), sf.piggybacked_nonce(n))
+                    for n in (request.counters if request else ())]
+            ad, sealed = clear, bytes(datagram[len(clear):])
+        else:
+            n = sf.reconstruct_counter(self.window.highest, datagram[len(clear)])
+            if n >= sf.COUNTER_LIMIT:
+                return False
+            keys = [(self._recv_seq.get(sf.rekey_epoch(n, self.rekey_interval)), sf.sequenced_nonce(n))]
+            ad, sealed = bytes(datagram[: len(clear) + 1]), bytes(datagram[len(clear) + 1:])
+        for cs, nonce in keys:
+            if cs is None:
+                continue  # erased: what it sealed can no longer be told apart
+            try:
+                _decrypt(cs, nonce, ad, sealed)
+            except AuthenticationError:
+                continue
+            return True
+        return False
 
     def _open_piggybacked(self, header: sf.CoapHeader, datagram: bytes, digest: bytes) -> Opened:
         request = self._sent.get(header.message_id)
@@ -586,7 +626,12 @@ class ServerSession:
         self.client_public: bytes | None = None
         self.session_id: bytes | None = None
         if self.pattern == "IK":
-            self.hello = sf.decode_ik1_payload(payload)
+            try:
+                self.hello = sf.decode_ik1_payload(payload)
+            except HandshakeError as exc:
+                # it decrypted: the client's pinned key is right, and a HandshakeError here
+                # would tell it otherwise (REFUSE 3 sends it to XX); a malformed frame is dropped
+                raise FrameError(f"IK1 payload: {exc}") from None
             self.client_public = self._noise.remote_static
             # named at IK1, so the endpoint can route the early message before IK2 exists
             self.session_id = sf.session_id_from_hash(self._noise.hash)

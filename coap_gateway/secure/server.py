@@ -40,6 +40,9 @@ class ServerLimits:
     max_sessions: int = 1024
     #: XX after message 2, plus IK sessions whose client has not yet sent a data frame
     max_half_open: int = 256
+    #: XX handshakes after message 2 kept per address: a spoofed XX1 from a client's
+    #: address must not replace the client's own (each XX3 is tried against each)
+    max_half_open_per_address: int = 2
     #: sessions tried, most recently active first, when the address finds none
     max_trial_sessions: int = 64
     #: per-address state kept for addresses without a validated session
@@ -61,15 +64,37 @@ class ServerLimits:
     def __post_init__(self) -> None:
         if self.rekey_interval < sf.MIN_REKEY_INTERVAL:
             raise ValueError(f"rekey_interval must be >= {sf.MIN_REKEY_INTERVAL}")
-        if self.max_half_open < 1 or self.max_sessions < 1 or self.max_tracked_addresses < 1:
+        if (self.max_half_open < 1 or self.max_sessions < 1 or self.max_tracked_addresses < 1
+                or self.max_half_open_per_address < 1):
             raise ValueError("table limits must be positive")
+
+    @property
+    def early_window_minutes(self) -> int:
+        """The early window in the whole minutes IK1's clock is compared in."""
+        return int(self.early_window // 60)
+
+    def strike_expires(self, now: float, skew: int) -> float:
+        """Until when an IK1 with clock ``minute(now) + skew`` stays acceptable
+        (``skew`` within the window): its minutes + the window + 1, in seconds.
+        Its strike must last that long, and no longer is needed."""
+        return (int(now) // 60 + skew + self.early_window_minutes + 1) * 60.0
+
+    def early_data_safe_from(self, start: float) -> float:
+        """When a server that started at ``start`` without its predecessor's
+        strike register may accept early data: once every IK1 the predecessor
+        may have accepted is stale.  It accepted one at t <= start only with
+        skew <= W (W = ``early_window_minutes``), struck until
+        ``strike_expires(t, skew)`` <= (minute(start) + 2W + 1) · 60 — twice the
+        window and a minute after the start minute, not the window once (a
+        client clock up to W ahead keeps its IK1 acceptable that long)."""
+        return self.strike_expires(start, self.early_window_minutes)  # the latest: skew W at ``start``
 
 
 # --- strike register ----------------------------------------------------------------
 
 
 class StrikeRegister:
-    """Ephemeral keys of accepted early data, until their IK1 could no longer be accepted.
+    """Ephemeral keys of the fresh IK1s seen, until their IK1 could no longer be accepted.
 
     Bounded: when full (after expiry) it refuses new entries rather than
     evicting one, so a replay can never be accepted because of a flood.
@@ -162,13 +187,15 @@ class ServerEndpoint:
                  limits: ServerLimits | None = None, rng: Rng = os.urandom,
                  early_data_from: float | None = None,
                  strikes: Iterable[tuple[bytes, float]] = (), now: float = 0.0,
-                 on_strike: Callable[[bytes, float], None] | None = None) -> None:
+                 on_strike: Callable[[bytes, float, float], None] | None = None) -> None:
         """``early_data_from``: refuse early data before that time — a server
         that lost its strike register (a restart without persisting it) must
-        not run an IK1 it may already have run, so it waits out the early
-        window.  ``strikes``: a persisted register to restore (as of ``now``);
-        ``on_strike(key, expires)``: called before early data is delivered, to
-        persist the strike first."""
+        not run an IK1 it may already have run, so it waits until such an IK1
+        is stale (``ServerLimits.early_data_safe_from``).  ``strikes``: a
+        persisted register to restore (as of ``now``); ``on_strike(key,
+        expires, now)``: called for each strike (every fresh IK1 that
+        decrypts) before anything of its handshake is acted on, to persist it
+        first."""
         self._static = static_private_key
         self._profiles = dict(profiles)
         self.limits = limits or ServerLimits()
@@ -177,7 +204,9 @@ class ServerEndpoint:
         self._sessions: OrderedDict[bytes, _Session] = OrderedDict()
         self._by_addr: dict[Hashable, bytes] = {}
         self._by_ik1: dict[bytes, bytes] = {}
-        self._half_open: OrderedDict[Hashable, _HalfOpen] = OrderedDict()
+        #: XX after message 2 by (address, XX1 digest), oldest first; and the XX1 digests per address
+        self._half_open: OrderedDict[tuple[Hashable, bytes], _HalfOpen] = OrderedDict()
+        self._half_open_at: dict[Hashable, list[bytes]] = {}
         self._unconfirmed: OrderedDict[bytes, float] = OrderedDict()  # IK sessions not yet validated
         self._addresses: OrderedDict[Hashable, _AddressState] = OrderedDict()
         self._ik2_pending: dict[bytes, float] = {}
@@ -202,14 +231,17 @@ class ServerEndpoint:
             if kind is DatagramKind.DATA:
                 self._receive_data(now, addr, datagram, out)
             elif kind in (DatagramKind.IK1, DatagramKind.XX1, DatagramKind.XX3):
+                # its shape first: a datagram that cannot be a handshake costs the address no token
+                # (else one spoofed byte a time drains a client's bucket)
+                frame = sf.parse_handshake(datagram)
                 if not self._take_handshake_token(now, addr):
                     out.append(Dropped("handshake rate limit", addr))
                 elif kind is DatagramKind.IK1:
-                    self._receive_ik1(now, addr, datagram, out)
+                    self._receive_ik1(now, addr, datagram, frame, out)
                 elif kind is DatagramKind.XX1:
-                    self._receive_xx1(now, addr, datagram, out)
+                    self._receive_xx1(now, addr, datagram, frame, out)
                 else:
-                    self._receive_xx3(now, addr, datagram, out)
+                    self._receive_xx3(now, addr, datagram, frame, out)
             else:
                 out.append(Dropped(f"{kind.name} is not for a server", addr))
         except SecurityError as exc:
@@ -266,6 +298,7 @@ class ServerEndpoint:
             "sessions": len(self._sessions),
             "half_open": len(self._half_open) + len(self._unconfirmed),
             "xx_half_open": len(self._half_open),
+            "xx_half_open_addresses": len(self._half_open_at),
             "ik_unconfirmed": len(self._unconfirmed),
             "addresses": len(self._addresses),
             "strikes": len(self.strikes),
@@ -297,8 +330,13 @@ class ServerEndpoint:
             self._addresses.move_to_end(addr)
         return state
 
+    def _unlimited(self, addr: Hashable, session: _Session | None) -> bool:
+        # a session's own sends go by its own validation: an unvalidated one at an address
+        # another session validated may have been made by a spoofed IK1
+        return session.validated if session is not None else self._validated(addr)
+
     def _may_send(self, addr: Hashable, size: int, session: _Session | None = None) -> bool:
-        if (session is not None and session.validated) or self._validated(addr):
+        if self._unlimited(addr, session):
             return True
         state = self._addresses.get(addr)
         return state is not None and state.sent + size <= self.limits.amplification_factor * state.received
@@ -309,7 +347,7 @@ class ServerEndpoint:
             out.append(Dropped("anti-amplification limit", addr))
             return False
         state = self._addresses.get(addr)
-        if state is not None and not self._validated(addr):
+        if state is not None and not self._unlimited(addr, session):
             state.sent += len(data)
         out.append(Transmit(addr, data))
         return True
@@ -361,7 +399,13 @@ class ServerEndpoint:
             try:
                 opened = session.channel.open(datagram, now)
             except ReplayError:
-                replayed = True
+                # the window judges a counter before decrypting, and a busy session finds most
+                # Seq bytes old: its verdict speaks for the frame only if the frame is its own —
+                # else a client whose session was lost never gets its RESET.  (The sender's
+                # address is no proof: it may be spoofed, or reused by another device.)
+                if session.channel.authenticates(datagram):
+                    replayed = True
+                    break
                 continue
             except SecurityError:
                 continue
@@ -383,7 +427,9 @@ class ServerEndpoint:
             out.append(Dropped("duplicate from another address", addr))
             return
         if not opened.is_retransmission:
-            if session.addr != addr:  # NAT rebinding: only a new authenticated counter moves it
+            # NAT rebinding, or its address was bound to another session meanwhile (a newer
+            # handshake from it) or lost: only a new authenticated counter binds it
+            if self._by_addr.get(addr) != session.id:
                 self._bind(session, addr)
             if not session.validated:
                 self._validate(session, out)
@@ -409,6 +455,8 @@ class ServerEndpoint:
             # only now: a replayed IK1 never gets here (the replayer has no keys)
             self._restarted(session, out)
         session.validated = True
+        if self._by_addr.get(session.addr) != session.id:
+            self._bind(session, session.addr)  # proven now: it takes the address over
         self._unconfirmed.pop(session.id, None)
         self._addresses.pop(session.addr, None)
         session.ik2 = None  # the client has IK2: a repeated IK1 is a replay now
@@ -429,8 +477,8 @@ class ServerEndpoint:
         out.append(Dropped(f"profile {frame.profile_id} refused", addr))
         return False
 
-    def _receive_ik1(self, now: float, addr: Hashable, datagram: bytes, out: list[ServerOutput]) -> None:
-        frame = sf.parse_handshake(datagram)
+    def _receive_ik1(self, now: float, addr: Hashable, datagram: bytes, frame: sf.HandshakeFrame,
+                     out: list[ServerOutput]) -> None:
         if not self._check_profile(addr, frame, out):
             return
         digest = sf.frame_digest(datagram)
@@ -438,7 +486,7 @@ class ServerEndpoint:
         if known is not None:
             # the same IK1 again: a retransmission (IK2 lost) or a replay
             if known.addr == addr and not known.validated and known.ik2 is not None:
-                self._transmit(addr, known.ik2, out)
+                self._transmit(addr, known.ik2, out, known)
             else:
                 out.append(Dropped("IK1 repeated", addr))
             return
@@ -454,6 +502,9 @@ class ServerEndpoint:
         if handshake.session_id in self._sessions:  # cannot differ from the digest check; be safe
             out.append(Dropped("IK1 repeated", addr))
             return
+        # first sight of this IK1 (while fresh) or not: only a first sight may run early data
+        # or act on RESTART/UNBOUND before the session is validated
+        first_sight = self._strike(now, handshake)
         session = _Session(handshake.session_id, addr, handshake.client_public, "IK", now, handshake=handshake,
                            ik1_digest=digest, restart=handshake.hello.restart, unbound=handshake.hello.unbound)
         self._add_session(session, out)
@@ -462,11 +513,11 @@ class ServerEndpoint:
         self._enforce_half_open(out)
         out.append(SessionEstablished(session.id, addr, session.client_public, "IK"))
         message = handshake.hello.message
-        if message is not None and self._accept_early(now, handshake, message):
+        if message is not None and first_sight and self._accept_early(now, message):
             if session.restart or session.unbound:
-                # accepted early data is struck off: this IK1 can never run again, so its
-                # announcement is the device's own and fresh — act on it before the request
-                # runs (it may define what an UNBOUND reset would otherwise wipe)
+                # this IK1 is struck off and can never run again, so its announcement is the
+                # device's own and fresh — act on it before the request runs (it may define
+                # what an UNBOUND reset would otherwise wipe)
                 self._restarted(session, out)
             session.early = sf.parse_coap_header(message)
             session.early_message = message
@@ -476,24 +527,31 @@ class ServerEndpoint:
         else:
             self._complete_ik2(now, session, None, out)
 
-    def _accept_early(self, now: float, handshake: ServerSession, message: bytes) -> bool:
-        """The early-data rules: idempotent, fresh clock, ephemeral not seen."""
-        header = sf.parse_coap_header(message)
-        if not header.is_idempotent_request:
-            return False
+    def _strike(self, now: float, handshake: ServerSession) -> bool:
+        """Strike a fresh IK1 off (every one that decrypts, whether or not its early
+        data is taken): True the first time; False when stale, seen before or the
+        register is full.  Striking only IK1s whose early data ran would let one
+        whose early data was refused (too early after a restart, a POST) be
+        replayed later and taken, its RESTART closing the device's live session."""
         assert handshake.hello is not None and handshake.hello.minutes is not None
-        window = int(self.limits.early_window // 60)
         skew = sf.minutes_skew(handshake.hello.minutes, now)
-        if abs(skew) > window:
-            return False
-        if self.early_data_from is not None and now < self.early_data_from:
-            return False  # this IK1 may be one a previous run already accepted
-        # strike until the server clock passes minutes + window: then IK1 is stale anyway
-        expires = (int(now) // 60 + skew + window + 1) * 60.0
+        if abs(skew) > self.limits.early_window_minutes:
+            return False  # stale: never accepted as fresh, nothing to strike
+        expires = self.limits.strike_expires(now, skew)
         if not self.strikes.add(handshake.client_ephemeral, expires, now):
             return False
         if self._on_strike is not None:
-            self._on_strike(handshake.client_ephemeral, expires)
+            self._on_strike(handshake.client_ephemeral, expires, now)
+        return True
+
+    def _accept_early(self, now: float, message: bytes) -> bool:
+        """The early-data rules of a fresh IK1 seen for the first time: idempotent, not
+        over the size a client sends early, not while a lost register may miss it."""
+        header = sf.parse_coap_header(message)
+        if not header.is_idempotent_request or len(message) > sf.MAX_EARLY_MESSAGE:
+            return False
+        if self.early_data_from is not None and now < self.early_data_from:
+            return False  # this IK1 may be one a previous run already accepted
         return True
 
     @staticmethod
@@ -508,7 +566,7 @@ class ServerEndpoint:
         handshake = session.handshake
         assert handshake is not None and handshake.hello is not None
         sent_early = handshake.hello.message is not None
-        if answer is not None and not self._may_send(session.addr, 1 + 32 + 1 + len(answer) + sf.TAG_SIZE):
+        if answer is not None and not self._may_send(session.addr, 1 + 32 + 1 + len(answer) + sf.TAG_SIZE, session):
             answer = None  # too big for an unvalidated address: the client resends as data, CoAP dedups
             out.append(Dropped("early answer over the anti-amplification limit", session.addr))
         ik2 = handshake.answer(answer, resend=sent_early and answer is None)
@@ -520,50 +578,68 @@ class ServerEndpoint:
         session.channel, session.handshake, session.ik2 = channel, None, ik2
         session.early = None
         self._ik2_pending.pop(session.id, None)
-        self._transmit(session.addr, ik2, out)
+        self._transmit(session.addr, ik2, out, session)
 
-    def _receive_xx1(self, now: float, addr: Hashable, datagram: bytes, out: list[ServerOutput]) -> None:
-        frame = sf.parse_handshake(datagram)
+    def _receive_xx1(self, now: float, addr: Hashable, datagram: bytes, frame: sf.HandshakeFrame,
+                     out: list[ServerOutput]) -> None:
         if not self._check_profile(addr, frame, out):
             return
         digest = sf.frame_digest(datagram)
-        pending = self._half_open.get(addr)
-        if pending is not None and pending.xx1_digest == digest:
+        pending = self._half_open.get((addr, digest))
+        if pending is not None:
             self._transmit(addr, pending.xx2, out)  # XX2 was lost
             return
         handshake = ServerSession(self._static, frame, rng=self._rng, rekey_interval=self.limits.rekey_interval,
                                   duplicate_lifetime=self.limits.duplicate_lifetime)
         xx2 = handshake.answer()
-        self._half_open.pop(addr, None)
-        self._half_open[addr] = _HalfOpen(handshake, digest, xx2, now)
+        digests = self._half_open_at.setdefault(addr, [])
+        while len(digests) >= self.limits.max_half_open_per_address:
+            self._drop_half_open(addr, digests[0])
+            out.append(Dropped("half-open XX handshake replaced", addr))
+        digests.append(digest)
+        self._half_open[(addr, digest)] = _HalfOpen(handshake, digest, xx2, now)
         self._enforce_half_open(out)
         self._transmit(addr, xx2, out)
 
-    def _receive_xx3(self, now: float, addr: Hashable, datagram: bytes, out: list[ServerOutput]) -> None:
-        frame = sf.parse_handshake(datagram)
-        pending = self._half_open.get(addr)
-        if pending is None:
-            own = self._sessions.get(self._by_addr.get(addr, b""))
-            if own is not None and own.xx3_digest == sf.frame_digest(datagram):
-                # XX3 again (the client's CoAP retransmission of its first message)
-                if own.first_message is not None:
-                    out.append(Deliver(own.id, addr, own.first_message, 0, duplicate=True))
-                return
+    def _receive_xx3(self, now: float, addr: Hashable, datagram: bytes, frame: sf.HandshakeFrame,
+                     out: list[ServerOutput]) -> None:
+        digest = sf.frame_digest(datagram)
+        own = self._sessions.get(self._by_addr.get(addr, b""))
+        if own is not None and own.xx3_digest == digest:
+            # XX3 again (the client's CoAP retransmission of its first message): a duplicate
+            # of counter 0, within the window's limits as any other
+            assert own.channel is not None
+            if own.channel.window.check(0, digest, now) is not sf.Verdict.DUPLICATE:
+                out.append(Dropped("XX3 repeated", addr))
+            elif own.first_message is not None:
+                own.channel.window.mark_duplicate(0)
+                out.append(Deliver(own.id, addr, own.first_message, 0, duplicate=True))
+            return
+        digests = self._half_open_at.get(addr)
+        if not digests:
             out.append(Dropped("XX3 without a handshake", addr))
             return
-        try:
-            hello = pending.handshake.finish(frame)
-        except HandshakeError:
-            if pending.handshake.finished:  # authenticated but malformed payload: give up on it
-                del self._half_open[addr]
-            raise
-        del self._half_open[addr]
-        handshake = pending.handshake
+        for xx1_digest in list(digests):  # a spoofed XX1 from the address may be among them
+            pending = self._half_open[(addr, xx1_digest)]
+            try:
+                hello = pending.handshake.finish(frame)
+            except HandshakeError:
+                if pending.handshake.finished:  # authenticated but malformed payload: give up on it
+                    self._drop_half_open(addr, xx1_digest)
+                    raise
+                continue
+            self._drop_half_open(addr, xx1_digest)
+            self._complete_xx(now, addr, pending.handshake, hello, digest, out)
+            return
+        out.append(Dropped("XX3 does not decrypt", addr))
+
+    def _complete_xx(self, now: float, addr: Hashable, handshake: ServerSession, hello: sf.HelloPayload,
+                     xx3_digest: bytes, out: list[ServerOutput]) -> None:
         assert handshake.session_id is not None and handshake.client_public is not None
         assert handshake.channel is not None
-        handshake.channel.note_handshake_message_received(hello.message, sf.frame_digest(datagram), now)
+        handshake.channel.note_handshake_message_received(hello.message, xx3_digest, now)
         session = _Session(handshake.session_id, addr, handshake.client_public, "XX", now,
-                           channel=handshake.channel, xx3_digest=sf.frame_digest(datagram),
+                           channel=handshake.channel, xx3_digest=xx3_digest,
                            first_message=hello.message, restart=hello.restart, unbound=hello.unbound)
         self._add_session(session, out)
         out.append(SessionEstablished(session.id, addr, session.client_public, "XX"))
@@ -577,7 +653,12 @@ class ServerEndpoint:
 
     def _add_session(self, session: _Session, out: list[ServerOutput]) -> None:
         self._sessions[session.id] = session
-        self._bind(session, session.addr)
+        # a new session takes its address over only from one not validated (if at all): an
+        # IK1 is no proof of its source, and a spoofed one would take a client's empty ACKs
+        # away from its session; it binds when validated (``_validate``)
+        current = self._sessions.get(self._by_addr.get(session.addr, b""))
+        if current is None or not current.validated:
+            self._bind(session, session.addr)
         while len(self._sessions) > self.limits.max_sessions:
             oldest = next(iter(self._sessions.values()))
             self._remove_session(oldest, "evicted: too many sessions", out)
@@ -598,9 +679,16 @@ class ServerEndpoint:
             ik = next(iter(self._unconfirmed.items()), None)
             if ik is None or (xx is not None and xx[1].created <= ik[1]):
                 assert xx is not None
-                del self._half_open[xx[0]]
-                out.append(Dropped("half-open XX handshake evicted", xx[0]))
+                self._drop_half_open(*xx[0])
+                out.append(Dropped("half-open XX handshake evicted", xx[0][0]))
             else:
                 self._remove_session(self._sessions[ik[0]], "evicted: unconfirmed IK session", out)
+
+    def _drop_half_open(self, addr: Hashable, xx1_digest: bytes) -> None:
+        del self._half_open[(addr, xx1_digest)]
+        digests = self._half_open_at[addr]
+        digests.remove(xx1_digest)
+        if not digests:
+            del self._half_open_at[addr]
 
 

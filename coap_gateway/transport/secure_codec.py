@@ -203,7 +203,10 @@ class SecureServerCodec:
         #: session -> device static key; device -> its open sessions, current one last
         self._device_of: dict[bytes, bytes] = {}
         self._sessions_of: dict[bytes, list[bytes]] = {}
+        #: device -> how many new processes of it proved themselves (absent: 0);
+        #: and the restarted devices without a session, with when they went, oldest first
         self._epoch: dict[bytes, int] = {}
+        self._gone: OrderedDict[bytes, float] = OrderedDict()
         self._host: CodecHost | None = None
         self._timer: asyncio.TimerHandle | None = None
 
@@ -217,6 +220,11 @@ class SecureServerCodec:
 
     def device_key(self, public: bytes) -> DeviceId:
         return DeviceId(public, self._epoch.get(public, 0))
+
+    def sizes(self) -> dict[str, int]:
+        """Sizes of the codec's own tables (tests assert them against the limits)."""
+        return {"devices": len(self._sessions_of), "sessions": len(self._device_of), "epochs": len(self._epoch),
+                "gone_restarted": len(self._gone)}
 
     def device_address(self, key: Hashable) -> Hashable | None:
         """The network address of a device's current session."""
@@ -271,6 +279,7 @@ class SecureServerCodec:
                 # an IK session is current only once a frame authenticates in it
                 # (a replayed IK1 must not take the device's answers away)
                 sessions.insert(0 if out.pattern == "IK" and sessions else len(sessions), out.session_id)
+                self._gone.pop(device, None)
                 self._tell(DeviceEvent(self.device_key(device), "session"))
             elif isinstance(out, SessionClosed):
                 device = self._device_of.pop(out.session_id, None)
@@ -284,6 +293,7 @@ class SecureServerCodec:
                         if self._host is not None:
                             self._host.forget_remote(self.device_key(device))
                         self._tell(DeviceEvent(self.device_key(device), "gone"))
+                        self._went(device)
             elif isinstance(out, SessionKeys):
                 if self.key_log is not None:
                     self.key_log.write(out)
@@ -298,6 +308,27 @@ class SecureServerCodec:
                 self._tell(DeviceEvent(self.device_key(public), "restarted", out.unbound, previous))
         self._arm_timer()
         return transmits
+
+    def _went(self, device: bytes) -> None:
+        """Bound the epochs: one per device with a session (at most ``max_sessions``),
+        and the ``max_sessions`` restarted devices gone most recently.  A gone
+        device's epoch is forgotten once CoAP can no longer hold anything of it
+        (every message of it came in a session: after the duplicate lifetime
+        its exchanges are forgotten), so coming back at epoch 0 matches nothing
+        of an older process; before that only when over the bound (a flood of
+        restarting keys), as any bounded cache must."""
+        if device not in self._epoch:
+            return
+        now = self.clock()
+        self._gone[device] = now
+        lifetime = self.endpoint.limits.duplicate_lifetime
+        lifetime = lifetime() if callable(lifetime) else lifetime
+        while self._gone:
+            oldest, went = next(iter(self._gone.items()))
+            if went + lifetime > now and len(self._gone) <= self.endpoint.limits.max_sessions:
+                break
+            del self._gone[oldest]
+            del self._epoch[oldest]
 
     def _make_current(self, device: bytes, session_id: bytes) -> None:
         sessions = self._sessions_of.get(device)

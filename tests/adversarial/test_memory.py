@@ -12,6 +12,7 @@ sync loops, uploads) on a server in its own process.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 
 from aiocoap.numbers.codes import Code
 
@@ -78,6 +79,54 @@ async def test_all_devices_together_are_capped():
                 await device.close()
         await server.stop()
         await homeserver.close()
+
+
+class _Host:
+    """What the server codec asks of the CoAP layer, doing nothing."""
+
+    def send_datagram(self, addr, datagram) -> None:
+        pass
+
+    def forget_remote(self, key) -> None:
+        pass
+
+    def remembers(self, key, message_id) -> bool:
+        return True
+
+
+async def test_device_epochs_stay_bounded_under_throwaway_restarting_keys():
+    """Each static key that announced RESTART kept an epoch entry for ever
+    (2000 throwaway keys: 2000 entries).  Bounded now, and a restarted device
+    that lost its session and comes back soon keeps its epoch: its old
+    process's exchanges, still in CoAP's memory, must not match its new ones."""
+    from coap_gateway.secure.keys import public_from_private
+    from coap_gateway.transport import SecureServerCodec
+    from tests.helpers.secure_world import NOW, get, new_client, new_server
+
+    now = [NOW]
+    codec = SecureServerCodec(new_server(max_sessions=8, max_tracked_addresses=16), clock=lambda: now[0])
+    codec.bind(_Host())
+
+    def connect(seed: str, addr, **flags) -> None:
+        for out in new_client(seed=seed, **flags).send(now[0], get(0x10)):
+            codec.incoming(addr, out.data)
+
+    device = public_from_private(hashlib.sha256(b"device").digest())
+    connect("device", "D", restart=True, unbound=True)
+    assert codec.device_key(device).epoch == 1
+    for i in range(300):
+        connect(f"throwaway{i}", ("10.0.0.1", 1000 + i), restart=True, unbound=True)
+        if i == 10:  # the device's session was evicted (at i = 7); it comes back (no new process)
+            assert codec.device_address(codec.device_key(device)) is None
+            connect("device", "D")
+            assert codec.device_key(device).epoch == 1
+    sizes = codec.sizes()
+    assert sizes["devices"] <= 8 and sizes["epochs"] <= 2 * 8, sizes
+    # gone for longer than CoAP remembers anything of it: forgotten however few come and go
+    now[0] += 1000
+    for i in range(3):
+        connect(f"later{i}", ("10.0.0.2", i), restart=True, unbound=True)
+    assert codec.sizes()["epochs"] <= 8 + 3
 
 
 async def test_an_unfinished_upload_waits_on_disk_not_in_memory(tmp_path):

@@ -151,7 +151,9 @@ async def test_a_copy_replayed_after_coap_forgot_its_exchange_runs_nothing():
     duplicate for at least 247 s (its duplicate lifetime), CoAP deduplicates
     a fast peer's message for its exchange lifetime, 223.5 s.  A data frame
     replayed in between, and an XX3 (its first request inside) a day later,
-    must be dropped, not run again (found by an audit: both ran twice)."""
+    must be dropped, not run again (found by an audit: both ran twice).  The
+    XX3 a day later is past its duplicate lifetime: the secure layer drops
+    it itself (as it drops a data frame that late)."""
     for pinned, later in ((True, 230.0), (False, 86400.0)):
         offset = [0.0]
         s_link, s_end, s_codec, app = await server(clock=lambda: time.time() + offset[0])
@@ -166,7 +168,8 @@ async def test_a_copy_replayed_after_coap_forgot_its_exchange_runs_nothing():
             offset[0] = shifted.offset = later
             mman._sweep_duplicates()  # CoAP's periodic sweep has run by then
             s_link._protocol.datagram_received(captured, c_link.local_address)  # from the client's address
-            await until(lambda: s_codec.dropped["duplicate of an exchange CoAP has forgotten"] == 1, timeout=5)
+            reason = "duplicate of an exchange CoAP has forgotten" if pinned else "XX3 repeated"
+            await until(lambda: s_codec.dropped[reason] == 1, timeout=5)
             assert app.executions == {b"create-room": 1, b"second": 1}
         finally:
             await c_end.shutdown()
@@ -267,3 +270,52 @@ async def test_a_replayed_ik1_with_early_data_runs_nothing_after_a_server_restar
             await s_end.shutdown()
             if store is not None:
                 store.close()
+
+
+def test_without_a_state_directory_early_data_waits_until_the_last_runs_ik1s_are_stale(tmp_path):
+    """The runner's server without a store: an IK1 the last run accepted stays
+    acceptable until its minutes + the early window + 1 minute, and its
+    minutes may be the window ahead of the server's clock — so early data
+    waits twice the window and a minute, not the window once (before, this
+    replay ran again for 11 minutes).  Sans-I/O: the endpoints as the runner
+    builds them, driven with a clock."""
+    from coap_gateway.app import ServerStore, server_endpoint
+    from coap_gateway.secure import Deliver
+    from coap_gateway.secure.noise import ClientSession
+
+    start = 30_000_000 * 60.0  # a minute boundary
+    early_put = bytes([0x41, 0x03, 0x00, 0x77, 0x05]) + b"\xb1x\xffname"
+    ik1 = ClientSession(keys.generate_keypair()[0], PROFILE.id, DIGEST, now=start + 1 + 10 * 60,  # its clock +10 min
+                        server_public=SERVER_PUB, message=early_put).datagram
+    store = ServerStore(tmp_path)
+    first = server_endpoint(SERVER_PRIV, PROFILE, now=start, store=store)
+    assert [d.early for d in first.receive(start + 1, "A", ik1) if isinstance(d, Deliver)] == [True]
+    store.close()
+    restart = start + 2
+    for t in range(int(restart), int(restart) + 40 * 60, 15):
+        # restarted without the store; the attacker replays once, at t
+        after = server_endpoint(SERVER_PRIV, PROFILE, now=restart)
+        assert not [d for d in after.receive(float(t), "X", ik1) if isinstance(d, Deliver) and d.early], t
+
+
+def test_a_strike_without_early_data_outlives_a_restart(tmp_path):
+    """Every fresh IK1 is struck and the strike persisted, early data or not:
+    else its replay after a restart would be its first sight."""
+    from coap_gateway.app import ServerStore, server_endpoint
+    from coap_gateway.secure import Deliver, DeviceRestarted
+    from coap_gateway.secure.noise import ClientSession
+
+    now = time.time()
+    early_get = bytes([0x41, 0x01, 0x00, 0x78, 0x05]) + b"\xb1x"
+    ik1 = ClientSession(keys.generate_keypair()[0], PROFILE.id, DIGEST, now=now, server_public=SERVER_PUB,
+                        message=early_get, restart=True, unbound=True).datagram
+    store = ServerStore(tmp_path)
+    first = server_endpoint(SERVER_PRIV, PROFILE, now=now, store=store)
+    first.early_data_from = now + 60  # its early data refused (say, a server just started)
+    assert not [d for d in first.receive(now, "A", ik1) if isinstance(d, Deliver)]
+    store.close()
+    store = ServerStore(tmp_path)
+    after = server_endpoint(SERVER_PRIV, PROFILE, now=now + 120, store=store)
+    outs = after.receive(now + 120, "X", ik1)
+    assert not [o for o in outs if isinstance(o, (Deliver, DeviceRestarted))]
+    store.close()

@@ -238,6 +238,26 @@ def test_replay_window_basics():
     assert w.floor == 37 and len(w) <= 64
 
 
+def test_replay_window_passes_a_few_duplicates_on_not_every_replayed_copy():
+    """A genuine peer sends a frame at most 1 + MAX_RETRANSMIT times; more
+    copies are a replayer's, and each would make CoAP resend its answer."""
+    w = sf.ReplayWindow()
+    w.mark(7, D1, 0)
+    for _ in range(sf.MAX_DUPLICATES):
+        assert w.check(7, D1, 1) is Verdict.DUPLICATE
+        w.mark_duplicate(7)
+    assert w.check(7, D1, 1) is Verdict.REPLAY
+    w.mark(8, D1, 0)  # per counter
+    assert w.check(8, D1, 1) is Verdict.DUPLICATE
+
+
+def test_xx1_carries_no_payload():
+    xx1 = sf.build_handshake(DatagramKind.XX1, b"e" * 32, 2, b"\x12\x34")
+    assert sf.parse_handshake(xx1).noise_message == b"e" * 32
+    with pytest.raises(HandshakeError):
+        sf.parse_handshake(xx1 + b"\0")
+
+
 def test_replay_window_duplicate_lifetime_follows_the_link():
     """On a slow lossy link a peer retransmits for longer than the default
     247 s (found in virtual time at 100 bit/s, 30 % loss: a notification

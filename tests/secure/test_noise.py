@@ -255,6 +255,31 @@ def test_retransmission_is_byte_identical_and_a_duplicate(channels):
         s.seal(coap(sf.ACK, 0x45, 0x11, b"t"))  # no such request
 
 
+def test_authenticates_tells_a_replay_of_its_own_frame_from_another_sessions_frame(channels):
+    """The window refuses an old counter before decrypting; ``authenticates``
+    says whether the frame is this session's at all (a server deciding on a
+    RESET asks it), and changes nothing."""
+    c, s = channels
+    frames = [c.seal(coap(sf.NON, 0x02, i, b"", b"\xff" + bytes([i]))) for i in range(3)]
+    for frame in frames:
+        s.open(frame, NOW)
+    with pytest.raises(ReplayError):
+        s.open(frames[0], NOW + 1000)  # too late for a duplicate
+    assert s.authenticates(frames[0])
+    _, _, stranger_done, _ = handshake("IK", rekey_interval=8)
+    stranger = stranger_done.channel.seal(coap(sf.NON, 0x02, 0, b"", b"\xff\x00"))  # counter 1 too
+    with pytest.raises(ReplayError):
+        s.open(stranger, NOW)  # this window finds counter 1 used
+    assert not s.authenticates(stranger)
+    request = s.seal(coap(sf.CON, 0x01, 0x77, b"r"))
+    c.open(request, NOW)
+    answer = c.seal(coap(sf.ACK, 0x45, 0x77, b"r", b"\xff!"))
+    s.open(answer, NOW)
+    assert s.authenticates(answer) and not s.authenticates(answer[:-1] + bytes([answer[-1] ^ 1]))
+    assert not s.authenticates(coap(sf.ACK, 0, 1)) and not s.authenticates(b"\x41")
+    assert s.window.highest == 3 and s.open(frames[2], NOW).is_retransmission  # the window is as it was
+
+
 def test_old_frames_beyond_window_and_reordering(channels):
     c, s = channels
     frames = [c.seal(coap(sf.NON, 0x02, i, b"", b"\xff" + bytes([i]))) for i in range(100)]

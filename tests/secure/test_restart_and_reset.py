@@ -18,11 +18,13 @@ from coap_gateway.secure.events import (
     Woken,
 )
 from coap_gateway.secure.noise import ClientSession
+from coap_gateway.secure.server import ServerEndpoint, ServerLimits
 from tests.helpers.secure_world import (
     DIGEST,
     NOW,
     PROFILE,
     SERVER_PUBLIC,
+    SERVER_STATIC,
     World,
     coap,
     get,
@@ -129,6 +131,64 @@ def test_a_replayed_restart_ik1_with_early_data_does_nothing_again():
     assert len(world.executions) == executed
 
 
+def test_an_ik1_whose_early_data_was_refused_is_never_taken_later():
+    """Every fresh IK1 that decrypts is struck, early data or not: before, one
+    whose early data was refused (a server just restarted without its register)
+    was replayed once its session was gone and the refusal period over — its
+    early request ran, and its RESTART closed the device's live session."""
+    start = NOW
+    server = ServerEndpoint(SERVER_STATIC, {PROFILE: DIGEST}, limits=ServerLimits(max_sessions=3),
+                            early_data_from=start + 600, now=start)
+    struck = []
+    server._on_strike = lambda key, expires, now: struck.append(key)
+    world = World(server)
+    world.now = start + 300
+    captured: list[bytes] = []
+    world.drop = lambda d, data: (d == "up" and data[0] == sf.DatagramKind.IK1 and captured.append(data)) and False
+    victim = world.add("A", new_client(seed="victim", restart=True, unbound=True))
+    world.client_send("A", get(0x10))  # early data refused (too soon), resent as data
+    assert [d.early for d in world.executions] == [False] and len(struck) == 1  # struck all the same
+    for i in range(3):  # the victim's session falls out of the table
+        world.add(("o", i), new_client(seed=f"other{i}"))
+        world.client_send(("o", i), get(0x20))
+    assert server.session_address(victim.session_id) is None
+    world.now = start + 601
+    world.client_send("A", get(0x11))  # RESET, a new session (no flags now: the server answered)
+    live = victim.session_id
+    assert server.session_address(live) == "A"
+    outs = server.receive(world.now, ("attacker", 1), captured[0])  # the first IK1, replayed
+    assert not of(outs, DeviceRestarted) and not of(outs, Deliver)
+    assert live not in {c.session_id for c in of(outs, SessionClosed)} and server.session_address(live) == "A"
+
+
+@pytest.mark.parametrize("ahead", [0, 5, 10])
+def test_a_server_without_its_register_waits_until_the_last_runs_ik1s_are_stale(ahead):
+    """An IK1 stays acceptable until its minutes + the window + 1 minute, and its
+    minutes may be the window ahead of the server: a server that lost its
+    register waits twice the window and a minute (before: the window once,
+    and a replay with a client clock 10 minutes ahead ran again for 11 minutes)."""
+    limits = ServerLimits()
+    start = 28_333_333 * 60.0  # a minute boundary
+    ik1 = ClientSession(hashlib.sha256(b"dev").digest(), PROFILE, DIGEST, now=start + 1 + 60 * ahead,
+                        server_public=SERVER_PUBLIC, message=get(0x77)).datagram
+    first = ServerEndpoint(SERVER_STATIC, {PROFILE: DIGEST}, limits=limits, now=start)
+    assert [d.early for d in of(first.receive(start + 1, "A", ik1), Deliver)] == [True]
+    restart = start + 2  # the register is lost
+    safe = limits.early_data_safe_from(restart)
+    assert safe == restart - 2 + 2 * limits.early_window + 60
+    taken = []
+    for t in range(int(restart), int(safe) + 30 * 60, 10):
+        # a new server each time: the attacker replays once, at t (a replay it saw would be struck)
+        after = ServerEndpoint(SERVER_STATIC, {PROFILE: DIGEST}, limits=limits, early_data_from=safe, now=restart)
+        if [d for d in of(after.receive(float(t), "X", ik1), Deliver) if d.early]:
+            taken.append(t)
+    assert taken == []
+    fresh = ClientSession(hashlib.sha256(b"dev").digest(), PROFILE, DIGEST, now=safe, server_public=SERVER_PUBLIC,
+                          message=get(0x78)).datagram
+    after = ServerEndpoint(SERVER_STATIC, {PROFILE: DIGEST}, limits=limits, early_data_from=safe, now=restart)
+    assert [d.early for d in of(after.receive(safe, "A", fresh), Deliver)] == [True]  # not a second later
+
+
 def test_xx3_carries_the_flags():
     world = World(new_server())
     world.add("A", new_client(server_public=None, restart=True, unbound=False))
@@ -156,7 +216,7 @@ def test_flag_bytes():
 def test_early_data_waits_for_a_restored_register_or_the_window():
     first = new_server()
     seen = []
-    first._on_strike = lambda key, expires: seen.append((key, expires))
+    first._on_strike = lambda key, expires, now: seen.append((key, expires))
     ik1 = ClientSession(hashlib.sha256(b"c").digest(), PROFILE, DIGEST, now=NOW, server_public=SERVER_PUBLIC,
                         message=get(0x600))
     assert of(first.receive(NOW, "A", ik1.datagram), Deliver)  # early data runs, its strike recorded
