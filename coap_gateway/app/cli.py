@@ -226,6 +226,10 @@ def _federation_parser(sub) -> None:
                      help="answer transactions of nothing but typing, receipts and presence here (they never cross)")
     fed.add_argument("--plain", action="store_true", default=None,
                      help="send transactions in the plain mapping, not the compact form (docs/protocol.md §11a)")
+    fed.add_argument("--request-timeout", metavar="SECONDS",
+                     help="how long one federation request may take: the homeserver's answer, and the longest "
+                          "silence from the peer gateway while its answer is awaited (at most 4x this in all; "
+                          "default 120)")
     fed.add_argument("--config", metavar="FILE", help="TOML file with any of these options")
     _keylog_flag(fed)
     _link_flags(fed)

@@ -10,6 +10,7 @@ service.  docs/operator.md, "Federation behind the gateway".
 
 from __future__ import annotations
 
+import math
 import socket
 import time
 from dataclasses import dataclass
@@ -121,7 +122,24 @@ def homeserver_lines(proxy_url: str, ca_path: str | Path) -> list[str]:
 
 
 FEDERATION_OPTIONS = ["homeserver", "listen", "key", "generate_key", "state_dir", "peers", "proxy", "ca_dir", "profile",
-                      "low_bandwidth", "plain", "link_rate", "link_latency", "link_overhead", "max_retransmit", "keylog"]
+                      "low_bandwidth", "plain", "request_timeout", "link_rate", "link_latency", "link_overhead",
+                      "max_retransmit", "keylog"]
+
+
+def federation_config(options: dict[str, Any], profile: Profile) -> FederationConfig:
+    """The federation gateway's settings from the command's options."""
+    config = FederationConfig(options["homeserver"], profile, compact=not options.get("plain"),
+                              low_bandwidth=bool(options.get("low_bandwidth")))
+    timeout = options.get("request_timeout")
+    if timeout is not None:
+        try:
+            seconds = float(timeout) if not isinstance(timeout, bool) else math.nan
+        except (TypeError, ValueError):
+            seconds = math.nan
+        if not (seconds > 0 and math.isfinite(seconds)):
+            raise ConfigError(f"--request-timeout: a number of seconds above 0, not {timeout!r}")
+        config.request_timeout = seconds
+    return config
 
 
 def resolve_peers(table: PeersTable) -> PeersTable:
@@ -152,6 +170,7 @@ async def serve_federation(options: dict[str, Any], console: Console) -> None:
         raise ConfigError(str(exc)) from None
     address = parse_link_address(options.get("listen", "udp://0.0.0.0:5684"))
     profile = load_profile(options.get("profile", DEFAULT_PROFILE))
+    config = federation_config(options, profile)
     key_path = Path(options["key"])
     static = server_key(key_path, bool(options.get("generate_key")), console)
     state_dir = Path(options["state_dir"]) if options.get("state_dir") else key_path.parent
@@ -162,9 +181,7 @@ async def serve_federation(options: dict[str, Any], console: Console) -> None:
     running = await start_federation(link, homeserver=options["homeserver"], profile=profile, static_private=static,
                                      table=table, ca_dir=ca_dir, proxy_host=proxy_host or "127.0.0.1",
                                      proxy_port=int(proxy_port), state_dir=state_dir, key_log=key_log,
-                                     config=FederationConfig(options["homeserver"], profile,
-                                                             compact=not options.get("plain"),
-                                                             low_bandwidth=bool(options.get("low_bandwidth"))))
+                                     config=config)
     public = keys.public_from_private(static)
     console.print(f"federation gateway on {link.name} for {options['homeserver']}: {len(table)} peer gateway(s) "
                   f"({', '.join(table.names())}); key {keys.encode_key(public)} ({keys.fingerprint(public)})",

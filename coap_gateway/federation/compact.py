@@ -42,8 +42,8 @@ import cbor2
 from aiocoap import Message
 from aiocoap.numbers.codes import Code
 
-from ..codec import HttpResponse, Profile, json_cbor
-from ..errors import CodecError
+from ..codec import HttpResponse, Profile, json_cbor, routes
+from ..errors import CodecError, RouteError
 from .mapping import FederationRequest
 
 SEND_ROUTE = "federation.v1.send"
@@ -52,6 +52,20 @@ SEND_PREFIX = "/_matrix/federation/v1/send/"
 MIN_REFERENCE = 3
 #: IDs remembered per peer (~100 bytes each)
 MAX_KNOWN_IDS = 4096
+#: IDs remembered per 3-byte prefix, the oldest dropped: a reference is resolved
+#: by comparing it with these (4096 random IDs share a prefix with another 1 time in
+#: 8000; a peer that fills its table with IDs of one prefix makes each reference cost
+#: this many comparisons, not 4096)
+MAX_BUCKET = 8
+#: what a transaction may carry (Synapse refuses more: 50 PDUs and 100 EDUs a
+#: transaction, 20 prev_events and 10 auth_events an event), so the references
+#: one transaction makes its receiver resolve are bounded too
+MAX_PDUS = 50
+MAX_EDUS = 100
+MAX_PREV_EVENTS = 20
+MAX_AUTH_EVENTS = 10
+#: integers a PDU's depth and times may be: canonical JSON's (Synapse's too)
+MAX_SAFE_INTEGER = 2**53 - 1
 #: a body scanned for IDs is at most this long, and gives at most this many
 MAX_SCANNED_BODY = 1 << 20
 MAX_SCANNED_IDS = 4096
@@ -144,8 +158,8 @@ class KnownIds:
     def __init__(self, limit: int = MAX_KNOWN_IDS) -> None:
         self.limit = limit
         self._ids: OrderedDict[bytes, None] = OrderedDict()
-        #: first MIN_REFERENCE bytes -> the IDs starting so
-        self._by_prefix: dict[bytes, set[bytes]] = {}
+        #: first MIN_REFERENCE bytes -> the IDs starting so (at most MAX_BUCKET, oldest first)
+        self._by_prefix: dict[bytes, dict[bytes, None]] = {}
 
     def __len__(self) -> int:
         return len(self._ids)
@@ -157,14 +171,20 @@ class KnownIds:
         if raw in self._ids:
             self._ids.move_to_end(raw)
             return
+        bucket = self._by_prefix.get(raw[:MIN_REFERENCE])
+        if bucket is not None and len(bucket) >= MAX_BUCKET:
+            self._forget(next(iter(bucket)))
         self._ids[raw] = None
-        self._by_prefix.setdefault(raw[:MIN_REFERENCE], set()).add(raw)
+        self._by_prefix.setdefault(raw[:MIN_REFERENCE], {})[raw] = None
         while len(self._ids) > self.limit:
-            old, _ = self._ids.popitem(last=False)
-            bucket = self._by_prefix[old[:MIN_REFERENCE]]
-            bucket.discard(old)
-            if not bucket:
-                del self._by_prefix[old[:MIN_REFERENCE]]
+            self._forget(next(iter(self._ids)))
+
+    def _forget(self, raw: bytes) -> None:
+        del self._ids[raw]
+        bucket = self._by_prefix[raw[:MIN_REFERENCE]]
+        del bucket[raw]
+        if not bucket:
+            del self._by_prefix[raw[:MIN_REFERENCE]]
 
     def reference(self, raw: bytes) -> bytes:
         """The shortest prefix of ``raw`` no other known ID shares (``raw`` whole
@@ -243,10 +263,12 @@ def event_id(pdu: dict[str, Any]) -> str:
     true one (``answer_to_compact``)."""
     redacted = {k: v for k, v in pdu.items() if k in _KEPT and k != "signatures"}
     content = pdu.get("content")
+    kind = pdu.get("type")
     if isinstance(content, dict):
-        kept = _KEPT_CONTENT.get(pdu.get("type"), ())  # type: ignore[arg-type]
+        # (a type that is not a string is kept nothing of: no room version's rules name it)
+        kept = _KEPT_CONTENT.get(kind, ()) if isinstance(kind, str) else ()
         redacted["content"] = dict(content) if kept is None else {k: v for k, v in content.items() if k in kept}
-        if pdu.get("type") == "m.room.member" and isinstance(content.get("third_party_invite"), dict):
+        if kind == "m.room.member" and isinstance(content.get("third_party_invite"), dict):
             signed = content["third_party_invite"].get("signed")
             redacted["content"]["third_party_invite"] = {"signed": signed} if signed is not None else {}
     return "$" + _b64url(hashlib.sha256(canonical_json(redacted)).digest())
@@ -285,24 +307,26 @@ def encode_send(req: FederationRequest, profile: Profile, *, origin: str, destin
         return None
     key_id, sig = header.group(2), _b64std_bytes(header.group(3), 64)
     txn = req.target[len(SEND_PREFIX):]
-    if sig is None or not txn or "/" in txn:
+    if sig is None or not txn or not _txn_segment(txn):
         return None
     try:
         body = json_cbor.parse_json(req.body)
-    except CodecError:
+    except (CodecError, RecursionError):
         return None
     if not isinstance(body, dict) or body.get("origin") != origin or not set(body) <= {"origin", "origin_server_ts",
                                                                                        "pdus", "edus"}:
         return None
-    pdus = body.get("pdus")
-    if not isinstance(pdus, list) or not all(isinstance(p, dict) for p in pdus):
+    pdus, edus = body.get("pdus"), body.get("edus", [])
+    # what the receiver refuses (and Synapse would too) goes plain, for Synapse to answer
+    if (not isinstance(pdus, list) or not all(isinstance(p, dict) for p in pdus) or len(pdus) > MAX_PDUS
+            or not isinstance(edus, list) or len(edus) > MAX_EDUS):
         return None
     table = profile.cbor_table
-    sent = SentTransaction([event_id(p) for p in pdus])
     ts = body.get("origin_server_ts")
     # PDU times are relative to the transaction's when it is a recent integer
     base = ts if type(ts) is int and ts >= 0 and abs(ts - now_ms) < TIME_WINDOW else None
     try:
+        sent = SentTransaction([event_id(p) for p in pdus])
         encoded = [_encode_pdu(p, origin, key_id, known, table, sent.ids, base) for p in pdus]
         if base is not None:
             ts_field: Any = base % TIME_MODULUS
@@ -317,7 +341,7 @@ def encode_send(req: FederationRequest, profile: Profile, *, origin: str, destin
             txn_field = int(txn) - base if base is not None else int(txn)
         key_field = None if set(known_keys) == {key_id} else key_id
         payload = cbor2.dumps([txn_field, key_field, sig, ts_field, encoded, edus])
-    except (CodecError, ValueError, TypeError):
+    except (CodecError, ValueError, TypeError, RecursionError):
         return None
     msg = Message(code=Code.PUT, uri_path=(chr(profile.routes.by_name[SEND_ROUTE].code),), payload=payload)
     return msg, sent
@@ -325,6 +349,20 @@ def encode_send(req: FederationRequest, profile: Profile, *, origin: str, destin
 
 def _json(value: Any, table: Any) -> bytes:
     return json_cbor.encode(value, table)
+
+
+def _txn_segment(txn: str) -> bool:
+    """Whether a txnId is one path segment the plain path would carry too (no
+    query, fragment, space or control character, not a dot segment)."""
+    try:
+        routes.check_segment(txn)
+    except RouteError:
+        return False
+    return True
+
+
+def _safe_integer(value: Any) -> bool:
+    return type(value) is int and -MAX_SAFE_INTEGER <= value <= MAX_SAFE_INTEGER
 
 
 def _id_field(text: Any, sigil: str, known: KnownIds | None, ids: list[bytes]) -> Any:
@@ -345,10 +383,11 @@ def _encode_pdu(pdu: dict[str, Any], origin: str, key_id: str, known: KnownIds |
     if isinstance(room, str):
         out[P_ROOM] = _id_field(rest.pop("room_id"), "!", known, ids)
     sender = rest.get("sender")
-    if isinstance(sender, str):
+    if isinstance(sender, str) and sender.startswith("@"):
+        # a sender not starting with "@" stays in field 11: field 1 would make it "@…:origin"
         rest.pop("sender")
         suffix = ":" + origin
-        local = sender[1:-len(suffix)] if sender.startswith("@") and sender.endswith(suffix) else None
+        local = sender[1:-len(suffix)] if sender.endswith(suffix) else None
         out[P_SENDER] = local if local and not local.startswith("@") else sender
     kind = rest.get("type")
     if isinstance(kind, str):
@@ -362,14 +401,17 @@ def _encode_pdu(pdu: dict[str, Any], origin: str, key_id: str, known: KnownIds |
         # the commonest content, {"msgtype": "m.text", "body": S}, as S alone
         plain_text = set(content) == {"body", "msgtype"} and content["msgtype"] == "m.text" and isinstance(text, str)
         out[P_CONTENT] = text if plain_text else _json(content, table)
+    for key in ("depth", "origin_server_ts"):
+        if type(rest.get(key)) is int and not _safe_integer(rest[key]):
+            raise CodecError(f"{key} beyond canonical JSON's integers")  # the receiver refuses it: plain
     if type(rest.get("depth")) is int:
         out[P_DEPTH] = rest.pop("depth")
     if type(rest.get("origin_server_ts")) is int:
         ts = rest.pop("origin_server_ts")
         out[P_TS] = ts - base if base is not None else ts
-    for position, key in ((P_PREV, "prev_events"), (P_AUTH, "auth_events")):
+    for position, key, most in ((P_PREV, "prev_events", MAX_PREV_EVENTS), (P_AUTH, "auth_events", MAX_AUTH_EVENTS)):
         value = rest.get(key)
-        if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        if isinstance(value, list) and len(value) <= most and all(isinstance(v, str) for v in value):
             out[position] = [_id_field(v, "$", known, ids) for v in rest.pop(key)]
     hashes = rest.get("hashes")
     if isinstance(hashes, dict) and set(hashes) == {"sha256"}:
@@ -387,7 +429,7 @@ def _encode_pdu(pdu: dict[str, Any], origin: str, key_id: str, known: KnownIds |
                 out[P_SIG] = raw
                 del rest["signatures"]
     unsigned = rest.get("unsigned")
-    if (isinstance(unsigned, dict) and set(unsigned) == {"age_ts"} and type(unsigned["age_ts"]) is int
+    if (isinstance(unsigned, dict) and set(unsigned) == {"age_ts"} and _safe_integer(unsigned["age_ts"])
             and type(pdu.get("origin_server_ts")) is int):
         out[P_AGE] = unsigned["age_ts"] - pdu["origin_server_ts"]
         del rest["unsigned"]
@@ -433,7 +475,7 @@ def decode_send(msg: Message, profile: Profile, *, origin: str, destination: str
     if not isinstance(value, list) or len(value) != TXN_FIELDS:
         raise CodecError("compact transaction: not an array of six")
     txn, key_id, sig, ts_field, pdus, edus = value
-    if not (type(txn) is int or isinstance(txn, str) and txn and "/" not in txn):
+    if not (type(txn) is int and -2**63 < txn < 2**63 or isinstance(txn, str) and txn and _txn_segment(txn)):
         raise CodecError("compact transaction: bad transaction ID")
     if key_id is None:
         if len(origin_keys) != 1:
@@ -441,7 +483,7 @@ def decode_send(msg: Message, profile: Profile, *, origin: str, destination: str
         (key_id,) = origin_keys
     if not isinstance(key_id, str) or not re.fullmatch(r"[A-Za-z0-9_]+", key_id):
         raise CodecError("compact transaction: bad key ID")
-    if not isinstance(sig, bytes) or len(sig) != 64 or not isinstance(pdus, list):
+    if not isinstance(sig, bytes) or len(sig) != 64 or not isinstance(pdus, list) or len(pdus) > MAX_PDUS:
         raise CodecError("compact transaction: bad signature or PDUs")
     body: dict[str, Any] = {"origin": origin}
     base = None
@@ -457,7 +499,7 @@ def decode_send(msg: Message, profile: Profile, *, origin: str, destination: str
         raise CodecError("compact transaction: bad time")
     if type(txn) is int:
         txn += base if base is not None else 0
-        if txn < 0:
+        if not 0 <= txn < 2**63:
             raise CodecError("compact transaction: bad transaction ID")
     received = ReceivedTransaction([])
     rebuilt = [_decode_pdu(p, origin, key_id, known, table, received.ids, base) for p in pdus]
@@ -466,6 +508,8 @@ def decode_send(msg: Message, profile: Profile, *, origin: str, destination: str
         if not isinstance(edus, bytes):
             raise CodecError("compact transaction: bad EDUs")
         body["edus"] = json_cbor.decode(edus, table)
+        if not isinstance(body["edus"], list) or len(body["edus"]) > MAX_EDUS:
+            raise CodecError("compact transaction: EDUs are not an array of at most 100")
     for pdu, item in zip(rebuilt, pdus):
         check = item[P_HASH]
         if check is not None and len(check) == HASH_CHECK:
@@ -537,12 +581,15 @@ def _decode_pdu(value: Any, origin: str, key_id: str, known: KnownIds | None, ta
         put("content", content)
     for position, key in ((P_DEPTH, "depth"), (P_TS, "origin_server_ts")):
         if value[position] is not None:
-            if type(value[position]) is not int:
+            item = value[position]
+            if type(item) is int and key == "origin_server_ts" and base is not None:
+                item += base
+            if not _safe_integer(item):
                 raise CodecError(f"compact transaction: bad {key}")
-            put(key, value[position] + (base if key == "origin_server_ts" and base is not None else 0))
-    for position, key in ((P_PREV, "prev_events"), (P_AUTH, "auth_events")):
+            put(key, item)
+    for position, key, most in ((P_PREV, "prev_events", MAX_PREV_EVENTS), (P_AUTH, "auth_events", MAX_AUTH_EVENTS)):
         if value[position] is not None:
-            if not isinstance(value[position], list):
+            if not isinstance(value[position], list) or len(value[position]) > most:
                 raise CodecError(f"compact transaction: bad {key}")
             put(key, [_resolve(item, "$", known, ids) for item in value[position]])
     if value[P_HASH] is not None:
@@ -558,9 +605,11 @@ def _decode_pdu(value: Any, origin: str, key_id: str, known: KnownIds | None, ta
             raise CodecError("compact transaction: bad signature")
         put("signatures", {origin: {"ed25519:" + key_id: _b64std(value[P_SIG])}})
     if value[P_AGE] is not None:
-        if type(value[P_AGE]) is not int or type(pdu.get("origin_server_ts")) is not int:
+        age = value[P_AGE]
+        ts = pdu.get("origin_server_ts")
+        if type(age) is not int or type(ts) is not int or not _safe_integer(ts + age):
             raise CodecError("compact transaction: bad age")
-        put("unsigned", {"age_ts": pdu["origin_server_ts"] + value[P_AGE]})
+        put("unsigned", {"age_ts": ts + age})
     return pdu
 
 
@@ -597,7 +646,7 @@ def server_keys(body: bytes) -> tuple[str, frozenset[str]] | None:
     ``/_matrix/key/v2/server`` answer; None for anything else."""
     try:
         doc = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):
         return None
     if not isinstance(doc, dict) or not isinstance(doc.get("server_name"), str) or not isinstance(doc.get("verify_keys"), dict):
         return None

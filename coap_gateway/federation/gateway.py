@@ -15,8 +15,15 @@ A stock homeserver gives some requests a fixed time whatever its
 fetches 10 s, ``get_missing_events`` 60 s); on a slow link their answers
 come later.  So the read-only ones (GETs and ``get_missing_events``) are
 exchanged once however often the homeserver asks while one is under way,
-and an answer is kept for ``late_answer_ttl``: the homeserver's retry
-(a user joining again) gets it at once.
+and a success that arrives after the homeserver gave up on it is kept for
+``late_answer_ttl``, for its retry (a user joining again) alone: handed out
+once.  Nothing else is kept — X-Matrix signatures are deterministic, so a
+new request is byte for byte the old one, and must not get an old refusal
+("not invited", asked again after the invite).
+
+A peer's request may arrive block by block: it waits on disk, bounded per
+request, per peer and in all, as the server gateway's uploads do
+(``gateway.UploadSpool``; aiocoap alone would hold any number, in memory).
 
 ``PUT /send`` travels in the compact form (``compact``) when it fits it
 exactly, everything else in the plain mapping; each peer's shared compact
@@ -35,15 +42,16 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from aiocoap import Message, resource
 from aiocoap.numbers.codes import Code
 
-from ..codec import HttpResponse, Profile, link_failure, matrix_error
-from ..errors import CodecError, RouteError, StatusError
-from ..gateway import Upstream, UpstreamError
-from ..transport import LinkEndpoint, LinkFailure, release_assemblies
+from ..codec import MAX_REQUEST_BODY, HttpResponse, Profile, link_failure, matrix_error
+from ..errors import CodecError, GatewayError, RouteError
+from ..gateway import UploadSpool, Upstream, UpstreamError
+from ..transport import LinkEndpoint, LinkFailure, assembly_bytes, release_assemblies
 from .compact import (
     UNRESOLVED,
     PeerWire,
@@ -86,6 +94,14 @@ class FederationConfig:
     #: how long the answer to a read-only request stays for the homeserver asking
     #: again (0: not kept); bounded by MAX_LATE_ANSWERS and MAX_LATE_BYTES
     late_answer_ttl: float = 120.0
+    #: the largest request body a peer gateway may send block by block (gateway A's
+    #: proxy takes no larger one from its homeserver), what one peer may have in
+    #: assembly at once (a transaction and a join or two) and all peers together;
+    #: waiting on disk, in ``spool_dir`` (None: the system's temporary directory)
+    max_upload: int = MAX_REQUEST_BODY
+    max_upload_per_peer: int = 4 * MAX_REQUEST_BODY
+    max_upload_total: int = 64 << 20
+    spool_dir: Path | None = None
 
 
 @dataclass
@@ -113,6 +129,8 @@ class FederationCounters:
     #: read-only requests answered by an exchange already under way, or by a kept answer
     coalesced: int = 0
     late_answers: int = 0
+    #: blocks refused: a request too large, or too much held for one peer or for all
+    refused_uploads: int = 0
 
 
 #: answers kept for a homeserver that asks again, at most this many and bytes
@@ -144,8 +162,10 @@ class FederationGateway(resource.Resource):
         self.own_name = own.servers[0] if own is not None and len(own.servers) == 1 else None
         #: per peer (Noise static key), the compact state shared with it; bounded by the table
         self.wire: dict[bytes, PeerWire] = {}
-        #: read-only exchanges under way, and answers kept (expiry, answer), by request
+        #: read-only exchanges under way, each with its callers' waits, and answers kept
+        #: (expiry, answer), by request
         self._inflight: dict[tuple, asyncio.Task[HttpResponse]] = {}
+        self._waits: dict[tuple, list[asyncio.Future[HttpResponse]]] = {}
         self._late: OrderedDict[tuple, tuple[float, HttpResponse]] = OrderedDict()
 
     def attach(self, endpoint: LinkEndpoint, codec: PeerLinkCodec) -> None:
@@ -169,33 +189,38 @@ class FederationGateway(resource.Resource):
 
     async def forward(self, decision: ConnectDecision, request: Any) -> HttpResponse:
         """The peer homeserver's answer to one request of ours, through the link.
-        A read-only request already under way, or answered within
-        ``late_answer_ttl``, is not sent again (see the module docstring)."""
+        A read-only request already under way is not sent again, nor one whose
+        success came after the homeserver gave up on it (see the module docstring)."""
         if self.config.late_answer_ttl <= 0 or not read_only(request) or decision.peer is None:
             return await self._forward(decision, request)
         key = (decision.peer.public, request.method, request.target, request.body, tuple(request.authorizations))
-        kept = self._late.get(key)
-        if kept is not None:
-            if kept[0] > time.monotonic():
-                self.counters.late_answers += 1
-                return kept[1]
-            del self._late[key]
+        kept = self._late.pop(key, None)  # once: the retry it was kept for
+        if kept is not None and kept[0] > time.monotonic():
+            self.counters.late_answers += 1
+            return kept[1]
         task = self._inflight.get(key)
         if task is None:
             task = self._inflight[key] = asyncio.ensure_future(self._forward(decision, request))
+            self._waits[key] = []
+            # (before any caller's wait: it sees which callers are still there)
             task.add_done_callback(lambda done: self._keep(key, done))
         else:
             self.counters.coalesced += 1
         # the homeserver may give up (its own timeout): the exchange goes on for its retry
-        return await asyncio.shield(task)
+        wait = asyncio.shield(task)
+        self._waits[key].append(wait)
+        return await wait
 
     def _keep(self, key: tuple, task: asyncio.Task[HttpResponse]) -> None:
         self._inflight.pop(key, None)
+        waits = self._waits.pop(key, [])
         if task.cancelled() or task.exception() is not None:
             return
         answer = task.result()
-        if answer.status >= 500 or len(answer.body) > MAX_LATE_BYTES:
-            return  # link failures and server errors are asked again
+        if not all(wait.cancelled() for wait in waits):
+            return  # a caller has it: a later request, however identical, is a new one
+        if not 200 <= answer.status < 300 or len(answer.body) > MAX_LATE_BYTES:
+            return  # a refusal may not hold for the retry; link failures are asked again
         self._late[key] = (time.monotonic() + self.config.late_answer_ttl, answer)
         while len(self._late) > MAX_LATE_ANSWERS or sum(len(a.body) for _, a in self._late.values()) > MAX_LATE_BYTES:
             self._late.popitem(last=False)
@@ -232,9 +257,9 @@ class FederationGateway(resource.Resource):
         except LinkFailure as exc:
             self.counters.sent_failed += 1
             return link_failure(exc)
-        except (CodecError, StatusError) as exc:
+        except (GatewayError, RecursionError) as exc:  # an answer that does not decompress, decode or map
             self.counters.sent_failed += 1
-            return matrix_error(502, "M_UNKNOWN", f"the peer gateway's answer cannot be read: {exc}")
+            return matrix_error(502, "M_UNKNOWN", f"the peer gateway's answer cannot be read: {exc}"[:300])
 
     async def _send_compact(self, request: FederationRequest, decision: ConnectDecision, key: Hashable,
                             wire: PeerWire) -> HttpResponse | None:
@@ -298,6 +323,15 @@ class FederationGateway(resource.Resource):
     # -- inbound: a peer gateway → our homeserver
 
     async def render_to_pipe(self, pipe: Any) -> None:
+        refusal = self._upload_limits(pipe.request)
+        if refusal is not None:
+            pipe.add_response(refusal, is_last=True)
+            return
+        block1 = pipe.request.opt.block1
+        if block1 is not None and block1.block_number == 0 and block1.more:
+            # aiocoap assembles by `payload += block` on the first block's message: on
+            # disk, appended (bytes would be copied whole at every block)
+            pipe.request.payload = UploadSpool(pipe.request.payload, self.config.spool_dir)
         try:
             await super().render_to_pipe(pipe)
         except ValueError:  # blocks that do not assemble
@@ -306,8 +340,30 @@ class FederationGateway(resource.Resource):
             if pipe.request.opt.block1 is not None:
                 release_assemblies(self, pipe.request.remote)
 
+    def _upload_limits(self, request: Message) -> Message | None:
+        """Refuse a block that would make a request larger than ``max_upload``
+        (4.13), or what one peer or all hold in assembly larger than allowed (5.03),
+        as the server gateway does."""
+        block1 = request.opt.block1
+        if block1 is None:
+            return None
+        if block1.start + len(request.payload) > self.config.max_upload:
+            self.counters.refused_uploads += 1
+            reply = Message(code=Code.REQUEST_ENTITY_TOO_LARGE)
+            reply.opt.size1 = self.config.max_upload
+            return reply
+        if (assembly_bytes(self, request.remote) + len(request.payload) > self.config.max_upload_per_peer
+                or assembly_bytes(self) + len(request.payload) > self.config.max_upload_total):
+            self.counters.refused_uploads += 1
+            reply = Message(code=Code.SERVICE_UNAVAILABLE)
+            reply.opt.max_age = 60  # the held requests expire with the blockwise lifetime
+            return reply
+        return None
+
     async def render(self, request: Message) -> Message:
         profile = self.config.profile
+        if isinstance(request.payload, UploadSpool):  # assembled from blocks (render_to_pipe)
+            request.payload = request.payload.take()
         public = PeerLinkCodec.public_of(request.remote.key)
         peer = self.table.by_key(public) if public is not None else None
         wire = self._wire(public) if peer is not None and public is not None else PeerWire()
@@ -326,9 +382,9 @@ class FederationGateway(resource.Resource):
             self.counters.compact_unresolved += 1
             log.info("compact transaction from %s sent back for resending whole: %s", _who(request.remote.key), exc)
             return Message(code=Code.PRECONDITION_FAILED, payload=UNRESOLVED.encode(), content_format=0)
-        except (CodecError, RouteError) as exc:
+        except (GatewayError, RecursionError) as exc:  # (a CompressionError too: not a 5.00)
             self._refuse("malformed")
-            return answer_to_coap(matrix_error(400, "M_UNRECOGNIZED", str(exc)), profile)
+            return answer_to_coap(matrix_error(400, "M_UNRECOGNIZED", str(exc)[:300]), profile)
         decision = peer_request_decision(self.table, public or b"", fed.target, fed.authorizations)
         if not decision.allowed:
             self._refuse(decision.reason)
@@ -350,7 +406,11 @@ class FederationGateway(resource.Resource):
                 wire.ids.learn_body(response.body)
                 return Message(code=Code.CHANGED)
         self._learn(wire, fed, response, inbound=True)
-        return answer_to_coap(response, profile)
+        try:
+            return answer_to_coap(response, profile)
+        except GatewayError as exc:  # an answer the mapping cannot carry (an odd status, say)
+            return answer_to_coap(matrix_error(502, "M_UNKNOWN", f"the homeserver's answer cannot cross: {exc}"[:300]),
+                                  profile)
 
     def _refuse(self, reason: str) -> None:
         key = reason.split(":")[0][:40]

@@ -47,9 +47,10 @@ class Peer:
 
 
 def normalise_name(server_name: str) -> str:
-    """A server name as the table compares it: lower case, no trailing dot,
-    and the default federation port dropped (``b.example:8448`` is ``b.example``'s)."""
-    name = server_name.strip().lower().rstrip(".")
+    """A server name as the table compares it: lower case, without its one
+    trailing dot (``b.example..`` is no name of b.example's), and the default
+    federation port dropped (``b.example:8448`` is ``b.example``'s)."""
+    name = server_name.strip().lower().removesuffix(".")
     if name.endswith(":8448"):
         name = name[: -len(":8448")]
     return name

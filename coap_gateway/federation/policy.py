@@ -19,6 +19,7 @@ Which gateway of a pair opens their one Noise session is decided here too
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from urllib.parse import unquote
 
@@ -84,6 +85,10 @@ def connect_decision(table: PeersTable, authority: str, own_key: bytes | None = 
     if parsed is None:
         return ConnectDecision(BAD_REQUEST, f"not host:port: {authority[:100]!r}")
     host, port = parsed
+    if host.endswith(".."):
+        return ConnectDecision(BAD_REQUEST, f"not a server name: {host[:100]!r}")
+    # one name, one entry (and one TLS context): "b.example." is b.example
+    host = host.removesuffix(".")
     name = host if port == FEDERATION_PORT else f"{host}:{port}"
     peer = table.by_name(name)
     well_known_only = False
@@ -97,15 +102,36 @@ def connect_decision(table: PeersTable, authority: str, own_key: bytes | None = 
                            well_known_only=well_known_only)
 
 
+#: an encoded backslash: no Matrix identifier has one, and some servers and proxies read it as "/"
+_ENCODED_BACKSLASH = re.compile("%5c", re.IGNORECASE)
+
+
+def _dot_segment(segment: str) -> bool:
+    """Whether a raw path segment is, or hides, a dot segment: decoded (as often
+    as a server or proxy behind might decode it) and split at ``/`` and ``\\``."""
+    for _ in range(3):
+        decoded = unquote(segment)
+        if decoded == segment:
+            break
+        segment = decoded
+    return any(part in (".", "..") for part in re.split(r"[/\\]", segment))
+
+
 def is_federation_path(target: str) -> bool:
     """A federation or key API path: ``/_matrix/federation/…`` or
     ``/_matrix/key/…`` written plainly (the homeserver routes on the raw
     path, so a percent-encoded prefix is refused rather than guessed at),
-    and no segment that is a dot segment once decoded."""
+    no backslash, plain or encoded, and no segment that becomes a dot segment
+    once decoded (``x%2F..%2F..`` too: a proxy that decodes before it
+    normalises would climb out of the prefix).  An encoded slash alone is
+    allowed: the event IDs of room version 3 (standard base64) carry one."""
     if not target.startswith("/") or target.startswith("//"):
         return False
-    raw = target.partition("?")[0].split("/")[1:]
-    if any(unquote(s) in (".", "..") or unquote(s).startswith("../") or unquote(s).endswith("/..") for s in raw):
+    path = target.partition("?")[0]
+    if "\\" in path or _ENCODED_BACKSLASH.search(path):
+        return False
+    raw = path.split("/")[1:]
+    if any(_dot_segment(s) for s in raw):
         return False
     return any(tuple(raw[: len(p)]) == p and len(raw) > len(p) for p in FEDERATION_PREFIXES)
 
@@ -142,21 +168,32 @@ def well_known_body(connect: ConnectDecision) -> bytes:
     return json.dumps({"m.server": target}, separators=(",", ":")).encode()
 
 
+#: Synapse's reading of an X-Matrix header (``_parse_auth_header``): the scheme and
+#: spaces, then parameters split at commas with spaces or tabs around them
+_X_MATRIX_SCHEME = re.compile(r"X-Matrix +")
+_X_MATRIX_SEPARATOR = re.compile(r"[ \t]*,[ \t]*")
+_QUOTED_PAIR = re.compile(r"\\(.)")
+
+
 def x_matrix_params(authorization: str) -> dict[str, str] | None:
     """The parameters of an ``X-Matrix`` Authorization value (origin,
-    destination, key, sig), or None when it is not one."""
-    scheme, _, rest = authorization.strip().partition(" ")
-    if scheme.lower() != "x-matrix":
+    destination, key, sig) exactly as Synapse reads them — a name is
+    lower-cased but not stripped (``origin ="x"`` is not ``origin``), a value
+    starting with ``"`` loses its first and last character and its backslash
+    escapes; None when it is not one, or names a parameter twice (Synapse
+    would take the last: refused, so that no reading can differ)."""
+    scheme = _X_MATRIX_SCHEME.match(authorization)
+    if scheme is None:
         return None
     params: dict[str, str] = {}
-    for part in rest.split(","):
-        name, sep, value = part.strip().partition("=")
-        if not sep:
+    for part in _X_MATRIX_SEPARATOR.split(authorization[scheme.end():]):
+        name, sep, value = part.partition("=")
+        name = name.lower()
+        if not sep or name in params:
             return None
-        value = value.strip()
-        if len(value) >= 2 and value[0] == value[-1] == '"':
-            value = value[1:-1]
-        params[name.strip().lower()] = value
+        if value.startswith('"'):
+            value = _QUOTED_PAIR.sub(lambda m: m.group(1), value[1:-1])
+        params[name] = value
     return params
 
 

@@ -47,6 +47,8 @@ class ProxyCounters:
     requests_refused: int = 0
     well_known: int = 0
     tls_failures: int = 0
+    #: requests whose homeserver closed the connection before their answer (its timeout)
+    abandoned: int = 0
     by_status: dict[int, int] = field(default_factory=dict)
 
 
@@ -153,13 +155,41 @@ class FederationProxy:
                 if len(body) > self.max_body:
                     await _respond(conn, writer, 413, b"", None, close=True)
                     return
-            response = await self._handle(decision, request, bytes(body))
+            response = await self._answer_unless_closed(self._handle(decision, request, bytes(body)), conn, reader)
+            if response is None:
+                self.counters.abandoned += 1
+                return
             self.counters.by_status[response.status] = self.counters.by_status.get(response.status, 0) + 1
             await _respond(conn, writer, response.status, response.body, response.content_type,
                            head=request.method == b"HEAD")
             if conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:
                 return
             conn.start_next_cycle()
+
+    @staticmethod
+    async def _answer_unless_closed(answer: Awaitable[HttpResponse], conn: h11.Connection,
+                                    reader: asyncio.StreamReader) -> HttpResponse | None:
+        """``answer``, or None if the homeserver closes the connection first.
+        It does at its own timeout (``make_join`` 20 s, whatever the link):
+        its wait must end then, so that the gateway knows nobody has the
+        answer and keeps it for the homeserver's retry (``FederationGateway.forward``)."""
+        task = asyncio.ensure_future(answer)
+        watch = asyncio.ensure_future(reader.read(CHUNK))
+        try:
+            await asyncio.wait((task, watch), return_when=asyncio.FIRST_COMPLETED)
+            if watch.done():
+                data = b"" if watch.exception() is not None else watch.result()
+                if not data and not task.done():
+                    task.cancel()  # end of stream (or reset): the homeserver gave up
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
+                    return None
+                if data:
+                    conn.receive_data(data)  # a pipelined request: h11 holds it for the next cycle
+            return await task
+        finally:
+            watch.cancel()
+            task.cancel()
 
     async def _handle(self, decision: ConnectDecision, request: h11.Request, body: bytes) -> HttpResponse:
         method = request.method.decode("ascii", "replace")

@@ -17,6 +17,7 @@ from .server import (
     ServerGateway,
     ServerGatewayConfig,
     ServerGatewayCounters,
+    UploadSpool,
 )
 from .stats import LATENCY_BUCKETS, Histogram, timed
 from .upstream import Upstream, UpstreamError
@@ -39,6 +40,7 @@ __all__ = [
     "SyncPushClientCounters",
     "SyncPushServer",
     "SyncPushServerCounters",
+    "UploadSpool",
     "Upstream",
     "UpstreamError",
     "timed",

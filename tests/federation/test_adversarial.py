@@ -23,20 +23,24 @@ from coap_gateway.federation import FederationRequest, connect_decision, federat
 from coap_gateway.secure import ClientEndpoint, keys
 from coap_gateway.transport import LinkFailure, SecureClientCodec, UdpLink, create_link_endpoint, profile_wire_digest
 from tests.federation.helpers import PROFILE, sessions_up, start_pair
+from tests.helpers.devices import until
 
 XM = 'X-Matrix origin="a.example",destination="b.example",key="ed25519:k",sig="c2lnbmF0dXJl"'
 
 
 class FakeHomeserver:
-    """Answers every request 200 and records what it got."""
+    """Answers every request 200 and records what it got (with ``gate``: once it is set)."""
 
-    def __init__(self):
+    def __init__(self, gate: asyncio.Event | None = None):
         self.seen: list[tuple[str, str, list[str], bytes]] = []
+        self.gate = gate
 
     async def start(self) -> str:
         async def handle(request: web.Request) -> web.Response:
             self.seen.append((request.method, request.raw_path, request.headers.getall("Authorization", []),
                               await request.read()))
+            if self.gate is not None:
+                await self.gate.wait()
             return web.json_response({"ok": True})
 
         app = web.Application()
@@ -157,3 +161,41 @@ async def test_an_unknown_noise_key_reaches_nothing(pair):
     assert fake_b.seen == []
     assert gw_b.codec.refused["unknown key: frame"] >= 1 and gw_b.codec.refused["unknown key: session"] >= 1
     assert link_failure(None).status == 504  # (what homeserver A would hear)
+
+
+async def test_a_homeserver_that_gave_up_gets_the_late_answer_on_its_retry(tmp_path):
+    """Synapse gives some requests a fixed time (``make_join`` 20 s) and then
+    closes the connection; on a slow link the answer comes later.  The proxy
+    must notice the close, so that the gateway keeps the answer nobody got
+    for the retry, which then does not cross the link again."""
+    fake_a, fake_b = FakeHomeserver(), FakeHomeserver(gate=asyncio.Event())
+    base_a, base_b = await fake_a.start(), await fake_b.start()
+    link_a, link_b = await UdpLink.open("127.0.0.1", 0), await UdpLink.open("127.0.0.1", 0)
+    gw_a, gw_b = await start_pair(link_a, link_b, name_a="a.example", name_b="b.example", homeserver_a=base_a,
+                                  homeserver_b=base_b, tmp=tmp_path, address_a=link_a.local_address,
+                                  address_b=link_b.local_address)
+    host, port = gw_a.proxy.url.removeprefix("http://").rsplit(":", 1)
+    connect = b"CONNECT b.example:8448 HTTP/1.1\r\nHost: b.example:8448\r\n\r\n"
+    make_join = (b"GET /_matrix/federation/v1/make_join/!r:b.example/@u:a.example?ver=10 HTTP/1.1\r\n"
+                 b"Host: b.example\r\nAuthorization: " + XM.encode() + b"\r\n\r\n")
+    try:
+        await sessions_up(gw_a, gw_b)
+        reader, writer = await asyncio.open_connection(host, int(port))
+        writer.write(connect)
+        await reader.readuntil(b"\r\n\r\n")
+        await writer.start_tls(ssl.create_default_context(cafile=str(gw_a.ca.cert_path)), server_hostname="b.example")
+        writer.write(make_join)
+        await until(lambda: len(fake_b.seen) == 1, timeout=10)  # under way, its answer held back
+        writer.close()  # the homeserver's own timeout
+        await until(lambda: gw_a.proxy.counters.abandoned == 1, timeout=10)
+        fake_b.gate.set()
+        await until(lambda: not gw_a.gateway._inflight, timeout=10)
+        _, inner = await _http(host, int(port), connect, tls_name="b.example", cafile=str(gw_a.ca.cert_path),
+                               then=make_join)
+        assert inner.startswith(b"HTTP/1.1 200") and json.loads(inner.split(b"\r\n\r\n", 1)[1]) == {"ok": True}
+        assert len(fake_b.seen) == 1 and gw_a.gateway.counters.late_answers == 1
+    finally:
+        await gw_a.stop()
+        await gw_b.stop()
+        await fake_a.runner.cleanup()
+        await fake_b.runner.cleanup()

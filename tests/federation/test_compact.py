@@ -18,7 +18,7 @@ import pytest
 from aiocoap import Message
 from aiocoap.numbers.codes import Code
 
-from coap_gateway.codec import HttpResponse, load_profile
+from coap_gateway.codec import HttpResponse, json_cbor, load_profile
 from coap_gateway.errors import CodecError
 from coap_gateway.federation import FederationRequest
 from coap_gateway.federation.compact import (
@@ -384,3 +384,132 @@ def test_the_specs_annotated_bytes_are_the_vectors() -> None:
                 assert found >= 0, (line, fragment)
                 position = found + len(fragment)
     assert position == len(vector)
+
+
+# ---------------------------------------------------------------- bounds and shapes (an audit's findings)
+
+
+def _crafted(txn: object = "1", pdus: list | None = None, edus: object = None) -> Message:
+    """A compact transaction written by hand (what a hostile or buggy peer may send)."""
+    uri_path = cross(real_request())[0].opt.uri_path
+    return Message(code=Code.PUT, uri_path=uri_path, payload=cbor2.dumps([txn, KEY, b"\x01" * 64, None, pdus or [],
+                                                                          edus]))
+
+
+def _pdu(**fields: object) -> list:
+    out: list = [None] * 12
+    for position, value in fields.items():
+        out[int(position[1:])] = value
+    return out
+
+
+def _decode(message: Message, known: KnownIds | None = None) -> FederationRequest:
+    return decode_send(message, PROFILE, origin=ORIGIN, destination=DESTINATION, known=known, now_ms=RECEIVED_AT)[0]
+
+
+def test_a_peer_cannot_make_each_reference_scan_its_whole_table() -> None:
+    """4096 IDs sharing their first 3 bytes made each reference compare with all of
+    them (0.8 s of CPU per 16 KB); a bucket keeps MAX_BUCKET, the newest."""
+    from coap_gateway.federation.compact import MAX_BUCKET
+
+    known = KnownIds()
+    ids = [b"\xaa\xbb\xcc" + i.to_bytes(2, "big") + bytes(27) for i in range(4096)]
+    for raw in ids:
+        known.add(raw)
+    assert len(known) == MAX_BUCKET and ids[-1] in known and ids[0] not in known
+    assert known.reference(ids[-1]) == ids[-1][:5] and known.resolve(ids[-1][:5]) == ids[-1]
+    # IDs of other prefixes are not pushed out by them
+    other = bytes(32)
+    known.add(other)
+    for raw in ids:
+        known.add(raw)
+    assert other in known
+
+
+def test_a_transaction_carries_what_synapse_takes_and_no_more() -> None:
+    from coap_gateway.federation.compact import MAX_AUTH_EVENTS, MAX_EDUS, MAX_PDUS, MAX_PREV_EVENTS
+
+    with pytest.raises(CodecError):
+        _decode(_crafted(pdus=[_pdu()] * (MAX_PDUS + 1)))
+    with pytest.raises(CodecError):
+        _decode(_crafted(pdus=[_pdu(p6=[b"\x00" * 32] * (MAX_PREV_EVENTS + 1))]))
+    with pytest.raises(CodecError):
+        _decode(_crafted(pdus=[_pdu(p7=[b"\x00" * 32] * (MAX_AUTH_EVENTS + 1))]))
+    edus = [{"edu_type": "m.typing", "content": {}}] * (MAX_EDUS + 1)
+    with pytest.raises(CodecError):
+        _decode(_crafted(edus=json_cbor.encode(edus, PROFILE.cbor_table)))
+    # the sender sends such a transaction plain (Synapse answers it), and a long list of
+    # prev_events in field 11, as it is
+    body = real_body()
+    body["pdus"] = [body["pdus"][0]] * (MAX_PDUS + 1)
+    assert encode_send(real_request(body), PROFILE, origin=ORIGIN, destination=DESTINATION, known=None,
+                       now_ms=SENT_AT) is None
+    body = real_body()
+    body["pdus"][0]["prev_events"] = body["pdus"][0]["prev_events"] * (MAX_PREV_EVENTS + 1)
+    message, rebuilt, _, _ = cross(real_request(body))
+    assert cbor2.loads(message.payload)[4][0][6] is None
+    assert_same(rebuilt, real_request(body))
+
+
+def test_a_type_that_is_not_a_string_crosses_or_goes_plain_never_a_crash() -> None:
+    """{"type": ["x"]} in the remaining keys was a TypeError (unhashable) in the event
+    ID, a 5.00 and a traceback; the encoder crashed on it too."""
+    rest = json_cbor.encode({"type": ["x"]}, PROFILE.cbor_table)
+    content = json_cbor.encode({"a": 1}, PROFILE.cbor_table)
+    rebuilt = _decode(_crafted(pdus=[_pdu(p3=content, p11=rest)]))
+    assert json.loads(rebuilt.body)["pdus"] == [{"type": ["x"], "content": {"a": 1}}]
+    for kind in (["x"], {"x": 1}):
+        body = real_body()
+        body["pdus"][0]["type"] = kind
+        assert_same(cross(real_request(body))[1], real_request(body))
+
+
+@pytest.mark.parametrize("txn", ["x?destination=evil", "a b", "a\r\nX-Injected: 1", "..", ".", "a#b", "a/b"])
+def test_a_transaction_id_is_one_path_segment(txn: str) -> None:
+    """The txnId becomes part of the request line: a query, a space or a line break
+    in it would change the request homeserver B gets."""
+    with pytest.raises(CodecError):
+        _decode(_crafted(txn=txn))
+    target = "/_matrix/federation/v1/send/" + txn
+    request = FederationRequest("PUT", target, VECTORS["request"]["body"].encode(), "application/json",
+                                [VECTORS["request"]["authorization"]])
+    assert encode_send(request, PROFILE, origin=ORIGIN, destination=DESTINATION, known=None, now_ms=SENT_AT) is None
+
+
+@pytest.mark.parametrize("sender", ["alice", "x:" + ORIGIN, "", "@alice:elsewhere.test", "@@a:" + ORIGIN])
+def test_a_sender_crosses_unchanged_whatever_its_form(sender: str) -> None:
+    body = real_body()
+    body["pdus"][0]["sender"] = sender
+    assert_same(cross(real_request(body))[1], real_request(body))
+
+
+def test_a_local_sender_still_travels_as_its_localpart() -> None:
+    message = cross(real_request())[0]
+    local = real_body()["pdus"][0]["sender"][1:].split(":")[0]
+    assert cbor2.loads(message.payload)[4][0][1] == local
+
+
+@pytest.mark.parametrize("pdu", [_pdu(p4=2**53), _pdu(p4=-(2**53)), _pdu(p4=2**64 - 1), _pdu(p5=2**60),
+                                 _pdu(p5=1, p10=2**60)])
+def test_integers_beyond_canonical_json_are_refused(pdu: list) -> None:
+    with pytest.raises(CodecError):
+        _decode(_crafted(pdus=[pdu]))
+
+
+def test_other_malformed_fields_are_refused() -> None:
+    with pytest.raises(CodecError):  # edus not an array
+        _decode(_crafted(edus=json_cbor.encode({"a": 1}, PROFILE.cbor_table)))
+    with pytest.raises(CodecError):  # a txnId beyond 2**63
+        _decode(_crafted(txn=2**64))
+    body = real_body()
+    body["pdus"][0]["depth"] = 2**53
+    assert encode_send(real_request(body), PROFILE, origin=ORIGIN, destination=DESTINATION, known=None,
+                       now_ms=SENT_AT) is None
+    body = real_body()
+    body["edus"] = {"not": "an array"}
+    assert encode_send(real_request(body), PROFILE, origin=ORIGIN, destination=DESTINATION, known=None,
+                       now_ms=SENT_AT) is None
+
+
+def test_a_key_answer_nested_too_deep_is_no_key_answer() -> None:
+    assert server_keys(b"[" * 100_000 + b"]" * 100_000) is None

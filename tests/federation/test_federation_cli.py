@@ -62,3 +62,26 @@ async def test_a_sigterm_while_starting_stops_it_in_order(tmp_path):
                            str(tmp_path / "gw" / "federation.key"), "--generate-key", "--listen", "udp://127.0.0.1:0",
                            "--proxy", "127.0.0.1:0", until=b"generated a new server key")
     assert code == 0, out.decode()
+
+
+def test_the_request_timeout_is_set_from_the_command_line_or_the_config_file():
+    """Link requests ended after 4 x 120 s whatever the homeserver's own client_timeout."""
+    import pytest
+
+    from coap_gateway.app.cli import build_parser
+    from coap_gateway.app.daemon import ConfigError, merged
+    from coap_gateway.app.federation import FEDERATION_OPTIONS, federation_config
+    from coap_gateway.codec import DEFAULT_PROFILE, load_profile
+    from coap_gateway.federation import FederationGateway
+
+    profile = load_profile(DEFAULT_PROFILE)
+    args = build_parser().parse_args(["federation", "--request-timeout", "300"])
+    options = merged(args, {"homeserver": "http://127.0.0.1:9", "request_timeout": 45}, FEDERATION_OPTIONS)
+    config = federation_config(options, profile)
+    assert config.request_timeout == 300.0
+    assert FederationGateway(config, PeersTable([])).upstream.timeout == 300.0
+    assert federation_config({"homeserver": "h", "request_timeout": 45}, profile).request_timeout == 45.0
+    assert federation_config({"homeserver": "h"}, profile).request_timeout == 120.0
+    for bad in ("0", "-1", "soon", "inf", "nan", True):
+        with pytest.raises(ConfigError, match="--request-timeout"):
+            federation_config({"homeserver": "h", "request_timeout": bad}, profile)
