@@ -181,6 +181,15 @@ class SyncPushClient:
                     self.counters.plain += 1
                     return None
                 if isinstance(action, Register):
+                    if self.state.streams.get(stream.key) is not stream:
+                        # evicted while this poll waited (more streams than
+                        # max_streams): registered again it would be an orphan
+                        # nobody cancels, holding one of the device's loops at
+                        # the server.  It goes the plain way for the time left
+                        self.counters.plain += 1
+                        timeout_ms = max(0, int((deadline - self.loop_time) * 1000))
+                        return await self.gateway.exchange(self._request(poll, poll.target(timeout_ms=timeout_ms),
+                                                                         http_request.access_token))
                     response = await self._register(stream, action.since)
                     if response is not None:
                         return response
@@ -381,9 +390,14 @@ class SyncPushClient:
                 log.exception("sync push housekeeping failed")
 
     def _housekeeping(self, now: float) -> None:
-        for stream in self.state.idle(now):
+        # the observations held, not the streams listed: one whose stream was
+        # evicted is nobody's any more (a poll for its key makes a new stream)
+        listed, evicted = [], []
+        for stream in self._observations:
+            (listed if self.state.streams.get(stream.key) is stream else evicted).append(stream)
+        for stream in evicted + self.state.idle(now, listed):
             self._spawn(self._cancel(stream))
-        for stream in self.state.due_checks(now):
+        for stream in self.state.due_checks(now, listed):
             self._spawn(self._check(stream))
         if self.config.keepalive:
             frames_out = self.gateway.endpoint.counters.frames_out

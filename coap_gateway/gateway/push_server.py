@@ -426,7 +426,11 @@ class SyncPushServer:
             replay = self.history.get(obs.key, chain.head) if replaying else None
             if replay is not None:
                 self.counters.replayed += 1
+                head = chain.head
                 step = chain.on_replay(replay)
+                # a kept answer that leaves the head where it was would be found
+                # again at once, and pushed without end: the homeserver goes on
+                replaying = chain.head != head
             else:
                 replaying = False
                 timeout = 0 if first else chain.poll_timeout(self.config.poll_timeout_ms)

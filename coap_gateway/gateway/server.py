@@ -14,6 +14,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import logging
+import re
 import tempfile
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field, replace
@@ -48,7 +49,7 @@ from ..push import SLIDING, SyncPushServerConfig, parse_send, sent_of
 from ..transport import LinkEndpoint, assembly_bytes, drop_assemblies, release_assemblies
 from .push_server import EchoWait, SyncPushServer
 from .stats import Histogram, timed
-from .upstream import Upstream, UpstreamError
+from .upstream import PoolShares, Upstream, UpstreamError, pool_of
 
 log = logging.getLogger(__name__)
 
@@ -83,16 +84,33 @@ class ServerGatewayConfig:
     #: where uploads wait while their blocks arrive (anonymous files, gone when
     #: closed; None: the system's temporary directory)
     spool_dir: Path | None = None
+    #: requests one device may have forwarded to the homeserver at once, in
+    #: each pool (``upstream``: ordinary, held): a client starting makes ~10
+    #: at once, a browser opens 6 connections to a host, a device serves up to
+    #: 16 accounts; so 32 is never met by clients, and leaves a device a third
+    #: of the 100 ordinary connections at most (then 5.03, Max-Age)
+    max_forwarded_per_device: int = 32
+    #: forwarded requests that may wait for a homeserver connection at once,
+    #: in each pool, all devices together (Envoy's default max_pending_requests)
+    max_forwarded_waiting: int = 1024
 
 
 #: where the homeserver lists the rooms an account has joined
 JOINED_ROOMS = "/_matrix/client/v3/joined_rooms"
+#: Max-Age of a 5.03 for a device over its share of a pool: a place frees
+#: when one of its own requests is answered
+DEVICE_BUSY_RETRY = 5
+#: …and for a pool whose waiting room is full: the homeserver is a thousand
+#: requests behind
+POOL_BUSY_RETRY = 30
 
 
 @dataclass
 class ServerGatewayCounters:
     requests: int = 0
     refused_admin: int = 0
+    #: requests whose path has a '.' or '..' segment (refused, 400)
+    refused_paths: int = 0
     token_unbound: int = 0
     handle_unknown: int = 0
     #: definitions that gave a handle a new value (a client bug; counted, logged)
@@ -106,6 +124,9 @@ class ServerGatewayCounters:
     revalidated: int = 0
     #: joined-room lists asked of the homeserver, to match a room digest
     room_lookups: int = 0
+    #: requests answered 5.03 without forwarding: the device's share of a
+    #: homeserver pool was full, or the pool's waiting room
+    refused_busy: int = 0
     by_status: dict[int, int] = field(default_factory=dict)
     latency: Histogram = field(default_factory=Histogram)
 
@@ -131,6 +152,10 @@ class ServerGateway(resource.Resource):
         #: ``upstream``: another homeserver client with Upstream's methods (an
         #: in-memory one lets a simulation run in virtual time)
         self.upstream = upstream or Upstream(config.homeserver, timeout=config.request_timeout)
+        #: each device's share of the homeserver connections (an in-memory
+        #: upstream has no pools: then only the waiting room bounds them)
+        self.shares = PoolShares(config.max_forwarded_per_device, config.max_forwarded_waiting,
+                                 getattr(self.upstream, "limits", None))
         self.device_store = device_store
         self.binding = ServerBinding(config.profile, config.max_bound_tokens,
                                      loader=self._load_device if device_store is not None else None,
@@ -287,13 +312,16 @@ class ServerGateway(resource.Resource):
             # state says so in its handshake (secure layer, RESTART/UNBOUND)
             self.counters.redefinitions += 1
             log.warning("a device redefined a handle without announcing it had lost its state")
-        if not self.config.allow_admin and self._is_admin(http_request.target):
+        if _moves_up(http_request.target):
+            self.counters.refused_paths += 1
+            response = matrix_error(400, "M_UNRECOGNIZED", "a path segment '.' or '..' is refused by the gateway")
+        elif not self.config.allow_admin and _is_admin(http_request.target):
             self.counters.refused_admin += 1
             response = matrix_error(403, "M_FORBIDDEN", "admin APIs are not reachable through the low-bandwidth gateway")
         else:
             wait = self._expect_echo(request, http_request, resolved.token)
             try:
-                response = await self.forward(http_request, resolved.token, self.forwarded_for(request.remote))
+                response = await self.forward(http_request, resolved.token, request.remote)
             except BaseException:  # cancelled: the observation must not wait for this send's echo
                 if wait is not None:
                     SyncPushServer.release_echo(wait)
@@ -356,36 +384,73 @@ class ServerGateway(resource.Resource):
 
     # -- upstream
 
-    @staticmethod
-    def _is_admin(target: str) -> bool:
-        segments = tuple(decoded_path_segments(target))
-        return any(segments[: len(p)] == p for p in ADMIN_PREFIXES)
-
     async def joined_rooms(self, token: str, remote: Hashable) -> list[str]:
         """The rooms ``token``'s account has joined, to match a room digest
         against (docs/protocol.md §7a); none when the homeserver gives no list
         (the device then defines the room in full)."""
         self.counters.room_lookups += 1
-        response = await self.forward(HttpRequest("GET", JOINED_ROOMS), token, self.forwarded_for(remote))
+        response = await self.forward(HttpRequest("GET", JOINED_ROOMS), token, remote)
         try:
             rooms = json.loads(response.body)["joined_rooms"] if response.status == 200 else []
         except (ValueError, KeyError, TypeError):
             rooms = []
         return [room for room in rooms if isinstance(room, str)] if isinstance(rooms, list) else []
 
-    async def forward(self, http_request: HttpRequest, token: str | None,
-                      forwarded_for: str | None = None) -> HttpResponse:
-        """The homeserver's answer, or the Matrix error that stands for none."""
+    async def forward(self, http_request: HttpRequest, token: str | None, remote: Hashable) -> HttpResponse:
+        """The homeserver's answer to the device ``remote``'s request, or the
+        Matrix error that stands for none."""
+        pool = pool_of(http_request.method, http_request.target)
+        refused = self.shares.take(pool, remote)
+        if refused is not None:
+            self.counters.refused_busy += 1
+            return _busy(refused)
         try:
             response = await self.upstream.fetch(http_request.method, http_request.target, body=http_request.body,
                                                  content_type=http_request.content_type, token=token,
-                                                 forwarded_for=forwarded_for)
+                                                 forwarded_for=self.forwarded_for(remote))
         except UpstreamError as exc:
             self.counters.upstream_errors += 1
             return exc.as_response()
+        finally:
+            self.shares.give_back(pool, remote)
         if response.status == 200 and issues_token(http_request.method, http_request.target):
             response.body = _without_well_known(response.body)
         return response
+
+
+def _busy(refused: str) -> HttpResponse:
+    """The 503 (5.03 with Max-Age on the link) for a request ``PoolShares`` refused."""
+    if refused == PoolShares.DEVICE:
+        response = matrix_error(503, "M_UNKNOWN", "too many of this device's requests are at the homeserver")
+        retry = DEVICE_BUSY_RETRY
+    else:
+        response = matrix_error(503, "M_UNKNOWN", "the homeserver is behind with every device's requests")
+        retry = POOL_BUSY_RETRY
+    response.headers.append(("Retry-After", str(retry)))
+    return response
+
+
+def _path_pieces(target: str) -> list[str]:
+    """The path's decoded, lower-cased segments, each cut again at the
+    slashes and backslashes it had encoded (%2F, %5C): what a front proxy
+    that decodes them sees.  Matrix needs encoded slashes (a room v3 event
+    ID, a state key: Synapse's reverse-proxy guide has Apache keep them), so
+    they are not refused; only what they could smuggle is."""
+    return [piece for segment in decoded_path_segments(target) for piece in re.split(r"[/\\]", segment)]
+
+
+def _moves_up(target: str) -> bool:
+    """A ``.`` or ``..`` segment, however encoded: the homeserver takes it
+    literally, a normalising proxy in front of it walks up the path with it
+    (``/_matrix/client/v3/rooms/%2e%2e/…/_synapse/admin``)."""
+    return any(piece in (".", "..") for piece in _path_pieces(target))
+
+
+def _is_admin(target: str) -> bool:
+    # without empty pieces: a proxy that merges slashes (nginx does by default)
+    # reads //_synapse//admin as /_synapse/admin
+    pieces = tuple(piece for piece in _path_pieces(target) if piece)
+    return any(pieces[: len(p)] == p for p in ADMIN_PREFIXES)
 
 
 class UploadSpool:

@@ -34,13 +34,21 @@ waited behind them for a minute while the homeserver idled:
 * **ordinary requests**: everything else, bounded too.  Nothing held long
   gets in here, so a short request waits for a connection only when that
   many short requests run at once.
+
+A pool is shared by every device, and a request the homeserver holds (a
+``publicRooms`` waiting on federation) holds its connection: one device
+with 120 such requests took all 100 ordinary connections, and everybody
+else's ``/versions`` waited.  So the server gateway gives each device a
+share of each pool it forwards to (``PoolShares``), and bounds how many
+requests may wait for a connection in all.
 """
 
 from __future__ import annotations
 
 import logging
 import resource
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Hashable, Mapping, Sequence
 
 import aiohttp
 from multidict import CIMultiDict
@@ -110,6 +118,56 @@ def may_be_held(method: str, target: str) -> bool:
     return False
 
 
+def pool_of(method: str, target: str, long_poll: bool = False) -> str:
+    """Which pool a request takes its connection from."""
+    if long_poll:
+        return LONG_POLL
+    return PLAIN_LONG_POLL if may_be_held(method, target) else ORDINARY
+
+
+class PoolShares:
+    """The forwarded requests each device has in each pool, and in all (sans-I/O).
+
+    A device may have ``per_device`` requests in a pool at once; a pool takes
+    ``connections[pool] + waiting`` requests in all — beyond its connections
+    they wait in aiohttp's queue, which bounds nothing by itself."""
+
+    #: why ``take`` refused
+    DEVICE = "device"
+    POOL = "pool"
+
+    def __init__(self, per_device: int, waiting: int, connections: Mapping[str, int] | None = None):
+        if per_device < 1 or waiting < 0:
+            raise ValueError("a device's share must be positive, the waiting room not negative")
+        self.per_device = per_device
+        self.waiting = waiting
+        self.connections = dict(connections or {})
+        self._in_pool: Counter[str] = Counter()
+        self._by_device: Counter[tuple[str, Hashable]] = Counter()
+
+    def take(self, pool: str, device: Hashable) -> str | None:
+        """Take a place for one request of ``device`` in ``pool``; None when
+        taken, else why not (``DEVICE``: its share is full, ``POOL``: so is the pool)."""
+        if self._by_device[(pool, device)] >= self.per_device:
+            return self.DEVICE
+        if self._in_pool[pool] >= self.connections.get(pool, 0) + self.waiting:
+            return self.POOL
+        self._by_device[(pool, device)] += 1
+        self._in_pool[pool] += 1
+        return None
+
+    def give_back(self, pool: str, device: Hashable) -> None:
+        """The request ``take`` placed has its answer (or none)."""
+        for counter, key in ((self._by_device, (pool, device)), (self._in_pool, pool)):
+            counter[key] -= 1
+            if counter[key] <= 0:
+                del counter[key]  # only what is in flight is remembered
+
+    def held(self, pool: str, device: Hashable | None = None) -> int:
+        """Requests in ``pool`` now: the device's, or everybody's."""
+        return self._in_pool[pool] if device is None else self._by_device[(pool, device)]
+
+
 class Upstream:
     """HTTP to one homeserver at ``base`` (scheme, host and port; no path).
 
@@ -137,9 +195,7 @@ class Upstream:
 
     def pool(self, method: str, target: str, long_poll: bool = False) -> str:
         """Which pool a request takes its connection from."""
-        if long_poll:
-            return LONG_POLL
-        return PLAIN_LONG_POLL if may_be_held(method, target) else ORDINARY
+        return pool_of(method, target, long_poll)
 
     def session(self, pool: str = ORDINARY) -> aiohttp.ClientSession:
         session = self._sessions.get(pool)
@@ -216,4 +272,5 @@ def _check_descriptors(connections: int) -> None:
                     "(ulimit -n, LimitNOFILE=)", connections, soft)
 
 
-__all__ = ["LONG_POLL", "ORDINARY", "PLAIN_LONG_POLL", "Upstream", "UpstreamError", "may_be_held"]
+__all__ = ["LONG_POLL", "ORDINARY", "PLAIN_LONG_POLL", "PoolShares", "Upstream", "UpstreamError", "may_be_held",
+           "pool_of"]

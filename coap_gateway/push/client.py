@@ -36,6 +36,7 @@ from __future__ import annotations
 import enum
 import logging
 from collections import OrderedDict
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from aiocoap import Message
@@ -240,8 +241,12 @@ class SyncPushState:
             while next(iter(answers)) != since:  # what comes before was taken
                 answers.popitem(last=False)
             response = answers[since]
-            if response.status != 200:
-                del answers[since]  # an error is said once; asking again asks the homeserver
+            if response.status != 200 or since == stream.head:
+                # said once: an error (asking again asks the homeserver), or an
+                # answer whose next_batch is the since it answers (Synapse's idle
+                # answer with new key counts): the client asks that since again,
+                # and it waits for news, with the counts in the template now
+                del answers[since]
             return Answer(response)
         if stream.fetch == since:
             stream.fetch = None
@@ -486,17 +491,19 @@ class SyncPushState:
     def idle_window(self, stream: Stream) -> float:
         return max(self.config.min_idle, self.config.idle_factor * stream.timeout_ms / 1000)
 
-    def idle(self, now: float) -> list[Stream]:
-        """Observations whose client stopped polling."""
-        return [s for s in self.streams.values()
+    def idle(self, now: float, streams: Iterable[Stream] | None = None) -> list[Stream]:
+        """Observations whose client stopped polling, among ``streams`` (default: those listed)."""
+        return [s for s in (self.streams.values() if streams is None else streams)
                 if s.status is Status.ACTIVE and not s.waiting and now - s.last_request > self.idle_window(s)]
 
-    def due_checks(self, now: float) -> list[Stream]:
-        """Observations silent for a check interval while their client polls."""
+    def due_checks(self, now: float, streams: Iterable[Stream] | None = None) -> list[Stream]:
+        """Observations silent for a check interval while their client polls,
+        among ``streams`` (default: those listed)."""
         interval = self.config.check_interval
         if not interval:
             return []
-        due = [s for s in self.streams.values() if s.status is Status.ACTIVE and now - s.last_heard >= interval
+        due = [s for s in (self.streams.values() if streams is None else streams)
+               if s.status is Status.ACTIVE and now - s.last_heard >= interval
                and now - s.last_request <= self.idle_window(s)]
         for s in due:
             s.last_heard = now

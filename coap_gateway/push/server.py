@@ -11,6 +11,10 @@ notification only when the answer says something:
   client already holds — is not pushed at all: the loop just continues
   from its ``next_batch``.  The first empty answer of an observation is
   pushed once, as the template, so the client can answer idle polls itself.
+  One with another template (new key counts) is pushed as an answer to
+  adopt; when its ``next_batch`` is the since it answers (Synapse's idle
+  answer after keys were uploaded or claimed) it is no step of the chain:
+  the client gets it once, and the history does not keep it.
 * an answer too large for one notification goes in several (parts,
   ``format.split_parts``) to a client that registered with Push-Parts and
   reassembles them; otherwise the observation ends and the client fetches
@@ -93,7 +97,8 @@ class Silent:
 @dataclass(frozen=True)
 class Push:
     payload: bytes
-    #: the since this answers (None for a template) and the body, for the history
+    #: the since this answers and the body, for the history (None for a
+    #: template, and for an answer whose next_batch is that since: no step)
     answered: str | None = None
     body: bytes | None = None
     #: the notifications that carry ``payload``, in order: itself, or its parts
@@ -256,6 +261,13 @@ class PushChain:
         self.head = self.poll_from = token
         if adopt:
             self.template = template
+        if token == answered:
+            # Synapse's idle answer with new key counts (keys uploaded or
+            # claimed: no stream moves, so next_batch is the since it answers).
+            # The client gets it once; it is no step of the chain: kept as the
+            # answer to its own since, a registration from there would replay
+            # it forever, and answer nothing new
+            return Push(payload, parts=parts, hold=moves_to_device(body, self.kind))
         return Push(payload, answered, body, parts, hold=moves_to_device(body, self.kind))
 
     def _carriers(self, payload: bytes) -> tuple[bytes, ...] | None:

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import hashlib
 import json
+import uuid
 
 import pytest
 from nio import SyncResponse
@@ -27,9 +28,12 @@ from tests.helpers.devices import (
     Receiver,
     chat_setup,
     exact_answers,
+    nio,
+    register,
     until,
 )
 from tests.helpers.scripted import ScriptedServer
+from tests.helpers import sync_bodies
 from tests.helpers.sync_bodies import empty_body, message_body, token
 
 # ------------------------------------------------------------- end to end
@@ -136,6 +140,49 @@ async def test_idle_long_polls_put_nothing_on_the_link(synapse, server_key):
             assert registration <= 140
         finally:
             await alice.close()
+            await bob.close()
+
+
+@pytest.mark.synapse
+async def test_new_key_counts_reach_the_client_once_and_do_not_spin_it(synapse, server_key):
+    """Uploading one-time keys moves no sync stream: Synapse answers the
+    server gateway's long-poll from S with next_batch S and the new count.
+    The client sees the count (at once, then in every idle answer), and its
+    next polls from S wait as Synapse's would — they used to be answered at
+    once with the same answer, again and again (the client spun)."""
+    import aiohttp
+
+    async with PushDevice(synapse, server_key, 45) as dev:
+        dev.push_server.config.poll_timeout_ms = 300  # Synapse's idle answer comes soon
+        name = f"keys{uuid.uuid4().hex[:6]}"
+        bob = nio(dev.client.base_url, name)
+        try:
+            await register(bob, name)
+            since = (await bob.sync(timeout=0)).next_batch  # the initial sync, plainly
+            idle = await bob.sync(timeout=100)  # registers; the idle answer from the template
+            assert isinstance(idle, SyncResponse) and idle.next_batch == since
+            assert idle.device_key_count.signed_curve25519 == 0
+            notifications = dev.push_server.counters.notifications
+            key = {"key": "zKbLg+NrIjpnagy+pIY6uPL4ZwEG2v+8F9lmgsnlZzs", "signatures": {bob.user_id: {}}}
+            async with aiohttp.ClientSession() as http, http.post(
+                    f"{dev.client.base_url}/_matrix/client/v3/keys/upload", json={
+                        "one_time_keys": {"signed_curve25519:AAAAAQ": key}},
+                    headers={"Authorization": f"Bearer {bob.access_token}"}) as r:
+                assert r.status == 200 and (await r.json())["one_time_key_counts"]["signed_curve25519"] == 1
+            await until(lambda: dev.push_server.counters.notifications > notifications)  # the new count pushed
+            assert since in dev.upstream[-1].decode()  # at the since it answers
+            counters = dev.push_client.counters
+            pushed, idles = counters.answered_pushed, counters.answered_idle
+            news = await bob.sync(timeout=30000)
+            assert isinstance(news, SyncResponse) and news.next_batch == since
+            assert news.device_key_count.signed_curve25519 == 1 and counters.answered_pushed == pushed + 1
+            for _ in range(3):
+                again = await bob.sync(timeout=100)
+                assert isinstance(again, SyncResponse) and again.next_batch == since
+                assert again.device_key_count.signed_curve25519 == 1
+            assert counters.answered_pushed == pushed + 1 and counters.answered_idle == idles + 3
+            assert dev.push_server.history.get(next(iter(dev.push_server.observations.values())).key, since) is None
+        finally:
             await bob.close()
 
 
@@ -632,3 +679,156 @@ async def test_a_client_gateway_closing_mid_registration_cancels_that_observatio
         await pair.stop_client()
         assert push.counters.cancels == 1 and not push.observations
         await until(lambda: not push.loops, timeout=10)  # the loop stops at its next turn
+
+
+async def test_a_kept_answer_that_leaves_the_head_in_place_is_replayed_once():
+    """A registration replays the history from its since while the head
+    moves; a kept answer whose next_batch is the since it answers leaves
+    the head in place, and was found and pushed again without end (10 000
+    notifications, no homeserver poll).  The chain no longer keeps such an
+    answer; whatever the history holds, the loop then asks the homeserver."""
+    import aiohttp
+
+    from coap_gateway.push import parse_long_poll, stream_key
+
+    async with ScriptedPair(seed=44) as pair, aiohttp.ClientSession() as http:
+        hs, client, server = pair.hs, pair.client, pair.server
+        push = server.gateway.sync_push
+        target = f"/_matrix/client/v3/sync?timeout=20000&since={token(1)}"
+        push.history.put(stream_key("tok", parse_long_poll("GET", target, PROFILE.routes)), token(1),
+                         empty_body(1, keys=50))
+        async with http.get(client.base_url + target, headers={"Authorization": "Bearer tok"}) as r:
+            assert await r.read() == empty_body(1, keys=50)
+        await until(lambda: f"{token(1)}/30000" in hs.requests, timeout=10)  # the homeserver's turn
+        assert push.counters.replayed == 1 and push.counters.notifications == 1
+
+
+# --------------------------------- client gateway shell, without a link
+
+
+class FakeObservation:
+    def __init__(self, token_: bytes) -> None:
+        self.token, self.closed = token_, False
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class FakePushHost:
+    """What ``SyncPushClient`` needs of a client gateway, without a link: each
+    registration is answered with the idle template at once; cancels are
+    answered 2.02; a plain request is recorded and answered ``{}``."""
+
+    def __init__(self) -> None:
+        from coap_gateway.push.format import push_preset
+
+        self.profile = sync_bodies.PROFILE
+        self.preset = push_preset(self.profile)
+        self.server_key = "server"
+        self.request_timeout = None
+        self.binding = self
+        self.endpoint = self
+        self.registrations: list[bytes] = []
+        self.cancels: list[bytes] = []
+        self.plain: list[str] = []
+
+    # the endpoint
+    def remote(self, key):
+        return type("Remote", (), {"maximum_payload_size": 1000})()
+
+    async def observe(self, message, key, on_later, timeout):
+        from aiocoap import Message
+        from aiocoap.numbers.codes import Code
+
+        from coap_gateway.push.format import DeltaState, Notification, encode_notification, split_next_batch
+
+        template = split_next_batch(empty_body(1))[0]  # every poll here is from token(1)
+        payload = encode_notification(Notification(template, template=True), token(1), DeltaState(self.preset, 2),
+                                      self.profile.cbor_table)
+        return self.observation(), Message(code=Code.CONTENT, payload=payload, observe=0)
+
+    def observation(self):
+        self.registrations.append(b"%d" % len(self.registrations))
+        return FakeObservation(self.registrations[-1])
+
+    async def request(self, message, key, timeout):
+        from aiocoap import Message
+        from aiocoap.numbers.codes import Code
+
+        self.cancels.append(message.payload)
+        return Message(code=Code.DELETED)
+
+    # the gateway
+    async def exchange(self, http_request):
+        from coap_gateway.codec import HttpResponse
+
+        self.plain.append(http_request.target)
+        return HttpResponse(200, b"{}", "application/json")
+
+    async def round_trip(self, http_request, send):
+        from aiocoap import Message
+        from aiocoap.numbers.codes import Code
+
+        message = Message(code=Code.GET)
+        return message, await send(message)
+
+    # the binding
+    def restore(self, response):
+        return response
+
+
+async def test_a_poll_on_an_evicted_stream_does_not_register_it_again():
+    """More streams than max_streams (several accounts on one client
+    gateway): the least recent is evicted and its observation cancelled.  A
+    poll still waiting on it woke, found it idle and registered it again —
+    an observation of a stream nobody lists, never cancelled, holding one of
+    the device's loops at the server.  It goes the plain way instead."""
+    from coap_gateway.codec import HttpRequest
+    from coap_gateway.gateway.push_client import SyncPushClient
+    from coap_gateway.push import SyncPushClientConfig
+
+    host = FakePushHost()
+    push = SyncPushClient(host, SyncPushClientConfig(tick=3600, max_streams=2))
+
+    def poll(i: int) -> HttpRequest:
+        return HttpRequest("GET", f"/_matrix/client/v3/sync?since={token(1)}&timeout=20000&filter={i}",
+                           access_token=f"tok{i}")
+
+    waits = [asyncio.create_task(push.handle(poll(i))) for i in range(2)]
+    try:
+        await until(lambda: len(push.state.streams) == 2 and all(s.waiting for s in push.state.streams.values()))
+        waits.append(asyncio.create_task(push.handle(poll(2))))  # evicts stream 0, whose poll waits
+        answer = await asyncio.wait_for(waits[0], 10)
+        assert answer.body == b"{}" and len(host.plain) == 1  # the plain way, for the time left
+        assert host.plain[0].startswith("/_matrix/client/v3/sync?since=") and "&filter=0" in host.plain[0]
+        assert 0 < int(host.plain[0].split("timeout=")[1].split("&")[0]) <= 20000
+        await until(lambda: len(host.cancels) == 1)
+        assert len(host.registrations) == 3
+        listed = list(push.state.streams.values())
+        assert all(s in listed for s in push._observations) and len(push._observations) == 2
+    finally:
+        for task in waits:
+            task.cancel()
+        await asyncio.gather(*waits, return_exceptions=True)
+        await push.close()
+
+
+async def test_housekeeping_cancels_an_observation_whose_stream_is_gone():
+    """The idle and check sweeps look at the observations held, not only at
+    the streams listed: one left behind by an evicted stream is cancelled."""
+    from coap_gateway.gateway.push_client import SyncPushClient
+    from coap_gateway.push import Status, SyncPushClientConfig
+    from coap_gateway.push.format import parse_long_poll
+
+    host = FakePushHost()
+    push = SyncPushClient(host, SyncPushClientConfig(tick=3600))
+    poll = parse_long_poll("GET", f"/_matrix/client/v3/sync?since={token(1)}&timeout=20000",
+                           sync_bodies.PROFILE.routes)
+    orphan, _ = push.state.stream(poll, "tok")
+    push.state.streams.clear()  # evicted, its observation left behind
+    orphan.status = Status.ACTIVE
+    observation = push._observations[orphan] = host.observation()
+    push._housekeeping(asyncio.get_running_loop().time())  # its client polled a moment ago: not idle
+    await until(lambda: not push._observations and host.cancels)
+    assert observation.closed and orphan.status is Status.IDLE
+    await push.close()

@@ -221,3 +221,55 @@ def test_the_address_the_homeserver_is_told():
                           (None, None)]:
         gateway.address_of = lambda remote, address=address: address
         assert gateway.forwarded_for(object()) == told, address
+
+
+class Paths(ScriptedServer):
+    """Records the raw path of each request; answers ``{}``."""
+
+    def __init__(self) -> None:
+        self.paths: list[str] = []
+        self.app = web.Application()
+        self.app.router.add_route("*", "/{tail:.*}", self.answer)
+
+    async def answer(self, request: web.Request) -> web.Response:
+        self.paths.append(request.raw_path)
+        return web.json_response({})
+
+
+async def test_dot_segments_are_refused_and_admin_is_found_however_encoded():
+    """Synapse takes ``%2e%2e`` as a room ID, but a front proxy that
+    normalises paths walks up with it: ``rooms/%2e%2e/…/_synapse/admin``
+    reached the admin API behind one.  A ``.`` or ``..`` segment, however
+    encoded (also inside a segment with encoded slashes), is refused before
+    anything is forwarded; an admin prefix hidden by an encoded or doubled
+    slash is refused as admin.  Encoded slashes themselves go through: a room
+    v3 event ID has them."""
+    from yarl import URL
+
+    from meshsim import emulated_link_pair
+
+    async with Paths() as hs:
+        client_link, server_link = emulated_link_pair(FAST, seed=7)
+        server = await start_server(server_link, homeserver=hs.url, profile=PROFILE, static_private=None,
+                                    sync_push=False)
+        client = await start_client(client_link, "server", profile=PROFILE, sync_push=False)
+        try:
+            async with aiohttp.ClientSession() as http:
+                async def status(path: str) -> int:
+                    async with http.get(URL(client.base_url + path, encoded=True),
+                                        headers={"Authorization": "Bearer syt_a"}) as answer:
+                        return answer.status
+
+                up = "/_matrix/client/v3/rooms/%2e%2e/%2e%2e/%2e%2e/%2e%2e/_synapse/admin/v1/server_version"
+                for path in (up, "/_matrix/client/v3/rooms/%2E%2E%2F%2E%2E%2F_synapse%2Fadmin/messages",
+                             "/_matrix/client/v3/rooms/x%5C..%5C../state", "/_matrix/client/v3/profile/%2e/x"):
+                    assert await status(path) == 400, path
+                for path in ("/_synapse%2Fadmin/v1/server_version", "/_synapse%5cadmin/v1/server_version"):
+                    assert await status(path) == 403, path
+                event = "/_matrix/client/v3/rooms/!r:hs/event/$AbC%2Fdef%2Bghi"
+                assert await status(event) == 200
+        finally:
+            await client.stop()
+            await server.stop()
+    assert hs.paths == [event]
+    assert server.gateway.counters.refused_paths == 4 and server.gateway.counters.refused_admin == 2

@@ -9,7 +9,7 @@ import contextlib
 import pytest
 from aiohttp import web
 
-from coap_gateway.gateway.upstream import LONG_POLL, ORDINARY, PLAIN_LONG_POLL, Upstream, may_be_held
+from coap_gateway.gateway.upstream import LONG_POLL, ORDINARY, PLAIN_LONG_POLL, PoolShares, Upstream, may_be_held
 from tests.helpers.scripted import ScriptedServer
 
 
@@ -101,4 +101,64 @@ async def test_held_requests_never_take_an_ordinary_connection():
                 task.cancel()
             with contextlib.suppress(BaseException):
                 await asyncio.gather(*held, return_exceptions=True)
+            await upstream.close()
+
+
+def test_each_device_has_a_share_of_a_pool_and_the_pool_a_waiting_room():
+    shares = PoolShares(per_device=2, waiting=1, connections={ORDINARY: 2})
+    assert shares.take(ORDINARY, "a") is None and shares.take(ORDINARY, "a") is None
+    assert shares.take(ORDINARY, "a") == PoolShares.DEVICE  # its share is full
+    assert shares.take(PLAIN_LONG_POLL, "a") is None  # another pool: another share (no connections: 1 may wait)
+    assert shares.take(ORDINARY, "b") is None  # two connections and one waiting
+    assert shares.take(ORDINARY, "c") == PoolShares.POOL
+    shares.give_back(ORDINARY, "a")
+    assert shares.take(ORDINARY, "c") is None and shares.held(ORDINARY) == 3 and shares.held(ORDINARY, "a") == 1
+    for pool, device in ((ORDINARY, "a"), (ORDINARY, "b"), (ORDINARY, "c"), (PLAIN_LONG_POLL, "a")):
+        shares.give_back(pool, device)
+    assert shares.held(ORDINARY) == 0 and not shares._by_device and not shares._in_pool  # nothing left behind
+    with pytest.raises(ValueError):
+        PoolShares(per_device=0, waiting=1)
+
+
+async def test_one_device_cannot_take_every_connection():
+    """One device's requests that the homeserver holds (a publicRooms waiting
+    on federation) took every ordinary connection, and another device's
+    /versions waited behind them.  A device has a share of each pool (beyond
+    it: 503, Retry-After → 5.03 with Max-Age on the link), and the requests
+    waiting for a connection are bounded in all."""
+    from coap_gateway.codec import HttpRequest, response_to_coap
+    from coap_gateway.gateway.server import ServerGateway, ServerGatewayConfig
+    from tests.helpers.devices import PROFILE
+
+    async with Holding() as hs:
+        upstream = Upstream(hs.url, max_connections=4)
+        gateway = ServerGateway(ServerGatewayConfig(hs.url, PROFILE, max_forwarded_per_device=2,
+                                                    max_forwarded_waiting=1), sync_push=None, upstream=upstream)
+        held: list[asyncio.Task] = []
+        try:
+            held += [asyncio.create_task(gateway.forward(HttpRequest("GET", "/hold"), "tok", "greedy"))
+                     for _ in range(6)]
+            await _until(lambda: hs.held == 2 and sum(t.done() for t in held) == 4)
+            busy = [t.result() for t in held if t.done()]
+            assert all(r.status == 503 and ("Retry-After", "5") in r.headers for r in busy)
+            message = response_to_coap(busy[0], PROFILE)
+            assert str(message.code) == "5.03 Service Unavailable" and message.opt.max_age == 5
+            # another device is answered at once
+            async with asyncio.timeout(5):
+                answer = await gateway.forward(HttpRequest("GET", "/_matrix/client/versions"), "tok", "honest")
+            assert answer.status == 200
+            # the pool's waiting room: 4 connections and 1 waiting, all devices together
+            held += [asyncio.create_task(gateway.forward(HttpRequest("GET", "/hold"), "tok", device))
+                     for device in ("c", "d", "e")]
+            await _until(lambda: hs.held == 4 and gateway.shares.held(ORDINARY) == 5)
+            full = await gateway.forward(HttpRequest("GET", "/hold"), "tok", "f")
+            assert full.status == 503 and ("Retry-After", "30") in full.headers
+            assert gateway.counters.refused_busy == 5
+            hs.release.set()
+            assert [r.status for r in await asyncio.gather(*held)].count(200) == 5
+            assert gateway.shares.held(ORDINARY) == 0
+        finally:
+            for task in held:
+                task.cancel()
+            await asyncio.gather(*held, return_exceptions=True)
             await upstream.close()

@@ -269,6 +269,41 @@ def test_chain_pushes_a_changed_template_as_an_answer_to_adopt():
     assert c.template == split_next_batch(empty_body(10, keys=50))[0] and c.head == token(10)
 
 
+def test_an_answer_at_the_since_it_answers_is_said_once_and_is_no_step():
+    """Synapse's idle answer after keys were uploaded or claimed: new key
+    counts, and (no stream moved) next_batch = the since it answers.  Kept
+    as the answer to that since, the client gateway answered every later
+    poll from it at once (the client spun) and a registration from there
+    replayed it without end.  The client must see the counts once — js-sdk
+    tops up its one-time keys from them — then wait, with them in its template."""
+    server, history = chain(), ReplayHistory()
+    state = client()
+    p = poll(token(9))
+    stream, _ = state.stream(p, "tok")
+    gen = state.begin(stream, token(9), 0)
+    assert state.on_registered(stream, gen, 0, pushed(server, ok(empty_body(9))), 0) is Outcome.OK
+    step = server.on_response(ok(empty_body(9, keys=50)))
+    assert isinstance(step, Push) and step.answered is None and step.body is None  # not kept in the history
+    assert server.head == server.poll_from == token(9)
+    assert server.template == split_next_batch(empty_body(9, keys=50))[0]
+    assert state.on_notification(stream, gen, 1, step.payload, 1) is Outcome.OK
+    assert state.on_request(stream, p, 2) == Answer(ok(empty_body(9, keys=50), headers=()))
+    for now in (3, 4):
+        assert state.on_request(stream, p, now) == Wait()  # not the same answer again
+    assert state.on_timeout(stream, token(9)).body == empty_body(9, keys=50)
+    # news after it is a step like any other, and the chain goes on from it
+    news = message_body(token(9), token(10), 1)
+    step = server.on_response(ok(news))
+    assert isinstance(step, Push) and step.answered == token(9) and step.body == news
+    history.put(b"k", step.answered, step.body)
+    assert state.on_notification(stream, gen, 2, step.payload, 5) is Outcome.OK
+    assert state.on_request(stream, p, 6).response.body == news
+    # a registration from token(9) replays the news, and only the news
+    again = chain()
+    assert isinstance(again.on_replay(history.get(b"k", again.head)), Push) and again.head == token(10)
+    assert history.get(b"k", again.head) is None
+
+
 def test_chain_errors_finish_and_busy_retries():
     c = chain()
     assert isinstance(c.on_response(ok(b'{"errcode":"M_UNKNOWN_TOKEN","soft_logout":true}', 401)), Finish)
