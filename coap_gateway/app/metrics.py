@@ -359,6 +359,11 @@ def server_collector(server: RunningServer, gateway: str = "server") -> Collecto
         _revalidated(registry, gateway, counters.revalidated)
         registry.counter("coap_gateway_refused_admin", "Admin API requests refused (403).",
                          GATEWAY).set(counters.refused_admin, gateway=gateway)
+        registry.counter("coap_gateway_refused_paths", "Requests with a '.' or '..' path segment refused (400).",
+                         GATEWAY).set(counters.refused_paths, gateway=gateway)
+        registry.counter("coap_gateway_refused_busy",
+                         "Requests answered 5.03 unforwarded: the device's share of a homeserver pool was full.",
+                         GATEWAY).set(counters.refused_busy, gateway=gateway)
         registry.counter("coap_gateway_token_unbound", "Requests answered 4.01 Token-Unbound (not forwarded).",
                          GATEWAY).set(counters.token_unbound, gateway=gateway)
         registry.counter("coap_gateway_handle_unknown", "Requests answered 4.00 Handle-Unknown (not forwarded).",
