@@ -241,7 +241,7 @@ class ClientBinding:
                 for raw, k in w["txns"]:
                     wire.txns[str(raw)] = int(k)
                     wire.originals[int(k)] = unquote(str(raw))
-        except (ValueError, KeyError, TypeError) as exc:
+        except (ValueError, KeyError, TypeError, RecursionError) as exc:
             raise CodecError(f"stored client state: {exc}") from None
         self.tokens, self.next_token_handle, self.confirmed_tokens = tokens, next_token_handle, confirmed_tokens
         if wire is not None:
@@ -366,11 +366,14 @@ def _refused(reply: Message) -> bool:
 
 
 def _errcode(response: HttpResponse) -> str | None:
+    """The ``errcode`` of a JSON answer, if it is a string (the body is the
+    homeserver's, or on the client side the server gateway's: any JSON)."""
     try:
         doc = json.loads(response.body)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         return None
-    return doc.get("errcode") if isinstance(doc, dict) else None
+    errcode = doc.get("errcode") if isinstance(doc, dict) else None
+    return errcode if isinstance(errcode, str) else None
 
 
 # ------------------------------------------------------------ server side
@@ -418,7 +421,7 @@ class DeviceState:
                     raise ValueError("bad scope")
                 state.wire.define_scope(scope)
             return state
-        except (ValueError, KeyError, TypeError) as exc:
+        except (ValueError, KeyError, TypeError, RecursionError) as exc:
             raise CodecError(f"stored device state: {exc}") from None
 
 
@@ -540,18 +543,21 @@ class ServerBinding:
             return Refused(reply, "token_unbound")
         journal = Journal()
         try:
-            http = coap_to_request(request, self.profile, device.wire, journal, () if token is None else rooms)
+            try:
+                http = coap_to_request(request, self.profile, device.wire, journal, () if token is None else rooms)
+            except BaseException:
+                # whatever refuses the request, definitions it made before
+                # the refusal are taken back (nothing is forwarded)
+                device.wire.undo(journal)
+                raise
         except RoomsNeeded:
-            device.wire.undo(journal)
             assert token is not None
             return RoomsWanted(token)
         except HandleUnknown:
-            device.wire.undo(journal)
             reply = Message(code=Code.BAD_REQUEST)
             reply.opt.add_option(OpaqueOption(options.HANDLE_UNKNOWN, b""))
             return Refused(reply, "handle_unknown")
         except GatewayError as exc:
-            device.wire.undo(journal)
             return _malformed(exc)
         previous = None
         if defined:

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import io
 import re
 import string
 import zlib
@@ -144,10 +143,10 @@ def _only_marks(text: str) -> bool:
     return bool(text) and text[0] in MARKS and text.count(text[0]) == len(text)
 
 
-def to_column(doc: Any, tokens: bool, texts: bool = False) -> list[bytes]:
+def to_column(doc: Any, tokens: bool, texts: bool = False, event_ids: bool = True) -> list[bytes]:
     """Random strings (and, with ``texts``, message texts) out of ``doc``,
     in place, into the column's sections it returns: the texts, then the
-    event IDs and tokens (with ``tokens``)."""
+    event IDs (with ``event_ids``) and tokens (with ``tokens``)."""
     text_section, random_section = bytearray(), bytearray()
     for node, slot in _string_slots(doc):
         text = node[slot]
@@ -161,7 +160,7 @@ def to_column(doc: Any, tokens: bool, texts: bool = False) -> list[bytes]:
                 raise CodecError(f"not representable in CBOR: {exc}") from exc
             node[slot] = TEXT_MARK
             continue
-        raw = json_cbor.string_to_binary(text) if text[:1] == "$" else None
+        raw = json_cbor.string_to_binary(text) if event_ids and text[:1] == "$" else None
         if raw is not None and raw[0] == _EVENT_ID_FORM and len(raw) == 1 + EVENT_ID_BYTES:
             random_section += raw[1:]
             node[slot] = EVENT_ID_MARK
@@ -173,20 +172,39 @@ def to_column(doc: Any, tokens: bool, texts: bool = False) -> list[bytes]:
     return [bytes(text_section), bytes(random_section)]
 
 
+#: a text entry's header byte with a length argument (major type 3) -> the
+#: least length it may give (§5.1: shortest length; 0x7f, indefinite, is none)
+_TEXT_HEADER_MIN = {0x78: 24, 0x79: 1 << 8, 0x7A: 1 << 16, 0x7B: 1 << 32}
+
+
 def _read_text(column: bytes, at: int) -> tuple[str, int]:
-    stream = io.BytesIO(column)
-    stream.seek(at)
+    """The text entry at ``at`` (§5.1: a CBOR text string of definite,
+    shortest length; read here, not by cbor2, which takes any length form)
+    and where the next entry starts."""
+    if at >= len(column):
+        raise CodecError("the body names more texts than its column holds")
+    first = column[at]
+    if not 0x60 <= first <= 0x7B:
+        raise CodecError("a text entry of the column is not a CBOR text string of definite length")
+    start = at + 1
+    size = first - 0x60
+    if first >= 0x78:
+        start += 1 << (first - 0x78)
+        size = int.from_bytes(column[at + 1:start], "big")
+        if start > len(column) or size < _TEXT_HEADER_MIN[first]:
+            raise CodecError("a text entry of the column is truncated or not of its shortest length")
+    end = start + size
+    if end > len(column):
+        raise CodecError("the column ends inside a text")
     try:
-        text = json_cbor.strict_decoder(stream, 1).decode()
-    except (cbor2.CBORDecodeError, ValueError, TypeError, OverflowError) as exc:
-        raise CodecError(f"a malformed text in the column: {exc}") from exc
-    if not isinstance(text, str):
-        raise CodecError("a text entry of the column is not a CBOR text string")
-    return text, stream.tell()
+        return column[start:end].decode("utf-8"), end
+    except UnicodeDecodeError as exc:
+        raise CodecError(f"a text in the column is not UTF-8: {exc}") from exc
 
 
-def from_column(doc: Any, column: bytes, tokens: bool, texts: bool = False) -> None:
-    """Undo :func:`to_column`; every byte of the column must be used, once."""
+def from_column(doc: Any, column: bytes, tokens: bool, texts: bool = False, event_ids: bool = True) -> None:
+    """Undo :func:`to_column`; every byte of the column must be used, once,
+    and every mark must be of a kind the profile's column has (§5.1)."""
     # the marks as the body has them, before any is replaced: a text put
     # back may itself read like a mark
     marked = [(node, slot, node[slot]) for node, slot in _string_slots(doc) if _only_marks(node[slot])]
@@ -200,6 +218,8 @@ def from_column(doc: Any, column: bytes, tokens: bool, texts: bool = False) -> N
         if len(text) > 1:
             node[slot] = text[1:]
         elif text == EVENT_ID_MARK:
+            if not event_ids:
+                raise CodecError("an event-ID mark where the profile carries no event IDs in the column")
             if at + EVENT_ID_BYTES > len(column):
                 raise CodecError("the body names more event IDs than its column holds")
             node[slot] = json_cbor.binary_to_string(bytes([_EVENT_ID_FORM]) + column[at:at + EVENT_ID_BYTES])

@@ -11,7 +11,8 @@ The rules (docs/protocol.md, "CBOR payloads", is the normative text):
 * Object keys found in the table become their integer code, at any depth.
   Other keys stay text strings, so the key ``"8"`` stays ``"8"``.  On decode,
   when a map holds both a code and the text of the same name, the text wins
-  (MSC3079's rule).
+  (MSC3079's rule); any other two keys of one name (two codes of a name, a
+  text and a byte string) are refused.
 * Under an *enumerated* key (table v2+: ``type``, ``msgtype``,
   ``membership``…) a string value found in the key's value table becomes its
   integer code.  A genuine integer or array under such a key is wrapped in a
@@ -203,22 +204,23 @@ def encode(value: Any, table: CborTable, *, canonical: bool = True) -> bytes:
 
 
 class _RejectTags(Mapping):
-    """Make cbor2 refuse every tag but bignums (2, 3): JSON has no dates,
+    """Make cbor2 refuse every tag but ``allowed``: JSON has no dates,
     sets, shared references or decimal fractions to rebuild."""
 
-    _ALLOWED = (2, 3)
+    def __init__(self, allowed: tuple[int, ...] = ()):
+        self._allowed = allowed
 
     def __getitem__(self, tag: int):
-        if tag in self._ALLOWED:
+        if tag in self._allowed:
             raise KeyError(tag)
 
-        def reject(_decoder: Any) -> Any:
+        def reject(*_args: Any) -> Any:  # (decoder) or, in cbor2 6, (decoder, value)
             raise CodecError(f"CBOR tag {tag} is not allowed")
 
         return reject
 
     def __contains__(self, tag: object) -> bool:
-        return tag not in self._ALLOWED
+        return tag not in self._allowed
 
     def get(self, tag, default=None):
         try:
@@ -233,11 +235,40 @@ class _RejectTags(Mapping):
         return 0
 
 
-_REJECT_TAGS = _RejectTags()
+#: bodies (§6.6): bignums (2, 3) pass, so that one reads as the number it is
+#: and is refused as NotMatrixJson like any integer out of range
+_BODY_TAGS = _RejectTags((2, 3))
+#: the Route option, the column, compact federation (§7a, §11a.2): no tag at all
+_NO_TAGS = _RejectTags()
 
 
 def _reject_unknown_tag(_decoder: Any, tag: Any) -> Any:
     raise CodecError(f"CBOR tag {tag.tag} is not allowed")
+
+
+def short_repr(value: Any, limit: int = 40) -> str:
+    """``repr(value)`` for an error message: at most ``limit`` characters, and
+    safe for any integer a peer sends (``str`` of one beyond 4300 digits
+    raises ValueError, and costs quadratic time before that)."""
+    if type(value) is int and value.bit_length() > 64:
+        return f"<integer of {value.bit_length()} bits>"
+    if isinstance(value, (str, bytes)):
+        value = value[:limit]  # no need to repr a megabyte to show 40 characters of it
+    try:
+        text = repr(value)
+    except ValueError:  # a container holding such an integer
+        text = f"<{type(value).__name__}>"
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
+class BodyTooLarge(CodecError):
+    """The JSON a body decodes to would exceed the cap (§5.2): a few bytes of
+    table codes stand for up to ~40 bytes of JSON each, so capping the
+    inflated CBOR alone does not cap the output."""
+
+
+#: no cap on the output (callers that bound their input otherwise)
+NO_LIMIT = 1 << 62
 
 
 def _decode_string(value: Any, table: CborTable) -> str:
@@ -248,23 +279,31 @@ def _decode_string(value: Any, table: CborTable) -> str:
     raise CodecError(f"expected a string, got {type(value).__name__}")
 
 
-def _decode_enum(value: Any, names: Mapping[int, str], table: CborTable, depth: int, ordered: bool = False) -> Any:
+def _decode_enum(value: Any, names: Mapping[int, str], table: CborTable, depth: int, ordered: bool,
+                 budget: list[int]) -> Any:
     if type(value) is int:
         try:
             return names[value]
         except KeyError:
-            raise CodecError(f"unknown value code {value}") from None
+            raise CodecError(f"unknown value code {short_repr(value)}") from None
     if isinstance(value, list):
         if len(value) != 1:
             raise CodecError("escaped value must be a one-element array")
-        inner = _from_cbor(value[0], table, depth + 1, ordered)
+        inner = _from_cbor(value[0], table, depth + 1, ordered, budget)
         if not (type(inner) is int or isinstance(inner, list)):
             raise CodecError("only integers and arrays are escaped under an enumerated key")
         return inner
-    return _from_cbor(value, table, depth, ordered)
+    return _from_cbor(value, table, depth, ordered, budget)
 
 
-def _from_cbor(value: Any, table: CborTable, depth: int, ordered: bool = False) -> Any:
+def _from_cbor(value: Any, table: CborTable, depth: int, ordered: bool, budget: list[int]) -> Any:
+    """The JSON value of a cbor2 model.  ``budget[0]``: bytes of JSON still
+    allowed.  Each container charges a lower bound of what it will write:
+    its punctuation and the names its codes stand for (a byte of CBOR
+    becomes up to ~40 bytes of JSON), so a bomb of table codes or of empty
+    containers stops long before its JSON is built.  What is not counted
+    (strings, digits, ``false``) writes at most a few times its CBOR size:
+    the caller checks the JSON's length (``dump_json_capped``)."""
     if depth > MAX_DEPTH:
         raise CodecError(f"nesting deeper than {MAX_DEPTH}")
     if value is None or isinstance(value, (bool, str)):
@@ -275,52 +314,73 @@ def _from_cbor(value: Any, table: CborTable, depth: int, ordered: bool = False) 
     if isinstance(value, bytes):
         return _decode_string(value, table)
     if isinstance(value, list):
-        return [_from_cbor(item, table, depth + 1, ordered) for item in value]
+        budget[0] -= len(value) + 1  # brackets and commas
+        if budget[0] < 0:
+            raise BodyTooLarge("the body's JSON would exceed the cap")
+        return [_from_cbor(item, table, depth + 1, ordered, budget) for item in value]
     if isinstance(value, dict):
+        key_names, value_names = table.key_names, table.value_names
         from_codes: dict[str, Any] = {}
         # ordered: one map in wire order; a name given both as code and as
         # text is then an error (no encoder of this module writes that)
         from_text: dict[str, Any] = from_codes if ordered else {}
+        # a lower bound: braces, commas, and per member its name's quotes and
+        # colon; a value charges for itself (a container) or not at all
+        cost = 1 + 4 * len(value)
         for key, item in value.items():
             if type(key) is int:
                 try:
-                    name = table.key_names[key]
+                    name = key_names[key]
                 except KeyError:
-                    raise CodecError(f"unknown key code {key}") from None
+                    raise CodecError(f"unknown key code {short_repr(key)}") from None
+                cost += len(name)
                 target = from_codes
             elif isinstance(key, (str, bytes)):
-                name = _decode_string(key, table)
+                name = key if type(key) is str else _decode_string(key, table)
                 target = from_text
             else:
                 raise CodecError(f"map key of type {type(key).__name__} is not allowed")
-            if ordered and name in target:
-                raise CodecError(f"key {name!r} given twice")
-            names = table.value_names.get(name)
-            if names is not None:
-                target[name] = _decode_enum(item, names, table, depth + 1, ordered)
+            names = value_names.get(name)
+            if names is None:
+                target[name] = _from_cbor(item, table, depth + 1, ordered, budget)
             else:
-                target[name] = _from_cbor(item, table, depth + 1, ordered)
-        if not ordered:
+                out = target[name] = _decode_enum(item, names, table, depth + 1, ordered, budget)
+                if type(out) is str:
+                    cost += len(out) + 2
+        budget[0] -= cost
+        if budget[0] < 0:
+            raise BodyTooLarge("the body's JSON would exceed the cap")
+        if from_text is from_codes:
+            if len(from_codes) != len(value):
+                raise CodecError("a map gives a key twice (as a code and as text, or in two forms)")
+        elif len(from_codes) + len(from_text) != len(value):
+            # two keys of one name (aliases of a code, a text and a byte
+            # string): the one pair allowed is a code and its text (MSC3079)
+            raise CodecError("a map gives a key twice (two codes or two strings of one name)")
+        elif from_text:
             from_codes.update(from_text)  # a text key wins over its code (MSC3079)
         return from_codes
     raise CodecError(f"CBOR item of type {type(value).__name__} has no JSON equivalent")
 
 
 def strict_decoder(stream: Any, max_depth: int) -> cbor2.CBORDecoder:
-    """A CBOR decoder for untrusted input: no tags (so no bignums, dates or
-    other objects a peer could make us build) and at most ``max_depth`` levels."""
-    return cbor2.CBORDecoder(stream, tag_hook=_reject_unknown_tag, semantic_decoders=_REJECT_TAGS,
+    """A CBOR decoder for untrusted input: no tags at all (so no bignums,
+    dates or other objects a peer could make us build) and at most
+    ``max_depth`` levels."""
+    return cbor2.CBORDecoder(stream, tag_hook=_reject_unknown_tag, semantic_decoders=_NO_TAGS,
                              max_depth=max_depth)
 
 
-def decode_prefix(data: bytes, table: CborTable, *, ordered: bool = False) -> tuple[Any, int]:
+def decode_prefix(data: bytes, table: CborTable, *, ordered: bool = False,
+                  max_output: int = NO_LIMIT) -> tuple[Any, int]:
     """The JSON value of the CBOR item at the start of ``data`` and where it
-    ends; CodecError if invalid.  What follows is the caller's."""
+    ends; CodecError if invalid, BodyTooLarge when its JSON would clearly
+    exceed ``max_output`` bytes.  What follows is the caller's."""
     stream = io.BytesIO(data)
     try:
         model = cbor2.CBORDecoder(
             stream,
-            semantic_decoders=_REJECT_TAGS,
+            semantic_decoders=_BODY_TAGS,
             tag_hook=_reject_unknown_tag,
             allow_duplicate_keys=False,
             max_depth=MAX_DEPTH + 2,
@@ -330,15 +390,16 @@ def decode_prefix(data: bytes, table: CborTable, *, ordered: bool = False) -> tu
     except (cbor2.CBORDecodeError, ValueError, TypeError, OverflowError, RecursionError) as exc:
         cause = exc.__cause__ if isinstance(exc.__cause__, CodecError) else exc
         raise CodecError(f"invalid CBOR: {cause}") from exc
-    return _from_cbor(model, table, 0, ordered), stream.tell()
+    return _from_cbor(model, table, 0, ordered, [max_output]), stream.tell()
 
 
-def decode(data: bytes, table: CborTable, *, ordered: bool = False) -> Any:
+def decode(data: bytes, table: CborTable, *, ordered: bool = False, max_output: int = NO_LIMIT) -> Any:
     """The JSON value of CBOR ``data`` under ``table``; CodecError if invalid.
 
     ``ordered``: maps keep their wire order (see ``encode(canonical=False)``).
+    ``max_output``: see ``decode_prefix`` (``cbor_to_json`` checks exactly).
     """
-    value, end = decode_prefix(data, table, ordered=ordered)
+    value, end = decode_prefix(data, table, ordered=ordered, max_output=max_output)
     if end != len(data):
         # cbor2.loads would ignore them (cbor2 6): a body is one item, nothing after it
         raise CodecError(f"invalid CBOR: {len(data) - end} bytes after the item")
@@ -392,5 +453,15 @@ def json_to_cbor(body: bytes, table: CborTable) -> bytes:
     return encode(parse_json(body), table)
 
 
-def cbor_to_json(data: bytes, table: CborTable) -> bytes:
-    return dump_json(decode(data, table))
+def dump_json_capped(value: Any, max_output: int) -> bytes:
+    """``dump_json``, BodyTooLarge beyond ``max_output`` bytes (the decoders'
+    budget is a lower bound: escapes and number digits are not counted)."""
+    out = dump_json(value)
+    if len(out) > max_output:
+        raise BodyTooLarge(f"the body's JSON of {len(out)} bytes exceeds the cap of {max_output}")
+    return out
+
+
+def cbor_to_json(data: bytes, table: CborTable, max_output: int = NO_LIMIT) -> bytes:
+    """The JSON body of CBOR ``data``; BodyTooLarge if it exceeds ``max_output`` bytes."""
+    return dump_json_capped(decode(data, table, max_output=max_output), max_output)

@@ -134,7 +134,10 @@ def _message_body(req: HttpRequest, route_name: str, event_type: str | None, pro
         doc = json_cbor.parse_json(req.body)
     except CodecError:
         return None
-    if not (isinstance(doc, dict) and doc.keys() == {"msgtype", "body"} and isinstance(doc["body"], str)):
+    # any JSON may come: a msgtype that is a list or an object is no table
+    # key (and unhashable), so it takes the plain path
+    if not (isinstance(doc, dict) and doc.keys() == {"msgtype", "body"} and isinstance(doc["body"], str)
+            and isinstance(doc["msgtype"], str)):
         return None
     code = profile.cbor_table.value_codes.get("msgtype", {}).get(doc["msgtype"])
     try:

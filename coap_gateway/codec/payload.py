@@ -131,9 +131,11 @@ def payload_to_body(
 ) -> tuple[bytes, str | None]:
     """The HTTP body and Content-Type a CoAP payload stands for.
 
-    ``max_size`` caps what deflated JSON may expand to (the bomb cap);
-    ``max_verbatim`` (default: the same) caps bodies carried as they are,
-    such as media, which arrive already whole and cannot expand.
+    ``max_size`` caps what a JSON body may expand to (the bomb cap): the
+    inflated CBOR and the JSON it stands for, each (a byte of table code
+    is up to ~40 bytes of JSON; §5.2); ``max_verbatim`` (default: the same)
+    caps bodies carried as they are, such as media, which arrive already
+    whole and cannot expand.
     """
     if not payload:
         return b"", content_type_header
@@ -141,9 +143,9 @@ def payload_to_body(
         if profile.flate is None:
             raise CodecError("payload without Content-Format, but the profile has no compression")
         cbor = decompress(payload, profile.flate, max_size)
-        return json_cbor.cbor_to_json(cbor, profile.cbor_table), JSON_TYPE
+        return json_cbor.cbor_to_json(cbor, profile.cbor_table, max_size), JSON_TYPE
     if content_format == options.CF_CBOR:
-        return json_cbor.cbor_to_json(payload, profile.cbor_table), JSON_TYPE
+        return json_cbor.cbor_to_json(payload, profile.cbor_table, max_size), JSON_TYPE
     if content_format == options.CF_TIMELINE:
         return timeline.decode(payload, profile, max_size), JSON_TYPE
     limit = max_size if max_verbatim is None else max_verbatim

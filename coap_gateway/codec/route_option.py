@@ -507,7 +507,8 @@ def _items(value: bytes) -> list[Any]:
     except CodecError as exc:
         raise RouteError(str(exc)) from exc
     except (cbor2.CBORDecodeError, ValueError, TypeError, OverflowError, RecursionError, EOFError) as exc:
-        raise RouteError(f"Route option is not a CBOR sequence: {exc}") from exc
+        cause = exc.__cause__ if isinstance(exc.__cause__, CodecError) else exc  # a tag: cbor2 wraps our refusal
+        raise RouteError(f"Route option is not a CBOR sequence: {cause}") from exc
     return items
 
 
@@ -558,7 +559,7 @@ def _decode_param(kind: str | None, item: Any, state: ServerWireState, cbor_tabl
             state.define(item[0], value, journal)
             return value
         if not _is_uint(item):
-            raise RouteError(f"handle {item} is not an unsigned integer")
+            raise RouteError(f"handle {json_cbor.short_repr(item)} is not an unsigned integer")
         value = state.lookup(item)
         if value is None:
             raise HandleUnknown(f"handle {item} is not defined for this device")
@@ -566,7 +567,7 @@ def _decode_param(kind: str | None, item: Any, state: ServerWireState, cbor_tabl
     if kind == EVENT_TYPE and type(item) is int:
         name = cbor_table.value_names.get("type", {}).get(item) if item >= 0 else None
         if name is None:
-            raise RouteError(f"event type code {item} is not in table v{cbor_table.version}")
+            raise RouteError(f"event type code {json_cbor.short_repr(item)} is not in table v{cbor_table.version}")
         return name
     if kind == TXN and type(item) in (int, list):
         if isinstance(item, list) and len(item) == 1:
@@ -580,7 +581,7 @@ def _decode_param(kind: str | None, item: Any, state: ServerWireState, cbor_tabl
             state.define_scope(item[1], journal)
             item = item[0]
         if not _is_uint(item):
-            raise RouteError(f"transaction {item} is not an unsigned integer")
+            raise RouteError(f"transaction {json_cbor.short_repr(item)} is not an unsigned integer")
         if state.scope is None:
             raise HandleUnknown("no transaction scope for this device")
         return f"{state.scope}.{item}"
@@ -610,7 +611,7 @@ def decode_route(value: bytes, table: RouteTable, schemas: SchemaTable, cbor_tab
         kind = schemas.param_kinds.get(name)
         if kind == EVENT_TYPE and type(item) is int and item < 0:
             if template.name not in schemas.message_routes or item < -64:
-                raise RouteError(f"message schema {item} on route {template.name}")
+                raise RouteError(f"message schema {json_cbor.short_repr(item)} on route {template.name}")
             m, raw = divmod(-1 - item, 2)
             if m not in cbor_table.value_names.get("msgtype", {}):
                 raise RouteError(f"msgtype code {m} is not in table v{cbor_table.version}")
@@ -642,7 +643,7 @@ def _decode_template(item: Any, state: ServerWireState, cbor_table: CborTable, j
         state.define(item[0], text, journal)
         return text.encode("utf-8")
     if not _is_uint(item):
-        raise RouteError(f"template handle {item} is not an unsigned integer")
+        raise RouteError(f"template handle {json_cbor.short_repr(item)} is not an unsigned integer")
     value = state.lookup(item)
     if value is None:
         raise HandleUnknown(f"handle {item} is not defined for this device")

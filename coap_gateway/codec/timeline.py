@@ -31,7 +31,7 @@ with a token even without timestamps (a login's answer).  docs/protocol.md §5.1
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from ..errors import CodecError
@@ -123,12 +123,28 @@ def _objects(doc: Any) -> Iterator[dict[str, Any]]:
             stack.extend(node.values())
 
 
-def _check(doc: Any) -> None:
-    """Every timestamp and age a decoder wrote back is a Matrix integer."""
+def _finish(doc: Any, key_codes: Mapping[str, int]) -> None:
+    """What the decoder does after the walk, in one pass over the objects:
+    every timestamp and age it wrote back must be a Matrix integer, and
+    every object's members go in the plain path's order (§5.1: the same
+    bytes).  The walk used canonical wire order, which puts "" before
+    2-byte codes and 1-character keys before 3-byte ones; the plain
+    decoder writes the members with a table code first, then the others,
+    each in wire order."""
     for node in _objects(doc):
         for key in (TS, "age"):
             if _is_int(node.get(key)):
                 json_cbor.check_number(node[key])
+        text_seen = False
+        for name in node:
+            if name not in key_codes:
+                text_seen = True
+            elif text_seen:  # a coded member after one without a code: rare, reorder
+                items = list(node.items())
+                node.clear()
+                node.update([kv for kv in items if kv[0] in key_codes])
+                node.update([kv for kv in items if kv[0] not in key_codes])
+                break
 
 
 def encode(canonical_cbor: bytes, profile: Profile) -> bytes | None:
@@ -145,7 +161,8 @@ def encode(canonical_cbor: bytes, profile: Profile) -> bytes | None:
         return None
     _walk(doc, encode=True)
     try:
-        sections = column_form.to_column(doc, tokens="token" in columns, texts="text" in columns) if columns else []
+        sections = column_form.to_column(doc, tokens="token" in columns, texts="text" in columns,
+                                         event_ids="event_id" in columns) if columns else []
         if few and not any(sections):
             return None
         data = json_cbor.encode(doc, profile.cbor_table, canonical=False)
@@ -155,21 +172,23 @@ def encode(canonical_cbor: bytes, profile: Profile) -> bytes | None:
 
 
 def decode(payload: bytes, profile: Profile, max_size: int) -> bytes:
-    """The JSON body a timeline-form payload stands for."""
+    """The JSON body a timeline-form payload stands for; ``max_size`` caps
+    the inflated stream and the JSON body each (§5.2)."""
     preset = dictionary(profile)
     if preset is None:
         raise CodecError("the timeline form needs a profile with the compact form")
     data = decompress(payload, preset, max_size)
     columns = column_kinds(profile)
     if columns:
-        doc, end = json_cbor.decode_prefix(data, profile.cbor_table, ordered=True)
+        doc, end = json_cbor.decode_prefix(data, profile.cbor_table, ordered=True, max_output=max_size)
         # the column: what follows the body
-        column_form.from_column(doc, data[end:], tokens="token" in columns, texts="text" in columns)
+        column_form.from_column(doc, data[end:], tokens="token" in columns, texts="text" in columns,
+                                event_ids="event_id" in columns)
     else:
-        doc = json_cbor.decode(data, profile.cbor_table, ordered=True)
+        doc = json_cbor.decode(data, profile.cbor_table, ordered=True, max_output=max_size)
     _walk(doc, encode=False)
-    _check(doc)
-    return json_cbor.dump_json(doc)
+    _finish(doc, profile.cbor_table.key_codes)
+    return json_cbor.dump_json_capped(doc, max_size)
 
 
 __all__ = ["MIN_TIMESTAMPS", "column_kinds", "decode", "dictionary", "encode", "worth_trying"]

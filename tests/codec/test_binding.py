@@ -7,6 +7,7 @@ import json
 import random
 import zlib
 
+import cbor2
 import pytest
 from aiocoap import Message
 from aiocoap.numbers.codes import Code
@@ -409,6 +410,73 @@ def test_malformed_requests_are_refused_before_anything_is_forwarded():
     two.opt.add_option(OpaqueOption(options.ACCESS_TOKEN, b"\x00tok"))
     assert isinstance(server.resolve(crossing(two)), Refused)
     assert server.sizes()["tokens"] == 0
+
+
+BIGNUM = cbor2.dumps(cbor2.CBORTag(2, b"\xff" * 2030))  # ~4890 decimal digits
+
+
+@pytest.mark.parametrize("route", [
+    b"\x00" + BIGNUM + b"\x00\x00",  # as the room handle
+    b"\x00" + cbor2.dumps([5, "!evil:x"]) + BIGNUM + b"\x00",  # as the event type, after a room definition
+    b"\x00" + cbor2.dumps([5, "!evil:x"]) + b"\x00" + BIGNUM,  # as the txn
+    b"\x00" + cbor2.dumps([5, "!evil:x"]) + cbor2.dumps(cbor2.CBORTag(3, b"\xff" * 2020)) + b"\x00",  # negative
+], ids=["room", "event type", "txn", "negative"])
+def test_a_bignum_in_the_route_option_is_a_4_00_and_defines_nothing(route):
+    """§7a: a tag is refused (bignums were let through, and printing one of
+    4300+ digits in the error raised ValueError: a crash, the client saw
+    4.08, and the request's Access-Token and room definitions stayed)."""
+    server = ServerBinding(LB3)
+    message = Message(code=Code.PUT)
+    message.opt.add_option(OpaqueOption(options.ACCESS_TOKEN, encode_token_definition(0, "syt_bogus")))
+    message.opt.add_option(OpaqueOption(options.ROUTE, route))
+    refused = server.resolve(crossing(message))
+    assert isinstance(refused, Refused) and refused.reason == "malformed" and refused.reply.code == Code.BAD_REQUEST
+    assert b"tag" in refused.reply.payload
+    assert server.sizes()["handles"] == 0 and server.sizes()["tokens"] == 0
+
+
+def test_definitions_are_taken_back_whatever_refuses_the_request(monkeypatch):
+    """A request that defines a room and is then refused — by a malformed
+    item, or by an error nobody foresaw — leaves no definition behind."""
+    from coap_gateway.codec import route_option
+
+    server = ServerBinding(LB3)
+    route = b"\x00" + cbor2.dumps([5, "!evil:x"]) + b"\x00\xf5"  # the txn is `true`
+    message = Message(code=Code.PUT)
+    message.opt.add_option(OpaqueOption(options.NO_TOKEN, b""))
+    message.opt.add_option(OpaqueOption(options.ROUTE, route))
+    assert isinstance(server.resolve(crossing(message)), Refused)
+    assert server.sizes()["handles"] == 0
+
+    def broken(*args):
+        raise ZeroDivisionError("a bug")
+
+    monkeypatch.setattr(route_option.routes, "check_segment", broken)
+    ok = b"\x00" + cbor2.dumps([5, "!evil:x"]) + b"\x00" + cbor2.dumps([0, "lbscope"])
+    message.opt.delete_option(options.ROUTE)
+    message.opt.add_option(OpaqueOption(options.ROUTE, ok))
+    with pytest.raises(ZeroDivisionError):
+        server.resolve(crossing(message))
+    assert server.sizes()["handles"] == 0 and server.device("device-a").wire.scope is None
+
+
+@pytest.mark.parametrize("body", [
+    b'{"errcode":["M_UNKNOWN_TOKEN"],"error":"x"}',  # a list: unhashable, `in TOKEN_REFUSED` raised TypeError
+    b'{"errcode":{"a":1}}',
+    b"[" * 100_000 + b"]" * 100_000,  # json.loads raises RecursionError
+])
+def test_a_401_with_an_odd_body_is_no_crash_on_either_side(body):
+    client, server = ClientBinding(LB3), ServerBinding(LB3)
+    http = whoami()
+    message = client.request(http)
+    resolved = server.resolve(crossing(message))
+    assert isinstance(resolved, Resolved)
+    answer = HttpResponse(401, body, "application/json")
+    assert server.after(crossing(message), resolved, answer) is False
+    assert server.sizes()["tokens"] == 1  # not a token refusal: kept
+    reply = response_to_coap(answer, LB3)
+    assert client.response(http, message, reply).status == 401
+    assert client.tokens == {"tok-alice": 0}
 
 
 def test_device_table_and_tokens_are_bounded():

@@ -86,6 +86,38 @@ def test_a_column_that_does_not_match_its_body_is_refused(body, col, tokens):
         column.from_column(body, col, tokens, texts=col[:1] != b"\x61")
 
 
+@pytest.mark.parametrize("entry", [
+    "7802" + b"hi".hex(),  # a 1-byte length where the header holds it
+    "7b" + (2).to_bytes(8, "big").hex() + b"hi".hex(),  # an 8-byte length
+    "7900" + "18" + b"x".hex() * 24,  # a 2-byte length of 24
+    "7f62" + b"hi".hex() + "ff",  # indefinite length
+    "c26161",  # a tag
+    "62fffe",  # not UTF-8
+    "63eda080",  # a surrogate, as UTF-8 bytes
+    "78",  # a header cut short
+])
+def test_a_text_entry_has_its_shortest_definite_length(entry):
+    """§5.1: a text entry is a CBOR text string with the shortest length;
+    another spelling of the same text is refused, not read."""
+    with pytest.raises(CodecError):
+        column.from_column({"body": "&"}, bytes.fromhex(entry), tokens=True, texts=True)
+    text = "x" * 24
+    doc = {"body": "&"}
+    column.from_column(doc, bytes.fromhex("7818") + text.encode(), tokens=True, texts=True)
+    assert doc == {"body": text}
+
+
+def test_a_mark_of_a_kind_the_column_does_not_have_is_refused():
+    """§5.1: each kind (text, event_id, token) only where the table lists it."""
+    raw = base64.urlsafe_b64decode(EVENT_ID[1:] + "=")
+    with pytest.raises(CodecError, match="event"):
+        column.from_column(["$"], raw, tokens=True, texts=True, event_ids=False)
+    doc = [EVENT_ID]
+    assert column.to_column(doc, tokens=True, texts=True, event_ids=False) == [b"", b""] and doc == [EVENT_ID]
+    column.from_column(doc, b"", tokens=True, texts=True, event_ids=False)
+    assert doc == [EVENT_ID]
+
+
 def test_a_login_answer_travels_with_its_token_in_the_column():
     answer = json.dumps({"user_id": "@erin-t1:localhost", "access_token": TOKEN, "home_server": "localhost",
                          "device_id": "WVWIYXURMJ"}, separators=(",", ":")).encode()

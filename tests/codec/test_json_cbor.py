@@ -276,6 +276,98 @@ def test_nesting_is_bounded_both_ways():
         json_cbor.decode(b"\x81" * 100_000 + b"\x01", V2)
 
 
+EVENT_RAW = bytes(range(32))
+EVENT_TEXT = "$" + __import__("base64").urlsafe_b64encode(EVENT_RAW).decode().rstrip("=")  # the same in both alphabets
+
+
+@pytest.mark.parametrize("ordered", [False, True])
+@pytest.mark.parametrize("model", [
+    {EVENT_TEXT: 1, b"\x01" + EVENT_RAW: 2},  # the text of an event ID and its binary form
+    {b"\x01" + EVENT_RAW: 1, b"\x02" + EVENT_RAW: 2},  # markers 0x01 and 0x02 spell this one the same
+    {27: "v1's code", -1: "v2's alias"},  # two codes of "body"
+], ids=["text and bytes", "two markers", "two codes"])
+def test_two_keys_of_one_name_are_refused(model, ordered):
+    """§6.6: duplicate keys are refused, also when two different CBOR keys
+    decode to one name (the plain decoder used to keep the last)."""
+    with pytest.raises(CodecError, match="twice"):
+        json_cbor.decode(cbor2.dumps(model), V2, ordered=ordered)
+
+
+def test_a_code_and_the_text_of_its_name_is_the_one_pair_allowed():
+    """§6.2 (MSC3079): the text wins; the ordered decoder (no encoder writes
+    both) refuses it."""
+    data = cbor2.dumps({-1: "code", "body": "text"})
+    assert json_cbor.decode(data, V2) == {"body": "text"}
+    with pytest.raises(CodecError, match="twice"):
+        json_cbor.decode(data, V2, ordered=True)
+
+
+@pytest.mark.parametrize("model", [{10**5000: 1}, {2: 10**5000}, {"x": [10**5000]}, {2: [10**5000]}],
+                         ids=["key code", "value code", "number", "escaped value"])
+def test_a_huge_integer_is_a_clean_error_wherever_it_stands(model):
+    """A bignum of 5000 digits where a key or value code belongs: the error
+    message must not print it (``str`` of an int beyond 4300 digits raises
+    ValueError, which escaped as a crash)."""
+    with pytest.raises(CodecError):
+        json_cbor.decode(cbor2.dumps(model), V2)
+
+
+def test_short_repr_is_bounded_and_safe_for_any_value():
+    assert json_cbor.short_repr(10**5000) == f"<integer of {(10**5000).bit_length()} bits>"
+    assert json_cbor.short_repr([1, 10**5000]) == "<list>"
+    assert json_cbor.short_repr(-(2**64) + 1) == str(-(2**64) + 1)
+    assert len(json_cbor.short_repr("x" * 10**6)) <= 41
+
+
+def table_code_bomb(cap: int) -> bytes:
+    """A CBOR array of ``{"kind": "sender_notification_permission"}``, 3
+    bytes each (a key code and a value code), up to ``cap`` bytes: 14 times
+    ``cap`` of JSON."""
+    item = json_cbor.encode({"kind": "sender_notification_permission"}, V2)
+    assert len(item) == 3
+    n = (cap - 9) // len(item)
+    return b"\x9b" + n.to_bytes(8, "big") + item * n
+
+
+def test_a_body_of_table_codes_is_stopped_at_the_cap_before_its_json_is_built():
+    """§5.2: the cap bounds what a body decodes to, not only the inflated
+    CBOR.  The decoder's budget stops it (``decode`` writes no JSON)."""
+    bomb = table_code_bomb(100_000)
+    with pytest.raises(json_cbor.BodyTooLarge):
+        json_cbor.decode(bomb, V2, max_output=100_000)
+    with pytest.raises(json_cbor.BodyTooLarge):
+        json_cbor.cbor_to_json(bomb, V2, max_output=100_000)
+    assert len(json_cbor.cbor_to_json(bomb, V2)) > 13 * 100_000  # no cap given: no cap applied
+
+
+def test_the_cap_on_json_is_exact():
+    """What the budget does not count (digits, ``false``, escapes) the final
+    length check does: a body of exactly the cap passes, one byte less fails."""
+    data = json_cbor.encode({"type": "m.room.message", "a": [False] * 50, "b": "\u0000" * 50}, V2)
+    body = json_cbor.cbor_to_json(data, V2)
+    assert len(body) > 5 * len(data)  # the budget counted little of it
+    assert json_cbor.cbor_to_json(data, V2, max_output=len(body)) == body
+    with pytest.raises(json_cbor.BodyTooLarge):
+        json_cbor.cbor_to_json(data, V2, max_output=len(body) - 1)
+
+
+_KEYS = st.sampled_from(["", "a", "type", "msgtype", "membership", "kind", "body", "join", "pdus"]) | st.text(max_size=5)
+_BUDGET_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers(-(10**6), 10**6) | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=5) | st.sampled_from(["m.text", "join", "sender_notification_permission", "\u0000"]),
+    lambda c: st.lists(c, max_size=4) | st.dictionaries(_KEYS, c, max_size=4), max_leaves=30)
+
+
+@settings(max_examples=500, deadline=None)
+@given(_BUDGET_VALUES)
+def test_the_budget_never_refuses_a_body_its_cap_holds(value):
+    """The decoder's budget is a lower bound of the JSON it writes: a body
+    is never refused under a cap of exactly its own size."""
+    data = json_cbor.encode(value, V2)
+    body = json_cbor.cbor_to_json(data, V2)
+    assert json_cbor.cbor_to_json(data, V2, max_output=len(body)) == body
+
+
 def test_lone_surrogate_is_a_clean_error():
     with pytest.raises(CodecError):
         json_cbor.json_to_cbor(b'{"body":"\\ud800"}', V2)

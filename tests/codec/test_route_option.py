@@ -132,7 +132,10 @@ def test_message_schema_only_for_exactly_msgtype_and_body():
     client, server = ClientWireState(), ServerWireState()
     for body, bare in ((BODY, True), (b'{"msgtype":"m.notice","body":"x"}', True),
                        (b'{"msgtype":"m.text","body":"x","format":"org.matrix.custom.html"}', False),
-                       (b'{"msgtype":"m.custom","body":"x"}', False), (b'{"body":"x"}', False), (b"not json", False)):
+                       (b'{"msgtype":"m.custom","body":"x"}', False), (b'{"body":"x"}', False), (b"not json", False),
+                       # a msgtype that is no string (unhashable: a TypeError, a 500 at the client gateway)
+                       (b'{"msgtype":["m.text"],"body":"x"}', False), (b'{"msgtype":{"a":1},"body":"x"}', False),
+                       (b'{"msgtype":0,"body":"x"}', False)):
         msg = request_to_coap(HttpRequest("PUT", SEND, body, "application/json"), PROFILE, client)
         items = list(_items(route_value(msg)))
         assert (items[2] < 0) == bare, body
@@ -196,6 +199,8 @@ def test_errors_on_event_routes_keep_their_status():
     (bytes.fromhex("00 82 00 61 21 00 82 00 61 2f"), RouteError),  # scope with '/'
     (bytes.fromhex("00 82 00 62 2f 78 00 00"), RouteError),  # a room handle defined as "/x"
     (bytes.fromhex("00 c1 00 00 00"), RouteError),  # a tag
+    (bytes.fromhex("00 c24105 00 00"), RouteError),  # a bignum is a tag too (§7a): handle 5 as tag 2
+    (bytes.fromhex("00 00 00 c34107"), RouteError),  # and tag 3
     (bytes.fromhex("00 00 18"), RouteError),  # truncated
     (bytes.fromhex("00 f5 00 00"), RouteError),  # true
 ])

@@ -90,6 +90,27 @@ def test_deflate_bomb_is_refused_within_the_cap():
         decompress(compress(b"a" * 1001), max_size=1000)
 
 
+@pytest.mark.parametrize("content_format", [None, options.CF_CBOR, options.CF_TIMELINE])
+def test_a_bomb_of_table_codes_is_refused_within_the_cap(content_format):
+    """§5.2: 1 KiB of deflate inflates to 1 MiB of CBOR that stands for 14 MiB
+    of JSON (3-byte maps of a key code and a value code): the cap bounds
+    the JSON too, whatever the Content-Format, and the decoder stops early."""
+    lb4 = load_profile("lb4")
+    item = json_cbor.encode({"kind": "sender_notification_permission"}, lb4.cbor_table)
+    cap = 1 << 20
+    n = (cap - 9) // len(item)
+    cbor = b"\x9b" + n.to_bytes(8, "big") + item * n
+    if content_format is None:
+        wire = compress(cbor, lb4.flate)
+        assert len(wire) < 1100
+    elif content_format == options.CF_TIMELINE:
+        wire = compress(cbor, payload.timeline.dictionary(lb4))
+    else:
+        wire = cbor
+    with pytest.raises(json_cbor.BodyTooLarge):
+        payload.payload_to_body(wire, content_format, lb4, max_size=cap)
+
+
 def test_corrupt_truncated_and_trailing_data_are_refused():
     good = compress(b"hello world " * 20, DICT)
     with pytest.raises(CompressionError, match="truncated"):

@@ -90,8 +90,11 @@ EVENT_IDS = ["$" + "Ab" * 21 + "w", "$" + "c-" * 21 + "Q", "$" + "A" * 43]  # UR
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers(-(2**53) + 1, 2**53 - 1) | st.text(max_size=8)
     | st.sampled_from(EVENT_IDS + ["$", "$$", "$" * 30, "$" + "Ab" * 21 + "+"]),
+    # "" sorts before 2-byte codes (join: 24) in canonical CBOR, "x" before
+    # 3-byte ones (pdus: 257): keys whose wire order is not the plain order
     lambda children: st.lists(children, max_size=4) | st.dictionaries(
-        st.sampled_from(["origin_server_ts", "age", "unsigned", "content", "x"]), children, max_size=4),
+        st.sampled_from(["origin_server_ts", "age", "unsigned", "content", "x", "", "join", "pdus"]), children,
+        max_size=4),
     max_leaves=20)
 
 
@@ -108,6 +111,34 @@ def test_any_body_round_trips(a, b):
         back = timeline.decode(form, profile, 1 << 20)
         assert json.loads(back) == json.loads(body)
         assert back == payload.json_cbor.cbor_to_json(cbor, profile.cbor_table)  # byte for byte
+
+
+@pytest.mark.parametrize("profile", [LB3, LB4], ids=["lb3", "lb4"])
+def test_members_come_back_in_the_plain_paths_order(profile):
+    """§5.1: "the same bytes as the plain path would give".  The walk uses
+    canonical order, where "" comes before 2-byte codes and 1-character keys
+    before 3-byte ones; the plain decoder writes coded members first."""
+    def event(i):
+        return {"": 1, "a": 2, "join": 3, "pdus": 4, "origin_server_ts": 1700000000000 + i,
+                "content": {"body": "hi", "": [], "x": 0}, "event_id": EVENT_IDS[i % 3]}
+    body = json.dumps({"chunk": [event(i) for i in range(30)], "": {"join": 1}}).encode()
+    cbor = payload.json_cbor.json_to_cbor(body, profile.cbor_table)
+    plain = payload.json_cbor.cbor_to_json(cbor, profile.cbor_table)
+    assert plain.index(b'"join":3') < plain.index(b'"":1')  # what the plain path writes
+    form = payload.body_to_payload(body, "application/json", profile)
+    assert form.content_format == options.CF_TIMELINE
+    assert payload.payload_to_body(form.payload, form.content_format, profile)[0] == plain
+
+
+def test_a_timeline_body_is_capped_as_json_too():
+    """§5.2: the cap bounds the JSON the form stands for, not only its
+    inflated bytes (timestamps as differences and the column expand)."""
+    form = payload.body_to_payload(first_sync(), "application/json", LB4)
+    body = payload.payload_to_body(form.payload, form.content_format, LB4)[0]
+    assert len(decompress(form.payload, timeline.dictionary(LB4))) < len(body) // 2
+    assert payload.payload_to_body(form.payload, form.content_format, LB4, max_size=len(body))[0] == body
+    with pytest.raises(payload.json_cbor.BodyTooLarge):
+        payload.payload_to_body(form.payload, form.content_format, LB4, max_size=len(body) - 1)
 
 
 # ------------------------------------------------------------- lb4: template and column
@@ -140,6 +171,20 @@ def test_lb4_refuses_a_column_that_does_not_match_its_body():
     # lb3 has no column: the same bytes after its body are trailing data
     with pytest.raises(CodecError):
         timeline.decode(compress(data, timeline.dictionary(LB3)), LB3, 1 << 20)
+
+
+def test_a_column_without_event_ids_neither_takes_nor_accepts_them():
+    """§5.1: a mark whose kind the table's ``columns`` does not list is
+    refused; the encoder of such a profile leaves event IDs in the body."""
+    from dataclasses import replace
+    no_ids = replace(LB4, timeline=replace(LB4.timeline, columns=frozenset({"token", "text"})))
+    doc = {"e": [{"event_id": EVENT_IDS[0], "origin_server_ts": 1}, {"event_id": EVENT_IDS[1], "origin_server_ts": 2}]}
+    cbor = payload.json_cbor.encode(doc, LB4.cbor_table)
+    ours = timeline.encode(cbor, no_ids)
+    assert payload.json_cbor.string_to_binary(EVENT_IDS[0]) in decompress(ours, timeline.dictionary(no_ids))
+    assert json.loads(timeline.decode(ours, no_ids, 1 << 20)) == doc
+    with pytest.raises(CodecError, match="event"):
+        timeline.decode(timeline.encode(cbor, LB4), no_ids, 1 << 20)
 
 
 def test_lb4_template_holds_the_default_push_rules():
