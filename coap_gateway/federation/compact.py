@@ -42,7 +42,7 @@ import cbor2
 from aiocoap import Message
 from aiocoap.numbers.codes import Code
 
-from ..codec import HttpResponse, Profile, json_cbor, routes
+from ..codec import MAX_REQUEST_BODY, HttpResponse, Profile, json_cbor, routes
 from ..errors import CodecError, RouteError
 from .mapping import FederationRequest
 
@@ -507,7 +507,7 @@ def decode_send(msg: Message, profile: Profile, *, origin: str, destination: str
     if edus is not None:
         if not isinstance(edus, bytes):
             raise CodecError("compact transaction: bad EDUs")
-        body["edus"] = json_cbor.decode(edus, table)
+        body["edus"] = json_cbor.decode(edus, table, max_output=MAX_REQUEST_BODY)
         if not isinstance(body["edus"], list) or len(body["edus"]) > MAX_EDUS:
             raise CodecError("compact transaction: EDUs are not an array of at most 100")
     for pdu, item in zip(rebuilt, pdus):
@@ -520,7 +520,10 @@ def decode_send(msg: Message, profile: Profile, *, origin: str, destination: str
     received.event_ids = [event_id(p) for p in rebuilt]
     header = f'X-Matrix origin="{origin}",key="ed25519:{key_id}",sig="{_b64std(sig)}",destination="{destination}"'
     target = SEND_PREFIX + str(txn)
-    request = FederationRequest("PUT", target, json_cbor.dump_json(body), "application/json", [header])
+    rebuilt_body = json_cbor.dump_json(body)
+    if len(rebuilt_body) > MAX_REQUEST_BODY:  # the plain path's cap, on what the homeserver would get
+        raise CodecError(f"compact transaction: {len(rebuilt_body)} bytes of JSON, over {MAX_REQUEST_BODY}")
+    request = FederationRequest("PUT", target, rebuilt_body, "application/json", [header])
     return request, received
 
 

@@ -18,7 +18,7 @@ import pytest
 from aiocoap import Message
 from aiocoap.numbers.codes import Code
 
-from coap_gateway.codec import HttpResponse, json_cbor, load_profile
+from coap_gateway.codec import MAX_REQUEST_BODY, HttpResponse, json_cbor, load_profile
 from coap_gateway.errors import CodecError
 from coap_gateway.federation import FederationRequest
 from coap_gateway.federation.compact import (
@@ -513,3 +513,13 @@ def test_other_malformed_fields_are_refused() -> None:
 
 def test_a_key_answer_nested_too_deep_is_no_key_answer() -> None:
     assert server_keys(b"[" * 100_000 + b"]" * 100_000) is None
+
+
+def test_edus_that_decode_to_more_json_than_a_request_may_carry_are_refused() -> None:
+    """A few hundred kB of table codes (`{"kind": "sender_notification_permission"}`
+    in 3 bytes) decode to megabytes of JSON: refused at the plain path's cap."""
+    count = 100_000
+    edus = b"\x81\x9a" + count.to_bytes(4, "big") + b"\xa1\x2f\x03" * count  # one EDU, a long array
+    assert len(json_cbor.dump_json(json_cbor.decode(edus, PROFILE.cbor_table))) > MAX_REQUEST_BODY
+    with pytest.raises(CodecError):
+        _decode(_crafted(edus=edus))
