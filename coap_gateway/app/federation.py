@@ -91,7 +91,13 @@ async def start_federation(link: DatagramLink, *, homeserver: str, profile: Prof
     mine = keys.public_from_private(static_private)
     digest = profile_wire_digest(profile)
     store = ServerStore(state_dir) if state_dir is not None else None
-    server = SecureServerCodec(server_endpoint(static_private, profile, limits=limits, now=clock(), store=store),
+
+    def is_peer(public: bytes) -> bool:
+        return table.by_key(public) is not None and public != mine
+
+    # only peers get a session: another key's would count against max_sessions and push a peer's out
+    server = SecureServerCodec(server_endpoint(static_private, profile, limits=limits, now=clock(), store=store,
+                                               admit=is_peer),
                                clock=clock, key_log=key_log)
     clients = {}
     for peer in table:
@@ -101,7 +107,7 @@ async def start_federation(link: DatagramLink, *, homeserver: str, profile: Prof
             endpoint = ClientEndpoint(static_private, profile.id, digest, server_public=peer.public,
                                       restart=True, unbound=True)
             clients[peer.public] = SecureClientCodec(endpoint, peer.address, clock=clock, key_log=key_log)
-    codec = PeerLinkCodec(server, clients, known=lambda public: table.by_key(public) is not None and public != mine)
+    codec = PeerLinkCodec(server, clients, known=is_peer)
     gateway = FederationGateway(config or FederationConfig(homeserver, profile), table, own_key=mine, clock=clock)
     endpoint = await create_link_endpoint(link, site=gateway, codec=codec, loggername="coap.federation")
     gateway.attach(endpoint, codec)

@@ -109,7 +109,8 @@ def _numbers(counters: Any) -> dict[str, int | float]:
 
 
 def server_endpoint(static_private: bytes, profile: Profile, *, limits: ServerLimits | None = None, now: float,
-                    store: ServerStore | None = None) -> ServerEndpoint:
+                    store: ServerStore | None = None, admit: Callable[[bytes], bool] | None = None
+                    ) -> ServerEndpoint:
     """The secure layer of a server gateway, its replay protection restored
     from ``store``.  Without a store the strike register of an earlier run is
     lost, and an IK1 it accepted could run again: early data then waits until
@@ -121,7 +122,7 @@ def server_endpoint(static_private: bytes, profile: Profile, *, limits: ServerLi
         static_private, {profile.id: profile_wire_digest(profile)}, limits=limits,
         early_data_from=None if store is not None else limits.early_data_safe_from(now),
         strikes=store.strikes(now) if store is not None else (), now=now,
-        on_strike=store.add_strike if store is not None else None)
+        on_strike=store.add_strike if store is not None else None, admit=admit)
 
 
 async def start_server(link: DatagramLink, *, homeserver: str, profile: Profile, static_private: bytes | None,

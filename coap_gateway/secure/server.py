@@ -187,7 +187,8 @@ class ServerEndpoint:
                  limits: ServerLimits | None = None, rng: Rng = os.urandom,
                  early_data_from: float | None = None,
                  strikes: Iterable[tuple[bytes, float]] = (), now: float = 0.0,
-                 on_strike: Callable[[bytes, float, float], None] | None = None) -> None:
+                 on_strike: Callable[[bytes, float, float], None] | None = None,
+                 admit: Callable[[bytes], bool] | None = None) -> None:
         """``early_data_from``: refuse early data before that time — a server
         that lost its strike register (a restart without persisting it) must
         not run an IK1 it may already have run, so it waits until such an IK1
@@ -195,7 +196,10 @@ class ServerEndpoint:
         persisted register to restore (as of ``now``); ``on_strike(key,
         expires, now)``: called for each strike (every fresh IK1 that
         decrypts) before anything of its handshake is acted on, to persist it
-        first."""
+        first.  ``admit(client_public)``: whether a client with that static key
+        may have a session at all (None: any key; a federation gateway admits
+        its peers only — sessions of other keys would count against
+        ``max_sessions`` and push its peers' sessions out)."""
         self._static = static_private_key
         self._profiles = dict(profiles)
         self.limits = limits or ServerLimits()
@@ -216,6 +220,7 @@ class ServerEndpoint:
                 self.strikes.add(key, expires, now)
         self.early_data_from = early_data_from
         self._on_strike = on_strike
+        self._admit = admit
         #: emit ``SessionKeys`` for each completed handshake (an opt-in key log); off by default
         self.export_keys = False
 
@@ -502,6 +507,9 @@ class ServerEndpoint:
         if handshake.session_id in self._sessions:  # cannot differ from the digest check; be safe
             out.append(Dropped("IK1 repeated", addr))
             return
+        if self._admit is not None and not self._admit(handshake.client_public):
+            out.append(Dropped("client key not admitted", addr))
+            return
         # first sight of this IK1 (while fresh) or not: only a first sight may run early data
         # or act on RESTART/UNBOUND before the session is validated
         first_sight = self._strike(now, handshake)
@@ -637,6 +645,9 @@ class ServerEndpoint:
                      xx3_digest: bytes, out: list[ServerOutput]) -> None:
         assert handshake.session_id is not None and handshake.client_public is not None
         assert handshake.channel is not None
+        if self._admit is not None and not self._admit(handshake.client_public):
+            out.append(Dropped("client key not admitted", addr))
+            return
         handshake.channel.note_handshake_message_received(hello.message, xx3_digest, now)
         session = _Session(handshake.session_id, addr, handshake.client_public, "XX", now,
                            channel=handshake.channel, xx3_digest=xx3_digest,

@@ -645,3 +645,18 @@ def test_random_datagrams_never_raise_in_the_client(datagrams, established):
     for data in datagrams:
         for out in client.receive(NOW, data):
             assert isinstance(out, (Transmit, Dropped, Deliver, Connected, Rehandshake, Woken))
+
+
+def test_a_key_the_server_does_not_admit_gets_no_session_by_ik_or_xx():
+    """A federation gateway admits its peers only: another key's session would
+    count against ``max_sessions`` and push a peer's out."""
+    peer = public_key(hashlib.sha256(b"peer").digest())
+    server = ServerEndpoint(SERVER_STATIC, {PROFILE: DIGEST}, admit=lambda public: public == peer)
+    world = World(server)
+    world.add("A", new_client(seed="peer"))
+    world.client_send("A", get(0x100))
+    for name, client in (("B", new_client(seed="b")), ("C", new_client(server_public=None, seed="c"))):  # IK, XX
+        world.add(name, client)
+        world.client_send(name, post(0x200))
+    assert server.sizes()["sessions"] == 1 and len(world.executions) == 1
+    assert [d.reason for d in of(world.server_events, Dropped)].count("client key not admitted") == 2
