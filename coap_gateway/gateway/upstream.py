@@ -81,6 +81,7 @@ class UpstreamError(Exception):
     TIMEOUT = "timeout"
     TOO_LARGE = "too_large"
     ENCODED = "encoded"  # a content coding (gzip…) although identity was asked for
+    TARGET = "target"  # not a request target (a mapping let a space or a control through)
 
     def __init__(self, kind: str, detail: str = ""):
         super().__init__(f"{kind}: {detail}" if detail else kind)
@@ -92,6 +93,8 @@ class UpstreamError(Exception):
             return matrix_error(504, "M_UNKNOWN", "the homeserver did not answer in time")
         if self.kind == self.TOO_LARGE:
             return matrix_error(502, "M_UNKNOWN", "homeserver response too large for the gateway")
+        if self.kind == self.TARGET:
+            return matrix_error(400, "M_UNRECOGNIZED", "the request's path cannot be sent to the homeserver")
         if self.kind == self.ENCODED:
             return matrix_error(502, "M_UNKNOWN", "the homeserver's answer is content-encoded; the gateway "
                                                   "asks for identity and does not decode it")
@@ -236,7 +239,10 @@ class Upstream:
             headers.add("Authorization", value)
         if forwarded_for is not None:
             headers["X-Forwarded-For"] = forwarded_for
-        # the target is a path (routes guarantees it): the host is always ours
+        # the target is a path (routes guarantees it): the host is always ours.  Checked here
+        # too: yarl drops CR/LF but would put a space or a '#' into the request line as it is
+        if not target.startswith("/") or any(c <= " " or c in "#\x7f" for c in target):
+            raise UpstreamError(UpstreamError.TARGET, repr(target[:80]))
         url = URL(self.base + target, encoded=True)
         request_timeout = aiohttp.ClientTimeout(total=timeout) if timeout is not None else None
         session = self.session(self.pool(method, target, long_poll))

@@ -88,6 +88,23 @@ async def test_an_encoded_answer_is_refused_not_passed_on():
             await upstream.close()
 
 
+async def test_a_target_that_is_no_request_target_never_reaches_the_homeserver():
+    """Defence in depth below the mappings: yarl drops CR/LF but would write a
+    space or cut at '#' in the request line (an audit's raw-socket check)."""
+    async with Scripted() as hs:
+        upstream = Upstream(hs.url)
+        try:
+            for target in ("/_matrix/client/v3/a b", "/_matrix/client/v3/x\r\nX-Injected: 1", "/_matrix/a#frag",
+                           "_matrix/client/versions", "/_matrix/\x7f", "/_matrix/\x00"):
+                with pytest.raises(UpstreamError) as refused:
+                    await upstream.fetch("GET", target)
+                assert refused.value.kind == UpstreamError.TARGET and refused.value.as_response().status == 400
+            assert hs.seen == []
+            assert (await upstream.fetch("GET", "/_matrix/client/versions?x=%7B%22a%22%3A1%7D")).status == 200
+        finally:
+            await upstream.close()
+
+
 async def test_no_cookie_crosses_from_one_request_to_the_next():
     async with Scripted() as hs:
         upstream = Upstream(hs.url)
