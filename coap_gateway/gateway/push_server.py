@@ -188,7 +188,7 @@ class SyncPushServer:
         #: a device's IP address, for the homeserver (X-Forwarded-For), asked at each poll: it may move
         self.forwarded_for = forwarded_for
         self.history = ReplayHistory(self.config.history_per_stream, self.config.history_streams,
-                                     self.config.history_bytes)
+                                     self.config.history_bytes, self.config.history_bytes_per_device)
         self.acks = AckTracker()
         #: without ACKs from the message layer the loop cannot wait for
         #: delivery; ServerGateway.attach always provides them
@@ -448,13 +448,13 @@ class SyncPushServer:
                 # it rides in the send's answer: a piggybacked answer that a
                 # device asks for again until it has it, so no ACK to wait for
                 # (lost for good, the chain shows a gap and the history replays)
-                self.history.put(obs.key, step.answered, step.body)
+                self.history.put(obs.key, step.answered, step.body, obs.remote)
                 self.counters.folded += 1
                 first = False
                 continue
             if isinstance(step, Push):
                 if step.answered is not None and step.body is not None:
-                    self.history.put(obs.key, step.answered, step.body)
+                    self.history.put(obs.key, step.answered, step.body, obs.remote)
                 parts = step.parts or (step.payload,)
                 if len(parts) > 1:
                     self.counters.parted += 1

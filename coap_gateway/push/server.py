@@ -34,7 +34,8 @@ very same bytes.
 from __future__ import annotations
 
 import hashlib
-from collections import OrderedDict
+from collections import Counter, OrderedDict
+from collections.abc import Hashable
 from dataclasses import dataclass
 
 from ..codec import CborTable, HttpResponse, matrix_error
@@ -70,6 +71,10 @@ class SyncPushServerConfig:
     history_per_stream: int = 4
     history_streams: int = 1024
     history_bytes: int = 16 << 20
+    #: of those bytes, what one device's streams may hold (a device cycling
+    #: filters must not push other devices' answers out: each is a to-device
+    #: message that would be lost after a lost notification)
+    history_bytes_per_device: int = 4 << 20
     #: bodies (encoded) the per-stream deflate dictionary holds
     delta_keep: int = 2
     #: longest wait for the ACK of a notification; None: as long as the
@@ -297,32 +302,58 @@ class ReplayHistory:
     that registers again — after a lost notification, from a new session or
     a restarted client gateway — gets the same bytes for a since it was
     already answered, and to-device messages the loop has moved past are
-    never lost.  Bounded per stream, in streams and in bytes.
+    never lost.  Bounded per stream, in streams and in bytes, and in bytes
+    per owner (the device whose observation pushed the answers): its own
+    oldest go first when it holds more than its share.
     """
 
-    def __init__(self, per_stream: int = 4, max_streams: int = 1024, max_bytes: int = 16 << 20):
+    def __init__(self, per_stream: int = 4, max_streams: int = 1024, max_bytes: int = 16 << 20,
+                 max_bytes_per_owner: int | None = None):
         self.per_stream = per_stream
         self.max_streams = max_streams
         self.max_bytes = max_bytes
+        self.max_bytes_per_owner = max_bytes if max_bytes_per_owner is None else max_bytes_per_owner
         self.bytes = 0
         self._streams: OrderedDict[bytes, OrderedDict[str, bytes]] = OrderedDict()
+        self._owner: dict[bytes, Hashable] = {}
+        self._owner_bytes: Counter[Hashable] = Counter()
 
-    def put(self, key: bytes, since: str, body: bytes) -> None:
+    def put(self, key: bytes, since: str, body: bytes, owner: Hashable = None) -> None:
         answers = self._streams.setdefault(key, OrderedDict())
         self._streams.move_to_end(key)
+        previous = self._owner.get(key, owner)
+        if previous != owner:  # the same stream from the device's new process: its bytes move with it
+            held = sum(len(b) for b in answers.values())
+            self._owner_bytes[previous] -= held
+            self._owner_bytes[owner] += held
+            if self._owner_bytes[previous] <= 0:
+                del self._owner_bytes[previous]
+        self._owner[key] = owner
         old = answers.pop(since, None)
         if old is not None:
-            self.bytes -= len(old)
+            self._count(key, -len(old))
         answers[since] = body
-        self.bytes += len(body)
+        self._count(key, len(body))
         while len(answers) > self.per_stream:
-            self.bytes -= len(answers.popitem(last=False)[1])
+            self._drop_oldest(key)
+        while self._owner_bytes[owner] > self.max_bytes_per_owner:
+            self._drop_oldest(next(k for k in self._streams if self._owner[k] == owner))
         while self._streams and (len(self._streams) > self.max_streams or self.bytes > self.max_bytes):
-            oldest = next(iter(self._streams))
-            answers = self._streams[oldest]
-            self.bytes -= len(answers.popitem(last=False)[1])
-            if not answers:
-                del self._streams[oldest]
+            self._drop_oldest(next(iter(self._streams)))
+
+    def _count(self, key: bytes, size: int) -> None:
+        self.bytes += size
+        owner = self._owner[key]
+        self._owner_bytes[owner] += size
+        if self._owner_bytes[owner] <= 0:
+            del self._owner_bytes[owner]
+
+    def _drop_oldest(self, key: bytes) -> None:
+        answers = self._streams[key]
+        self._count(key, -len(answers.popitem(last=False)[1]))
+        if not answers:
+            del self._streams[key]
+            del self._owner[key]
 
     def get(self, key: bytes, since: str) -> bytes | None:
         answers = self._streams.get(key)

@@ -478,6 +478,26 @@ def test_history_is_bounded():
     assert h.bytes <= 100
 
 
+def test_a_device_cycling_streams_pushes_out_its_own_answers_not_others():
+    """A hostile device registering stream after stream (a new filter each
+    time) with large answers: the history drops its own oldest first, and an
+    honest device's answer — a to-device message it may need replayed after
+    a lost notification — stays."""
+    h = ReplayHistory(per_stream=4, max_streams=100, max_bytes=1000, max_bytes_per_owner=300)
+    h.put(b"honest", "s1", b"h" * 50, owner="alice")
+    for i in range(50):
+        h.put(b"filter-%d" % i, "s1", b"x" * 100, owner="mallory")
+    assert h.get(b"honest", "s1") == b"h" * 50
+    assert sum(h.get(b"filter-%d" % i, "s1") is not None for i in range(50)) == 3  # its share: 300 B
+    assert h.bytes == 350
+    # the same stream from the device's new process (a restart): its bytes go with it
+    h.put(b"honest", "s2", b"h" * 60, owner="alice-2")
+    assert h.get(b"honest", "s1") == b"h" * 50 and h.bytes == 410
+    for i in range(4):
+        h.put(b"other-%d" % i, "s1", b"y" * 100, owner="alice")  # alice's old process held nothing more
+    assert h.get(b"honest", "s1") == b"h" * 50
+
+
 # ------------------------------------------------- client: streams, caches
 
 
