@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import enum
 import hashlib
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -468,10 +469,23 @@ class Verdict(enum.Enum):
 #: CoAP EXCHANGE_LIFETIME (RFC 7252 §4.8.2): how long the peer's CoAP layer
 #: still answers a duplicate from its cache; later a duplicate is a replay
 DEFAULT_DUPLICATE_LIFETIME = 247.0
-#: duplicates of one frame passed on: CoAP's MAX_RETRANSMIT (RFC 7252 §4.8),
-#: all a genuine peer sends; more are a replayer's, each of which would make
-#: the receiver's CoAP resend its cached answer to the (spoofed) sender
+#: duplicates of one frame passed on at once: CoAP's MAX_RETRANSMIT (RFC 7252
+#: §4.8), plus one more for each doubling of the time since the first copy
+#: (``duplicates_allowed``).  Each copy makes the receiver's CoAP resend its
+#: cached answer to the (maybe spoofed) sender, so a replayer must not get
+#: one per datagram; but a peer on a lossy slow link may retransmit more
+#: often than 4 times (meshsim's lossy scenarios: 10), each after twice the
+#: wait before, and every one of those must still be answered
 MAX_DUPLICATES = 4
+
+
+def duplicates_allowed(elapsed: float) -> float:
+    """How many copies of a frame first seen ``elapsed`` seconds ago may have
+    been passed on: a genuine k-th retransmission comes at least
+    ACK_TIMEOUT × (2^k − 1) ≥ 2^k − 1 s after the first (ACK_TIMEOUT ≥ 1 s
+    on every link this layer serves; faster ones need at most the 4), so
+    4 + log2(1 + elapsed) covers it; a replayer gets ~12 within 247 s."""
+    return MAX_DUPLICATES + math.log2(1.0 + max(0.0, elapsed))
 
 
 class ReplayWindow:
@@ -481,8 +495,8 @@ class ReplayWindow:
     digest and arrival time of the first frame accepted with each counter in
     the window, so that a byte-identical retransmission can be told apart
     from a replay: it is passed on as a duplicate (CoAP answers it from its
-    cache) for ``duplicate_lifetime`` seconds and at most ``MAX_DUPLICATES``
-    times, then refused.  The lifetime
+    cache) for ``duplicate_lifetime`` seconds and at most
+    ``duplicates_allowed`` times, then refused.  The lifetime
     may be a function: the link's, which follows its timers (a peer on a
     100 bit/s link retransmits for many minutes; a retransmission refused as
     a replay is never acknowledged, and the peer's exchange fails).
@@ -508,7 +522,8 @@ class ReplayWindow:
             return Verdict.FRESH
         first = self._first_seen.get(counter)
         lifetime = self.duplicate_lifetime() if callable(self.duplicate_lifetime) else self.duplicate_lifetime
-        if first is not None and first[0] == digest and now - first[1] <= lifetime and first[2] < MAX_DUPLICATES:
+        if (first is not None and first[0] == digest and now - first[1] <= lifetime
+                and first[2] < duplicates_allowed(now - first[1])):
             return Verdict.DUPLICATE
         return Verdict.REPLAY
 

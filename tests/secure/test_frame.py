@@ -239,16 +239,33 @@ def test_replay_window_basics():
 
 
 def test_replay_window_passes_a_few_duplicates_on_not_every_replayed_copy():
-    """A genuine peer sends a frame at most 1 + MAX_RETRANSMIT times; more
-    copies are a replayer's, and each would make CoAP resend its answer."""
+    """A genuine peer's k-th retransmission comes at least 2^k − 1 s after the
+    first copy (ACK_TIMEOUT ≥ 1 s, doubling); copies faster than that are a
+    replayer's, and each would make CoAP resend its answer."""
     w = sf.ReplayWindow()
     w.mark(7, D1, 0)
-    for _ in range(sf.MAX_DUPLICATES):
-        assert w.check(7, D1, 1) is Verdict.DUPLICATE
+    for _ in range(sf.MAX_DUPLICATES):  # at once: CoAP's MAX_RETRANSMIT
+        assert w.check(7, D1, 0) is Verdict.DUPLICATE
         w.mark_duplicate(7)
-    assert w.check(7, D1, 1) is Verdict.REPLAY
+    assert w.check(7, D1, 0) is Verdict.REPLAY
     w.mark(8, D1, 0)  # per counter
-    assert w.check(8, D1, 1) is Verdict.DUPLICATE
+    assert w.check(8, D1, 0) is Verdict.DUPLICATE
+    # a peer on a lossy slow link: 10 retransmissions, ACK_TIMEOUT 20 s, each wait doubled
+    w = sf.ReplayWindow(duplicate_lifetime=50_000)
+    w.mark(1, D1, 0)
+    for k in range(1, 11):
+        assert w.check(1, D1, 20.0 * (2**k - 1)) is Verdict.DUPLICATE, k
+        w.mark_duplicate(1)
+    # a replayer sending copy after copy for the default duplicate lifetime
+    w = sf.ReplayWindow()
+    w.mark(2, D1, 0)
+    passed = 0
+    for t in range(248):
+        for _ in range(10):
+            if w.check(2, D1, t) is Verdict.DUPLICATE:
+                w.mark_duplicate(2)
+                passed += 1
+    assert passed == 12  # below 4 + log2(1 + 247) ≈ 11.95, not 2 480
 
 
 def test_xx1_carries_no_payload():
