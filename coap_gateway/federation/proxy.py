@@ -177,19 +177,21 @@ class FederationProxy:
         watch = asyncio.ensure_future(reader.read(CHUNK))
         try:
             await asyncio.wait((task, watch), return_when=asyncio.FIRST_COMPLETED)
-            if watch.done():
-                data = b"" if watch.exception() is not None else watch.result()
-                if not data and not task.done():
-                    task.cancel()  # end of stream (or reset): the homeserver gave up
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await task
-                    return None
-                if data:
-                    conn.receive_data(data)  # a pipelined request: h11 holds it for the next cycle
+            if not watch.done():
+                watch.cancel()
+                await asyncio.wait((watch,))  # its wait on the reader ends before the connection reads again
+            data = None if watch.cancelled() else b"" if watch.exception() is not None else watch.result()
+            if data == b"" and not task.done():  # end of stream (or reset): the homeserver gave up
+                task.cancel()
+                await asyncio.wait((task,))
+                return None
+            if data:
+                conn.receive_data(data)  # a pipelined request: h11 holds it for the next cycle
             return await task
-        finally:
-            watch.cancel()
+        except asyncio.CancelledError:
             task.cancel()
+            watch.cancel()
+            raise
 
     async def _handle(self, decision: ConnectDecision, request: h11.Request, body: bytes) -> HttpResponse:
         method = request.method.decode("ascii", "replace")
