@@ -18,9 +18,8 @@ from coap_gateway.federation import FederationConfig, FederationRequest, connect
 from coap_gateway.federation.link import session_setup_time
 from coap_gateway.secure import frame as sf
 from coap_gateway.secure import keys
-from coap_gateway.transport import EmulatedLinkEnd, LinkBudget, UdpLink, connect
+from coap_gateway.transport import LinkBudget, UdpLink, connect
 from meshsim import LinkProfile, emulated_link_pair
-from meshsim.model import LinkModel
 from tests.federation.helpers import PROFILE, sessions_up, start_pair, table
 from tests.federation.test_adversarial import FakeHomeserver
 from tests.helpers.devices import until
@@ -124,7 +123,7 @@ async def test_at_100_bit_s_a_restarted_responder_waits_as_long_as_the_session_t
         link_a.budget = slow_budget
         initiator.endpoint.set_budget(slow_budget)
         await responder.stop()
-        new_b = EmulatedLinkEnd("b", [LinkModel(slow, seed=6, link_id="b->a")], slow_budget)
+        new_b, _ = emulated_link_pair(slow, names=("b", "a"), seed=6)  # its end toward gateway A's
         connect(new_b, link_a)
         responder = await gateway(new_b, privs[1], bases[1], "gw-b")
         assert responder.endpoint.budget.rate_bps == 100
