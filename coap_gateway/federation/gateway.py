@@ -45,13 +45,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from aiocoap import Message, resource
+from aiocoap import Message
 from aiocoap.numbers.codes import Code
 
 from ..codec import MAX_REQUEST_BODY, HttpResponse, Profile, link_failure, matrix_error
 from ..errors import CodecError, GatewayError, RouteError
-from ..gateway import UploadSpool, Upstream, UpstreamError
-from ..transport import LinkEndpoint, LinkFailure, assembly_bytes, release_assemblies
+from ..gateway import BoundedUploads, UploadLimits, Upstream, UpstreamError, assembled
+from ..transport import LinkEndpoint, LinkFailure
 from .compact import (
     UNRESOLVED,
     PeerWire,
@@ -144,7 +144,7 @@ def read_only(request: FederationRequest) -> bool:
     return request.method == "GET" or (request.method == "POST" and "/get_missing_events/" in request.target)
 
 
-class FederationGateway(resource.Resource):
+class FederationGateway(BoundedUploads):
     """Homeserver-side federation gateway: outbound ``forward``, inbound ``render``."""
 
     def __init__(self, config: FederationConfig, table: PeersTable, *, own_key: bytes | None = None,
@@ -322,48 +322,18 @@ class FederationGateway(resource.Resource):
 
     # -- inbound: a peer gateway → our homeserver
 
-    async def render_to_pipe(self, pipe: Any) -> None:
-        refusal = self._upload_limits(pipe.request)
-        if refusal is not None:
-            pipe.add_response(refusal, is_last=True)
-            return
-        block1 = pipe.request.opt.block1
-        if block1 is not None and block1.block_number == 0 and block1.more:
-            # aiocoap assembles by `payload += block` on the first block's message: on
-            # disk, appended (bytes would be copied whole at every block)
-            pipe.request.payload = UploadSpool(pipe.request.payload, self.config.spool_dir)
-        try:
-            await super().render_to_pipe(pipe)
-        except ValueError:  # blocks that do not assemble
-            pipe.add_response(Message(code=Code.REQUEST_ENTITY_INCOMPLETE), is_last=True)
-        finally:
-            if pipe.request.opt.block1 is not None:
-                release_assemblies(self, pipe.request.remote)
+    # (block-wise requests: bounded, on disk — BoundedUploads.render_to_pipe)
 
-    def _upload_limits(self, request: Message) -> Message | None:
-        """Refuse a block that would make a request larger than ``max_upload``
-        (4.13), or what one peer or all hold in assembly larger than allowed (5.03),
-        as the server gateway does."""
-        block1 = request.opt.block1
-        if block1 is None:
-            return None
-        if block1.start + len(request.payload) > self.config.max_upload:
-            self.counters.refused_uploads += 1
-            reply = Message(code=Code.REQUEST_ENTITY_TOO_LARGE)
-            reply.opt.size1 = self.config.max_upload
-            return reply
-        if (assembly_bytes(self, request.remote) + len(request.payload) > self.config.max_upload_per_peer
-                or assembly_bytes(self) + len(request.payload) > self.config.max_upload_total):
-            self.counters.refused_uploads += 1
-            reply = Message(code=Code.SERVICE_UNAVAILABLE)
-            reply.opt.max_age = 60  # the held requests expire with the blockwise lifetime
-            return reply
-        return None
+    def upload_limits(self) -> UploadLimits:
+        c = self.config
+        return UploadLimits(c.max_upload, c.max_upload_per_peer, c.max_upload_total, c.spool_dir)
+
+    def upload_refused(self) -> None:
+        self.counters.refused_uploads += 1
 
     async def render(self, request: Message) -> Message:
         profile = self.config.profile
-        if isinstance(request.payload, UploadSpool):  # assembled from blocks (render_to_pipe)
-            request.payload = request.payload.take()
+        assembled(request)  # a body assembled from blocks (render_to_pipe)
         public = PeerLinkCodec.public_of(request.remote.key)
         peer = self.table.by_key(public) if public is not None else None
         wire = self._wire(public) if peer is not None and public is not None else PeerWire()

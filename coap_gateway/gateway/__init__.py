@@ -6,7 +6,8 @@ carries each request over a ``transport.LinkEndpoint``;
 asking one homeserver through ``upstream.Upstream``.  What crosses the link
 and what is bound is decided by ``codec.binding``; sync push by
 ``push.client``/``push.server``, carried out by ``push_client`` and
-``push_server``.  ``stats`` holds the latency histograms the metrics read.
+``push_server``.  ``stats`` holds the latency histograms the metrics read;
+``uploads`` the bounded, on-disk block-wise requests both gateways take.
 """
 
 from .client import CLIENT_ANSWERS, CLIENT_STATE, CORS_HEADERS, ClientGateway, ClientGatewayCounters
@@ -17,9 +18,9 @@ from .server import (
     ServerGateway,
     ServerGatewayConfig,
     ServerGatewayCounters,
-    UploadSpool,
 )
 from .stats import LATENCY_BUCKETS, Histogram, timed
+from .uploads import BoundedUploads, UploadLimits, UploadSpool, assembled
 from .upstream import Upstream, UpstreamError
 
 __all__ = [
@@ -27,6 +28,7 @@ __all__ = [
     "CORS_HEADERS",
     "LATENCY_BUCKETS",
     "AckTracker",
+    "BoundedUploads",
     "CLIENT_ANSWERS",
     "CLIENT_STATE",
     "ClientGateway",
@@ -40,8 +42,10 @@ __all__ = [
     "SyncPushClientCounters",
     "SyncPushServer",
     "SyncPushServerCounters",
+    "UploadLimits",
     "UploadSpool",
     "Upstream",
     "UpstreamError",
+    "assembled",
     "timed",
 ]

@@ -15,14 +15,12 @@ import ipaddress
 import json
 import logging
 import re
-import tempfile
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import unquote
 
-import aiocoap.resource as resource
 from aiocoap import Message
 from aiocoap.numbers.codes import Code
 from aiocoap.optiontypes import OpaqueOption
@@ -46,9 +44,10 @@ from ..codec import (
 from ..errors import CodecError
 from ..codec.route_option import ID_BYTES
 from ..push import SLIDING, SyncPushServerConfig, parse_send, sent_of
-from ..transport import LinkEndpoint, assembly_bytes, drop_assemblies, release_assemblies
+from ..transport import LinkEndpoint, drop_assemblies
 from .push_server import EchoWait, SyncPushServer
 from .stats import Histogram, timed
+from .uploads import BoundedUploads, UploadLimits, assembled
 from .upstream import PoolShares, Upstream, UpstreamError, pool_of
 
 log = logging.getLogger(__name__)
@@ -142,7 +141,7 @@ class DeviceStore(Protocol):
     def delete_device(self, key: bytes) -> None: ...
 
 
-class ServerGateway(resource.Resource):
+class ServerGateway(BoundedUploads):
     """aiocoap resource answering every path by asking the homeserver."""
 
     def __init__(self, config: ServerGatewayConfig, *, sync_push: SyncPushServerConfig | None = None,
@@ -245,53 +244,21 @@ class ServerGateway(resource.Resource):
         push = self.sync_push
         if push is not None and push.claims(pipe.request) and await push.render_to_pipe(pipe):
             return
-        refusal = self._upload_limits(pipe.request)
-        if refusal is not None:
-            pipe.add_response(refusal, is_last=True)
-            return
-        block1 = pipe.request.opt.block1
-        if block1 is not None and block1.block_number == 0 and block1.more:
-            # aiocoap assembles by `payload += block` on the first block's
-            # message: an upload waits on disk, so a device holding one
-            # unfinished costs the server no memory (issue 11: ≤ 256 kB per device)
-            pipe.request.payload = UploadSpool(pipe.request.payload, self.config.spool_dir)
-        try:
-            await super().render_to_pipe(pipe)
-        except ValueError:
-            # aiocoap could not assemble the blocks (a gap or an overlap): the
-            # device's fault, answered as such, not a 5.00 with a traceback
-            pipe.add_response(Message(code=Code.REQUEST_ENTITY_INCOMPLETE), is_last=True)
-        finally:
-            if pipe.request.opt.block1 is not None:
-                release_assemblies(self, pipe.request.remote)
+        await super().render_to_pipe(pipe)  # block-wise uploads bounded, on disk (BoundedUploads)
 
-    def _upload_limits(self, request: Message) -> Message | None:
-        """Refuse a block that would make an upload, or what one device holds
-        in assembly, larger than allowed."""
-        block1 = request.opt.block1
-        if block1 is None:
-            return None
-        end = block1.start + len(request.payload)
-        if end > self.config.max_upload:
-            self.counters.refused_uploads += 1
-            reply = Message(code=Code.REQUEST_ENTITY_TOO_LARGE)
-            reply.opt.size1 = self.config.max_upload
-            return reply
-        if (assembly_bytes(self, request.remote) + len(request.payload) > self.config.max_upload_per_device
-                or assembly_bytes(self) + len(request.payload) > self.config.max_upload_total):
-            self.counters.refused_uploads += 1
-            reply = Message(code=Code.SERVICE_UNAVAILABLE)
-            reply.opt.max_age = 60  # the held uploads expire with the blockwise lifetime
-            return reply
-        return None
+    def upload_limits(self) -> UploadLimits:
+        c = self.config
+        return UploadLimits(c.max_upload, c.max_upload_per_device, c.max_upload_total, c.spool_dir)
+
+    def upload_refused(self) -> None:
+        self.counters.refused_uploads += 1
 
     # aiocoap calls render() for every method; the Resource default would
     # dispatch to render_get etc. and refuse the rest
     @timed(lambda self: self.counters.latency)
     async def render(self, request: Message) -> Message:
         self.counters.requests += 1
-        if isinstance(request.payload, UploadSpool):  # assembled from blocks (render_to_pipe)
-            request.payload = request.payload.take()
+        assembled(request)  # a body assembled from blocks (render_to_pipe)
         resolved = self.binding.resolve(request)
         if isinstance(resolved, RoomsWanted):
             resolved = self.binding.resolve(request, await self.joined_rooms(resolved.token, request.remote))
@@ -453,37 +420,6 @@ def _is_admin(target: str) -> bool:
     return any(pieces[: len(p)] == p for p in ADMIN_PREFIXES)
 
 
-class UploadSpool:
-    """A block-wise request body being assembled, in an anonymous temporary
-    file.  aiocoap's Block1 assembly only measures the payload (``len``) and
-    appends to it (``+=``), so this stands in for its bytes until the last
-    block, when ``take`` reads it once for forwarding.  The file has no name
-    and is gone when closed — by ``take``, or when aiocoap drops the
-    assembly (lifetime over, replaced, session gone) and the object with it."""
-
-    def __init__(self, first: bytes, directory: Path | None = None) -> None:
-        # unbuffered: a block goes to the file as it comes, nothing waits in a buffer
-        self._file = tempfile.TemporaryFile(dir=directory, buffering=0)
-        self._size = 0
-        self += first
-
-    def __len__(self) -> int:
-        return self._size
-
-    def __iadd__(self, block: bytes) -> UploadSpool:
-        view = memoryview(block)
-        while view:  # a raw write may take less than it is given
-            view = view[self._file.write(view):]
-        self._size += len(block)
-        return self
-
-    def take(self) -> bytes:
-        """The whole body; the file is closed."""
-        with self._file:
-            self._file.seek(0)
-            return self._file.readall()
-
-
 def _without_well_known(body: bytes) -> bytes:
     """A login's answer without ``well_known``: it names the homeserver's own
     base URL, and a client that follows it (Element does: "clients SHOULD use
@@ -500,5 +436,4 @@ def _without_well_known(body: bytes) -> bytes:
     return json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode()
 
 
-__all__ = ["ADMIN_PREFIXES", "ServerGateway", "ServerGatewayConfig", "ServerGatewayCounters",
-           "UploadSpool"]
+__all__ = ["ADMIN_PREFIXES", "ServerGateway", "ServerGatewayConfig", "ServerGatewayCounters"]

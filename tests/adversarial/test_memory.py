@@ -135,7 +135,7 @@ async def test_an_unfinished_upload_waits_on_disk_not_in_memory(tmp_path):
     hostile device cost 845 KiB instead of ~224 KiB (bench/hostile.py)."""
     import os
 
-    from coap_gateway.gateway.server import UploadSpool
+    from coap_gateway.gateway import UploadSpool
     from coap_gateway.transport.coap import _assemblies
 
     homeserver, server, address, public = await start()
@@ -154,7 +154,7 @@ async def test_an_unfinished_upload_waits_on_disk_not_in_memory(tmp_path):
 
 
 def test_the_spool_gives_back_exactly_what_was_appended(tmp_path):
-    from coap_gateway.gateway.server import UploadSpool
+    from coap_gateway.gateway import UploadSpool
 
     spool = UploadSpool(b"first ", tmp_path)
     spool += b"second "

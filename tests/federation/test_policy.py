@@ -333,16 +333,22 @@ async def test_read_only_requests_are_exchanged_once_while_under_way() -> None:
     await gateway.close()
 
 
-async def test_a_success_nobody_was_waiting_for_is_kept_for_one_retry() -> None:
+async def _given_up(link) -> tuple:
+    """A make_join under way whose homeserver gave up (its caller cancelled), then answered."""
     import asyncio
 
-    link = _Link(200, 200)
     gateway, decision = _late_gateway(link)
     first = asyncio.ensure_future(gateway.forward(decision, MAKE_JOIN))
     await asyncio.sleep(0)
     first.cancel()
     link.release.set()
     await until(lambda: not gateway._inflight)
+    return gateway, decision
+
+
+async def test_a_success_nobody_was_waiting_for_is_kept_for_one_retry() -> None:
+    link = _Link(200, 200)
+    gateway, decision = await _given_up(link)
     assert (await gateway.forward(decision, MAKE_JOIN)).body == b'{"event":{}}'
     assert link.exchanged == ["GET"] and gateway.counters.late_answers == 1
     await gateway.forward(decision, MAKE_JOIN)  # handed out once: this one crosses
@@ -354,15 +360,8 @@ async def test_a_refusal_is_never_kept() -> None:
     """make_join refused ("not invited") after the homeserver gave up; the user is
     invited and joins again with a byte-identical request: it must cross (the 403
     was once served again for 120 s)."""
-    import asyncio
-
     link = _Link(403, 200)
-    gateway, decision = _late_gateway(link)
-    first = asyncio.ensure_future(gateway.forward(decision, MAKE_JOIN))
-    await asyncio.sleep(0)
-    first.cancel()
-    link.release.set()
-    await until(lambda: not gateway._inflight)
+    gateway, decision = await _given_up(link)
     assert (await gateway.forward(decision, MAKE_JOIN)).status == 200
     assert link.exchanged == ["GET", "GET"] and gateway.counters.late_answers == 0
     await gateway.close()
