@@ -46,6 +46,7 @@ requests may wait for a connection in all.
 from __future__ import annotations
 
 import logging
+import re
 import resource
 from collections import Counter
 from collections.abc import Hashable, Mapping, Sequence
@@ -72,6 +73,11 @@ _HOLD_PARAMETERS = ("timeout", "timeout_ms")
 #: on every request upstream: the body as it is, and who asks (the homeserver
 #: shows it as each device's last user agent)
 UPSTREAM_HEADERS = {"Accept-Encoding": "identity", "User-Agent": f"coap-gateway/{__version__}"}
+
+
+#: what a request target must not hold: controls, space, DEL, a fragment (one
+#: regex search, not a Python loop per character: it runs on every request)
+_NOT_IN_TARGET = re.compile(r"[\x00-\x20#\x7f]")
 
 
 class UpstreamError(Exception):
@@ -241,7 +247,7 @@ class Upstream:
             headers["X-Forwarded-For"] = forwarded_for
         # the target is a path (routes guarantees it): the host is always ours.  Checked here
         # too: yarl drops CR/LF but would put a space or a '#' into the request line as it is
-        if not target.startswith("/") or any(c <= " " or c in "#\x7f" for c in target):
+        if not target.startswith("/") or _NOT_IN_TARGET.search(target):
             raise UpstreamError(UpstreamError.TARGET, repr(target[:80]))
         url = URL(self.base + target, encoded=True)
         request_timeout = aiohttp.ClientTimeout(total=timeout) if timeout is not None else None
